@@ -1,0 +1,1 @@
+"""Ray actors of the control plane, each a thin shell over plain objects."""

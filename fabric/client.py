@@ -1,0 +1,135 @@
+"""The facade: `fabric.connect()` (the only `ray.init`), `Client` and `Submission`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError
+
+from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
+from fabric.errors import ErrorCode, FabricError
+from fabric.record import SubmissionStatus
+from fabric.spec import DagSpec, RuntimeParams, load_spec
+
+
+def default_home() -> str:
+    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+
+
+def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
+    """Call a registry method and re-raise fabric errors as themselves, not wrapped by Ray."""
+    try:
+        return ray.get(method.remote(*args), timeout=timeout)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, FabricError):
+            raise exc.cause from None
+        raise
+
+
+class Submission:
+    """A handle on one submission. Every method asks the registry; nothing is cached or hidden."""
+
+    def __init__(self, registry: Any, submission_id: str, created: bool = True) -> None:
+        self._registry = registry
+        self.id = submission_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"Submission({self.id!r})"
+
+    def status(self) -> SubmissionStatus:
+        return SubmissionStatus.from_dict(_call(self._registry.status, self.id))
+
+    def wait(self, timeout: float | None = None) -> SubmissionStatus:
+        """Block until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            step = 30.0 if left is None else min(left, 30.0)
+            if _call(self._registry.wait, self.id, step, timeout=step + 30):
+                return self.status()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FabricError(f"submission {self.id} did not finish within {timeout}s",
+                                  code=ErrorCode.TIMEOUT, where=self.id,
+                                  fix="wait longer, or check `fabric status` for a stuck node")
+
+    def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
+        """The value of `out` (default: the node's only out) of a finished node, from the object store."""
+        [ref] = _call(self._registry.result_ref, self.id, node, out)
+        return ray.get(ref, timeout=timeout)
+
+    def logs(self, node: str) -> str:
+        """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
+        parts = []
+        for attempt, text, path in _call(self._registry.logs, self.id, node):
+            parts.append(f"--- attempt {attempt}" + (f" ({path})" if path else "") + " ---\n" + text)
+        return "".join(parts)
+
+    def cancel(self) -> None:
+        _call(self._registry.cancel, self.id)
+
+
+class Client:
+    """Submit DAGs to the fabric on a Ray cluster and follow them."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
+               runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
+        """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
+        code: dict[str, bytes] = {}
+        if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
+            code = spec.inline_code()
+            spec = spec.to_spec()
+        dag = load_spec(spec)  # fail fast, here, with every problem at once
+        if isinstance(runtime_params, RuntimeParams):
+            runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
+        reply = _call(self._registry.submit, dag.to_dict(), dict(runtime_params or {}), _job_runtime_env(),
+                      code)
+        return Submission(self._registry, reply["submission_id"], reply["created"])
+
+    def get(self, submission_id: str) -> Submission:
+        _call(self._registry.status, submission_id)  # raises NotFoundError if unknown
+        return Submission(self._registry, submission_id, created=False)
+
+    def list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return _call(self._registry.list, state, limit)
+
+    def run(self, spec: Any, runtime_params: Any = None, timeout: float | None = None) -> SubmissionStatus:
+        """Submit and wait: the notebook one-liner."""
+        return self.submit(spec, runtime_params).wait(timeout)
+
+
+def _job_runtime_env() -> dict[str, Any]:
+    """This driver's own Ray runtime_env (e.g. `ray job submit --working-dir`), already uploaded, so
+    nodes see the same code as the process that submitted them."""
+    env = ray.get_runtime_context().runtime_env
+    return {k: v for k, v in dict(env).items() if k in ("working_dir", "py_modules", "env_vars", "pip")}
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+            resources: dict[str, float] | None = None, home: str | None = None,
+            runtime_env: dict[str, Any] | None = None, **ray_init_kwargs: Any) -> Client:
+    """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
+    `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster."""
+    if not ray.is_initialized():
+        ray_init_kwargs.setdefault("include_dashboard", False)
+        ray_init_kwargs.setdefault("log_to_driver", False)
+        # Sizes only make sense when a local cluster is started; Ray says so clearly otherwise.
+        sizes = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
+        ray.init(address=address, runtime_env=runtime_env,
+                 **{k: v for k, v in sizes.items() if v is not None}, **ray_init_kwargs)
+    home = home or default_home()
+    registry = get_or_create_registry(home)
+    _call(registry.ping, timeout=120)
+    return Client(registry)
+
+
+def registry_handle() -> Any:
+    return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)

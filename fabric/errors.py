@@ -1,0 +1,121 @@
+"""Errors with a stable code that say what was wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes: clients and docs may rely on these strings."""
+
+    SPEC_INVALID = "SPEC_INVALID"
+    SPEC_FIELD = "SPEC_FIELD"
+    SPEC_UNKNOWN_FIELD = "SPEC_UNKNOWN_FIELD"
+    SPEC_DUPLICATE_ID = "SPEC_DUPLICATE_ID"
+    SPEC_DANGLING_EDGE = "SPEC_DANGLING_EDGE"
+    SPEC_CYCLE = "SPEC_CYCLE"
+    SPEC_UNWIRED_INPUT = "SPEC_UNWIRED_INPUT"
+    SPEC_UNKNOWN_KIND = "SPEC_UNKNOWN_KIND"
+    SPEC_QUANTITY = "SPEC_QUANTITY"
+    SPEC_PARSE = "SPEC_PARSE"
+    SPEC_TOO_LARGE = "SPEC_TOO_LARGE"
+    KIND_NOT_RUNNABLE = "KIND_NOT_RUNNABLE"
+    KIND_PARAMS = "KIND_PARAMS"
+    RESOURCES_INFEASIBLE = "RESOURCES_INFEASIBLE"
+    RUNTIME_PARAMS = "RUNTIME_PARAMS"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    NOT_FOUND = "NOT_FOUND"
+    ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
+    NOT_FINISHED = "NOT_FINISHED"
+    NODE_FAILED = "NODE_FAILED"
+    NO_CONTEXT = "NO_CONTEXT"
+    NOT_CONNECTED = "NOT_CONNECTED"
+    TIMEOUT = "TIMEOUT"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: a code, where it is, what is wrong, how to fix it."""
+
+    code: ErrorCode
+    where: str
+    message: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": str(self.code), "where": self.where, "message": self.message, "fix": self.fix}
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        return f"{text} (fix: {self.fix})" if self.fix else text
+
+
+@dataclass
+class FabricError(Exception):
+    """Base error of fabric. `problems` lists every issue found when there are several."""
+
+    message: str
+    code: ErrorCode = ErrorCode.SPEC_INVALID
+    where: str = ""
+    fix: str = ""
+    problems: tuple[Problem, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        head = f"[{self.code}] {self.message}"
+        if self.where:
+            head += f" (at {self.where})"
+        if self.fix:
+            head += f"\n  fix: {self.fix}"
+        for problem in self.problems:
+            head += f"\n  - [{problem.code}] {problem}"
+        return head
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries inside Ray; keep them picklable with all fields.
+        return (_rebuild, (type(self), self.message, self.code, self.where, self.fix, self.problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": str(self.code),
+            "message": self.message,
+            "where": self.where,
+            "fix": self.fix,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _rebuild(cls: type[FabricError], message: str, code: ErrorCode, where: str, fix: str,
+             problems: tuple[Problem, ...]) -> FabricError:
+    return cls(message, code=code, where=where, fix=fix, problems=problems)
+
+
+class SpecError(FabricError):
+    """A DAG spec or runtime params that cannot be accepted; `problems` has every reason at once."""
+
+    @classmethod
+    def from_problems(cls, problems: list[Problem] | tuple[Problem, ...], what: str = "DAG spec") -> SpecError:
+        count = len(problems)
+        noun = "problem" if count == 1 else "problems"
+        return cls(f"{what} is invalid: {count} {noun}", code=ErrorCode.SPEC_INVALID, problems=tuple(problems))
+
+
+class NotFoundError(FabricError):
+    """A submission, node or output that does not exist."""
+
+
+class ConflictError(FabricError):
+    """A request that contradicts existing state, e.g. an idempotency key reused with another spec."""
+
+
+class IllegalTransition(FabricError):
+    """A state change that the transition table does not allow: always a bug in fabric."""
+
+
+class NodeFailedError(FabricError):
+    """Raised by `Submission.result` when the node did not succeed."""

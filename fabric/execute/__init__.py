@@ -1,0 +1,1 @@
+"""The only layer that calls Ray for work: the backend wrapper, the worker body, the engine loop."""

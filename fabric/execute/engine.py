@@ -1,0 +1,312 @@
+"""The engine: drives every live submission's RunMachine, turning its actions into Ray work.
+
+One loop thread owns all decisions; Ray completion callbacks only enqueue (submission, node, token).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
+from fabric.execute.backend import AttemptHandle, RayBackend
+from fabric.kinds import NodeCall
+from fabric.plan import ExecutionPlan
+from fabric.record import AttemptStatus, Event, NodeStatus, Store, SubmissionRecord, SubmissionStatus
+from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.states import NodeState
+from fabric.types import AttemptReport
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 3.0  # cooperative cancel (KeyboardInterrupt) before the worker is killed
+MAX_WAKEUP_S = 0.5
+
+
+@dataclass
+class _Run:
+    record: SubmissionRecord
+    plan: ExecutionPlan
+    machine: RunMachine
+    runtime_env: dict[str, Any] | None
+    code: dict[str, ray.ObjectRef]  # entrypoint -> pickled function, for code defined in a notebook
+    handles: dict[tuple[str, int], AttemptHandle] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False
+
+
+class Engine:
+    def __init__(self, store: Store, *, home: str, control: tuple[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._home = home
+        self._control = control
+        self._clock = clock
+        self._backend = RayBackend()
+        self._lock = threading.RLock()
+        self._runs: dict[str, _Run] = {}
+        self._inbox: queue.SimpleQueue[tuple[str, ...]] = queue.SimpleQueue()
+        self._force_kills: list[tuple[float, AttemptHandle]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)
+        self._thread.start()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def start(self, record: SubmissionRecord, plan: ExecutionPlan, runtime_env: dict[str, Any] | None,
+              code: dict[str, ray.ObjectRef] | None = None) -> None:
+        machine = RunMachine(plan, self._clock, submission_id=record.submission_id)
+        with self._lock:
+            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}))
+            self._store.add_submission(record)
+        self._inbox.put(("start", record.submission_id))
+
+    def cancel(self, submission_id: str) -> None:
+        run = self._run(submission_id)
+        with self._lock:
+            run.cancel_requested = True
+        self._inbox.put(("cancel", submission_id))
+
+    def is_cancelled(self, submission_id: str) -> bool:
+        run = self._runs.get(submission_id)
+        return bool(run and run.cancel_requested)
+
+    def report_progress(self, submission_id: str, node_id: str, attempt: int, fraction: float,
+                        message: str) -> None:
+        with self._lock:
+            run = self._runs.get(submission_id)
+            if run and node_id in run.machine.nodes and len(run.machine.nodes[node_id].attempts) == attempt:
+                run.machine.on_progress(node_id, None, fraction, message)
+
+    def wait(self, submission_id: str, timeout: float | None) -> bool:
+        return self._run(submission_id).done.wait(timeout)
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        self._inbox.put(("stop",))
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def status(self, submission_id: str) -> SubmissionStatus:
+        run = self._run(submission_id)
+        with self._lock:
+            return _status(run)
+
+    def submission_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._runs)
+
+    def result_ref(self, submission_id: str, node_id: str, out: str | None) -> ray.ObjectRef:
+        run = self._run(submission_id)
+        with self._lock:
+            node = run.machine.nodes.get(node_id)
+            if node is None:
+                raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
+                                    code=ErrorCode.NOT_FOUND, where=node_id,
+                                    fix=f"nodes are: {', '.join(run.plan.order)}")
+            slots = node.plan.result_slots
+            name = out or slots[0]
+            if out is None and len(slots) > 1:
+                raise NotFoundError(f"node {node_id!r} has several outs {list(slots)}; name one",
+                                    code=ErrorCode.NOT_FOUND, where=node_id, fix="pass out=...")
+            if name not in slots:
+                raise NotFoundError(f"node {node_id!r} has no out {name!r}", code=ErrorCode.NOT_FOUND,
+                                    where=f"{node_id}.{name}", fix=f"outs are: {', '.join(slots)}")
+            if not node.state.ok or node.token is None:
+                code = ErrorCode.NOT_FINISHED if not node.state.terminal else ErrorCode.NODE_FAILED
+                raise NodeFailedError(f"node {node_id!r} is {node.state}, it has no result",
+                                      code=code, where=node_id,
+                                      fix="wait for the submission" if code is ErrorCode.NOT_FINISHED
+                                      else f"see `fabric logs {submission_id} --node {node_id}`")
+            return run.handles[(node_id, node.token)].values[name]
+
+    def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
+        run = self._run(submission_id)
+        if node_id not in run.plan.nodes:
+            raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
+                                code=ErrorCode.NOT_FOUND, where=node_id,
+                                fix=f"nodes are: {', '.join(run.plan.order)}")
+        return self._store.get_log(submission_id, node_id)
+
+    def _run(self, submission_id: str) -> _Run:
+        run = self._runs.get(submission_id)
+        if run is None:
+            raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
+                                where="submission_id", fix="list submissions with `fabric ls`")
+        return run
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                batch = [self._inbox.get(timeout=self._next_wakeup())]
+            except queue.Empty:
+                batch = []
+            while True:
+                try:
+                    batch.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            with self._lock:
+                touched: set[str] = set()
+                for message in batch:
+                    try:
+                        touched.update(self._handle(message))
+                    except Exception:  # noqa: BLE001 - one bad submission must not stop the engine
+                        touched.update(self._fail_run(message))
+                for submission_id in list(self._runs):
+                    run = self._runs[submission_id]
+                    deadline = run.machine.next_deadline()
+                    if deadline is not None and deadline <= self._clock():
+                        self._perform(run, run.machine.tick())
+                        touched.add(submission_id)
+                for submission_id in touched:
+                    self._record(self._runs[submission_id])
+                self._due_force_kills()
+
+    def _fail_run(self, message: tuple[str, ...]) -> list[str]:
+        """An engine error on a submission: log it, cancel the submission's work, say why."""
+        detail = traceback.format_exc()
+        log.error("fabric engine error on %s:\n%s", message, detail)
+        run = self._runs.get(message[1]) if len(message) > 1 else None
+        if run is None or run.machine.done:
+            return []
+        self._perform(run, run.machine.cancel(f"engine error: {detail.splitlines()[-1]}"))
+        return [run.record.submission_id]
+
+    def _handle(self, message: tuple[str, ...]) -> list[str]:
+        kind, *rest = message
+        if kind == "stop":
+            return []
+        run = self._runs.get(rest[0])
+        if run is None:
+            return []
+        if kind == "start":
+            self._perform(run, run.machine.start())
+        elif kind == "cancel":
+            self._perform(run, run.machine.cancel())
+        elif kind == "done":
+            node_id, token = rest[1], int(rest[2])
+            handle = run.handles.get((node_id, token))
+            if handle is None:
+                return []
+            if not run.machine.is_current(node_id, token):
+                del run.handles[(node_id, token)]  # a withdrawn or superseded dispatch
+                return []
+            report, error = self._backend.outcome(handle)
+            if report.log_tail:
+                attempt = len(run.machine.nodes[node_id].attempts) or 1
+                self._store.put_log(run.record.submission_id, node_id, attempt, report.log_tail,
+                                    report.log_path)
+            self._perform(run, run.machine.on_result(node_id, token, report, error))
+            if run.machine.nodes[node_id].token != token:
+                run.handles.pop((node_id, token), None)
+        return [run.record.submission_id]
+
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill]) -> None:
+        sid = run.record.submission_id
+        for action in actions:
+            if isinstance(action, Kill):
+                handle = run.handles.get((action.node_id, action.token))
+                if handle is not None:
+                    force = action.reason == "max_runtime exceeded"
+                    self._backend.cancel(handle, force=force)
+                    if not force:
+                        self._force_kills.append((self._clock() + CANCEL_GRACE_S, handle))
+                continue
+            node = run.plan.nodes[action.node_id]
+            inputs = []
+            tokens = dict(action.input_tokens)
+            code = run.code.get(node.entrypoint or "")
+            if code is not None:
+                inputs.append(code)
+            for wire in node.inputs:
+                inputs.append(run.handles[(wire.producer, tokens[wire.producer])].values[wire.out])
+            call = NodeCall(
+                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
+                attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
+                input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
+                declared_outs=node.outs, home=self._home, control=self._control,
+                inline_code=code is not None)
+            env = _node_runtime_env(run.runtime_env, node.env)
+            token = action.token
+            run.handles[(node.node_id, token)] = self._backend.submit(
+                call, node.unit, inputs, env,
+                lambda sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, str(tok))))
+
+    def _record(self, run: _Run) -> None:
+        transitions = run.machine.drain_transitions()
+        if transitions:
+            sid = run.record.submission_id
+            self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
+                                       for t in transitions])
+        if run.machine.done and not run.done.is_set():
+            self._store.set_state(run.record.submission_id, str(run.machine.state))
+            run.record.state = str(run.machine.state)
+            run.done.set()
+
+    def _next_wakeup(self) -> float:
+        now = self._clock()
+        with self._lock:
+            times = [d for r in self._runs.values() if not r.machine.done
+                     for d in (r.machine.next_deadline(),) if d is not None]
+            times += [t for t, _ in self._force_kills]
+        if not times:
+            return MAX_WAKEUP_S
+        return min(max(min(times) - now, 0.001), MAX_WAKEUP_S)
+
+    def _due_force_kills(self) -> None:
+        now = self._clock()
+        due = [h for t, h in self._force_kills if t <= now]
+        self._force_kills = [(t, h) for t, h in self._force_kills if t > now]
+        for handle in due:
+            self._backend.cancel(handle, force=True)
+
+
+def _node_runtime_env(base: dict[str, Any] | None, env: dict[str, str] | Any) -> dict[str, Any] | None:
+    if not env:
+        return base or None
+    merged = dict(base or {})
+    merged["env_vars"] = {**merged.get("env_vars", {}), **env}
+    return merged
+
+
+def _status(run: _Run) -> SubmissionStatus:
+    machine = run.machine
+    nodes = []
+    counts: dict[str, int] = {}
+    for node_id in run.plan.order:
+        node = machine.nodes[node_id]
+        counts[str(node.state)] = counts.get(str(node.state), 0) + 1
+        history = tuple(
+            AttemptStatus(attempt=a.number, started_at=a.started_at, ended_at=a.ended_at,
+                          outcome=str(a.outcome) if a.outcome else None,
+                          worker_started_at=a.report.started_at if a.report else None,
+                          worker_ended_at=a.report.ended_at if a.report else None, error=a.error)
+            for a in node.attempts)
+        last = node.attempts[-1] if node.attempts else None
+        nodes.append(NodeStatus(
+            node_id=node_id, kind=node.plan.kind, state=node.state, attempts=len(node.attempts),
+            queued_at=node.queued_at,
+            started_at=node.attempts[0].started_at if node.attempts else None,
+            ended_at=last.ended_at if last and node.state.terminal else None,
+            progress=node.progress, message=node.message,
+            reason=node.reason if node.state in (NodeState.SKIPPED, NodeState.CANCELLED,
+                                                 NodeState.RETRYING, NodeState.TIMED_OUT) else "",
+            error=node.error if not node.state.ok else None, history=history))
+    return SubmissionStatus(
+        submission_id=run.record.submission_id, pipeline_id=run.plan.pipeline_id, state=machine.state,
+        created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(run.plan.labels),
+        nodes=tuple(nodes), counts=counts)
+
+
+__all__ = ["AttemptReport", "Engine"]

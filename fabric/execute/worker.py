@@ -1,0 +1,161 @@
+"""What runs inside a Ray worker for one node attempt: context, log capture, the kind, the outputs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from contextlib import redirect_stderr, redirect_stdout
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fabric.context import NodeContext, use_context
+from fabric.kinds import NodeCall, get_kind
+from fabric.types import AttemptReport, ErrorInfo
+
+LOG_TAIL_BYTES = 64 * 1024
+TRACEBACK_LINES = 30
+
+_capture: ContextVar[io.StringIO | None] = ContextVar("fabric_log_capture", default=None)
+
+
+class NodeFailure(Exception):
+    """Raised out of a worker when a node's code failed: carries what the status needs."""
+
+    def __init__(self, node_id: str, attempt: int, error: ErrorInfo, report: AttemptReport) -> None:
+        super().__init__(f"node {node_id} attempt {attempt}: {error.type}: {error.message}")
+        self.node_id, self.attempt, self.error, self.report = node_id, attempt, error, report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NodeFailure, (self.node_id, self.attempt, self.error, self.report))
+
+
+class _CaptureHandler(logging.Handler):
+    """Routes `fabric.context().logger` records to the log of the node running in this thread."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        buffer = _capture.get()
+        if buffer is not None:
+            buffer.write(self.format(record) + "\n")
+
+
+def _node_logger() -> logging.Logger:
+    logger = logging.getLogger("fabric.node")
+    if not any(isinstance(h, _CaptureHandler) for h in logger.handlers):
+        handler = _CaptureHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def node_dir(home: str, submission_id: str, node_id: str) -> Path:
+    return Path(home) / "runs" / submission_id / node_id
+
+
+def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
+    """The Ray task body: returns (AttemptReport, *values), one value per result slot."""
+    started = time.time()
+    buffer = io.StringIO()
+    capture_token = _capture.set(buffer)
+    ctx = NodeContext(submission_id=call.submission_id, node_id=call.node_id, attempt=call.attempt,
+                      artifact_root=node_dir(call.home, call.submission_id, call.node_id),
+                      logger=_node_logger(), progress_sink=_progress_sink(call),
+                      cancel_probe=_cancel_probe(call))
+    try:
+        with use_context(ctx), redirect_stdout(buffer), redirect_stderr(buffer):
+            if call.inline_code:
+                blob, *inputs = inputs  # type: ignore[assignment]
+                named = dict(zip(call.input_names, inputs, strict=True))
+                value = _inline_function(blob)(**call.params, **named)
+            else:
+                named = dict(zip(call.input_names, inputs, strict=True))
+                value = get_kind(call.kind).run(call, named)
+            values = split_outputs(call, value)
+    except Exception as exc:  # noqa: BLE001 - every failure of user code becomes a NodeFailure
+        report = _report(call, buffer, ctx, started)
+        tb = "".join(traceback.format_exception(exc)).splitlines()[-TRACEBACK_LINES:]
+        error = ErrorInfo(type(exc).__name__, str(exc), "\n".join(tb))
+        raise NodeFailure(call.node_id, call.attempt, error, report) from None
+    finally:
+        _capture.reset(capture_token)
+    return (_report(call, buffer, ctx, started), *values)
+
+
+@lru_cache(maxsize=64)
+def _inline_function(blob: bytes) -> Callable[..., Any]:
+    import cloudpickle
+
+    return cloudpickle.loads(blob)
+
+
+def split_outputs(call: NodeCall, value: Any) -> list[Any]:
+    slots = call.result_slots
+    if len(slots) == 1:
+        return [value]
+    if not isinstance(value, Mapping):
+        raise TypeError(f"node declares outs {list(slots)} and must return a dict with those keys, "
+                        f"not a {type(value).__name__}")
+    missing = [s for s in slots if s not in value]
+    extra = [k for k in value if k not in slots]
+    if missing or extra:
+        raise KeyError(f"returned keys {sorted(value)} do not match declared outs {list(slots)}"
+                       + (f"; missing {missing}" if missing else "") + (f"; undeclared {extra}" if extra else ""))
+    return [value[s] for s in slots]
+
+
+def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: float) -> AttemptReport:
+    text = buffer.getvalue()
+    log_path = None
+    if text:
+        path = node_dir(call.home, call.submission_id, call.node_id) / f"attempt-{call.attempt}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        log_path = str(path)
+    tail = text[-LOG_TAIL_BYTES:]
+    fraction, message = ctx.last_progress or (None, "")
+    return AttemptReport(started_at=started, ended_at=time.time(), log_tail=tail, log_path=log_path,
+                         progress=fraction, message=message)
+
+
+def _registry(call: NodeCall) -> Any:
+    import ray
+
+    assert call.control is not None
+    name, namespace = call.control
+    return ray.get_actor(name, namespace=namespace)
+
+
+def _progress_sink(call: NodeCall) -> Any:
+    if call.control is None:
+        return None
+
+    def send(fraction: float, message: str) -> None:
+        # Fire and forget: progress must never slow the node down or fail it.
+        try:
+            _registry(call).report_progress.remote(call.submission_id, call.node_id, call.attempt,
+                                                   fraction, message)
+        except Exception:  # noqa: BLE001
+            pass
+
+    return send
+
+
+def _cancel_probe(call: NodeCall) -> Any:
+    if call.control is None:
+        return None
+
+    def probe() -> bool:
+        import ray
+
+        try:
+            return bool(ray.get(_registry(call).is_cancelled.remote(call.submission_id), timeout=5))
+        except Exception:  # noqa: BLE001
+            return False
+
+    return probe

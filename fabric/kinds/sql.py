@@ -1,0 +1,53 @@
+"""Kind `sql`: Polars SQL over upstream tables (Arrow, Polars or Parquet paths), producing an Arrow table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fabric.errors import Problem
+from fabric.kinds.base import NodeCall, params_problem
+from fabric.spec import NodeSpec
+
+
+class SqlTask:
+    name = "sql"
+
+    def check(self, node: NodeSpec, where: str) -> list[Problem]:
+        problems = []
+        query = node.params.get("query")
+        if not isinstance(query, str) or not query.strip():
+            problems.append(params_problem(f"{where}.params.query", f"sql node {node.id!r} has no query",
+                                           "set params.query to a SELECT over the node's ins"))
+        unknown = sorted(set(node.params) - {"query"})
+        if unknown:
+            problems.append(params_problem(f"{where}.params", f"unknown sql params {unknown}",
+                                           "sql takes only params.query; inputs are its ins, by name"))
+        if len(node.outs) > 1:
+            problems.append(params_problem(f"{where}.outs", "a sql node produces exactly one table",
+                                           "declare one out"))
+        return problems
+
+    def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
+        import polars as pl
+
+        frames = {name: as_lazy_frame(value, name) for name, value in inputs.items()}
+        with pl.SQLContext(frames=frames, eager=False) as sql:
+            result = sql.execute(call.params["query"])
+        return result.collect().to_arrow()
+
+
+def as_lazy_frame(value: Any, name: str) -> Any:
+    import polars as pl
+    import pyarrow as pa
+
+    if isinstance(value, pl.LazyFrame):
+        return value
+    if isinstance(value, pl.DataFrame):
+        return value.lazy()
+    if isinstance(value, pa.Table):
+        return pl.from_arrow(value).lazy()  # type: ignore[union-attr]
+    if isinstance(value, str | list):
+        return pl.scan_parquet(value)
+    raise TypeError(f"input {name!r} is a {type(value).__name__}; sql reads Arrow or Polars tables "
+                    "or Parquet paths")

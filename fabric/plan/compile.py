@@ -1,0 +1,131 @@
+"""Compile a validated DagSpec plus runtime params into an ExecutionPlan (pure, deterministic)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from fabric.errors import ErrorCode, Problem, SpecError
+from fabric.plan.hashing import digest, node_content_hash
+from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
+from fabric.spec import DagSpec, NodeSpec, Resources, RuntimeParams, Slo, topological_order
+
+KindCheck = Callable[[NodeSpec, str], list[Problem]]
+
+DEFAULT_CPU = 1.0
+
+
+def _merge_slo(dag: Slo | None, node: Slo | None) -> Slo:
+    """Node SLO fields override the DAG's, field by field."""
+    base = dag.model_dump(exclude_none=True) if dag else {}
+    base.update(node.model_dump(exclude_none=True) if node else {})
+    return Slo.model_validate(base)
+
+
+def _merge_resources(default: Resources | None, node: Resources | None) -> Resources:
+    base = default.model_dump(exclude_none=True) if default else {}
+    override = node.model_dump(exclude_none=True) if node else {}
+    custom = {**base.get("custom", {}), **override.get("custom", {})}
+    base.update(override)
+    base["custom"] = custom
+    return Resources.model_validate(base)
+
+
+def resource_unit(res: Resources) -> ResourceUnit:
+    custom = dict(res.custom)
+    if res.gpu_mem:
+        # Ray's GPU fractions are logical; GPU memory is modelled as a custom resource in GiB.
+        custom["gpu_mem_gb"] = round(res.gpu_mem / 2**30, 3)
+    return ResourceUnit(
+        num_cpus=DEFAULT_CPU if res.cpu is None else float(res.cpu),
+        num_gpus=float(res.gpu or 0.0),
+        memory=int(res.mem) if res.mem else None,
+        custom=custom,
+        workers=res.workers or 1,
+    )
+
+
+def kind_problems(spec: DagSpec, runnable: Mapping[str, KindCheck]) -> list[Problem]:
+    """Reject, at submit time, kinds with no executor in this build and kind-specific param errors."""
+    problems: list[Problem] = []
+    for index, node in enumerate(spec.nodes):
+        where = f"nodes[{index}].kind"
+        check = runnable.get(node.kind)
+        if check is None:
+            problems.append(Problem(
+                ErrorCode.KIND_NOT_RUNNABLE, where,
+                f"kind {node.kind!r} of node {node.id!r} has no executor in this build",
+                f"use one of the kinds that run here: {', '.join(sorted(runnable))}"))
+            continue
+        problems.extend(check(node, f"nodes[{index}]"))
+    return problems
+
+
+def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
+                 runnable: Mapping[str, KindCheck] | None = None) -> ExecutionPlan:
+    """Wire outs to ins, resolve resources and SLOs, hash every node. Raises SpecError."""
+    runtime = runtime or RuntimeParams()
+    if runnable is not None:
+        problems = kind_problems(spec, runnable)
+        if problems:
+            raise SpecError.from_problems(problems)
+    order = topological_order(spec)
+    by_id = {node.id: node for node in spec.nodes}
+    upstream: dict[str, list[str]] = {n: [] for n in order}
+    downstream: dict[str, list[str]] = {n: [] for n in order}
+    for edge in spec.edges:
+        upstream[edge.to].append(edge.from_)
+        downstream[edge.from_].append(edge.to)
+    ancestors: dict[str, set[str]] = {}
+    for node_id in order:
+        acc: set[str] = set()
+        for parent in upstream[node_id]:
+            acc.add(parent)
+            acc |= ancestors[parent]
+        ancestors[node_id] = acc
+
+    default_res = spec.resources.default if spec.resources else None
+    dag_priority = (runtime.priority or (spec.slo.priority if spec.slo else None) or "normal")
+    hashes: dict[str, str] = {}
+    plans: dict[str, NodePlan] = {}
+    for node_id in order:
+        node = by_id[node_id]
+        wires = tuple(_wire(node, ancestors[node_id], by_id))
+        slo = _merge_slo(spec.slo, node.slo)
+        retry = slo.retry
+        content = node_content_hash(
+            kind=node.kind, params=node.params, entrypoint=node.entrypoint, env=node.env,
+            image=node.image, outs=tuple(node.outs),
+            inputs={w.name: f"{hashes[w.producer]}:{w.out}" for w in wires})
+        hashes[node_id] = content
+        plans[node_id] = NodePlan(
+            node_id=node_id, kind=node.kind, params=dict(node.params), entrypoint=node.entrypoint,
+            env=dict(node.env), image=node.image, inputs=wires, outs=tuple(node.outs),
+            upstream=tuple(upstream[node_id]), downstream=tuple(downstream[node_id]),
+            unit=resource_unit(_merge_resources(default_res, node.resources)),
+            max_runtime=slo.max_runtime,
+            retry=RetryPolicy(retry.max_attempts, retry.backoff_sec, retry.backoff_factor,
+                              retry.max_backoff_sec) if retry else RetryPolicy(),
+            priority=str(runtime.priority or slo.priority or "normal"),
+            qos=str(slo.qos) if slo.qos else None,
+            pool=node.pool or (runtime.affinity.compute_pool if runtime.affinity else None),
+            cache=node.cache,
+            content_hash=content,
+        )
+    return ExecutionPlan(
+        pipeline_id=spec.pipeline_id,
+        plan_hash=digest(sorted(hashes.items())),
+        order=tuple(order),
+        nodes=plans,
+        max_runtime=spec.slo.max_runtime if spec.slo else None,
+        priority=str(dag_priority),
+        labels=dict(runtime.labels),
+    )
+
+
+def _wire(node: NodeSpec, ancestors: set[str], by_id: Mapping[str, NodeSpec]) -> list[InputWire]:
+    # Graph validation has already guaranteed exactly one ancestor produces each input.
+    wires = []
+    for name in node.ins:
+        producers = [a for a in ancestors if name in by_id[a].outs]
+        wires.append(InputWire(name=name, producer=producers[0], out=name))
+    return wires

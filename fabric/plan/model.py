@@ -1,0 +1,98 @@
+"""The execution plan: frozen, Ray-agnostic descriptions of what each node needs and feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RESULT_SLOT = "result"  # the return value of a node that declares no outs
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    backoff_sec: float = 0.0
+    backoff_factor: float = 2.0
+    max_backoff_sec: float = 600.0
+
+    def delay_after(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt `failed_attempt` (1-based) failed: exponential, capped."""
+        delay = self.backoff_sec * self.backoff_factor ** max(failed_attempt - 1, 0)
+        return min(delay, self.max_backoff_sec)
+
+
+@dataclass(frozen=True)
+class ResourceUnit:
+    """Resources of one node in the units Ray schedules by (memory in bytes, custom resources)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None
+    custom: Mapping[str, float] = field(default_factory=dict)
+    workers: int = 1
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.num_cpus, self.num_gpus, self.memory, tuple(sorted(self.custom.items())), self.workers)
+
+
+@dataclass(frozen=True)
+class InputWire:
+    """`name` of this node's input is the `out` of node `producer`."""
+
+    name: str
+    producer: str
+    out: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node_id: str
+    kind: str
+    params: Mapping[str, Any]
+    entrypoint: str | None
+    env: Mapping[str, str]
+    image: str | None
+    inputs: tuple[InputWire, ...]
+    outs: tuple[str, ...]
+    upstream: tuple[str, ...]
+    downstream: tuple[str, ...]
+    unit: ResourceUnit
+    max_runtime: float | None
+    retry: RetryPolicy
+    priority: str
+    qos: str | None
+    pool: str | None
+    cache: bool
+    content_hash: str
+
+    @property
+    def result_slots(self) -> tuple[str, ...]:
+        """The names of the values the node returns: its outs, or the single implicit `result`."""
+        return self.outs or (RESULT_SLOT,)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    pipeline_id: str
+    plan_hash: str
+    order: tuple[str, ...]
+    nodes: Mapping[str, NodePlan]
+    max_runtime: float | None
+    priority: str
+    labels: Mapping[str, str]
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        return tuple(n for n in self.order if not self.nodes[n].downstream)
+
+    def descendants(self, node_id: str) -> list[str]:
+        """Every node reachable from `node_id`, in plan order."""
+        seen: set[str] = set()
+        stack = list(self.nodes[node_id].downstream)
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.nodes[current].downstream)
+        return [n for n in self.order if n in seen]

@@ -1,0 +1,93 @@
+"""The record of submissions: what was submitted, every state change, and node logs.
+
+This in-memory store sits behind the `Store` protocol so that a durable store (SQLite, then
+PostgreSQL) can replace it without touching the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    """One state change of a submission (node_id None) or of one of its nodes."""
+
+    submission_id: str
+    node_id: str | None
+    source: str
+    target: str
+    at: float
+    attempt: int = 0
+    reason: str = ""
+
+
+@dataclass
+class SubmissionRecord:
+    submission_id: str
+    pipeline_id: str
+    spec: dict[str, Any]
+    runtime_params: dict[str, Any]
+    plan_hash: str
+    created_at: float
+    team: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    state: str = "RUNNING"
+
+
+class Store(Protocol):
+    def add_submission(self, record: SubmissionRecord) -> None: ...
+    def get_submission(self, submission_id: str) -> SubmissionRecord | None: ...
+    def set_state(self, submission_id: str, state: str) -> None: ...
+    def list_submissions(self, state: str | None = None, limit: int = 50) -> list[SubmissionRecord]: ...
+    def append_events(self, events: list[Event]) -> None: ...
+    def events(self, submission_id: str) -> list[Event]: ...
+    def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None: ...
+    def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]: ...
+
+
+class MemoryStore:
+    """A thread-safe Store kept in memory (lost with the process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._submissions: dict[str, SubmissionRecord] = {}
+        self._events: dict[str, list[Event]] = defaultdict(list)
+        self._logs: dict[tuple[str, str], dict[int, tuple[str, str | None]]] = defaultdict(dict)
+
+    def add_submission(self, record: SubmissionRecord) -> None:
+        with self._lock:
+            self._submissions[record.submission_id] = record
+
+    def get_submission(self, submission_id: str) -> SubmissionRecord | None:
+        return self._submissions.get(submission_id)
+
+    def set_state(self, submission_id: str, state: str) -> None:
+        with self._lock:
+            self._submissions[submission_id].state = state
+
+    def list_submissions(self, state: str | None = None, limit: int = 50) -> list[SubmissionRecord]:
+        with self._lock:
+            records = sorted(self._submissions.values(), key=lambda r: r.created_at, reverse=True)
+        return [r for r in records if state is None or r.state == state][:limit]
+
+    def append_events(self, events: list[Event]) -> None:
+        with self._lock:
+            for event in events:
+                self._events[event.submission_id].append(event)
+
+    def events(self, submission_id: str) -> list[Event]:
+        with self._lock:
+            return list(self._events.get(submission_id, ()))
+
+    def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None:
+        with self._lock:
+            self._logs[(submission_id, node_id)][attempt] = (text, path)
+
+    def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
+        with self._lock:
+            logs = self._logs.get((submission_id, node_id), {})
+            return [(attempt, text, path) for attempt, (text, path) in sorted(logs.items())]

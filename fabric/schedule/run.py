@@ -1,0 +1,324 @@
+"""The run state machine of one submission: pure, clock injected, emits actions for the executor.
+
+Nodes are dispatched *eagerly*: a node is handed to the executor as soon as every upstream node has
+been dispatched, wired to the upstream attempts' future outputs, so Ray resolves the data dependency
+without a round trip through the fabric. A node only counts as RUNNING once its upstreams succeeded;
+results that arrive earlier are buffered, and dispatches wired to a failed attempt are withdrawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from fabric.plan import ExecutionPlan, NodePlan
+from fabric.states import NodeState, SubmissionState, check_node_transition, check_submission_transition
+from fabric.types import AttemptReport, ErrorInfo
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Submit attempt `attempt` of `node_id` under `token`, wired to the producers' tokens."""
+
+    node_id: str
+    attempt: int
+    token: int
+    input_tokens: tuple[tuple[str, int], ...]  # (producer node id, producer token)
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Stop the Ray work of dispatch `token` of `node_id`."""
+
+    node_id: str
+    token: int
+    reason: str
+
+
+Action = Dispatch | Kill
+
+
+@dataclass(frozen=True)
+class Transition:
+    node_id: str | None  # None: the submission itself
+    source: str
+    target: str
+    at: float
+    attempt: int = 0
+    reason: str = ""
+
+
+@dataclass
+class Attempt:
+    number: int
+    started_at: float  # when the fabric released it to run
+    ended_at: float | None = None
+    outcome: NodeState | None = None
+    error: ErrorInfo | None = None
+    report: AttemptReport | None = None
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    report: AttemptReport
+    error: ErrorInfo | None
+
+
+@dataclass
+class NodeRun:
+    plan: NodePlan
+    state: NodeState = NodeState.PENDING
+    token: int | None = None
+    input_tokens: dict[str, int] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    queued_at: float | None = None
+    deadline: float | None = None
+    retry_at: float | None = None
+    buffered: _Outcome | None = None
+    progress: float = 0.0
+    message: str = ""
+    reason: str = ""
+    ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
+    dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self.attempts[-1].error if self.attempts else None
+
+
+class RunMachine:
+    """All decisions about one submission's nodes. Feed it results and ticks; it returns actions.
+
+    Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and
+    deadlines in a timer index, so a 1,000-node fan-in does not rescan its parents per event.
+    """
+
+    def __init__(self, plan: ExecutionPlan, clock: Clock, *, submission_id: str = "") -> None:
+        self.plan = plan
+        self.submission_id = submission_id
+        self._clock = clock
+        self._tokens = itertools.count(1)
+        self.nodes: dict[str, NodeRun] = {n: NodeRun(plan.nodes[n]) for n in plan.order}
+        self.state = SubmissionState.RUNNING
+        self.created_at = clock()
+        self.ended_at: float | None = None
+        self.deadline = self.created_at + plan.max_runtime if plan.max_runtime else None
+        self._pending_transitions: list[Transition] = []
+        self._timers: dict[str, float] = {}  # node id -> its running deadline or retry time
+        self._terminal = 0
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.state.terminal
+
+    def next_deadline(self) -> float | None:
+        times = list(self._timers.values())
+        if self.deadline is not None and not self.done:
+            times.append(self.deadline)
+        return min(times) if times else None
+
+    def drain_transitions(self) -> list[Transition]:
+        out, self._pending_transitions = self._pending_transitions, []
+        return out
+
+    def is_current(self, node_id: str, token: int) -> bool:
+        return self.nodes[node_id].token == token
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        return self._settle(self.plan.order)
+
+    def on_result(self, node_id: str, token: int, report: AttemptReport,
+                  error: ErrorInfo | None = None) -> list[Action]:
+        """An attempt ended (error None means success). Stale tokens are ignored."""
+        node = self.nodes[node_id]
+        if node.token != token or self.done:
+            return []
+        outcome = _Outcome(ok=error is None, report=report, error=error)
+        if node.state is NodeState.RUNNING:
+            self._finish_attempt(node, outcome)
+        elif node.state in (NodeState.PENDING, NodeState.QUEUED):
+            # Arrived before every upstream was seen to succeed: it may be an upstream failure echoing.
+            node.buffered = outcome
+            return []
+        return self._settle([node_id, *node.plan.downstream])
+
+    def on_progress(self, node_id: str, token: int | None, fraction: float, message: str) -> None:
+        node = self.nodes[node_id]
+        if node.state is NodeState.RUNNING and (token is None or token == node.token):
+            node.progress, node.message = fraction, message
+
+    def tick(self) -> list[Action]:
+        """Apply every deadline and backoff that has come due."""
+        now = self._clock()
+        if self.deadline is not None and now >= self.deadline and not self.done:
+            return self._end_all(SubmissionState.TIMED_OUT, NodeState.TIMED_OUT,
+                                 f"submission exceeded max_runtime {self.plan.max_runtime:g}s")
+        actions: list[Action] = []
+        due = [n for n, t in self._timers.items() if t <= now]
+        for node_id in due:
+            node = self.nodes[node_id]
+            if node.state is NodeState.RUNNING and node.token is not None:
+                actions.append(Kill(node_id, node.token, "max_runtime exceeded"))
+                error = ErrorInfo("Timeout", f"node exceeded max_runtime {node.plan.max_runtime or 0:g}s")
+                self._finish_attempt(node, _Outcome(False, AttemptReport(ended_at=now), error),
+                                     timed_out=True)
+            elif node.state is NodeState.RETRYING:
+                node.retry_at = None
+                self._move(node, NodeState.QUEUED, "backoff elapsed")
+        touched = [d for n in due for d in (n, *self.nodes[n].plan.downstream)]
+        return actions + self._settle(touched)
+
+    def cancel(self, reason: str = "cancelled by user") -> list[Action]:
+        if self.done:
+            return []
+        return self._end_all(SubmissionState.CANCELLED, NodeState.CANCELLED, reason)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _move(self, node: NodeRun, target: NodeState, reason: str = "") -> None:
+        check_node_transition(node.plan.node_id, node.state, target)
+        now = self._clock()
+        self._pending_transitions.append(Transition(node.plan.node_id, node.state, target, now,
+                                                    len(node.attempts), reason))
+        was_ok = node.state.ok
+        node.state, node.reason = target, reason
+        if target.ok and not was_ok:
+            for child in node.plan.downstream:
+                self.nodes[child].ok_upstream += 1
+        if target is NodeState.QUEUED:
+            node.queued_at = now
+        if target.terminal:
+            self._terminal += 1
+            if not target.ok:  # a successful attempt keeps its token: downstream reads its outputs
+                self._set_token(node, None)
+        if target is not NodeState.RUNNING:
+            node.deadline = None
+        timer = node.deadline if target is NodeState.RUNNING else node.retry_at
+        if timer is None or target.terminal:
+            self._timers.pop(node.plan.node_id, None)
+        else:
+            self._timers[node.plan.node_id] = timer
+
+    def _set_token(self, node: NodeRun, token: int | None) -> None:
+        had = node.token is not None
+        node.token = token
+        if had != (token is not None):
+            delta = 1 if token is not None else -1
+            for child in node.plan.downstream:
+                self.nodes[child].dispatched_upstream += delta
+        if token is None:
+            node.buffered, node.input_tokens = None, {}
+
+    def _end_submission(self, target: SubmissionState, reason: str = "") -> None:
+        check_submission_transition(self.submission_id, self.state, target)
+        now = self._clock()
+        self._pending_transitions.append(Transition(None, self.state, target, now, 0, reason))
+        self.state = target
+        self.ended_at = now
+
+    def _finish_attempt(self, node: NodeRun, outcome: _Outcome, *, timed_out: bool = False) -> None:
+        now = self._clock()
+        attempt = node.attempts[-1]
+        attempt.ended_at = now
+        attempt.report = outcome.report
+        attempt.error = outcome.error
+        if outcome.report.progress is not None:
+            node.progress = outcome.report.progress
+        if outcome.report.message:
+            node.message = outcome.report.message
+        if outcome.ok:
+            attempt.outcome = NodeState.SUCCEEDED
+            node.progress = 1.0
+            self._move(node, NodeState.SUCCEEDED)
+            return
+        self._set_token(node, None)
+        self._withdraw_descendants(node.plan.node_id)
+        if len(node.attempts) < node.plan.retry.max_attempts:
+            attempt.outcome = NodeState.RETRYING
+            delay = node.plan.retry.delay_after(len(node.attempts))
+            node.retry_at = now + delay
+            self._move(node, NodeState.RETRYING, f"attempt {attempt.number} failed; retry in {delay:g}s")
+            return
+        final = NodeState.TIMED_OUT if timed_out else NodeState.FAILED
+        attempt.outcome = final
+        self._move(node, final, outcome.error.message if outcome.error else "")
+        for descendant in self.plan.descendants(node.plan.node_id):
+            run = self.nodes[descendant]
+            if not run.state.terminal:
+                self._move(run, NodeState.SKIPPED, f"upstream {node.plan.node_id} {final}")
+
+    def _withdraw_descendants(self, node_id: str) -> None:
+        """Dispatches wired to a failed attempt's outputs will only echo its error: forget them."""
+        for descendant in self.plan.descendants(node_id):
+            run = self.nodes[descendant]
+            if run.state in (NodeState.PENDING, NodeState.QUEUED):
+                self._set_token(run, None)
+
+    def _end_all(self, ending: SubmissionState, running_becomes: NodeState, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for node in self.nodes.values():
+            if node.state.terminal:
+                continue
+            if node.token is not None:
+                actions.append(Kill(node.plan.node_id, node.token, reason))
+            if node.state is NodeState.RUNNING:
+                node.attempts[-1].ended_at = self._clock()
+                node.attempts[-1].outcome = running_becomes
+                self._move(node, running_becomes, reason)
+            else:
+                self._move(node, NodeState.CANCELLED if ending is SubmissionState.CANCELLED
+                           else NodeState.SKIPPED, reason)
+            node.retry_at = None
+        self._end_submission(ending, reason)
+        return actions
+
+    def _settle(self, touched: Iterable[str]) -> list[Action]:
+        """Promote ready nodes, apply buffered results and dispatch what can go, for the touched nodes
+        and, transitively, whatever their changes touch."""
+        actions: list[Action] = []
+        work = deque(touched)
+        while work and not self.done:
+            node = self.nodes[work.popleft()]
+            before = (node.state, node.token)
+            upstream_ok = node.ok_upstream == len(node.plan.upstream)
+            if node.state is NodeState.PENDING and upstream_ok:
+                self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
+            if node.state is NodeState.QUEUED:
+                if node.token is None:
+                    actions.append(self._dispatch(node))
+                self._run(node)
+            if node.state is NodeState.RUNNING and node.buffered is not None:
+                outcome, node.buffered = node.buffered, None
+                self._finish_attempt(node, outcome)
+            if (node.state is NodeState.PENDING and node.token is None
+                    and node.dispatched_upstream == len(node.plan.upstream)):
+                actions.append(self._dispatch(node))
+            if (node.state, node.token) != before:
+                work.extend(node.plan.downstream)
+        if not self.done and self._terminal == len(self.nodes):
+            ok = all(n.state.ok for n in self.nodes.values())
+            self._end_submission(SubmissionState.SUCCEEDED if ok else SubmissionState.FAILED)
+        return actions
+
+    def _dispatch(self, node: NodeRun) -> Dispatch:
+        self._set_token(node, next(self._tokens))
+        node.input_tokens = {u: self.nodes[u].token for u in node.plan.upstream}  # type: ignore[misc]
+        assert node.token is not None
+        return Dispatch(node.plan.node_id, len(node.attempts) + 1, node.token,
+                        tuple(node.input_tokens.items()))
+
+    def _run(self, node: NodeRun) -> None:
+        now = self._clock()
+        node.attempts.append(Attempt(number=len(node.attempts) + 1, started_at=now))
+        node.deadline = now + node.plan.max_runtime if node.plan.max_runtime else None
+        node.progress, node.message = 0.0, ""
+        self._move(node, NodeState.RUNNING, f"attempt {len(node.attempts)}")

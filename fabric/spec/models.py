@@ -1,0 +1,339 @@
+"""The DAG spec v1 and runtime params as pydantic models: the contract users write against."""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from fabric.spec._text import did_you_mean
+from fabric.spec.kinds import KNOWN_KINDS
+from fabric.spec.quantities import Cpu, Duration, Gpu, Memory
+
+NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+IO_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+PIPELINE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
+SUBMISSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CUSTOM_RESOURCE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:/-]{0,63}$"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENTRYPOINT_PATTERN = f"^{_DOTTED}:{_DOTTED}$"
+MAX_NODES = 10_000
+
+# The "skip the graph check" flag load_spec passes in the validation context: it checks the graph on
+# the raw input itself, so that graph problems are reported together with field problems.
+SKIP_GRAPH_CHECK = "fabric.spec.skip_graph_check"
+
+
+def _fail(message: str, fix: str, error_type: str = "spec_value") -> PydanticCustomError:
+    # The message is pre-rendered; `fix` travels in the context and becomes Problem.fix.
+    return PydanticCustomError(error_type, message, {"fix": fix})
+
+
+def _pattern_str(pattern: str, what: str, rule: str, example: str) -> Any:
+    """A str type that must match `pattern`, with a readable error and the pattern in the JSON Schema."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise _fail(f"{value!r} is not a valid {what}: {rule}", f"use a name like {example!r}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern})]
+
+
+NodeId = _pattern_str(NODE_ID_PATTERN, "node id",
+                      "it must start with a letter, then letters, digits, '_' or '-' (at most 64)",
+                      "compute_features")
+PipelineId = _pattern_str(PIPELINE_ID_PATTERN, "pipeline id",
+                          "it must start with a letter, then letters, digits, '_', '.' or '-' (at most 128)",
+                          "bt_xs_bilstm_v1")
+SubmissionId = _pattern_str(SUBMISSION_ID_PATTERN, "submission id",
+                            "it must start with a letter or digit, then letters, digits, '_', '.', ':' or '-'"
+                            " (at most 128)", "sub-2025-10-29-001")
+Entrypoint = _pattern_str(ENTRYPOINT_PATTERN, "entrypoint", "it must look like 'package.module:function'",
+                          "my_pkg.features:compute")
+_IO_NAME_RE = re.compile(IO_NAME_PATTERN)
+
+
+def _check_io_name(value: str) -> str:
+    if not _IO_NAME_RE.match(value):
+        raise _fail(f"{value!r} is not a valid input/output name: it becomes a Python keyword argument, "
+                    "so it must start with a letter or '_', then letters, digits or '_' (at most 64)",
+                    "use a name like 'feature_table'")
+    if keyword.iskeyword(value):
+        raise _fail(f"{value!r} is a Python keyword and cannot be used as an input/output name",
+                    f"rename it, e.g. {value + '_'!r}")
+    return value
+
+
+IoName = Annotated[str, AfterValidator(_check_io_name),
+                   WithJsonSchema({"type": "string", "pattern": IO_NAME_PATTERN})]
+
+
+def _check_env_names(env: dict[str, str], what: str) -> dict[str, str]:
+    for name in env:
+        if not re.match(ENV_VAR_PATTERN, name):
+            raise _fail(f"{name!r} is not a valid {what} name: use letters, digits and '_', not starting "
+                        "with a digit", "rename it, e.g. 'FEATURE_VIEW'")
+    return env
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Priority(StrEnum):
+    """How urgent a DAG or submission is; compare with `.rank`."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0 for low up to 3 for critical: higher runs first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+
+
+class Qos(StrEnum):
+    """Whether work may run on preemptible (spot) capacity."""
+
+    SPOT_OK = "spot_ok"
+    ON_DEMAND = "on_demand"
+
+
+class Retry(_Model):
+    """How often and how patiently a failed node is retried."""
+
+    max_attempts: int = Field(1, ge=1, le=100, description="Total attempts, including the first.")
+    backoff_sec: float = Field(0, ge=0, le=86_400, description="Wait before the first retry.")
+    backoff_factor: float = Field(2.0, ge=1, le=10, description="Multiplier of the wait per retry.")
+    max_backoff_sec: float = Field(600, ge=0, description="Upper bound of the wait between attempts.")
+
+
+class Slo(_Model):
+    """Service-level objectives; on a node they override the DAG's."""
+
+    max_runtime: Duration | None = None
+    retry: Retry | None = None
+    priority: Priority | None = None
+    qos: Qos | None = None
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _positive_runtime(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise _fail("max_runtime must be positive", "use a duration like '2h' or '15m'", "spec_quantity")
+        return value
+
+
+class Resources(_Model):
+    """What one node needs; unset fields fall back to the DAG default."""
+
+    cpu: Cpu | None = None
+    mem: Memory | None = None
+    gpu: Gpu | None = None
+    gpu_mem: Memory | None = None
+    custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources by name.")
+    workers: int | None = Field(None, ge=1, le=1024, description="Worker count for distributed kinds.")
+
+    @field_validator("custom")
+    @classmethod
+    def _check_custom(cls, custom: dict[str, float]) -> dict[str, float]:
+        for name, amount in custom.items():
+            if not re.match(CUSTOM_RESOURCE_PATTERN, name):
+                raise _fail(f"{name!r} is not a valid custom resource name",
+                            "use a name like 'accelerator_x'")
+            if not math.isfinite(amount) or amount < 0:
+                raise _fail(f"custom resource {name!r} must be a finite number >= 0 (got {amount!r})",
+                            "use a value like 1 or 0.5", "spec_quantity")
+        return custom
+
+
+class DagResources(_Model):
+    """DAG-wide resource settings."""
+
+    default: Resources | None = None
+
+
+class NodeSpec(_Model):
+    """One unit of work: its kind, parameters, wiring and requirements."""
+
+    id: NodeId
+    kind: str = Field(json_schema_extra={"enum": sorted(KNOWN_KINDS)})
+    params: dict[str, Any] = Field(default_factory=dict)
+    ins: list[IoName] = Field(default_factory=list, description="Names produced by exactly one ancestor.")
+    outs: list[IoName] = Field(default_factory=list, description="Names this node produces.")
+    resources: Resources | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    entrypoint: Entrypoint | None = None
+    image: str | None = Field(None, min_length=1)
+    slo: Slo | None = None
+    pool: str | None = Field(None, min_length=1, max_length=128)
+    cache: bool = False
+    description: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KNOWN_KINDS:
+            hint = did_you_mean(kind, KNOWN_KINDS)
+            known = ", ".join(sorted(KNOWN_KINDS))
+            raise _fail(f"unknown kind {kind!r}; {hint}known kinds: {known}",
+                        f"{hint}use one of: {known}", "unknown_kind")
+        return kind
+
+    @field_validator("ins", "outs")
+    @classmethod
+    def _no_duplicates(cls, names: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise _fail(f"{name!r} is listed twice", f"remove the second {name!r}")
+            seen.add(name)
+        return names
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        return _check_env_names(env, "environment variable")
+
+
+class Edge(_Model):
+    """A dependency: `to` runs after `from` succeeds. Written as {from: a, to: b}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: str = Field(alias="from", min_length=1)
+    to: str = Field(min_length=1)
+
+
+class DagSpec(_Model):
+    """A whole pipeline: nodes, the edges between them, DAG-wide SLO and default resources."""
+
+    version: Literal[1]
+    pipeline_id: PipelineId
+    description: str | None = None
+    slo: Slo | None = None
+    resources: DagResources | None = None
+    nodes: list[NodeSpec] = Field(min_length=1, max_length=MAX_NODES)
+    edges: list[Edge] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_graph(self, info: ValidationInfo) -> DagSpec:
+        if info.context and info.context.get(SKIP_GRAPH_CHECK):
+            return self
+        from fabric.errors import SpecError
+        from fabric.spec.validate import graph_problems
+
+        problems = graph_problems(self)
+        if problems:
+            # Not a ValueError on purpose: it carries every problem, and pydantic lets it through as is.
+            raise SpecError.from_problems(problems)
+        return self
+
+    @cached_property
+    def _index(self) -> dict[str, NodeSpec]:
+        return {node.id: node for node in self.nodes}
+
+    def node(self, node_id: str) -> NodeSpec:
+        """The node with this id; KeyError if there is none."""
+        try:
+            return self._index[node_id]
+        except KeyError:
+            raise KeyError(f"no node {node_id!r} in pipeline {self.pipeline_id!r}") from None
+
+    def upstream(self, node_id: str) -> list[str]:
+        """Direct parents of a node, in edge order."""
+        self.node(node_id)
+        return list(dict.fromkeys(e.from_ for e in self.edges if e.to == node_id))
+
+    def downstream(self, node_id: str) -> list[str]:
+        """Direct children of a node, in edge order."""
+        self.node(node_id)
+        return list(dict.fromkeys(e.to for e in self.edges if e.from_ == node_id))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict by alias, without defaults or None: what a user would write."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+    def to_yaml(self) -> str:
+        """The spec as readable YAML that load_spec reads back to an equal DagSpec."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+class Affinity(_Model):
+    """Where a submission prefers to run."""
+
+    compute_pool: str | None = Field(None, min_length=1, max_length=128)
+
+
+class RuntimeEnvSpec(_Model):
+    """The Ray runtime_env keys a user may set: this model IS the allowlist."""
+
+    working_dir: str | None = Field(None, min_length=1)
+    py_modules: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_ray_vars(cls, env_vars: dict[str, str]) -> dict[str, str]:
+        _check_env_names(env_vars, "environment variable")
+        for name in env_vars:
+            if name.upper().startswith("RAY_"):
+                raise _fail(f"environment variable {name!r} is not allowed: names starting with RAY_ "
+                            "configure Ray itself and cannot be set by a submission",
+                            f"remove {name!r} or rename it without the RAY_ prefix")
+        return env_vars
+
+
+class RuntimeParams(_Model):
+    """Per-submission settings given next to a spec: idempotency key, environment, labels, priority."""
+
+    submission_id: SubmissionId | None = Field(None, description="Idempotency key of the submission.")
+    env: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+                            description="Deployment environment name such as 'staging' (not env vars).")
+    labels: dict[str, str] = Field(default_factory=dict)
+    secrets_scope: list[str] = Field(default_factory=list)
+    priority: Priority | None = None
+    affinity: Affinity | None = None
+    ttl_days: float | None = Field(None, gt=0, le=3650)
+    runtime_env: RuntimeEnvSpec | None = None
+    team: str | None = Field(None, min_length=1, max_length=128)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_is_a_name(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise _fail("env is the deployment environment name (e.g. 'staging'), not environment variables",
+                        "put environment variables under runtime_env.env_vars")
+        return value
+
+    @field_validator("secrets_scope")
+    @classmethod
+    def _scope_names(cls, scopes: list[str]) -> list[str]:
+        for scope in scopes:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$", scope):
+                raise _fail(f"{scope!r} is not a valid secrets scope name", "use a name like 's3-lake-ro'")
+        return scopes

@@ -1,0 +1,239 @@
+"""Graph checks of a DAG spec (ids, edges, cycles, input wiring) and its deterministic topological order."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fabric.errors import ErrorCode, Problem, SpecError
+from fabric.spec._text import did_you_mean
+
+if TYPE_CHECKING:
+    from fabric.spec.models import DagSpec
+
+
+class _Graph:
+    """The usable part of a possibly malformed raw spec: first-seen node ids and well-formed edges."""
+
+    def __init__(self, raw: Mapping[str, Any], problems: list[Problem]) -> None:
+        self.order: list[str] = []
+        self.pos: dict[str, int] = {}
+        self.nodes: dict[str, Mapping[str, Any]] = {}
+        self.children: dict[str, list[str]] = {}
+        self.parents: dict[str, list[str]] = {}
+        self.edge_index: dict[tuple[str, str], int] = {}
+        nodes = raw.get("nodes")
+        for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+            node_id = node.get("id") if isinstance(node, Mapping) else None
+            if not isinstance(node_id, str) or not node_id:
+                continue
+            if node_id in self.pos:
+                problems.append(Problem(
+                    ErrorCode.SPEC_DUPLICATE_ID, f"nodes[{i}].id",
+                    f"duplicate node id {node_id!r}: nodes[{self.pos[node_id]}] already uses it",
+                    "give every node a unique id"))
+                continue
+            self.pos[node_id] = i
+            self.order.append(node_id)
+            self.nodes[node_id] = node
+            self.children[node_id] = []
+            self.parents[node_id] = []
+        edges = raw.get("edges")
+        for j, edge in enumerate(edges if isinstance(edges, list) else []):
+            if isinstance(edge, Mapping):
+                self._add_edge(j, edge, problems)
+
+    def _add_edge(self, j: int, edge: Mapping[str, Any], problems: list[Problem]) -> None:
+        src = edge.get("from", edge.get("from_"))
+        dst = edge.get("to")
+        usable = True
+        for key, end in (("from", src), ("to", dst)):
+            if not isinstance(end, str) or not end:
+                usable = False  # a field error, reported by the model
+            elif end not in self.pos:
+                usable = False
+                hint = did_you_mean(end, self.order)
+                known = ", ".join(self.order[:20]) + (", ..." if len(self.order) > 20 else "")
+                problems.append(Problem(ErrorCode.SPEC_DANGLING_EDGE, f"edges[{j}].{key}",
+                                        f"edge refers to unknown node {end!r}",
+                                        f"{hint}use the id of a node: {known}".strip()))
+        if not usable:
+            return
+        assert isinstance(src, str) and isinstance(dst, str)
+        if src == dst:
+            message = f"node {src!r} has an edge to itself"
+            problems.append(Problem(ErrorCode.SPEC_CYCLE, f"edges[{j}]", message, "remove this edge"))
+            return
+        if (src, dst) not in self.edge_index:
+            self.edge_index[(src, dst)] = j
+            self.children[src].append(dst)
+            self.parents[dst].append(src)
+
+    def components(self) -> list[list[str]]:
+        """Strongly connected components (Tarjan, iterative), in reverse topological order."""
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        result: list[list[str]] = []
+        for root in self.order:
+            if root in index:
+                continue
+            index[root] = low[root] = len(index)
+            stack.append(root)
+            on_stack.add(root)
+            work = [(root, iter(self.children[root]))]
+            while work:
+                v, it = work[-1]
+                for w in it:
+                    if w not in index:
+                        index[w] = low[w] = len(index)
+                        stack.append(w)
+                        on_stack.add(w)
+                        work.append((w, iter(self.children[w])))
+                        break
+                    if w in on_stack:
+                        low[v] = min(low[v], index[w])
+                else:
+                    work.pop()
+                    if work:
+                        u = work[-1][0]
+                        low[u] = min(low[u], low[v])
+                    if low[v] == index[v]:
+                        component: list[str] = []
+                        while True:
+                            w = stack.pop()
+                            on_stack.discard(w)
+                            component.append(w)
+                            if w == v:
+                                break
+                        result.append(component)
+        return result
+
+    def cycle_in(self, component: list[str]) -> list[str]:
+        """A shortest cycle through the component's first node (in spec order): [a, b, c] for a->b->c->a."""
+        members = set(component)
+        start = min(component, key=self.pos.__getitem__)
+        came_from: dict[str, str] = {}
+        queue = deque([start])
+        while queue:
+            v = queue.popleft()
+            for w in self.children[v]:
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return path[::-1]
+                if w in members and w not in came_from:
+                    came_from[w] = v
+                    queue.append(w)
+        return [start]  # pragma: no cover - a component of several nodes always has a cycle through start
+
+
+def _cycle_problems(graph: _Graph, components: list[list[str]]) -> list[Problem]:
+    problems = []
+    for component in reversed(components):
+        if len(component) < 2:
+            continue
+        cycle = graph.cycle_in(component)
+        closing = (cycle[-1], cycle[0])
+        text = " -> ".join([*cycle, cycle[0]])
+        fix = f"remove one edge of the cycle, e.g. {{from: {closing[0]}, to: {closing[1]}}}"
+        where = f"edges[{graph.edge_index[closing]}]"
+        problems.append(Problem(ErrorCode.SPEC_CYCLE, where, f"cycle: {text}", fix))
+    return problems
+
+
+def _ancestor_masks(graph: _Graph, components: list[list[str]]) -> dict[str, int]:
+    """For each node, a bitset (by spec position) of its ancestors; nodes on a cycle include themselves."""
+    comp_of = {v: k for k, comp in enumerate(components) for v in comp}
+    members = [sum(1 << graph.pos[v] for v in comp) for comp in components]
+    masks = [0] * len(components)
+    for k in reversed(range(len(components))):  # sources first
+        mask = members[k] if len(components[k]) > 1 else 0
+        for v in components[k]:
+            for p in graph.parents[v]:
+                c = comp_of[p]
+                if c != k:
+                    mask |= masks[c] | members[c]
+        masks[k] = mask
+    return {v: masks[comp_of[v]] for v in graph.order}
+
+
+def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
+    producers: dict[str, list[str]] = {}
+    for node_id in graph.order:
+        outs = graph.nodes[node_id].get("outs")
+        for name in outs if isinstance(outs, list) else []:
+            if isinstance(name, str) and node_id not in producers.setdefault(name, []):
+                producers[name].append(node_id)
+    problems = []
+    for node_id in graph.order:
+        ins = graph.nodes[node_id].get("ins")
+        for k, name in enumerate(ins if isinstance(ins, list) else []):
+            if not isinstance(name, str):
+                continue
+            where = f"nodes[{node_id}].ins[{k}]"
+            candidates = [p for p in producers.get(name, []) if p != node_id]
+            upstream = [p for p in candidates if ancestors[node_id] >> graph.pos[p] & 1]
+            if not candidates:
+                itself = " other than the node itself" if name in producers else ""
+                problems.append(Problem(
+                    ErrorCode.SPEC_UNWIRED_INPUT, where,
+                    f"input {name!r} is not produced by any node{itself}",
+                    f"{did_you_mean(name, producers)}add {name!r} to the outs of an upstream node, "
+                    "or remove it from ins"))
+            elif not upstream:
+                others = f" (or from one of: {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+                problems.append(Problem(
+                    ErrorCode.SPEC_UNWIRED_INPUT, where,
+                    f"input {name!r} is produced by {', '.join(map(repr, candidates))}, "
+                    f"which is not upstream of {node_id!r}",
+                    f"add edge {{from: {candidates[0]}, to: {node_id}}}{others}"))
+            elif len(upstream) > 1:
+                problems.append(Problem(
+                    ErrorCode.SPEC_UNWIRED_INPUT, where,
+                    f"input {name!r} is ambiguous: several upstream nodes produce it: {', '.join(upstream)}",
+                    "rename the output in all but one of them so that each input has exactly one producer"))
+    return problems
+
+
+def graph_problems(raw: Mapping[str, Any] | DagSpec) -> list[Problem]:
+    """Every graph problem of a spec, on its raw dict form (tolerates malformed nodes and edges)."""
+    if not isinstance(raw, Mapping):
+        if not hasattr(raw, "model_dump"):
+            return []
+        raw = raw.model_dump(by_alias=True)
+    problems: list[Problem] = []
+    graph = _Graph(raw, problems)
+    components = graph.components()
+    problems.extend(_cycle_problems(graph, components))
+    problems.extend(_wiring_problems(graph, _ancestor_masks(graph, components)))
+    return problems
+
+
+def topological_order(spec: DagSpec) -> list[str]:
+    """Node ids in dependency order (Kahn); among ready nodes the one earliest in the spec goes first."""
+    order = [node.id for node in spec.nodes]
+    pos = {node_id: i for i, node_id in enumerate(order)}
+    children: dict[str, list[str]] = {node_id: [] for node_id in order}
+    indegree = dict.fromkeys(order, 0)
+    for edge in dict.fromkeys((e.from_, e.to) for e in spec.edges):
+        children[edge[0]].append(edge[1])
+        indegree[edge[1]] += 1
+    ready = [pos[n] for n in order if indegree[n] == 0]
+    heapq.heapify(ready)
+    result: list[str] = []
+    while ready:
+        node_id = order[heapq.heappop(ready)]
+        result.append(node_id)
+        for child in children[node_id]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                heapq.heappush(ready, pos[child])
+    if len(result) != len(order):
+        raise SpecError.from_problems(graph_problems(spec) or [Problem(
+            ErrorCode.SPEC_CYCLE, "edges", "the graph has a cycle", "remove an edge of the cycle")])
+    return result
