@@ -209,7 +209,7 @@ class DAG:
         """Entrypoint -> the function pickled by value, for tasks defined in a notebook or script."""
         if not self._inline:
             return {}
-        import cloudpickle
+        from ray import cloudpickle
 
         return {entry: cloudpickle.dumps(fn) for entry, fn in self._inline.items()}
 

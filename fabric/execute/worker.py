@@ -89,7 +89,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
 
 @lru_cache(maxsize=64)
 def _inline_function(blob: bytes) -> Callable[..., Any]:
-    import cloudpickle
+    from ray import cloudpickle
 
     return cloudpickle.loads(blob)
 

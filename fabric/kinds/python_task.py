@@ -27,7 +27,7 @@ class PythonTask:
             problems.append(params_problem(f"{where}.entrypoint",
                                            f"entrypoint {node.entrypoint!r} is not 'package.module:function'",
                                            "write it as 'package.module:function'"))
-        clash = sorted(set(node.params) & set(node.ins))
+        clash = sorted(set(node.params) & {entry.partition("=")[0] for entry in node.ins})
         if clash:
             problems.append(params_problem(f"{where}.params",
                                            f"params {clash} have the same names as ins",

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.hashing import digest, node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
-from fabric.spec import DagSpec, NodeSpec, Resources, RuntimeParams, Slo, topological_order
+from fabric.spec import DagSpec, NodeSpec, Resources, RuntimeParams, Slo, split_input, topological_order
 
 KindCheck = Callable[[NodeSpec, str], list[Problem]]
 
@@ -125,7 +125,8 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
 def _wire(node: NodeSpec, ancestors: set[str], by_id: Mapping[str, NodeSpec]) -> list[InputWire]:
     # Graph validation has already guaranteed exactly one ancestor produces each input.
     wires = []
-    for name in node.ins:
-        producers = [a for a in ancestors if name in by_id[a].outs]
-        wires.append(InputWire(name=name, producer=producers[0], out=name))
+    for entry in node.ins:
+        param, out = split_input(entry)
+        producers = [a for a in ancestors if out in by_id[a].outs]
+        wires.append(InputWire(name=param, producer=producers[0], out=out))
     return wires

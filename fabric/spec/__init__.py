@@ -15,6 +15,7 @@ from fabric.spec.models import (
     RuntimeEnvSpec,
     RuntimeParams,
     Slo,
+    split_input,
 )
 from fabric.spec.schema import dag_json_schema, runtime_params_json_schema
 from fabric.spec.validate import graph_problems, topological_order
@@ -38,5 +39,6 @@ __all__ = [
     "load_spec",
     "parse_runtime_params",
     "runtime_params_json_schema",
+    "split_input",
     "topological_order",
 ]

@@ -87,6 +87,26 @@ IoName = Annotated[str, AfterValidator(_check_io_name),
                    WithJsonSchema({"type": "string", "pattern": IO_NAME_PATTERN})]
 
 
+def split_input(entry: str) -> tuple[str, str]:
+    """An `ins` entry is `name` or `param=name`: the keyword argument, and the upstream out it reads."""
+    param, _, out = entry.partition("=")
+    return (param, out) if out else (param, param)
+
+
+def _check_input(value: str) -> str:
+    param, out = split_input(value)
+    _check_io_name(param)
+    _check_io_name(out)
+    return value
+
+
+_IO = IO_NAME_PATTERN.strip("^$")
+InputName = Annotated[str, AfterValidator(_check_input),
+                      WithJsonSchema({"type": "string", "pattern": f"^{_IO}(={_IO})?$",
+                                      "description": "an upstream out, or param=out to pass it under "
+                                                     "another keyword argument"})]
+
+
 def _check_env_names(env: dict[str, str], what: str) -> dict[str, str]:
     for name in env:
         if not re.match(ENV_VAR_PATTERN, name):
@@ -183,7 +203,8 @@ class NodeSpec(_Model):
     id: NodeId
     kind: str = Field(json_schema_extra={"enum": sorted(KNOWN_KINDS)})
     params: dict[str, Any] = Field(default_factory=dict)
-    ins: list[IoName] = Field(default_factory=list, description="Names produced by exactly one ancestor.")
+    ins: list[InputName] = Field(default_factory=list,
+                                 description="Outs of exactly one ancestor each, as `name` or `param=name`.")
     outs: list[IoName] = Field(default_factory=list, description="Names this node produces.")
     resources: Resources | None = None
     env: dict[str, str] = Field(default_factory=dict)
@@ -200,15 +221,16 @@ class NodeSpec(_Model):
         if kind not in KNOWN_KINDS:
             hint = did_you_mean(kind, KNOWN_KINDS)
             known = ", ".join(sorted(KNOWN_KINDS))
-            raise _fail(f"unknown kind {kind!r}; {hint}known kinds: {known}",
-                        f"{hint}use one of: {known}", "unknown_kind")
+            raise _fail(f"unknown kind {kind!r}" + (f" ({hint.strip()})" if hint else ""),
+                        f"{hint}known kinds: {known}", "unknown_kind")
         return kind
 
     @field_validator("ins", "outs")
     @classmethod
     def _no_duplicates(cls, names: list[str]) -> list[str]:
         seen: set[str] = set()
-        for name in names:
+        for entry in names:
+            name = entry.partition("=")[0]  # ins: the keyword argument must be unique
             if name in seen:
                 raise _fail(f"{name!r} is listed twice", f"remove the second {name!r}")
             seen.add(name)

@@ -172,9 +172,10 @@ def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
     problems = []
     for node_id in graph.order:
         ins = graph.nodes[node_id].get("ins")
-        for k, name in enumerate(ins if isinstance(ins, list) else []):
-            if not isinstance(name, str):
+        for k, entry in enumerate(ins if isinstance(ins, list) else []):
+            if not isinstance(entry, str):
                 continue
+            name = entry.partition("=")[2] or entry  # `param=out` reads the upstream out `out`
             where = f"nodes[{node_id}].ins[{k}]"
             candidates = [p for p in producers.get(name, []) if p != node_id]
             upstream = [p for p in candidates if ancestors[node_id] >> graph.pos[p] & 1]
@@ -183,8 +184,8 @@ def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
                     f"input {name!r} is not produced by any node{itself}",
-                    f"{did_you_mean(name, producers)}add {name!r} to the outs of an upstream node, "
-                    "or remove it from ins"))
+                    f"{did_you_mean(name, (o for o in producers if o != name))}add {name!r} to the outs "
+                    "of an upstream node, or remove it from ins"))
             elif not upstream:
                 others = f" (or from one of: {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
                 problems.append(Problem(

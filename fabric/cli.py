@@ -1,0 +1,225 @@
+"""The `fabric` command: run a DAG on an embedded local Ray, or submit and follow on a cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from fabric.console import describe_value, error_text, metrics_table, status_table
+from fabric.errors import FabricError, SpecError
+from fabric.spec import dag_json_schema, load_spec, parse_runtime_params, runtime_params_json_schema
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fabric: DAGs of quant and ML work on Ray, no separate broker.")
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_INVALID, EXIT_ERROR = 1, 2, 3
+
+DagArg = Annotated[Path, typer.Argument(help="DAG spec, YAML or JSON", exists=False)]
+ParamsOpt = Annotated[str | None, typer.Option("--params", "-p",
+                                               help="runtime params: a YAML/JSON file or inline JSON")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or auto)")]
+
+
+def _params(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    import yaml
+
+    path = Path(value)
+    text = path.read_text() if path.exists() else value
+    data = yaml.safe_load(text)
+    return parse_runtime_params(data).model_dump(mode="json", exclude_none=True)
+
+
+def _fail(error: FabricError) -> None:
+    err.print(error_text(error))
+    raise typer.Exit(EXIT_INVALID if isinstance(error, SpecError) else EXIT_ERROR)
+
+
+def _connect(address: str | None, **kwargs: Any) -> Any:
+    import fabric.client as client
+
+    return client.connect(address or "auto", **kwargs)
+
+
+def _follow(submission: Any, live: bool, timeout: float | None) -> Any:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if not live:
+        return submission.wait(timeout)
+    with Live(status_table(submission.status()), console=out, refresh_per_second=4, transient=False) as view:
+        while True:
+            status = submission.status()
+            view.update(status_table(status))
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                return status
+            time.sleep(0.25)
+
+
+def _print_results(submission: Any, status: Any, spec: Any) -> None:
+    """The outputs of the DAG's sink nodes; a dict out named `metrics` as a table."""
+    for node in status.nodes:
+        if spec.downstream(node.node_id) or not node.state.ok:
+            continue
+        for name in spec.node(node.node_id).outs or [None]:
+            node_id = node.node_id
+            value = submission.result(node_id, name)
+            label = f"{node_id}.{name}" if name else node_id
+            if name == "metrics" and isinstance(value, dict):
+                out.print(metrics_table(value))
+            else:
+                out.print(f"[bold]{label}[/] = {describe_value(value)}")
+
+
+
+def _print_failures(submission: Any, status: Any) -> None:
+    for node in status.nodes:
+        if node.error is not None and node.state in ("FAILED", "TIMED_OUT"):
+            err.print(f"[bold red]{node.node_id}[/] {node.state} after {node.attempts} attempt(s): "
+                      f"{node.error.type}: {node.error.message}")
+            if node.error.traceback:
+                err.print("[dim]" + "\n".join(node.error.traceback.splitlines()[-8:]) + "[/]")
+            logs = submission.logs(node.node_id)
+            if logs.strip():
+                err.print("[dim]" + "\n".join(logs.splitlines()[-10:]) + "[/]")
+
+
+@app.command()
+def run(dag: DagArg, params: ParamsOpt = None,
+        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
+        num_gpus: Annotated[int | None, typer.Option(help="GPUs of the local Ray")] = None,
+        timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live table")] = False) -> None:
+    """Run a DAG on a fresh local Ray (the embedded default), live, then print results and a summary."""
+    try:
+        spec = load_spec(dag)
+        runtime = _params(params)
+    except FabricError as exc:
+        _fail(exc)
+    import fabric.client as client
+
+    started = time.monotonic()
+    with out.status("starting a local Ray…", spinner="dots"):
+        fabric_client = client.connect("local", num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        submission = fabric_client.submit(spec, runtime)
+    except FabricError as exc:
+        _fail(exc)
+    status = _follow(submission, live=not quiet and out.is_terminal, timeout=timeout)
+    if quiet or not out.is_terminal:
+        out.print(status_table(status))
+    if status.state == "SUCCEEDED":
+        _print_results(submission, status, spec)
+    else:
+        _print_failures(submission, status)
+    took = time.monotonic() - started
+    out.print(f"[bold]{status.state}[/] {status.pipeline_id} {submission.id} in {took:.1f}s "
+              f"({', '.join(f'{k.lower()} {v}' for k, v in sorted(status.counts.items()))})")
+    raise typer.Exit(0 if status.state == "SUCCEEDED" else EXIT_FAILED)
+
+
+@app.command()
+def validate(dag: DagArg, params: ParamsOpt = None) -> None:
+    """Check a DAG spec (and runtime params); print every problem at once."""
+    try:
+        spec = load_spec(dag)
+        _params(params)
+    except FabricError as exc:
+        _fail(exc)
+    from fabric.kinds import kind_checks
+    from fabric.plan import kind_problems
+
+    out.print(f"[green]valid[/] {spec.pipeline_id}: {len(spec.nodes)} nodes, {len(spec.edges)} edges")
+    problems = kind_problems(spec, kind_checks())  # type: ignore[arg-type]
+    if problems:
+        err.print(error_text(SpecError.from_problems(problems, "submitting it here")))
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def schema(runtime_params: Annotated[bool, typer.Option("--runtime-params", help="the runtime params schema")] = False
+           ) -> None:
+    """Print the JSON Schema of the DAG spec (or of the runtime params)."""
+    sys.stdout.write(json.dumps(runtime_params_json_schema() if runtime_params else dag_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def submit(dag: DagArg, params: ParamsOpt = None, address: AddressOpt = None,
+           wait: Annotated[bool, typer.Option(help="follow it until it ends")] = False) -> None:
+    """Submit a DAG to a running cluster and print its submission id."""
+    try:
+        spec = load_spec(dag)
+        runtime = _params(params)
+        submission = _connect(address).submit(spec, runtime)
+    except FabricError as exc:
+        _fail(exc)
+    out.print(submission.id)
+    if wait:
+        status = _follow(submission, live=out.is_terminal, timeout=None)
+        raise typer.Exit(0 if status.state == "SUCCEEDED" else EXIT_FAILED)
+
+
+@app.command()
+def status(submission_id: str, address: AddressOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="live until it ends")] = False) -> None:
+    """Show a submission's state and its nodes."""
+    try:
+        submission = _connect(address).get(submission_id)
+        current = _follow(submission, live=True, timeout=None) if watch else submission.status()
+    except FabricError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(current.to_dict(), default=str, indent=2) + "\n")
+    elif not watch:
+        out.print(status_table(current))
+
+
+@app.command()
+def logs(submission_id: str, node: Annotated[str, typer.Option("--node", "-n", help="node id")],
+         address: AddressOpt = None) -> None:
+    """Print a node's captured output, every attempt."""
+    try:
+        sys.stdout.write(_connect(address).get(submission_id).logs(node))
+    except FabricError as exc:
+        _fail(exc)
+
+
+@app.command()
+def cancel(submission_id: str, address: AddressOpt = None) -> None:
+    """Cancel a submission: its running Ray tasks are cancelled, pending nodes never start."""
+    try:
+        _connect(address).get(submission_id).cancel()
+    except FabricError as exc:
+        _fail(exc)
+    out.print(f"cancelling {submission_id}")
+
+
+@app.command("ls")
+def list_submissions(address: AddressOpt = None,
+                     state: Annotated[str | None, typer.Option(help="only this state")] = None,
+                     limit: Annotated[int, typer.Option(help="at most this many")] = 50) -> None:
+    """List recent submissions."""
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for column in ("submission", "pipeline", "state", "created"):
+        table.add_column(column)
+    for item in _connect(address).list(state, limit):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
+        table.add_row(item["submission_id"], item["pipeline_id"], item["state"], created)
+    out.print(table)
+
+
+def main() -> None:
+    app()

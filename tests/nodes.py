@@ -1,0 +1,102 @@
+"""Node functions the engine tests run as python_task entrypoints (`tests.nodes:...`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fabric.context import context
+
+
+def _mark(marker_dir: str, name: str) -> int:
+    """Record one execution with a side-effect file; returns how many executions so far."""
+    path = Path(marker_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    count = len(list(path.glob(f"{name}.*"))) + 1
+    (path / f"{name}.{count}").write_text(str(time.time()))
+    return count
+
+
+def flaky(marker_dir: str, failures: int) -> str:
+    count = _mark(marker_dir, "flaky")
+    print(f"flaky attempt {count}")
+    if count <= failures:
+        raise RuntimeError(f"planned failure {count} of {failures}")
+    return f"ok after {count}"
+
+
+def sleeper(seconds: float, marker_dir: str = "") -> str:
+    if marker_dir:
+        _mark(marker_dir, "sleeper-start")
+    time.sleep(seconds)
+    if marker_dir:
+        _mark(marker_dir, "sleeper-end")
+    return "slept"
+
+
+def value(x: float = 1.0) -> float:
+    return x
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def total(**parts: float) -> float:
+    return sum(parts.values())
+
+
+def boom(message: str = "boom") -> None:
+    print("about to fail")
+    context().logger.info("logger line before failing")
+    raise ValueError(message)
+
+
+def make_table(rows: int = 1000) -> pa.Table:
+    return pa.table({"x": list(range(rows)), "y": [float(i) * 2 for i in range(rows)]})
+
+
+def table_sum(table: pa.Table) -> float:
+    return float(pc.sum(table["y"]).as_py())
+
+
+def split(x: float) -> dict[str, float]:
+    return {"low": x - 1, "high": x + 1}
+
+
+def read_env(name: str) -> str:
+    return os.environ.get(name, "")
+
+
+def slow_progress(steps: int = 10, pause: float = 0.3) -> int:
+    ctx = context()
+    (ctx.artifact_dir / "note.txt").write_text("written by the node")
+    for step in range(steps):
+        ctx.progress((step + 1) / steps, f"step {step + 1}/{steps}")
+        ctx.logger.info("step %d", step + 1)
+        time.sleep(pause)
+    return steps
+
+
+def wrong_outs() -> dict[str, int]:
+    return {"a": 1}
+
+
+def noop(**_: object) -> None:
+    return None
+
+
+def ticker(seconds: float, marker_dir: str) -> str:
+    """Appends a tick every 0.1 s, so a test can see whether it still runs."""
+    path = Path(marker_dir) / "ticks"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        with path.open("a") as ticks:
+            ticks.write(".")
+        time.sleep(0.1)
+    return "done"
