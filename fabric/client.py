@@ -14,7 +14,7 @@ from ray.exceptions import RayTaskError
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.errors import ErrorCode, FabricError
 from fabric.record import SubmissionStatus
-from fabric.spec import DagSpec, RuntimeParams, load_spec
+from fabric.spec import DagSpec, RuntimeParams, read_spec
 
 
 def default_home() -> str:
@@ -87,11 +87,11 @@ class Client:
         if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
             code = spec.inline_code()
             spec = spec.to_spec()
-        dag = load_spec(spec)  # fail fast, here, with every problem at once
+        # Files and text are read here, where their paths mean something; the registry validates once.
+        raw = read_spec(spec)
         if isinstance(runtime_params, RuntimeParams):
             runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
-        reply = _call(self._registry.submit, dag.to_dict(), dict(runtime_params or {}), _job_runtime_env(),
-                      code)
+        reply = _call(self._registry.submit, raw, dict(runtime_params or {}), _job_runtime_env(), code)
         return Submission(self._registry, reply["submission_id"], reply["created"])
 
     def get(self, submission_id: str) -> Submission:

@@ -64,7 +64,7 @@ class Registry:
         now = time.time()
         submission_id = runtime.submission_id or new_submission_id(now)
         record = SubmissionRecord(
-            submission_id=submission_id, pipeline_id=plan.pipeline_id, spec=dag.to_dict(),
+            submission_id=submission_id, pipeline_id=plan.pipeline_id, spec=dict(spec),
             runtime_params=runtime.model_dump(mode="json", exclude_none=True), plan_hash=plan.plan_hash,
             created_at=now, team=runtime.team, labels=dict(runtime.labels))
         env = dict(job_runtime_env or {})

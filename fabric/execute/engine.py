@@ -53,7 +53,7 @@ class Engine:
         self._backend = RayBackend()
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
-        self._inbox: queue.SimpleQueue[tuple[str, ...]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._force_kills: list[tuple[float, AttemptHandle]] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)
@@ -173,7 +173,7 @@ class Engine:
                     self._record(self._runs[submission_id])
                 self._due_force_kills()
 
-    def _fail_run(self, message: tuple[str, ...]) -> list[str]:
+    def _fail_run(self, message: tuple[Any, ...]) -> list[str]:
         """An engine error on a submission: log it, cancel the submission's work, say why."""
         detail = traceback.format_exc()
         log.error("fabric engine error on %s:\n%s", message, detail)
@@ -183,7 +183,7 @@ class Engine:
         self._perform(run, run.machine.cancel(f"engine error: {detail.splitlines()[-1]}"))
         return [run.record.submission_id]
 
-    def _handle(self, message: tuple[str, ...]) -> list[str]:
+    def _handle(self, message: tuple[Any, ...]) -> list[str]:
         kind, *rest = message
         if kind == "stop":
             return []
@@ -195,14 +195,13 @@ class Engine:
         elif kind == "cancel":
             self._perform(run, run.machine.cancel())
         elif kind == "done":
-            node_id, token = rest[1], int(rest[2])
+            node_id, token, (report, error) = rest[1], rest[2], rest[3]
             handle = run.handles.get((node_id, token))
             if handle is None:
                 return []
             if not run.machine.is_current(node_id, token):
                 del run.handles[(node_id, token)]  # a withdrawn or superseded dispatch
                 return []
-            report, error = self._backend.outcome(handle)
             if report.log_tail:
                 attempt = len(run.machine.nodes[node_id].attempts) or 1
                 self._store.put_log(run.record.submission_id, node_id, attempt, report.log_tail,
@@ -241,7 +240,7 @@ class Engine:
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
                 call, node.unit, inputs, env,
-                lambda sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, str(tok))))
+                lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
         transitions = run.machine.drain_transitions()

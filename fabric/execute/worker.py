@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from contextlib import redirect_stderr, redirect_stdout
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +59,11 @@ def node_dir(home: str, submission_id: str, node_id: str) -> Path:
     return Path(home) / "runs" / submission_id / node_id
 
 
+def run_pickled_node(call: bytes, *inputs: Any) -> tuple[Any, ...]:
+    """The Ray task body; the NodeCall arrives pickled (see RayBackend.submit)."""
+    return run_node(pickle.loads(call), *inputs)
+
+
 def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     """The Ray task body: returns (AttemptReport, *values), one value per result slot."""
     started = time.time()
@@ -67,8 +73,11 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call))
+    # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
+    saved_streams = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = buffer
     try:
-        with use_context(ctx), redirect_stdout(buffer), redirect_stderr(buffer):
+        with use_context(ctx):
             if call.inline_code:
                 blob, *inputs = inputs  # type: ignore[assignment]
                 named = dict(zip(call.input_names, inputs, strict=True))
@@ -83,8 +92,10 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
         error = ErrorInfo(type(exc).__name__, str(exc), "\n".join(tb))
         raise NodeFailure(call.node_id, call.attempt, error, report) from None
     finally:
+        sys.stdout, sys.stderr = saved_streams
         _capture.reset(capture_token)
-    return (_report(call, buffer, ctx, started), *values)
+    # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
+    return (pickle.dumps(_report(call, buffer, ctx, started), protocol=5), *values)
 
 
 @lru_cache(maxsize=64)

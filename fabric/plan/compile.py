@@ -75,22 +75,23 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     for edge in spec.edges:
         upstream[edge.to].append(edge.from_)
         downstream[edge.from_].append(edge.to)
-    ancestors: dict[str, set[str]] = {}
-    for node_id in order:
-        acc: set[str] = set()
-        for parent in upstream[node_id]:
-            acc.add(parent)
-            acc |= ancestors[parent]
-        ancestors[node_id] = acc
+    producers: dict[str, list[str]] = {}
+    for node in spec.nodes:
+        for out in node.outs:
+            producers.setdefault(out, []).append(node.id)
 
     default_res = spec.resources.default if spec.resources else None
+    dag_slo = _merge_slo(spec.slo, None)
+    dag_unit = resource_unit(_merge_resources(default_res, None))
     dag_priority = (runtime.priority or (spec.slo.priority if spec.slo else None) or "normal")
     hashes: dict[str, str] = {}
     plans: dict[str, NodePlan] = {}
     for node_id in order:
         node = by_id[node_id]
-        wires = tuple(_wire(node, ancestors[node_id], by_id))
-        slo = _merge_slo(spec.slo, node.slo)
+        wires = tuple(_wire(node, producers, upstream))
+        # Most nodes inherit the DAG's SLO and resources: merge only when a node overrides them.
+        slo = dag_slo if node.slo is None else _merge_slo(spec.slo, node.slo)
+        unit = dag_unit if node.resources is None else resource_unit(_merge_resources(default_res, node.resources))
         retry = slo.retry
         content = node_content_hash(
             kind=node.kind, params=node.params, entrypoint=node.entrypoint, env=node.env,
@@ -101,8 +102,8 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             node_id=node_id, kind=node.kind, params=dict(node.params), entrypoint=node.entrypoint,
             env=dict(node.env), image=node.image, inputs=wires, outs=tuple(node.outs),
             upstream=tuple(upstream[node_id]), downstream=tuple(downstream[node_id]),
-            unit=resource_unit(_merge_resources(default_res, node.resources)),
-            max_runtime=slo.max_runtime,
+            # The DAG's max_runtime bounds the whole submission; a node times out only on its own.
+            unit=unit, max_runtime=node.slo.max_runtime if node.slo else None,
             retry=RetryPolicy(retry.max_attempts, retry.backoff_sec, retry.backoff_factor,
                               retry.max_backoff_sec) if retry else RetryPolicy(),
             priority=str(runtime.priority or slo.priority or "normal"),
@@ -122,11 +123,25 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     )
 
 
-def _wire(node: NodeSpec, ancestors: set[str], by_id: Mapping[str, NodeSpec]) -> list[InputWire]:
-    # Graph validation has already guaranteed exactly one ancestor produces each input.
+def _wire(node: NodeSpec, producers: Mapping[str, list[str]], upstream: Mapping[str, list[str]]) -> list[InputWire]:
+    # Graph validation has already guaranteed that exactly one ancestor produces each input.
     wires = []
     for entry in node.ins:
         param, out = split_input(entry)
-        producers = [a for a in ancestors if out in by_id[a].outs]
-        wires.append(InputWire(name=param, producer=producers[0], out=out))
+        candidates = producers[out]
+        producer = candidates[0] if len(candidates) == 1 else _ancestor_among(node.id, set(candidates), upstream)
+        wires.append(InputWire(name=param, producer=producer, out=out))
     return wires
+
+
+def _ancestor_among(node_id: str, candidates: set[str], upstream: Mapping[str, list[str]]) -> str:
+    seen: set[str] = set()
+    stack = list(upstream[node_id])
+    while stack:
+        current = stack.pop()
+        if current in candidates:
+            return current
+        if current not in seen:
+            seen.add(current)
+            stack.extend(upstream[current])
+    raise AssertionError(f"no producer upstream of {node_id}: the spec was not validated")

@@ -264,6 +264,14 @@ def _read_source(source: Any) -> Mapping[str, Any]:
                 "pass a path, YAML or JSON text, a dict or a DagSpec")
 
 
+def read_spec(source: DagSpec | Mapping[str, Any] | Path | str | bytes) -> dict[str, Any]:
+    """The raw mapping of a spec from a path, YAML/JSON text, a dict or a DagSpec, parsed safely but not
+    validated (for a caller that hands it to a validating service)."""
+    if isinstance(source, DagSpec):
+        return source.to_dict()
+    return dict(source) if isinstance(source, Mapping) else dict(_read_source(source))
+
+
 def load_spec(source: DagSpec | Mapping[str, Any] | Path | str | bytes) -> DagSpec:
     """A validated DagSpec from a path, YAML/JSON text, a dict or a DagSpec; SpecError lists ALL problems."""
     if isinstance(source, DagSpec):
