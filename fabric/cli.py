@@ -45,10 +45,11 @@ def _fail(error: FabricError) -> None:
     raise typer.Exit(EXIT_INVALID if isinstance(error, SpecError) else EXIT_ERROR)
 
 
-def _connect(address: str | None, **kwargs: Any) -> Any:
+def _connect(address: str | None, working_dir: str | None = None) -> Any:
     import fabric.client as client
 
-    return client.connect(address or "auto", **kwargs)
+    runtime_env = {"working_dir": working_dir} if working_dir else None
+    return client.connect(address or "auto", runtime_env=runtime_env)
 
 
 def _follow(submission: Any, live: bool, timeout: float | None) -> Any:
@@ -155,12 +156,15 @@ def schema(runtime_params: Annotated[bool, typer.Option("--runtime-params", help
 
 @app.command()
 def submit(dag: DagArg, params: ParamsOpt = None, address: AddressOpt = None,
+           working_dir: Annotated[str | None, typer.Option(
+               "--working-dir", help="upload this directory for the nodes' code (Ray's runtime_env; "
+                                     ".gitignore is honoured)")] = None,
            wait: Annotated[bool, typer.Option(help="follow it until it ends")] = False) -> None:
     """Submit a DAG to a running cluster and print its submission id."""
     try:
         spec = load_spec(dag)
         runtime = _params(params)
-        submission = _connect(address).submit(spec, runtime)
+        submission = _connect(address, working_dir).submit(spec, runtime)
     except FabricError as exc:
         _fail(exc)
     out.print(submission.id)
@@ -213,7 +217,8 @@ def list_submissions(address: AddressOpt = None,
     from rich.table import Table
 
     table = Table(show_edge=False)
-    for column in ("submission", "pipeline", "state", "created"):
+    table.add_column("submission", no_wrap=True, min_width=26)
+    for column in ("pipeline", "state", "created"):
         table.add_column(column)
     for item in _connect(address).list(state, limit):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
@@ -223,3 +228,7 @@ def list_submissions(address: AddressOpt = None,
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

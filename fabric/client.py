@@ -119,6 +119,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster."""
     if not ray.is_initialized():
+        if address not in (None, "local"):
+            _use_ray_token_auth()
         ray_init_kwargs.setdefault("include_dashboard", False)
         ray_init_kwargs.setdefault("log_to_driver", False)
         # Sizes only make sense when a local cluster is started; Ray says so clearly otherwise.
@@ -129,6 +131,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     registry = get_or_create_registry(home)
     _call(registry.ping, timeout=120)
     return Client(registry)
+
+
+def _use_ray_token_auth() -> None:
+    """Ray 2.60 clusters require a token, but a client joining by address sends it only when told to:
+    turn it on when a token file exists and the user has not chosen a mode."""
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (Path(token_path).exists() or os.environ.get("RAY_AUTH_TOKEN")):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def registry_handle() -> Any:

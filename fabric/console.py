@@ -99,7 +99,7 @@ def error_text(error: FabricError) -> Text:
     if error.where:
         text.append(f"  (at {error.where})", "dim")
     for problem in error.problems:
-        text.append(f"\n  • {problem.where}: ", "yellow")
+        text.append(f"\n  • [{problem.code}] {problem.where}: ", "yellow")
         text.append(problem.message)
         if problem.fix:
             text.append(f"\n      fix: {problem.fix}", "dim")

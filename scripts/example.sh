@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: set up, then run the quant example DAG on a local Ray that this command starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+exec .venv/bin/fabric run jobs/dags/quant_backtest.yaml "$@"

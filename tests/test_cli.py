@@ -1,0 +1,168 @@
+"""The `fabric` command as a user runs it: the embedded local run, validation, and a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FABRIC = [sys.executable, "-m", "fabric.cli"]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def fabric(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*FABRIC, *args], cwd=REPO, env=env or os.environ.copy(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.ray
+def test_run_the_example_end_to_end(tmp_path):
+    env = {**os.environ, "FABRIC_HOME": str(tmp_path), "COLUMNS": "160"}
+    result = fabric("run", "jobs/dags/quant_backtest.yaml", "--num-cpus", "2", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCEEDED quant_backtest_v1" in result.stdout
+    for node in ("make_data", "clean_prices", "features", "fit", "backtest", "report"):
+        assert node in result.stdout
+    assert "sharpe" in result.stdout and "max_drawdown" in result.stdout
+    assert list(tmp_path.glob("runs/*/report/metrics.json"))
+
+
+@pytest.mark.ray
+def test_run_a_failing_dag_exits_non_zero_with_the_error(tmp_path):
+    spec = tmp_path / "fails.yaml"
+    spec.write_text("""
+version: 1
+pipeline_id: fails
+nodes:
+  - {id: bad, kind: python_task, entrypoint: "tests.nodes:boom", params: {message: "no prices for 2020-01-02"}}
+""")
+    result = fabric("run", str(spec), "--num-cpus", "2", env={**os.environ, "FABRIC_HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "no prices for 2020-01-02" in result.stderr and "FAILED" in result.stdout
+
+
+def test_a_cycle_is_named_and_nothing_runs(tmp_path):
+    spec = tmp_path / "cycle.yaml"
+    spec.write_text("""
+version: 1
+pipeline_id: loops
+nodes:
+  - {id: a, kind: python_task, entrypoint: "m:f"}
+  - {id: b, kind: python_task, entrypoint: "m:f"}
+  - {id: c, kind: python_task, entrypoint: "m:f"}
+edges: [{from: a, to: b}, {from: b, to: c}, {from: c, to: a}]
+""")
+    for command in ("run", "validate"):
+        result = fabric(command, str(spec))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "SPEC_CYCLE" in result.stderr
+        assert any(f"{x} -> {y} -> {z} -> {x}" in result.stderr.replace("\n", " ")
+                   for x, y, z in (("a", "b", "c"), ("b", "c", "a"), ("c", "a", "b")))
+
+
+def test_validate_the_design_example_names_kinds_that_do_not_run_here():
+    result = fabric("validate", "tests/data/design_example.yaml")
+    assert result.returncode == 2
+    assert "valid" in result.stdout  # the spec itself is fine ...
+    assert "trino_sql" in result.stderr and "KIND_NOT_RUNNABLE" in result.stderr  # ... but not runnable here
+    assert "python_task" in result.stderr
+
+
+def test_schema_is_json_schema_with_the_spec_fields():
+    result = fabric("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert {"version", "pipeline_id", "nodes", "edges"} <= set(schema["properties"])
+    params = json.loads(fabric("schema", "--runtime-params").stdout)
+    assert "submission_id" in params["properties"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    """A real `ray start --head` with token auth, torn down by PID (never `ray stop`)."""
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric"),
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = Path(sys.executable).with_name("ray")
+    # Short on purpose: Ray's Unix sockets live under it and socket paths must stay under 108 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # The token lives in $HOME/.ray/auth_token, here the test's own HOME; clients read it from there.
+    subprocess.run([str(ray_bin), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    time.sleep(2)
+    yield f"127.0.0.1:{port}", env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.ray
+def test_submit_status_logs_cancel_ls_against_a_running_cluster(ray_head, tmp_path):
+    address, env = ray_head
+    submitted = fabric("submit", "jobs/dags/quant_backtest.yaml", "--address", address, "--working-dir", ".",
+                       env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    submission_id = submitted.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 120
+    state = None
+    while time.monotonic() < deadline:
+        status = fabric("status", submission_id, "--address", address, "--json", env=env)
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)["state"]
+        if state != "RUNNING":
+            break
+        time.sleep(1)
+    assert state == "SUCCEEDED"
+    logs = fabric("logs", submission_id, "--node", "make_data", "--address", address, env=env)
+    assert logs.returncode == 0 and "attempt 1" in logs.stdout
+
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("""
+version: 1
+pipeline_id: slow
+nodes: [{id: wait, kind: python_task, entrypoint: "tests.nodes:sleeper", params: {seconds: 60}}]
+""")
+    second = fabric("submit", str(slow), "--address", address, "--working-dir", ".", env=env)
+    slow_id = second.stdout.strip().splitlines()[-1]
+    assert fabric("cancel", slow_id, "--address", address, env=env).returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = json.loads(fabric("status", slow_id, "--address", address, "--json", env=env).stdout)["state"]
+        if state != "RUNNING":
+            break
+        time.sleep(1)
+    assert state == "CANCELLED"
+    listing = fabric("ls", "--address", address, env=env)
+    assert submission_id in listing.stdout and slow_id in listing.stdout
+    missing = fabric("status", "sub-nope", "--address", address, env=env)
+    assert missing.returncode == 3 and "NOT_FOUND" in missing.stderr
