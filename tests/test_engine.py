@@ -224,3 +224,22 @@ def test_builder_with_notebook_defined_functions(client):
     submission = client.submit(built)
     assert submission.wait(60).state == "SUCCEEDED"
     assert submission.result("plus") == 6
+
+
+def test_runtime_params_env_vars_reach_nodes_and_node_env_wins(client):
+    spec = dag("envs", [py("a", "read_env", params={"name": "STAGE"}),
+                        py("b", "read_env", params={"name": "STAGE"}, env={"STAGE": "node"})])
+    submission = client.submit(spec, {"runtime_env": {"env_vars": {"STAGE": "submission"}}})
+    assert submission.wait(60).state == "SUCCEEDED"
+    assert submission.result("a") == "submission"
+    assert submission.result("b") == "node"
+
+
+def test_node_runtime_env_maps_images_only_when_asked():
+    from fabric.execute.engine import node_runtime_env
+
+    base = {"working_dir": "gcs://pkg.zip", "env_vars": {"A": "1"}}
+    assert node_runtime_env(base, {}, None) == base
+    assert node_runtime_env(base, {"B": "2"}, "ghcr.io/x:1") == {
+        "working_dir": "gcs://pkg.zip", "env_vars": {"A": "1", "B": "2"}, "image_uri": "ghcr.io/x:1"}
+    assert node_runtime_env(None, {}, None) is None

@@ -6,6 +6,7 @@ A thin shell: validation and planning are the pure `fabric.spec`/`fabric.plan`, 
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from typing import Any
@@ -34,7 +35,9 @@ class Registry:
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self.home = home
         self._store = MemoryStore()
-        self._engine = Engine(self._store, home=home, control=(REGISTRY_NAME, NAMESPACE))
+        # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
+        use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
+        self._engine = Engine(self._store, home=home, control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
         self._check_feasibility = check_feasibility
         self._code: dict[str, dict[str, ray.ObjectRef]] = {}
 

@@ -23,6 +23,7 @@ class AttemptHandle:
 
     report: ray.ObjectRef
     values: dict[str, ray.ObjectRef]
+    attempt: int
 
 
 Outcome = tuple[AttemptReport, ErrorInfo | None]
@@ -61,7 +62,7 @@ class RayBackend:
         # `_on_completed` hands us the deserialized report (or the error) in one step; the public
         # `future()` + `ray.get` pair costs twice as much per node.
         report_ref._on_completed(lambda result: on_done(outcome(result)))
-        return AttemptHandle(report_ref, dict(zip(slots, value_refs, strict=True)))
+        return AttemptHandle(report_ref, dict(zip(slots, value_refs, strict=True)), call.attempt)
 
     @staticmethod
     def cancel(handle: AttemptHandle, force: bool) -> None:

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +45,9 @@ class _Run:
 
 class Engine:
     def __init__(self, store: Store, *, home: str, control: tuple[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, use_images: bool = False) -> None:
         self._store = store
+        self._use_images = use_images
         self._home = home
         self._control = control
         self._clock = clock
@@ -203,8 +204,7 @@ class Engine:
                 del run.handles[(node_id, token)]  # a withdrawn or superseded dispatch
                 return []
             if report.log_tail:
-                attempt = len(run.machine.nodes[node_id].attempts) or 1
-                self._store.put_log(run.record.submission_id, node_id, attempt, report.log_tail,
+                self._store.put_log(run.record.submission_id, node_id, handle.attempt, report.log_tail,
                                     report.log_path)
             self._perform(run, run.machine.on_result(node_id, token, report, error))
             if run.machine.nodes[node_id].token != token:
@@ -236,7 +236,7 @@ class Engine:
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control,
                 inline_code=code is not None)
-            env = _node_runtime_env(run.runtime_env, node.env)
+            env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
                 call, node.unit, inputs, env,
@@ -271,11 +271,16 @@ class Engine:
             self._backend.cancel(handle, force=True)
 
 
-def _node_runtime_env(base: dict[str, Any] | None, env: dict[str, str] | Any) -> dict[str, Any] | None:
-    if not env:
+def node_runtime_env(base: dict[str, Any] | None, env: Mapping[str, str], image: str | None = None
+                     ) -> dict[str, Any] | None:
+    """The submission's runtime_env plus the node's env vars and, where the cluster opted in, its image."""
+    if not env and not image:
         return base or None
     merged = dict(base or {})
-    merged["env_vars"] = {**merged.get("env_vars", {}), **env}
+    if env:
+        merged["env_vars"] = {**merged.get("env_vars", {}), **env}
+    if image:
+        merged["image_uri"] = image  # Ray runs the worker in this container (needs podman on the nodes)
     return merged
 
 
