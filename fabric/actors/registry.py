@@ -116,5 +116,5 @@ RegistryActor = ray.remote(Registry)
 def get_or_create_registry(home: str) -> Any:
     return RegistryActor.options(  # type: ignore[attr-defined]
         name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_concurrency=64, max_restarts=-1,
+        num_cpus=0, max_concurrency=32, max_restarts=-1,
     ).remote(home)
