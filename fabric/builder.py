@@ -82,13 +82,16 @@ class TaskFunction:
 
     @property
     def entrypoint(self) -> str:
-        return f"{self.function.__module__}:{self.function.__qualname__}"
+        # A nested function's qualname has `<locals>`; it travels by value, so the name is only a key.
+        return f"{self.function.__module__}:{self.function.__qualname__.replace('.<locals>', '')}"
 
     @property
     def is_inline(self) -> bool:
-        """Code from `__main__` (a notebook or script) cannot be imported by workers: ship it by value."""
+        """Code from `__main__` (a notebook or script) or defined inside a function cannot be imported by
+        workers: it is shipped by value."""
         module = sys.modules.get(self.function.__module__)
-        return self.function.__module__ == "__main__" or getattr(module, "__file__", None) is None
+        return (self.function.__module__ == "__main__" or getattr(module, "__file__", None) is None
+                or "<locals>" in self.function.__qualname__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         dag = _current_dag.get()

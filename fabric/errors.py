@@ -31,9 +31,7 @@ class ErrorCode(StrEnum):
     NOT_FINISHED = "NOT_FINISHED"
     NODE_FAILED = "NODE_FAILED"
     NO_CONTEXT = "NO_CONTEXT"
-    NOT_CONNECTED = "NOT_CONNECTED"
     TIMEOUT = "TIMEOUT"
-    UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)

@@ -243,3 +243,43 @@ def test_node_runtime_env_maps_images_only_when_asked():
     assert node_runtime_env(base, {"B": "2"}, "ghcr.io/x:1") == {
         "working_dir": "gcs://pkg.zip", "env_vars": {"A": "1", "B": "2"}, "image_uri": "ghcr.io/x:1"}
     assert node_runtime_env(None, {}, None) is None
+
+
+def test_an_input_from_a_grandparent_is_wired(client):
+    spec = dag("grand", [py("a", "value", params={"x": 4.0}, outs=["a"]),
+                         py("b", "value", params={"x": 1.0}, outs=["b"]),
+                         py("c", "add", ins=["a=a", "b=b"])],
+               edges=[("a", "b"), ("b", "c")])
+    submission = client.submit(spec)
+    assert submission.wait(60).state == "SUCCEEDED"
+    assert submission.result("c") == 5.0
+
+
+def test_idempotency_covers_runtime_params_and_racing_submits(client):
+    import concurrent.futures
+
+    spec = dag("race", [py("a", "value")])
+    first = client.submit(spec, {"submission_id": "race-001", "labels": {"run": "1"}})
+    with pytest.raises(ConflictError):
+        client.submit(spec, {"submission_id": "race-001", "labels": {"run": "2"}})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        racers = list(pool.map(lambda _: client.submit(spec, {"submission_id": "race-002"}), range(8)))
+    assert {r.id for r in racers} == {"race-002"}
+    assert sum(r.created for r in racers) == 1
+    assert first.wait(30).state == "SUCCEEDED"
+
+
+def test_nested_functions_travel_by_value(client):
+    def make_adder(k: int):
+        @fb.task(cpu=0.5)
+        def add_k(x: int) -> int:
+            return x + k
+        return add_k
+
+    add_three = make_adder(3)
+    with fb.DAG("nested") as built:
+        add_three(4)
+    assert built.to_spec().nodes[0].entrypoint.endswith(":test_nested_functions_travel_by_value.make_adder.add_k")
+    submission = client.submit(built)
+    assert submission.wait(60).state == "SUCCEEDED"
+    assert submission.result("add_k") == 7

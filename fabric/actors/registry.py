@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan
+from fabric.plan.hashing import digest
 from fabric.record import MemoryStore, SubmissionRecord
 from fabric.spec import load_spec, parse_runtime_params
 
@@ -38,7 +40,9 @@ class Registry:
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
         self._engine = Engine(self._store, home=home, control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
-        self._check_feasibility = check_feasibility
+        # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
+        self._check_feasibility = check_feasibility and os.environ.get("FABRIC_SKIP_FEASIBILITY") != "1"
+        self._submit_lock = threading.Lock()
         self._code: dict[str, dict[str, ray.ObjectRef]] = {}
 
     def ping(self) -> str:
@@ -51,34 +55,39 @@ class Registry:
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
         plan = compile_plan(dag, runtime, kind_checks())  # type: ignore[arg-type]
-        if self._check_feasibility:
-            problems = RayBackend.feasibility_problems(plan)
-            if problems:
-                raise SpecError.from_problems(problems, "the submission")
-        if runtime.submission_id:
-            existing = self._store.get_submission(runtime.submission_id)
-            if existing is not None:
-                if existing.plan_hash != plan.plan_hash:
-                    raise ConflictError(
-                        f"submission_id {runtime.submission_id!r} was already used for a different DAG",
-                        code=ErrorCode.IDEMPOTENCY_CONFLICT, where="runtime_params.submission_id",
-                        fix="use a new submission_id, or resubmit the identical DAG to get the same one")
-                return {"submission_id": existing.submission_id, "created": False}
-        now = time.time()
-        submission_id = runtime.submission_id or new_submission_id(now)
-        record = SubmissionRecord(
-            submission_id=submission_id, pipeline_id=plan.pipeline_id, spec=dict(spec),
-            runtime_params=runtime.model_dump(mode="json", exclude_none=True), plan_hash=plan.plan_hash,
-            created_at=now, team=runtime.team, labels=dict(runtime.labels))
-        env = dict(job_runtime_env or {})
-        if runtime.runtime_env is not None:
-            user = runtime.runtime_env.model_dump(exclude_none=True, exclude_defaults=True)
-            env_vars = {**env.get("env_vars", {}), **user.pop("env_vars", {})}
-            env.update(user)
-            if env_vars:
-                env["env_vars"] = env_vars
-        code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
-        self._engine.start(record, plan, env or None, code_refs)
+        runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
+        # "The same submission" means the same normalized spec and the same runtime params.
+        request_hash = digest({"spec": dag.to_dict(), "runtime": runtime_dump})
+        with self._submit_lock:  # lookup and start are one step: two racing submits start one run
+            if runtime.submission_id:
+                existing = self._store.get_submission(runtime.submission_id)
+                if existing is not None:
+                    if existing.request_hash != request_hash:
+                        raise ConflictError(
+                            f"submission_id {runtime.submission_id!r} was already used for a different "
+                            "DAG or runtime params",
+                            code=ErrorCode.IDEMPOTENCY_CONFLICT, where="runtime_params.submission_id",
+                            fix="use a new submission_id, or resubmit the identical request to get the same one")
+                    return {"submission_id": existing.submission_id, "created": False}
+            if self._check_feasibility:
+                problems = RayBackend.feasibility_problems(plan)
+                if problems:
+                    raise SpecError.from_problems(problems, "the submission")
+            now = time.time()
+            submission_id = runtime.submission_id or new_submission_id(now)
+            record = SubmissionRecord(
+                submission_id=submission_id, pipeline_id=plan.pipeline_id, spec=dict(spec),
+                runtime_params=runtime_dump, plan_hash=plan.plan_hash, request_hash=request_hash,
+                created_at=now, team=runtime.team, labels=dict(runtime.labels))
+            env = dict(job_runtime_env or {})
+            if runtime.runtime_env is not None:
+                user = runtime.runtime_env.model_dump(exclude_none=True, exclude_defaults=True)
+                env_vars = {**env.get("env_vars", {}), **user.pop("env_vars", {})}
+                env.update(user)
+                if env_vars:
+                    env["env_vars"] = env_vars
+            code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
+            self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
 
     def status(self, submission_id: str) -> dict[str, Any]:

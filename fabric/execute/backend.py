@@ -87,7 +87,8 @@ class RayBackend:
             problems.append(Problem(
                 ErrorCode.RESOURCES_INFEASIBLE, f"nodes[{node_id}].resources",
                 f"node {node_id!r} needs {_fmt(need)} but the largest Ray node offers {_fmt(largest)}",
-                "lower the node's resources, or connect to a cluster (or autoscaler) with such nodes"))
+                "lower the node's resources or connect to a cluster with such nodes; where an autoscaler will add "
+                "them, start the registry with FABRIC_SKIP_FEASIBILITY=1"))
         return problems
 
 

@@ -18,7 +18,7 @@ from fabric.context import NodeContext, use_context
 from fabric.kinds import NodeCall, get_kind
 from fabric.types import AttemptReport, ErrorInfo
 
-LOG_TAIL_BYTES = 64 * 1024
+LOG_TAIL_CHARS = 64 * 1024
 TRACEBACK_LINES = 30
 
 _capture: ContextVar[io.StringIO | None] = ContextVar("fabric_log_capture", default=None)
@@ -115,7 +115,7 @@ def split_outputs(call: NodeCall, value: Any) -> list[Any]:
     missing = [s for s in slots if s not in value]
     extra = [k for k in value if k not in slots]
     if missing or extra:
-        raise KeyError(f"returned keys {sorted(value)} do not match declared outs {list(slots)}"
+        raise ValueError(f"returned keys {sorted(value)} do not match declared outs {list(slots)}"
                        + (f"; missing {missing}" if missing else "") + (f"; undeclared {extra}" if extra else ""))
     return [value[s] for s in slots]
 
@@ -128,7 +128,7 @@ def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: floa
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         log_path = str(path)
-    tail = text[-LOG_TAIL_BYTES:]
+    tail = text[-LOG_TAIL_CHARS:]
     fraction, message = ctx.last_progress or (None, "")
     return AttemptReport(started_at=started, ended_at=time.time(), log_tail=tail, log_path=log_path,
                          progress=fraction, message=message)

@@ -15,9 +15,14 @@ DEFAULT_CPU = 1.0
 
 
 def _merge_slo(dag: Slo | None, node: Slo | None) -> Slo:
-    """Node SLO fields override the DAG's, field by field."""
+    """Node SLO fields override the DAG's field by field, retry's fields included (a node that sets only
+    `retry.max_attempts` keeps the DAG's backoff)."""
     base = dag.model_dump(exclude_none=True) if dag else {}
-    base.update(node.model_dump(exclude_none=True) if node else {})
+    if node is not None:
+        override = node.model_dump(exclude_none=True)
+        if node.retry is not None:
+            override["retry"] = {**base.get("retry", {}), **node.retry.model_dump(exclude_unset=True)}
+        base.update(override)
     return Slo.model_validate(base)
 
 
@@ -73,8 +78,9 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     upstream: dict[str, list[str]] = {n: [] for n in order}
     downstream: dict[str, list[str]] = {n: [] for n in order}
     for edge in spec.edges:
-        upstream[edge.to].append(edge.from_)
-        downstream[edge.from_].append(edge.to)
+        if edge.from_ not in upstream[edge.to]:  # a repeated edge adds nothing
+            upstream[edge.to].append(edge.from_)
+            downstream[edge.from_].append(edge.to)
     producers: dict[str, list[str]] = {}
     for node in spec.nodes:
         for out in node.outs:

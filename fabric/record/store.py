@@ -32,6 +32,7 @@ class SubmissionRecord:
     spec: dict[str, Any]
     runtime_params: dict[str, Any]
     plan_hash: str
+    request_hash: str
     created_at: float
     team: str | None = None
     labels: dict[str, str] = field(default_factory=dict)

@@ -311,7 +311,9 @@ class RunMachine:
 
     def _dispatch(self, node: NodeRun) -> Dispatch:
         self._set_token(node, next(self._tokens))
-        node.input_tokens = {u: self.nodes[u].token for u in node.plan.upstream}  # type: ignore[misc]
+        # Inputs may come from any ancestor, not only a direct parent: wire to every producer's dispatch.
+        producers = {*node.plan.upstream, *(wire.producer for wire in node.plan.inputs)}
+        node.input_tokens = {u: self.nodes[u].token for u in producers}  # type: ignore[misc]
         assert node.token is not None
         return Dispatch(node.plan.node_id, len(node.attempts) + 1, node.token,
                         tuple(node.input_tokens.items()))

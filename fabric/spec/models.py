@@ -108,10 +108,15 @@ InputName = Annotated[str, AfterValidator(_check_input),
 
 
 def _check_env_names(env: dict[str, str], what: str) -> dict[str, str]:
+    """Env var names: well-formed, and never RAY_* (those configure Ray itself, for every node env)."""
     for name in env:
         if not re.match(ENV_VAR_PATTERN, name):
             raise _fail(f"{name!r} is not a valid {what} name: use letters, digits and '_', not starting "
                         "with a digit", "rename it, e.g. 'FEATURE_VIEW'")
+        if name.upper().startswith("RAY_"):
+            raise _fail(f"{what} {name!r} is not allowed: names starting with RAY_ "
+                        "configure Ray itself and cannot be set by a submission",
+                        f"remove {name!r} or rename it without the RAY_ prefix")
     return env
 
 
@@ -321,13 +326,7 @@ class RuntimeEnvSpec(_Model):
     @field_validator("env_vars")
     @classmethod
     def _no_ray_vars(cls, env_vars: dict[str, str]) -> dict[str, str]:
-        _check_env_names(env_vars, "environment variable")
-        for name in env_vars:
-            if name.upper().startswith("RAY_"):
-                raise _fail(f"environment variable {name!r} is not allowed: names starting with RAY_ "
-                            "configure Ray itself and cannot be set by a submission",
-                            f"remove {name!r} or rename it without the RAY_ prefix")
-        return env_vars
+        return _check_env_names(env_vars, "environment variable")
 
 
 class RuntimeParams(_Model):
