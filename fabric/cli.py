@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.live import Live
 
 from fabric.console import describe_value, error_text, metrics_table, status_table
-from fabric.errors import FabricError, SpecError
-from fabric.spec import dag_json_schema, load_spec, parse_runtime_params, runtime_params_json_schema
+from fabric.errors import ErrorCode, FabricError, SpecError
+from fabric.spec import dag_json_schema, load_spec, parse_runtime_params, read_spec, runtime_params_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fabric: DAGs of quant and ML work on Ray, no separate broker.")
@@ -30,14 +30,12 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address (
 
 
 def _params(value: str | None) -> dict[str, Any]:
+    """Runtime params from a YAML/JSON file or inline JSON, read as safely as a spec."""
     if not value:
         return {}
-    import yaml
-
     path = Path(value)
-    text = path.read_text() if path.exists() else value
-    data = yaml.safe_load(text)
-    return parse_runtime_params(data).model_dump(mode="json", exclude_none=True)
+    return parse_runtime_params(read_spec(path if path.exists() else value)).model_dump(mode="json",
+                                                                                         exclude_none=True)
 
 
 def _fail(error: FabricError) -> None:
@@ -140,11 +138,14 @@ def validate(dag: DagArg, params: ParamsOpt = None) -> None:
     from fabric.kinds import kind_checks
     from fabric.plan import kind_problems
 
-    out.print(f"[green]valid[/] {spec.pipeline_id}: {len(spec.nodes)} nodes, {len(spec.edges)} edges")
     problems = kind_problems(spec, kind_checks())  # type: ignore[arg-type]
+    summary = f"{spec.pipeline_id}: {len(spec.nodes)} nodes, {len(spec.edges)} edges"
     if problems:
-        err.print(error_text(SpecError.from_problems(problems, "submitting it here")))
+        out.print(f"[yellow]the spec is valid[/] ({summary}), [bold]but it cannot run here:[/]")
+        err.print(error_text(SpecError(f"it cannot run here: {len(problems)} problem(s)",
+                                       code=ErrorCode.KIND_NOT_RUNNABLE, problems=tuple(problems))))
         raise typer.Exit(EXIT_INVALID)
+    out.print(f"[green]valid[/] {summary}")
 
 
 @app.command()

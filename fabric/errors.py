@@ -100,7 +100,9 @@ class SpecError(FabricError):
     def from_problems(cls, problems: list[Problem] | tuple[Problem, ...], what: str = "DAG spec") -> SpecError:
         count = len(problems)
         noun = "problem" if count == 1 else "problems"
-        return cls(f"{what} is invalid: {count} {noun}", code=ErrorCode.SPEC_INVALID, problems=tuple(problems))
+        verb = "are" if what.endswith("params") else "is"
+        return cls(f"{what} {verb} invalid: {count} {noun}", code=ErrorCode.SPEC_INVALID,
+                   problems=tuple(problems))
 
 
 class NotFoundError(FabricError):
