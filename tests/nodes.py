@@ -100,3 +100,12 @@ def ticker(seconds: float, marker_dir: str) -> str:
             ticks.write(".")
         time.sleep(0.1)
     return "done"
+
+
+def crash_once(marker_dir: str) -> str:
+    """SIGKILLs its own worker on the first attempt: a crash, not an exception."""
+    import signal
+
+    if _mark(marker_dir, "crash") == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"

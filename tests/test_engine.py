@@ -283,3 +283,16 @@ def test_nested_functions_travel_by_value(client):
     submission = client.submit(built)
     assert submission.wait(60).state == "SUCCEEDED"
     assert submission.result("add_k") == 7
+
+
+def test_a_killed_worker_is_retried_by_the_fabric_with_backoff(client, tmp_path):
+    spec = dag("crash", [py("c", "crash_once", params={"marker_dir": str(tmp_path)},
+                            slo={"retry": {"max_attempts": 2, "backoff_sec": 1}})])
+    submission = client.submit(spec)
+    status = submission.wait(60)
+    node = status.node("c")
+    assert node.state == "SUCCEEDED" and node.attempts == 2
+    assert node.history[0].error.type in ("WorkerCrashedError", "RayTaskError", "NodeDiedError")
+    assert node.history[1].started_at - node.history[0].ended_at >= 1.0  # our backoff, not Ray's instant retry
+    assert len(list(tmp_path.glob("crash.*"))) == 2
+    assert submission.result("c") == "survived"

@@ -135,10 +135,15 @@ def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: floa
 
 
 def _registry(call: NodeCall) -> Any:
+    assert call.control is not None
+    return _registry_handle(*call.control)
+
+
+@lru_cache(maxsize=4)
+def _registry_handle(name: str, namespace: str) -> Any:
+    # A named actor's handle stays valid across its restarts, so one lookup per worker process does.
     import ray
 
-    assert call.control is not None
-    name, namespace = call.control
     return ray.get_actor(name, namespace=namespace)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 
 from fabric.errors import ErrorCode, Problem, SpecError
-from fabric.plan.hashing import digest, node_content_hash
+from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
 from fabric.spec import DagSpec, NodeSpec, Resources, RuntimeParams, Slo, split_input, topological_order
 
@@ -120,7 +121,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         )
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
-        plan_hash=digest(sorted(hashes.items())),
+        plan_hash=hashlib.sha256("".join(hashes[n] for n in order).encode()).hexdigest(),
         order=tuple(order),
         nodes=plans,
         max_runtime=spec.slo.max_runtime if spec.slo else None,

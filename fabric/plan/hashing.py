@@ -19,6 +19,11 @@ def digest(value: Any) -> str:
 def node_content_hash(*, kind: str, params: Mapping[str, Any], entrypoint: str | None,
                       env: Mapping[str, str], image: str | None, outs: tuple[str, ...],
                       inputs: Mapping[str, str]) -> str:
-    """`inputs` maps each input name to the content hash of the node producing it (and which out)."""
-    return digest({"kind": kind, "params": params, "entrypoint": entrypoint, "env": env, "image": image,
-                   "outs": list(outs), "inputs": inputs})
+    """`inputs` maps each input name to the content hash of the node producing it (and which out).
+
+    Only params and env need canonical JSON; the rest is joined directly, which keeps hashing a
+    1,000-input node cheap."""
+    parts = [kind, entrypoint or "", image or "", ",".join(outs),
+             canonical_json(params) if params else "{}", canonical_json(env) if env else "{}",
+             ";".join(f"{name}={source}" for name, source in sorted(inputs.items()))]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
