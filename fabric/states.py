@@ -74,21 +74,20 @@ SUBMISSION_TRANSITIONS: dict[SubmissionState, frozenset[SubmissionState]] = {
 
 def check_node_transition(node_id: str, current: NodeState, target: NodeState) -> None:
     """Raise IllegalTransition unless `current -> target` is in NODE_TRANSITIONS."""
-    if target not in NODE_TRANSITIONS[current]:
-        raise IllegalTransition(
-            f"node {node_id!r} cannot go from {current} to {target}",
-            code=ErrorCode.ILLEGAL_TRANSITION,
-            where=f"node {node_id}",
-            fix="this is a fabric bug: please report it with the submission's events",
-        )
+    _check("node", node_id, target in NODE_TRANSITIONS[current], current, target)
 
 
 def check_submission_transition(submission_id: str, current: SubmissionState,
                                 target: SubmissionState) -> None:
-    if target not in SUBMISSION_TRANSITIONS[current]:
+    """Raise IllegalTransition unless `current -> target` is in SUBMISSION_TRANSITIONS."""
+    _check("submission", submission_id, target in SUBMISSION_TRANSITIONS[current], current, target)
+
+
+def _check(what: str, ident: str, allowed: bool, current: StrEnum, target: StrEnum) -> None:
+    if not allowed:
         raise IllegalTransition(
-            f"submission {submission_id!r} cannot go from {current} to {target}",
+            f"{what} {ident!r} cannot go from {current} to {target}",
             code=ErrorCode.ILLEGAL_TRANSITION,
-            where=f"submission {submission_id}",
+            where=f"{what} {ident}",
             fix="this is a fabric bug: please report it with the submission's events",
         )
