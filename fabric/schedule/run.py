@@ -246,7 +246,8 @@ class RunMachine:
             attempt.outcome = NodeState.RETRYING
             delay = node.plan.retry.delay_after(len(node.attempts))
             node.retry_at = now + delay
-            self._move(node, NodeState.RETRYING, f"attempt {attempt.number} failed; retry in {delay:g}s")
+            cause = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else "failed"
+            self._move(node, NodeState.RETRYING, f"attempt {attempt.number} {cause[:300]}; retry in {delay:g}s")
             return
         final = NodeState.TIMED_OUT if timed_out else NodeState.FAILED
         attempt.outcome = final
