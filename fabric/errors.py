@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     NODE_FAILED = "NODE_FAILED"
     NO_CONTEXT = "NO_CONTEXT"
     TIMEOUT = "TIMEOUT"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,363 @@
+"""A durable Store on SQLite: WAL, an append-only audit log, and group-committed events and logs.
+
+`add_submission` and `set_state` are committed before they return. `append_events` and `put_log`
+are queued and written by a background thread in one transaction every `flush_interval_s` (group
+commit); reads merge what is queued, `flush()` returns once everything queued is committed. A
+failed background write keeps its batch queued and its error is raised by the next synchronous
+write or `flush()`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ErrorCode, FabricError
+from fabric.record.store import Event, SubmissionRecord
+
+SCHEMA_VERSION = 1
+
+# Each migration takes the schema from version n-1 to n; statements run in one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE submissions (
+            submission_id TEXT PRIMARY KEY, pipeline_id TEXT NOT NULL, spec TEXT NOT NULL,
+            runtime_params TEXT NOT NULL, plan_hash TEXT NOT NULL, request_hash TEXT NOT NULL,
+            created_at REAL NOT NULL, team TEXT, labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL)""",
+        "CREATE INDEX submissions_state ON submissions (state, created_at)",
+        "CREATE INDEX submissions_created_at ON submissions (created_at)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, submission_id TEXT NOT NULL, node_id TEXT,
+            source TEXT NOT NULL, target TEXT NOT NULL, at REAL NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '', actor TEXT, team TEXT)""",
+        "CREATE INDEX events_submission ON events (submission_id, id)",
+        """CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+            BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE is not allowed'); END""",
+        """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+            BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is not allowed'); END""",
+        """CREATE TABLE logs (
+            submission_id TEXT NOT NULL, node_id TEXT NOT NULL, attempt INTEGER NOT NULL, text TEXT NOT NULL,
+            path TEXT, PRIMARY KEY (submission_id, node_id, attempt))""",
+    ),
+}
+
+_SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
+                       "team, labels, state")
+_EVENT_COLUMNS = ("id", "submission_id", "node_id", "source", "target", "at", "attempt", "reason", "actor", "team")
+_INSERT_EVENT = ("INSERT INTO events (submission_id, node_id, source, target, at, attempt, reason, actor, team) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT team FROM submissions WHERE submission_id = ?)))")
+_UPSERT_LOG = ("INSERT INTO logs (submission_id, node_id, attempt, text, path) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT (submission_id, node_id, attempt) DO UPDATE SET text = excluded.text, path = excluded.path")
+_WAKE_AT = 20_000  # queued items that wake the flusher before its interval is up
+
+_LogItem = tuple[str, str, int, str, str | None]
+
+
+def _unavailable(path: Path, cause: BaseException | str) -> FabricError:
+    return FabricError(
+        f"the store at {path} is unavailable: {cause}", code=ErrorCode.STORE_UNAVAILABLE, where=str(path),
+        fix="check that the store file and its directory exist and are writable, that the disk has space, and "
+            "that no other process holds a long write lock; nothing was lost from what was acknowledged")
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
+    sid, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, team, labels, state = row
+    return SubmissionRecord(sid, pipeline_id, json.loads(spec), json.loads(runtime_params), plan_hash, request_hash,
+                            created_at, team, json.loads(labels), state)
+
+
+class SqliteStore:
+    """A thread-safe, durable Store in one SQLite file (WAL mode, one connection owned by the store)."""
+
+    def __init__(self, path: str | Path, *, flush_interval_s: float = 0.05, read_only: bool = False,
+                 busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._interval = flush_interval_s
+        self._db_lock = threading.RLock()  # guards the connection; held across a flush
+        self._queue_lock = threading.Lock()  # guards the queues; never held while waiting on SQLite
+        self._events: list[Event] = []
+        self._logs: list[_LogItem] = []
+        self._bg_error: FabricError | None = None
+        self._accepting = True  # False once close() starts: later appends are refused, not lost
+        try:
+            if read_only:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False,
+                                             isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False,
+                                             isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unavailable(self.path, exc) from exc
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk before it is acknowledged, power loss included (batches keep it cheap).
+                self._conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._flush_loop, name=f"fabric-store-flush:{self.path.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._db_lock, self._guard():
+            table = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+            if table is None:
+                return 0
+            row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise FabricError(
+                f"the store at {self.path} has schema version {version}, newer than this fabric knows "
+                f"({SCHEMA_VERSION})", code=ErrorCode.STORE_UNAVAILABLE, where=str(self.path),
+                fix="upgrade fabric to a version that knows this schema, or point at another store file")
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            raise _unavailable(self.path, f"schema version {version} needs migrating to {SCHEMA_VERSION}, "
+                                          "which a read-only store cannot do")
+        with self._txn() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    # -- transactions and errors -------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _unavailable(self.path, exc) from exc
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the connection lock; any SQLite failure is STORE_UNAVAILABLE."""
+        with self._db_lock, self._guard():
+            self._conn.execute("BEGIN IMMEDIATE")  # on a closed connection: ProgrammingError, mapped
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+
+    def _raise_background_error(self) -> None:
+        with self._queue_lock:
+            error, self._bg_error = self._bg_error, None
+        if error is not None:
+            raise error
+
+    # -- submissions (synchronous: committed before returning) -------------------------------------
+
+    def add_submission(self, record: SubmissionRecord) -> None:
+        self._raise_background_error()
+        with self._txn() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO submissions ({_SUBMISSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.submission_id, record.pipeline_id, json.dumps(record.spec), json.dumps(record.runtime_params),
+                 record.plan_hash, record.request_hash, record.created_at, record.team, json.dumps(record.labels),
+                 record.state))
+
+    def set_state(self, submission_id: str, state: str) -> None:
+        self._raise_background_error()
+        with self._txn() as conn:
+            updated = conn.execute("UPDATE submissions SET state = ? WHERE submission_id = ?",
+                                   (state, submission_id)).rowcount
+        if updated == 0:
+            raise KeyError(submission_id)  # as MemoryStore does
+
+    def get_submission(self, submission_id: str) -> SubmissionRecord | None:
+        with self._db_lock, self._guard():
+            row = self._conn.execute(f"SELECT {_SUBMISSION_COLUMNS} FROM submissions WHERE submission_id = ?",
+                                     (submission_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
+                         before: float | None = None) -> list[SubmissionRecord]:
+        """Newest first; `labels` must all match; `before` pages by created_at (exclusive)."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if before is not None:
+            where.append("created_at < ?")
+            args.append(before)
+        for key, value in (labels or {}).items():
+            where.append("EXISTS (SELECT 1 FROM json_each(submissions.labels) WHERE key = ? AND value = ?)")
+            args += [key, value]
+        sql = f"SELECT {_SUBMISSION_COLUMNS} FROM submissions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        with self._db_lock, self._guard():
+            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        return [_record(row) for row in rows]
+
+    def non_terminal_submissions(self) -> list[SubmissionRecord]:
+        """Submissions still RUNNING (e.g. after a crash), oldest first: what recovery must pick up."""
+        with self._db_lock, self._guard():
+            rows = self._conn.execute(f"SELECT {_SUBMISSION_COLUMNS} FROM submissions WHERE state = 'RUNNING' "
+                                      "ORDER BY created_at, rowid").fetchall()
+        return [_record(row) for row in rows]
+
+    def delete_submission_data(self, submission_id: str) -> dict[str, int]:
+        """Remove a submission's row and logs for retention; its events (the audit log) always stay."""
+        self.flush()
+        with self._txn() as conn:
+            logs = conn.execute("DELETE FROM logs WHERE submission_id = ?", (submission_id,)).rowcount
+            subs = conn.execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,)).rowcount
+            kept = conn.execute("SELECT COUNT(*) FROM events WHERE submission_id = ?", (submission_id,)).fetchone()[0]
+        return {"submissions": subs, "logs": logs, "events_kept": kept}
+
+    # -- events and logs (queued, group-committed by the flusher) ------------------------------------
+
+    def append_events(self, events: list[Event]) -> None:
+        with self._queue_lock:
+            self._check_open()
+            self._events.extend(events)
+            wake = len(self._events) >= _WAKE_AT
+        if wake:
+            self._wake.set()
+
+    def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None:
+        with self._queue_lock:
+            self._check_open()
+            self._logs.append((submission_id, node_id, attempt, text, path))
+
+    def events(self, submission_id: str) -> list[Event]:
+        with self._db_lock, self._guard():  # the flusher cannot move items between the queue and the file now
+            rows = self._conn.execute(
+                "SELECT submission_id, node_id, source, target, at, attempt, reason FROM events "
+                "WHERE submission_id = ? ORDER BY id", (submission_id,)).fetchall()
+            with self._queue_lock:
+                queued = [e for e in self._events if e.submission_id == submission_id]
+        return [Event(*row) for row in rows] + queued
+
+    def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
+        with self._db_lock, self._guard():
+            rows = self._conn.execute("SELECT attempt, text, path FROM logs WHERE submission_id = ? AND node_id = ?",
+                                      (submission_id, node_id)).fetchall()
+            with self._queue_lock:
+                queued = [item for item in self._logs if item[0] == submission_id and item[1] == node_id]
+        logs = {attempt: (text, path) for attempt, text, path in rows}
+        for _, _, attempt, text, path in queued:
+            logs[attempt] = (text, path)
+        return [(attempt, text, path) for attempt, (text, path) in sorted(logs.items())]
+
+    def pending(self) -> int:
+        """How many events and logs are accepted but not yet committed."""
+        with self._queue_lock:
+            return len(self._events) + len(self._logs)
+
+    def flush(self) -> None:
+        """Commit everything queued; raises STORE_UNAVAILABLE (keeping the queue) if it cannot. Once it has
+        succeeded, everything accepted is on disk, so an earlier background failure is no longer news."""
+        self._write_queued()
+        with self._queue_lock:
+            self._bg_error = None
+
+    def _write_queued(self) -> None:
+        with self._db_lock:
+            with self._queue_lock:
+                events, logs = list(self._events), list(self._logs)
+            if not events and not logs:
+                return
+            with self._txn() as conn:
+                conn.executemany(_INSERT_EVENT, [
+                    (e.submission_id, e.node_id, e.source, e.target, e.at, e.attempt, e.reason,
+                     getattr(e, "actor", None), getattr(e, "team", None), e.submission_id) for e in events])
+                conn.executemany(_UPSERT_LOG, logs)
+            with self._queue_lock:  # appends only ever extend the queues, so the written items are the head
+                del self._events[:len(events)]
+                del self._logs[:len(logs)]
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._write_queued()
+            except Exception as exc:  # kept until a synchronous write or flush() raises it; the flusher lives on
+                with self._queue_lock:
+                    self._bg_error = exc if isinstance(exc, FabricError) else _unavailable(self.path, exc)
+            else:
+                with self._queue_lock:  # a later batch went through: nothing is lost, so nothing to report
+                    self._bg_error = None
+
+    def _check_open(self) -> None:
+        if not self._accepting:
+            raise _unavailable(self.path, "the store is closed")
+
+    # -- export and lifecycle -----------------------------------------------------------------------
+
+    def export_events_parquet(self, path: str | Path, submission_id: str | None = None) -> int:
+        """Write the events (all, or one submission's) to a Parquet file; returns the number of rows."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.flush()
+        sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"
+        args: tuple[str, ...] = ()
+        if submission_id is not None:
+            sql, args = sql + " WHERE submission_id = ?", (submission_id,)
+        with self._db_lock, self._guard():
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        types = (pa.int64(), pa.string(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.int64(),
+                 pa.string(), pa.string(), pa.string())
+        schema = pa.schema([pa.field(name, kind) for name, kind in zip(_EVENT_COLUMNS, types, strict=True)])
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(_EVENT_COLUMNS)
+        table = pa.Table.from_arrays([pa.array(col, type=kind) for col, kind in zip(columns, types, strict=True)],
+                                     schema=schema)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, str(path))
+        return table.num_rows
+
+    def close(self) -> None:
+        """Flush what is queued, stop the flusher and close the file; raises if the flush fails."""
+        with self._queue_lock:
+            if not self._accepting:
+                return
+            self._accepting = False
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        try:
+            self.flush()
+        finally:
+            with self._db_lock:
+                self._conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
