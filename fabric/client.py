@@ -9,26 +9,42 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.errors import ErrorCode, FabricError
 from fabric.record import SubmissionStatus
 from fabric.spec import DagSpec, RuntimeParams, read_spec
+from fabric.types import new_submission_id
 
 
 def default_home() -> str:
     return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
 
 
+REGISTRY_RESTART_WAIT_S = 60.0
+
+
 def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
-    """Call a registry method and re-raise fabric errors as themselves, not wrapped by Ray."""
-    try:
-        return ray.get(method.remote(*args), timeout=timeout)
-    except RayTaskError as exc:
-        if isinstance(exc.cause, FabricError):
-            raise exc.cause from None
-        raise
+    """Call a registry method; fabric errors come out as themselves, not wrapped by Ray.
+
+    While the registry restarts, calls are retried with backoff. Every registry method is safe to
+    repeat: reads are reads, and a submit always carries its idempotency key (see Client.submit).
+    """
+    deadline = time.monotonic() + REGISTRY_RESTART_WAIT_S
+    delay = 0.1
+    while True:
+        try:
+            return ray.get(method.remote(*args), timeout=timeout)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, FabricError):
+                raise exc.cause from None
+            raise
+        except (ActorUnavailableError, ActorDiedError):
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class Submission:
@@ -91,7 +107,10 @@ class Client:
         raw = read_spec(spec)
         if isinstance(runtime_params, RuntimeParams):
             runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
-        reply = _call(self._registry.submit, raw, dict(runtime_params or {}), _job_runtime_env(), code)
+        params = dict(runtime_params or {})
+        # Always send an idempotency key, so a submit retried across a registry restart starts one run.
+        params.setdefault("submission_id", new_submission_id())
+        reply = _call(self._registry.submit, raw, params, _job_runtime_env(), code)
         return Submission(self._registry, reply["submission_id"], reply["created"])
 
     def get(self, submission_id: str) -> Submission:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+def new_submission_id(now: float | None = None) -> str:
+    """`sub-YYYYMMDD-HHMMSS-xxxxxx` (UTC): sortable by time, unique by its random tail."""
+    return time.strftime("sub-%Y%m%d-%H%M%S-", time.gmtime(time.time() if now is None else now)) + secrets.token_hex(3)
 
 
 @dataclass(frozen=True)

@@ -7,28 +7,26 @@ A thin shell: validation and planning are the pure `fabric.spec`/`fabric.plan`, 
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
-from fabric.errors import ConflictError, ErrorCode, SpecError
+from fabric.errors import ConflictError, ErrorCode, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
-from fabric.record import MemoryStore, SubmissionRecord
+from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
+from fabric.record.replay import status_from_events
 from fabric.spec import load_spec, parse_runtime_params
+from fabric.types import new_submission_id
 
 REGISTRY_NAME = "fabric-registry"
 NAMESPACE = "fabric"
-
-
-def new_submission_id(now: float) -> str:
-    return time.strftime("sub-%Y%m%d-%H%M%S-", time.gmtime(now)) + secrets.token_hex(3)
 
 
 class Registry:
@@ -36,7 +34,8 @@ class Registry:
 
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self.home = home
-        self._store = MemoryStore()
+        self._store = open_store(home)
+        self._close_interrupted()
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
         self._engine = Engine(self._store, home=home, control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
@@ -90,14 +89,41 @@ class Registry:
             self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
 
+    def _close_interrupted(self) -> None:
+        """Submissions a previous registry left RUNNING cannot be resumed by this build: say so in the
+        record rather than leave them RUNNING for ever."""
+        for record in self._store.non_terminal_submissions():
+            reason = ("interrupted: the registry restarted before the submission finished "
+                      "(resuming interrupted submissions is not in this build)")
+            self._store.append_events([Event(record.submission_id, None, "RUNNING", "FAILED", time.time(),
+                                             reason=reason)])
+            self._store.set_state(record.submission_id, "FAILED")
+        self._store.flush()
+
+    def _recorded(self, submission_id: str) -> SubmissionRecord:
+        record = self._store.get_submission(submission_id)
+        if record is None:
+            raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
+                                where="submission_id", fix="list submissions with `fabric ls`")
+        return record
+
     def status(self, submission_id: str) -> dict[str, Any]:
-        return self._engine.status(submission_id).to_dict()
+        if self._engine.has(submission_id):
+            return self._engine.status(submission_id).to_dict()
+        # Not run by this registry (it restarted since): the record and its events tell the story.
+        record = self._recorded(submission_id)
+        return status_from_events(record, self._store.events(submission_id)).to_dict()
 
     def wait(self, submission_id: str, timeout: float | None) -> bool:
-        return self._engine.wait(submission_id, timeout)
+        if self._engine.has(submission_id):
+            return self._engine.wait(submission_id, timeout)
+        return self._recorded(submission_id).state != "RUNNING"
 
     def cancel(self, submission_id: str) -> None:
-        self._engine.cancel(submission_id)
+        if self._engine.has(submission_id):
+            self._engine.cancel(submission_id)
+        else:
+            self._recorded(submission_id)  # unknown -> NotFound; a finished one has nothing to cancel
 
     def is_cancelled(self, submission_id: str) -> bool:
         return self._engine.is_cancelled(submission_id)
@@ -107,16 +133,35 @@ class Registry:
         self._engine.report_progress(submission_id, node_id, attempt, fraction, message)
 
     def result_ref(self, submission_id: str, node_id: str, out: str | None) -> list[ray.ObjectRef]:
+        if not self._engine.has(submission_id):
+            self._recorded(submission_id)
+            raise NotFoundError(
+                f"the outputs of {submission_id} are gone: they lived in Ray's object store of an earlier "
+                "registry", code=ErrorCode.NOT_FOUND, where=f"{submission_id}.{node_id}",
+                fix="read what the node wrote to its artifact dir, or run the DAG again")
         # Wrapped in a list so that Ray hands the caller the reference, not the (maybe large) value.
         return [self._engine.result_ref(submission_id, node_id, out)]
 
     def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
-        return self._engine.logs(submission_id, node_id)
+        if self._engine.has(submission_id):
+            return self._engine.logs(submission_id, node_id)
+        record = self._recorded(submission_id)
+        if node_id not in {n["id"] for n in record.spec.get("nodes", [])}:
+            raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
+                                where=node_id, fix="see the node ids in `fabric status`")
+        return self._store.get_log(submission_id, node_id)
 
     def list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return [{"submission_id": r.submission_id, "pipeline_id": r.pipeline_id, "state": r.state,
                  "created_at": r.created_at, "labels": r.labels}
                 for r in self._store.list_submissions(state, limit)]
+
+
+def open_store(home: str) -> Store:
+    """The registry's record: SQLite under FABRIC_HOME (durable), or memory with FABRIC_STORE=memory."""
+    if os.environ.get("FABRIC_STORE", "sqlite") == "memory":
+        return MemoryStore()
+    return SqliteStore(Path(home) / "fabric.db")
 
 
 RegistryActor = ray.remote(Registry)
@@ -126,4 +171,6 @@ def get_or_create_registry(home: str) -> Any:
     return RegistryActor.options(  # type: ignore[attr-defined]
         name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=32, max_restarts=-1,
+        # The outputs of failed and withdrawn attempts are dropped unread on purpose: no "unhandled error".
+        runtime_env={"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}},
     ).remote(home)

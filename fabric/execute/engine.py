@@ -76,6 +76,9 @@ class Engine:
             run.cancel_requested = True
         self._inbox.put(("cancel", submission_id))
 
+    def has(self, submission_id: str) -> bool:
+        return submission_id in self._runs
+
     def is_cancelled(self, submission_id: str) -> bool:
         run = self._runs.get(submission_id)
         return bool(run and run.cancel_requested)
@@ -171,7 +174,10 @@ class Engine:
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
                 for submission_id in touched:
-                    self._record(self._runs[submission_id])
+                    try:
+                        self._record(self._runs[submission_id])
+                    except Exception:  # noqa: BLE001 - the store failing must not stop the engine
+                        log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
                 self._due_force_kills()
 
     def _fail_run(self, message: tuple[Any, ...]) -> list[str]:
@@ -249,9 +255,13 @@ class Engine:
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
         if run.machine.done and not run.done.is_set():
-            self._store.set_state(run.record.submission_id, str(run.machine.state))
             run.record.state = str(run.machine.state)
-            run.done.set()
+            try:
+                # The end of a submission is on disk, every event of it, before anyone is told it ended.
+                self._store.flush()
+                self._store.set_state(run.record.submission_id, str(run.machine.state))
+            finally:
+                run.done.set()  # waiters must wake even when the store is failing
 
     def _next_wakeup(self) -> float:
         now = self._clock()

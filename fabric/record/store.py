@@ -48,6 +48,8 @@ class Store(Protocol):
     def events(self, submission_id: str) -> list[Event]: ...
     def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None: ...
     def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]: ...
+    def non_terminal_submissions(self) -> list[SubmissionRecord]: ...
+    def flush(self) -> None: ...
 
 
 class MemoryStore:
@@ -83,6 +85,13 @@ class MemoryStore:
     def events(self, submission_id: str) -> list[Event]:
         with self._lock:
             return list(self._events.get(submission_id, ()))
+
+    def non_terminal_submissions(self) -> list[SubmissionRecord]:
+        with self._lock:
+            return [r for r in self._submissions.values() if r.state == "RUNNING"]
+
+    def flush(self) -> None:
+        """Nothing to write: memory is as durable as this store gets."""
 
     def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None:
         with self._lock:
