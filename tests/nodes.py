@@ -109,3 +109,10 @@ def crash_once(marker_dir: str) -> str:
     if _mark(marker_dir, "crash") == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+def counted(marker_dir: str, name: str, seconds: float = 0.0, **inputs: object) -> str:
+    """Records each execution, optionally sleeps, returns a value naming what it consumed."""
+    _mark(marker_dir, name)
+    time.sleep(seconds)
+    return f"{name}({','.join(sorted(str(v) for v in inputs.values()))})"

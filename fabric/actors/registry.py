@@ -17,6 +17,7 @@ import ray
 from fabric.errors import ConflictError, ErrorCode, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
+from fabric.execute.outputs import load_code, save_code
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
@@ -35,14 +36,16 @@ class Registry:
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self.home = home
         self._store = open_store(home)
-        self._close_interrupted()
+        # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
+        self._artifacts = os.environ.get("FABRIC_ARTIFACTS") or str(Path(home) / "artifacts")
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
-        self._engine = Engine(self._store, home=home, control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
+        self._engine = Engine(self._store, home=home, artifacts=self._artifacts,
+                              control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and os.environ.get("FABRIC_SKIP_FEASIBILITY") != "1"
         self._submit_lock = threading.Lock()
-        self._code: dict[str, dict[str, ray.ObjectRef]] = {}
+        self.resumed = self._resume_interrupted()
 
     def ping(self) -> str:
         return "ok"
@@ -85,20 +88,36 @@ class Registry:
                 env.update(user)
                 if env_vars:
                     env["env_vars"] = env_vars
+            record.runtime_env = env
+            if code:
+                save_code(self._artifacts, submission_id, code)  # a resumed run needs the notebook's code too
             code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
             self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
 
-    def _close_interrupted(self) -> None:
-        """Submissions a previous registry left RUNNING cannot be resumed by this build: say so in the
-        record rather than leave them RUNNING for ever."""
+    def _resume_interrupted(self) -> list[str]:
+        """Carry on every submission an earlier registry (or an earlier cluster) left RUNNING."""
+        resumed = []
         for record in self._store.non_terminal_submissions():
-            reason = ("interrupted: the registry restarted before the submission finished "
-                      "(resuming interrupted submissions is not in this build)")
-            self._store.append_events([Event(record.submission_id, None, "RUNNING", "FAILED", time.time(),
-                                             reason=reason)])
-            self._store.set_state(record.submission_id, "FAILED")
+            sid = record.submission_id
+            try:
+                plan = compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
+                                    kind_checks())  # type: ignore[arg-type]
+                status = status_from_events(record, self._store.events(sid))
+                code = {entry: ray.put(blob) for entry, blob in load_code(self._artifacts, sid).items()}
+                rerun = self._engine.resume(record, plan, status, code)
+            except Exception as exc:  # noqa: BLE001 - one unresumable submission must not block the rest
+                reason = f"could not resume after a restart: {type(exc).__name__}: {exc}"[:500]
+                self._store.append_events([Event(sid, None, "RUNNING", "FAILED", time.time(), reason=reason)])
+                self._store.set_state(sid, "FAILED")
+                continue
+            note = "resumed by a restarted registry"
+            if rerun:
+                note += f"; re-running {rerun}: their outputs are not on record"
+            self._store.append_events([Event(sid, None, "RUNNING", "RUNNING", time.time(), reason=note)])
+            resumed.append(sid)
         self._store.flush()
+        return resumed
 
     def _recorded(self, submission_id: str) -> SubmissionRecord:
         record = self._store.get_submission(submission_id)

@@ -11,6 +11,7 @@ import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
 
 from fabric.errors import ErrorCode, Problem
+from fabric.execute.outputs import load_outputs
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
@@ -21,7 +22,7 @@ from fabric.types import AttemptReport, ErrorInfo
 class AttemptHandle:
     """The Ray side of one dispatch: the report ref and one ref per result slot."""
 
-    report: ray.ObjectRef
+    report: ray.ObjectRef | None  # None for outputs reloaded from the artifact store
     values: dict[str, ray.ObjectRef]
     attempt: int
 
@@ -34,6 +35,8 @@ class RayBackend:
 
     def __init__(self) -> None:
         self._remote = ray.remote(run_pickled_node)
+        self._loader = ray.remote(load_outputs)
+        self._loaders: dict[int, Any] = {}
         self._options: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
@@ -64,8 +67,19 @@ class RayBackend:
         report_ref._on_completed(lambda result: on_done(outcome(result)))
         return AttemptHandle(report_ref, dict(zip(slots, value_refs, strict=True)), call.attempt)
 
+    def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
+        """ObjectRefs of a finished node's persisted outputs, read by a small task near the data rather
+        than through the registry."""
+        loader = self._loaders.get(len(outs))
+        if loader is None:
+            loader = self._loaders[len(outs)] = self._loader.options(num_cpus=0, max_retries=3, num_returns=len(outs))
+        refs = loader.remote(root, submission_id, node_id, list(outs))
+        return dict(zip(outs, [refs] if len(outs) == 1 else refs, strict=True))
+
     @staticmethod
     def cancel(handle: AttemptHandle, force: bool) -> None:
+        if handle.report is None:
+            return
         try:
             ray.cancel(handle.report, force=force, recursive=True)
         except Exception:  # noqa: BLE001 - already finished or its owner is gone

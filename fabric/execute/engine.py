@@ -18,6 +18,7 @@ import ray
 
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend
+from fabric.execute.outputs import has_outputs
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import AttemptStatus, Event, NodeStatus, Store, SubmissionRecord, SubmissionStatus
@@ -38,15 +39,17 @@ class _Run:
     machine: RunMachine
     runtime_env: dict[str, Any] | None
     code: dict[str, ray.ObjectRef]  # entrypoint -> pickled function, for code defined in a notebook
+    persist: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> outs to write on success
     handles: dict[tuple[str, int], AttemptHandle] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     cancel_requested: bool = False
 
 
 class Engine:
-    def __init__(self, store: Store, *, home: str, control: tuple[str, str] | None = None,
+    def __init__(self, store: Store, *, home: str, artifacts: str, control: tuple[str, str] | None = None,
                  clock: Callable[[], float] = time.time, use_images: bool = False) -> None:
         self._store = store
+        self._artifacts = artifacts
         self._use_images = use_images
         self._home = home
         self._control = control
@@ -66,9 +69,42 @@ class Engine:
               code: dict[str, ray.ObjectRef] | None = None) -> None:
         machine = RunMachine(plan, self._clock, submission_id=record.submission_id)
         with self._lock:
-            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}))
+            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}),
+                                                    plan.consumed_outs())
             self._store.add_submission(record)
         self._inbox.put(("start", record.submission_id))
+
+    def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
+               code: dict[str, ray.ObjectRef] | None = None) -> list[str]:
+        """Carry on a submission an earlier registry left running. Nodes that SUCCEEDED are not run
+        again: the outputs their descendants need come back from the artifact store; every other
+        unfinished node gets a new attempt. Returns the succeeded nodes that must run again because
+        their outputs are not on record."""
+        sid = record.submission_id
+        consumed = plan.consumed_outs()
+        states = {n.node_id: n.state for n in status.nodes}
+        stored = {n for n in states if consumed[n] and has_outputs(self._artifacts, sid, n)}
+        # Outputs are written only by a successful attempt: they prove a success whose event was lost.
+        recovered = [n for n in stored if not states[n].terminal]
+        for node_id in recovered:
+            states[node_id] = NodeState.SUCCEEDED
+        self._store.append_events([Event(sid, n, "RUNNING", "SUCCEEDED", self._clock(), 0,
+                                         "recovered: its outputs were on record") for n in recovered])
+        rerun = [n for n, state in states.items() if state.ok and consumed[n] and n not in stored]
+        for node_id in rerun:
+            states[node_id] = NodeState.PENDING
+        history = {n.node_id: [(a.started_at, a.ended_at, a.outcome) for a in n.history] for n in status.nodes}
+        machine = RunMachine.restore(plan, self._clock, submission_id=record.submission_id,
+                                     created_at=record.created_at, states=states, history=history)
+        run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}), consumed)
+        for node_id, token in machine.restored_tokens().items():
+            if consumed[node_id]:
+                refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])
+                run.handles[(node_id, token)] = AttemptHandle(None, refs, len(machine.nodes[node_id].attempts))
+        with self._lock:
+            self._runs[record.submission_id] = run
+        self._inbox.put(("start", record.submission_id))
+        return rerun
 
     def cancel(self, submission_id: str) -> None:
         run = self._run(submission_id)
@@ -101,6 +137,8 @@ class Engine:
 
     def status(self, submission_id: str) -> SubmissionStatus:
         run = self._run(submission_id)
+        # What a caller sees is on disk first (group commit makes this one fsync for everything pending).
+        self._store.flush()
         with self._lock:
             return _status(run)
 
@@ -241,7 +279,7 @@ class Engine:
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control,
-                inline_code=code is not None)
+                inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(

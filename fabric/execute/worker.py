@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.context import NodeContext, use_context
+from fabric.execute.outputs import persist_outputs
 from fabric.kinds import NodeCall, get_kind
 from fabric.types import AttemptReport, ErrorInfo
 
@@ -86,6 +87,11 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                 named = dict(zip(call.input_names, inputs, strict=True))
                 value = get_kind(call.kind).run(call, named)
             values = split_outputs(call, value)
+            if call.persist:
+                # Durable before the node reports success: a resumed run reloads instead of recomputing.
+                by_slot = dict(zip(call.result_slots, values, strict=True))
+                persist_outputs(call.artifacts, call.submission_id, call.node_id,
+                                {name: by_slot[name] for name in call.persist})
     except Exception as exc:  # noqa: BLE001 - every failure of user code becomes a NodeFailure
         report = _report(call, buffer, ctx, started)
         tb = "".join(traceback.format_exception(exc)).splitlines()[-TRACEBACK_LINES:]

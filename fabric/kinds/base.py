@@ -27,6 +27,8 @@ class NodeCall:
     home: str
     control: tuple[str, str] | None = None  # (registry actor name, namespace) for progress and cancel
     inline_code: bool = False  # the first input is the pickled function (defined in a notebook)
+    persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
+    artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
 
 
 @runtime_checkable

@@ -86,6 +86,15 @@ class ExecutionPlan:
     def sinks(self) -> tuple[str, ...]:
         return tuple(n for n in self.order if not self.nodes[n].downstream)
 
+    def consumed_outs(self) -> dict[str, tuple[str, ...]]:
+        """For each node, the outs that some other node reads: what must survive a restart."""
+        consumed: dict[str, list[str]] = {n: [] for n in self.order}
+        for node_id in self.order:
+            for wire in self.nodes[node_id].inputs:
+                if wire.out not in consumed[wire.producer]:
+                    consumed[wire.producer].append(wire.out)
+        return {n: tuple(outs) for n, outs in consumed.items()}
+
     def descendants(self, node_id: str) -> list[str]:
         """Every node reachable from `node_id`, in plan order."""
         seen: set[str] = set()

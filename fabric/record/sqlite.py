@@ -28,7 +28,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE submissions (
             submission_id TEXT PRIMARY KEY, pipeline_id TEXT NOT NULL, spec TEXT NOT NULL,
             runtime_params TEXT NOT NULL, plan_hash TEXT NOT NULL, request_hash TEXT NOT NULL,
-            created_at REAL NOT NULL, team TEXT, labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL)""",
+            created_at REAL NOT NULL, team TEXT, labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL,
+            runtime_env TEXT NOT NULL DEFAULT '{}')""",
         "CREATE INDEX submissions_state ON submissions (state, created_at)",
         "CREATE INDEX submissions_created_at ON submissions (created_at)",
         """CREATE TABLE events (
@@ -47,7 +48,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
-                       "team, labels, state")
+                       "team, labels, state, runtime_env")
 _EVENT_COLUMNS = ("id", "submission_id", "node_id", "source", "target", "at", "attempt", "reason", "actor", "team")
 _INSERT_EVENT = ("INSERT INTO events (submission_id, node_id, source, target, at, attempt, reason, actor, team) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT team FROM submissions WHERE submission_id = ?)))")
@@ -66,9 +67,9 @@ def _unavailable(path: Path, cause: BaseException | str) -> FabricError:
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
-    sid, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, team, labels, state = row
+    sid, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, team, labels, state, env = row
     return SubmissionRecord(sid, pipeline_id, json.loads(spec), json.loads(runtime_params), plan_hash, request_hash,
-                            created_at, team, json.loads(labels), state)
+                            created_at, team, json.loads(labels), state, json.loads(env))
 
 
 class SqliteStore:
@@ -180,10 +181,10 @@ class SqliteStore:
         self._raise_background_error()
         with self._txn() as conn:
             conn.execute(
-                f"INSERT OR REPLACE INTO submissions ({_SUBMISSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO submissions ({_SUBMISSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.submission_id, record.pipeline_id, json.dumps(record.spec), json.dumps(record.runtime_params),
                  record.plan_hash, record.request_hash, record.created_at, record.team, json.dumps(record.labels),
-                 record.state))
+                 record.state, json.dumps(record.runtime_env)))
 
     def set_state(self, submission_id: str, state: str) -> None:
         self._raise_background_error()

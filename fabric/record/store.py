@@ -37,6 +37,7 @@ class SubmissionRecord:
     team: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     state: str = "RUNNING"
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # as resolved at submit: needed to resume
 
 
 class Store(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fabric.plan import ExecutionPlan, NodePlan
@@ -83,6 +83,7 @@ class NodeRun:
     progress: float = 0.0
     message: str = ""
     reason: str = ""
+    uncounted: int = 0  # attempts not charged to the retry budget (interrupted by a registry restart)
     ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
     dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
 
@@ -111,6 +112,37 @@ class RunMachine:
         self._pending_transitions: list[Transition] = []
         self._timers: dict[str, float] = {}  # node id -> its running deadline or retry time
         self._terminal = 0
+
+    @classmethod
+    def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
+                states: Mapping[str, NodeState],
+                history: Mapping[str, Sequence[tuple[float, float | None, str | None]]]) -> RunMachine:
+        """A machine resuming a submission from its record. Terminal nodes stay as they ended (a SUCCEEDED
+        node gets a token: its outputs come back from the artifact store, see `restored_tokens`); every
+        other node starts over as PENDING. `history` is each node's attempts as (started, ended, outcome);
+        an attempt that never ended was interrupted and is not charged to the retry budget."""
+        machine = cls(plan, clock, submission_id=submission_id)
+        machine.created_at = created_at
+        machine.deadline = created_at + plan.max_runtime if plan.max_runtime else None
+        for node_id, node in machine.nodes.items():
+            for number, (started, ended, outcome) in enumerate(history.get(node_id, ()), start=1):
+                interrupted = ended is None
+                node.attempts.append(Attempt(number, started, ended if not interrupted else clock(),
+                                             NodeState(outcome) if outcome else None))
+                node.uncounted += interrupted
+            state = states.get(node_id, NodeState.PENDING)
+            if state.terminal:
+                node.state = state
+                machine._terminal += 1
+                if state.ok:
+                    machine._set_token(node, next(machine._tokens))
+        for node in machine.nodes.values():
+            node.ok_upstream = sum(machine.nodes[u].state.ok for u in node.plan.upstream)
+        return machine
+
+    def restored_tokens(self) -> dict[str, int]:
+        """Tokens of nodes that had already succeeded when the submission was restored."""
+        return {n: run.token for n, run in self.nodes.items() if run.state.ok and run.token is not None}
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -242,7 +274,7 @@ class RunMachine:
             return
         self._set_token(node, None)
         self._withdraw_descendants(node.plan.node_id)
-        if len(node.attempts) < node.plan.retry.max_attempts:
+        if len(node.attempts) - node.uncounted < node.plan.retry.max_attempts:
             attempt.outcome = NodeState.RETRYING
             delay = node.plan.retry.delay_after(len(node.attempts))
             node.retry_at = now + delay
