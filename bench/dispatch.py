@@ -8,7 +8,9 @@ Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -128,7 +130,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
-    client = fb.connect("local", num_cpus=args.num_cpus)
+    for persist in ("none", "needed"):
+        # Each mode gets its own local cluster: the registry reads the setting when it starts.
+        os.environ["FABRIC_PERSIST_OUTPUTS"] = persist
+        print(f"\n== FABRIC_PERSIST_OUTPUTS={persist}"
+              + (" (default: outputs a downstream node reads are written to the artifact store)"
+                 if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
+        measure(args)
+        ray.shutdown()
+
+
+def measure(args: argparse.Namespace) -> None:
+    client = fb.connect("local", num_cpus=args.num_cpus, home=tempfile.mkdtemp(prefix="fabric-bench-"))
 
     shapes = [("(a) 1 -> 1000 -> 1", fan_spec(), raw_fan, 1002),
               ("(b) chain of 200", chain_spec(), raw_chain, 200),

@@ -139,9 +139,9 @@ def test_wal_mode_and_synchronous_full(tmp_path: Path) -> None:
 def test_schema_version_recorded_and_newer_rejected(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     with SqliteStore(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 1
+        assert s.schema_version() == SCHEMA_VERSION == 2
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
@@ -155,9 +155,29 @@ def test_older_empty_database_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     sqlite3.connect(path).close()  # an existing file at version 0
     with SqliteStore(path) as s:
-        assert s.schema_version() == 1
+        assert s.schema_version() == SCHEMA_VERSION
         s.add_submission(rec("s1", 1.0))
         assert s.get_submission("s1") is not None
+
+
+def test_a_version_1_store_with_data_is_migrated_to_2(tmp_path: Path) -> None:
+    from fabric.record.sqlite import _MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)  # a store as the first release wrote it, with a submission in it
+    for statement in _MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO submissions (submission_id, pipeline_id, spec, runtime_params, plan_hash, "
+                 "request_hash, created_at, team, labels, state) "
+                 "VALUES ('old', 'p', '{}', '{}', 'h', 'r', 1.0, NULL, '{}', 'RUNNING')")
+    conn.commit()
+    conn.close()
+    with SqliteStore(path) as s:
+        assert s.schema_version() == 2
+        old = s.get_submission("old")
+        assert old is not None and old.runtime_env == {} and old.state == "RUNNING"
 
 
 def test_events_are_append_only_in_sql(tmp_path: Path) -> None:

@@ -40,8 +40,11 @@ class Registry:
         self._artifacts = os.environ.get("FABRIC_ARTIFACTS") or str(Path(home) / "artifacts")
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
+        # "needed" (default): outputs a downstream node reads are written on success, so a resumed run
+        # reloads them; "none" trades that for speed: a resumed run recomputes them.
+        persist = os.environ.get("FABRIC_PERSIST_OUTPUTS", "needed") != "none"
         self._engine = Engine(self._store, home=home, artifacts=self._artifacts,
-                              control=(REGISTRY_NAME, NAMESPACE), use_images=use_images)
+                              control=(REGISTRY_NAME, NAMESPACE), use_images=use_images, persist_outputs=persist)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and os.environ.get("FABRIC_SKIP_FEASIBILITY") != "1"
         self._submit_lock = threading.Lock()

@@ -47,9 +47,11 @@ class _Run:
 
 class Engine:
     def __init__(self, store: Store, *, home: str, artifacts: str, control: tuple[str, str] | None = None,
-                 clock: Callable[[], float] = time.time, use_images: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, use_images: bool = False,
+                 persist_outputs: bool = True) -> None:
         self._store = store
         self._artifacts = artifacts
+        self._persist_outputs = persist_outputs
         self._use_images = use_images
         self._home = home
         self._control = control
@@ -69,8 +71,8 @@ class Engine:
               code: dict[str, ray.ObjectRef] | None = None) -> None:
         machine = RunMachine(plan, self._clock, submission_id=record.submission_id)
         with self._lock:
-            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}),
-                                                    plan.consumed_outs())
+            persist = plan.consumed_outs() if self._persist_outputs else {}
+            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
             self._store.add_submission(record)
         self._inbox.put(("start", record.submission_id))
 
@@ -96,7 +98,8 @@ class Engine:
         history = {n.node_id: [(a.started_at, a.ended_at, a.outcome) for a in n.history] for n in status.nodes}
         machine = RunMachine.restore(plan, self._clock, submission_id=record.submission_id,
                                      created_at=record.created_at, states=states, history=history)
-        run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}), consumed)
+        run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}),
+                   consumed if self._persist_outputs else {})
         for node_id, token in machine.restored_tokens().items():
             if consumed[node_id]:
                 refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])

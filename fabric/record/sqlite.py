@@ -20,7 +20,7 @@ from typing import Any
 from fabric.errors import ErrorCode, FabricError
 from fabric.record.store import Event, SubmissionRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the schema from version n-1 to n; statements run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -28,8 +28,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE submissions (
             submission_id TEXT PRIMARY KEY, pipeline_id TEXT NOT NULL, spec TEXT NOT NULL,
             runtime_params TEXT NOT NULL, plan_hash TEXT NOT NULL, request_hash TEXT NOT NULL,
-            created_at REAL NOT NULL, team TEXT, labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL,
-            runtime_env TEXT NOT NULL DEFAULT '{}')""",
+            created_at REAL NOT NULL, team TEXT, labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL)""",
         "CREATE INDEX submissions_state ON submissions (state, created_at)",
         "CREATE INDEX submissions_created_at ON submissions (created_at)",
         """CREATE TABLE events (
@@ -45,6 +44,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             submission_id TEXT NOT NULL, node_id TEXT NOT NULL, attempt INTEGER NOT NULL, text TEXT NOT NULL,
             path TEXT, PRIMARY KEY (submission_id, node_id, attempt))""",
     ),
+    # v2: the runtime_env a submission was started with, so that a restarted registry can resume it.
+    2: ("ALTER TABLE submissions ADD COLUMN runtime_env TEXT NOT NULL DEFAULT '{}'",),
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
