@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -225,6 +227,54 @@ def list_submissions(address: AddressOpt = None,
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
         table.add_row(item["submission_id"], item["pipeline_id"], item["state"], created)
     out.print(table)
+
+
+@app.command()
+def token(team: Annotated[str, typer.Option(help="the team this token acts for")],
+          admin: Annotated[bool, typer.Option(help="may use the admin routes")] = False,
+          file: Annotated[Path | None, typer.Option(help="tokens file (default: $FABRIC_HOME/tokens.yaml)")] = None,
+          ) -> None:
+    """Make a gateway token for a team: the file keeps only its hash, the token is printed once."""
+    from serve.auth import mint_token
+
+    path = file or Path(_home()) / "tokens.yaml"
+    sys.stdout.write(mint_token(path, team, admin) + "\n")
+    err.print(f"[dim]added to {path} (hashed)[/]")
+
+
+@app.command()
+def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 8000,
+       host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+       num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
+       replicas: Annotated[int, typer.Option(help="gateway replicas")] = 1) -> None:
+    """Start a local Ray with the fabric registry and the HTTP gateway; Ctrl-C stops both."""
+    import signal
+
+    import ray
+    from ray import serve
+
+    import fabric.client as client
+    from serve.auth import mint_token
+    from serve.gateway import build_app
+
+    tokens = Path(os.environ.get("FABRIC_TOKENS") or Path(_home()) / "tokens.yaml")
+    admin_token = None if tokens.exists() else mint_token(tokens, "admin", admin=True)
+    client.connect("local", num_cpus=num_cpus)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app({"tokens_file": str(tokens), "num_replicas": str(replicas)}), name="fabric-gateway",
+              route_prefix="/")
+    out.print(f"[bold green]fabric is up[/]: http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    out.print(f"tokens file: {tokens}" + (f"\nadmin token (shown once): {admin_token}" if admin_token else
+                                         "  (make one with `fabric token --team NAME`)"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    ray.shutdown()  # this command started the cluster: stopping it stops the gateway and the registry
+
+
+def _home() -> str:
+    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
 
 
 def main() -> None:

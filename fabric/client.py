@@ -50,16 +50,17 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
 class Submission:
     """A handle on one submission. Every method asks the registry; nothing is cached or hidden."""
 
-    def __init__(self, registry: Any, submission_id: str, created: bool = True) -> None:
+    def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None) -> None:
         self._registry = registry
         self.id = submission_id
         self.created = created
+        self._team = team
 
     def __repr__(self) -> str:
         return f"Submission({self.id!r})"
 
     def status(self) -> SubmissionStatus:
-        return SubmissionStatus.from_dict(_call(self._registry.status, self.id))
+        return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team))
 
     def wait(self, timeout: float | None = None) -> SubmissionStatus:
         """Block until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
@@ -67,7 +68,7 @@ class Submission:
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             step = 30.0 if left is None else min(left, 30.0)
-            if _call(self._registry.wait, self.id, step, timeout=step + 30):
+            if _call(self._registry.wait, self.id, step, self._team, timeout=step + 30):
                 return self.status()
             if deadline is not None and time.monotonic() >= deadline:
                 raise FabricError(f"submission {self.id} did not finish within {timeout}s",
@@ -76,25 +77,33 @@ class Submission:
 
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
         """The value of `out` (default: the node's only out) of a finished node, from the object store."""
-        [ref] = _call(self._registry.result_ref, self.id, node, out)
+        [ref] = _call(self._registry.result_ref, self.id, node, out, self._team)
         return ray.get(ref, timeout=timeout)
 
     def logs(self, node: str) -> str:
         """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
         parts = []
-        for attempt, text, path in _call(self._registry.logs, self.id, node):
+        for attempt, text, path in _call(self._registry.logs, self.id, node, self._team):
             parts.append(f"--- attempt {attempt}" + (f" ({path})" if path else "") + " ---\n" + text)
         return "".join(parts)
 
     def cancel(self) -> None:
-        _call(self._registry.cancel, self.id)
+        _call(self._registry.cancel, self.id, self._team)
 
 
 class Client:
-    """Submit DAGs to the fabric on a Ray cluster and follow them."""
+    """Submit DAGs to the fabric on a Ray cluster and follow them.
 
-    def __init__(self, registry: Any) -> None:
+    A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
+    (Code with direct Ray access can reach everything: Ray itself is the trust boundary.)"""
+
+    def __init__(self, registry: Any, team: str | None = None) -> None:
         self._registry = registry
+        self.team = team
+
+    def for_team(self, team: str) -> Client:
+        """The same connection, scoped to one team (the gateway makes one per authenticated request)."""
+        return Client(self._registry, team)
 
     def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
                runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
@@ -108,17 +117,28 @@ class Client:
         if isinstance(runtime_params, RuntimeParams):
             runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
         params = dict(runtime_params or {})
+        if self.team is not None:
+            if params.get("team") not in (None, self.team):
+                raise FabricError(f"runtime_params.team {params['team']!r} is not this client's team {self.team!r}",
+                                  code=ErrorCode.FORBIDDEN, where="runtime_params.team",
+                                  fix="leave team out: it comes from your credentials")
+            params["team"] = self.team
         # Always send an idempotency key, so a submit retried across a registry restart starts one run.
         params.setdefault("submission_id", new_submission_id())
         reply = _call(self._registry.submit, raw, params, _job_runtime_env(), code)
-        return Submission(self._registry, reply["submission_id"], reply["created"])
+        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
 
     def get(self, submission_id: str) -> Submission:
-        _call(self._registry.status, submission_id)  # raises NotFoundError if unknown
-        return Submission(self._registry, submission_id, created=False)
+        _call(self._registry.status, submission_id, self.team)  # NotFoundError if unknown (or not ours)
+        return Submission(self._registry, submission_id, created=False, team=self.team)
 
-    def list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        return _call(self._registry.list, state, limit)
+    def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
+             before: float | None = None) -> list[dict[str, Any]]:
+        """Newest first; for the next page pass `before=` the last item's `created_at`."""
+        return _call(self._registry.list, state, limit, labels, before, self.team)
+
+    def ping(self) -> bool:
+        return _call(self._registry.ping, timeout=5) == "ok"
 
     def run(self, spec: Any, runtime_params: Any = None, timeout: float | None = None) -> SubmissionStatus:
         """Submit and wait: the notebook one-liner."""
@@ -134,7 +154,7 @@ def _job_runtime_env() -> dict[str, Any]:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             resources: dict[str, float] | None = None, home: str | None = None,
-            runtime_env: dict[str, Any] | None = None, **ray_init_kwargs: Any) -> Client:
+            runtime_env: dict[str, Any] | None = None, team: str | None = None, **ray_init_kwargs: Any) -> Client:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster."""
     if not ray.is_initialized():
@@ -149,7 +169,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     home = home or default_home()
     registry = get_or_create_registry(home)
     _call(registry.ping, timeout=120)
-    return Client(registry)
+    return Client(registry, team)
 
 
 def _use_ray_token_auth() -> None:

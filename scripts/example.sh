@@ -2,5 +2,5 @@
 # The main job: set up, then run the quant example DAG on a local Ray that this command starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+bash scripts/setup.sh dev,serve
 exec .venv/bin/fabric run jobs/dags/quant_backtest.yaml "$@"

@@ -166,3 +166,45 @@ nodes: [{id: wait, kind: python_task, entrypoint: "tests.nodes:sleeper", params:
     assert submission_id in listing.stdout and slow_id in listing.stdout
     missing = fabric("status", "sub-nope", "--address", address, env=env)
     assert missing.returncode == 3 and "NOT_FOUND" in missing.stderr
+
+
+@pytest.mark.ray
+def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric")}
+    env.pop("RAY_ADDRESS", None)
+    up = subprocess.Popen([*FABRIC, "up", "--port", str(port), "--num-cpus", "2"], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        token = None
+        deadline = time.monotonic() + 120
+        while token is None and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line and up.poll() is not None:
+                break  # it exited: the assertion below says so at once
+            if "admin token" in line:
+                token = line.rsplit(" ", 1)[1].strip()
+        assert token, "fabric up printed no admin token"
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert http.get("/healthz").status_code == 200
+            spec = (REPO / "jobs/dags/quant_backtest.yaml").read_text()
+            response = http.post("/api/orch/submit", headers=headers, json={"dag_spec": spec})
+            assert response.status_code == 202, response.text
+            submission_id = response.json()["submission_id"]
+            state = "RUNNING"
+            while state == "RUNNING" and time.monotonic() < deadline:
+                state = http.get(f"/api/orch/status/{submission_id}", headers=headers).json()["state"]
+                time.sleep(0.5)
+            assert state == "SUCCEEDED"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+            raise AssertionError("fabric up did not stop on SIGTERM") from None
+    assert up.returncode == 0

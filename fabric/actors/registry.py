@@ -122,26 +122,34 @@ class Registry:
         self._store.flush()
         return resumed
 
-    def _recorded(self, submission_id: str) -> SubmissionRecord:
+    def _recorded(self, submission_id: str, team: str | None = None) -> SubmissionRecord:
+        """The submission's record; NOT_FOUND when it does not exist or belongs to another team (a team
+        cannot even learn that another team's submission exists)."""
         record = self._store.get_submission(submission_id)
-        if record is None:
+        if record is None or (team is not None and record.team != team):
             raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
                                 where="submission_id", fix="list submissions with `fabric ls`")
         return record
 
-    def status(self, submission_id: str) -> dict[str, Any]:
+    def status(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
+        if team is not None:
+            self._recorded(submission_id, team)
         if self._engine.has(submission_id):
             return self._engine.status(submission_id).to_dict()
         # Not run by this registry (it restarted since): the record and its events tell the story.
         record = self._recorded(submission_id)
         return status_from_events(record, self._store.events(submission_id)).to_dict()
 
-    def wait(self, submission_id: str, timeout: float | None) -> bool:
+    def wait(self, submission_id: str, timeout: float | None, team: str | None = None) -> bool:
+        if team is not None:
+            self._recorded(submission_id, team)
         if self._engine.has(submission_id):
             return self._engine.wait(submission_id, timeout)
         return self._recorded(submission_id).state != "RUNNING"
 
-    def cancel(self, submission_id: str) -> None:
+    def cancel(self, submission_id: str, team: str | None = None) -> None:
+        if team is not None:
+            self._recorded(submission_id, team)
         if self._engine.has(submission_id):
             self._engine.cancel(submission_id)
         else:
@@ -154,7 +162,10 @@ class Registry:
                         message: str) -> None:
         self._engine.report_progress(submission_id, node_id, attempt, fraction, message)
 
-    def result_ref(self, submission_id: str, node_id: str, out: str | None) -> list[ray.ObjectRef]:
+    def result_ref(self, submission_id: str, node_id: str, out: str | None,
+                   team: str | None = None) -> list[ray.ObjectRef]:
+        if team is not None:
+            self._recorded(submission_id, team)
         if not self._engine.has(submission_id):
             self._recorded(submission_id)
             raise NotFoundError(
@@ -164,7 +175,9 @@ class Registry:
         # Wrapped in a list so that Ray hands the caller the reference, not the (maybe large) value.
         return [self._engine.result_ref(submission_id, node_id, out)]
 
-    def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
+    def logs(self, submission_id: str, node_id: str, team: str | None = None) -> list[tuple[int, str, str | None]]:
+        if team is not None:
+            self._recorded(submission_id, team)
         if self._engine.has(submission_id):
             return self._engine.logs(submission_id, node_id)
         record = self._recorded(submission_id)
@@ -173,10 +186,12 @@ class Registry:
                                 where=node_id, fix="see the node ids in `fabric status`")
         return self._store.get_log(submission_id, node_id)
 
-    def list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
+             before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; page with `before` = the last item's created_at."""
         return [{"submission_id": r.submission_id, "pipeline_id": r.pipeline_id, "state": r.state,
-                 "created_at": r.created_at, "labels": r.labels}
-                for r in self._store.list_submissions(state, limit)]
+                 "created_at": r.created_at, "labels": r.labels, "team": r.team}
+                for r in self._store.list_submissions(state, limit, labels=labels, before=before, team=team)]
 
 
 def open_store(home: str) -> Store:

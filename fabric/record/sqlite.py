@@ -202,9 +202,12 @@ class SqliteStore:
         return None if row is None else _record(row)
 
     def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-                         before: float | None = None) -> list[SubmissionRecord]:
-        """Newest first; `labels` must all match; `before` pages by created_at (exclusive)."""
+                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]:
+        """Newest first; `labels` must all match; `before` pages by created_at (exclusive); `team` filters."""
         where, args = [], []
+        if team is not None:
+            where.append("team = ?")
+            args.append(team)
         if state is not None:
             where.append("state = ?")
             args.append(state)

@@ -44,7 +44,8 @@ class Store(Protocol):
     def add_submission(self, record: SubmissionRecord) -> None: ...
     def get_submission(self, submission_id: str) -> SubmissionRecord | None: ...
     def set_state(self, submission_id: str, state: str) -> None: ...
-    def list_submissions(self, state: str | None = None, limit: int = 50) -> list[SubmissionRecord]: ...
+    def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
+                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]: ...
     def append_events(self, events: list[Event]) -> None: ...
     def events(self, submission_id: str) -> list[Event]: ...
     def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None: ...
@@ -73,10 +74,14 @@ class MemoryStore:
         with self._lock:
             self._submissions[submission_id].state = state
 
-    def list_submissions(self, state: str | None = None, limit: int = 50) -> list[SubmissionRecord]:
+    def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
+                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]:
         with self._lock:
             records = sorted(self._submissions.values(), key=lambda r: r.created_at, reverse=True)
-        return [r for r in records if state is None or r.state == state][:limit]
+        return [r for r in records
+                if (state is None or r.state == state) and (team is None or r.team == team)
+                and (before is None or r.created_at < before)
+                and all(r.labels.get(k) == v for k, v in (labels or {}).items())][:limit]
 
     def append_events(self, events: list[Event]) -> None:
         with self._lock:

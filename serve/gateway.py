@@ -1,0 +1,159 @@
+"""The gateway: `/api/orch/*` over a team-scoped fabric Client, errors as application/problem+json.
+
+Stateless: every request asks the registry actor. Run it with `serve run serve.gateway:build_app`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+import fabric as fb
+from fabric.errors import ErrorCode, FabricError
+from serve.auth import Principal, TokenTable
+
+MAX_BODY_BYTES = 1 << 20
+
+STATUS_BY_CODE = {
+    ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.NOT_FINISHED: 409, ErrorCode.NODE_FAILED: 409,
+    ErrorCode.TOO_LARGE: 413, ErrorCode.STORE_UNAVAILABLE: 503, ErrorCode.TIMEOUT: 504,
+}
+
+
+class SubmitBody(BaseModel):
+    """`POST /api/orch/submit`: the DAG (an object, or YAML/JSON text) and its runtime params."""
+
+    model_config = ConfigDict(extra="forbid")
+    dag_spec: dict[str, Any] | str
+    runtime_params: dict[str, Any] = Field(default_factory=dict)
+    refs: dict[str, Any] = Field(default_factory=dict, description="data refs: not supported in this build")
+
+
+def problem(status: int, error: FabricError) -> JSONResponse:
+    body = {"type": f"https://fabric.dev/errors/{error.code}", "title": error.message, "status": status,
+            "code": str(error.code), "where": error.where, "fix": error.fix,
+            "problems": [p.to_dict() for p in error.problems]}
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+app = FastAPI(title="fabric gateway", version="1",
+              description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
+requests_total: Counter[tuple[str, int]] = Counter()
+
+
+@app.exception_handler(FabricError)
+async def _fabric_error(_: Request, error: FabricError) -> JSONResponse:
+    return problem(STATUS_BY_CODE.get(error.code, 422), error)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+    from fabric.errors import Problem
+
+    problems = tuple(Problem(ErrorCode.SPEC_FIELD, ".".join(str(p) for p in e["loc"]), e["msg"],
+                             "see /openapi.json for the request's shape") for e in error.errors())
+    return problem(422, FabricError(f"the request is invalid: {len(problems)} problem(s)",
+                                    code=ErrorCode.SPEC_INVALID, problems=problems))
+
+
+@app.middleware("http")
+async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        response = problem(413, FabricError(f"the body is {length} bytes, over the {MAX_BODY_BYTES}-byte limit",
+                                            code=ErrorCode.TOO_LARGE, where="body",
+                                            fix="send a smaller DAG, or split it into several submissions"))
+    else:
+        response = await call_next(request)
+    route = request.scope.get("route")
+    requests_total[(getattr(route, "path", "unmatched"), response.status_code)] += 1
+    return response
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, tokens_file: str) -> None:
+        self._tokens_file = tokens_file
+        self._client = fb.connect()  # inside Serve, Ray is up: this only finds the registry
+
+    def _who(self, request: Request) -> Principal:
+        return TokenTable.load(self._tokens_file).authenticate(request.headers.get("authorization"))
+
+    def _client_for(self, request: Request) -> fb.Client:
+        return self._client.for_team(self._who(request).team)
+
+    @app.get("/healthz")
+    def healthz(self) -> JSONResponse:
+        try:
+            ok = self._client.ping()
+        except Exception:  # noqa: BLE001 - any failure to reach the registry is "unhealthy"
+            ok = False
+        return JSONResponse({"registry": "ok" if ok else "unreachable"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(self) -> str:
+        lines = ["# TYPE fabric_gateway_requests_total counter"]
+        for (route, status), count in sorted(requests_total.items()):
+            lines.append(f'fabric_gateway_requests_total{{route="{route}",status="{status}"}} {count}')
+        lines += ["# TYPE fabric_gateway_up gauge", f"fabric_gateway_up {1}", ""]
+        return "\n".join(lines)
+
+    @app.post("/api/orch/submit", status_code=202)
+    def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:
+        client = self._client_for(request)
+        if body.refs:
+            raise FabricError("refs are not supported in this build", code=ErrorCode.SPEC_FIELD, where="refs",
+                              fix="pass data locations as node params")
+        submission = client.submit(body.dag_spec, body.runtime_params)
+        return {"submission_id": submission.id, "created": submission.created}
+
+    @app.get("/api/orch/status/{submission_id}")
+    def status(self, request: Request, submission_id: str) -> dict[str, Any]:
+        return self._client_for(request).get(submission_id).status().to_dict()
+
+    @app.get("/api/orch/logs/{submission_id}")
+    def logs(self, request: Request, submission_id: str, node: Annotated[str, Query(min_length=1)],
+             tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict[str, Any]:
+        text = self._client_for(request).get(submission_id).logs(node)
+        if tail is not None:
+            text = "\n".join(text.splitlines()[-tail:])
+        return {"submission_id": submission_id, "node": node, "text": text}
+
+    @app.post("/api/orch/cancel/{submission_id}", status_code=202)
+    def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
+        self._client_for(request).get(submission_id).cancel()
+        return {"submission_id": submission_id, "cancelling": True}
+
+    @app.get("/api/orch/submissions")
+    def submissions(self, request: Request, state: str | None = None,
+                    label: Annotated[list[str] | None, Query(description="k:v, repeatable")] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: float | None = None) -> dict[str, Any]:
+        labels = {}
+        for item in label or []:
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise FabricError(f"label filter {item!r} is not k:v", code=ErrorCode.SPEC_FIELD, where="label",
+                                  fix="write it as label=project:xs")
+            labels[key] = value
+        items = self._client_for(request).list(state, limit, labels or None, cursor)
+        next_cursor = items[-1]["created_at"] if len(items) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+
+def build_app(args: dict[str, str] | None = None) -> Any:
+    """For `serve run serve.gateway:build_app tokens_file=... num_replicas=2` and Serve config files."""
+    args = args or {}
+    home = os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+    tokens_file = args.get("tokens_file") or os.environ.get("FABRIC_TOKENS") or str(Path(home) / "tokens.yaml")
+    return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(tokens_file)
+

@@ -1,0 +1,148 @@
+"""The Serve gateway over HTTP on loopback: auth, problem+json errors, team isolation, the orch routes."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.auth import TokenTable, hash_token, mint_token
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(client, tmp_path_factory):
+    from ray import serve
+
+    from serve.gateway import build_app
+
+    tokens_file = tmp_path_factory.mktemp("gateway") / "tokens.yaml"
+    research = mint_token(tokens_file, "research")
+    trading = mint_token(tokens_file, "trading")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"tokens_file": str(tokens_file)}), name="fabric-gateway", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        yield http, {"Authorization": f"Bearer {research}"}, {"Authorization": f"Bearer {trading}"}, tokens_file
+    serve.shutdown()
+
+
+def quant_yaml() -> str:
+    return (REPO / "jobs/dags/quant_backtest.yaml").read_text()
+
+
+def wait_for_state(http, headers, submission_id, timeout=90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(f"/api/orch/status/{submission_id}", headers=headers).json()
+        if body["state"] != "RUNNING":
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"{submission_id} still RUNNING")
+
+
+def test_tokens_are_stored_hashed(gateway):
+    *_, tokens_file = gateway
+    text = tokens_file.read_text()
+    table = TokenTable.load(tokens_file)
+    assert "sha256" in text and table.authenticate(f"Bearer {_token(gateway, 1)}").team == "research"
+    assert _token(gateway, 1) not in text and hash_token(_token(gateway, 1)) in text
+    assert oct(tokens_file.stat().st_mode & 0o777) == "0o600"
+
+
+def _token(gateway, index: int) -> str:
+    return gateway[index]["Authorization"].split()[1]
+
+
+def test_health_metrics_and_openapi(gateway):
+    http, *_ = gateway
+    assert http.get("/healthz").json() == {"registry": "ok"}
+    paths = http.get("/openapi.json").json()["paths"]
+    assert {"/api/orch/submit", "/api/orch/status/{submission_id}", "/api/orch/logs/{submission_id}",
+            "/api/orch/cancel/{submission_id}", "/api/orch/submissions"} <= set(paths)
+    assert "fabric_gateway_requests_total" in http.get("/metrics").text
+
+
+def test_every_api_route_needs_a_valid_token(gateway):
+    http, *_ = gateway
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}):
+        response = http.get("/api/orch/submissions", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "UNAUTHORIZED"
+
+
+def test_submit_the_example_over_http_to_success(gateway):
+    http, research, *_ = gateway
+    response = http.post("/api/orch/submit", headers=research,
+                         json={"dag_spec": quant_yaml(), "runtime_params": {"labels": {"project": "xs"}}})
+    assert response.status_code == 202, response.text
+    submission_id = response.json()["submission_id"]
+    status = wait_for_state(http, research, submission_id)
+    assert status["state"] == "SUCCEEDED" and {n["state"] for n in status["nodes"]} == {"SUCCEEDED"}
+    logs = http.get(f"/api/orch/logs/{submission_id}", params={"node": "make_data", "tail": 5}, headers=research)
+    assert logs.status_code == 200 and "attempt 1" in logs.json()["text"]
+    listed = http.get("/api/orch/submissions", params={"label": "project:xs"}, headers=research).json()
+    assert submission_id in [item["submission_id"] for item in listed["items"]]
+
+
+def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(gateway):
+    http, research, *_ = gateway
+    before = http.get("/api/orch/submissions", headers=research).json()["items"]
+    bad_node = {"version": 1, "pipeline_id": "bad", "nodes": [
+        {"id": "a", "kind": "python_task", "entrypoint": "m:f", "bogus": 1, "resources": {"cpu": "-2"}}]}
+    response = http.post("/api/orch/submit", headers=research, json={"dag_spec": bad_node})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    wheres = {p["where"] for p in response.json()["problems"]}
+    assert {"nodes[0].bogus", "nodes[0].resources.cpu"} <= wheres
+    cycle = ("version: 1\npipeline_id: c\nnodes: [{id: a, kind: sql, params: {query: 'select 1'}},"
+             " {id: b, kind: sql, params: {query: 'select 1'}}]\nedges: [{from: a, to: b}, {from: b, to: a}]\n")
+    response = http.post("/api/orch/submit", headers=research, json={"dag_spec": cycle})
+    assert response.status_code == 422 and "a -> b -> a" in str(response.json()["problems"]) or \
+        "b -> a -> b" in str(response.json()["problems"])
+    assert http.post("/api/orch/submit", headers=research, json={"nope": 1}).status_code == 422
+    assert http.post("/api/orch/submit", headers=research, content=b"{not json").status_code == 422
+    huge = {"dag_spec": {"version": 1, "pipeline_id": "x", "nodes": [], "pad": "x" * (1 << 21)}}
+    response = http.post("/api/orch/submit", headers=research, json=huge)
+    assert response.status_code == 413 and response.json()["code"] == "TOO_LARGE"
+    assert http.get("/api/orch/status/sub-nope", headers=research).status_code == 404
+    after = http.get("/api/orch/submissions", headers=research).json()["items"]
+    assert after == before
+
+
+def test_teams_see_and_cancel_only_their_own_work(gateway):
+    http, research, trading, _ = gateway
+    slow = ("version: 1\npipeline_id: slow\nnodes: [{id: wait, kind: python_task, "
+            "entrypoint: 'tests.nodes:sleeper', params: {seconds: 60}}]\n")
+    submission_id = http.post("/api/orch/submit", headers=research, json={"dag_spec": slow}).json()["submission_id"]
+    assert http.get(f"/api/orch/status/{submission_id}", headers=trading).status_code == 404
+    assert http.post(f"/api/orch/cancel/{submission_id}", headers=trading).status_code == 404
+    theirs = http.get("/api/orch/submissions", headers=trading).json()["items"]
+    assert submission_id not in [item["submission_id"] for item in theirs]
+    forged = http.post("/api/orch/submit", headers=trading,
+                       json={"dag_spec": slow, "runtime_params": {"team": "research"}})
+    assert forged.status_code == 403 and forged.json()["code"] == "FORBIDDEN"
+    assert http.post(f"/api/orch/cancel/{submission_id}", headers=research).status_code == 202
+    assert wait_for_state(http, research, submission_id, timeout=30)["state"] == "CANCELLED"
+
+
+def test_the_same_submission_id_is_the_same_submission(gateway):
+    http, research, *_ = gateway
+    body = {"dag_spec": quant_yaml(), "runtime_params": {"submission_id": "http-idem-1"}}
+    first = http.post("/api/orch/submit", headers=research, json=body).json()
+    again = http.post("/api/orch/submit", headers=research, json=body).json()
+    assert first["submission_id"] == again["submission_id"] == "http-idem-1"
+    assert first["created"] and not again["created"]
+    wait_for_state(http, research, "http-idem-1")
