@@ -273,6 +273,26 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
     ray.shutdown()  # this command started the cluster: stopping it stops the gateway and the registry
 
 
+audit = typer.Typer(help="The append-only audit log of every state change.", no_args_is_help=True)
+app.add_typer(audit, name="audit")
+
+
+@audit.command("export")
+def audit_export(out_file: Annotated[Path, typer.Argument(help="the Parquet file to write")],
+                 submission: Annotated[str | None, typer.Option(help="only this submission's events")] = None,
+                 ) -> None:
+    """Write the audit events (all, or one submission's) from $FABRIC_HOME/fabric.db as Parquet."""
+    from fabric.record import SqliteStore
+
+    db = Path(_home()) / "fabric.db"
+    try:
+        with SqliteStore(db, read_only=True) as store:  # read-only: safe beside a running registry
+            count = store.export_events_parquet(out_file, submission)
+    except FabricError as exc:
+        _fail(exc)
+    out.print(f"{count} events -> {out_file}")
+
+
 def _home() -> str:
     return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
 

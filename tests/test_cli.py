@@ -208,3 +208,19 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
             up.wait(10)
             raise AssertionError("fabric up did not stop on SIGTERM") from None
     assert up.returncode == 0
+
+
+def test_audit_export_writes_the_events_as_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    from fabric.record import Event, SqliteStore, SubmissionRecord
+
+    with SqliteStore(tmp_path / "fabric.db") as store:
+        store.add_submission(SubmissionRecord("s1", "p", {}, {}, "h", "r", 1.0, team="research"))
+        store.append_events([Event("s1", "a", "PENDING", "QUEUED", 2.0), Event("s1", None, "RUNNING", "FAILED", 3.0)])
+    env = {**os.environ, "FABRIC_HOME": str(tmp_path)}
+    result = fabric("audit", "export", str(tmp_path / "audit.parquet"), env=env)
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "audit.parquet")
+    assert table.num_rows == 2 and table.column("target").to_pylist() == ["QUEUED", "FAILED"]
+    assert set(table.column("team").to_pylist()) == {"research"}
