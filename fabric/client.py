@@ -137,6 +137,14 @@ class Client:
         """Newest first; for the next page pass `before=` the last item's `created_at`."""
         return _call(self._registry.list, state, limit, labels, before, self.team)
 
+    def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
+        """Read it, or turn it on (nothing new admitted, running work goes on) or off."""
+        return _call(self._registry.kill_switch, on, reason, actor or (self.team or ""))
+
+    def drain(self, timeout: float = 600.0, actor: str = "") -> dict[str, Any]:
+        """Close admission, wait for running submissions, and report what finished."""
+        return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60)
+
     def ping(self) -> bool:
         return _call(self._registry.ping, timeout=5) == "ok"
 

@@ -24,7 +24,8 @@ MAX_BODY_BYTES = 1 << 20
 STATUS_BY_CODE = {
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.NOT_FINISHED: 409, ErrorCode.NODE_FAILED: 409,
-    ErrorCode.TOO_LARGE: 413, ErrorCode.STORE_UNAVAILABLE: 503, ErrorCode.TIMEOUT: 504,
+    ErrorCode.TOO_LARGE: 413, ErrorCode.STORE_UNAVAILABLE: 503, ErrorCode.ADMISSION_CLOSED: 503,
+    ErrorCode.TIMEOUT: 504,
 }
 
 
@@ -35,6 +36,17 @@ class SubmitBody(BaseModel):
     dag_spec: dict[str, Any] | str
     runtime_params: dict[str, Any] = Field(default_factory=dict)
     refs: dict[str, Any] = Field(default_factory=dict, description="data refs: not supported in this build")
+
+
+class KillSwitchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on: bool
+    reason: str = Field("", max_length=500)
+
+
+class DrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float = Field(600.0, ge=0, le=86_400)
 
 
 def problem(status: int, error: FabricError) -> JSONResponse:
@@ -91,6 +103,23 @@ class Gateway:
 
     def _client_for(self, request: Request) -> fb.Client:
         return self._client.for_team(self._who(request).team)
+
+    def _admin(self, request: Request) -> Principal:
+        principal = self._who(request)
+        if not principal.admin:
+            raise FabricError("this route needs an admin token", code=ErrorCode.FORBIDDEN, where="Authorization",
+                              fix="use a token made with `fabric token --team T --admin`")
+        return principal
+
+    @app.post("/api/orch/admin/kill-switch")
+    def kill_switch(self, request: Request, body: KillSwitchBody) -> dict[str, Any]:
+        principal = self._admin(request)
+        return self._client.kill_switch(body.on, body.reason, principal.team)
+
+    @app.post("/api/orch/admin/drain")
+    def drain(self, request: Request, body: DrainBody) -> dict[str, Any]:
+        principal = self._admin(request)
+        return self._client.drain(body.timeout_s, principal.team)
 
     @app.get("/healthz")
     def healthz(self) -> JSONResponse:

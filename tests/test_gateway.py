@@ -31,11 +31,13 @@ def gateway(client, tmp_path_factory):
     tokens_file = tmp_path_factory.mktemp("gateway") / "tokens.yaml"
     research = mint_token(tokens_file, "research")
     trading = mint_token(tokens_file, "trading")
+    admin = mint_token(tokens_file, "ops", admin=True)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"tokens_file": str(tokens_file)}), name="fabric-gateway", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        yield http, {"Authorization": f"Bearer {research}"}, {"Authorization": f"Bearer {trading}"}, tokens_file
+        yield (http, {"Authorization": f"Bearer {research}"}, {"Authorization": f"Bearer {trading}"}, tokens_file,
+               {"Authorization": f"Bearer {admin}"})
     serve.shutdown()
 
 
@@ -54,7 +56,7 @@ def wait_for_state(http, headers, submission_id, timeout=90) -> dict:
 
 
 def test_tokens_are_stored_hashed(gateway):
-    *_, tokens_file = gateway
+    tokens_file = gateway[3]
     text = tokens_file.read_text()
     table = TokenTable.load(tokens_file)
     assert "sha256" in text and table.authenticate(f"Bearer {_token(gateway, 1)}").team == "research"
@@ -123,7 +125,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(gateway):
 
 
 def test_teams_see_and_cancel_only_their_own_work(gateway):
-    http, research, trading, _ = gateway
+    http, research, trading, *_ = gateway
     slow = ("version: 1\npipeline_id: slow\nnodes: [{id: wait, kind: python_task, "
             "entrypoint: 'tests.nodes:sleeper', params: {seconds: 60}}]\n")
     submission_id = http.post("/api/orch/submit", headers=research, json={"dag_spec": slow}).json()["submission_id"]
@@ -146,3 +148,24 @@ def test_the_same_submission_id_is_the_same_submission(gateway):
     assert first["submission_id"] == again["submission_id"] == "http-idem-1"
     assert first["created"] and not again["created"]
     wait_for_state(http, research, "http-idem-1")
+
+
+def test_kill_switch_closes_admission_and_drain_waits_for_running_work(gateway):
+    http, research, _, _, admin = gateway
+    short = ("version: 1\npipeline_id: short\nnodes: [{id: wait, kind: python_task, "
+             "entrypoint: 'tests.nodes:sleeper', params: {seconds: 3}}]\n")
+    denied = http.post("/api/orch/admin/kill-switch", headers=research, json={"on": True})
+    assert denied.status_code == 403
+    running = http.post("/api/orch/submit", headers=research, json={"dag_spec": short}).json()["submission_id"]
+    try:
+        switched = http.post("/api/orch/admin/kill-switch", headers=admin, json={"on": True, "reason": "maintenance"})
+        assert switched.status_code == 200 and switched.json()["on"] is True
+        refused = http.post("/api/orch/submit", headers=research, json={"dag_spec": short})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert refused.json()["code"] == "ADMISSION_CLOSED" and "maintenance" in refused.json()["title"]
+        report = http.post("/api/orch/admin/drain", headers=admin, json={"timeout_s": 60}).json()
+        assert running in report["finished"] and report["still_running"] == [] and report["admission"] == "closed"
+        assert wait_for_state(http, research, running)["state"] == "SUCCEEDED"  # running work went on
+    finally:
+        assert http.post("/api/orch/admin/kill-switch", headers=admin, json={"on": False}).json()["on"] is False
+    assert http.post("/api/orch/submit", headers=research, json={"dag_spec": short}).status_code == 202

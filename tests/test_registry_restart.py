@@ -74,3 +74,16 @@ def test_finished_work_answers_from_the_record_after_a_restart(client, fabric_ho
                               edges=[("a", "b")]),
                           {"submission_id": "kept-001", "labels": {"team": "research"}})
     assert again.id == "kept-001" and not again.created  # idempotency survives the restart too
+
+
+def test_the_kill_switch_survives_a_restart_and_is_audited(client):
+    from fabric.errors import ErrorCode, FabricError
+
+    assert client.kill_switch(True, "upgrade", actor="ops") == {"on": True, "reason": "upgrade (by ops)"}
+    _restart_registry(client)
+    assert client.kill_switch()["on"] is True
+    with pytest.raises(FabricError) as caught:
+        client.submit(dag("closed", [py("a", "value")]))
+    assert caught.value.code == ErrorCode.ADMISSION_CLOSED
+    assert client.kill_switch(False, actor="ops")["on"] is False
+    assert client.submit(dag("open", [py("a", "value")])).wait(30).state == "SUCCEEDED"

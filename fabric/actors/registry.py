@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from fabric.errors import ConflictError, ErrorCode, NotFoundError, SpecError
+from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
 from fabric.execute.outputs import load_code, save_code
@@ -28,6 +28,7 @@ from fabric.types import new_submission_id
 
 REGISTRY_NAME = "fabric-registry"
 NAMESPACE = "fabric"
+KILL_SWITCH = "_admin:kill-switch"  # its changes are audit events under this id: durable and audited
 
 
 class Registry:
@@ -48,6 +49,8 @@ class Registry:
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and os.environ.get("FABRIC_SKIP_FEASIBILITY") != "1"
         self._submit_lock = threading.Lock()
+        switch = self._store.events(KILL_SWITCH)
+        self._kill_switch: str | None = switch[-1].reason if switch and switch[-1].target == "on" else None
         self.resumed = self._resume_interrupted()
 
     def ping(self) -> str:
@@ -64,6 +67,9 @@ class Registry:
         # "The same submission" means the same normalized spec and the same runtime params.
         request_hash = digest({"spec": dag.to_dict(), "runtime": runtime_dump})
         with self._submit_lock:  # lookup and start are one step: two racing submits start one run
+            if self._kill_switch is not None:
+                raise FabricError(f"admission is closed: {self._kill_switch}", code=ErrorCode.ADMISSION_CLOSED,
+                                  where="kill-switch", fix="retry later; an admin turns the kill-switch off")
             if runtime.submission_id:
                 existing = self._store.get_submission(runtime.submission_id)
                 if existing is not None:
@@ -97,6 +103,28 @@ class Registry:
             code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
             self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
+
+    def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
+        """Read, or turn on/off, the kill-switch: while on, nothing new is admitted; running work goes on."""
+        if on is not None:
+            with self._submit_lock:
+                reason = reason or ("kill-switch on" if on else "")
+                self._store.append_events([Event(KILL_SWITCH, None, "off" if on else "on", "on" if on else "off",
+                                                 time.time(), reason=f"{reason} (by {actor or 'unknown'})")])
+                self._store.flush()  # an admin's switch is durable before it is acknowledged
+                self._kill_switch = f"{reason} (by {actor or 'unknown'})" if on else None
+        return {"on": self._kill_switch is not None, "reason": self._kill_switch or ""}
+
+    def drain(self, timeout: float, actor: str = "") -> dict[str, Any]:
+        """Close admission, wait up to `timeout` s for running submissions, report what finished."""
+        self.kill_switch(True, "draining", actor)
+        running = self._engine.running_ids()
+        started = time.monotonic()
+        for submission_id in running:
+            self._engine.wait(submission_id, max(timeout - (time.monotonic() - started), 0.0))
+        still = self._engine.running_ids()
+        return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
+                "still_running": still, "admission": "closed"}
 
     def _resume_interrupted(self) -> list[str]:
         """Carry on every submission an earlier registry (or an earlier cluster) left RUNNING."""

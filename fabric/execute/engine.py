@@ -115,6 +115,10 @@ class Engine:
             run.cancel_requested = True
         self._inbox.put(("cancel", submission_id))
 
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return [sid for sid, run in self._runs.items() if not run.machine.done]
+
     def has(self, submission_id: str) -> bool:
         return submission_id in self._runs
 
