@@ -169,3 +169,27 @@ def test_kill_switch_closes_admission_and_drain_waits_for_running_work(gateway):
     finally:
         assert http.post("/api/orch/admin/kill-switch", headers=admin, json={"on": False}).json()["on"] is False
     assert http.post("/api/orch/submit", headers=research, json={"dag_spec": short}).status_code == 202
+
+
+def test_an_unwritable_store_answers_503_and_acknowledges_nothing(gateway, fabric_home):
+    import sqlite3
+
+    http, research, *_ = gateway
+    before = http.get("/api/orch/submissions", headers=research).json()["items"]
+    db = sqlite3.connect(fabric_home / "fabric.db")  # the registry's own store, failing as a full disk would
+    db.execute("CREATE TRIGGER full_disk BEFORE INSERT ON submissions BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    try:
+        body = {"dag_spec": quant_yaml(), "runtime_params": {"submission_id": "never-written"}}
+        response = http.post("/api/orch/submit", headers=research, json=body)
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.json()["code"] == "STORE_UNAVAILABLE"
+        assert http.get("/api/orch/status/never-written", headers=research).status_code == 404
+    finally:
+        db.execute("DROP TRIGGER full_disk")
+        db.commit()
+        db.close()
+    assert http.get("/api/orch/submissions", headers=research).json()["items"] == before
+    retried = http.post("/api/orch/submit", headers=research, json=body)  # the same key, now it lands once
+    assert retried.status_code == 202 and retried.json()["created"]
+    assert wait_for_state(http, research, "never-written")["state"] == "SUCCEEDED"

@@ -87,3 +87,27 @@ def test_the_kill_switch_survives_a_restart_and_is_audited(client):
     assert caught.value.code == ErrorCode.ADMISSION_CLOSED
     assert client.kill_switch(False, actor="ops")["on"] is False
     assert client.submit(dag("open", [py("a", "value")])).wait(30).state == "SUCCEEDED"
+
+
+def test_retention_removes_expired_submissions_but_keeps_their_audit(client, fabric_home):
+    keep = client.submit(dag("keep", [py("a", "value", outs=["a"]), py("b", "add", params={"b": 1.0}, ins=["a"])],
+                             edges=[("a", "b")]), {"ttl_days": 30})
+    expire = client.submit(dag("expire", [py("a", "value", outs=["a"]), py("b", "add", params={"b": 1.0},
+                                                                          ins=["a"])], edges=[("a", "b")]),
+                           {"ttl_days": 1})
+    assert keep.wait(30).state == expire.wait(30).state == "SUCCEEDED"
+    assert (fabric_home / "artifacts" / expire.id / "a" / "outputs" / "outputs.pkl").exists()
+
+    report = ray.get(client._registry.sweep.remote(time.time() + 2 * 86_400))  # two days on
+    [removed] = report["removed"]
+    assert removed["submission_id"] == expire.id and removed["files"] >= 1 and removed["submissions"] == 1
+    assert not (fabric_home / "artifacts" / expire.id).exists()
+    with pytest.raises(NotFoundError):
+        expire.status()
+    assert keep.status().state == "SUCCEEDED"
+    from fabric.record import SqliteStore
+
+    with SqliteStore(fabric_home / "fabric.db", read_only=True) as store:
+        audit = store.events(expire.id)
+    assert audit[-1].target == "EXPIRED" and "ttl_days=1" in audit[-1].reason
+    assert len(audit) > 3  # the run's own events are still there

@@ -6,6 +6,7 @@ A thin shell: validation and planning are the pure `fabric.spec`/`fabric.plan`, 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ import ray
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
-from fabric.execute.outputs import load_code, save_code
+from fabric.execute.outputs import load_code, remove_tree, save_code
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
@@ -25,6 +26,8 @@ from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionReco
 from fabric.record.replay import status_from_events
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.types import new_submission_id
+
+log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "fabric-registry"
 NAMESPACE = "fabric"
@@ -52,6 +55,10 @@ class Registry:
         switch = self._store.events(KILL_SWITCH)
         self._kill_switch: str | None = switch[-1].reason if switch and switch[-1].target == "on" else None
         self.resumed = self._resume_interrupted()
+        interval = float(os.environ.get("FABRIC_SWEEP_INTERVAL_S", "3600"))
+        self._sweeper = threading.Thread(target=self._sweep_forever, args=(interval,), name="fabric-sweep",
+                                         daemon=True)
+        self._sweeper.start()
 
     def ping(self) -> str:
         return "ok"
@@ -125,6 +132,39 @@ class Registry:
         still = self._engine.running_ids()
         return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
                 "still_running": still, "admission": "closed"}
+
+    def sweep(self, now: float | None = None) -> dict[str, Any]:
+        """Retention: remove finished submissions whose `ttl_days` has passed since they ended: their
+        record, logs, persisted outputs and node dirs. Audit events stay. Reports what it removed."""
+        now = time.time() if now is None else now
+        removed = []
+        for record in self._store.list_submissions(limit=1_000_000):
+            ttl_days = record.runtime_params.get("ttl_days")
+            if record.state == "RUNNING" or not ttl_days:
+                continue
+            ends = [e.at for e in self._store.events(record.submission_id) if e.node_id is None]
+            ended_at = max(ends) if ends else record.created_at
+            if ended_at + float(ttl_days) * 86_400 > now:
+                continue
+            sid = record.submission_id
+            self._engine.forget(sid)
+            counts = self._store.delete_submission_data(sid)
+            files = remove_tree(self._artifacts, sid) + remove_tree(str(Path(self.home) / "runs"), sid)
+            self._store.append_events([Event(sid, None, record.state, "EXPIRED", now,
+                                             reason=f"retention: ttl_days={ttl_days} passed; {files} files removed")])
+            removed.append({"submission_id": sid, "files": files, **counts})
+        self._store.flush()
+        return {"removed": removed, "at": now}
+
+    def _sweep_forever(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                report = self.sweep()
+                if report["removed"]:
+                    log.info("retention sweep removed %s", [r["submission_id"] for r in report["removed"]])
+            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+                log.exception("retention sweep failed")
 
     def _resume_interrupted(self) -> list[str]:
         """Carry on every submission an earlier registry (or an earlier cluster) left RUNNING."""

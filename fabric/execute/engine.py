@@ -70,10 +70,11 @@ class Engine:
     def start(self, record: SubmissionRecord, plan: ExecutionPlan, runtime_env: dict[str, Any] | None,
               code: dict[str, ray.ObjectRef] | None = None) -> None:
         machine = RunMachine(plan, self._clock, submission_id=record.submission_id)
+        # Written first: if the store cannot take it, this raises and nothing at all has started.
+        self._store.add_submission(record)
         with self._lock:
             persist = plan.consumed_outs() if self._persist_outputs else {}
             self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
-            self._store.add_submission(record)
         self._inbox.put(("start", record.submission_id))
 
     def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
@@ -114,6 +115,13 @@ class Engine:
         with self._lock:
             run.cancel_requested = True
         self._inbox.put(("cancel", submission_id))
+
+    def forget(self, submission_id: str) -> None:
+        """Drop a finished submission from memory, and with it the object-store outputs it held."""
+        with self._lock:
+            run = self._runs.get(submission_id)
+            if run is not None and run.machine.done:
+                del self._runs[submission_id]
 
     def running_ids(self) -> list[str]:
         with self._lock:

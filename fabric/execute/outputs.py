@@ -95,3 +95,15 @@ def load_code(root: str, submission_id: str) -> dict[str, bytes]:
         return {}
     with fs.open_input_stream(f"{base}/code.pkl") as source:
         return pickle.loads(source.read())
+
+
+def remove_tree(root: str, submission_id: str) -> int:
+    """Delete `<root>/<submission_id>` and everything under it; returns how many files went."""
+    from pyarrow import fs as pafs
+
+    fs, base = _fs(f"{root.rstrip('/')}/{submission_id}")
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return 0
+    files = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File]
+    fs.delete_dir(base)
+    return len(files)
