@@ -145,6 +145,10 @@ class Client:
         """Close admission, wait for running submissions, and report what finished."""
         return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60)
 
+    def workers(self) -> list[dict[str, Any]]:
+        """The Ray nodes: resources, pools, load, busy or idle."""
+        return _call(self._registry.workers)
+
     def ping(self) -> bool:
         return _call(self._registry.ping, timeout=5) == "ok"
 

@@ -96,10 +96,15 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
 class Gateway:
     def __init__(self, tokens_file: str) -> None:
         self._tokens_file = tokens_file
+        self._tokens: tuple[float, TokenTable] | None = None
         self._client = fb.connect()  # inside Serve, Ray is up: this only finds the registry
 
     def _who(self, request: Request) -> Principal:
-        return TokenTable.load(self._tokens_file).authenticate(request.headers.get("authorization"))
+        # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart.
+        mtime = Path(self._tokens_file).stat().st_mtime if Path(self._tokens_file).exists() else 0.0
+        if self._tokens is None or self._tokens[0] != mtime:
+            self._tokens = (mtime, TokenTable.load(self._tokens_file))
+        return self._tokens[1].authenticate(request.headers.get("authorization"))
 
     def _client_for(self, request: Request) -> fb.Client:
         return self._client.for_team(self._who(request).team)
@@ -162,6 +167,11 @@ class Gateway:
     def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
         self._client_for(request).get(submission_id).cancel()
         return {"submission_id": submission_id, "cancelling": True}
+
+    @app.get("/api/orch/workers")
+    def workers(self, request: Request) -> dict[str, Any]:
+        self._who(request)
+        return {"workers": self._client.workers()}
 
     @app.get("/api/orch/submissions")
     def submissions(self, request: Request, state: str | None = None,

@@ -77,6 +77,14 @@ def test_health_metrics_and_openapi(gateway):
     assert "fabric_gateway_requests_total" in http.get("/metrics").text
 
 
+def test_workers_shows_the_ray_nodes_busy_or_idle(gateway):
+    http, research, *_ = gateway
+    assert http.get("/api/orch/workers").status_code == 401
+    [node] = http.get("/api/orch/workers", headers=research).json()["workers"]
+    assert node["alive"] and node["resources"]["CPU"] == 2 and node["resources"]["GPU"] == 4
+    assert node["state"] in ("busy", "idle") and 0 <= node["load"] <= 1
+
+
 def test_every_api_route_needs_a_valid_token(gateway):
     http, *_ = gateway
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic x"}):

@@ -63,6 +63,9 @@ class Registry:
     def ping(self) -> str:
         return "ok"
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None = None,
                job_runtime_env: dict[str, Any] | None = None,
                code: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -132,6 +135,9 @@ class Registry:
         still = self._engine.running_ids()
         return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
                 "still_running": still, "admission": "closed"}
+
+    def workers(self) -> list[dict[str, Any]]:
+        return RayBackend.workers()
 
     def sweep(self, now: float | None = None) -> dict[str, Any]:
         """Retention: remove finished submissions whose `ttl_days` has passed since they ended: their

@@ -86,6 +86,29 @@ class RayBackend:
             pass
 
     @staticmethod
+    def workers() -> list[dict[str, Any]]:
+        """Every Ray node as the old worker registries showed it: resources, pools, load, busy or idle."""
+        from ray._private import state  # the only per-node availability without the dashboard
+
+        available = state.available_resources_per_node()
+        workers = []
+        for node in ray.nodes():
+            total = {k: v for k, v in node["Resources"].items() if not k.startswith("node:")}
+            free = available.get(node["NodeID"], {}) if node.get("Alive") else {}
+            used = {k: round(v - free.get(k, 0.0), 3) for k, v in total.items()
+                    if k not in ("memory", "object_store_memory") and v - free.get(k, 0.0) > 1e-9}
+            cpus = total.get("CPU", 0.0)
+            workers.append({
+                "node_id": node["NodeID"], "address": node.get("NodeManagerAddress"), "alive": bool(node.get("Alive")),
+                "resources": total, "used": used,
+                "pools": sorted({k.split(":", 1)[1] for k in total if k.startswith("pool:")}
+                                | {v for k, v in node.get("Labels", {}).items() if k == "fabric.io/pool"}),
+                "load": round(used.get("CPU", 0.0) / cpus, 3) if cpus else 0.0,
+                "state": "dead" if not node.get("Alive") else ("busy" if used else "idle"),
+            })
+        return workers
+
+    @staticmethod
     def feasibility_problems(plan: ExecutionPlan) -> list[Problem]:
         """Nodes that no alive Ray node could ever hold: Ray would leave them pending forever."""
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

@@ -6,10 +6,12 @@ One loop thread owns all decisions; Ray completion callbacks only enqueue (submi
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,9 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._force_kills: list[tuple[float, AttemptHandle]] = []
+        # Finished runs kept in memory (their outputs stay fetchable); older ones are paged from the store.
+        self._keep_finished = int(os.environ.get("FABRIC_KEEP_FINISHED", "1000"))
+        self._finished: deque[str] = deque()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)
         self._thread.start()
@@ -315,6 +320,9 @@ class Engine:
                 self._store.set_state(run.record.submission_id, str(run.machine.state))
             finally:
                 run.done.set()  # waiters must wake even when the store is failing
+            self._finished.append(run.record.submission_id)
+            while len(self._finished) > self._keep_finished:
+                self._runs.pop(self._finished.popleft(), None)
 
     def _next_wakeup(self) -> float:
         now = self._clock()
