@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping
@@ -47,6 +48,24 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
             delay = min(delay * 2, 2.0)
 
 
+async def _acall(method: Any, *args: Any, timeout: float = 60.0) -> Any:
+    """`_call` for event loops (the gateway): awaits the registry instead of blocking a thread."""
+    deadline = time.monotonic() + REGISTRY_RESTART_WAIT_S
+    delay = 0.1
+    while True:
+        try:
+            return await asyncio.wait_for(method.remote(*args), timeout)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, FabricError):
+                raise exc.cause from None
+            raise
+        except (ActorUnavailableError, ActorDiedError):
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 class Submission:
     """A handle on one submission. Every method asks the registry; nothing is cached or hidden."""
 
@@ -61,6 +80,10 @@ class Submission:
 
     def status(self) -> SubmissionStatus:
         return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team))
+
+    async def status_async(self) -> SubmissionStatus:
+        """`status()` for code that runs in an event loop."""
+        return SubmissionStatus.from_dict(await _acall(self._registry.status, self.id, self._team))
 
     def wait(self, timeout: float | None = None) -> SubmissionStatus:
         """Block until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
@@ -108,6 +131,16 @@ class Client:
     def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
                runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
+        reply = _call(self._registry.submit, *self._submit_args(spec, runtime_params))
+        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
+
+    async def submit_async(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
+                           runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
+        """`submit()` for code that runs in an event loop."""
+        reply = await _acall(self._registry.submit, *self._submit_args(spec, runtime_params))
+        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
+
+    def _submit_args(self, spec: Any, runtime_params: RuntimeParams | Mapping[str, Any] | None) -> tuple[Any, ...]:
         code: dict[str, bytes] = {}
         if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
             code = spec.inline_code()
@@ -125,11 +158,13 @@ class Client:
             params["team"] = self.team
         # Always send an idempotency key, so a submit retried across a registry restart starts one run.
         params.setdefault("submission_id", new_submission_id())
-        reply = _call(self._registry.submit, raw, params, _job_runtime_env(), code)
-        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
+        return raw, params, _job_runtime_env(), code
 
-    def get(self, submission_id: str) -> Submission:
-        _call(self._registry.status, submission_id, self.team)  # NotFoundError if unknown (or not ours)
+    def get(self, submission_id: str, *, check: bool = True) -> Submission:
+        """A handle on a submission; `check=False` skips asking the registry whether it exists (and
+        is this team's) now: the handle's first call answers that instead."""
+        if check:
+            _call(self._registry.status, submission_id, self.team)  # NotFoundError if unknown (or not ours)
         return Submission(self._registry, submission_id, created=False, team=self.team)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,

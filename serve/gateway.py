@@ -1,6 +1,9 @@
 """The gateway: `/api/orch/*` over a team-scoped fabric Client, errors as application/problem+json.
 
-Stateless: every request asks the registry actor. Run it with `serve run serve.gateway:build_app`.
+Stateless: every request asks the registry actor. Run it with `serve run serve.gateway:app` (defaults
+from the environment), `serve run serve.gateway:build_app tokens_file=... num_replicas=2`, or
+`serve deploy serve/config.yaml`. The hot routes (submit, status) await the registry on the event loop;
+the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
@@ -57,17 +60,17 @@ def problem(status: int, error: FabricError) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
-app = FastAPI(title="fabric gateway", version="1",
+api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 requests_total: Counter[tuple[str, int]] = Counter()
 
 
-@app.exception_handler(FabricError)
+@api.exception_handler(FabricError)
 async def _fabric_error(_: Request, error: FabricError) -> JSONResponse:
     return problem(STATUS_BY_CODE.get(error.code, 422), error)
 
 
-@app.exception_handler(RequestValidationError)
+@api.exception_handler(RequestValidationError)
 async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
     from fabric.errors import Problem
 
@@ -77,7 +80,7 @@ async def _invalid_request(_: Request, error: RequestValidationError) -> JSONRes
                                     code=ErrorCode.SPEC_INVALID, problems=problems))
 
 
-@app.middleware("http")
+@api.middleware("http")
 async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -91,11 +94,13 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
     return response
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
-@serve.ingress(app)
+# The gateway only waits on the registry: it takes no CPU from the work, and one replica holds many
+# requests at once (Serve's default of 5 in flight would queue 16 clients at the proxy).
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress(api)
 class Gateway:
-    def __init__(self, tokens_file: str) -> None:
-        self._tokens_file = tokens_file
+    def __init__(self, tokens_file: str | None = None) -> None:
+        self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None
         self._client = fb.connect()  # inside Serve, Ray is up: this only finds the registry
 
@@ -116,17 +121,17 @@ class Gateway:
                               fix="use a token made with `fabric token --team T --admin`")
         return principal
 
-    @app.post("/api/orch/admin/kill-switch")
+    @api.post("/api/orch/admin/kill-switch")
     def kill_switch(self, request: Request, body: KillSwitchBody) -> dict[str, Any]:
         principal = self._admin(request)
         return self._client.kill_switch(body.on, body.reason, principal.team)
 
-    @app.post("/api/orch/admin/drain")
+    @api.post("/api/orch/admin/drain")
     def drain(self, request: Request, body: DrainBody) -> dict[str, Any]:
         principal = self._admin(request)
         return self._client.drain(body.timeout_s, principal.team)
 
-    @app.get("/healthz")
+    @api.get("/healthz")
     def healthz(self) -> JSONResponse:
         try:
             ok = self._client.ping()
@@ -134,7 +139,7 @@ class Gateway:
             ok = False
         return JSONResponse({"registry": "ok" if ok else "unreachable"}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @api.get("/metrics", response_class=PlainTextResponse)
     def metrics(self) -> str:
         lines = ["# TYPE fabric_gateway_requests_total counter"]
         for (route, status), count in sorted(requests_total.items()):
@@ -142,20 +147,22 @@ class Gateway:
         lines += ["# TYPE fabric_gateway_up gauge", f"fabric_gateway_up {1}", ""]
         return "\n".join(lines)
 
-    @app.post("/api/orch/submit", status_code=202)
-    def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:
+    @api.post("/api/orch/submit", status_code=202)
+    async def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:
         client = self._client_for(request)
         if body.refs:
             raise FabricError("refs are not supported in this build", code=ErrorCode.SPEC_FIELD, where="refs",
                               fix="pass data locations as node params")
-        submission = client.submit(body.dag_spec, body.runtime_params)
+        submission = await client.submit_async(body.dag_spec, body.runtime_params)
         return {"submission_id": submission.id, "created": submission.created}
 
-    @app.get("/api/orch/status/{submission_id}")
-    def status(self, request: Request, submission_id: str) -> dict[str, Any]:
-        return self._client_for(request).get(submission_id).status().to_dict()
+    @api.get("/api/orch/status/{submission_id}")
+    async def status(self, request: Request, submission_id: str) -> dict[str, Any]:
+        # One registry call: it answers NOT_FOUND for an unknown id or another team's.
+        status = await self._client_for(request).get(submission_id, check=False).status_async()
+        return status.to_dict()
 
-    @app.get("/api/orch/logs/{submission_id}")
+    @api.get("/api/orch/logs/{submission_id}")
     def logs(self, request: Request, submission_id: str, node: Annotated[str, Query(min_length=1)],
              tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict[str, Any]:
         text = self._client_for(request).get(submission_id).logs(node)
@@ -163,17 +170,17 @@ class Gateway:
             text = "\n".join(text.splitlines()[-tail:])
         return {"submission_id": submission_id, "node": node, "text": text}
 
-    @app.post("/api/orch/cancel/{submission_id}", status_code=202)
+    @api.post("/api/orch/cancel/{submission_id}", status_code=202)
     def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
         self._client_for(request).get(submission_id).cancel()
         return {"submission_id": submission_id, "cancelling": True}
 
-    @app.get("/api/orch/workers")
+    @api.get("/api/orch/workers")
     def workers(self, request: Request) -> dict[str, Any]:
         self._who(request)
         return {"workers": self._client.workers()}
 
-    @app.get("/api/orch/submissions")
+    @api.get("/api/orch/submissions")
     def submissions(self, request: Request, state: str | None = None,
                     label: Annotated[list[str] | None, Query(description="k:v, repeatable")] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: float | None = None) -> dict[str, Any]:
@@ -189,10 +196,19 @@ class Gateway:
         return {"items": items, "next_cursor": next_cursor}
 
 
+def default_tokens_file() -> str:
+    home = os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+    return os.environ.get("FABRIC_TOKENS") or str(Path(home) / "tokens.yaml")
+
+
 def build_app(args: dict[str, str] | None = None) -> Any:
     """For `serve run serve.gateway:build_app tokens_file=... num_replicas=2` and Serve config files."""
     args = args or {}
-    home = os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
-    tokens_file = args.get("tokens_file") or os.environ.get("FABRIC_TOKENS") or str(Path(home) / "tokens.yaml")
+    tokens_file = args.get("tokens_file") or default_tokens_file()
     return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(tokens_file)
+
+
+# `serve run serve.gateway:app`: binding builds a description only (nothing starts at import); the
+# tokens file is found from FABRIC_TOKENS / FABRIC_HOME when the replica starts.
+app = Gateway.bind()
 

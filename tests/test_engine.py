@@ -296,3 +296,41 @@ def test_a_killed_worker_is_retried_by_the_fabric_with_backoff(client, tmp_path)
     assert node.history[1].started_at - node.history[0].ended_at >= 1.0  # our backoff, not Ray's instant retry
     assert len(list(tmp_path.glob("crash.*"))) == 2
     assert submission.result("c") == "survived"
+
+
+def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp_path, monkeypatch):
+    """The newest FABRIC_KEEP_RESULTS keep their outputs, the newest FABRIC_KEEP_FINISHED their status;
+    beyond that the registry answers from the store (see test_registry_restart)."""
+    from fabric.execute.engine import Engine
+    from fabric.kinds import kind_checks
+    from fabric.plan import compile_plan
+    from fabric.record import MemoryStore, SubmissionRecord
+    from fabric.spec import load_spec, parse_runtime_params
+
+    monkeypatch.setenv("FABRIC_KEEP_FINISHED", "2")
+    monkeypatch.setenv("FABRIC_KEEP_RESULTS", "1")
+    engine = Engine(MemoryStore(), home=str(tmp_path), artifacts=str(tmp_path / "artifacts"), persist_outputs=False)
+    try:
+        ids = []
+        for i in range(3):
+            spec = dag("keep", [py("v", "value", params={"x": float(i)}, outs=["v"])])
+            plan = compile_plan(load_spec(spec), parse_runtime_params({}), kind_checks())
+            sid = f"keep-{i}"
+            engine.start(SubmissionRecord(submission_id=sid, pipeline_id="keep", spec=spec, runtime_params={},
+                                          plan_hash=plan.plan_hash, request_hash="h", created_at=time.time()),
+                         plan, None)
+            assert engine.wait(sid, 60)
+            ids.append(sid)
+        assert engine.running_ids() == []
+        assert not engine.has(ids[0])  # paged out: the registry reads it from the store
+        assert engine.status(ids[1]).state == "SUCCEEDED" and engine.status(ids[2]).nodes[0].state == "SUCCEEDED"
+        with pytest.raises(NotFoundError, match="FABRIC_KEEP_RESULTS"):
+            engine.result_ref(ids[1], "v", None)  # status kept, outputs released
+        import ray
+
+        assert ray.get(engine.result_ref(ids[2], "v", None)) == 2.0
+        assert engine.logs(ids[2], "v") == []  # the node printed nothing
+        with pytest.raises(NotFoundError):
+            engine.logs(ids[2], "nope")
+    finally:
+        engine.shutdown()

@@ -136,6 +136,10 @@ class Registry:
         return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
                 "still_running": still, "admission": "closed"}
 
+    def kept(self) -> dict[str, int]:
+        """What this registry holds in memory (the rest is paged from the store)."""
+        return self._engine.kept()
+
     def workers(self) -> list[dict[str, Any]]:
         return RayBackend.workers()
 

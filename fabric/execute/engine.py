@@ -5,13 +5,14 @@ One loop thread owns all decisions; Ray completion callbacks only enqueue (submi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import ray
 
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend
+from fabric.execute.finished import Finished, finished_result
 from fabric.execute.outputs import has_outputs
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
@@ -63,9 +65,12 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._force_kills: list[tuple[float, AttemptHandle]] = []
-        # Finished runs kept in memory (their outputs stay fetchable); older ones are paged from the store.
+        # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
+        # the object store, the newest FABRIC_KEEP_FINISHED with their status; older ones are read from
+        # the store.
         self._keep_finished = int(os.environ.get("FABRIC_KEEP_FINISHED", "1000"))
-        self._finished: deque[str] = deque()
+        self._keep_results = min(int(os.environ.get("FABRIC_KEEP_RESULTS", "100")), self._keep_finished)
+        self._finished: OrderedDict[str, Finished] = OrderedDict()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)
         self._thread.start()
@@ -124,16 +129,23 @@ class Engine:
     def forget(self, submission_id: str) -> None:
         """Drop a finished submission from memory, and with it the object-store outputs it held."""
         with self._lock:
-            run = self._runs.get(submission_id)
-            if run is not None and run.machine.done:
-                del self._runs[submission_id]
+            self._finished.pop(submission_id, None)
 
     def running_ids(self) -> list[str]:
         with self._lock:
             return [sid for sid, run in self._runs.items() if not run.machine.done]
 
+    def kept(self) -> dict[str, int]:
+        """What the registry holds in memory: live runs, and the finished ones with the bytes they keep."""
+        with self._lock:
+            finished = list(self._finished.values())
+            live = len(self._runs)
+        with_results = [f for f in finished if f.results is not None]
+        return {"running": live, "finished": len(finished), "finished_with_results": len(with_results),
+                "finished_bytes": sum(f.nbytes() for f in finished)}
+
     def has(self, submission_id: str) -> bool:
-        return submission_id in self._runs
+        return submission_id in self._runs or submission_id in self._finished
 
     def is_cancelled(self, submission_id: str) -> bool:
         run = self._runs.get(submission_id)
@@ -147,6 +159,8 @@ class Engine:
                 run.machine.on_progress(node_id, None, fraction, message)
 
     def wait(self, submission_id: str, timeout: float | None) -> bool:
+        if submission_id in self._finished:
+            return True
         return self._run(submission_id).done.wait(timeout)
 
     def shutdown(self) -> None:
@@ -156,6 +170,9 @@ class Engine:
     # -- queries -------------------------------------------------------------------------------
 
     def status(self, submission_id: str) -> SubmissionStatus:
+        finished = self._finished.get(submission_id)
+        if finished is not None:  # flushed before it was moved here
+            return finished.status()
         run = self._run(submission_id)
         # What a caller sees is on disk first (group commit makes this one fsync for everything pending).
         self._store.flush()
@@ -164,9 +181,12 @@ class Engine:
 
     def submission_ids(self) -> list[str]:
         with self._lock:
-            return list(self._runs)
+            return list(self._runs) + list(self._finished)
 
     def result_ref(self, submission_id: str, node_id: str, out: str | None) -> ray.ObjectRef:
+        finished = self._finished.get(submission_id)
+        if finished is not None:
+            return finished_result(submission_id, finished, node_id, out)
         run = self._run(submission_id)
         with self._lock:
             node = run.machine.nodes.get(node_id)
@@ -191,11 +211,12 @@ class Engine:
             return run.handles[(node_id, node.token)].values[name]
 
     def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
-        run = self._run(submission_id)
-        if node_id not in run.plan.nodes:
+        finished = self._finished.get(submission_id)
+        order = ([n.node_id for n in finished.status().nodes] if finished is not None
+                 else list(self._run(submission_id).plan.order))
+        if node_id not in order:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
-                                code=ErrorCode.NOT_FOUND, where=node_id,
-                                fix=f"nodes are: {', '.join(run.plan.order)}")
+                                code=ErrorCode.NOT_FOUND, where=node_id, fix=f"nodes are: {', '.join(order)}")
         return self._store.get_log(submission_id, node_id)
 
     def _run(self, submission_id: str) -> _Run:
@@ -320,9 +341,23 @@ class Engine:
                 self._store.set_state(run.record.submission_id, str(run.machine.state))
             finally:
                 run.done.set()  # waiters must wake even when the store is failing
-            self._finished.append(run.record.submission_id)
-            while len(self._finished) > self._keep_finished:
-                self._runs.pop(self._finished.popleft(), None)
+            self._compact(run)
+
+    def _compact(self, run: _Run) -> None:
+        """Move a finished run out of the live set (the loop then never looks at it again)."""
+        sid = run.record.submission_id
+        results = {node_id: dict(run.handles[(node_id, node.token)].values)
+                   for node_id, node in run.machine.nodes.items()
+                   if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
+        status = json.dumps(_status(run).to_dict(), separators=(",", ":")).encode()
+        del self._runs[sid]
+        self._finished[sid] = Finished(status, results)
+        if len(self._finished) > self._keep_results:
+            older = list(self._finished)[-self._keep_results - 1] if self._keep_results else sid
+            if self._finished[older].results is not None:  # release its outputs to the object store
+                self._finished[older] = Finished(self._finished[older].status_json, None)
+        while len(self._finished) > self._keep_finished:
+            self._finished.popitem(last=False)
 
     def _next_wakeup(self) -> float:
         now = self._clock()

@@ -1,0 +1,61 @@
+"""Finished runs kept compact in the registry's memory: the final status and, while kept, output refs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import ray
+
+from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
+from fabric.record import SubmissionStatus
+
+# An ObjectRef in its owner: the Python object, the core worker's reference-table entry and a small
+# inlined value. An estimate (C++ memory is not visible to Python), on the generous side.
+REF_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished run, compacted: its final status as JSON (about 1 KB for a small DAG, where the live
+    run's objects and Ray's lineage for them take tens of KB) and, while kept, its outputs' refs."""
+
+    status_json: bytes
+    results: dict[str, dict[str, ray.ObjectRef]] | None  # node -> out -> ref; None once released
+
+    def nbytes(self) -> int:
+        """Memory held: the status bytes, this entry, and each output ref (Ray's own entry per ref incl.)."""
+        refs = sum(len(outs) for outs in (self.results or {}).values())
+        return sys.getsizeof(self.status_json) + sys.getsizeof(self) + REF_BYTES * refs
+
+    def status(self) -> SubmissionStatus:
+        return SubmissionStatus.from_dict(json.loads(self.status_json))
+
+
+
+def finished_result(submission_id: str, finished: Finished, node_id: str, out: str | None) -> ray.ObjectRef:
+    status = finished.status()
+    nodes = {n.node_id: n for n in status.nodes}
+    if node_id not in nodes:
+        raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
+                            where=node_id, fix=f"nodes are: {', '.join(nodes)}")
+    if not nodes[node_id].state.ok:
+        raise NodeFailedError(f"node {node_id!r} is {nodes[node_id].state}, it has no result",
+                              code=ErrorCode.NODE_FAILED, where=node_id,
+                              fix=f"see `fabric logs {submission_id} --node {node_id}`")
+    if finished.results is None:
+        raise NotFoundError(f"the outputs of {submission_id} were released from the object store: only the newest "
+                            "FABRIC_KEEP_RESULTS finished submissions keep theirs", code=ErrorCode.NOT_FOUND,
+                            where=f"{submission_id}.{node_id}",
+                            fix="read what the node wrote to its artifact dir, or raise FABRIC_KEEP_RESULTS")
+    values = finished.results.get(node_id, {})
+    slots = list(values)
+    name = out or (slots[0] if slots else "")
+    if out is None and len(slots) > 1:
+        raise NotFoundError(f"node {node_id!r} has several outs {slots}; name one", code=ErrorCode.NOT_FOUND,
+                            where=node_id, fix="pass out=...")
+    if name not in values:
+        raise NotFoundError(f"node {node_id!r} has no out {name!r}", code=ErrorCode.NOT_FOUND,
+                            where=f"{node_id}.{name}", fix=f"outs are: {', '.join(slots)}")
+    return values[name]
