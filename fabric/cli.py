@@ -28,7 +28,9 @@ EXIT_FAILED, EXIT_INVALID, EXIT_ERROR = 1, 2, 3
 DagArg = Annotated[Path, typer.Argument(help="DAG spec, YAML or JSON", exists=False)]
 ParamsOpt = Annotated[str | None, typer.Option("--params", "-p",
                                                help="runtime params: a YAML/JSON file or inline JSON")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address (default: RAY_ADDRESS or auto)")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", envvar="FABRIC_ADDRESS",
+    help="Ray address (default: RAY_ADDRESS or auto), or the gateway's http(s):// URL with FABRIC_TOKEN set")]
 
 
 def _params(value: str | None) -> dict[str, Any]:
@@ -48,6 +50,10 @@ def _fail(error: FabricError) -> None:
 def _connect(address: str | None, working_dir: str | None = None) -> Any:
     import fabric.client as client
 
+    if working_dir and address and address.startswith(("http://", "https://")):
+        raise FabricError("--working-dir uploads through Ray; the gateway takes no files",
+                          code=ErrorCode.SPEC_FIELD, where="--working-dir",
+                          fix="upload a zip to s3:// or gs:// and pass it as runtime_params.runtime_env.working_dir")
     runtime_env = {"working_dir": working_dir} if working_dir else None
     return client.connect(address or "auto", runtime_env=runtime_env)
 

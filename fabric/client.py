@@ -201,9 +201,17 @@ def _job_runtime_env() -> dict[str, Any]:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             resources: dict[str, float] | None = None, home: str | None = None,
-            runtime_env: dict[str, Any] | None = None, team: str | None = None, **ray_init_kwargs: Any) -> Client:
+            runtime_env: dict[str, Any] | None = None, team: str | None = None, token: str | None = None,
+            **ray_init_kwargs: Any) -> Any:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
-    `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster."""
+    `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster.
+
+    `"http://host:8000"` (with `token=`, default $FABRIC_TOKEN) goes through the gateway instead: the
+    same Client and Submission methods over HTTP, no Ray on this side, the team from the token."""
+    if address is not None and address.startswith(("http://", "https://")):
+        from fabric.remote import HttpClient
+
+        return HttpClient(address, token or os.environ.get("FABRIC_TOKEN"))
     if not ray.is_initialized():
         if address not in (None, "local"):
             _use_ray_token_auth()

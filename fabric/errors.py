@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     NO_CONTEXT = "NO_CONTEXT"
     TIMEOUT = "TIMEOUT"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"
 
 
 @dataclass(frozen=True)

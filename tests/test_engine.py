@@ -236,7 +236,7 @@ def test_runtime_params_env_vars_reach_nodes_and_node_env_wins(client):
 
 
 def test_node_runtime_env_maps_images_only_when_asked():
-    from fabric.execute.engine import node_runtime_env
+    from fabric.execute.backend import node_runtime_env
 
     base = {"working_dir": "gcs://pkg.zip", "env_vars": {"A": "1"}}
     assert node_runtime_env(base, {}, None) == base

@@ -201,3 +201,61 @@ def test_an_unwritable_store_answers_503_and_acknowledges_nothing(gateway, fabri
     retried = http.post("/api/orch/submit", headers=research, json=body)  # the same key, now it lands once
     assert retried.status_code == 202 and retried.json()["created"]
     assert wait_for_state(http, research, "never-written")["state"] == "SUCCEEDED"
+
+
+def test_connect_by_url_gives_the_same_api_over_http(gateway):
+    import fabric as fb
+    from fabric.errors import ErrorCode, FabricError, NotFoundError, SpecError
+
+    http, research, trading, *_ = gateway
+    remote = fb.connect(str(http.base_url), token=_token(gateway, 1))
+    assert remote.ping()
+    submission = remote.submit(quant_yaml(), {"labels": {"via": "sdk-http"}})
+    status = submission.wait(120)
+    assert status.state == "SUCCEEDED" and {n.state for n in status.nodes} == {"SUCCEEDED"}
+    assert "--- attempt 1" in submission.logs("report")
+    assert [i["submission_id"] for i in remote.list(labels={"via": "sdk-http"})] == [submission.id]
+    again = remote.submit(quant_yaml(), {"labels": {"via": "sdk-http"}, "submission_id": submission.id})
+    assert again.id == submission.id and not again.created
+    with pytest.raises(FabricError, match="object store") as result_error:
+        submission.result("report")
+    assert result_error.value.fix
+    with pytest.raises(SpecError) as bad:
+        remote.submit({"version": 1, "pipeline_id": "x", "nodes": [{"id": "a", "kind": "python_tsk"}]})
+    assert any("kind" in p.where for p in bad.value.problems)
+    other = fb.connect(str(http.base_url), token=_token(gateway, 2))
+    with pytest.raises(NotFoundError):
+        other.get(submission.id)  # another team's work does not exist for it
+    with pytest.raises(FabricError) as unauthorized:
+        fb.connect(str(http.base_url), token="wrong").list()
+    assert unauthorized.value.code is ErrorCode.UNAUTHORIZED
+
+
+def test_cli_talks_to_the_gateway_by_url(gateway, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    http, *_ = gateway
+    env = {**os.environ, "FABRIC_ADDRESS": str(http.base_url), "FABRIC_TOKEN": _token(gateway, 1)}
+    run = subprocess.run([sys.executable, "-m", "fabric.cli", "submit", "jobs/dags/quant_backtest.yaml", "--wait"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stderr
+    submission_id = run.stdout.split()[0]
+    shown = subprocess.run([sys.executable, "-m", "fabric.cli", "status", submission_id, "--json"],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and '"state": "SUCCEEDED"' in shown.stdout
+
+
+def test_serve_config_file_and_import_paths_build_the_gateway():
+    """`serve deploy serve/config.yaml`, `serve run serve.gateway:app` and `...:build_app` all resolve."""
+    import yaml
+    from ray.serve._private.utils import import_attr
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve/config.yaml").read_text()))
+    [application] = config.applications
+    built = import_attr(application.import_path)(application.args)
+    assert type(built).__name__ == "Application"
+    assert {d.name for d in application.deployments} == {built._bound_deployment.name}  # names one that exists
+    assert type(import_attr("serve.gateway:app")).__name__ == "Application"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,19 @@ class RayBackend:
                 "lower the node's resources or connect to a cluster with such nodes; where an autoscaler will add "
                 "them, start the registry with FABRIC_SKIP_FEASIBILITY=1"))
         return problems
+
+
+def node_runtime_env(base: dict[str, Any] | None, env: Mapping[str, str], image: str | None = None
+                     ) -> dict[str, Any] | None:
+    """The submission's runtime_env plus the node's env vars and, where the cluster opted in, its image."""
+    if not env and not image:
+        return base or None
+    merged = dict(base or {})
+    if env:
+        merged["env_vars"] = {**merged.get("env_vars", {}), **env}
+    if image:
+        merged["image_uri"] = image  # Ray runs the worker in this container (needs podman on the nodes)
+    return merged
 
 
 def outcome(result: Any) -> Outcome:

@@ -13,14 +13,14 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
-from fabric.execute.backend import AttemptHandle, RayBackend
+from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
 from fabric.execute.finished import Finished, finished_result
 from fabric.execute.outputs import has_outputs
 from fabric.kinds import NodeCall
@@ -375,19 +375,6 @@ class Engine:
         self._force_kills = [(t, h) for t, h in self._force_kills if t > now]
         for handle in due:
             self._backend.cancel(handle, force=True)
-
-
-def node_runtime_env(base: dict[str, Any] | None, env: Mapping[str, str], image: str | None = None
-                     ) -> dict[str, Any] | None:
-    """The submission's runtime_env plus the node's env vars and, where the cluster opted in, its image."""
-    if not env and not image:
-        return base or None
-    merged = dict(base or {})
-    if env:
-        merged["env_vars"] = {**merged.get("env_vars", {}), **env}
-    if image:
-        merged["image_uri"] = image  # Ray runs the worker in this container (needs podman on the nodes)
-    return merged
 
 
 def _status(run: _Run) -> SubmissionStatus:
