@@ -26,13 +26,14 @@ def default_home() -> str:
 REGISTRY_RESTART_WAIT_S = 60.0
 
 
-def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
+def _call(method: Any, *args: Any, timeout: float | None = 60.0,
+          retry_for: float = REGISTRY_RESTART_WAIT_S) -> Any:
     """Call a registry method; fabric errors come out as themselves, not wrapped by Ray.
 
     While the registry restarts, calls are retried with backoff. Every registry method is safe to
     repeat: reads are reads, and a submit always carries its idempotency key (see Client.submit).
     """
-    deadline = time.monotonic() + REGISTRY_RESTART_WAIT_S
+    deadline = time.monotonic() + retry_for
     delay = 0.1
     while True:
         try:
@@ -48,9 +49,10 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0) -> Any:
             delay = min(delay * 2, 2.0)
 
 
-async def _acall(method: Any, *args: Any, timeout: float = 60.0) -> Any:
+async def _acall(method: Any, *args: Any, timeout: float = 60.0,
+                 retry_for: float = REGISTRY_RESTART_WAIT_S) -> Any:
     """`_call` for event loops (the gateway): awaits the registry instead of blocking a thread."""
-    deadline = time.monotonic() + REGISTRY_RESTART_WAIT_S
+    deadline = time.monotonic() + retry_for
     delay = 0.1
     while True:
         try:
@@ -69,8 +71,10 @@ async def _acall(method: Any, *args: Any, timeout: float = 60.0) -> Any:
 class Submission:
     """A handle on one submission. Every method asks the registry; nothing is cached or hidden."""
 
-    def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None) -> None:
+    def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None,
+                 retry_for: float = REGISTRY_RESTART_WAIT_S) -> None:
         self._registry = registry
+        self._retry_for = retry_for
         self.id = submission_id
         self.created = created
         self._team = team
@@ -79,11 +83,12 @@ class Submission:
         return f"Submission({self.id!r})"
 
     def status(self) -> SubmissionStatus:
-        return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team))
+        return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team, retry_for=self._retry_for))
 
     async def status_async(self) -> SubmissionStatus:
         """`status()` for code that runs in an event loop."""
-        return SubmissionStatus.from_dict(await _acall(self._registry.status, self.id, self._team))
+        reply = await _acall(self._registry.status, self.id, self._team, retry_for=self._retry_for)
+        return SubmissionStatus.from_dict(reply)
 
     def wait(self, timeout: float | None = None) -> SubmissionStatus:
         """Block until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
@@ -91,7 +96,7 @@ class Submission:
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             step = 30.0 if left is None else min(left, 30.0)
-            if _call(self._registry.wait, self.id, step, self._team, timeout=step + 30):
+            if _call(self._registry.wait, self.id, step, self._team, timeout=step + 30, retry_for=self._retry_for):
                 return self.status()
             if deadline is not None and time.monotonic() >= deadline:
                 raise FabricError(f"submission {self.id} did not finish within {timeout}s",
@@ -100,18 +105,18 @@ class Submission:
 
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
         """The value of `out` (default: the node's only out) of a finished node, from the object store."""
-        [ref] = _call(self._registry.result_ref, self.id, node, out, self._team)
+        [ref] = _call(self._registry.result_ref, self.id, node, out, self._team, retry_for=self._retry_for)
         return ray.get(ref, timeout=timeout)
 
     def logs(self, node: str) -> str:
         """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
         parts = []
-        for attempt, text, path in _call(self._registry.logs, self.id, node, self._team):
+        for attempt, text, path in _call(self._registry.logs, self.id, node, self._team, retry_for=self._retry_for):
             parts.append(f"--- attempt {attempt}" + (f" ({path})" if path else "") + " ---\n" + text)
         return "".join(parts)
 
     def cancel(self) -> None:
-        _call(self._registry.cancel, self.id, self._team)
+        _call(self._registry.cancel, self.id, self._team, retry_for=self._retry_for)
 
 
 class Client:
@@ -120,25 +125,27 @@ class Client:
     A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
     (Code with direct Ray access can reach everything: Ray itself is the trust boundary.)"""
 
-    def __init__(self, registry: Any, team: str | None = None) -> None:
+    def __init__(self, registry: Any, team: str | None = None, retry_for: float = REGISTRY_RESTART_WAIT_S) -> None:
         self._registry = registry
+        self._retry_for = retry_for  # how long a call waits for a restarting registry before it raises
         self.team = team
 
     def for_team(self, team: str) -> Client:
         """The same connection, scoped to one team (the gateway makes one per authenticated request)."""
-        return Client(self._registry, team)
+        return Client(self._registry, team, self._retry_for)
 
     def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
                runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
-        reply = _call(self._registry.submit, *self._submit_args(spec, runtime_params))
-        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
+        reply = _call(self._registry.submit, *self._submit_args(spec, runtime_params), retry_for=self._retry_for)
+        return Submission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
 
     async def submit_async(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
                            runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
         """`submit()` for code that runs in an event loop."""
-        reply = await _acall(self._registry.submit, *self._submit_args(spec, runtime_params))
-        return Submission(self._registry, reply["submission_id"], reply["created"], self.team)
+        reply = await _acall(self._registry.submit, *self._submit_args(spec, runtime_params),
+                             retry_for=self._retry_for)
+        return Submission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
 
     def _submit_args(self, spec: Any, runtime_params: RuntimeParams | Mapping[str, Any] | None) -> tuple[Any, ...]:
         code: dict[str, bytes] = {}
@@ -164,28 +171,30 @@ class Client:
         """A handle on a submission; `check=False` skips asking the registry whether it exists (and
         is this team's) now: the handle's first call answers that instead."""
         if check:
-            _call(self._registry.status, submission_id, self.team)  # NotFoundError if unknown (or not ours)
-        return Submission(self._registry, submission_id, created=False, team=self.team)
+            # NotFoundError if unknown (or not ours)
+            _call(self._registry.status, submission_id, self.team, retry_for=self._retry_for)
+        return Submission(self._registry, submission_id, created=False, team=self.team, retry_for=self._retry_for)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: float | None = None) -> list[dict[str, Any]]:
         """Newest first; for the next page pass `before=` the last item's `created_at`."""
-        return _call(self._registry.list, state, limit, labels, before, self.team)
+        return _call(self._registry.list, state, limit, labels, before, self.team, retry_for=self._retry_for)
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read it, or turn it on (nothing new admitted, running work goes on) or off."""
-        return _call(self._registry.kill_switch, on, reason, actor or (self.team or ""))
+        return _call(self._registry.kill_switch, on, reason, actor or (self.team or ""), retry_for=self._retry_for)
 
     def drain(self, timeout: float = 600.0, actor: str = "") -> dict[str, Any]:
         """Close admission, wait for running submissions, and report what finished."""
-        return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60)
+        return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60,
+                     retry_for=self._retry_for)
 
     def workers(self) -> list[dict[str, Any]]:
         """The Ray nodes: resources, pools, load, busy or idle."""
-        return _call(self._registry.workers)
+        return _call(self._registry.workers, retry_for=self._retry_for)
 
     def ping(self) -> bool:
-        return _call(self._registry.ping, timeout=5) == "ok"
+        return _call(self._registry.ping, timeout=5, retry_for=self._retry_for) == "ok"
 
     def run(self, spec: Any, runtime_params: Any = None, timeout: float | None = None) -> SubmissionStatus:
         """Submit and wait: the notebook one-liner."""
@@ -202,12 +211,14 @@ def _job_runtime_env() -> dict[str, Any]:
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             resources: dict[str, float] | None = None, home: str | None = None,
             runtime_env: dict[str, Any] | None = None, team: str | None = None, token: str | None = None,
-            **ray_init_kwargs: Any) -> Any:
+            retry_for: float = REGISTRY_RESTART_WAIT_S, **ray_init_kwargs: Any) -> Any:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster.
 
     `"http://host:8000"` (with `token=`, default $FABRIC_TOKEN) goes through the gateway instead: the
-    same Client and Submission methods over HTTP, no Ray on this side, the team from the token."""
+    same Client and Submission methods over HTTP, no Ray on this side, the team from the token.
+
+    `retry_for`: how long a call waits for a restarting registry before it raises."""
     if address is not None and address.startswith(("http://", "https://")):
         from fabric.remote import HttpClient
 
@@ -224,7 +235,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     home = home or default_home()
     registry = get_or_create_registry(home)
     _call(registry.ping, timeout=120)
-    return Client(registry, team)
+    return Client(registry, team, retry_for)
 
 
 def _use_ray_token_auth() -> None:

@@ -17,17 +17,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
 from serve.auth import Principal, TokenTable
 
 MAX_BODY_BYTES = 1 << 20
+# While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
+REGISTRY_WAIT_S = 5.0
 
 STATUS_BY_CODE = {
     ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.NOT_FINISHED: 409, ErrorCode.NODE_FAILED: 409,
     ErrorCode.TOO_LARGE: 413, ErrorCode.STORE_UNAVAILABLE: 503, ErrorCode.ADMISSION_CLOSED: 503,
+    ErrorCode.REGISTRY_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
 }
 
@@ -70,6 +74,16 @@ async def _fabric_error(_: Request, error: FabricError) -> JSONResponse:
     return problem(STATUS_BY_CODE.get(error.code, 422), error)
 
 
+@api.exception_handler(ActorUnavailableError)
+@api.exception_handler(ActorDiedError)
+@api.exception_handler(GetTimeoutError)
+@api.exception_handler(TimeoutError)
+async def _registry_unavailable(_: Request, error: Exception) -> JSONResponse:
+    return problem(503, FabricError(f"the registry is restarting or unreachable ({type(error).__name__})",
+                                    code=ErrorCode.REGISTRY_UNAVAILABLE, where="registry",
+                                    fix="retry after the Retry-After seconds: nothing was lost"))
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
     from fabric.errors import Problem
@@ -102,7 +116,8 @@ class Gateway:
     def __init__(self, tokens_file: str | None = None) -> None:
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None
-        self._client = fb.connect()  # inside Serve, Ray is up: this only finds the registry
+        # Inside Serve, Ray is up: this only finds the registry.
+        self._client = fb.connect(retry_for=REGISTRY_WAIT_S)
 
     def _who(self, request: Request) -> Principal:
         # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart.

@@ -259,3 +259,35 @@ def test_serve_config_file_and_import_paths_build_the_gateway():
     assert type(built).__name__ == "Application"
     assert {d.name for d in application.deployments} == {built._bound_deployment.name}  # names one that exists
     assert type(import_attr("serve.gateway:app")).__name__ == "Application"
+
+
+def test_the_registry_dying_mid_dag_over_http_status_answers_throughout(gateway, client, tmp_path):
+    import ray
+
+    from .test_registry_restart import runs, three_step
+
+    http, research, *_ = gateway
+    submission_id = http.post("/api/orch/submit", headers=research,
+                              json={"dag_spec": three_step(str(tmp_path))}).json()["submission_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = http.get(f"/api/orch/status/{submission_id}", headers=research).json()
+        if {n["node_id"]: n["state"] for n in body["nodes"]}["b"] == "RUNNING":
+            break
+        time.sleep(0.1)
+    ray.kill(client._registry, no_restart=False)
+    answers: list[tuple[int, str | None, str]] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        response = http.get(f"/api/orch/status/{submission_id}", headers=research)
+        state = response.json().get("state", "") if response.status_code == 200 else ""
+        answers.append((response.status_code, response.headers.get("retry-after"), state))
+        if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.1)
+    assert answers[-1][2] == "SUCCEEDED", answers[-5:]
+    assert {code for code, _, _ in answers} <= {200, 503}, answers
+    assert all(retry for code, retry, _ in answers if code == 503)  # a 503 always says when to come back
+    assert runs(tmp_path, "a") == 1, "a SUCCEEDED before the registry died and must not run again"
+    outages = sum(1 for code, _, _ in answers if code == 503)
+    print(f"status answered {len(answers)} times while the registry restarted; {outages} of them 503")
