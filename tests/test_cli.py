@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from .conftest import free_port as _free_port
+from .conftest import ray_head_process
 
 REPO = Path(__file__).resolve().parents[1]
 FABRIC = [sys.executable, "-m", "fabric.cli"]
@@ -88,47 +88,15 @@ def test_schema_is_json_schema_with_the_spec_fields():
     assert "submission_id" in params["properties"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def ray_head(tmp_path):
-    """A real `ray start --head` with token auth, torn down by PID (never `ray stop`)."""
-    port = _free_port()
-    env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric"),
-           "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    ray_bin = Path(sys.executable).with_name("ray")
-    # Short on purpose: Ray's Unix sockets live under it and socket paths must stay under 108 bytes.
-    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    # The token lives in $HOME/.ray/auth_token, here the test's own HOME; clients read it from there.
-    subprocess.run([str(ray_bin), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    time.sleep(2)
-    yield f"127.0.0.1:{port}", env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    with ray_head_process(tmp_path) as head:
+        yield head
 
 
 @pytest.mark.ray
 def test_submit_status_logs_cancel_ls_against_a_running_cluster(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, _ = ray_head
     submitted = fabric("submit", "jobs/dags/quant_backtest.yaml", "--address", address, "--working-dir", ".",
                        env=env)
     assert submitted.returncode == 0, submitted.stderr

@@ -79,3 +79,14 @@ def test_node_env_cannot_set_ray_variables():
     with pytest.raises(SpecError) as caught:
         spec(nodes=[{"id": "a", "kind": "python_task", "entrypoint": "m:a", "env": {"RAY_ADDRESS": "x"}}], edges=[])
     assert "RAY_" in str(caught.value)
+
+
+def test_a_pool_becomes_a_sliver_of_its_ray_custom_resource():
+    from fabric.plan.compile import POOL_SHARE
+
+    spec = load_spec({"version": 1, "pipeline_id": "pools", "nodes": [
+        {"id": "a", "kind": "python_task", "entrypoint": "m:f", "pool": "gpu-spot", "resources": {"gpu": 1}},
+        {"id": "b", "kind": "python_task", "entrypoint": "m:f"}]})
+    plan = compile_plan(spec, parse_runtime_params({"affinity": {"compute_pool": "cpu"}}))
+    assert plan.nodes["a"].unit.custom == {"pool:gpu-spot": POOL_SHARE} and plan.nodes["a"].unit.num_gpus == 1
+    assert plan.nodes["b"].unit.custom == {"pool:cpu": POOL_SHARE}  # the submission's affinity, where unset

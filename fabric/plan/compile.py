@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.hashing import node_content_hash
@@ -48,6 +49,17 @@ def resource_unit(res: Resources) -> ResourceUnit:
         custom=custom,
         workers=res.workers or 1,
     )
+
+
+# A pool is a Ray custom resource `pool:<name>` that the pool's nodes advertise in large amounts
+# (cluster.yaml, k8s/): a node asks for a sliver of it, so Ray places it only there and the
+# autoscaler knows which node type to launch for it.
+POOL_RESOURCE_PREFIX = "pool:"
+POOL_SHARE = 0.001
+
+
+def pooled(unit: ResourceUnit, pool: str) -> ResourceUnit:
+    return replace(unit, custom={**unit.custom, f"{POOL_RESOURCE_PREFIX}{pool}": POOL_SHARE})
 
 
 def kind_problems(spec: DagSpec, runnable: Mapping[str, KindCheck]) -> list[Problem]:
@@ -105,6 +117,9 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             image=node.image, outs=tuple(node.outs),
             inputs={w.name: f"{hashes[w.producer]}:{w.out}" for w in wires})
         hashes[node_id] = content
+        pool = node.pool or (runtime.affinity.compute_pool if runtime.affinity else None)
+        if pool:
+            unit = pooled(unit, pool)
         plans[node_id] = NodePlan(
             node_id=node_id, kind=node.kind, params=dict(node.params), entrypoint=node.entrypoint,
             env=dict(node.env), image=node.image, inputs=wires, outs=tuple(node.outs),
@@ -115,7 +130,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
                               retry.max_backoff_sec) if retry else RetryPolicy(),
             priority=str(runtime.priority or slo.priority or "normal"),
             qos=str(slo.qos) if slo.qos else None,
-            pool=node.pool or (runtime.affinity.compute_pool if runtime.affinity else None),
+            pool=pool,
             cache=node.cache,
             content_hash=content,
         )
