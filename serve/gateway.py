@@ -156,11 +156,17 @@ class Gateway:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     def metrics(self) -> str:
-        lines = ["# TYPE fabric_gateway_requests_total counter"]
+        lines = ["# HELP fabric_gateway_requests_total HTTP requests by route and status",
+                 "# TYPE fabric_gateway_requests_total counter"]
         for (route, status), count in sorted(requests_total.items()):
             lines.append(f'fabric_gateway_requests_total{{route="{route}",status="{status}"}} {count}')
-        lines += ["# TYPE fabric_gateway_up gauge", f"fabric_gateway_up {1}", ""]
-        return "\n".join(lines)
+        try:
+            fabric_metrics, up = self._client.metrics_text(), 1
+        except Exception:  # noqa: BLE001 - the gateway's own series still answer while the registry is away
+            fabric_metrics, up = "", 0
+        lines += ["# HELP fabric_registry_up whether the registry answered this scrape",
+                  "# TYPE fabric_registry_up gauge", f"fabric_registry_up {up}"]
+        return "\n".join(lines) + "\n" + fabric_metrics
 
     @api.post("/api/orch/submit", status_code=202)
     async def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:

@@ -261,6 +261,32 @@ def test_serve_config_file_and_import_paths_build_the_gateway():
     assert type(import_attr("serve.gateway:app")).__name__ == "Application"
 
 
+def test_metrics_at_the_gateway_and_through_rays_metrics_agent(gateway):
+    import urllib.request
+
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http, research, *_ = gateway
+    submission_id = http.post("/api/orch/submit", headers=research,
+                              json={"dag_spec": quant_yaml()}).json()["submission_id"]
+    assert wait_for_state(http, research, submission_id)["state"] == "SUCCEEDED"
+    families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    finished = {(s.labels["kind"], s.labels["state"]): s.value for s in families["fabric_nodes_finished"].samples}
+    assert finished[("python_task", "SUCCEEDED")] >= 5 and finished[("sql", "SUCCEEDED")] >= 1
+    assert any(s.value >= 1 for s in families["fabric_submissions_finished"].samples
+               if s.labels == {"team": "research", "state": "SUCCEEDED"})
+    assert [s.value for s in families["fabric_registry_up"].samples] == [1.0]
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline = time.monotonic() + 40  # Ray's agent exports every 10 s
+    text = ""
+    while "ray_fabric_nodes_finished_total" not in text and time.monotonic() < deadline:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "ray_fabric_nodes_finished_total" in text and "ray_fabric_node_run_seconds_bucket" in text
+
+
 def test_the_registry_dying_mid_dag_over_http_status_answers_throughout(gateway, client, tmp_path):
     import ray
 

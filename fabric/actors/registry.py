@@ -136,6 +136,10 @@ class Registry:
         return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
                 "still_running": still, "admission": "closed"}
 
+    def metrics_text(self) -> str:
+        """fabric's metrics as Prometheus text (the gateway's /metrics; Ray's agent exports them too)."""
+        return self._engine.metrics.render()
+
     def kept(self) -> dict[str, int]:
         """What this registry holds in memory (the rest is paged from the store)."""
         return self._engine.kept()

@@ -22,6 +22,7 @@ import ray
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
 from fabric.execute.finished import Finished, finished_result
+from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
@@ -61,6 +62,7 @@ class Engine:
         self._control = control
         self._clock = clock
         self._backend = RayBackend()
+        self.metrics = ray_metrics()
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -333,6 +335,10 @@ class Engine:
             sid = run.record.submission_id
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
+            try:
+                self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
+            except Exception:  # noqa: BLE001 - metrics must never stop the work
+                log.exception("fabric metrics failed for %s", sid)
         if run.machine.done and not run.done.is_set():
             run.record.state = str(run.machine.state)
             try:

@@ -1,0 +1,161 @@
+"""fabric's metrics: one catalogue of names, derived from the runs' state transitions, rendered as
+Prometheus text. Pure: a sink mirrors every update into Ray's metrics (`fabric.execute.metrics`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fabric.states import NodeState
+
+BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...]
+
+
+# The names the code exports: docs, the Grafana dashboard (k8s/grafana) and its test refer to these.
+CATALOGUE: dict[str, MetricSpec] = {
+    "fabric_queue_depth": MetricSpec("gauge", "nodes ready and waiting to run", ("pool", "priority")),
+    "fabric_queue_wait_seconds": MetricSpec("histogram", "time from ready to running", ("pool", "priority")),
+    "fabric_node_run_seconds": MetricSpec("histogram", "run time of an attempt", ("kind", "pool", "outcome")),
+    "fabric_nodes_running": MetricSpec("gauge", "attempts running now", ("pool",)),
+    "fabric_gpus_allocated": MetricSpec("gauge", "GPUs held by running attempts", ("team",)),
+    "fabric_gpu_seconds_total": MetricSpec("counter", "GPU-seconds used by attempts", ("team",)),
+    "fabric_cpu_seconds_total": MetricSpec("counter", "CPU-seconds reserved by attempts", ("team",)),
+    "fabric_node_retries_total": MetricSpec("counter", "attempts that failed and will be retried", ("pool",)),
+    "fabric_nodes_finished_total": MetricSpec("counter", "nodes that ended, by their end state", ("kind", "state")),
+    "fabric_cache_hits_total": MetricSpec("counter", "nodes whose outputs were reused (CACHED)", ("kind",)),
+    "fabric_submissions_finished_total": MetricSpec("counter", "submissions that ended", ("team", "state")),
+}
+
+
+class NodeFacts(Protocol):
+    """What the metrics need of a planned node (fabric.plan.NodePlan has it)."""
+
+    kind: str
+    pool: str | None
+    priority: str
+
+    @property
+    def unit(self) -> Any: ...
+
+
+Sink = Callable[[str, float, Mapping[str, str]], None]  # (name, value: delta, level or sample, tags)
+
+
+class FabricMetrics:
+    """Series derived from transitions. Entry and exit of a state are paired per node, so a run
+    restored by a restarted registry never drives a gauge below zero."""
+
+    def __init__(self, sink: Sink | None = None) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self._queued: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._running: dict[tuple[str, str], float] = {}
+
+    def on_transitions(self, submission_id: str, team: str | None, nodes: Mapping[str, NodeFacts],
+                       transitions: Iterable[Any]) -> None:
+        with self._lock:
+            for t in transitions:
+                if t.node_id is None:
+                    if t.target != "RUNNING":
+                        self._add("fabric_submissions_finished_total", 1, team=team or "-", state=t.target)
+                    continue
+                self._node(submission_id, team or "-", nodes[t.node_id], t)
+
+    def _node(self, submission_id: str, team: str, node: NodeFacts, t: Any) -> None:
+        key = (submission_id, t.node_id)
+        pool, priority = node.pool or "default", node.priority
+        if t.source == NodeState.QUEUED and key in self._queued:
+            queued_at, labels = self._queued.pop(key)
+            self._add("fabric_queue_depth", -1, **labels)
+            if t.target == NodeState.RUNNING:
+                self._observe("fabric_queue_wait_seconds", max(t.at - queued_at, 0.0), **labels)
+        if t.source == NodeState.RUNNING and key in self._running:
+            took = max(t.at - self._running.pop(key), 0.0)
+            outcome = "retry" if t.target == NodeState.RETRYING else str(t.target).lower()
+            self._observe("fabric_node_run_seconds", took, kind=node.kind, pool=pool, outcome=outcome)
+            self._add("fabric_nodes_running", -1, pool=pool)
+            if node.unit.num_gpus:
+                self._add("fabric_gpus_allocated", -node.unit.num_gpus, team=team)
+                self._add("fabric_gpu_seconds_total", node.unit.num_gpus * took, team=team)
+            self._add("fabric_cpu_seconds_total", node.unit.num_cpus * took, team=team)
+        if t.target == NodeState.QUEUED:
+            labels = {"pool": pool, "priority": priority}
+            self._queued[key] = (t.at, labels)
+            self._add("fabric_queue_depth", 1, **labels)
+        elif t.target == NodeState.RUNNING:
+            self._running[key] = t.at
+            self._add("fabric_nodes_running", 1, pool=pool)
+            if node.unit.num_gpus:
+                self._add("fabric_gpus_allocated", node.unit.num_gpus, team=team)
+        elif t.target == NodeState.RETRYING:
+            self._add("fabric_node_retries_total", 1, pool=pool)
+        elif t.target == NodeState.CACHED:
+            self._add("fabric_cache_hits_total", 1, kind=node.kind)
+        if NodeState(t.target).terminal:
+            self._add("fabric_nodes_finished_total", 1, kind=node.kind, state=t.target)
+
+    def _add(self, name: str, delta: float, **tags: str) -> None:
+        key = (name, tuple(sorted(tags.items())))
+        self._values[key] = self._values.get(key, 0.0) + delta
+        if self._sink is not None:
+            self._sink(name, self._values[key] if CATALOGUE[name].kind == "gauge" else delta, tags)
+
+    def _observe(self, name: str, value: float, **tags: str) -> None:
+        key = (name, tuple(sorted(tags.items())))
+        counts = self._histograms.setdefault(key, [0.0] * (len(BUCKETS_S) + 2))  # buckets, +Inf, sum
+        for index, bound in enumerate(BUCKETS_S):
+            if value <= bound:
+                counts[index] += 1
+        counts[-2] += 1
+        counts[-1] += value
+        if self._sink is not None:
+            self._sink(name, value, tags)
+
+    def value(self, name: str, **tags: str) -> float:
+        with self._lock:
+            if CATALOGUE[name].kind == "histogram":
+                return self._histograms.get((name, tuple(sorted(tags.items()))), [0.0, 0.0])[-2]
+            return self._values.get((name, tuple(sorted(tags.items()))), 0.0)
+
+    def render(self) -> str:
+        """Prometheus text exposition of every series."""
+        with self._lock:
+            lines = []
+            for name, spec in CATALOGUE.items():
+                lines += [f"# HELP {name} {spec.help}", f"# TYPE {name} {spec.kind}"]
+                if spec.kind == "histogram":
+                    for (series, tags), counts in sorted(self._histograms.items()):
+                        if series != name:
+                            continue
+                        for bound, count in zip(BUCKETS_S, counts, strict=False):
+                            lines.append(f"{name}_bucket{_labels(tags, le=repr(bound))} {count:g}")
+                        lines.append(f"{name}_bucket{_labels(tags, le='+Inf')} {counts[-2]:g}")
+                        lines.append(f"{name}_sum{_labels(tags)} {counts[-1]:.6g}")
+                        lines.append(f"{name}_count{_labels(tags)} {counts[-2]:g}")
+                    continue
+                for (series, tags), value in sorted(self._values.items()):
+                    if series == name:
+                        lines.append(f"{name}{_labels(tags)} {value:.6g}")
+            return "\n".join(lines) + "\n"
+
+
+def _labels(tags: tuple[tuple[str, str], ...], **extra: str) -> str:
+    items = [*tags, *extra.items()]
+    if not items:
+        return ""
+    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in items)
+    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(items, escaped, strict=True)) + "}"
+
+
+__all__ = ["BUCKETS_S", "CATALOGUE", "FabricMetrics", "MetricSpec"]
