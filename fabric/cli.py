@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from fabric.cli_k8s import k8s_app
 from fabric.console import describe_value, error_text, metrics_table, status_table
 from fabric.errors import ErrorCode, FabricError, SpecError
 from fabric.spec import dag_json_schema, load_spec, parse_runtime_params, read_spec, runtime_params_json_schema
@@ -281,6 +282,7 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
 
 audit = typer.Typer(help="The append-only audit log of every state change.", no_args_is_help=True)
 app.add_typer(audit, name="audit")
+app.add_typer(k8s_app, name="k8s")
 
 
 @audit.command("export")

@@ -192,3 +192,9 @@ def test_audit_export_writes_the_events_as_parquet(tmp_path):
     table = pq.read_table(tmp_path / "audit.parquet")
     assert table.num_rows == 2 and table.column("target").to_pylist() == ["QUEUED", "FAILED"]
     assert set(table.column("team").to_pylist()) == {"research"}
+
+
+def test_fabric_k8s_is_a_subcommand():
+    dry = fabric("k8s", "submit", "jobs/dags/quant_backtest.yaml", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "kind: RayJob" in dry.stdout and "python -m jobs.run_dag" in dry.stdout

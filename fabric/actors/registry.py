@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 REGISTRY_NAME = "fabric-registry"
 NAMESPACE = "fabric"
 KILL_SWITCH = "_admin:kill-switch"  # its changes are audit events under this id: durable and audited
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives it to the head node only
 
 
 class Registry:
@@ -290,6 +291,8 @@ def get_or_create_registry(home: str) -> Any:
     return RegistryActor.options(  # type: ignore[attr-defined]
         name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=32, max_restarts=-1,
+        # On the head, where FABRIC_HOME's disk is (cluster.yaml, k8s/): never on a spot worker that may vanish.
+        resources={HEAD_RESOURCE: 0.001},
         # The outputs of failed and withdrawn attempts are dropped unread on purpose: no "unhandled error".
         runtime_env={"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}},
     ).remote(home)
