@@ -1,0 +1,276 @@
+"""Admission policy, pure: which ready nodes go to Ray now, where, and why the others wait.
+
+Priorities (low < normal < high < critical) with aging, FIFO by ready time within one; EASY backfill
+(the head of the queue that does not fit holds a reservation, and a smaller node jumps ahead only
+if it cannot push that reservation back, judged by declared run times); GPU packing best-fit over
+per-GPU fractions and memory hints; pool concurrency limits; a quota hook; preemption victims.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+PRIORITIES = ("low", "normal", "high", "critical")
+RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Request:
+    """A ready node asking to run."""
+
+    key: str
+    team: str
+    priority: str = "normal"
+    ready_at: float = 0.0
+    cpu: float = 1.0
+    gpu: float = 0.0  # a fraction (< 1) shares one GPU; a whole number needs that many free GPUs on one node
+    gpu_mem_gb: float = 0.0  # per GPU: never two shares on one GPU whose hints exceed its memory
+    pool: str | None = None
+    estimate_s: float = 3600.0  # the declared max_runtime: EASY backfill's run-time estimate
+
+
+@dataclass
+class Gpu:
+    index: int
+    free: float = 1.0
+    free_mem_gb: float = 80.0
+
+
+@dataclass
+class Node:
+    node_id: str
+    cpu_free: float
+    gpus: list[Gpu] = field(default_factory=list)
+    pool: str | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_id: str
+    gpu_shares: tuple[tuple[int, float, float], ...] = ()  # (gpu index, fraction, memory GiB)
+
+
+@dataclass(frozen=True)
+class Running:
+    key: str
+    team: str
+    priority: str
+    placement: Placement
+    cpu: float
+    gpu: float
+    started_at: float
+    ends_at: float  # started_at + its estimate
+    pool: str | None = None
+    preemptible: bool = False
+
+
+@dataclass(frozen=True)
+class Waiting:
+    position: int  # 1 = next
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: tuple[tuple[Request, Placement], ...]
+    waiting: Mapping[str, Waiting]
+    reservation: tuple[str, float] | None  # (key, the time it is guaranteed to start by)
+
+
+class Cluster:
+    """Free capacity per node and per GPU; `fit` chooses best-fit, `take`/`give` book it."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes = {n.node_id: n for n in nodes}
+
+    def copy(self) -> Cluster:
+        return Cluster(copy.deepcopy(list(self.nodes.values())))
+
+    def fit(self, request: Request) -> Placement | None:
+        best: tuple[tuple[float, ...], Placement] | None = None
+        for node in self.nodes.values():
+            if (request.pool is not None and node.pool != request.pool) or node.cpu_free + EPSILON < request.cpu:
+                continue
+            found = _fit_on(node, request)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+                if found[0][0] <= EPSILON:  # nothing fits tighter than a perfect fit
+                    break
+        return best[1] if best else None
+
+    def take(self, request: Request, placement: Placement) -> None:
+        node = self.nodes[placement.node_id]
+        node.cpu_free -= request.cpu
+        for index, fraction, memory in placement.gpu_shares:
+            node.gpus[index].free -= fraction
+            node.gpus[index].free_mem_gb -= memory
+
+    def give(self, cpu: float, placement: Placement) -> None:
+        node = self.nodes[placement.node_id]
+        node.cpu_free += cpu
+        for index, fraction, memory in placement.gpu_shares:
+            node.gpus[index].free += fraction
+            node.gpus[index].free_mem_gb += memory
+
+    def emptied(self, running: Sequence[Running]) -> Cluster:
+        """This cluster with every running item gone: what could ever fit."""
+        empty = self.copy()
+        for item in running:
+            empty.give(item.cpu, item.placement)
+        return empty
+
+
+def _fit_on(node: Node, request: Request) -> tuple[tuple[float, ...], Placement] | None:
+    """Best fit on one node, with a score (lower is better) that packs: the tightest GPU for a share,
+    the node with the fewest whole free GPUs for whole GPUs, GPU-less nodes first for CPU work."""
+    if request.gpu <= 0:
+        return (float(len(node.gpus) > 0), node.cpu_free - request.cpu), Placement(node.node_id)
+    if request.gpu < 1:
+        best: tuple[float, int] | None = None
+        for gpu in node.gpus:
+            if gpu.free + EPSILON >= request.gpu and gpu.free_mem_gb + EPSILON >= request.gpu_mem_gb:
+                leftover = gpu.free - request.gpu
+                if best is None or leftover < best[0]:
+                    best = (leftover, gpu.index)
+        if best is None:
+            return None
+        share = ((best[1], request.gpu, request.gpu_mem_gb),)
+        return (best[0], node.cpu_free), Placement(node.node_id, share)
+    whole = [g for g in node.gpus if g.free >= 1 - EPSILON and g.free_mem_gb + EPSILON >= request.gpu_mem_gb]
+    count = int(round(request.gpu))
+    if len(whole) < count:
+        return None
+    shares = tuple((g.index, 1.0, request.gpu_mem_gb) for g in whole[:count])
+    return (float(len(whole) - count), node.cpu_free), Placement(node.node_id, shares)
+
+
+def order(queue: Iterable[Request], now: float, aging_s: float) -> list[Request]:
+    """Highest effective priority first (a step up per `aging_s` waited, so nothing starves), then FIFO."""
+    def effective(request: Request) -> float:
+        aged = int(max(now - request.ready_at, 0.0) // aging_s) if aging_s > 0 else 0
+        return min(RANK.get(request.priority, 1) + aged, RANK["critical"])
+
+    return sorted(queue, key=lambda r: (-effective(r), r.ready_at, r.key))
+
+
+QuotaCheck = Callable[[Request], str | None]  # a reason to hold it, or None
+
+
+@dataclass(frozen=True)
+class PoolLimit:
+    max_concurrency: int
+
+
+class AdmissionPolicy:
+    def __init__(self, pools: Mapping[str, PoolLimit] | None = None, aging_s: float = 1800.0) -> None:
+        self.pools = dict(pools or {})
+        self.aging_s = aging_s
+
+    def decide(self, now: float, queue: Iterable[Request], cluster: Cluster, running: Sequence[Running],
+               quota: QuotaCheck | None = None) -> Decision:
+        """Admit what can go now; `cluster` is booked for what is admitted."""
+        in_pool: dict[str | None, int] = {}
+        for item in running:
+            in_pool[item.pool] = in_pool.get(item.pool, 0) + 1
+        admitted: list[tuple[Request, Placement]] = []
+        reasons: dict[str, str] = {}
+        reservation: tuple[Request, float, Cluster] | None = None  # the head, its start, the cluster then
+        # The cluster only fills up while deciding: a shape that did not fit will not fit later in this call.
+        no_fit: set[tuple[str | None, float, float, float]] = set()
+        ever: dict[tuple[str | None, float, float, float], bool] = {}
+        empty: Cluster | None = None
+        for request in order(queue, now, self.aging_s):
+            limit = self.pools.get(request.pool or "")
+            if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
+                reasons[request.key] = f"pool limit: {request.pool} {in_pool[request.pool]}/{limit.max_concurrency}"
+                continue
+            held = quota(request) if quota is not None else None
+            if held:
+                reasons[request.key] = held
+                continue
+            shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb)
+            placement = None if shape in no_fit else cluster.fit(request)
+            if placement is None:
+                no_fit.add(shape)
+            if placement is not None and reservation is not None and not _backfill(request, placement, now,
+                                                                                  reservation):
+                head, start, _ = reservation
+                reasons[request.key] = (f"reservation: would delay {head.key} ({head.priority}), "
+                                        f"reserved to start by {start:.0f}")
+                continue
+            if placement is not None:
+                cluster.take(request, placement)
+                admitted.append((request, placement))
+                in_pool[request.pool] = in_pool.get(request.pool, 0) + 1
+                continue
+            if reservation is None:
+                shadow = _shadow(request, cluster, running, admitted, now)
+                if shadow is not None:
+                    reservation = (request, *shadow)
+                    reasons[request.key] = f"no capacity: reserved to start by {shadow[0]:.0f}"
+                    continue
+            if shape not in ever:
+                empty = empty or cluster.emptied(running)
+                ever[shape] = empty.fit(request) is not None
+            reasons[request.key] = "no capacity" if ever[shape] else "no capacity: no node of its pool can hold it yet"
+        waiting = {key: Waiting(position, reason) for position, (key, reason) in enumerate(reasons.items(), 1)}
+        return Decision(tuple(admitted), waiting,
+                        (reservation[0].key, reservation[1]) if reservation is not None else None)
+
+
+def _shadow(request: Request, cluster: Cluster, running: Sequence[Running],
+            admitted: Sequence[tuple[Request, Placement]], now: float) -> tuple[float, Cluster] | None:
+    """When `request` could start if running work ended at its estimates (EASY's shadow time), and the
+    cluster as it would be then."""
+    future = cluster.copy()
+    ending = sorted([(r.ends_at, r.cpu, r.placement) for r in running]
+                    + [(now + a.estimate_s, a.cpu, p) for a, p in admitted], key=lambda item: item[0])
+    for ends_at, cpu, placement in ending:
+        future.give(cpu, placement)
+        if future.fit(request) is not None:
+            return max(ends_at, now), future
+    return None
+
+
+def _backfill(request: Request, placement: Placement, now: float,
+              reservation: tuple[Request, float, Cluster]) -> bool:
+    """A node may jump the reserved head only if it cannot push the head's start back: it ends before
+    the reserved start, or the head still fits at that start beside it (then it is booked there too)."""
+    head, start, future = reservation
+    if now + request.estimate_s <= start + EPSILON:
+        return True
+    future.take(request, placement)  # free now means free then: it still holds these at the start
+    if future.fit(head) is not None:
+        return True
+    future.give(request.cpu, placement)
+    return False
+
+
+def choose_victims(request: Request, cluster: Cluster, running: Sequence[Running], now: float
+                   ) -> list[Running] | None:
+    """The preemptible, lower-priority running work whose release lets `request` start, losing the
+    fewest GPU-seconds (CPU-seconds break ties); None if no such set exists."""
+    best: tuple[tuple[float, float], list[Running]] | None = None
+    candidates = [r for r in running if r.preemptible and RANK.get(r.priority, 1) < RANK.get(request.priority, 1)]
+    for node_id in {r.placement.node_id for r in candidates}:
+        trial = cluster.copy()
+        chosen: list[Running] = []
+        on_node = sorted((r for r in candidates if r.placement.node_id == node_id),
+                         key=lambda r: (r.gpu * (now - r.started_at), r.cpu * (now - r.started_at)))
+        for victim in on_node:
+            trial.give(victim.cpu, victim.placement)
+            chosen.append(victim)
+            if trial.fit(request) is not None:
+                lost = (sum(v.gpu * (now - v.started_at) for v in chosen),
+                        sum(v.cpu * (now - v.started_at) for v in chosen))
+                if best is None or lost < best[0]:
+                    best = (lost, list(chosen))
+                break
+    return best[1] if best else None
+
+
+__all__ = ["PRIORITIES", "AdmissionPolicy", "Cluster", "Decision", "Gpu", "Node", "Placement", "PoolLimit",
+           "Request", "Running", "Waiting", "choose_victims", "order"]

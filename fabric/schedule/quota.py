@@ -1,0 +1,110 @@
+"""Team budgets, pure: concurrent CPU and GPU, GPU-hours per day charged from GPU-seconds as nodes
+run, and a burst above the concurrent budget for high priority while its credits last. The clock
+is injected; a day is a UTC calendar day."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fabric.schedule.admission import RANK, Request
+
+
+@dataclass(frozen=True)
+class Budget:
+    cpu: float | None = None  # concurrent CPUs; None: no limit
+    gpu: float | None = None  # concurrent GPUs
+    gpu_hours_per_day: float | None = None
+    burst_gpu: float = 0.0  # extra concurrent GPUs for high and critical work ...
+    burst_gpu_hours_per_day: float = 0.0  # ... while these credits last
+
+
+@dataclass
+class _Usage:
+    day: dt.date
+    cpu: float = 0.0
+    gpu: float = 0.0
+    gpu_seconds: float = 0.0
+    burst_gpu_seconds: float = 0.0
+    running: dict[str, tuple[float, float, float, bool]] = field(default_factory=dict)  # key: cpu, gpu, since, burst
+
+
+class QuotaLedger:
+    """One team's budget and use. `check` says why a request must wait (or None); `start` and `stop`
+    book running work; `accrue` charges GPU-seconds up to now (call it on every scheduling tick)."""
+
+    def __init__(self, team: str, budget: Budget, clock: Callable[[], float]) -> None:
+        self.team = team
+        self.budget = budget
+        self._clock = clock
+        self._usage = _Usage(self._day(clock()))
+
+    @staticmethod
+    def _day(at: float) -> dt.date:
+        return dt.datetime.fromtimestamp(at, dt.UTC).date()
+
+    def _roll(self, now: float) -> None:
+        day = self._day(now)
+        if day != self._usage.day:  # a new day: the day's GPU-hours start again; running work carries on
+            midnight = dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp()
+            self.accrue(midnight, _roll=False)  # the old day is charged up to its end
+            self._usage.day, self._usage.gpu_seconds, self._usage.burst_gpu_seconds = day, 0.0, 0.0
+
+    def accrue(self, now: float | None = None, *, _roll: bool = True) -> None:
+        now = self._clock() if now is None else now
+        if _roll:
+            self._roll(now)
+        usage = self._usage
+        for key, (cpu, gpu, since, burst) in list(usage.running.items()):
+            seconds = max(now - since, 0.0) * gpu
+            usage.gpu_seconds += seconds
+            if burst:
+                usage.burst_gpu_seconds += seconds
+            usage.running[key] = (cpu, gpu, now, burst)
+
+    def check(self, request: Request) -> str | None:
+        now = self._clock()
+        self.accrue(now)
+        usage, budget = self._usage, self.budget
+        if budget.cpu is not None and usage.cpu + request.cpu > budget.cpu + 1e-9:
+            return f"quota: team {self.team} cpu {usage.cpu:g}/{budget.cpu:g} in use"
+        if request.gpu > 0 and budget.gpu_hours_per_day is not None:
+            used = usage.gpu_seconds / 3600
+            if used >= budget.gpu_hours_per_day - 1e-9:
+                return f"quota: team {self.team} gpu_hours {used:.1f}/{budget.gpu_hours_per_day:.1f} today"
+        over = budget.gpu is not None and usage.gpu + request.gpu > budget.gpu + 1e-9
+        if request.gpu > 0 and over and not self._may_burst(request):
+            return f"quota: team {self.team} gpu {usage.gpu:g}/{budget.gpu:g} in use"
+        return None
+
+    def _may_burst(self, request: Request) -> bool:
+        usage, budget = self._usage, self.budget
+        return (RANK.get(request.priority, 1) >= RANK["high"] and budget.gpu is not None
+                and usage.gpu + request.gpu <= budget.gpu + budget.burst_gpu + 1e-9
+                and usage.burst_gpu_seconds / 3600 < budget.burst_gpu_hours_per_day)
+
+    def start(self, request: Request) -> None:
+        now = self._clock()
+        self.accrue(now)
+        burst = self.budget.gpu is not None and self._usage.gpu + request.gpu > self.budget.gpu + 1e-9
+        self._usage.cpu += request.cpu
+        self._usage.gpu += request.gpu
+        self._usage.running[request.key] = (request.cpu, request.gpu, now, burst)
+
+    def stop(self, key: str) -> None:
+        self.accrue()
+        booked = self._usage.running.pop(key, None)
+        if booked is not None:
+            self._usage.cpu -= booked[0]
+            self._usage.gpu -= booked[1]
+
+    def snapshot(self) -> dict[str, float | str | None]:
+        self.accrue()
+        budget, usage = self.budget, self._usage
+        return {"team": self.team, "day": usage.day.isoformat(), "cpu_in_use": usage.cpu, "cpu_budget": budget.cpu,
+                "gpu_in_use": usage.gpu, "gpu_budget": budget.gpu, "gpu_hours_today": usage.gpu_seconds / 3600,
+                "gpu_hours_per_day": budget.gpu_hours_per_day, "burst_gpu_hours_today": usage.burst_gpu_seconds / 3600}
+
+
+__all__ = ["Budget", "QuotaLedger"]
