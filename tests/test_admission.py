@@ -126,3 +126,21 @@ def test_high_priority_bursts_above_the_concurrent_budget_while_credits_last():
     now[0] += 1800  # 0.5 burst GPU-hours used
     ledger.stop("urgent")
     assert ledger.check(req("again", gpu=1, priority="high")) == "quota: team research gpu 1/1 in use"
+
+
+def test_quota_is_booked_as_the_policy_admits_so_one_round_never_overshoots():
+    ledger = QuotaLedger("research", Budget(gpu=1), clock=lambda: 0.0)
+
+    def quota(request: Request) -> str | None:  # as the engine's Scheduler does: one ledger per team
+        if request.team != "research":
+            return None
+        reason = ledger.check(request)
+        if reason is None:
+            ledger.start(request)
+        return reason
+
+    cluster = Cluster([gpu_node("n1", gpus=4)])
+    decision = AdmissionPolicy().decide(0, [req("a", gpu=1, ready_at=0), req("b", gpu=1, ready_at=1),
+                                            req("c", gpu=1, ready_at=2, team="trading")], cluster, [], quota)
+    assert sorted(r.key for r, _ in decision.admit) == ["a", "c"]
+    assert decision.waiting["b"].reason == "quota: team research gpu 1/1 in use"

@@ -102,20 +102,24 @@ print(json.dumps({"before": before, "appeared_s": appeared, "state": state, "fin
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_the_local_twin_grows_for_queued_gpu_work_and_shrinks_when_idle(tmp_path):
+@pytest.mark.parametrize("admission", ["eager", "admission"])
+def test_the_local_twin_grows_for_queued_gpu_work_and_shrinks_when_idle(tmp_path, admission):
+    """Eager: the node is in Ray at once, Ray's pending task is the demand. Admission: the fabric holds
+    it (no node of its pool yet) and asks the autoscaler with request_resources."""
     from .conftest import free_port
 
     gcs_port = free_port()
     config = tmp_path / "twin.yaml"
     config.write_text(yaml.safe_dump(twin_config(gcs_port)))
-    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "FABRIC_SKIP_FEASIBILITY": "1"}
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "FABRIC_SKIP_FEASIBILITY": "1",
+           "FABRIC_ADMISSION": "1" if admission == "admission" else "0"}
     with ray_head_process(tmp_path, num_cpus=0, extra_env=env, autoscaling_config=config,
                           port=gcs_port) as (address, client_env, _):
         run = subprocess.run([sys.executable, "-c", DRIVER, address], cwd=REPO, env=client_env,
                              capture_output=True, text=True, timeout=260)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    print(f"twin: GPU node appeared after {report['appeared_s']:.1f}s, DAG {report['state']} after "
+    print(f"twin ({admission}): GPU node appeared after {report['appeared_s']:.1f}s, DAG {report['state']} after "
           f"{report['finished_s']:.1f}s, node gone after {report['gone_s']}s")
     assert report["before"] == [0.0], "the twin starts with the head only"
     assert report["appeared_s"] is not None and report["state"] == "SUCCEEDED"

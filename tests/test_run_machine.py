@@ -348,3 +348,37 @@ def test_illegal_transition_raises() -> None:
     check_node_transition("a", N.PENDING, N.QUEUED)
     for terminal in (N.SUCCEEDED, N.CACHED, N.FAILED, N.TIMED_OUT, N.SKIPPED, N.CANCELLED):
         assert terminal.terminal and NODE_TRANSITIONS[terminal] == frozenset()
+
+
+def test_a_gated_machine_dispatches_only_what_is_admitted():
+    plan = _plan(["a", "b", "c"], [("a", "b")])
+    run = Run(plan)
+    run.m = RunMachine(plan, lambda: run.now, submission_id="s", gated=True)
+    assert run.start() == []  # nothing goes to Ray by itself
+    assert run.m.waiting() == ["a", "c"] and run.states()["b"] is N.PENDING
+    assert [d.node_id for d in run._feed(run.m.admit("c"))] == ["c"]
+    assert run.states()["c"] is N.RUNNING and run.m.waiting() == ["a"]
+    assert run.m.admit("c") == []  # not waiting any more: a no-op
+    run._feed(run.m.admit("a"))
+    run.ok("a")
+    assert run.m.waiting() == ["b"]  # ready only once a succeeded: no eager dispatch when gated
+    run._feed(run.m.admit("b"))
+    run.ok("b")
+    run.ok("c")
+    assert run.m.state is S.SUCCEEDED
+    run.assert_legal()
+
+
+def test_a_gated_retry_waits_for_admission_again_and_cancel_empties_the_queue():
+    plan = _plan([("a", {"retry": {"max_attempts": 2, "backoff_sec": 5}}), "z"])
+    run = Run(plan)
+    run.m = RunMachine(plan, lambda: run.now, submission_id="s", gated=True)
+    run.start()
+    run._feed(run.m.admit("a"))
+    run.fail("a")
+    assert run.states()["a"] is N.RETRYING and run.m.waiting() == ["z"]
+    run.tick(5)
+    assert run.m.waiting() == ["z", "a"] and run.states()["a"] is N.QUEUED
+    run.m.cancel()
+    assert run.m.waiting() == [] and run.m.admit("a") == []
+    run.assert_legal()

@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.outputs import load_outputs
@@ -37,19 +38,21 @@ class RayBackend:
         self._remote = ray.remote(run_pickled_node)
         self._loader = ray.remote(load_outputs)
         self._loaders: dict[int, Any] = {}
-        self._options: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
-               runtime_env: dict[str, Any] | None, on_done: Callable[[Outcome], None]) -> AttemptHandle:
-        """Start one attempt; `on_done(outcome)` is called from a Ray thread when it ends."""
+               runtime_env: dict[str, Any] | None, on_node: str | None,
+               on_done: Callable[[Outcome], None]) -> AttemptHandle:
+        """Start one attempt (on Ray node `on_node` when the scheduler placed it); `on_done(outcome)` is
+        called from a Ray thread when it ends."""
         slots = call.result_slots
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
         key = (call.pipeline_id, unit.key(), len(slots), env_key)
-        remote = self._options.get(key)
-        if remote is None:
+        cached = self._options.get(key)
+        if cached is None:
             options: dict[str, Any] = {
                 "num_cpus": unit.num_cpus, "num_gpus": unit.num_gpus, "num_returns": 1 + len(slots),
-                "max_retries": 0, "retry_exceptions": False,
+                "max_retries": 0, "retry_exceptions": False, "name": call.pipeline_id,
             }
             if unit.memory:
                 options["memory"] = unit.memory
@@ -59,7 +62,10 @@ class RayBackend:
                 options["runtime_env"] = runtime_env
             # Options are built once per shape: `.options()` costs ~30 us, a lot per node. Tasks are
             # named after their pipeline; the node is in the fabric's own status.
-            remote = self._options[key] = self._remote.options(**options, name=call.pipeline_id)
+            cached = self._options[key] = (options, self._remote.options(**options))
+        options, remote = cached
+        if on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
+            remote = self._remote.options(**options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False))
         # A NodeCall travels pre-pickled: Ray's generic path costs ~60 us for a dataclass, bytes ~3 us.
         report_ref, *value_refs = remote.remote(pickle.dumps(call, protocol=5), *inputs)
         # `_on_completed` hands us the deserialized report (or the error) in one step; the public

@@ -21,12 +21,13 @@ import ray
 
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
-from fabric.execute.finished import Finished, finished_result
+from fabric.execute.finished import Finished, finished_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs
+from fabric.execute.scheduler import Scheduler, load_config
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
-from fabric.record import AttemptStatus, Event, NodeStatus, Store, SubmissionRecord, SubmissionStatus
+from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.states import NodeState
 from fabric.types import AttemptReport
@@ -55,6 +56,9 @@ class Engine:
                  clock: Callable[[], float] = time.time, use_images: bool = False,
                  persist_outputs: bool = True) -> None:
         self._store = store
+        config = load_config(home)
+        # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
+        self._scheduler = Scheduler(config, clock) if config is not None else None
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
@@ -81,7 +85,8 @@ class Engine:
 
     def start(self, record: SubmissionRecord, plan: ExecutionPlan, runtime_env: dict[str, Any] | None,
               code: dict[str, ray.ObjectRef] | None = None) -> None:
-        machine = RunMachine(plan, self._clock, submission_id=record.submission_id)
+        machine = RunMachine(plan, self._clock, submission_id=record.submission_id,
+                             gated=self._scheduler is not None)
         # Written first: if the store cannot take it, this raises and nothing at all has started.
         self._store.add_submission(record)
         with self._lock:
@@ -110,7 +115,8 @@ class Engine:
             states[node_id] = NodeState.PENDING
         history = {n.node_id: [(a.started_at, a.ended_at, a.outcome) for a in n.history] for n in status.nodes}
         machine = RunMachine.restore(plan, self._clock, submission_id=record.submission_id,
-                                     created_at=record.created_at, states=states, history=history)
+                                     created_at=record.created_at, states=states, history=history,
+                                     gated=self._scheduler is not None)
         run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}),
                    consumed if self._persist_outputs else {})
         for node_id, token in machine.restored_tokens().items():
@@ -123,7 +129,9 @@ class Engine:
         return rerun
 
     def cancel(self, submission_id: str) -> None:
-        run = self._run(submission_id)
+        run = self._lookup(submission_id)
+        if isinstance(run, Finished):
+            return  # it ended: nothing to cancel
         with self._lock:
             run.cancel_requested = True
         self._inbox.put(("cancel", submission_id))
@@ -161,9 +169,8 @@ class Engine:
                 run.machine.on_progress(node_id, None, fraction, message)
 
     def wait(self, submission_id: str, timeout: float | None) -> bool:
-        if submission_id in self._finished:
-            return True
-        return self._run(submission_id).done.wait(timeout)
+        run = self._lookup(submission_id)
+        return True if isinstance(run, Finished) else run.done.wait(timeout)
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -172,24 +179,22 @@ class Engine:
     # -- queries -------------------------------------------------------------------------------
 
     def status(self, submission_id: str) -> SubmissionStatus:
-        finished = self._finished.get(submission_id)
-        if finished is not None:  # flushed before it was moved here
-            return finished.status()
-        run = self._run(submission_id)
+        run = self._lookup(submission_id)
+        if isinstance(run, Finished):  # flushed before it was compacted
+            return run.status()
         # What a caller sees is on disk first (group commit makes this one fsync for everything pending).
         self._store.flush()
         with self._lock:
-            return _status(run)
+            return status_of(run.machine, run.record.submission_id)
 
     def submission_ids(self) -> list[str]:
         with self._lock:
             return list(self._runs) + list(self._finished)
 
     def result_ref(self, submission_id: str, node_id: str, out: str | None) -> ray.ObjectRef:
-        finished = self._finished.get(submission_id)
-        if finished is not None:
-            return finished_result(submission_id, finished, node_id, out)
-        run = self._run(submission_id)
+        run = self._lookup(submission_id)
+        if isinstance(run, Finished):
+            return finished_result(submission_id, run, node_id, out)
         with self._lock:
             node = run.machine.nodes.get(node_id)
             if node is None:
@@ -213,16 +218,17 @@ class Engine:
             return run.handles[(node_id, node.token)].values[name]
 
     def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
-        finished = self._finished.get(submission_id)
-        order = ([n.node_id for n in finished.status().nodes] if finished is not None
-                 else list(self._run(submission_id).plan.order))
+        run = self._lookup(submission_id)
+        order = [n.node_id for n in run.status().nodes] if isinstance(run, Finished) else list(run.plan.order)
         if node_id not in order:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
                                 code=ErrorCode.NOT_FOUND, where=node_id, fix=f"nodes are: {', '.join(order)}")
         return self._store.get_log(submission_id, node_id)
 
-    def _run(self, submission_id: str) -> _Run:
-        run = self._runs.get(submission_id)
+    def _lookup(self, submission_id: str) -> _Run | Finished:
+        # Live first: compaction adds the Finished before the run leaves the live set, so a run that
+        # ends meanwhile is always found in one of the two.
+        run = self._runs.get(submission_id) or self._finished.get(submission_id)
         if run is None:
             raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
                                 where="submission_id", fix="list submissions with `fabric ls`")
@@ -254,6 +260,7 @@ class Engine:
                     if deadline is not None and deadline <= self._clock():
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
+                touched.update(self._admit())
                 for submission_id in touched:
                     try:
                         self._record(self._runs[submission_id])
@@ -298,7 +305,16 @@ class Engine:
                 run.handles.pop((node_id, token), None)
         return [run.record.submission_id]
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill]) -> None:
+    def _admit(self) -> set[str]:
+        if self._scheduler is None:
+            return set()
+        admitted = self._scheduler.admit((sid, r.machine, r.record.team) for sid, r in self._runs.items())
+        for sid, node_id, placement in admitted:
+            run = self._runs[sid]
+            self._perform(run, run.machine.admit(node_id), placement.node_id)
+        return {sid for sid, _, _ in admitted}
+
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -326,7 +342,7 @@ class Engine:
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env,
+                call, node.unit, inputs, env, on_node,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
@@ -335,6 +351,8 @@ class Engine:
             sid = run.record.submission_id
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
+            if self._scheduler is not None:
+                self._scheduler.on_transitions(sid, transitions)
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work
@@ -355,9 +373,9 @@ class Engine:
         results = {node_id: dict(run.handles[(node_id, node.token)].values)
                    for node_id, node in run.machine.nodes.items()
                    if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
-        status = json.dumps(_status(run).to_dict(), separators=(",", ":")).encode()
-        del self._runs[sid]
+        status = json.dumps(status_of(run.machine, run.record.submission_id).to_dict(), separators=(",", ":")).encode()
         self._finished[sid] = Finished(status, results)
+        del self._runs[sid]
         if len(self._finished) > self._keep_results:
             older = list(self._finished)[-self._keep_results - 1] if self._keep_results else sid
             if self._finished[older].results is not None:  # release its outputs to the object store
@@ -381,35 +399,6 @@ class Engine:
         self._force_kills = [(t, h) for t, h in self._force_kills if t > now]
         for handle in due:
             self._backend.cancel(handle, force=True)
-
-
-def _status(run: _Run) -> SubmissionStatus:
-    machine = run.machine
-    nodes = []
-    counts: dict[str, int] = {}
-    for node_id in run.plan.order:
-        node = machine.nodes[node_id]
-        counts[str(node.state)] = counts.get(str(node.state), 0) + 1
-        history = tuple(
-            AttemptStatus(attempt=a.number, started_at=a.started_at, ended_at=a.ended_at,
-                          outcome=str(a.outcome) if a.outcome else None,
-                          worker_started_at=a.report.started_at if a.report else None,
-                          worker_ended_at=a.report.ended_at if a.report else None, error=a.error)
-            for a in node.attempts)
-        last = node.attempts[-1] if node.attempts else None
-        nodes.append(NodeStatus(
-            node_id=node_id, kind=node.plan.kind, state=node.state, attempts=len(node.attempts),
-            queued_at=node.queued_at,
-            started_at=node.attempts[0].started_at if node.attempts else None,
-            ended_at=last.ended_at if last and node.state.terminal else None,
-            progress=node.progress, message=node.message,
-            reason=node.reason if node.state in (NodeState.SKIPPED, NodeState.CANCELLED,
-                                                 NodeState.RETRYING, NodeState.TIMED_OUT) else "",
-            error=node.error if not node.state.ok else None, history=history))
-    return SubmissionStatus(
-        submission_id=run.record.submission_id, pipeline_id=run.plan.pipeline_id, state=machine.state,
-        created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(run.plan.labels),
-        nodes=tuple(nodes), counts=counts)
 
 
 __all__ = ["AttemptReport", "Engine"]

@@ -1,4 +1,5 @@
-"""Finished runs kept compact in the registry's memory: the final status and, while kept, output refs."""
+"""Views of runs: the live status from a run's state machine, and finished runs kept compact in the
+registry's memory (the final status and, while kept, output refs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 import ray
 
 from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
-from fabric.record import SubmissionStatus
+from fabric.record import AttemptStatus, NodeStatus, SubmissionStatus
+from fabric.schedule import RunMachine
+from fabric.states import NodeState
 
 # An ObjectRef in its owner: the Python object, the core worker's reference-table entry and a small
 # inlined value. An estimate (C++ memory is not visible to Python), on the generous side.
@@ -59,3 +62,33 @@ def finished_result(submission_id: str, finished: Finished, node_id: str, out: s
         raise NotFoundError(f"node {node_id!r} has no out {name!r}", code=ErrorCode.NOT_FOUND,
                             where=f"{node_id}.{name}", fix=f"outs are: {', '.join(slots)}")
     return values[name]
+
+
+def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
+    """The live status of a run, from its state machine."""
+    plan = machine.plan
+    nodes = []
+    counts: dict[str, int] = {}
+    for node_id in plan.order:
+        node = machine.nodes[node_id]
+        counts[str(node.state)] = counts.get(str(node.state), 0) + 1
+        history = tuple(
+            AttemptStatus(attempt=a.number, started_at=a.started_at, ended_at=a.ended_at,
+                          outcome=str(a.outcome) if a.outcome else None,
+                          worker_started_at=a.report.started_at if a.report else None,
+                          worker_ended_at=a.report.ended_at if a.report else None, error=a.error)
+            for a in node.attempts)
+        last = node.attempts[-1] if node.attempts else None
+        nodes.append(NodeStatus(
+            node_id=node_id, kind=node.plan.kind, state=node.state, attempts=len(node.attempts),
+            queued_at=node.queued_at,
+            started_at=node.attempts[0].started_at if node.attempts else None,
+            ended_at=last.ended_at if last and node.state.terminal else None,
+            progress=node.progress, message=node.message,
+            reason=node.reason if node.state in (NodeState.SKIPPED, NodeState.CANCELLED, NodeState.QUEUED,
+                                                 NodeState.RETRYING, NodeState.TIMED_OUT) else "",
+            error=node.error if not node.state.ok else None, history=history))
+    return SubmissionStatus(
+        submission_id=submission_id, pipeline_id=plan.pipeline_id, state=machine.state,
+        created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(plan.labels),
+        nodes=tuple(nodes), counts=counts)

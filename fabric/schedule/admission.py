@@ -156,7 +156,8 @@ def order(queue: Iterable[Request], now: float, aging_s: float) -> list[Request]
     return sorted(queue, key=lambda r: (-effective(r), r.ready_at, r.key))
 
 
-QuotaCheck = Callable[[Request], str | None]  # a reason to hold it, or None
+# Asked only for a request about to be admitted: book its quota and say None, or say why it must wait.
+QuotaCheck = Callable[[Request], str | None]
 
 
 @dataclass(frozen=True)
@@ -187,10 +188,6 @@ class AdmissionPolicy:
             if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
                 reasons[request.key] = f"pool limit: {request.pool} {in_pool[request.pool]}/{limit.max_concurrency}"
                 continue
-            held = quota(request) if quota is not None else None
-            if held:
-                reasons[request.key] = held
-                continue
             shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb)
             placement = None if shape in no_fit else cluster.fit(request)
             if placement is None:
@@ -200,6 +197,10 @@ class AdmissionPolicy:
                 head, start, _ = reservation
                 reasons[request.key] = (f"reservation: would delay {head.key} ({head.priority}), "
                                         f"reserved to start by {start:.0f}")
+                continue
+            held = quota(request) if placement is not None and quota is not None else None
+            if held:
+                reasons[request.key] = held
                 continue
             if placement is not None:
                 cluster.take(request, placement)

@@ -4,6 +4,9 @@ Nodes are dispatched *eagerly*: a node is handed to the executor as soon as ever
 been dispatched, wired to the upstream attempts' future outputs, so Ray resolves the data dependency
 without a round trip through the fabric. A node only counts as RUNNING once its upstreams succeeded;
 results that arrive earlier are buffered, and dispatches wired to a failed attempt are withdrawn.
+
+A *gated* machine (admission on) dispatches nothing by itself: a node that is ready waits QUEUED in
+`waiting()` until the scheduler calls `admit(node_id)`, so priorities and quotas decide what runs.
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ class RunMachine:
     deadlines in a timer index, so a 1,000-node fan-in does not rescan its parents per event.
     """
 
-    def __init__(self, plan: ExecutionPlan, clock: Clock, *, submission_id: str = "") -> None:
+    def __init__(self, plan: ExecutionPlan, clock: Clock, *, submission_id: str = "", gated: bool = False) -> None:
         self.plan = plan
+        self.gated = gated
+        self._waiting: dict[str, None] = {}  # gated: QUEUED nodes not yet admitted, in the order they got ready
         self.submission_id = submission_id
         self._clock = clock
         self._tokens = itertools.count(1)
@@ -116,12 +121,13 @@ class RunMachine:
     @classmethod
     def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
                 states: Mapping[str, NodeState],
-                history: Mapping[str, Sequence[tuple[float, float | None, str | None]]]) -> RunMachine:
+                history: Mapping[str, Sequence[tuple[float, float | None, str | None]]],
+                gated: bool = False) -> RunMachine:
         """A machine resuming a submission from its record. Terminal nodes stay as they ended (a SUCCEEDED
         node gets a token: its outputs come back from the artifact store, see `restored_tokens`); every
         other node starts over as PENDING. `history` is each node's attempts as (started, ended, outcome);
         an attempt that never ended was interrupted and is not charged to the retry budget."""
-        machine = cls(plan, clock, submission_id=submission_id)
+        machine = cls(plan, clock, submission_id=submission_id, gated=gated)
         machine.created_at = created_at
         machine.deadline = created_at + plan.max_runtime if plan.max_runtime else None
         for node_id, node in machine.nodes.items():
@@ -162,6 +168,25 @@ class RunMachine:
 
     def is_current(self, node_id: str, token: int) -> bool:
         return self.nodes[node_id].token == token
+
+    def waiting(self) -> list[str]:
+        """Gated: the nodes that are ready and wait for admission, oldest first."""
+        return list(self._waiting)
+
+    def note_waiting(self, node_id: str, reason: str) -> None:
+        """Gated: why a waiting node waits (the scheduler's words, shown in its status)."""
+        if node_id in self._waiting:
+            self.nodes[node_id].reason = reason
+
+    def admit(self, node_id: str) -> list[Action]:
+        """Gated: release a waiting node to run now. Anything else (it was cancelled meanwhile) is a no-op."""
+        node = self.nodes[node_id]
+        if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
+            return []
+        del self._waiting[node_id]
+        action = self._dispatch(node)
+        self._run(node)
+        return [action]
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -228,6 +253,10 @@ class RunMachine:
                 self.nodes[child].ok_upstream += 1
         if target is NodeState.QUEUED:
             node.queued_at = now
+            if self.gated:
+                self._waiting[node.plan.node_id] = None
+        else:
+            self._waiting.pop(node.plan.node_id, None)
         if target.terminal:
             self._terminal += 1
             if not target.ok:  # a successful attempt keeps its token: downstream reads its outputs
@@ -325,14 +354,14 @@ class RunMachine:
             upstream_ok = node.ok_upstream == len(node.plan.upstream)
             if node.state is NodeState.PENDING and upstream_ok:
                 self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
-            if node.state is NodeState.QUEUED:
+            if node.state is NodeState.QUEUED and not self.gated:
                 if node.token is None:
                     actions.append(self._dispatch(node))
                 self._run(node)
             if node.state is NodeState.RUNNING and node.buffered is not None:
                 outcome, node.buffered = node.buffered, None
                 self._finish_attempt(node, outcome)
-            if (node.state is NodeState.PENDING and node.token is None
+            if (not self.gated and node.state is NodeState.PENDING and node.token is None
                     and node.dispatched_upstream == len(node.plan.upstream)):
                 actions.append(self._dispatch(node))
             if (node.state, node.token) != before:

@@ -1,0 +1,196 @@
+"""Admission for the engine: the ready nodes of every run wait here, the pure policy decides what goes
+to Ray and where, team quota ledgers are charged, and held demand is shown to the Ray autoscaler.
+
+On when `$FABRIC_HOME/scheduling.yaml` (or `$FABRIC_SCHEDULING`) exists, or with FABRIC_ADMISSION=1:
+
+    aging_s: 1800                      # a priority step up per this many seconds waited
+    default_estimate_s: 3600           # EASY backfill's run time for nodes with no max_runtime
+    pools: {backtest: {max_concurrency: 20}, agents: {max_concurrency: 12}}
+    quotas: {research: {cpu: 64, gpu: 8, gpu_hours_per_day: 24, burst_gpu: 2, burst_gpu_hours_per_day: 4}}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from fabric.errors import ErrorCode, FabricError
+from fabric.plan import NodePlan
+from fabric.schedule.admission import (
+    AdmissionPolicy,
+    Cluster,
+    Decision,
+    Gpu,
+    Node,
+    Placement,
+    PoolLimit,
+    Request,
+    Running,
+)
+from fabric.schedule.quota import Budget, QuotaLedger
+from fabric.schedule.run import RunMachine
+
+log = logging.getLogger(__name__)
+
+CLUSTER_REFRESH_S = 2.0
+DEFAULT_GPU_MEM_GB = 80.0
+
+
+@dataclass(frozen=True)
+class SchedulingConfig:
+    aging_s: float = 1800.0
+    default_estimate_s: float = 3600.0
+    pools: dict[str, PoolLimit] | None = None
+    quotas: dict[str, Budget] | None = None
+
+
+def load_config(home: str) -> SchedulingConfig | None:
+    """The scheduling config, or None when admission is off."""
+    path = Path(os.environ.get("FABRIC_SCHEDULING") or Path(home) / "scheduling.yaml")
+    if not path.exists():
+        return SchedulingConfig() if os.environ.get("FABRIC_ADMISSION") == "1" else None
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return SchedulingConfig(
+            aging_s=float(raw.get("aging_s", 1800.0)),
+            default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
+            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()},
+            quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise FabricError(f"the scheduling config {path} is invalid: {exc}", code=ErrorCode.SPEC_FIELD,
+                          where=str(path), fix="see the format in docs/scheduling.md") from exc
+
+
+class Scheduler:
+    def __init__(self, config: SchedulingConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._policy = AdmissionPolicy(config.pools, config.aging_s)
+        self._clock = clock
+        self._ledgers = {team: QuotaLedger(team, budget, clock) for team, budget in (config.quotas or {}).items()}
+        self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
+        self._nodes: list[Node] = []
+        self._nodes_at = -math.inf
+        self._demand: list[dict[str, float]] | None = None
+        self.last: Decision | None = None
+
+    def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
+        unit = plan.unit
+        gpus = max(unit.num_gpus, 1.0)
+        return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
+                       float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
+                       plan.max_runtime or self.config.default_estimate_s)
+
+    def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
+        """One round over every run's waiting nodes: (submission, node, placement) to release now. The
+        others are told why they wait and where they are in the queue (shown in their status)."""
+        queue, where = [], {}
+        for submission_id, machine, team in runs:
+            for node_id in machine.waiting():
+                key = f"{submission_id}/{node_id}"
+                node = machine.nodes[node_id]
+                queue.append(self.request(key, node.plan, team, node.queued_at))
+                where[key] = (submission_id, machine, node_id)
+        if not queue and not self._booked and not self._demand:
+            return []
+        decision = self.decide(queue)
+        for key, waiting in decision.waiting.items():
+            _, machine, node_id = where[key]
+            machine.note_waiting(node_id, f"queue #{waiting.position}: {waiting.reason}")
+        return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
+
+    def on_transitions(self, submission_id: str, transitions: Iterable[Any]) -> None:
+        """An attempt that left RUNNING no longer holds its booking (capacity and quota)."""
+        for t in transitions:
+            if t.node_id is not None and t.source == "RUNNING":
+                self.release(f"{submission_id}/{t.node_id}")
+
+    def decide(self, queue: list[Request]) -> Decision:
+        """What to admit now; the admitted are booked (capacity and quota) until `release`."""
+        now = self._clock()
+        cluster = self._cluster()
+        running = [Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool)
+                   for key, (r, p, started) in self._booked.items()]
+        decision = self._policy.decide(now, queue, cluster, running, self._quota)
+        for request, placement in decision.admit:
+            self._booked[request.key] = (request, placement, now)
+        self._show_demand([r for r in queue if r.key in decision.waiting
+                           and decision.waiting[r.key].reason.startswith("no capacity")])
+        self.last = decision
+        return decision
+
+    def release(self, key: str) -> None:
+        booked = self._booked.pop(key, None)
+        if booked is not None and booked[0].team in self._ledgers:
+            self._ledgers[booked[0].team].stop(key)
+
+    def booked_keys(self) -> list[str]:
+        return list(self._booked)
+
+    def quotas(self) -> list[dict[str, Any]]:
+        return [ledger.snapshot() for ledger in self._ledgers.values()]
+
+    def _quota(self, request: Request) -> str | None:
+        ledger = self._ledgers.get(request.team)
+        if ledger is None:
+            return None
+        reason = ledger.check(request)
+        if reason is None:
+            ledger.start(request)  # booked now: the next request in this decision sees it
+        return reason
+
+    def _cluster(self) -> Cluster:
+        """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end."""
+        now = time.monotonic()
+        if now - self._nodes_at > CLUSTER_REFRESH_S:
+            self._nodes, self._nodes_at = ray_nodes(), now
+        cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool)
+                           for n in self._nodes])
+        for request, placement, _ in self._booked.values():
+            if placement.node_id in cluster.nodes:
+                cluster.take(request, placement)
+        return cluster
+
+    def _show_demand(self, held: list[Request]) -> None:
+        """Work held for lack of capacity is not in Ray yet: ask the autoscaler for it (a `ray up` or
+        KubeRay cluster grows for the fabric's queue), and withdraw the ask once nothing is held."""
+        bundles = [_bundle(r) for r in held[:1000]]
+        if bundles == self._demand:
+            return
+        self._demand = bundles
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+        except Exception:  # noqa: BLE001 - no autoscaler here: nothing to tell
+            log.debug("request_resources failed", exc_info=True)
+
+
+def _bundle(request: Request) -> dict[str, float]:
+    bundle = {"CPU": request.cpu, "GPU": request.gpu, **({f"pool:{request.pool}": 0.001} if request.pool else {})}
+    return {key: value for key, value in bundle.items() if value > 0}
+
+
+def ray_nodes() -> list[Node]:
+    nodes = []
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        total = info.get("Resources", {})
+        gpus = int(math.floor(total.get("GPU", 0.0) + 1e-9))
+        memory = total.get("gpu_mem_gb", DEFAULT_GPU_MEM_GB * gpus) / gpus if gpus else 0.0
+        pools = [key.split(":", 1)[1] for key in total if key.startswith("pool:")]
+        nodes.append(Node(info["NodeID"], total.get("CPU", 0.0), [Gpu(i, 1.0, memory) for i in range(gpus)],
+                          pools[0] if pools else None))
+    return nodes
+
+
+__all__ = ["Scheduler", "SchedulingConfig", "load_config", "ray_nodes"]

@@ -1,0 +1,83 @@
+"""Admission on a real local Ray with 4 fake GPUs: priorities, backfill around a reservation, team
+quotas, the wait reason in status, and placement on the node the policy chose."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+SCHEDULING = """
+aging_s: 3600
+quotas:
+  research: {gpu: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def fabric_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("fabric-home")
+    (home / "scheduling.yaml").write_text(SCHEDULING)  # read by the registry when it starts: admission on
+    return home
+
+
+def gpu_dag(name: str, gpu: float, seconds: float, priority: str = "normal", max_runtime: str | None = None) -> dict:
+    node = {"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:sleeper", "params": {"seconds": seconds},
+            "resources": {"cpu": "100m", "gpu": gpu}}
+    if max_runtime:
+        node["slo"] = {"max_runtime": max_runtime}
+    return {"version": 1, "pipeline_id": name, "slo": {"priority": priority}, "nodes": [node]}
+
+
+def started(submission) -> float:
+    return submission.wait(60).node("work").started_at
+
+
+def wait_running(submission, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while submission.status().node("work").state != "RUNNING":
+        assert time.monotonic() < deadline, submission.status().node("work")
+        time.sleep(0.1)
+
+
+def test_higher_priority_goes_first_when_capacity_frees(client):
+    hog = client.submit(gpu_dag("hog", 4, 3))
+    wait_running(hog)
+    low = client.submit(gpu_dag("low", 4, 0.5, "low"))
+    time.sleep(0.3)
+    high = client.submit(gpu_dag("high", 4, 0.5, "high"))
+    time.sleep(0.5)
+    waiting = low.status().node("work")
+    assert waiting.state == "QUEUED" and waiting.reason.startswith("queue #2: no capacity")
+    assert started(high) < started(low), "high priority must start before low, though it came later"
+    assert hog.wait(30).state == "SUCCEEDED"
+
+
+def test_a_small_node_backfills_around_a_reserved_big_one_without_delaying_it(client):
+    hog = client.submit(gpu_dag("hog", 2, 3, max_runtime="8s"))
+    wait_running(hog)
+    big = client.submit(gpu_dag("big", 4, 0.5))
+    time.sleep(0.5)
+    assert "reserved to start by" in big.status().node("work").reason
+    short = client.submit(gpu_dag("short", 0.25, 0.2, max_runtime="4s"))
+    long = client.submit(gpu_dag("long", 0.25, 8, max_runtime="20s"))
+    assert short.wait(30).state == "SUCCEEDED"  # fits now and ends before the reservation: it backfills
+    assert started(short) < started(big)
+    assert "would delay" in long.status().node("work").reason or started(long) >= started(big)
+    assert big.wait(30).state == "SUCCEEDED"
+    long.cancel()
+
+
+def test_a_team_over_its_gpu_budget_waits_with_the_reason(client):
+    research = client.for_team("research")
+    first = research.submit(gpu_dag("first", 1, 2))
+    wait_running(first)
+    second = research.submit(gpu_dag("second", 1, 0.2))
+    time.sleep(0.5)
+    node = second.status().node("work")
+    assert node.state == "QUEUED" and node.reason.endswith("quota: team research gpu 1/1 in use")
+    other = client.for_team("trading").submit(gpu_dag("other", 1, 0.2))  # another team is not held
+    assert other.wait(30).state == "SUCCEEDED"
+    assert started(second) >= first.wait(30).node("work").ended_at - 0.5
