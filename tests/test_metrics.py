@@ -42,7 +42,11 @@ def test_a_retried_gpu_node_gives_waits_run_times_gpu_seconds_and_retries():
     assert metrics.value("fabric_queue_wait_seconds", pool="gpu-spot", priority="normal") == 2  # observations
     assert metrics.value("fabric_nodes_finished_total", kind="python_task", state="SUCCEEDED") == 1
     assert metrics.value("fabric_submissions_finished_total", team="research", state="SUCCEEDED") == 1
-    assert ("fabric_gpus_allocated", 0.0, {"team": "research"}) in calls  # gauges mirror their level
+    assert calls == []  # nothing reaches the sink on the per-node path ...
+    metrics.flush()  # ... but on a flush: one call per changed series, gauges at their level
+    assert ("fabric_gpus_allocated", 0.0, {"team": "research"}) in calls
+    assert ("fabric_gpu_seconds_total", 12.0, {"team": "research"}) in calls
+    assert sum(1 for name, _, _ in calls if name == "fabric_queue_wait_seconds") == 2  # every sample
 
     families = {f.name: f for f in text_string_to_metric_families(metrics.render())}
     waits = {s.labels.get("le"): s.value for s in families["fabric_queue_wait_seconds"].samples

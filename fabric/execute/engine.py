@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_GRACE_S = 3.0  # cooperative cancel (KeyboardInterrupt) before the worker is killed
 MAX_WAKEUP_S = 0.5
+METRICS_FLUSH_S = 1.0
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Engine:
         self._clock = clock
         self._backend = RayBackend()
         self.metrics = ray_metrics()
+        self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -267,6 +269,9 @@ class Engine:
                     except Exception:  # noqa: BLE001 - the store failing must not stop the engine
                         log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
                 self._due_force_kills()
+            if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
+                self._metrics_at = time.monotonic()
+                self.metrics.flush()  # to Ray's metrics agent, which exports every 10 s anyway
 
     def _fail_run(self, message: tuple[Any, ...]) -> list[str]:
         """An engine error on a submission: log it, cancel the submission's work, say why."""

@@ -57,6 +57,10 @@ class FabricMetrics:
     def __init__(self, sink: Sink | None = None) -> None:
         self._sink = sink
         self._lock = threading.Lock()
+        # What the sink has not seen yet, merged: counters summed, gauges at their last level, histogram
+        # samples kept. `flush()` hands it over (the engine does, off the per-node path).
+        self._unsent: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._unsent_samples: list[tuple[str, float, tuple[tuple[str, str], ...]]] = []
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
         self._queued: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
@@ -109,7 +113,8 @@ class FabricMetrics:
         key = (name, tuple(sorted(tags.items())))
         self._values[key] = self._values.get(key, 0.0) + delta
         if self._sink is not None:
-            self._sink(name, self._values[key] if CATALOGUE[name].kind == "gauge" else delta, tags)
+            gauge = CATALOGUE[name].kind == "gauge"
+            self._unsent[key] = self._values[key] if gauge else self._unsent.get(key, 0.0) + delta
 
     def _observe(self, name: str, value: float, **tags: str) -> None:
         key = (name, tuple(sorted(tags.items())))
@@ -120,7 +125,19 @@ class FabricMetrics:
         counts[-2] += 1
         counts[-1] += value
         if self._sink is not None:
-            self._sink(name, value, tags)
+            self._unsent_samples.append((name, value, key[1]))
+
+    def flush(self) -> None:
+        """Hand everything new to the sink: one call per changed series, one per histogram sample."""
+        if self._sink is None:
+            return
+        with self._lock:
+            unsent, self._unsent = self._unsent, {}
+            samples, self._unsent_samples = self._unsent_samples, []
+        for (name, tags), value in unsent.items():
+            self._sink(name, value, dict(tags))
+        for name, value, tags in samples:
+            self._sink(name, value, dict(tags))
 
     def value(self, name: str, **tags: str) -> float:
         with self._lock:
