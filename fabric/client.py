@@ -193,6 +193,10 @@ class Client:
         """The Ray nodes: resources, pools, load, busy or idle."""
         return _call(self._registry.workers, retry_for=self._retry_for)
 
+    def queues(self) -> dict[str, Any]:
+        """Admission's queue (this team's nodes when the client is team-scoped) and the budgets."""
+        return _call(self._registry.queues, self.team, retry_for=self._retry_for)
+
     def metrics_text(self) -> str:
         """fabric's metrics (queues, waits, run times, GPUs per team, retries…) as Prometheus text."""
         return _call(self._registry.metrics_text, retry_for=self._retry_for)

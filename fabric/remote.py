@@ -129,6 +129,9 @@ class HttpClient:
     def workers(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/orch/workers")["workers"]
 
+    def queues(self) -> dict[str, Any]:
+        return {**self._request("GET", "/api/orch/queues"), **self._request("GET", "/api/orch/quotas")}
+
     def ping(self) -> bool:
         try:
             return self._request("GET", "/healthz", retry=False).get("registry") == "ok"

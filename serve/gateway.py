@@ -201,6 +201,23 @@ class Gateway:
         self._who(request)
         return {"workers": self._client.workers()}
 
+    @api.get("/api/orch/queues")
+    def queues(self, request: Request) -> dict[str, Any]:
+        """Nodes waiting for admission (this team's), why and where, and the depth per pool/priority."""
+        view = self._queues(request)
+        return {"admission": view["admission"], "queue": view["queue"], "depth": view["depth"]}
+
+    @api.get("/api/orch/quotas")
+    def quotas(self, request: Request) -> dict[str, Any]:
+        """The teams' budgets and use today (an admin token sees every team)."""
+        view = self._queues(request)
+        return {"admission": view["admission"], "quotas": view["quotas"]}
+
+    def _queues(self, request: Request) -> dict[str, Any]:
+        principal = self._who(request)
+        client = self._client if principal.admin else self._client.for_team(principal.team)
+        return client.queues()
+
     @api.get("/api/orch/submissions")
     def submissions(self, request: Request, state: str | None = None,
                     label: Annotated[list[str] | None, Query(description="k:v, repeatable")] = None,

@@ -78,6 +78,11 @@ def test_a_team_over_its_gpu_budget_waits_with_the_reason(client):
     time.sleep(0.5)
     node = second.status().node("work")
     assert node.state == "QUEUED" and node.reason.endswith("quota: team research gpu 1/1 in use")
+    view = research.queues()  # what GET /api/orch/queues and /quotas show the team
+    assert view["admission"] and [(i["submission_id"], i["node_id"]) for i in view["queue"]] == [(second.id, "work")]
+    assert view["queue"][0]["reason"] == "quota: team research gpu 1/1 in use"
+    assert [(q["team"], q["gpu_in_use"], q["gpu_budget"]) for q in view["quotas"]] == [("research", 1.0, 1)]
+    assert client.for_team("trading").queues()["queue"] == []  # another team does not see research's nodes
     other = client.for_team("trading").submit(gpu_dag("other", 1, 0.2))  # another team is not held
     assert other.wait(30).state == "SUCCEEDED"
     assert started(second) >= first.wait(30).node("work").ended_at - 0.5

@@ -77,6 +77,13 @@ def test_health_metrics_and_openapi(gateway):
     assert "fabric_gateway_requests_total" in http.get("/metrics").text
 
 
+def test_queues_and_quotas_routes_answer_even_with_admission_off(gateway):
+    http, research, *_ = gateway
+    assert http.get("/api/orch/queues", headers=research).json() == {"admission": False, "queue": [], "depth": {}}
+    assert http.get("/api/orch/quotas", headers=research).json() == {"admission": False, "quotas": []}
+    assert http.get("/api/orch/quotas").status_code == 401
+
+
 def test_workers_shows_the_ray_nodes_busy_or_idle(gateway):
     http, research, *_ = gateway
     assert http.get("/api/orch/workers").status_code == 401

@@ -137,6 +137,19 @@ class Registry:
         return {"waited_s": round(time.monotonic() - started, 3), "finished": [s for s in running if s not in still],
                 "still_running": still, "admission": "closed"}
 
+    def queues(self, team: str | None = None) -> dict[str, Any]:
+        """Nodes waiting for admission, with position and reason, and the teams' budgets. A team sees its
+        own nodes (positions are in the whole queue) and, per pool and priority, how many wait in all."""
+        view = self._engine.queues()
+        depth: dict[str, int] = {}
+        for item in view["queue"]:
+            label = f"{item['pool'] or 'default'}/{item['priority']}"
+            depth[label] = depth.get(label, 0) + 1
+        if team is not None:
+            view["queue"] = [i for i in view["queue"] if i["team"] == team]
+            view["quotas"] = [q for q in view["quotas"] if q["team"] == team]
+        return {**view, "depth": depth}
+
     def metrics_text(self) -> str:
         """fabric's metrics as Prometheus text (the gateway's /metrics; Ray's agent exports them too)."""
         return self._engine.metrics.render()

@@ -156,6 +156,13 @@ class Engine:
         return {"running": live, "finished": len(finished), "finished_with_results": len(with_results),
                 "finished_bytes": sum(f.nbytes() for f in finished)}
 
+    def queues(self) -> dict[str, Any]:
+        """Admission's queue and the teams' budgets (empty when admission is off)."""
+        with self._lock:
+            if self._scheduler is None:
+                return {"admission": False, "queue": [], "quotas": []}
+            return {"admission": True, "queue": list(self._scheduler.queue), "quotas": self._scheduler.quotas()}
+
     def has(self, submission_id: str) -> bool:
         return submission_id in self._runs or submission_id in self._finished
 

@@ -81,6 +81,7 @@ class Scheduler:
         self._nodes_at = -math.inf
         self._demand: list[dict[str, float]] | None = None
         self.last: Decision | None = None
+        self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last round, in queue order
 
     def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
         unit = plan.unit
@@ -102,9 +103,16 @@ class Scheduler:
         if not queue and not self._booked and not self._demand:
             return []
         decision = self.decide(queue)
+        now = self._clock()
+        requests = {r.key: r for r in queue}
+        self.queue = []
         for key, waiting in decision.waiting.items():
-            _, machine, node_id = where[key]
+            submission_id, machine, node_id = where[key]
             machine.note_waiting(node_id, f"queue #{waiting.position}: {waiting.reason}")
+            r = requests[key]
+            self.queue.append({"position": waiting.position, "submission_id": submission_id, "node_id": node_id,
+                               "team": r.team, "priority": r.priority, "pool": r.pool, "gpu": r.gpu, "cpu": r.cpu,
+                               "waiting_s": round(now - r.ready_at, 3), "reason": waiting.reason})
         return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
 
     def on_transitions(self, submission_id: str, transitions: Iterable[Any]) -> None:
