@@ -32,12 +32,15 @@ class NodeContext:
     logger: logging.Logger
     progress_sink: ProgressSink | None = None
     cancel_probe: CancelProbe | None = None
+    stop_probe: CancelProbe | None = None  # is this attempt being stopped (preempted, or cancelled)?
     preempt_handlers: list[Callable[[], None]] = field(default_factory=list)
     min_progress_interval_s: float = 0.5
     last_progress: tuple[float, str] | None = None
     _last_sent_at: float = 0.0
     _cancel_flag: threading.Event = field(default_factory=threading.Event)
     _cancel_checked_at: float = 0.0
+    _watching: bool = False
+    _handlers_ran: bool = False
 
     @property
     def artifact_dir(self) -> Path:
@@ -68,8 +71,30 @@ class NodeContext:
         return self._cancel_flag.is_set()
 
     def on_preempt(self, handler: Callable[[], None]) -> None:
-        """Register a callback run before the node is preempted (e.g. to write a checkpoint)."""
+        """Register a callback run when this attempt is being stopped (preempted or cancelled), before it
+        is killed: e.g. to write a checkpoint. It runs in a watcher thread, within the grace period
+        (3 s) the fabric gives an attempt before it kills it."""
         self.preempt_handlers.append(handler)
+        if self.stop_probe is not None and not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, name="fabric-preempt-watch", daemon=True).start()
+
+    def run_preempt_handlers(self) -> None:
+        """Run the registered handlers once (later calls do nothing)."""
+        if self._handlers_ran:
+            return
+        self._handlers_ran = True
+        for handler in self.preempt_handlers:
+            try:
+                handler()
+            except Exception:  # noqa: BLE001 - a failing checkpoint must not stop the others
+                self.logger.exception("an on_preempt handler failed")
+
+    def _watch(self, interval_s: float = 0.5) -> None:
+        while not self._handlers_ran:
+            time.sleep(interval_s)
+            if self.stop_probe is not None and self.stop_probe():
+                self.run_preempt_handlers()
 
 
 _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("fabric_node_context",

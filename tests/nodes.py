@@ -116,3 +116,12 @@ def counted(marker_dir: str, name: str, seconds: float = 0.0, **inputs: object) 
     _mark(marker_dir, name)
     time.sleep(seconds)
     return f"{name}({','.join(sorted(str(v) for v in inputs.values()))})"
+
+
+def checkpointing_sleeper(seconds: float, marker_dir: str) -> str:
+    """Sleeps; when interrupted (preempted), writes a checkpoint marker first through on_preempt."""
+    ctx = context()
+    attempt = _mark(marker_dir, "start")
+    ctx.on_preempt(lambda: _mark(marker_dir, "checkpoint"))
+    time.sleep(seconds)
+    return f"done on start {attempt}"

@@ -11,6 +11,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
 SCHEDULING = """
 aging_s: 3600
+preempt_after_s: 1
 quotas:
   research: {gpu: 1}
 """
@@ -86,3 +87,21 @@ def test_a_team_over_its_gpu_budget_waits_with_the_reason(client):
     other = client.for_team("trading").submit(gpu_dag("other", 1, 0.2))  # another team is not held
     assert other.wait(30).state == "SUCCEEDED"
     assert started(second) >= first.wait(30).node("work").ended_at - 0.5
+
+
+def test_critical_work_preempts_low_spot_work_which_checkpoints_and_runs_again(client, tmp_path):
+    victim_spec = {"version": 1, "pipeline_id": "spot", "slo": {"priority": "low", "qos": "spot_ok",
+                                                                 "retry": {"max_attempts": 1}},
+                   "nodes": [{"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:checkpointing_sleeper",
+                              "params": {"seconds": 4, "marker_dir": str(tmp_path)},
+                              "resources": {"cpu": "100m", "gpu": 4}}]}
+    victim = client.submit(victim_spec)
+    wait_running(victim)
+    urgent = client.submit(gpu_dag("urgent", 4, 0.3, "critical"))
+    status = urgent.wait(30)
+    assert status.state == "SUCCEEDED"
+    assert (tmp_path / "checkpoint.1").exists(), "on_preempt ran before the attempt stopped"
+    done = victim.wait(60)
+    node = done.node("work")
+    assert done.state == "SUCCEEDED" and node.attempts == 2  # max_attempts 1: a preemption is not a failure
+    assert node.history[0].outcome == "QUEUED" and node.history[0].ended_at <= status.node("work").started_at + 1

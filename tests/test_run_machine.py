@@ -382,3 +382,20 @@ def test_a_gated_retry_waits_for_admission_again_and_cancel_empties_the_queue():
     run.m.cancel()
     assert run.m.waiting() == [] and run.m.admit("a") == []
     run.assert_legal()
+
+
+def test_preemption_requeues_without_charging_the_retry_budget():
+    plan = _plan([("a", {"retry": {"max_attempts": 1}})])
+    run = Run(plan)
+    run.m = RunMachine(plan, lambda: run.now, submission_id="s", gated=True)
+    run.start()
+    run._feed(run.m.admit("a"))
+    token = run.tokens["a"]
+    actions = run.m.preempt("a", "preempted for s2/b (critical)")
+    assert actions == [Kill("a", token, "preempted")]
+    assert run.states()["a"] is N.QUEUED and run.m.waiting() == ["a"]
+    assert run.ok("a", token) == []  # the stopped attempt's late result is ignored
+    run._feed(run.m.admit("a"))  # max_attempts 1, yet it runs again: a preemption is not a failure
+    run.ok("a")
+    assert run.m.state is S.SUCCEEDED and len(run.m.nodes["a"].attempts) == 2
+    run.assert_legal()

@@ -254,6 +254,9 @@ class Registry:
     def is_cancelled(self, submission_id: str) -> bool:
         return self._engine.is_cancelled(submission_id)
 
+    def is_stopping(self, submission_id: str, node_id: str, attempt: int) -> bool:
+        return self._engine.is_stopping(submission_id, node_id, attempt)
+
     def report_progress(self, submission_id: str, node_id: str, attempt: int, fraction: float,
                         message: str) -> None:
         self._engine.report_progress(submission_id, node_id, attempt, fraction, message)

@@ -19,9 +19,9 @@ from typing import Any
 
 import ray
 
-from fabric.errors import ErrorCode, NodeFailedError, NotFoundError
+from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
-from fabric.execute.finished import Finished, finished_result, status_of
+from fabric.execute.finished import Finished, finished_result, live_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs
 from fabric.execute.scheduler import Scheduler, load_config
@@ -73,6 +73,7 @@ class Engine:
         self._runs: dict[str, _Run] = {}
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._force_kills: list[tuple[float, AttemptHandle]] = []
+        self._stopping: set[tuple[str, str, int]] = set()  # preempted attempts in their grace period
         # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
         # the object store, the newest FABRIC_KEEP_FINISHED with their status; older ones are read from
         # the store.
@@ -166,6 +167,10 @@ class Engine:
     def has(self, submission_id: str) -> bool:
         return submission_id in self._runs or submission_id in self._finished
 
+    def is_stopping(self, submission_id: str, node_id: str, attempt: int) -> bool:
+        """Is this attempt being stopped (its submission cancelled, or it preempted)?"""
+        return self.is_cancelled(submission_id) or (submission_id, node_id, attempt) in self._stopping
+
     def is_cancelled(self, submission_id: str) -> bool:
         run = self._runs.get(submission_id)
         return bool(run and run.cancel_requested)
@@ -205,26 +210,7 @@ class Engine:
         if isinstance(run, Finished):
             return finished_result(submission_id, run, node_id, out)
         with self._lock:
-            node = run.machine.nodes.get(node_id)
-            if node is None:
-                raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
-                                    code=ErrorCode.NOT_FOUND, where=node_id,
-                                    fix=f"nodes are: {', '.join(run.plan.order)}")
-            slots = node.plan.result_slots
-            name = out or slots[0]
-            if out is None and len(slots) > 1:
-                raise NotFoundError(f"node {node_id!r} has several outs {list(slots)}; name one",
-                                    code=ErrorCode.NOT_FOUND, where=node_id, fix="pass out=...")
-            if name not in slots:
-                raise NotFoundError(f"node {node_id!r} has no out {name!r}", code=ErrorCode.NOT_FOUND,
-                                    where=f"{node_id}.{name}", fix=f"outs are: {', '.join(slots)}")
-            if not node.state.ok or node.token is None:
-                code = ErrorCode.NOT_FINISHED if not node.state.terminal else ErrorCode.NODE_FAILED
-                raise NodeFailedError(f"node {node_id!r} is {node.state}, it has no result",
-                                      code=code, where=node_id,
-                                      fix="wait for the submission" if code is ErrorCode.NOT_FINISHED
-                                      else f"see `fabric logs {submission_id} --node {node_id}`")
-            return run.handles[(node_id, node.token)].values[name]
+            return live_result(submission_id, run.machine, run.handles, node_id, out)
 
     def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
         run = self._lookup(submission_id)
@@ -324,7 +310,10 @@ class Engine:
         for sid, node_id, placement in admitted:
             run = self._runs[sid]
             self._perform(run, run.machine.admit(node_id), placement.node_id)
-        return {sid for sid, _, _ in admitted}
+        preempted = [(sid, node_id, why) for sid, node_id, why in self._scheduler.victims() if sid in self._runs]
+        for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
+            self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
+        return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
     def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
         sid = run.record.submission_id
@@ -333,6 +322,8 @@ class Engine:
                 handle = run.handles.get((action.node_id, action.token))
                 if handle is not None:
                     force = action.reason == "max_runtime exceeded"
+                    if action.reason == "preempted":
+                        self._stopping.add((sid, action.node_id, handle.attempt))
                     self._backend.cancel(handle, force=force)
                     if not force:
                         self._force_kills.append((self._clock() + CANCEL_GRACE_S, handle))
@@ -388,6 +379,7 @@ class Engine:
         status = json.dumps(status_of(run.machine, run.record.submission_id).to_dict(), separators=(",", ":")).encode()
         self._finished[sid] = Finished(status, results)
         del self._runs[sid]
+        self._stopping = {key for key in self._stopping if key[0] != sid}
         if len(self._finished) > self._keep_results:
             older = list(self._finished)[-self._keep_results - 1] if self._keep_results else sid
             if self._finished[older].results is not None:  # release its outputs to the object store

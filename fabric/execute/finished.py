@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -92,3 +94,28 @@ def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
         submission_id=submission_id, pipeline_id=plan.pipeline_id, state=machine.state,
         created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(plan.labels),
         nodes=tuple(nodes), counts=counts)
+
+
+def live_result(submission_id: str, machine: RunMachine, handles: Mapping[tuple[str, int], Any], node_id: str,
+                out: str | None) -> Any:
+    """The ObjectRef of a live run's node output, or why there is none."""
+    node = machine.nodes.get(node_id)
+    if node is None:
+        raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
+                            code=ErrorCode.NOT_FOUND, where=node_id,
+                            fix=f"nodes are: {', '.join(machine.plan.order)}")
+    slots = node.plan.result_slots
+    name = out or slots[0]
+    if out is None and len(slots) > 1:
+        raise NotFoundError(f"node {node_id!r} has several outs {list(slots)}; name one",
+                            code=ErrorCode.NOT_FOUND, where=node_id, fix="pass out=...")
+    if name not in slots:
+        raise NotFoundError(f"node {node_id!r} has no out {name!r}", code=ErrorCode.NOT_FOUND,
+                            where=f"{node_id}.{name}", fix=f"outs are: {', '.join(slots)}")
+    if not node.state.ok or node.token is None:
+        code = ErrorCode.NOT_FINISHED if not node.state.terminal else ErrorCode.NODE_FAILED
+        raise NodeFailedError(f"node {node_id!r} is {node.state}, it has no result",
+                              code=code, where=node_id,
+                              fix="wait for the submission" if code is ErrorCode.NOT_FINISHED
+                              else f"see `fabric logs {submission_id} --node {node_id}`")
+    return handles[(node_id, node.token)].values[name]

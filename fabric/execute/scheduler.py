@@ -35,6 +35,7 @@ from fabric.schedule.admission import (
     PoolLimit,
     Request,
     Running,
+    choose_victims,
 )
 from fabric.schedule.quota import Budget, QuotaLedger
 from fabric.schedule.run import RunMachine
@@ -51,6 +52,8 @@ class SchedulingConfig:
     default_estimate_s: float = 3600.0
     pools: dict[str, PoolLimit] | None = None
     quotas: dict[str, Budget] | None = None
+    preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
+    preemptible: tuple[str, ...] = ("low", "normal")  # priorities whose spot_ok work may be preempted
 
 
 def load_config(home: str) -> SchedulingConfig | None:
@@ -63,6 +66,8 @@ def load_config(home: str) -> SchedulingConfig | None:
         return SchedulingConfig(
             aging_s=float(raw.get("aging_s", 1800.0)),
             default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
+            preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
+            preemptible=tuple(raw.get("preemptible", ("low", "normal"))),
             pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()},
             quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
@@ -82,13 +87,15 @@ class Scheduler:
         self._demand: list[dict[str, float]] | None = None
         self.last: Decision | None = None
         self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last round, in queue order
+        self._waiting_requests: dict[str, Request] = {}
 
     def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
         unit = plan.unit
         gpus = max(unit.num_gpus, 1.0)
+        preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
         return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
-                       plan.max_runtime or self.config.default_estimate_s)
+                       plan.max_runtime or self.config.default_estimate_s, preemptible)
 
     def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
         """One round over every run's waiting nodes: (submission, node, placement) to release now. The
@@ -104,7 +111,7 @@ class Scheduler:
             return []
         decision = self.decide(queue)
         now = self._clock()
-        requests = {r.key: r for r in queue}
+        requests = self._waiting_requests = {r.key: r for r in queue}
         self.queue = []
         for key, waiting in decision.waiting.items():
             submission_id, machine, node_id = where[key]
@@ -125,8 +132,7 @@ class Scheduler:
         """What to admit now; the admitted are booked (capacity and quota) until `release`."""
         now = self._clock()
         cluster = self._cluster()
-        running = [Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool)
-                   for key, (r, p, started) in self._booked.items()]
+        running = self._running()
         decision = self._policy.decide(now, queue, cluster, running, self._quota)
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
@@ -134,6 +140,25 @@ class Scheduler:
                            and decision.waiting[r.key].reason.startswith("no capacity")])
         self.last = decision
         return decision
+
+    def _running(self) -> list[Running]:
+        return [Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool,
+                        r.preemptible) for key, (r, p, started) in self._booked.items()]
+
+    def victims(self) -> list[tuple[str, str, str]]:
+        """Running work to preempt for the most urgent node that has waited past `preempt_after_s` for
+        capacity: (submission, node, reason), the fewest GPU-seconds lost."""
+        now = self._clock()
+        for item in self.queue:
+            urgent = item["priority"] in ("high", "critical") and item["waiting_s"] >= self.config.preempt_after_s
+            if not urgent or not item["reason"].startswith("no capacity"):
+                continue
+            request = self._waiting_requests[f"{item['submission_id']}/{item['node_id']}"]
+            chosen = choose_victims(request, self._cluster(), self._running(), now)
+            if chosen:
+                why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
+                return [(*victim.key.split("/", 1), why) for victim in chosen]  # type: ignore[misc]
+        return []
 
     def release(self, key: str) -> None:
         booked = self._booked.pop(key, None)

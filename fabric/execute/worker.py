@@ -73,7 +73,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     ctx = NodeContext(submission_id=call.submission_id, node_id=call.node_id, attempt=call.attempt,
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
                       logger=_node_logger(), progress_sink=_progress_sink(call),
-                      cancel_probe=_cancel_probe(call))
+                      cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buffer
@@ -92,6 +92,9 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                 by_slot = dict(zip(call.result_slots, values, strict=True))
                 persist_outputs(call.artifacts, call.submission_id, call.node_id,
                                 {name: by_slot[name] for name in call.persist})
+    except KeyboardInterrupt:  # an interrupt from Ray's cancel: let the node checkpoint first
+        ctx.run_preempt_handlers()
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure of user code becomes a NodeFailure
         report = _report(call, buffer, ctx, started)
         tb = "".join(traceback.format_exception(exc)).splitlines()[-TRACEBACK_LINES:]
@@ -166,6 +169,22 @@ def _progress_sink(call: NodeCall) -> Any:
             pass
 
     return send
+
+
+def _stop_probe(call: NodeCall) -> Any:
+    if call.control is None:
+        return None
+
+    def probe() -> bool:
+        import ray
+
+        try:
+            stopping = _registry(call).is_stopping.remote(call.submission_id, call.node_id, call.attempt)
+            return bool(ray.get(stopping, timeout=5))
+        except Exception:  # noqa: BLE001
+            return False
+
+    return probe
 
 
 def _cancel_probe(call: NodeCall) -> Any:

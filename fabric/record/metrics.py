@@ -31,6 +31,7 @@ CATALOGUE: dict[str, MetricSpec] = {
     "fabric_cpu_seconds_total": MetricSpec("counter", "CPU-seconds reserved by attempts", ("team",)),
     "fabric_node_retries_total": MetricSpec("counter", "attempts that failed and will be retried", ("pool",)),
     "fabric_nodes_finished_total": MetricSpec("counter", "nodes that ended, by their end state", ("kind", "state")),
+    "fabric_preemptions_total": MetricSpec("counter", "running attempts stopped and requeued", ("pool",)),
     "fabric_cache_hits_total": MetricSpec("counter", "nodes whose outputs were reused (CACHED)", ("kind",)),
     "fabric_submissions_finished_total": MetricSpec("counter", "submissions that ended", ("team", "state")),
 }
@@ -93,6 +94,8 @@ class FabricMetrics:
                 self._add("fabric_gpus_allocated", -node.unit.num_gpus, team=team)
                 self._add("fabric_gpu_seconds_total", node.unit.num_gpus * took, team=team)
             self._add("fabric_cpu_seconds_total", node.unit.num_cpus * took, team=team)
+        if t.source == NodeState.RUNNING and t.target == NodeState.QUEUED:
+            self._add("fabric_preemptions_total", 1, pool=pool)
         if t.target == NodeState.QUEUED:
             labels = {"pool": pool, "priority": priority}
             self._queued[key] = (t.at, labels)

@@ -30,6 +30,7 @@ class Request:
     gpu_mem_gb: float = 0.0  # per GPU: never two shares on one GPU whose hints exceed its memory
     pool: str | None = None
     estimate_s: float = 3600.0  # the declared max_runtime: EASY backfill's run-time estimate
+    preemptible: bool = False  # may be stopped and requeued for more urgent work once running
 
 
 @dataclass

@@ -173,6 +173,21 @@ class RunMachine:
         """Gated: the nodes that are ready and wait for admission, oldest first."""
         return list(self._waiting)
 
+    def preempt(self, node_id: str, reason: str) -> list[Action]:
+        """Stop a RUNNING attempt to make room for more urgent work and requeue the node. The attempt
+        is not charged to its retry budget."""
+        node = self.nodes[node_id]
+        if node.state is not NodeState.RUNNING or node.token is None or self.done:
+            return []
+        kill = Kill(node_id, node.token, "preempted")
+        attempt = node.attempts[-1]
+        attempt.ended_at, attempt.outcome = self._clock(), NodeState.QUEUED
+        node.uncounted += 1
+        self._set_token(node, None)
+        self._withdraw_descendants(node_id)
+        self._move(node, NodeState.QUEUED, reason)
+        return [kill, *([] if self.gated else self._settle([node_id]))]
+
     def note_waiting(self, node_id: str, reason: str) -> None:
         """Gated: why a waiting node waits (the scheduler's words, shown in its status)."""
         if node_id in self._waiting:
