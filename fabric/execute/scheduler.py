@@ -11,6 +11,7 @@ On when `$FABRIC_HOME/scheduling.yaml` (or `$FABRIC_SCHEDULING`) exists, or with
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import yaml
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.plan import NodePlan
+from fabric.record import Event, Store
 from fabric.schedule.admission import (
     AdmissionPolicy,
     Cluster,
@@ -43,6 +45,7 @@ from fabric.schedule.run import RunMachine
 log = logging.getLogger(__name__)
 
 CLUSTER_REFRESH_S = 2.0
+QUOTA_PREFIX = "_quota:"  # the store's events under this id keep a team's use of the day
 DEFAULT_GPU_MEM_GB = 80.0
 
 
@@ -75,12 +78,34 @@ def load_config(home: str) -> SchedulingConfig | None:
                           where=str(path), fix="see the format in docs/scheduling.md") from exc
 
 
+class StoreQuotaJournal:
+    """Each team's charged use of the day, as events under `_quota:<team>` in the store (appended when
+    an attempt stops; the last one counts), so a restarted registry does not hand out a spent budget."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self, team: str) -> dict[str, Any] | None:
+        events = self._store.events(f"{QUOTA_PREFIX}{team}")
+        return json.loads(events[-1].reason) if events else None
+
+    def save(self, team: str, state: dict[str, Any]) -> None:
+        self._store.append_events([Event(f"{QUOTA_PREFIX}{team}", None, "usage", "usage", time.time(),
+                                         reason=json.dumps(state))])
+
+
 class Scheduler:
-    def __init__(self, config: SchedulingConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: SchedulingConfig, clock: Callable[[], float] = time.time, *,
+                 nodes: Callable[[], list[Node]] | None = None, journal: StoreQuotaJournal | None = None) -> None:
         self.config = config
         self._policy = AdmissionPolicy(config.pools, config.aging_s)
         self._clock = clock
+        self._list_nodes = nodes or ray_nodes
+        self._journal = journal
         self._ledgers = {team: QuotaLedger(team, budget, clock) for team, budget in (config.quotas or {}).items()}
+        for team, ledger in self._ledgers.items():
+            if journal is not None:
+                ledger.restore(journal.load(team))
         self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
         self._nodes: list[Node] = []
         self._nodes_at = -math.inf
@@ -163,7 +188,10 @@ class Scheduler:
     def release(self, key: str) -> None:
         booked = self._booked.pop(key, None)
         if booked is not None and booked[0].team in self._ledgers:
-            self._ledgers[booked[0].team].stop(key)
+            ledger = self._ledgers[booked[0].team]
+            ledger.stop(key)
+            if self._journal is not None:
+                self._journal.save(ledger.team, ledger.usage_state())
 
     def booked_keys(self) -> list[str]:
         return list(self._booked)
@@ -184,7 +212,7 @@ class Scheduler:
         """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end."""
         now = time.monotonic()
         if now - self._nodes_at > CLUSTER_REFRESH_S:
-            self._nodes, self._nodes_at = ray_nodes(), now
+            self._nodes, self._nodes_at = self._list_nodes(), now
         cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool)
                            for n in self._nodes])
         for request, placement, _ in self._booked.values():

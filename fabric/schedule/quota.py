@@ -99,6 +99,19 @@ class QuotaLedger:
             self._usage.cpu -= booked[0]
             self._usage.gpu -= booked[1]
 
+    def usage_state(self) -> dict[str, float | str]:
+        """Today's charged use, to keep in the store: a restarted registry resumes the day's count."""
+        self.accrue()
+        usage = self._usage
+        return {"day": usage.day.isoformat(), "gpu_seconds": usage.gpu_seconds,
+                "burst_gpu_seconds": usage.burst_gpu_seconds}
+
+    def restore(self, state: dict[str, float | str] | None) -> None:
+        """Take back today's use from `usage_state()` (another day's is ignored: that budget is spent)."""
+        if state and state.get("day") == self._usage.day.isoformat():
+            self._usage.gpu_seconds = float(state.get("gpu_seconds", 0.0))
+            self._usage.burst_gpu_seconds = float(state.get("burst_gpu_seconds", 0.0))
+
     def snapshot(self) -> dict[str, float | str | None]:
         self.accrue()
         budget, usage = self.budget, self._usage

@@ -1,0 +1,76 @@
+"""The engine's Scheduler without Ray: real gated RunMachines, an injected cluster and clock, a real
+store. Budgets hold under many interleaved admissions, and a team's day of use survives a restart."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fabric.execute.scheduler import Scheduler, SchedulingConfig, StoreQuotaJournal
+from fabric.plan import compile_plan
+from fabric.record import MemoryStore
+from fabric.schedule.admission import Gpu, Node
+from fabric.schedule.quota import Budget
+from fabric.schedule.run import RunMachine
+from fabric.spec import load_spec
+from fabric.types import AttemptReport
+
+pytestmark = pytest.mark.timeout(60)
+
+DAY = 1_764_000_000.0  # 2025-11-24 16:00 UTC
+
+
+def one_gpu_run(submission_id: str, clock) -> RunMachine:
+    spec = load_spec({"version": 1, "pipeline_id": "p", "nodes": [
+        {"id": "work", "kind": "python_task", "entrypoint": "m:f", "resources": {"cpu": 1, "gpu": 1}}]})
+    machine = RunMachine(compile_plan(spec), clock, submission_id=submission_id, gated=True)
+    machine.start()
+    return machine
+
+
+def cluster() -> list[Node]:
+    return [Node(f"n{i}", 16.0, [Gpu(g, 1.0, 80.0) for g in range(4)]) for i in range(4)]
+
+
+def test_many_interleaved_admissions_never_exceed_a_teams_budget():
+    now = [DAY]
+    config = SchedulingConfig(quotas={"research": Budget(gpu=3)})
+    scheduler = Scheduler(config, lambda: now[0], nodes=cluster)
+    rng = random.Random(3)
+    runs = {f"s{i}": (one_gpu_run(f"s{i}", lambda: now[0]), rng.choice(["research", "trading"])) for i in range(120)}
+    running: list[str] = []
+    peak = 0
+    for _ in range(400):
+        for sid, node_id, _placement in scheduler.admit((sid, m, team) for sid, (m, team) in runs.items()):
+            runs[sid][0].admit(node_id)
+            running.append(sid)
+        in_use = sum(1 for sid in running if runs[sid][1] == "research")
+        peak = max(peak, in_use)
+        assert in_use <= 3, "the research budget was exceeded"
+        assert scheduler.quotas()[0]["gpu_in_use"] == in_use  # the ledger agrees with what runs
+        for sid in rng.sample(running, k=min(len(running), rng.randint(0, 3))):  # some attempts end
+            machine = runs[sid][0]
+            machine.on_result("work", machine.nodes["work"].token, AttemptReport())
+            scheduler.on_transitions(sid, machine.drain_transitions())
+            running.remove(sid)
+        now[0] += 1.0
+    assert peak == 3 and all(m.done for m, _ in runs.values())  # the budget was used, and everything ran
+
+
+def test_a_teams_use_of_the_day_survives_a_restart_but_not_midnight():
+    store, now = MemoryStore(), [DAY]
+    config = SchedulingConfig(quotas={"research": Budget(gpu=4, gpu_hours_per_day=1.5)})
+    first = Scheduler(config, lambda: now[0], nodes=cluster, journal=StoreQuotaJournal(store))
+    machine = one_gpu_run("s1", lambda: now[0])
+    [(sid, node_id, _)] = first.admit([("s1", machine, "research")])
+    machine.admit(node_id)
+    now[0] += 3600  # one GPU-hour
+    machine.on_result("work", machine.nodes["work"].token, AttemptReport())
+    first.on_transitions("s1", machine.drain_transitions())
+
+    restarted = Scheduler(config, lambda: now[0], nodes=cluster, journal=StoreQuotaJournal(store))
+    assert restarted.quotas()[0]["gpu_hours_today"] == pytest.approx(1.0)
+    now[0] += 8 * 3600  # the next UTC day
+    assert Scheduler(config, lambda: now[0], nodes=cluster,
+                     journal=StoreQuotaJournal(store)).quotas()[0]["gpu_hours_today"] == 0.0
