@@ -144,3 +144,14 @@ def test_quota_is_booked_as_the_policy_admits_so_one_round_never_overshoots():
                                             req("c", gpu=1, ready_at=2, team="trading")], cluster, [], quota)
     assert sorted(r.key for r, _ in decision.admit) == ["a", "c"]
     assert decision.waiting["b"].reason == "quota: team research gpu 1/1 in use"
+
+
+def test_on_demand_work_never_lands_on_spot_and_spot_ok_work_prefers_it():
+    cluster = Cluster([Node("od", 8, [], None, spot=False), Node("spot", 8, [], None, spot=True)])
+    decision = AdmissionPolicy().decide(0, [req("batch", spot_ok=True, ready_at=0), req("api", ready_at=1)],
+                                        cluster, [])
+    placed = {r.key: p.node_id for r, p in decision.admit}
+    assert placed == {"batch": "spot", "api": "od"}
+    full = Cluster([Node("spot", 8, [], None, spot=True)])
+    decision = AdmissionPolicy().decide(0, [req("api")], full, [])
+    assert decision.admit == () and decision.waiting["api"].reason.startswith("no capacity")

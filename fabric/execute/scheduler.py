@@ -120,7 +120,7 @@ class Scheduler:
         preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
         return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
-                       plan.max_runtime or self.config.default_estimate_s, preemptible)
+                       plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok")
 
     def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
         """One round over every run's waiting nodes: (submission, node, placement) to release now. The
@@ -213,8 +213,8 @@ class Scheduler:
         now = time.monotonic()
         if now - self._nodes_at > CLUSTER_REFRESH_S:
             self._nodes, self._nodes_at = self._list_nodes(), now
-        cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool)
-                           for n in self._nodes])
+        cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool,
+                                n.spot) for n in self._nodes])
         for request, placement, _ in self._booked.values():
             if placement.node_id in cluster.nodes:
                 cluster.take(request, placement)
@@ -249,8 +249,11 @@ def ray_nodes() -> list[Node]:
         gpus = int(math.floor(total.get("GPU", 0.0) + 1e-9))
         memory = total.get("gpu_mem_gb", DEFAULT_GPU_MEM_GB * gpus) / gpus if gpus else 0.0
         pools = [key.split(":", 1)[1] for key in total if key.startswith("pool:")]
-        nodes.append(Node(info["NodeID"], total.get("CPU", 0.0), [Gpu(i, 1.0, memory) for i in range(gpus)],
-                          pools[0] if pools else None))
+        pool = pools[0] if pools else None
+        # Spot capacity advertises the resource `spot` (cluster.yaml, k8s/) or sits in a pool named *-spot.
+        spot = total.get("spot", 0.0) > 0 or bool(pool and pool.endswith("-spot"))
+        nodes.append(Node(info["NodeID"], total.get("CPU", 0.0), [Gpu(i, 1.0, memory) for i in range(gpus)], pool,
+                          spot))
     return nodes
 
 

@@ -31,6 +31,7 @@ class Request:
     pool: str | None = None
     estimate_s: float = 3600.0  # the declared max_runtime: EASY backfill's run-time estimate
     preemptible: bool = False  # may be stopped and requeued for more urgent work once running
+    spot_ok: bool = False  # qos spot_ok: may run on spot capacity, and prefers it; otherwise never there
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Node:
     cpu_free: float
     gpus: list[Gpu] = field(default_factory=list)
     pool: str | None = None
+    spot: bool = False  # preemptible capacity (a spot pool)
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,16 @@ class Cluster:
         for node in self.nodes.values():
             if (request.pool is not None and node.pool != request.pool) or node.cpu_free + EPSILON < request.cpu:
                 continue
+            if node.spot and not request.spot_ok:  # on_demand work never lands on spot capacity
+                continue
             found = _fit_on(node, request)
-            if found is not None and (best is None or found[0] < best[0]):
-                best = found
-                if found[0][0] <= EPSILON:  # nothing fits tighter than a perfect fit
+            if found is None:
+                continue
+            # spot_ok batch work prefers spot nodes, keeping on-demand capacity for latency-bound work
+            score = (float(request.spot_ok and not node.spot), *found[0])
+            if best is None or score < best[0]:
+                best = (score, found[1])
+                if score[0] == 0 and found[0][0] <= EPSILON:  # nothing fits tighter than a perfect fit
                     break
         return best[1] if best else None
 
