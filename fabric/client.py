@@ -143,8 +143,10 @@ class Client:
     async def submit_async(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
                            runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
         """`submit()` for code that runs in an event loop."""
-        reply = await _acall(self._registry.submit, *self._submit_args(spec, runtime_params),
-                             retry_for=self._retry_for)
+        # YAML text (up to 1 MiB at the gateway) is parsed off the event loop: other requests go on meanwhile.
+        args = (await asyncio.to_thread(self._submit_args, spec, runtime_params) if isinstance(spec, str | bytes)
+                else self._submit_args(spec, runtime_params))
+        reply = await _acall(self._registry.submit, *args, retry_for=self._retry_for)
         return Submission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
 
     def _submit_args(self, spec: Any, runtime_params: RuntimeParams | Mapping[str, Any] | None) -> tuple[Any, ...]:

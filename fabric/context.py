@@ -41,6 +41,8 @@ class NodeContext:
     _cancel_checked_at: float = 0.0
     _watching: bool = False
     _handlers_ran: bool = False
+    _handlers_lock: threading.Lock = field(default_factory=threading.Lock)
+    _finished: threading.Event = field(default_factory=threading.Event)
 
     @property
     def artifact_dir(self) -> Path:
@@ -81,20 +83,25 @@ class NodeContext:
 
     def run_preempt_handlers(self) -> None:
         """Run the registered handlers once (later calls do nothing)."""
-        if self._handlers_ran:
-            return
-        self._handlers_ran = True
-        for handler in self.preempt_handlers:
-            try:
-                handler()
-            except Exception:  # noqa: BLE001 - a failing checkpoint must not stop the others
-                self.logger.exception("an on_preempt handler failed")
+        with self._handlers_lock:  # the interrupt path waits for handlers the watcher has begun
+            if self._handlers_ran:
+                return
+            self._handlers_ran = True
+            for handler in self.preempt_handlers:
+                try:
+                    handler()
+                except Exception:  # noqa: BLE001 - a failing checkpoint must not stop the others
+                    self.logger.exception("an on_preempt handler failed")
+
+    def finish(self) -> None:
+        """The attempt is over: the watcher stops (a reused worker keeps no thread of it)."""
+        self._finished.set()
 
     def _watch(self, interval_s: float = 0.5) -> None:
-        while not self._handlers_ran:
-            time.sleep(interval_s)
+        while not self._finished.wait(interval_s):
             if self.stop_probe is not None and self.stop_probe():
                 self.run_preempt_handlers()
+                return
 
 
 _current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("fabric_node_context",

@@ -155,3 +155,26 @@ def test_on_demand_work_never_lands_on_spot_and_spot_ok_work_prefers_it():
     full = Cluster([Node("spot", 8, [], None, spot=True)])
     decision = AdmissionPolicy().decide(0, [req("api")], full, [])
     assert decision.admit == () and decision.waiting["api"].reason.startswith("no capacity")
+
+
+def test_a_shape_that_cannot_fit_on_demand_still_fits_spot_ok_in_the_same_round():
+    cluster = Cluster([Node("spot", 8, [], None, spot=True)])
+    decision = AdmissionPolicy().decide(0, [req("api", ready_at=0), req("batch", spot_ok=True, ready_at=1)],
+                                        cluster, [])
+    assert [r.key for r, _ in decision.admit] == ["batch"]
+
+
+def test_a_booking_twice_counts_once():
+    ledger = QuotaLedger("research", Budget(gpu=4), clock=lambda: 0.0)
+    job = req("a", gpu=1)
+    ledger.start(job)
+    ledger.start(job)
+    assert ledger.snapshot()["gpu_in_use"] == 1.0
+    ledger.stop("a")
+    assert ledger.snapshot()["gpu_in_use"] == 0.0
+
+
+def test_a_node_that_names_a_spot_pool_runs_there_whatever_its_qos():
+    cluster = Cluster([Node("g", 8, [Gpu(0)], "gpu-spot", spot=True)])
+    decision = AdmissionPolicy().decide(0, [req("train", gpu=1, pool="gpu-spot")], cluster, [])
+    assert [r.key for r, _ in decision.admit] == ["train"]

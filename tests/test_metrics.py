@@ -74,3 +74,4 @@ def test_the_grafana_dashboard_uses_only_exported_metric_names():
     exported = set(CATALOGUE) | {"fabric_gateway_requests_total", "fabric_registry_up"}
     assert names and names <= exported, f"not exported: {names - exported}"
     assert {"fabric_queue_depth", "fabric_queue_wait_seconds", "fabric_gpu_seconds_total"} <= names
+

@@ -59,3 +59,19 @@ def test_replayed_status_matches_the_machine():
     assert status.node("b").error.message == "no column 'px'"
     assert status.node("c").reason.startswith("upstream b")
     assert status.counts == {"SUCCEEDED": 2, "FAILED": 1, "SKIPPED": 1}
+
+
+def test_a_preempted_attempt_replays_as_ended():
+    now = [1000.0]
+    machine = RunMachine(compile_plan(load_spec(SPEC)), lambda: now[0], submission_id="s1", gated=True)
+    machine.start()
+    machine.admit("d")
+    now[0] += 5
+    machine.preempt("d", "preempted for s2/x (critical)")
+    now[0] += 1
+    machine.admit("d")
+    events = [Event("s1", t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
+              for t in machine.drain_transitions()]
+    node = status_from_events(SubmissionRecord("s1", "replay", SPEC, {}, "h", "r", created_at=999.0), events).node("d")
+    assert [(a.started_at, a.ended_at, a.outcome) for a in node.history] == [(1000.0, 1005.0, "QUEUED"),
+                                                                           (1006.0, None, None)]

@@ -74,3 +74,48 @@ def test_a_teams_use_of_the_day_survives_a_restart_but_not_midnight():
     now[0] += 8 * 3600  # the next UTC day
     assert Scheduler(config, lambda: now[0], nodes=cluster,
                      journal=StoreQuotaJournal(store)).quotas()[0]["gpu_hours_today"] == 0.0
+
+
+def spec_run(submission_id: str, clock, *, gpu: float, priority: str = "normal", qos: str | None = None) -> RunMachine:
+    slo = {"priority": priority, **({"qos": qos} if qos else {})}
+    spec = load_spec({"version": 1, "pipeline_id": "p", "slo": slo, "nodes": [
+        {"id": "work", "kind": "python_task", "entrypoint": "m:f", "resources": {"cpu": 1, "gpu": gpu}}]})
+    machine = RunMachine(compile_plan(spec), clock, submission_id=submission_id, gated=True)
+    machine.start()
+    return machine
+
+
+def test_no_preemption_for_a_node_that_its_own_quota_holds():
+    now = [DAY]
+    config = SchedulingConfig(quotas={"a": Budget(gpu=1)}, preempt_after_s=1)
+    one_node = lambda: [Node("n", 16.0, [Gpu(g, 1.0, 80.0) for g in range(4)])]  # noqa: E731
+    scheduler = Scheduler(config, lambda: now[0], nodes=one_node)
+    runs = {"a1": (spec_run("a1", lambda: now[0], gpu=1), "a"),
+            "victim": (spec_run("victim", lambda: now[0], gpu=3, priority="low", qos="spot_ok"), "b")}
+    for sid, node_id, _ in scheduler.admit((sid, m, t) for sid, (m, t) in runs.items()):
+        runs[sid][0].admit(node_id)
+    runs["urgent"] = (spec_run("urgent", lambda: now[0], gpu=1, priority="critical"), "a")
+    for _ in range(5):
+        now[0] += 2
+        assert scheduler.admit((sid, m, t) for sid, (m, t) in runs.items()) == []
+        assert scheduler.victims() == [], "freeing GPUs cannot help a node its own quota holds"
+
+
+def test_a_booking_on_a_vanished_node_does_not_break_a_round(monkeypatch):
+    import fabric.execute.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "CLUSTER_REFRESH_S", 0.0)
+    now = [DAY]
+    nodes = [[Node("a", 16.0, [Gpu(0, 1.0, 80.0)]), Node("b", 16.0, [Gpu(0, 1.0, 80.0)])]]
+    scheduler = Scheduler(SchedulingConfig(preempt_after_s=0), lambda: now[0], nodes=lambda: nodes[0])
+    runs = {sid: spec_run(sid, lambda: now[0], gpu=1, priority="low", qos="spot_ok") for sid in ("s0", "s1")}
+    placed = {}
+    for sid, node_id, placement in scheduler.admit((sid, m, "t") for sid, m in runs.items()):
+        runs[sid].admit(node_id)
+        placed[sid] = placement.node_id
+    nodes[0] = [n for n in nodes[0] if n.node_id != placed["s1"]]  # reclaimed before s1's failure arrives
+    now[0] += 5
+    runs["s2"] = spec_run("s2", lambda: now[0], gpu=1, priority="critical")
+    assert scheduler.admit((sid, m, "t") for sid, m in runs.items()) == []  # s0 holds the one GPU left
+    assert scheduler.queue[0]["reason"].startswith("no capacity")
+    assert [(sid, node) for sid, node, _ in scheduler.victims()] == [("s0", "work")]  # not the vanished one

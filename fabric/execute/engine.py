@@ -21,7 +21,7 @@ import ray
 
 from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
-from fabric.execute.finished import Finished, finished_result, live_result, status_of
+from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs
 from fabric.execute.scheduler import Scheduler, StoreQuotaJournal, load_config
@@ -151,18 +151,12 @@ class Engine:
     def kept(self) -> dict[str, int]:
         """What the registry holds in memory: live runs, and the finished ones with the bytes they keep."""
         with self._lock:
-            finished = list(self._finished.values())
-            live = len(self._runs)
-        with_results = [f for f in finished if f.results is not None]
-        return {"running": live, "finished": len(finished), "finished_with_results": len(with_results),
-                "finished_bytes": sum(f.nbytes() for f in finished)}
+            return {"running": len(self._runs), **kept_summary(list(self._finished.values()))}
 
     def queues(self) -> dict[str, Any]:
         """Admission's queue and the teams' budgets (empty when admission is off)."""
         with self._lock:
-            if self._scheduler is None:
-                return {"admission": False, "queue": [], "quotas": []}
-            return {"admission": True, "queue": list(self._scheduler.queue), "quotas": self._scheduler.quotas()}
+            return self._scheduler.view() if self._scheduler else {"admission": False, "queue": [], "quotas": []}
 
     def has(self, submission_id: str) -> bool:
         return submission_id in self._runs or submission_id in self._finished
@@ -255,16 +249,25 @@ class Engine:
                     if deadline is not None and deadline <= self._clock():
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
-                touched.update(self._admit())
-                for submission_id in touched:
-                    try:
-                        self._record(self._runs[submission_id])
-                    except Exception:  # noqa: BLE001 - the store failing must not stop the engine
-                        log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
+                # Recorded before admission too: the scheduler frees what ended before it books anew.
+                self._record_all(touched)
+                self._record_all(self._admit())
                 self._due_force_kills()
             if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
                 self._metrics_at = time.monotonic()
-                self.metrics.flush()  # to Ray's metrics agent, which exports every 10 s anyway
+                try:
+                    self.metrics.flush()  # to Ray's metrics agent, which exports every 10 s anyway
+                except Exception:  # noqa: BLE001 - metrics must never stop the work
+                    log.exception("fabric metrics flush failed")
+
+    def _record_all(self, submission_ids: set[str]) -> None:
+        for submission_id in submission_ids:
+            run = self._runs.get(submission_id)
+            try:
+                if run is not None:
+                    self._record(run)
+            except Exception:  # noqa: BLE001 - the store failing must not stop the engine
+                log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
 
     def _fail_run(self, message: tuple[Any, ...]) -> list[str]:
         """An engine error on a submission: log it, cancel the submission's work, say why."""
@@ -306,11 +309,19 @@ class Engine:
     def _admit(self) -> set[str]:
         if self._scheduler is None:
             return set()
-        admitted = self._scheduler.admit((sid, r.machine, r.record.team) for sid, r in self._runs.items())
+        try:
+            admitted = self._scheduler.admit((sid, r.machine, r.record.team) for sid, r in self._runs.items())
+            victims = self._scheduler.victims()
+        except Exception:  # noqa: BLE001 - a failed round is retried next loop; the loop must live
+            log.exception("fabric admission round failed")
+            return set()
         for sid, node_id, placement in admitted:
             run = self._runs[sid]
-            self._perform(run, run.machine.admit(node_id), placement.node_id)
-        preempted = [(sid, node_id, why) for sid, node_id, why in self._scheduler.victims() if sid in self._runs]
+            actions = run.machine.admit(node_id)
+            if not actions:  # it stopped waiting meanwhile: give its booking back
+                self._scheduler.release(f"{sid}/{node_id}")
+            self._perform(run, actions, placement.node_id)
+        preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}

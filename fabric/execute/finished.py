@@ -119,3 +119,9 @@ def live_result(submission_id: str, machine: RunMachine, handles: Mapping[tuple[
                               fix="wait for the submission" if code is ErrorCode.NOT_FINISHED
                               else f"see `fabric logs {submission_id} --node {node_id}`")
     return handles[(node_id, node.token)].values[name]
+
+
+def kept_summary(finished: list[Finished]) -> dict[str, int]:
+    """How many finished runs are kept in memory, how many with outputs, and the bytes they hold."""
+    return {"finished": len(finished), "finished_with_results": sum(f.results is not None for f in finished),
+            "finished_bytes": sum(f.nbytes() for f in finished)}

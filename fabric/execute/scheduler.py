@@ -45,6 +45,7 @@ from fabric.schedule.run import RunMachine
 log = logging.getLogger(__name__)
 
 CLUSTER_REFRESH_S = 2.0
+JOURNAL_EVERY_S = 60.0
 QUOTA_PREFIX = "_quota:"  # the store's events under this id keep a team's use of the day
 DEFAULT_GPU_MEM_GB = 80.0
 
@@ -113,6 +114,7 @@ class Scheduler:
         self.last: Decision | None = None
         self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last round, in queue order
         self._waiting_requests: dict[str, Request] = {}
+        self._saved_at: dict[str, float] = {}
 
     def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
         unit = plan.unit
@@ -133,6 +135,7 @@ class Scheduler:
                 queue.append(self.request(key, node.plan, team, node.queued_at))
                 where[key] = (submission_id, machine, node_id)
         if not queue and not self._booked and not self._demand:
+            self.queue, self._waiting_requests = [], {}
             return []
         decision = self.decide(queue)
         now = self._clock()
@@ -157,7 +160,7 @@ class Scheduler:
         """What to admit now; the admitted are booked (capacity and quota) until `release`."""
         now = self._clock()
         cluster = self._cluster()
-        running = self._running()
+        running = [r for r in self._running() if r.placement.node_id in cluster.nodes]  # a vanished node's go
         decision = self._policy.decide(now, queue, cluster, running, self._quota)
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
@@ -179,7 +182,13 @@ class Scheduler:
             if not urgent or not item["reason"].startswith("no capacity"):
                 continue
             request = self._waiting_requests[f"{item['submission_id']}/{item['node_id']}"]
-            chosen = choose_victims(request, self._cluster(), self._running(), now)
+            ledger = self._ledgers.get(request.team)
+            if ledger is not None and ledger.check(request):  # its own quota holds it: freeing room won't help
+                continue
+            cluster = self._cluster()
+            # Work admitted this very round has lost nothing yet, but stopping it gains nothing either.
+            running = [r for r in self._running() if r.placement.node_id in cluster.nodes and r.started_at < now]
+            chosen = choose_victims(request, cluster, running, now)
             if chosen:
                 why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
                 return [(*victim.key.split("/", 1), why) for victim in chosen]  # type: ignore[misc]
@@ -190,11 +199,25 @@ class Scheduler:
         if booked is not None and booked[0].team in self._ledgers:
             ledger = self._ledgers[booked[0].team]
             ledger.stop(key)
-            if self._journal is not None:
-                self._journal.save(ledger.team, ledger.usage_state())
+            self._save_usage(ledger)
+
+    def _save_usage(self, ledger: QuotaLedger) -> None:
+        """At most once a minute per team (the journal is append-only): a crash loses at most a minute
+        of charged use."""
+        now = self._clock()
+        if self._journal is None or now - self._saved_at.get(ledger.team, -math.inf) < JOURNAL_EVERY_S:
+            return
+        self._saved_at[ledger.team] = now
+        try:
+            self._journal.save(ledger.team, ledger.usage_state())
+        except Exception:  # noqa: BLE001 - the store's own error surfaces on the next durable write
+            log.exception("could not save the quota use of %s", ledger.team)
 
     def booked_keys(self) -> list[str]:
         return list(self._booked)
+
+    def view(self) -> dict[str, Any]:
+        return {"admission": True, "queue": list(self.queue), "quotas": self.quotas()}
 
     def quotas(self) -> list[dict[str, Any]]:
         return [ledger.snapshot() for ledger in self._ledgers.values()]

@@ -101,6 +101,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
         error = ErrorInfo(type(exc).__name__, str(exc), "\n".join(tb))
         raise NodeFailure(call.node_id, call.attempt, error, report) from None
     finally:
+        ctx.finish()
         sys.stdout, sys.stderr = saved_streams
         _capture.reset(capture_token)
     # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.

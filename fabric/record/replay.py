@@ -30,6 +30,8 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
         node["state"], node["reason"] = target, event.reason
         if target is NodeState.QUEUED:
             node["queued_at"] = event.at
+            if event.source == NodeState.RUNNING and node["attempts"] and node["attempts"][-1]["ended_at"] is None:
+                node["attempts"][-1]["ended_at"], node["attempts"][-1]["outcome"] = event.at, str(target)  # preempted
         elif target is NodeState.RUNNING:
             node["attempts"].append({"started_at": event.at, "ended_at": None, "outcome": None, "error": None})
         elif node["attempts"] and node["attempts"][-1]["ended_at"] is None and target is not NodeState.SKIPPED:

@@ -97,8 +97,8 @@ class Cluster:
         for node in self.nodes.values():
             if (request.pool is not None and node.pool != request.pool) or node.cpu_free + EPSILON < request.cpu:
                 continue
-            if node.spot and not request.spot_ok:  # on_demand work never lands on spot capacity
-                continue
+            if node.spot and not request.spot_ok and request.pool is None:
+                continue  # on_demand work never lands on spot capacity, unless it names a spot pool itself
             found = _fit_on(node, request)
             if found is None:
                 continue
@@ -118,7 +118,9 @@ class Cluster:
             node.gpus[index].free_mem_gb -= memory
 
     def give(self, cpu: float, placement: Placement) -> None:
-        node = self.nodes[placement.node_id]
+        node = self.nodes.get(placement.node_id)
+        if node is None:  # the node is gone (a spot reclaim): nothing comes back
+            return
         node.cpu_free += cpu
         for index, fraction, memory in placement.gpu_shares:
             node.gpus[index].free += fraction
@@ -189,15 +191,15 @@ class AdmissionPolicy:
         reasons: dict[str, str] = {}
         reservation: tuple[Request, float, Cluster] | None = None  # the head, its start, the cluster then
         # The cluster only fills up while deciding: a shape that did not fit will not fit later in this call.
-        no_fit: set[tuple[str | None, float, float, float]] = set()
-        ever: dict[tuple[str | None, float, float, float], bool] = {}
+        no_fit: set[tuple[str | None, float, float, float, bool]] = set()
+        ever: dict[tuple[str | None, float, float, float, bool], bool] = {}
         empty: Cluster | None = None
         for request in order(queue, now, self.aging_s):
             limit = self.pools.get(request.pool or "")
             if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
                 reasons[request.key] = f"pool limit: {request.pool} {in_pool[request.pool]}/{limit.max_concurrency}"
                 continue
-            shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb)
+            shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb, request.spot_ok)
             placement = None if shape in no_fit else cluster.fit(request)
             if placement is None:
                 no_fit.add(shape)

@@ -85,6 +85,8 @@ class QuotaLedger:
                 and usage.burst_gpu_seconds / 3600 < budget.burst_gpu_hours_per_day)
 
     def start(self, request: Request) -> None:
+        if request.key in self._usage.running:  # booked twice would count its GPUs twice, for good
+            self.stop(request.key)
         now = self._clock()
         self.accrue(now)
         burst = self.budget.gpu is not None and self._usage.gpu + request.gpu > self.budget.gpu + 1e-9

@@ -320,7 +320,7 @@ class RunMachine:
         self._withdraw_descendants(node.plan.node_id)
         if len(node.attempts) - node.uncounted < node.plan.retry.max_attempts:
             attempt.outcome = NodeState.RETRYING
-            delay = node.plan.retry.delay_after(len(node.attempts))
+            delay = node.plan.retry.delay_after(len(node.attempts) - node.uncounted)
             node.retry_at = now + delay
             cause = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else "failed"
             self._move(node, NodeState.RETRYING, f"attempt {attempt.number} {cause[:300]}; retry in {delay:g}s")
