@@ -15,6 +15,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.errors import ErrorCode, FabricError
 from fabric.record import SubmissionStatus
+from fabric.retry import backoff
 from fabric.spec import DagSpec, RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
@@ -33,39 +34,38 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0,
     While the registry restarts, calls are retried with backoff. Every registry method is safe to
     repeat: reads are reads, and a submit always carries its idempotency key (see Client.submit).
     """
-    deadline = time.monotonic() + retry_for
-    delay = 0.1
+    delays = backoff(retry_for)
     while True:
         try:
             return ray.get(method.remote(*args), timeout=timeout)
         except RayTaskError as exc:
-            if isinstance(exc.cause, FabricError):
-                raise exc.cause from None
-            raise
+            raise _unwrapped(exc) from None
         except (ActorUnavailableError, ActorDiedError):
-            if time.monotonic() + delay > deadline:
+            delay = next(delays, None)
+            if delay is None:
                 raise
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 async def _acall(method: Any, *args: Any, timeout: float = 60.0,
                  retry_for: float = REGISTRY_RESTART_WAIT_S) -> Any:
     """`_call` for event loops (the gateway): awaits the registry instead of blocking a thread."""
-    deadline = time.monotonic() + retry_for
-    delay = 0.1
+    delays = backoff(retry_for)
     while True:
         try:
             return await asyncio.wait_for(method.remote(*args), timeout)
         except RayTaskError as exc:
-            if isinstance(exc.cause, FabricError):
-                raise exc.cause from None
-            raise
+            raise _unwrapped(exc) from None
         except (ActorUnavailableError, ActorDiedError):
-            if time.monotonic() + delay > deadline:
+            delay = next(delays, None)
+            if delay is None:
                 raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+
+def _unwrapped(exc: RayTaskError) -> BaseException:
+    """A FabricError raised in the registry, as itself; anything else as Ray reported it."""
+    return exc.cause if isinstance(exc.cause, FabricError) else exc
 
 
 class Submission:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
 from fabric.record import SubmissionStatus
+from fabric.retry import backoff
 from fabric.spec import DagSpec, RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
@@ -154,8 +155,7 @@ class HttpClient:
             headers["Content-Type"] = "application/json"
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        deadline = time.monotonic() + (RETRY_FOR_S if retry else 0.0)
-        delay = 0.2
+        delays = backoff(RETRY_FOR_S if retry else 0.0, first=0.2)
         while True:
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
@@ -163,19 +163,18 @@ class HttpClient:
                     return json.loads(response.read() or b"null")
             except urllib.error.HTTPError as exc:
                 payload = exc.read()
-                if exc.code == 503 and _retryable(payload) and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise _error(exc.code, payload, url) from None
+                delay = next(delays, None) if exc.code == 503 and _retryable(payload) else None
+                if delay is None:
+                    raise _error(exc.code, payload, url) from None
+                time.sleep(delay)
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                if time.monotonic() + delay >= deadline:
+                delay = next(delays, None)
+                if delay is None:
                     raise FabricError(f"cannot reach the gateway at {self.url}: {getattr(exc, 'reason', exc)}",
                                       code=ErrorCode.GATEWAY_UNREACHABLE, where=self.url,
                                       fix="check the URL and that `fabric up` (or the RayService) is running"
                                       ) from None
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
 
 def _retryable(payload: bytes) -> bool:

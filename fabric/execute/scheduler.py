@@ -177,6 +177,8 @@ class Scheduler:
         """Running work to preempt for the most urgent node that has waited past `preempt_after_s` for
         capacity: (submission, node, reason), the fewest GPU-seconds lost."""
         now = self._clock()
+        cluster: Cluster | None = None
+        running: list[Running] = []
         for item in self.queue:
             urgent = item["priority"] in ("high", "critical") and item["waiting_s"] >= self.config.preempt_after_s
             if not urgent or not item["reason"].startswith("no capacity"):
@@ -185,9 +187,10 @@ class Scheduler:
             ledger = self._ledgers.get(request.team)
             if ledger is not None and ledger.check(request):  # its own quota holds it: freeing room won't help
                 continue
-            cluster = self._cluster()
-            # Work admitted this very round has lost nothing yet, but stopping it gains nothing either.
-            running = [r for r in self._running() if r.placement.node_id in cluster.nodes and r.started_at < now]
+            if cluster is None:
+                cluster = self._cluster()
+                # Work admitted this very round has lost nothing yet, but stopping it gains nothing either.
+                running = [r for r in self._running() if r.placement.node_id in cluster.nodes and r.started_at < now]
             chosen = choose_victims(request, cluster, running, now)
             if chosen:
                 why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
