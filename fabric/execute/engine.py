@@ -29,6 +29,7 @@ from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.schedule.admission import Placement
 from fabric.states import NodeState
 from fabric.types import AttemptReport
 
@@ -320,13 +321,13 @@ class Engine:
             actions = run.machine.admit(node_id)
             if not actions:  # it stopped waiting meanwhile: give its booking back
                 self._scheduler.release(f"{sid}/{node_id}")
-            self._perform(run, actions, placement.node_id)
+            self._perform(run, actions, placement)
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -356,7 +357,7 @@ class Engine:
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, on_node,
+                call, node.unit, inputs, env, placement,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
