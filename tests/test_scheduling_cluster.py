@@ -89,7 +89,10 @@ def test_a_critical_node_preempts_low_spot_work_filling_every_gpu_within_the_thr
     spot = client.submit(dag("spot", [work(f"s{i}", 4, 30.0) for i in range(3)], "low", "spot_ok"))
     wait_for(lambda: all(n.state == "RUNNING" for n in spot.status().nodes), what="spot work on every GPU")
     critical = client.submit(dag("critical", [work("c", 1, 0.1)], "critical"))
-    done = critical.wait(30)
+    try:
+        done = critical.wait(30)
+    except Exception:
+        raise AssertionError((critical.status(), spot.status(), client.queues())) from None
     node = done.node("c")
     assert done.state == "SUCCEEDED"
     assert node.started_at - node.queued_at <= PREEMPT_AFTER_S + 3.0, "it did not start within the threshold"

@@ -141,10 +141,13 @@ class Scheduler:
         unit = plan.unit
         gpus = max(unit.num_gpus, 1.0)
         preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
-        return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
+        # Resources are per worker: a multi-worker node is booked whole (on one node: conservative for SPREAD).
+        return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus * unit.workers,
+                       unit.num_gpus * unit.workers,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
                        plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok",
-                       unit.fallback_cpus, unit.fallback_after_s if unit.fallback_after_s is not None
+                       unit.fallback_cpus * unit.workers if unit.fallback_cpus is not None else None,
+                       unit.fallback_after_s if unit.fallback_after_s is not None
                        else self.config.gpu_fallback_after_s)
 
     def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
