@@ -95,7 +95,7 @@ class TuneKind:
                 last = {k: float(result.metrics[k]) for k in METRICS if k in result.metrics}
                 trials.append({"config": searched, "metrics": last})
                 with mlflow.start_run(run_name=f"{call.node_id}-trial-{index}", nested=True,
-                                      tags={**tracking.run_tags(call), "mlflow.parentRunId": parent.info.run_id}):
+                                      experiment_id=parent.info.experiment_id, tags=tracking.run_tags(call)):
                     tracking.log_params(searched)
                     history = result.metrics_dataframe
                     if history is not None and "epoch" in history:

@@ -54,11 +54,14 @@ def train_worker(config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir")}
+    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "resume_from")}
     kwargs = {"rank": context.get_world_rank(), "world": context.get_world_size(), "report": report,
               "heartbeat_dir": config["heartbeat_dir"], "device": ray.train.torch.get_device(),
               "prepare_model": ray.train.torch.prepare_model if context.get_world_size() > 1 else None}
+    # Ray Train's own checkpoint after an in-run restart (max_failures), else an earlier attempt's newest.
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"])
     if checkpoint is None:
         run_epochs(params, data, resume=None, **kwargs)
         return
@@ -70,7 +73,7 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
         heartbeat_dir: str, progress: Callable[[float, str], None]) -> Fitted:
     """Train through Ray Train's TorchTrainer, resuming from the newest checkpoint of any earlier attempt."""
     import ray
-    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     epochs = int(params["epochs"])
@@ -82,9 +85,9 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
                             placement_strategy=str(params["placement_strategy"]))
     run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
                     failure_config=FailureConfig(max_failures=int(params["max_failures"])))
-    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir}
-    trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run,
-                           resume_from_checkpoint=Checkpoint(previous[0]) if previous else None)
+    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir,
+              "resume_from": previous[0] if previous else None}
+    trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
     watcher = _ProgressWatch(Path(heartbeat_dir) / "train-worker-0.json", epochs, progress)
     try:
         trainer.fit()
