@@ -105,6 +105,8 @@ class TrainKind:
         return driver_only(unit)
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
+        import mlflow
+
         from fabric.context import context
         from fabric.ml import ray_runs, tracking
         from fabric.ml.loop import load_trained
@@ -136,8 +138,6 @@ class TrainKind:
                        "features": data.meta.get("features"), "model_uri": model_uri,
                        "mlflow_run_id": run.info.run_id, "attempt": call.attempt}
             metrics_json = json.dumps(metrics, default=float)
-            import mlflow
-
             mlflow.log_dict(metrics, "metrics.json")
         (ctx.artifact_dir / "metrics.json").write_text(metrics_json)
         ctx.progress(1.0, f"trained {params['epochs']} epochs; {model_uri}")

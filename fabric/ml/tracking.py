@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -53,6 +54,25 @@ def experiment_id(client: Any, name: str, home: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def ensure_store(uri: str) -> Any:
+    """A client of the store; a new SQLite store is created under a file lock, because two nodes that
+    start at once would otherwise both run MLflow's schema migrations on the same file."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return client
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates the schema when it is new
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
 @contextmanager
 def node_run(call: NodeCall, experiment: str | None = None, *, nested_parent: str | None = None
              ) -> Iterator[Any]:
@@ -60,8 +80,9 @@ def node_run(call: NodeCall, experiment: str | None = None, *, nested_parent: st
     when the body raises, so a failed attempt shows as such beside the attempt that succeeded."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(call.home))
-    client = mlflow.MlflowClient()
+    uri = tracking_uri(call.home)
+    mlflow.set_tracking_uri(uri)
+    client = ensure_store(uri)
     exp = experiment_id(client, experiment or call.pipeline_id, call.home)
     with mlflow.start_run(experiment_id=exp, run_name=f"{call.node_id}-{call.submission_id}-a{call.attempt}",
                           tags=run_tags(call)) as run:
