@@ -38,7 +38,7 @@ def worker_resources(unit: ResourceUnit) -> dict[str, float]:
 @dataclass(frozen=True)
 class Fitted:
     checkpoint: str  # the directory of the last epoch's checkpoint
-    resumed_from_epoch: int | None  # the first epoch this attempt trained, when it resumed
+    resumed_from_epoch: int | None  # the first epoch the last worker group trained, when it resumed
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -54,14 +54,15 @@ def train_worker(config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "resume_from")}
+    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "storage")}
     kwargs = {"rank": context.get_world_rank(), "world": context.get_world_size(), "report": report,
               "heartbeat_dir": config["heartbeat_dir"], "device": ray.train.torch.get_device(),
               "prepare_model": ray.train.torch.prepare_model if context.get_world_size() > 1 else None}
-    # Ray Train's own checkpoint after an in-run restart (max_failures), else an earlier attempt's newest.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(config["resume_from"])
+    # The newest checkpoint in storage, of this run or an earlier attempt. Not `ray.train.get_checkpoint()`
+    # after an in-run restart (max_failures): a checkpoint reported just before a worker died is on
+    # storage but may not have reached Ray Train's controller, which then restarts an epoch too early.
+    newest = latest_checkpoint(config["storage"])
+    checkpoint = ray.train.Checkpoint(newest[0]) if newest else None
     if checkpoint is None:
         run_epochs(params, data, resume=None, **kwargs)
         return
@@ -85,8 +86,7 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
                             placement_strategy=str(params["placement_strategy"]))
     run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
                     failure_config=FailureConfig(max_failures=int(params["max_failures"])))
-    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir,
-              "resume_from": previous[0] if previous else None}
+    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir, "storage": storage}
     trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
     watcher = _ProgressWatch(Path(heartbeat_dir) / "train-worker-0.json", epochs, progress)
     try:
@@ -96,7 +96,11 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
     latest = latest_checkpoint(storage)
     if latest is None or latest[1] < epochs - 1:
         raise RuntimeError(f"training ended without a checkpoint of the last epoch under {storage}")
-    return Fitted(latest[0], previous[1] + 1 if previous else None)
+    try:  # where the last worker group started (an in-run restart too), as rank 0 last said
+        resumed = json.loads((Path(heartbeat_dir) / "train-worker-0.json").read_text())["resumed_from"]
+    except (OSError, ValueError, KeyError):  # rank 0 ran on another machine
+        resumed = previous[1] + 1 if previous else None
+    return Fitted(latest[0], resumed)
 
 
 class _ProgressWatch:
