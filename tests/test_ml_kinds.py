@@ -10,7 +10,7 @@ import pytest
 
 from fabric.errors import ErrorCode, SpecError
 from fabric.kinds import available_kinds, kind_checks
-from fabric.kinds.base import NodeCall, driver_unit
+from fabric.kinds.base import NodeCall
 from fabric.ml.space import space_problems
 from fabric.ml.trainers import Prepared, available_trainers, get_trainer, register_trainer
 from fabric.plan import ResourceUnit, compile_plan
@@ -43,12 +43,10 @@ def test_the_designs_ray_job_shape_is_accepted_and_train_is_the_same_kind():
 
 
 def test_bad_ml_params_are_reported_together_with_where_and_a_hint():
-    found = problems({"kind": "train", "params": {"trainer": "bilstm", "epoch": 3, "seq_len": 0, "lr": -1,
-                                                  "placement_strategy": "ANYWHERE"},
+    found = problems({"kind": "train", "params": {"trainer": "bilstm", "epoch": 3, "seq_len": 0, "lr": -1},
                       "outs": ["model", "metrics_json"]})
     wheres = {where for where, _ in found}
-    assert {"nodes[1].params.epoch", "nodes[1].params.lr", "nodes[1].params",
-            "nodes[1].params.placement_strategy", "nodes[1].outs"} <= wheres
+    assert {"nodes[1].params.epoch", "nodes[1].params.lr", "nodes[1].params", "nodes[1].outs"} <= wheres
     assert any("did you mean 'epochs'" in message for _, message in found)
     assert any("seq_len must be a positive integer" in message for _, message in found)
     unknown = problems({"kind": "train", "params": {"trainer": "transformer"}})
@@ -79,18 +77,21 @@ def test_search_spaces_are_checked_at_submit():
     assert problems({"kind": "tune", "outs": ["best_config"]})[0][0] == "nodes[1].params.search_space"
 
 
-def test_train_and_tune_tasks_hold_no_resources_their_workers_do():
-    unit = ResourceUnit(num_cpus=8, num_gpus=1, memory=2**35, custom={"pool:gpu": 0.001, "gpu_mem_gb": 40},
-                        workers=4)
-    for name in ("train", "ray_job", "tune"):
-        driver = driver_unit(available_kinds()[name], unit)
-        assert (driver.num_cpus, driver.num_gpus, driver.memory, dict(driver.custom)) == (0, 0, None,
-                                                                                         {"pool:gpu": 0.001})
-    assert driver_unit(available_kinds()["python_task"], unit) is unit
-    from fabric.ml.ray_runs import worker_resources
+def test_workers_get_the_nodes_resources_or_the_cpu_fallback():
+    from dataclasses import replace
 
-    assert worker_resources(unit) == {"CPU": 8, "GPU": 1, "memory": float(2**35), "pool:gpu": 0.001,
-                                      "gpu_mem_gb": 40}
+    from fabric.ml.ray_runs import worker_resources, worker_unit
+
+    unit = ResourceUnit(num_cpus=8, num_gpus=1, memory=2**35, custom={"pool:gpu": 0.001, "gpu_mem_gb": 40},
+                        workers=4, placement="SPREAD", fallback_cpus=2.0, fallback_after_s=60)
+    call = NodeCall("s", "p", "n", 1, "train", None, {}, (), ("model_uri",), ("model_uri",), "/h", unit=unit,
+                    device="gpu")
+    assert worker_resources(worker_unit(call)) == {"CPU": 8, "GPU": 1, "memory": float(2**35), "pool:gpu": 0.001,
+                                                   "gpu_mem_gb": 40}
+    on_cpu = worker_unit(replace(call, device="cpu"))
+    assert worker_resources(on_cpu) == {"CPU": 2.0, "memory": float(2**35), "pool:gpu": 0.001}
+    assert (on_cpu.workers, on_cpu.placement) == (4, "SPREAD")
+    assert worker_unit(replace(call, unit=None)) == ResourceUnit()
 
 
 class _Linear:

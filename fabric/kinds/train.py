@@ -10,12 +10,10 @@ from typing import Any
 
 from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
-from fabric.plan.model import ResourceUnit
 from fabric.spec import NodeSpec
 
-TRAIN_KEYS = frozenset({"trainer", "experiment", "registered_model", "placement_strategy", "max_failures"})
+TRAIN_KEYS = frozenset({"trainer", "experiment", "registered_model", "max_failures"})
 TRAIN_OUTS = ("model_uri", "metrics_json")
-PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 ML_PACKAGES = ("torch", "mlflow")
 
 
@@ -79,30 +77,22 @@ def outputs(call: NodeCall, values: Mapping[str, Any]) -> Any:
 
 
 class TrainKind:
-    """`resources` are per training worker and `resources.workers` their number (default 1); the node's
-    own task only drives them. Params: `trainer` (default bilstm), the loop's (epochs, lr, batch_size,
-    weight_decay, seed), the trainer's, and `experiment`, `registered_model`, `placement_strategy`,
-    `max_failures` (Ray Train's in-run restarts; the fabric's retries resume from checkpoints too)."""
+    """`resources` are per training worker, `resources.workers` their number (default 1) and
+    `resources.placement` their placement strategy (PACK); the node's own task only drives them (the
+    backend gives kinds that place their own workers a task that holds nothing). Params: `trainer`
+    (default bilstm), the loop's (epochs, lr, batch_size, weight_decay, seed), the trainer's, and
+    `experiment`, `registered_model`, `max_failures` (Ray Train's in-run restarts)."""
 
     def __init__(self, name: str = "train") -> None:
         self.name = name
 
     def check(self, node: NodeSpec, where: str) -> list[Problem]:
         problems = ml_params_problems(node, where, TRAIN_KEYS, TRAIN_OUTS)
-        placement = node.params.get("placement_strategy", "PACK")
-        if placement not in PLACEMENT:
-            problems.append(params_problem(f"{where}.params.placement_strategy",
-                                           f"placement_strategy {placement!r} is not one of {list(PLACEMENT)}",
-                                           "use PACK (default) or SPREAD"))
         failures = node.params.get("max_failures", 0)
         if not isinstance(failures, int) or isinstance(failures, bool) or failures < -1:
             problems.append(params_problem(f"{where}.params.max_failures", "max_failures must be an integer >= -1",
                                            "use 0 (default: the fabric's retry policy decides) or a count"))
         return problems
-
-    @staticmethod
-    def driver_unit(unit: ResourceUnit) -> ResourceUnit:
-        return driver_only(unit)
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
         import mlflow
@@ -113,9 +103,9 @@ class TrainKind:
         from fabric.ml.trainers import get_trainer
 
         ctx = context()
-        params = merged_params(call, {"placement_strategy": "PACK", "max_failures": 0})
+        params = merged_params(call, {"max_failures": 0})
         trainer = get_trainer(params["trainer"])
-        unit = call.unit or ResourceUnit()
+        unit = ray_runs.worker_unit(call)
         storage = ray_runs.checkpoint_storage(call, ctx.artifact_dir)
         ctx.on_preempt(lambda: ctx.logger.info("preempted: the next attempt resumes from the newest checkpoint "
                                                "under %s", storage))
@@ -143,8 +133,3 @@ class TrainKind:
         ctx.progress(1.0, f"trained {params['epochs']} epochs; {model_uri}")
         return outputs(call, {"model_uri": model_uri, "metrics_json": metrics_json})
 
-
-def driver_only(unit: ResourceUnit) -> ResourceUnit:
-    """The task of a train/tune node holds nothing but the pool it runs in: its workers hold the resources."""
-    pools = {k: v for k, v in unit.custom.items() if k.startswith("pool:")}
-    return ResourceUnit(num_cpus=0.0, num_gpus=0.0, memory=None, custom=pools, workers=1)

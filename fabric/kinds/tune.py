@@ -9,8 +9,7 @@ from typing import Any
 
 from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
-from fabric.kinds.train import driver_only, merged_params, ml_params_problems, outputs
-from fabric.plan.model import ResourceUnit
+from fabric.kinds.train import merged_params, ml_params_problems, outputs
 from fabric.spec import NodeSpec
 
 TUNE_KEYS = frozenset({"trainer", "experiment", "search_space", "num_samples", "metric", "mode"})
@@ -58,10 +57,6 @@ class TuneKind:
                                            "[1, 10000]", "set num_samples to e.g. 4"))
         return problems
 
-    @staticmethod
-    def driver_unit(unit: ResourceUnit) -> ResourceUnit:
-        return driver_only(unit)
-
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
         import mlflow
 
@@ -77,7 +72,7 @@ class TuneKind:
         fixed = {k: v for k, v in params.items() if k not in ("search_space", *space)}
         metric, mode = params["metric"], params["mode"]
         trainer = get_trainer(params["trainer"])
-        unit = call.unit or ResourceUnit()
+        unit = ray_runs.worker_unit(call)
         data = trainer.prepare(inputs, params)
         storage = ray_runs.checkpoint_storage(call, ctx.artifact_dir)
         with tracking.node_run(call, params.get("experiment")) as parent:

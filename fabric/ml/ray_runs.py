@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,16 @@ def checkpoint_storage(call: NodeCall, node_dir: Path) -> str:
     if "://" not in root:
         root = str(Path(root).resolve())
     return f"{root.rstrip('/')}/checkpoints/{call.submission_id}/{call.node_id}"
+
+
+def worker_unit(call: NodeCall) -> ResourceUnit:
+    """What one worker (or trial) of the node gets: its resources, or, for GPU-first work that the
+    scheduler sent to CPUs (`resources.fallback`), the fallback CPUs and no GPU."""
+    unit = call.unit or ResourceUnit()
+    if call.device == "cpu" and unit.fallback_cpus is not None:
+        unit = replace(unit, num_cpus=unit.fallback_cpus, num_gpus=0.0, fallback_cpus=None,
+                       custom={k: v for k, v in unit.custom.items() if k != "gpu_mem_gb"})
+    return unit
 
 
 def worker_resources(unit: ResourceUnit) -> dict[str, float]:
@@ -83,7 +93,7 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
         return Fitted(previous[0], None)
     scaling = ScalingConfig(num_workers=unit.workers, use_gpu=unit.num_gpus > 0,
                             resources_per_worker=worker_resources(unit),
-                            placement_strategy=str(params["placement_strategy"]))
+                            placement_strategy=unit.placement or "PACK")
     run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
                     failure_config=FailureConfig(max_failures=int(params["max_failures"])))
     config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir, "storage": storage}
