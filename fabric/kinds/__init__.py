@@ -9,6 +9,8 @@ from fabric.errors import ErrorCode, FabricError
 from fabric.kinds.base import Kind, NodeCall
 from fabric.kinds.python_task import PythonTask
 from fabric.kinds.sql import SqlTask
+from fabric.kinds.train import TrainKind
+from fabric.kinds.tune import TuneKind
 
 ENTRY_POINT_GROUP = "fabric.kinds"
 _registered: dict[str, Kind] = {}
@@ -23,7 +25,8 @@ def register_kind(kind: Kind) -> None:
 
 @lru_cache(maxsize=1)
 def available_kinds() -> dict[str, Kind]:
-    kinds: dict[str, Kind] = {k.name: k for k in (PythonTask(), SqlTask())}
+    builtin = (PythonTask(), SqlTask(), TrainKind("train"), TrainKind("ray_job"), TuneKind())
+    kinds: dict[str, Kind] = {k.name: k for k in builtin}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         kind = entry.load()
         kinds[entry.name] = kind() if isinstance(kind, type) else kind

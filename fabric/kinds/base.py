@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from fabric.errors import ErrorCode, Problem
+from fabric.plan.model import ResourceUnit
 from fabric.spec import NodeSpec
 
 
@@ -30,6 +31,8 @@ class NodeCall:
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
+    unit: ResourceUnit | None = None  # the node's resources in Ray units (distributed kinds size workers by it)
+    team: str | None = None  # the submission's team, for tags (MLflow) and accounting
 
 
 @runtime_checkable
