@@ -21,16 +21,16 @@ import ray
 
 from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
+from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
-from fabric.execute.outputs import has_outputs
+from fabric.execute.outputs import has_outputs, start_report
 from fabric.execute.scheduler import Scheduler, StoreQuotaJournal, load_config
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.states import NodeState
-from fabric.types import AttemptReport
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Engine:
         self._control = control
         self._clock = clock
         self._backend = RayBackend()
+        self._cache = NodeCache(home, artifacts)  # `cache: true` nodes: reuse and coalescing (execute/cache.py)
         self.metrics = ray_metrics()
         self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
@@ -93,7 +94,7 @@ class Engine:
         # Written first: if the store cannot take it, this raises and nothing at all has started.
         self._store.add_submission(record)
         with self._lock:
-            persist = plan.consumed_outs() if self._persist_outputs else {}
+            persist = plan.persisted_outs(self._persist_outputs)
             self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
         self._inbox.put(("start", record.submission_id))
 
@@ -249,6 +250,7 @@ class Engine:
                     if deadline is not None and deadline <= self._clock():
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
+                touched.update(self._cache.tick(self))
                 # Recorded before admission too: the scheduler frees what ended before it books anew.
                 self._record_all(touched)
                 self._record_all(self._admit())
@@ -351,7 +353,7 @@ class Engine:
                 submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
-                declared_outs=node.outs, home=self._home, control=self._control,
+                declared_outs=node.outs, home=self._home, control=self._control, digest=node.digest_outputs,
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
@@ -388,6 +390,7 @@ class Engine:
                    for node_id, node in run.machine.nodes.items()
                    if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
         status = json.dumps(status_of(run.machine, run.record.submission_id).to_dict(), separators=(",", ":")).encode()
+        start_report(self._artifacts, sid, status)  # <artifacts>/<submission>/metrics.json, off the loop
         self._finished[sid] = Finished(status, results)
         del self._runs[sid]
         self._stopping = {key for key in self._stopping if key[0] != sid}
@@ -415,5 +418,3 @@ class Engine:
         for handle in due:
             self._backend.cancel(handle, force=True)
 
-
-__all__ = ["AttemptReport", "Engine"]

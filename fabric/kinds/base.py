@@ -29,6 +29,7 @@ class NodeCall:
     inline_code: bool = False  # the first input is the pickled function (defined in a notebook)
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
+    digest: bool = False  # report a digest of each output value (a cache key reads them)
 
 
 @runtime_checkable
