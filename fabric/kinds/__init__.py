@@ -7,7 +7,9 @@ from importlib.metadata import entry_points
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.kinds.base import Kind, NodeCall
+from fabric.kinds.promote import PromoteKind
 from fabric.kinds.python_task import PythonTask
+from fabric.kinds.serve_kind import ServeKind
 from fabric.kinds.sql import SqlTask
 
 ENTRY_POINT_GROUP = "fabric.kinds"
@@ -23,7 +25,7 @@ def register_kind(kind: Kind) -> None:
 
 @lru_cache(maxsize=1)
 def available_kinds() -> dict[str, Kind]:
-    kinds: dict[str, Kind] = {k.name: k for k in (PythonTask(), SqlTask())}
+    kinds: dict[str, Kind] = {k.name: k for k in (PythonTask(), SqlTask(), ServeKind(), PromoteKind())}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         kind = entry.load()
         kinds[entry.name] = kind() if isinstance(kind, type) else kind
