@@ -14,7 +14,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.outputs import load_outputs
 from fabric.execute.worker import NodeFailure, run_pickled_node
-from fabric.kinds import NodeCall
+from fabric.kinds import NodeCall, available_kinds
+from fabric.kinds.base import driver_unit
 from fabric.plan import ExecutionPlan, ResourceUnit
 from fabric.types import AttemptReport, ErrorInfo
 
@@ -46,6 +47,7 @@ class RayBackend:
         """Start one attempt (on Ray node `on_node` when the scheduler placed it); `on_done(outcome)` is
         called from a Ray thread when it ends."""
         slots = call.result_slots
+        unit = driver_unit(available_kinds().get(call.kind), unit)  # train/tune: their workers hold the unit
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
         key = (call.pipeline_id, unit.key(), len(slots), env_key)
         cached = self._options.get(key)

@@ -250,9 +250,8 @@ class Engine:
                     if deadline is not None and deadline <= self._clock():
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
-                touched.update(self._cache.tick(self))
                 # Recorded before admission too: the scheduler frees what ended before it books anew.
-                self._record_all(touched)
+                self._record_all(touched | self._cache.tick(self))  # cache decisions first (execute/cache.py)
                 self._record_all(self._admit())
                 self._due_force_kills()
             if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
@@ -353,7 +352,8 @@ class Engine:
                 submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
-                declared_outs=node.outs, home=self._home, control=self._control, digest=node.digest_outputs,
+                declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
+                digest=node.digest_outputs,
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token

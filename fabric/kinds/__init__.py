@@ -11,6 +11,8 @@ from fabric.kinds.promote import PromoteKind
 from fabric.kinds.python_task import PythonTask
 from fabric.kinds.serve_kind import ServeKind
 from fabric.kinds.sql import SqlTask
+from fabric.kinds.train import TrainKind
+from fabric.kinds.tune import TuneKind
 
 ENTRY_POINT_GROUP = "fabric.kinds"
 _registered: dict[str, Kind] = {}
@@ -25,7 +27,9 @@ def register_kind(kind: Kind) -> None:
 
 @lru_cache(maxsize=1)
 def available_kinds() -> dict[str, Kind]:
-    kinds: dict[str, Kind] = {k.name: k for k in (PythonTask(), SqlTask(), ServeKind(), PromoteKind())}
+    builtin = (PythonTask(), SqlTask(), TrainKind("train"), TrainKind("ray_job"), TuneKind(), ServeKind(),
+               PromoteKind())
+    kinds: dict[str, Kind] = {k.name: k for k in builtin}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         kind = entry.load()
         kinds[entry.name] = kind() if isinstance(kind, type) else kind

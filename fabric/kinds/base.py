@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from fabric.errors import ErrorCode, Problem
+from fabric.plan.model import ResourceUnit
 from fabric.spec import NodeSpec
 
 
@@ -29,6 +30,8 @@ class NodeCall:
     inline_code: bool = False  # the first input is the pickled function (defined in a notebook)
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
+    unit: ResourceUnit | None = None  # the node's resources in Ray units (distributed kinds size workers by it)
+    team: str | None = None  # the submission's team, for tags (MLflow) and accounting
     digest: bool = False  # report a digest of each output value (a cache key reads them)
 
 
@@ -46,6 +49,14 @@ class Kind(Protocol):
     def check(self, node: NodeSpec, where: str) -> list[Problem]: ...
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any: ...
+
+
+def driver_unit(kind: object, unit: ResourceUnit) -> ResourceUnit:
+    """What the fabric's own task for a node holds. A kind that starts its own Ray workers (train, tune)
+    says so with `driver_unit(unit)`: its task then only drives them, and the node's resources are
+    what the kind asks Ray for, per worker, so they are not held twice."""
+    hook = getattr(kind, "driver_unit", None)
+    return hook(unit) if hook is not None else unit
 
 
 def params_problem(where: str, message: str, fix: str) -> Problem:

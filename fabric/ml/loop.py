@@ -1,0 +1,154 @@
+"""The epoch loop every trainer shares, run inside Ray Train workers and Tune trials: a checkpoint per epoch,
+resume from the last one, a heartbeat file naming the worker process and the epoch it is in."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fabric.ml.trainers import Prepared, get_trainer
+
+LOOP_DEFAULTS: Mapping[str, Any] = {"epochs": 5, "lr": 1e-3, "batch_size": 256, "weight_decay": 0.0, "seed": 0}
+STATE_FILE = "state.pt"
+MARKER_FILE = "fabric_state.json"  # written after STATE_FILE; says which epoch and how big the state is
+HEARTBEAT_EVERY_S = 0.2
+
+Report = Callable[[dict[str, float], "str | None"], None]  # (metrics, checkpoint dir or None)
+
+
+def run_epochs(config: Mapping[str, Any], data: Prepared, *, rank: int, world: int, report: Report,
+               resume: Path | None, heartbeat_dir: str | None, prepare_model: Callable[[Any], Any] | None = None,
+               device: Any = None) -> None:
+    """Train `config["epochs"]` epochs from where `resume` (a checkpoint dir) left off; `report` every epoch.
+
+    Rank 0 writes the checkpoint (model, optimizer, epoch, history); every rank reports metrics. The
+    shard of rank r is every world-th sample, cut to equal length so DDP ranks step together.
+    """
+    import numpy as np
+    import torch
+
+    params = dict(config)
+    trainer = get_trainer(params["trainer"])
+    torch.manual_seed(int(params["seed"]))
+    model = trainer.model(params, data.meta)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]),
+                                 weight_decay=float(params["weight_decay"]))
+    start_epoch, history = 0, []
+    if resume is not None:
+        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
+    net = prepare_model(model) if prepare_model is not None else model
+    device = device or torch.device("cpu")
+    per_rank = len(data.x_train) // world
+    x_train = torch.from_numpy(np.ascontiguousarray(data.x_train[rank::world][:per_rank]))
+    y_train = torch.from_numpy(np.ascontiguousarray(data.y_train[rank::world][:per_rank]))
+    x_val, y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
+    scale = float(data.meta.get("y_std", 1.0)) ** 2  # loss 1.0 = as good as predicting the mean
+    batch = int(params["batch_size"])
+    beat = _Heartbeat(heartbeat_dir, rank, resumed_from=start_epoch if resume is not None else None)
+    for epoch in range(start_epoch, int(params["epochs"])):
+        started = time.perf_counter()
+        beat(epoch, 0, force=True)
+        net.train()
+        order = torch.randperm(per_rank, generator=torch.Generator().manual_seed(int(params["seed"]) + epoch))
+        total, batches = 0.0, 0
+        for batches, begin in enumerate(range(0, per_rank, batch), start=1):
+            idx = order[begin:begin + batch]
+            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(net(xb), yb) / scale
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            beat(epoch, batches)
+        net.eval()
+        with torch.no_grad():
+            pred = net(x_val)
+            val_loss = float(torch.nn.functional.mse_loss(pred, y_val) / scale)
+            val_ic = float(torch.corrcoef(torch.stack([pred, y_val]))[0, 1]) if len(y_val) > 1 else 0.0
+        metrics = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_loss": val_loss,
+                   "val_ic": val_ic if np.isfinite(val_ic) else 0.0, "epoch_s": time.perf_counter() - started}
+        history.append(metrics)
+        if rank == 0:
+            with tempfile.TemporaryDirectory(prefix="fabric-ckpt-") as tmp:
+                save_checkpoint(Path(tmp), model, optimizer, epoch, history, data.meta, params)
+                report(metrics, tmp)
+        else:
+            report(metrics, None)
+    beat(int(params["epochs"]), 0, force=True, done=True)
+
+
+def save_checkpoint(path: Path, model: Any, optimizer: Any, epoch: int, history: list[dict[str, float]],
+                    meta: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    import torch
+
+    state = path / STATE_FILE
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": history, "meta": dict(meta), "params": dict(params)}, state)
+    (path / MARKER_FILE).write_text(json.dumps({"epoch": epoch, "state_bytes": state.stat().st_size}))
+
+
+def load_trained(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model a checkpoint holds, rebuilt by its trainer, and the checkpoint's state (history, params)."""
+    import torch
+
+    state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+    model = get_trainer(state["params"]["trainer"]).model(state["params"], state["meta"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def latest_checkpoint(storage: str) -> tuple[str, int] | None:
+    """The newest complete checkpoint under a storage path (any attempt's run), as (dir, epoch)."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (FileNotFoundError, OSError):
+        return None
+    found: list[tuple[int, str]] = []
+    for info in infos:
+        if info.base_name != MARKER_FILE:
+            continue
+        directory = info.path.rsplit("/", 1)[0]
+        try:
+            with fs.open_input_stream(info.path) as stream:
+                marker = json.loads(stream.read())
+            state = fs.get_file_info(f"{directory}/{STATE_FILE}")
+        except (OSError, ValueError):
+            continue
+        if state.type == pafs.FileType.File and state.size == marker.get("state_bytes"):  # a complete copy
+            found.append((int(marker["epoch"]), directory))
+    if not found:
+        return None
+    epoch, directory = max(found)
+    return (directory if "://" not in storage else storage.split("://", 1)[0] + "://" + directory), epoch
+
+
+class _Heartbeat:
+    """`train-worker-<rank>.json` in the node's artifact dir: pid, epoch, batch; rewritten atomically at
+    most every 0.2 s, so an operator (or a test) can see which process trains and how far it got."""
+
+    def __init__(self, directory: str | None, rank: int, resumed_from: int | None) -> None:
+        self.path = Path(directory) / f"train-worker-{rank}.json" if directory else None
+        self.resumed_from, self.last = resumed_from, 0.0
+
+    def __call__(self, epoch: int, batch: int, *, force: bool = False, done: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is None or (not force and now - self.last < HEARTBEAT_EVERY_S):
+            return
+        self.last = now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch, "done": done,
+                                   "resumed_from": self.resumed_from, "time": time.time()}))
+        tmp.replace(self.path)

@@ -1,0 +1,145 @@
+"""Ray Train and Ray Tune, driven from inside a node's task: scaling from the node's resources, checkpoints
+under the artifact store keyed by submission and node, resume from the newest one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fabric.kinds.base import NodeCall
+from fabric.ml.loop import latest_checkpoint, run_epochs
+from fabric.ml.trainers import Prepared
+from fabric.plan.model import ResourceUnit
+
+
+def checkpoint_storage(call: NodeCall, node_dir: Path) -> str:
+    """`<artifact store>/checkpoints/<submission>/<node>`: every attempt of the node (retried, preempted,
+    resumed by a new registry) looks in the same place. The store is what every Ray node can reach."""
+    root = call.artifacts or str(node_dir.parent.parent.parent / "artifacts")
+    if "://" not in root:
+        root = str(Path(root).resolve())
+    return f"{root.rstrip('/')}/checkpoints/{call.submission_id}/{call.node_id}"
+
+
+def worker_resources(unit: ResourceUnit) -> dict[str, float]:
+    resources: dict[str, float] = {"CPU": unit.num_cpus}
+    if unit.num_gpus:
+        resources["GPU"] = unit.num_gpus
+    if unit.memory:
+        resources["memory"] = float(unit.memory)
+    resources.update(unit.custom)
+    return resources
+
+
+@dataclass(frozen=True)
+class Fitted:
+    checkpoint: str  # the directory of the last epoch's checkpoint
+    resumed_from_epoch: int | None  # the first epoch this attempt trained, when it resumed
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The per-worker function of the TorchTrainer."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    data = ray.get(config["data_ref"])
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "resume_from")}
+    kwargs = {"rank": context.get_world_rank(), "world": context.get_world_size(), "report": report,
+              "heartbeat_dir": config["heartbeat_dir"], "device": ray.train.torch.get_device(),
+              "prepare_model": ray.train.torch.prepare_model if context.get_world_size() > 1 else None}
+    # Ray Train's own checkpoint after an in-run restart (max_failures), else an earlier attempt's newest.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"])
+    if checkpoint is None:
+        run_epochs(params, data, resume=None, **kwargs)
+        return
+    with checkpoint.as_directory() as directory:
+        run_epochs(params, data, resume=Path(directory), **kwargs)
+
+
+def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: ResourceUnit, storage: str,
+        heartbeat_dir: str, progress: Callable[[float, str], None]) -> Fitted:
+    """Train through Ray Train's TorchTrainer, resuming from the newest checkpoint of any earlier attempt."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    epochs = int(params["epochs"])
+    previous = latest_checkpoint(storage)
+    if previous is not None and previous[1] >= epochs - 1:  # trained to the end; a later step had failed
+        return Fitted(previous[0], None)
+    scaling = ScalingConfig(num_workers=unit.workers, use_gpu=unit.num_gpus > 0,
+                            resources_per_worker=worker_resources(unit),
+                            placement_strategy=str(params["placement_strategy"]))
+    run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
+                    failure_config=FailureConfig(max_failures=int(params["max_failures"])))
+    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir,
+              "resume_from": previous[0] if previous else None}
+    trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
+    watcher = _ProgressWatch(Path(heartbeat_dir) / "train-worker-0.json", epochs, progress)
+    try:
+        trainer.fit()
+    finally:
+        watcher.stop()
+    latest = latest_checkpoint(storage)
+    if latest is None or latest[1] < epochs - 1:
+        raise RuntimeError(f"training ended without a checkpoint of the last epoch under {storage}")
+    return Fitted(latest[0], previous[1] + 1 if previous else None)
+
+
+class _ProgressWatch:
+    """Turns rank 0's heartbeat into the node's progress (the workers are other processes than the node's)."""
+
+    def __init__(self, path: Path, epochs: int, progress: Callable[[float, str], None]) -> None:
+        self.path, self.epochs, self.progress = path, epochs, progress
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, name="fabric-train-progress", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(1.0):
+            try:
+                beat = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                continue
+            self.progress(min(beat["epoch"] / self.epochs, 0.99), f"epoch {beat['epoch'] + 1}/{self.epochs}")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _tune_trial(config: dict[str, Any], data: Prepared) -> None:
+    from ray import tune
+
+    run_epochs(config, data, rank=0, world=1, resume=None, heartbeat_dir=None,
+               report=lambda metrics, _checkpoint: tune.report(metrics))
+
+
+def sweep(call: NodeCall, params: Mapping[str, Any], space: Mapping[str, Any], data: Prepared, unit: ResourceUnit,
+          storage: str, *, metric: str, mode: str, num_samples: int) -> Any:
+    """A Tune sweep: one trial per sample of `space` (params fixed elsewhere), `unit` per trial, at most
+    `unit.workers` trials at once. Returns Tune's ResultGrid."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    trainable = tune.with_resources(tune.with_parameters(_tune_trial, data=data),
+                                    {k.lower() if k in ("CPU", "GPU") else k: v
+                                     for k, v in worker_resources(unit).items()})
+    search = BasicVariantGenerator(random_state=int(params["seed"]), max_concurrent=unit.workers)
+    tuner = tune.Tuner(trainable, param_space={**params, **space},
+                       tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                                   search_alg=search),
+                       run_config=tune.RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
+                                                 verbose=0))
+    return tuner.fit()

@@ -1,0 +1,149 @@
+"""MLflow for ML nodes: where the tracking store is, one tagged run per attempt, the model registered."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fabric.kinds.base import NodeCall
+
+TRACKING_ENV = "FABRIC_MLFLOW_URI"
+ARTIFACTS_ENV = "FABRIC_MLFLOW_ARTIFACTS"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def default_home() -> str:
+    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+
+
+def tracking_uri(home: str | None = None) -> str:
+    """`$FABRIC_MLFLOW_URI`, else `$MLFLOW_TRACKING_URI`, else a SQLite file `<FABRIC_HOME>/mlflow.db`."""
+    configured = os.environ.get(TRACKING_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
+    return configured or f"sqlite:///{Path(home or default_home()).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(home: str | None = None) -> str:
+    """Where new experiments keep artifacts: `$FABRIC_MLFLOW_ARTIFACTS`, else `<FABRIC_HOME>/mlartifacts`.
+    With a tracking server that serves artifacts itself, set it to that server's `mlflow-artifacts:/` root."""
+    return os.environ.get(ARTIFACTS_ENV) or str(Path(home or default_home()).resolve() / "mlartifacts")
+
+
+def run_tags(call: NodeCall) -> dict[str, str]:
+    tags = {"submission_id": call.submission_id, "pipeline_id": call.pipeline_id, "node_id": call.node_id,
+            "fabric.kind": call.kind, "fabric.attempt": str(call.attempt)}
+    if call.team:
+        tags["team"] = call.team
+    return tags
+
+
+def experiment_id(client: Any, name: str, home: str) -> str:
+    import mlflow
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        location = artifact_root(home).rstrip("/") + "/" + name
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # another node made it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def ensure_store(uri: str) -> Any:
+    """A client of the store; a new SQLite store is created under a file lock, because two nodes that
+    start at once would otherwise both run MLflow's schema migrations on the same file."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return client
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates the schema when it is new
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
+@contextmanager
+def node_run(call: NodeCall, experiment: str | None = None, *, nested_parent: str | None = None
+             ) -> Iterator[Any]:
+    """An active MLflow run for this attempt of this node, tagged with its ids (and team). It ends FAILED
+    when the body raises, so a failed attempt shows as such beside the attempt that succeeded."""
+    import mlflow
+
+    uri = tracking_uri(call.home)
+    mlflow.set_tracking_uri(uri)
+    client = ensure_store(uri)
+    exp = experiment_id(client, experiment or call.pipeline_id, call.home)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{call.node_id}-{call.submission_id}-a{call.attempt}",
+                          tags=run_tags(call)) as run:
+        yield run
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    flat = {f"{prefix}{key}": value if isinstance(value, str) else json.dumps(value, default=str)
+            for key, value in params.items()}
+    mlflow.log_params({key: value[:MAX_PARAM_CHARS] for key, value in flat.items()})
+
+
+def log_history(history: list[Mapping[str, float]]) -> None:
+    import mlflow
+
+    for row in history:
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def log_torch_model(model: Any, registered_name: str, example: Any, tags: Mapping[str, str]) -> str:
+    """Log the model (the pytorch flavour, which pyfunc loads) and register a new version of it; the
+    `models:/name/version` URI is the node's `model_uri`."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        sample = np.asarray(example, dtype=np.float32)
+        prediction = model(torch.from_numpy(sample)).numpy()
+    signature = mlflow.models.infer_signature(sample, prediction)
+    # Requirements listed, not inferred: inference loads the model in a subprocess (seconds per node).
+    info = mlflow.pytorch.log_model(model, name="model", signature=signature, registered_model_name=registered_name,
+                                    serialization_format="pickle",
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                      f"numpy=={np.__version__}"])
+    version = info.registered_model_version
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, str(version), key, value)
+    return f"models:/{registered_name}/{version}"
+
+
+@contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def load_model(model_uri: str, *, home: str | None = None, uri: str | None = None) -> Any:
+    """A trained model for prediction: `mlflow.pyfunc.load_model(model_uri)` against the fabric's tracking
+    store (the default store of `home`, or `uri`). `model.predict(windows)` takes float32 arrays shaped
+    [n, seq_len, n_features] (a `bilstm` model) and returns one prediction per window."""
+    import mlflow
+
+    with _tracking(uri or tracking_uri(home)):
+        return mlflow.pyfunc.load_model(model_uri)

@@ -1,0 +1,207 @@
+"""ML kinds on a real local Ray: Ray Train (DDP on 2 workers), resume after a killed training worker, a Tune
+sweep, and what MLflow (SQLite under FABRIC_HOME) holds afterwards: tagged runs, the registered model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+
+def features_node(**params: Any) -> dict[str, Any]:
+    return {"id": "features", "kind": "python_task", "entrypoint": "tests.ml_nodes:feature_table",
+            "params": {"n_assets": 20, "n_days": 200, **params}, "outs": ["feature_table"],
+            "resources": {"cpu": "500m"}}
+
+
+def pipeline(pipeline_id: str, node: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"version": 1, "pipeline_id": pipeline_id, "nodes": [top.pop("features", features_node()), node],
+            "edges": [{"from": "features", "to": node["id"]}], **top}
+
+
+def mlflow_client(home: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{home.resolve() / 'mlflow.db'}")
+
+
+def test_train_runs_ddp_logs_to_mlflow_and_the_model_loads(client, fabric_home):
+    import mlflow
+
+    import fabric.ml
+    from fabric.ml.bilstm import BiLstmTrainer
+    from fabric.ml.loop import LOOP_DEFAULTS, latest_checkpoint, load_trained
+    from tests.ml_nodes import feature_table
+
+    node = {"id": "train", "kind": "train", "ins": ["feature_table"], "outs": ["model_uri", "metrics_json"],
+            "params": {"trainer": "bilstm", "epochs": 2, "hidden": 8, "seed": 5},
+            "resources": {"cpu": "500m", "workers": 2}}
+    submission = client.submit(pipeline("ml_ddp", node), runtime_params={"team": "quant-research"})
+    status = submission.wait(200)
+    assert status.state == "SUCCEEDED", (status.node("train").error, submission.logs("train")[-3000:])
+    metrics = json.loads(submission.result("train", "metrics_json"))
+    model_uri = submission.result("train", "model_uri")
+    assert model_uri == metrics["model_uri"] == "models:/ml_ddp.train/1"
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1] and metrics["workers"] == 2
+    assert metrics["resumed_from_epoch"] is None
+
+    # A checkpoint per epoch, under the artifact store, keyed by submission and node.
+    storage = fabric_home / "artifacts" / "checkpoints" / submission.id / "train"
+    epochs = sorted(json.loads(p.read_text())["epoch"] for p in storage.rglob("fabric_state.json"))
+    assert epochs == [0, 1]
+
+    # MLflow: the run with its tags, its params and per-epoch metrics, and the registered model.
+    mlflow_store = mlflow_client(fabric_home)
+    (run,) = mlflow_store.search_runs([mlflow_store.get_experiment_by_name("ml_ddp").experiment_id],
+                                      f"tags.submission_id = '{submission.id}'")
+    assert {k: run.data.tags[k] for k in ("submission_id", "pipeline_id", "node_id", "team")} == {
+        "submission_id": submission.id, "pipeline_id": "ml_ddp", "node_id": "train", "team": "quant-research"}
+    assert run.info.status == "FINISHED" and run.info.run_id == metrics["mlflow_run_id"]
+    assert run.data.params["epochs"] == "2" and run.data.params["hidden"] == "8"
+    val_losses = mlflow_store.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in val_losses] == [0, 1]
+    assert val_losses[-1].value == pytest.approx(metrics["final"]["val_loss"])
+    version = mlflow_store.get_model_version("ml_ddp.train", "1")
+    assert version.run_id == run.info.run_id and version.tags["submission_id"] == submission.id
+
+    # model_uri loads with mlflow.pyfunc and predicts what the last checkpoint's model predicts.
+    params = {**LOOP_DEFAULTS, **BiLstmTrainer.defaults, "hidden": 8}
+    data = BiLstmTrainer().prepare({"t": feature_table(n_assets=20, n_days=200)}, params)
+    loaded = fabric.ml.load_model(model_uri, home=str(fabric_home))
+    assert isinstance(loaded, mlflow.pyfunc.PyFuncModel)
+    predicted = np.asarray(loaded.predict(data.x_val))
+    import torch
+
+    reference, _ = load_trained(Path(latest_checkpoint(str(storage))[0]))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(data.x_val)).numpy()
+    assert predicted.shape == (len(data.x_val),) and np.isfinite(predicted).all()
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-7)
+
+    # `mlflow ui` on the default store shows the run, its tags, and the registered model.
+    shown = _ask_mlflow_ui(fabric_home, run.info.run_id)
+    assert shown["run"]["run"]["data"]["tags"]
+    tags = {t["key"]: t["value"] for t in shown["run"]["run"]["data"]["tags"]}
+    assert tags["submission_id"] == submission.id and tags["team"] == "quant-research"
+    assert shown["model"]["registered_model"]["latest_versions"][0]["run_id"] == run.info.run_id
+
+
+def _ask_mlflow_ui(home: Path, run_id: str) -> dict[str, Any]:
+    """Start `mlflow ui` on the default store (as docs/ml.md says), ask its REST API, stop it by PID."""
+    port = free_port()
+    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--port", str(port),
+                           "--host", "127.0.0.1", "--backend-store-uri", f"sqlite:///{home.resolve() / 'mlflow.db'}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/runs/get?run_id={run_id}", timeout=5) as response:
+                    run = json.loads(response.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or ui.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        query = urllib.parse.urlencode({"name": "ml_ddp.train"})
+        with urllib.request.urlopen(f"{base}/registered-models/get?{query}", timeout=5) as response:
+            model = json.loads(response.read())
+        return {"run": run, "model": model}
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_a_killed_training_worker_resumes_from_the_last_checkpoint(client, fabric_home):
+    node = {"id": "train", "kind": "ray_job", "ins": ["feature_table"], "outs": ["model_uri", "metrics_json"],
+            "params": {"trainer": "bilstm", "epochs": 4, "hidden": 24, "batch_size": 16},
+            "resources": {"cpu": "1", "workers": 1}, "slo": {"retry": {"max_attempts": 2, "backoff_sec": 0}}}
+    spec = pipeline("ml_resume", node, features=features_node(n_assets=30, n_days=260))
+    submission = client.submit(spec, runtime_params={"team": "quant-research"})
+    heartbeat = fabric_home / "runs" / submission.id / "train" / "train-worker-0.json"
+    deadline = time.monotonic() + 150
+    beat: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # wait until the worker is well inside epoch 2
+        try:
+            beat = json.loads(heartbeat.read_text())
+        except (OSError, ValueError):
+            beat = {}
+        if beat.get("epoch") == 2 and beat.get("batch", 0) >= 3 and not beat.get("done"):
+            break
+        assert submission.status().state == "RUNNING", submission.status()
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"training never reached epoch 2; last heartbeat {beat}")
+    killed_epoch, killed_pid = beat["epoch"], beat["pid"]
+    assert killed_pid != os.getpid()
+    os.kill(killed_pid, signal.SIGKILL)
+
+    status = submission.wait(200)
+    node_status = status.node("train")
+    assert status.state == "SUCCEEDED", (node_status.error, submission.logs("train")[-3000:])
+    assert node_status.attempts == 2
+    assert node_status.history[0].outcome == "RETRYING"
+    metrics = json.loads(submission.result("train", "metrics_json"))
+    storage = fabric_home / "artifacts" / "checkpoints" / submission.id / "train"
+    first_attempt = sorted(json.loads(p.read_text())["epoch"]
+                           for p in (storage / "attempt-1").rglob("fabric_state.json"))
+    # The kill landed mid-epoch: attempt 1 checkpointed every epoch before the one it was killed in.
+    assert first_attempt == list(range(killed_epoch))
+    # Attempt 2 restarted from that epoch (not from 0, not past it) and finished the rest.
+    assert metrics["resumed_from_epoch"] == killed_epoch
+    second_attempt = sorted(json.loads(p.read_text())["epoch"]
+                            for p in (storage / "attempt-2").rglob("fabric_state.json"))
+    assert second_attempt == list(range(killed_epoch, 4))
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2, 3]
+    final_beat = json.loads(heartbeat.read_text())
+    assert final_beat["resumed_from"] == killed_epoch and final_beat["pid"] != killed_pid and final_beat["done"]
+    assert "resumed from the checkpoint of epoch 1" in submission.logs("train")
+
+    runs = mlflow_client(fabric_home).search_runs(
+        [mlflow_client(fabric_home).get_experiment_by_name("ml_resume").experiment_id],
+        f"tags.submission_id = '{submission.id}'", order_by=["attributes.start_time ASC"])
+    assert [(r.data.tags["fabric.attempt"], r.info.status) for r in runs] == [("1", "FAILED"), ("2", "FINISHED")]
+
+
+def test_tune_sweeps_a_search_space_and_logs_every_trial(client, fabric_home):
+    node = {"id": "sweep", "kind": "tune", "ins": ["feature_table"], "outs": ["best_config", "best_metrics"],
+            "params": {"trainer": "bilstm", "epochs": 2, "metric": "val_loss", "mode": "min",
+                       "search_space": {"hidden": {"grid": [4, 8]}, "lr": {"choice": [0.001, 0.01]}},
+                       "num_samples": 1},
+            "resources": {"cpu": "500m", "workers": 2}}
+    submission = client.submit(pipeline("ml_sweep", node), runtime_params={"team": "quant-research"})
+    status = submission.wait(200)
+    assert status.state == "SUCCEEDED", (status.node("sweep").error, submission.logs("sweep")[-3000:])
+    best_config = submission.result("sweep", "best_config")
+    best_metrics = submission.result("sweep", "best_metrics")
+    assert set(best_config) == {"hidden", "lr"} and best_config["hidden"] in (4, 8)
+    store = mlflow_client(fabric_home)
+    experiment = store.get_experiment_by_name("ml_sweep").experiment_id
+    runs = store.search_runs([experiment], f"tags.submission_id = '{submission.id}'")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 2  # the grid over hidden, one lr sample each
+    assert all(t.data.tags["team"] == "quant-research" and t.data.tags["node_id"] == "sweep" for t in trials)
+    trial_losses = [store.get_metric_history(t.info.run_id, "val_loss")[-1].value for t in trials]
+    assert best_metrics["val_loss"] == pytest.approx(min(trial_losses))
+    best_trial = trials[int(np.argmin(trial_losses))]
+    assert int(best_trial.data.params["hidden"]) == best_config["hidden"]
+    assert parent.data.params["best.hidden"] == str(best_config["hidden"])
