@@ -66,7 +66,9 @@ class Promotion:
         self.call, self.params, self.inputs = call, call.params, inputs
         self.name: str = call.params["name"]
         self.model_uri = str(inputs["model_uri"])
-        self.tracking_uri = call.params.get("tracking_uri")
+        from fabric.kinds.serving import default_tracking_uri
+
+        self.tracking_uri = call.params.get("tracking_uri") or default_tracking_uri(call.home)
         self.log = context().logger
         self.record: list[dict[str, Any]] = []
 

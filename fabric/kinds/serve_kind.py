@@ -52,11 +52,11 @@ class ServeKind:
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
         from fabric.context import context
-        from fabric.kinds.serving import deploy
+        from fabric.kinds.serving import default_tracking_uri, deploy
 
         params = call.params
         model_uri = str(inputs["model_uri"])
-        deploy(params["name"], model_uri, tracking_uri=params.get("tracking_uri"),
+        deploy(params["name"], model_uri, tracking_uri=params.get("tracking_uri") or default_tracking_uri(call.home),
                autoscaling=params.get("autoscaling"), num_replicas=params.get("num_replicas"),
                replica_cpus=float(params.get("replica_cpus", 0.1)))
         context().logger.info("serving %s as %r at /api/predict/%s", model_uri, params["name"], params["name"])

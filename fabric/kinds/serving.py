@@ -46,6 +46,26 @@ def to_frame(instances: Any) -> Any:
     return pd.DataFrame(instances)
 
 
+def model_input(model: Any, instances: Any) -> Any:
+    """A tensor-signature model (e.g. a torch BiLSTM taking [n, seq_len, features] windows) gets an array of its
+    dtype; any other model gets a DataFrame."""
+    import numpy as np
+
+    schema = model.metadata.get_input_schema() if getattr(model, "metadata", None) else None
+    if schema is not None and schema.is_tensor_spec():
+        return np.asarray(instances, dtype=schema.inputs[0].type)
+    return to_frame(instances)
+
+
+def default_tracking_uri(home: str) -> str | None:
+    """The fabric's MLflow store (fabric.ml.tracking) where the train extra is installed, else MLflow's own."""
+    try:
+        from fabric.ml.tracking import tracking_uri
+    except ImportError:
+        return None
+    return tracking_uri(home)
+
+
 def to_json(predictions: Any) -> Any:
     if hasattr(predictions, "to_dict") and hasattr(predictions, "columns"):
         return predictions.to_dict(orient="records")
@@ -63,7 +83,7 @@ class ModelServer:
         self.model = _load_model(model_uri, tracking_uri)
 
     def predict(self, instances: Any) -> Any:
-        return to_json(self.model.predict(to_frame(instances)))
+        return to_json(self.model.predict(model_input(self.model, instances)))
 
 
 class _Arm:
