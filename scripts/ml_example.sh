@@ -1,35 +1,27 @@
 #!/usr/bin/env bash
-# The ML example end to end: start a local Ray with the gateway, run jobs/dags/bt_xs_bilstm.yaml (data -> SQL ->
-# features -> BiLSTM on Ray Train -> backtest -> model card -> promote -> serve), then answer a prediction
-# request with curl through POST /api/predict/xs_bilstm. Run it again: every cached node shows CACHED.
-# Env: PORT (default 8000), FABRIC_HOME (default ~/.fabric). Stops the Ray it started on exit.
+# The ML example end to end, as a new user runs it: `fabric run jobs/dags/bt_xs_bilstm.yaml --gateway PORT`
+# (synthetic data -> SQL -> features -> BiLSTM on Ray Train -> backtest -> model card -> promote -> serve), then
+# a prediction request with curl through the gateway's POST /api/predict/xs_bilstm. Run it twice: the second
+# run shows the cached nodes CACHED. Env: PORT (default 8000), KEEP_UP=1 to leave the gateway up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train
 port="${PORT:-8000}"
-export FABRIC_HOME="${FABRIC_HOME:-$HOME/.fabric}"
-token="$(.venv/bin/fabric token --team demo 2>/dev/null)"
-.venv/bin/fabric up --port "$port" >"$FABRIC_HOME/ml_example_up.log" 2>&1 &
-up=$!
-trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-  kill -0 $up 2>/dev/null || { cat "$FABRIC_HOME/ml_example_up.log"; exit 3; }
-  sleep 1
+log="$(mktemp -t fabric-ml-example.XXXXXX)"
+.venv/bin/fabric run jobs/dags/bt_xs_bilstm.yaml --gateway "$port" >"$log" 2>&1 &
+run=$!
+trap 'kill -TERM $run 2>/dev/null; wait $run 2>/dev/null || true' EXIT
+until grep -q "the gateway stays up" "$log"; do
+  if ! kill -0 $run 2>/dev/null; then cat "$log"; echo "the run failed" >&2; exit 1; fi
+  sleep 2
 done
-export FABRIC_ADDRESS="http://127.0.0.1:$port" FABRIC_TOKEN="$token"
-started=$(date +%s)
-sid="$(.venv/bin/fabric submit jobs/dags/bt_xs_bilstm.yaml)"
-echo "submitted $sid"
-.venv/bin/fabric status "$sid" --watch
-state="$(.venv/bin/fabric status "$sid" --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
-echo "$state in $(( $(date +%s) - started ))s"
-[ "$state" = SUCCEEDED ] || exit 1
+cat "$log"
+token="$(sed -n 's/.*token (shown once): \([^ ]*\).*/\1/p' "$log" | head -1)"
+sid="$(grep -o 'sub-[0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{6\}' "$log" | tail -1)"
 auth=(-H "Authorization: Bearer $token")
-curl -fsS "${auth[@]}" "http://127.0.0.1:$port/api/orch/artifacts/$sid/backtest/probe.json" -o "$FABRIC_HOME/probe.json"
-echo "POST /api/predict/xs_bilstm with 4 windows from the backtest's probe.json:"
-curl -fsS "${auth[@]}" -H 'content-type: application/json' --data @"$FABRIC_HOME/probe.json" \
-  "http://127.0.0.1:$port/api/predict/xs_bilstm"
+probe="$(mktemp -t fabric-probe.XXXXXX)"
+curl -fsS "${auth[@]}" "http://127.0.0.1:$port/api/orch/artifacts/$sid/backtest/probe.json" -o "$probe"
+echo "curl -X POST http://127.0.0.1:$port/api/predict/xs_bilstm --data @probe.json (4 windows from the backtest):"
+curl -fsS "${auth[@]}" -H 'content-type: application/json' --data @"$probe" "http://127.0.0.1:$port/api/predict/xs_bilstm"
 echo
-echo "the run's report: curl -H 'Authorization: Bearer \$TOKEN' http://127.0.0.1:$port/api/orch/artifacts/$sid/metrics.json"
-if [ "${KEEP_UP:-0}" = 1 ]; then echo "the gateway stays up (token: $token); Ctrl-C stops it"; wait $up; fi
+if [ "${KEEP_UP:-0}" = 1 ]; then echo "gateway up at http://127.0.0.1:$port (token $token); Ctrl-C stops it"; wait $run; fi
