@@ -102,3 +102,31 @@ def test_code_version_follows_the_module_source(tmp_path, monkeypatch):
     assert module_digest("cache_mod_version") != first != "?"
     assert module_digest("no_such_module_anywhere") == "?"
     sys.modules.pop("cache_mod_version", None)
+
+
+def _machine(gated: bool):
+    from fabric.plan import compile_plan
+    from fabric.schedule import RunMachine
+    from fabric.spec import load_spec
+
+    spec = load_spec({"version": 1, "pipeline_id": "m", "nodes": [
+        {"id": "a", "kind": "python_task", "entrypoint": "m:a", "outs": ["x"], "cache": True},
+        {"id": "b", "kind": "python_task", "entrypoint": "m:b", "ins": ["x"]}], "edges": [{"from": "a", "to": "b"}]})
+    plan = compile_plan(spec)
+    assert plan.nodes["a"].digest_outputs and not plan.nodes["b"].digest_outputs
+    assert plan.persisted_outs(False) == {"a": ("x",), "b": ()}
+    return RunMachine(plan, time.time, submission_id="s", gated=gated)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_cache_node_waits_for_its_check_then_a_hit_releases_its_consumers(gated):
+    machine = _machine(gated)
+    assert machine.start() == []  # neither a, nor b wired to it, is dispatched before the cache decides
+    assert machine.ready_cached() == ["a"] and machine.nodes["a"].state == "QUEUED"
+    machine.hold("a", "coalesced")
+    assert machine.waiting() == [] and machine.nodes["a"].reason == "coalesced"  # admission cannot see it
+    actions = machine.cache_hit("a", "cached: reuses a of s0")
+    assert machine.nodes["a"].state == "CACHED" and machine.nodes["a"].token is not None
+    assert [a.node_id for a in actions] == ([] if gated else ["b"])
+    assert machine.nodes["b"].state == ("QUEUED" if gated else "RUNNING")
+    assert machine.cache_hit("a", "again") == []  # only a waiting node can hit
