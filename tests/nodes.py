@@ -125,3 +125,11 @@ def checkpointing_sleeper(seconds: float, marker_dir: str) -> str:
     ctx.on_preempt(lambda: _mark(marker_dir, "checkpoint"))
     time.sleep(seconds)
     return f"done on start {attempt}"
+
+
+def gpu_probe(seconds: float = 0.0) -> str:
+    """Where Ray ran it: `<ray node id>/<CUDA_VISIBLE_DEVICES>` (fake GPUs set it too)."""
+    import ray
+
+    time.sleep(seconds)
+    return f"{ray.get_runtime_context().get_node_id()}/{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"

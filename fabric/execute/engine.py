@@ -25,7 +25,7 @@ from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs, start_report
-from fabric.execute.scheduler import Scheduler, StoreQuotaJournal, load_config
+from fabric.execute.scheduler import Scheduler, engine_scheduler, load_config
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
@@ -59,7 +59,7 @@ class Engine:
         self._store = store
         config = load_config(home)
         # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
-        self._scheduler = Scheduler(config, clock, journal=StoreQuotaJournal(store)) if config is not None else None
+        self._scheduler: Scheduler | None = engine_scheduler(config, clock, store) if config is not None else None
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
