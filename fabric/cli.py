@@ -126,7 +126,7 @@ def run(dag: DagArg, params: ParamsOpt = None,
             from fabric.cli_serve import hold, start_gateway
 
             url, token = start_gateway(gateway, _home())
-            err.print(f"gateway: {url}  token (shown once): {token}")
+            sys.stderr.write(f"gateway: {url}\ntoken (shown once): {token}\n")  # plain: never wrapped
     try:
         submission = fabric_client.submit(spec, runtime)
     except FabricError as exc:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train
 port="${PORT:-8000}"
 log="$(mktemp -t fabric-ml-example.XXXXXX)"
-.venv/bin/fabric run jobs/dags/bt_xs_bilstm.yaml --gateway "$port" >"$log" 2>&1 &
+COLUMNS="${COLUMNS:-160}" .venv/bin/fabric run jobs/dags/bt_xs_bilstm.yaml --gateway "$port" >"$log" 2>&1 &
 run=$!
 trap 'kill -TERM $run 2>/dev/null; wait $run 2>/dev/null || true' EXIT
 until grep -q "the gateway stays up" "$log"; do
