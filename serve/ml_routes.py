@@ -59,9 +59,8 @@ class MlRoutes:
         except (TimeoutError, FabricError):
             raise
         except Exception as exc:  # noqa: BLE001 - a model that cannot take the input is the caller's 422
-            # The application may have been redeployed or removed since the handle was made: look again once.
-            if await asyncio.to_thread(lambda: self._model(name, fresh=True)) is not handle:
-                return await self.predict(request, name, body)
+            # A handle follows its application across redeploys; one that was deleted is a 404 (raised here).
+            await asyncio.to_thread(self._model, name, True)
             raise FabricError(f"the model {name!r} could not predict: {str(exc).splitlines()[-1][:500]}",
                               code=ErrorCode.KIND_PARAMS, where="instances",
                               fix="send instances with the columns and types the model was trained on") from None
