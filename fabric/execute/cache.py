@@ -22,7 +22,7 @@ import ray
 
 from fabric.execute.backend import AttemptHandle
 from fabric.execute.digest import code_versions
-from fabric.execute.outputs import has_outputs
+from fabric.execute.outputs import copy_node_files, has_outputs
 from fabric.plan.hashing import node_content_hash
 from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
 from fabric.states import NodeState
@@ -43,6 +43,7 @@ class NodeCache:
         self._index = index if index is not None else open_cache_index(home)
         self._artifacts = artifacts
         self._probe = ray.remote(code_versions)
+        self._copy = ray.remote(copy_node_files).options(num_cpus=0, max_retries=2)
         self._versions: dict[str, dict[str, str] | None] = {}  # submission -> code versions (None: asked)
         self._probes: dict[str, Any] = {}  # submission -> the probe's ref, held until it answers
         self._inflight: dict[str, tuple[str, str]] = {}  # key -> (submission, node) running it now
@@ -117,6 +118,8 @@ class NodeCache:
         refs = engine._backend.load(self._artifacts, entry.submission_id, entry.node_id, list(outs))
         run.handles[(node_id, token)] = AttemptHandle(None, refs, 0)
         self._digests[(run.record.submission_id, node_id)] = dict(entry.digests)
+        # Its artifact dir too (fire and forget: a task runs whether or not its ref is kept).
+        self._copy.remote(self._artifacts, (entry.submission_id, entry.node_id), (run.record.submission_id, node_id))
         self.hits += 1
         engine._perform(run, actions)
         return True

@@ -73,6 +73,19 @@ def publish_files(root: str, submission_id: str, node_id: str, local_dir: Any) -
         print(f"fabric: could not copy the artifact dir to {root}: {exc}")
 
 
+def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str]) -> int:
+    """A CACHED node gets the files of the node it reuses, so its artifact dir is there like any node's."""
+    from pyarrow import fs as pafs
+
+    fs, src = _fs(files_dir(root, *source))
+    if fs.get_file_info(src).type != pafs.FileType.Directory:
+        return 0
+    _, dst = _fs(files_dir(root, *target))
+    fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+    return 1
+
+
 def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
     from pyarrow import fs as pafs
 
