@@ -66,7 +66,9 @@ def test_a_rerun_reuses_cached_outputs_and_new_data_under_the_same_name_does_not
     assert first_report["nodes"]["count"]["metrics"] == {"words": 3}
     assert (fabric_home / "artifacts" / first.id / "count" / "files" / "metrics.json").exists()
     copied = fabric_home / "artifacts" / second.id / "count" / "files" / "metrics.json"  # a CACHED node's files
-    assert copied.exists() and json.loads(copied.read_text()) == {"words": 3}
+    while not copied.exists() and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    assert json.loads(copied.read_text()) == {"words": 3}
 
 
 @pytest.mark.ray
