@@ -81,9 +81,16 @@ def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str])
     if fs.get_file_info(src).type != pafs.FileType.Directory:
         return 0
     _, dst = _fs(files_dir(root, *target))
-    fs.create_dir(dst, recursive=True)
-    pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
-    return 1
+    copied = 0
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        path = f"{dst}/{info.path[len(src):].lstrip('/')}"
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_input_stream(info.path) as source, fs.open_output_stream(path) as out:
+            out.write(source.read())
+        copied += 1
+    return copied
 
 
 def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
