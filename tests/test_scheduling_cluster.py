@@ -228,3 +228,28 @@ def test_a_killed_quota_actor_fails_closed_and_comes_back(cluster):
     assert done.state == "SUCCEEDED"
     assert done.node("w").started_at >= first.wait(30).node("w").ended_at - 0.5, "it ran over the budget"
     assert ray.get_actor("fabric-quota:research", namespace="fabric") is not None
+
+
+def test_multi_gpu_and_multi_worker_nodes_run_in_placement_groups(cluster):
+    from ray.util.placement_group import placement_group_table
+
+    client, _ = cluster
+    probe = {"kind": "python_task", "entrypoint": "tests.nodes:group_probe"}
+    run = client.submit(dag("groups", [
+        {"id": "packed", **probe, "resources": {"cpu": "50m", "gpu": 2, "workers": 2, "placement": "STRICT_PACK"}},
+        {"id": "spread", **probe, "resources": {"cpu": "50m", "workers": 3, "placement": "STRICT_SPREAD"}},
+        {"id": "two_gpus", **probe, "resources": {"cpu": "50m", "gpu": 2}},
+        {"id": "plain", **probe, "resources": {"cpu": "50m", "gpu": 1}},
+    ]))
+    assert run.wait(60).state == "SUCCEEDED"
+    packed, spread, two_gpus = run.result("packed"), run.result("spread"), run.result("two_gpus")
+    assert packed["strategy"] == "STRICT_PACK" and len(packed["nodes"]) == 2 and len(set(packed["nodes"])) == 1
+    assert spread["strategy"] == "STRICT_SPREAD" and len(set(spread["nodes"])) == 3
+    assert two_gpus["strategy"] == "STRICT_PACK" and len(two_gpus["nodes"]) == 1
+    assert packed["here"] == packed["nodes"][0]  # the node's own code runs in bundle 0
+    assert run.result("plain") == {}, "a one-GPU, one-worker node is a plain task"
+    for result in (packed, spread, two_gpus):  # the groups go when their attempts end
+        deadline = time.monotonic() + 10
+        while placement_group_table()[result["id"]]["state"] != "REMOVED":
+            assert time.monotonic() < deadline, "a finished node's placement group was left behind"
+            time.sleep(0.2)

@@ -30,6 +30,7 @@ from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.schedule.admission import Placement
 from fabric.states import NodeState
 
 log = logging.getLogger(__name__)
@@ -321,13 +322,13 @@ class Engine:
             actions = run.machine.admit(node_id)
             if not actions:  # it stopped waiting meanwhile: give its booking back
                 self._scheduler.release(f"{sid}/{node_id}")
-            self._perform(run, actions, placement.node_id)
+            self._perform(run, actions, placement)
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -349,16 +350,15 @@ class Engine:
             for wire in node.inputs:
                 inputs.append(run.handles[(wire.producer, tokens[wire.producer])].values[wire.out])
             call = NodeCall(
-                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
+                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id, digest=node.digest_outputs,
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
-                digest=node.digest_outputs,
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, on_node,
+                call, node.unit, inputs, env, placement,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:

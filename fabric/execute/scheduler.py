@@ -60,6 +60,7 @@ class SchedulingConfig:
     quotas: dict[str, Budget] | None = None
     preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
     preemptible: tuple[str, ...] = ("low", "normal")  # priorities whose spot_ok work may be preempted
+    gpu_fallback_after_s: float = 300.0  # GPU-first nodes with a CPU fallback wait this long for a GPU
 
 
 def load_config(home: str) -> SchedulingConfig | None:
@@ -74,6 +75,7 @@ def load_config(home: str) -> SchedulingConfig | None:
             default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
             preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
             preemptible=tuple(raw.get("preemptible", ("low", "normal"))),
+            gpu_fallback_after_s=float(raw.get("gpu_fallback_after_s", 300.0)),
             pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()},
             quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
@@ -123,7 +125,9 @@ class Scheduler:
         preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
         return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
-                       plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok")
+                       plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok",
+                       unit.fallback_cpus, unit.fallback_after_s if unit.fallback_after_s is not None
+                       else self.config.gpu_fallback_after_s)
 
     def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
         """One round over every run's waiting nodes: (submission, node, placement) to release now. The
