@@ -67,17 +67,23 @@ class MlRoutes:
         return {"name": name, "model_uri": reply["model_uri"], "arm": reply["arm"],
                 "predictions": reply["predictions"]}
 
+    def _artifact_client(self, request: Request) -> Any:
+        """An admin token sees every submission's artifacts (a team token, its team's)."""
+        principal = self._who(request)  # type: ignore[attr-defined]
+        client = self._client  # type: ignore[attr-defined]
+        return client if principal.admin else client.for_team(principal.team)
+
     @router.get("/api/orch/artifacts/{submission_id}")
     def artifact_index(self, request: Request, submission_id: str) -> dict[str, Any]:
-        return self._client_for(request).artifacts(submission_id)  # type: ignore[attr-defined]
+        return self._artifact_client(request).artifacts(submission_id)
 
     @router.get("/api/orch/artifacts/{submission_id}/metrics.json")
     def run_report(self, request: Request, submission_id: str) -> Response:
-        body = self._client_for(request).artifact(submission_id, None, "metrics.json")  # type: ignore[attr-defined]
+        body = self._artifact_client(request).artifact(submission_id, None, "metrics.json")
         return Response(body, media_type="application/json")
 
     @router.get("/api/orch/artifacts/{submission_id}/{node}/{name:path}")
     def artifact(self, request: Request, submission_id: str, node: str, name: str) -> Response:
-        body = self._client_for(request).artifact(submission_id, node, name)  # type: ignore[attr-defined]
+        body = self._artifact_client(request).artifact(submission_id, node, name)
         media = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Response(body, media_type=media)
