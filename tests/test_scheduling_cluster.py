@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 SCHEDULING = """
 aging_s: 3600
 preempt_after_s: 1
+cost: {cpu_hour: 0.0, gpu_hour: 36.0}
 pools:
-  batch: {max_concurrency: 2}
+  batch: {max_concurrency: 2, cost: {cpu_hour: 3.6, gpu_hour: 36.0}}  # every GPU node is in it
 quotas:
   research: {gpu: 2}
 """
@@ -108,6 +109,7 @@ def test_a_pool_runs_at_most_its_limit_at_once(cluster):
     assert reasons and all("pool limit: batch 2/2" in r for r in reasons)
     done = run.wait(60)
     assert done.state == "SUCCEEDED"
+    assert done.cost == pytest.approx(sum(0.05 * 0.001 * n.duration for n in done.nodes), rel=0.1)  # 50m at 3.6
     spans = [(n.started_at, n.ended_at) for n in done.nodes]
     for start, _ in spans:
         assert sum(1 for s, e in spans if s <= start < e) <= 2, "more than 2 batch nodes ran at once"
@@ -125,6 +127,10 @@ def test_sixteen_quarter_gpu_nodes_and_a_four_gpu_node_run_without_a_fragmentati
     run = client.get(done.submission_id)
     gpus = {run.result(q.node_id) for q in quarters}
     assert len(gpus) == 4, f"16 quarters should share exactly 4 GPUs, got {sorted(gpus)}"
+    # 36 an hour per GPU is 0.01 a GPU-second: the status says what the run cost, node by node
+    expected = sum((0.25 if n.node_id.startswith("q") else 4) * 0.01 * (n.ended_at - n.started_at) for n in done.nodes)
+    assert done.cost == pytest.approx(expected, rel=0.1)
+    assert done.node("whole").cost == pytest.approx(4 * 0.01 * whole.duration, rel=0.1)
 
 
 def test_racing_admissions_never_overspend_a_quota_actor(cluster):

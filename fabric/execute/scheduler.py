@@ -28,6 +28,7 @@ from fabric.errors import ErrorCode, FabricError
 from fabric.execute.quotas import ActorQuotaBook
 from fabric.plan import NodePlan
 from fabric.record import Event, Store
+from fabric.record.status import COST_EVENT
 from fabric.schedule.admission import (
     AdmissionPolicy,
     Cluster,
@@ -53,6 +54,17 @@ DEFAULT_GPU_MEM_GB = 80.0
 
 
 @dataclass(frozen=True)
+class Rate:
+    """What an hour of one CPU and of one GPU costs in a pool (any currency; the old workers sent theirs)."""
+
+    cpu_hour: float = 0.0
+    gpu_hour: float = 0.0
+
+    def cost(self, cpu: float, gpu: float, seconds: float) -> float:
+        return (cpu * self.cpu_hour + gpu * self.gpu_hour) * max(seconds, 0.0) / 3600
+
+
+@dataclass(frozen=True)
 class SchedulingConfig:
     aging_s: float = 1800.0
     default_estimate_s: float = 3600.0
@@ -61,6 +73,8 @@ class SchedulingConfig:
     preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
     preemptible: tuple[str, ...] = ("low", "normal")  # priorities whose spot_ok work may be preempted
     gpu_fallback_after_s: float = 300.0  # GPU-first nodes with a CPU fallback wait this long for a GPU
+    cost: Rate = Rate()  # outside any pool
+    pool_costs: dict[str, Rate] | None = None
 
 
 def load_config(home: str) -> SchedulingConfig | None:
@@ -76,7 +90,11 @@ def load_config(home: str) -> SchedulingConfig | None:
             preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
             preemptible=tuple(raw.get("preemptible", ("low", "normal"))),
             gpu_fallback_after_s=float(raw.get("gpu_fallback_after_s", 300.0)),
-            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()},
+            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()
+                   if spec.get("max_concurrency") is not None},
+            cost=Rate(**raw.get("cost", {})),
+            pool_costs={name: Rate(**spec["cost"]) for name, spec in (raw.get("pools") or {}).items()
+                        if "cost" in spec},
             quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise FabricError(f"the scheduling config {path} is invalid: {exc}", code=ErrorCode.SPEC_FIELD,
@@ -155,11 +173,19 @@ class Scheduler:
                                "waiting_s": round(now - r.ready_at, 3), "reason": waiting.reason})
         return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
 
-    def on_transitions(self, submission_id: str, transitions: Iterable[Any]) -> None:
-        """An attempt that left RUNNING no longer holds its booking (capacity and quota)."""
+    def on_transitions(self, submission_id: str, transitions: Iterable[Any],
+                       machine: RunMachine | None = None) -> list[Event]:
+        """An attempt that left RUNNING no longer holds its booking (capacity and quota); what it cost is
+        added to its node and returned as events for the record."""
+        costs = []
         for t in transitions:
             if t.node_id is not None and t.source == "RUNNING":
-                self.release(f"{submission_id}/{t.node_id}")
+                cost = self.release(f"{submission_id}/{t.node_id}")
+                if cost and machine is not None:
+                    machine.add_cost(t.node_id, cost)
+                    costs.append(Event(submission_id, t.node_id, COST_EVENT, COST_EVENT, t.at, t.attempt,
+                                       f"{cost:.9f}"))
+        return costs
 
     def decide(self, queue: list[Request]) -> Decision:
         """What to admit now; the admitted are booked (capacity and quota) until `release`."""
@@ -209,11 +235,22 @@ class Scheduler:
                 return [(*victim.key.split("/", 1), why) for victim in chosen]  # type: ignore[misc]
         return []
 
-    def release(self, key: str) -> None:
+    def release(self, key: str) -> float:
+        """Give back what `key` booked; returns what its attempt cost (0 when it held nothing)."""
         booked = self._booked.pop(key, None)
-        if booked is not None and booked[0].team in self._quotas.ledgers:
-            self._quotas.release(booked[0].team, key)
-            self._save_usage(self._quotas.ledgers[booked[0].team])
+        if booked is None:
+            return 0.0
+        request, placement, started = booked
+        if request.team in self._quotas.ledgers:
+            self._quotas.release(request.team, key)
+            self._save_usage(self._quotas.ledgers[request.team])
+        return self._rate(placement, request).cost(request.cpu, request.gpu, self._clock() - started)
+
+    def _rate(self, placement: Placement, request: Request) -> Rate:
+        """The rate of the pool where it ran (a *-spot node is cheaper), else of the pool it asked for."""
+        node = next((n for n in self._nodes if n.node_id == placement.node_id), None)
+        pool = (node.pool if node is not None else None) or request.pool
+        return (self.config.pool_costs or {}).get(pool or "", self.config.cost)
 
     def _save_usage(self, ledger: QuotaLedger) -> None:
         """At most once a minute per team (the journal is append-only): a crash loses at most a minute

@@ -1,9 +1,9 @@
 """The run state machine of one submission: pure, clock injected, emits actions for the executor.
 
-Nodes are dispatched *eagerly*: a node is handed to the executor as soon as every upstream node has
-been dispatched, wired to the upstream attempts' future outputs, so Ray resolves the data dependency
-without a round trip through the fabric. A node only counts as RUNNING once its upstreams succeeded;
-results that arrive earlier are buffered, and dispatches wired to a failed attempt are withdrawn.
+Nodes are dispatched *eagerly*: as soon as every upstream node has been dispatched, wired to the upstream
+attempts' future outputs, so Ray resolves the data dependency without a round trip through the fabric. A node
+is RUNNING only once its upstreams succeeded; earlier results are buffered, dispatches wired to a failed
+attempt are withdrawn.
 
 A *gated* machine (admission on) dispatches nothing by itself: a ready node waits QUEUED in `waiting()` until
 the scheduler calls `admit(node_id)`. A `cache: true` node always waits so: the cache decides (`cache_hit`).
@@ -89,6 +89,7 @@ class NodeRun:
     uncounted: int = 0  # attempts not charged to the retry budget (interrupted by a registry restart)
     ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
     dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
+    cost: float = 0.0  # what its attempts cost so far: resource-seconds times the rates of where they ran
 
     @property
     def error(self) -> ErrorInfo | None:
@@ -98,9 +99,8 @@ class NodeRun:
 class RunMachine:
     """All decisions about one submission's nodes. Feed it results and ticks; it returns actions.
 
-    Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and
-    deadlines in a timer index, so a 1,000-node fan-in does not rescan its parents per event.
-    """
+    Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and deadlines
+    in a timer index, so a 1,000-node fan-in does not rescan its parents per event."""
 
     def __init__(self, plan: ExecutionPlan, clock: Clock, *, submission_id: str = "", gated: bool = False) -> None:
         self.plan = plan
@@ -147,8 +147,7 @@ class RunMachine:
             node.ok_upstream = sum(machine.nodes[u].state.ok for u in node.plan.upstream)
         return machine
 
-    def restored_tokens(self) -> dict[str, int]:
-        """Tokens of nodes that had already succeeded when the submission was restored."""
+    def restored_tokens(self) -> dict[str, int]:  # nodes that had already succeeded when it was restored
         return {n: run.token for n, run in self.nodes.items() if run.state.ok and run.token is not None}
 
     # -- queries -------------------------------------------------------------------------------
@@ -206,6 +205,8 @@ class RunMachine:
         self._move(node, NodeState.QUEUED, reason)
         return [kill, *([] if self.gated else self._settle([node_id]))]
 
+    def add_cost(self, node_id: str, amount: float) -> None:
+        self.nodes[node_id].cost += amount
     def note_waiting(self, node_id: str, reason: str) -> None:  # gated: why it waits (the scheduler's words)
         if node_id in self._waiting:
             self.nodes[node_id].reason = reason
@@ -376,8 +377,7 @@ class RunMachine:
         return actions
 
     def _settle(self, touched: Iterable[str]) -> list[Action]:
-        """Promote ready nodes, apply buffered results and dispatch what can go, for the touched nodes
-        and, transitively, whatever their changes touch."""
+        """Promote ready nodes, apply buffered results and dispatch what can go (touched nodes, transitively)."""
         actions: list[Action] = []
         work = deque(touched)
         while work and not self.done:
