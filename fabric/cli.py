@@ -107,7 +107,10 @@ def run(dag: DagArg, params: ParamsOpt = None,
         num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
         num_gpus: Annotated[int | None, typer.Option(help="GPUs of the local Ray")] = None,
         timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live table")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no live table")] = False,
+        gateway: Annotated[int | None, typer.Option(help="also start the HTTP gateway on this port, and keep it "
+                                                          "up after the run (models it served answer)")] = None,
+        ) -> None:
     """Run a DAG on a fresh local Ray (the embedded default), live, then print results and a summary."""
     try:
         spec = load_spec(dag)
@@ -119,6 +122,11 @@ def run(dag: DagArg, params: ParamsOpt = None,
     started = time.monotonic()
     with out.status("starting a local Ray…", spinner="dots"):
         fabric_client = client.connect("local", num_cpus=num_cpus, num_gpus=num_gpus)
+        if gateway is not None:
+            from fabric.cli_serve import hold, start_gateway
+
+            url, token = start_gateway(gateway, _home())
+            sys.stderr.write(f"gateway: {url}\ntoken (shown once): {token}\n")  # plain: never wrapped
     try:
         submission = fabric_client.submit(spec, runtime)
     except FabricError as exc:
@@ -133,6 +141,9 @@ def run(dag: DagArg, params: ParamsOpt = None,
     took = time.monotonic() - started
     out.print(f"[bold]{status.state}[/] {status.pipeline_id} {submission.id} in {took:.1f}s "
               f"({', '.join(f'{k.lower()} {v}' for k, v in sorted(status.counts.items()))})")
+    if gateway is not None and status.state == "SUCCEEDED":
+        out.print(f"the gateway stays up at {url} (POST /api/predict/<name>); Ctrl-C stops it")
+        hold()
     raise typer.Exit(0 if status.state == "SUCCEEDED" else EXIT_FAILED)
 
 

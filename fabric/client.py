@@ -203,6 +203,14 @@ class Client:
         """fabric's metrics (queues, waits, run times, GPUs per team, retries…) as Prometheus text."""
         return _call(self._registry.metrics_text, retry_for=self._retry_for)
 
+    def artifact(self, submission_id: str, node: str | None, name: str) -> bytes:
+        """An artifact's bytes: the run's `metrics.json` (node None) or a file a node wrote to its artifact dir."""
+        return _call(self._registry.artifact, submission_id, node, name, self.team, retry_for=self._retry_for)
+
+    def artifacts(self, submission_id: str) -> dict[str, Any]:
+        """What a submission has in the artifact store: its report and each node's files."""
+        return _call(self._registry.artifacts, submission_id, self.team, retry_for=self._retry_for)
+
     def ping(self) -> bool:
         return _call(self._registry.ping, timeout=5, retry_for=self._retry_for) == "ok"
 

@@ -35,3 +35,4 @@ class AttemptReport:
     log_path: str | None = None
     progress: float | None = None
     message: str = ""
+    digests: dict[str, str] | None = None  # out -> digest of its value, for nodes a cache key reads

@@ -22,6 +22,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
 from serve.auth import Principal, TokenTable
+from serve.ml_routes import MlRoutes
+from serve.ml_routes import router as ml_router
 
 MAX_BODY_BYTES = 1 << 20
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
@@ -67,6 +69,7 @@ def problem(status: int, error: FabricError) -> JSONResponse:
 api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 requests_total: Counter[tuple[str, int]] = Counter()
+api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
 
 
 @api.exception_handler(FabricError)
@@ -112,7 +115,7 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
 # requests at once (Serve's default of 5 in flight would queue 16 clients at the proxy).
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
-class Gateway:
+class Gateway(MlRoutes):
     def __init__(self, tokens_file: str | None = None) -> None:
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None

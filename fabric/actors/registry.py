@@ -17,6 +17,7 @@ import ray
 
 from fabric.actors import HEAD_RESOURCE, NAMESPACE
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
+from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
 from fabric.execute.outputs import load_code, remove_tree, save_code
@@ -124,6 +125,12 @@ class Registry:
                 self._store.flush()  # an admin's switch is durable before it is acknowledged
                 self._kill_switch = f"{reason} (by {actor or 'unknown'})" if on else None
         return {"on": self._kill_switch is not None, "reason": self._kill_switch or ""}
+
+    def audit(self, subject: str, source: str, target: str, reason: str, actor: str = "") -> None:
+        """Append a decision (e.g. a promotion's gate or traffic step, subject `_promote:<name>`) to the audit
+        log; durable before it returns."""
+        self._store.append_events([Event(subject, None, source, target, time.time(), reason=f"{reason} (by {actor})")])
+        self._store.flush()
 
     def drain(self, timeout: float, actor: str = "") -> dict[str, Any]:
         """Close admission, wait up to `timeout` s for running submissions, report what finished."""
@@ -283,6 +290,17 @@ class Registry:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
                                 where=node_id, fix="see the node ids in `fabric status`")
         return self._store.get_log(submission_id, node_id)
+
+    def artifact(self, submission_id: str, node_id: str | None, name: str, team: str | None = None) -> bytes:
+        """One artifact's bytes: the run's metrics.json (node None) or a file a node wrote (execute/artifacts.py)."""
+        check_names(submission_id, node_id, name)  # a bad name is a 422 before any lookup
+        self._recorded(submission_id, team)
+        return read_artifact(self._artifacts, submission_id, node_id, name)
+
+    def artifacts(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
+        check_names(submission_id, None, None)
+        self._recorded(submission_id, team)
+        return list_artifacts(self._artifacts, submission_id)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:

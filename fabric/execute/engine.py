@@ -21,8 +21,10 @@ import ray
 
 from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
+from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
+from fabric.execute.outputs import start_report
 from fabric.execute.resume import restored_machine
 from fabric.execute.scheduler import Scheduler, engine_scheduler, load_config
 from fabric.kinds import NodeCall
@@ -30,7 +32,6 @@ from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
-from fabric.types import AttemptReport
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Engine:
         self._control = control
         self._clock = clock
         self._backend = RayBackend()
+        self._cache = NodeCache(home, artifacts)  # `cache: true` nodes: reuse and coalescing (execute/cache.py)
         self.metrics = ray_metrics()
         self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
@@ -93,7 +95,7 @@ class Engine:
         # Written first: if the store cannot take it, this raises and nothing at all has started.
         self._store.add_submission(record)
         with self._lock:
-            persist = plan.consumed_outs() if self._persist_outputs else {}
+            persist = plan.persisted_outs(self._persist_outputs)
             self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
         self._inbox.put(("start", record.submission_id))
 
@@ -237,7 +239,7 @@ class Engine:
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
                 # Recorded before admission too: the scheduler frees what ended before it books anew.
-                self._record_all(touched)
+                self._record_all(touched | self._cache.tick(self))  # cache decisions first (execute/cache.py)
                 self._record_all(self._admit())
                 self._due_force_kills()
             if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
@@ -335,7 +337,7 @@ class Engine:
             for wire in node.inputs:
                 inputs.append(run.handles[(wire.producer, tokens[wire.producer])].values[wire.out])
             call = NodeCall(
-                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
+                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id, digest=node.digest_outputs,
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
@@ -375,6 +377,7 @@ class Engine:
                    for node_id, node in run.machine.nodes.items()
                    if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
         status = json.dumps(status_of(run.machine, run.record.submission_id).to_dict(), separators=(",", ":")).encode()
+        start_report(self._artifacts, sid, status)  # <artifacts>/<submission>/metrics.json, off the loop
         self._finished[sid] = Finished(status, results)
         del self._runs[sid]
         self._stopping = {key for key in self._stopping if key[0] != sid}
@@ -402,5 +405,3 @@ class Engine:
         for handle in due:
             self._backend.cancel(handle, force=True)
 
-
-__all__ = ["AttemptReport", "Engine"]

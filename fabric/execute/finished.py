@@ -88,7 +88,7 @@ def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
             ended_at=last.ended_at if last and node.state.terminal else None,
             progress=node.progress, message=node.message,
             reason=node.reason if node.state in (NodeState.SKIPPED, NodeState.CANCELLED, NodeState.QUEUED,
-                                                 NodeState.RETRYING, NodeState.TIMED_OUT) else "",
+                                                 NodeState.RETRYING, NodeState.TIMED_OUT, NodeState.CACHED) else "",
             error=node.error if not node.state.ok else None, history=history, cost=node.cost))
     return SubmissionStatus(
         submission_id=submission_id, pipeline_id=plan.pipeline_id, state=machine.state,

@@ -1,6 +1,8 @@
 """Node outputs persisted to the artifact store, so that a resumed run does not recompute them.
 
 Layout under the artifact root (a local dir or any pyarrow.fs URI: s3://, gs://, ...):
+    <root>/<submission>/metrics.json                  the submission's report, written when it ends
+    <root>/<submission>/<node>/files/...              what the node wrote to its artifact dir
     <root>/<submission>/<node>/outputs/<out>.arrow   one Arrow IPC file per table output
     <root>/<submission>/<node>/outputs/outputs.pkl   every other value, written last: its presence
                                                       means the node's outputs are complete
@@ -52,6 +54,43 @@ def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping
     with fs.open_output_stream(temp) as out:
         out.write(blob)
     fs.move(temp, f"{base}/{MANIFEST}")
+
+
+def files_dir(root: str, submission_id: str, node_id: str) -> str:
+    return f"{root.rstrip('/')}/{submission_id}/{node_id}/files"
+
+
+def publish_files(root: str, submission_id: str, node_id: str, local_dir: Any) -> None:
+    """Copy a node's local artifact dir into the artifact store (after every attempt, so a failed attempt's
+    files are there to look at too). A failure to copy is logged into the node's log, never fatal."""
+    from pyarrow import fs as pafs
+
+    try:
+        fs, base = _fs(files_dir(root, submission_id, node_id))
+        fs.create_dir(base, recursive=True)
+        pafs.copy_files(str(local_dir), base, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    except Exception as exc:  # noqa: BLE001 - the node's own result matters more than its copy
+        print(f"fabric: could not copy the artifact dir to {root}: {exc}")
+
+
+def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str]) -> int:
+    """A CACHED node gets the files of the node it reuses, so its artifact dir is there like any node's."""
+    from pyarrow import fs as pafs
+
+    fs, src = _fs(files_dir(root, *source))
+    if fs.get_file_info(src).type != pafs.FileType.Directory:
+        return 0
+    _, dst = _fs(files_dir(root, *target))
+    copied = 0
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        path = f"{dst}/{info.path[len(src):].lstrip('/')}"
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_input_stream(info.path) as source, fs.open_output_stream(path) as out:
+            out.write(source.read())
+        copied += 1
+    return copied
 
 
 def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
@@ -107,3 +146,59 @@ def remove_tree(root: str, submission_id: str) -> int:
     files = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File]
     fs.delete_dir(base)
     return len(files)
+
+
+_reports: Any = None
+
+
+def start_report(root: str, submission_id: str, status_json: bytes) -> None:
+    """Write the submission's metrics.json in the background (one writer thread: the engine loop never waits)."""
+    global _reports
+    if _reports is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabric-report")
+    _reports.submit(_write_report_quietly, root, submission_id, status_json)
+
+
+def _write_report_quietly(root: str, submission_id: str, status_json: bytes) -> None:
+    try:
+        write_report(root, submission_id, status_json)
+    except Exception:  # noqa: BLE001 - a report is a by-product: it must never hurt the run
+        import logging
+
+        logging.getLogger(__name__).exception("fabric could not write the report of %s", submission_id)
+
+
+def write_report(root: str, submission_id: str, status_json: bytes) -> dict[str, Any]:
+    """`<root>/<submission>/metrics.json`: the run's outcome, each node's state, attempts, time and cache
+    reuse, and the metrics.json each node wrote to its artifact dir (as the design's run report asks)."""
+    import json
+
+    from pyarrow import fs as pafs
+
+    status = json.loads(status_json)
+    fs, base = _fs(f"{root.rstrip('/')}/{submission_id}")
+    nodes: dict[str, Any] = {}
+    for node in status["nodes"]:
+        entry = {"kind": node["kind"], "state": node["state"], "attempts": node["attempts"],
+                 "seconds": round(node["ended_at"] - node["started_at"], 3)
+                 if node.get("ended_at") and node.get("started_at") else None}
+        if node["state"] == "CACHED":
+            entry["reused"] = node.get("reason", "")
+        path = f"{base}/{node['node_id']}/files/metrics.json"
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as source:
+                try:
+                    entry["metrics"] = json.loads(source.read())
+                except ValueError:
+                    entry["metrics"] = None
+        nodes[node["node_id"]] = entry
+    report = {"submission_id": submission_id, "pipeline_id": status["pipeline_id"], "state": status["state"],
+              "created_at": status["created_at"], "ended_at": status["ended_at"],
+              "wall_s": round(status["ended_at"] - status["created_at"], 3) if status["ended_at"] else None,
+              "counts": status["counts"], "nodes": nodes}
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/metrics.json") as out:
+        out.write((json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    return report

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fabric.context import NodeContext, use_context
-from fabric.execute.outputs import persist_outputs
+from fabric.execute.digest import output_digests
+from fabric.execute.outputs import persist_outputs, publish_files
 from fabric.kinds import NodeCall, get_kind
 from fabric.types import AttemptReport, ErrorInfo
 
@@ -79,6 +80,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buffer
+    digests: dict[str, str] | None = None
     try:
         with use_context(ctx):
             if call.inline_code:
@@ -89,6 +91,8 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                 named = dict(zip(call.input_names, inputs, strict=True))
                 value = get_kind(call.kind).run(call, named)
             values = split_outputs(call, value)
+            if call.digest:  # a cache key reads them: what the data is, not what it is called
+                digests = output_digests(call.result_slots, values)
             if call.persist:
                 # Durable before the node reports success: a resumed run reloads instead of recomputing.
                 by_slot = dict(zip(call.result_slots, values, strict=True))
@@ -104,10 +108,12 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
         raise NodeFailure(call.node_id, call.attempt, error, report) from None
     finally:
         ctx.finish()
+        if call.artifacts and ctx.artifact_root.is_dir():  # the node's files, into the artifact store
+            publish_files(call.artifacts, call.submission_id, call.node_id, ctx.artifact_root)
         sys.stdout, sys.stderr = saved_streams
         _capture.reset(capture_token)
     # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
-    return (pickle.dumps(_report(call, buffer, ctx, started), protocol=5), *values)
+    return (pickle.dumps(_report(call, buffer, ctx, started, digests), protocol=5), *values)
 
 
 @lru_cache(maxsize=64)
@@ -132,7 +138,8 @@ def split_outputs(call: NodeCall, value: Any) -> list[Any]:
     return [value[s] for s in slots]
 
 
-def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: float) -> AttemptReport:
+def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: float,
+            digests: dict[str, str] | None = None) -> AttemptReport:
     text = buffer.getvalue()
     log_path = None
     if text:
@@ -143,7 +150,7 @@ def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: floa
     tail = text[-LOG_TAIL_CHARS:]
     fraction, message = ctx.last_progress or (None, "")
     return AttemptReport(started_at=started, ended_at=time.time(), log_tail=tail, log_path=log_path,
-                         progress=fraction, message=message)
+                         progress=fraction, message=message, digests=digests)
 
 
 def _registry(call: NodeCall) -> Any:

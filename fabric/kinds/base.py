@@ -30,9 +30,10 @@ class NodeCall:
     inline_code: bool = False  # the first input is the pickled function (defined in a notebook)
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
-    device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
     unit: ResourceUnit | None = None  # the node's resources in Ray units (distributed kinds size workers by it)
     team: str | None = None  # the submission's team, for tags (MLflow) and accounting
+    digest: bool = False  # report a digest of each output value (a cache key reads them)
+    device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
 
 
 @runtime_checkable

@@ -138,6 +138,11 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             cache=node.cache,
             content_hash=content,
         )
+    # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).
+    for node_id in order:
+        if plans[node_id].cache:
+            for producer in {node_id, *(w.producer for w in plans[node_id].inputs)}:
+                plans[producer] = replace(plans[producer], digest_outputs=True)
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
         plan_hash=hashlib.sha256("".join(hashes[n] for n in order).encode()).hexdigest(),

@@ -79,6 +79,7 @@ class NodePlan:
     pool: str | None
     cache: bool
     content_hash: str
+    digest_outputs: bool = False  # a cache key reads its outputs (it is cached, or a consumer is)
 
     @property
     def result_slots(self) -> tuple[str, ...]:
@@ -108,6 +109,12 @@ class ExecutionPlan:
                 if wire.out not in consumed[wire.producer]:
                     consumed[wire.producer].append(wire.out)
         return {n: tuple(outs) for n, outs in consumed.items()}
+
+    def persisted_outs(self, all_consumed: bool = True) -> dict[str, tuple[str, ...]]:
+        """The outs written to the artifact store on success: the consumed ones (when `all_consumed`, so a
+        resumed run reloads them) and every out of a `cache: true` node (a later run reuses them)."""
+        consumed = self.consumed_outs() if all_consumed else {n: () for n in self.order}
+        return {n: self.nodes[n].result_slots if self.nodes[n].cache else outs for n, outs in consumed.items()}
 
     def descendants(self, node_id: str) -> list[str]:
         """Every node reachable from `node_id`, in plan order."""

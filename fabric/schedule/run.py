@@ -1,12 +1,12 @@
 """The run state machine of one submission: pure, clock injected, emits actions for the executor.
 
-Nodes are dispatched *eagerly*: a node is handed to the executor as soon as every upstream node has
-been dispatched, wired to the upstream attempts' future outputs, so Ray resolves the data dependency
-without a round trip through the fabric. A node only counts as RUNNING once its upstreams succeeded;
-results that arrive earlier are buffered, and dispatches wired to a failed attempt are withdrawn.
+Nodes are dispatched *eagerly*: as soon as every upstream node has been dispatched, wired to the upstream
+attempts' future outputs, so Ray resolves the data dependency without a round trip through the fabric. A node
+is RUNNING only once its upstreams succeeded; earlier results are buffered, dispatches wired to a failed
+attempt are withdrawn.
 
-A *gated* machine (admission on) dispatches nothing by itself: a node that is ready waits QUEUED in
-`waiting()` until the scheduler calls `admit(node_id)`, so priorities and quotas decide what runs.
+A *gated* machine (admission on) dispatches nothing by itself: a ready node waits QUEUED in `waiting()` until
+the scheduler calls `admit(node_id)`. A `cache: true` node always waits so: the cache decides (`cache_hit`).
 """
 
 from __future__ import annotations
@@ -99,14 +99,14 @@ class NodeRun:
 class RunMachine:
     """All decisions about one submission's nodes. Feed it results and ticks; it returns actions.
 
-    Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and
-    deadlines in a timer index, so a 1,000-node fan-in does not rescan its parents per event.
-    """
+    Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and deadlines
+    in a timer index, so a 1,000-node fan-in does not rescan its parents per event."""
 
     def __init__(self, plan: ExecutionPlan, clock: Clock, *, submission_id: str = "", gated: bool = False) -> None:
         self.plan = plan
         self.gated = gated
         self._waiting: dict[str, None] = {}  # gated: QUEUED nodes not yet admitted, in the order they got ready
+        self.held: set[str] = set()  # `cache: true` nodes coalesced onto an identical node running now
         self.submission_id = submission_id
         self._clock = clock
         self._tokens = itertools.count(1)
@@ -124,10 +124,10 @@ class RunMachine:
                 states: Mapping[str, NodeState],
                 history: Mapping[str, Sequence[tuple[float, float | None, str | None]]],
                 gated: bool = False) -> RunMachine:
-        """A machine resuming a submission from its record. Terminal nodes stay as they ended (a SUCCEEDED
-        node gets a token: its outputs come back from the artifact store, see `restored_tokens`); every
-        other node starts over as PENDING. `history` is each node's attempts as (started, ended, outcome);
-        an attempt that never ended was interrupted and is not charged to the retry budget."""
+        """A machine resuming a submission from its record. Terminal nodes stay as they ended (a SUCCEEDED node
+        gets a token: its outputs come back from the artifact store, see `restored_tokens`); every other node
+        starts over as PENDING. `history` is each node's attempts as (started, ended, outcome); an attempt that
+        never ended was interrupted and is not charged to the retry budget."""
         machine = cls(plan, clock, submission_id=submission_id, gated=gated)
         machine.created_at = created_at
         machine.deadline = created_at + plan.max_runtime if plan.max_runtime else None
@@ -147,8 +147,7 @@ class RunMachine:
             node.ok_upstream = sum(machine.nodes[u].state.ok for u in node.plan.upstream)
         return machine
 
-    def restored_tokens(self) -> dict[str, int]:
-        """Tokens of nodes that had already succeeded when the submission was restored."""
+    def restored_tokens(self) -> dict[str, int]:  # nodes that had already succeeded when it was restored
         return {n: run.token for n, run in self.nodes.items() if run.state.ok and run.token is not None}
 
     # -- queries -------------------------------------------------------------------------------
@@ -172,11 +171,28 @@ class RunMachine:
 
     def waiting(self) -> list[str]:
         """Gated: the nodes that are ready and wait for admission, oldest first."""
-        return list(self._waiting)
+        return [n for n in self._waiting if n not in self.held] if self.held else list(self._waiting)
+
+    def ready_cached(self) -> list[str]:  # `cache: true` nodes that wait for their cache check
+        return [n for n in self._waiting if self.nodes[n].plan.cache]
+
+    def hold(self, node_id: str, reason: str) -> None:  # coalesced: admission skips it until admit/cache_hit
+        if node_id in self._waiting:
+            self.held.add(node_id)
+            self.nodes[node_id].reason = reason
+
+    def cache_hit(self, node_id: str, reason: str) -> list[Action]:
+        """A ready cache node reuses an identical finished node's outputs: CACHED, with a token for them."""
+        node = self.nodes[node_id]
+        if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
+            return []
+        self.held.discard(node_id)
+        self._set_token(node, next(self._tokens))
+        self._move(node, NodeState.CACHED, reason)
+        return self._settle(node.plan.downstream)
 
     def preempt(self, node_id: str, reason: str) -> list[Action]:
-        """Stop a RUNNING attempt to make room for more urgent work and requeue the node. The attempt
-        is not charged to its retry budget."""
+        """Stop a RUNNING attempt for more urgent work and requeue the node (not charged to its retry budget)."""
         node = self.nodes[node_id]
         if node.state is not NodeState.RUNNING or node.token is None or self.done:
             return []
@@ -191,18 +207,17 @@ class RunMachine:
 
     def add_cost(self, node_id: str, amount: float) -> None:
         self.nodes[node_id].cost += amount
-
-    def note_waiting(self, node_id: str, reason: str) -> None:
-        """Gated: why a waiting node waits (the scheduler's words, shown in its status)."""
+    def note_waiting(self, node_id: str, reason: str) -> None:  # gated: why it waits (the scheduler's words)
         if node_id in self._waiting:
             self.nodes[node_id].reason = reason
 
     def admit(self, node_id: str) -> list[Action]:
-        """Gated: release a waiting node to run now. Anything else (it was cancelled meanwhile) is a no-op."""
+        """Gated: release a waiting node to run now (a no-op when it stopped waiting meanwhile)."""
         node = self.nodes[node_id]
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
         del self._waiting[node_id]
+        self.held.discard(node_id)
         action = self._dispatch(node)
         self._run(node)
         return [action]
@@ -212,8 +227,7 @@ class RunMachine:
     def start(self) -> list[Action]:
         return self._settle(self.plan.order)
 
-    def on_result(self, node_id: str, token: int, report: AttemptReport,
-                  error: ErrorInfo | None = None) -> list[Action]:
+    def on_result(self, node_id: str, token: int, report: AttemptReport, error: ErrorInfo | None = None) -> list:
         """An attempt ended (error None means success). Stale tokens are ignored."""
         node = self.nodes[node_id]
         if node.token != token or self.done:
@@ -272,7 +286,7 @@ class RunMachine:
                 self.nodes[child].ok_upstream += 1
         if target is NodeState.QUEUED:
             node.queued_at = now
-            if self.gated:
+            if self.gated or node.plan.cache:  # a cache node waits for its cache check
                 self._waiting[node.plan.node_id] = None
         else:
             self._waiting.pop(node.plan.node_id, None)
@@ -363,8 +377,7 @@ class RunMachine:
         return actions
 
     def _settle(self, touched: Iterable[str]) -> list[Action]:
-        """Promote ready nodes, apply buffered results and dispatch what can go, for the touched nodes
-        and, transitively, whatever their changes touch."""
+        """Promote ready nodes, apply buffered results and dispatch what can go (touched nodes, transitively)."""
         actions: list[Action] = []
         work = deque(touched)
         while work and not self.done:
@@ -373,14 +386,14 @@ class RunMachine:
             upstream_ok = node.ok_upstream == len(node.plan.upstream)
             if node.state is NodeState.PENDING and upstream_ok:
                 self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
-            if node.state is NodeState.QUEUED and not self.gated:
+            if node.state is NodeState.QUEUED and not self.gated and not node.plan.cache:
                 if node.token is None:
                     actions.append(self._dispatch(node))
                 self._run(node)
             if node.state is NodeState.RUNNING and node.buffered is not None:
                 outcome, node.buffered = node.buffered, None
                 self._finish_attempt(node, outcome)
-            if (not self.gated and node.state is NodeState.PENDING and node.token is None
+            if (not self.gated and node.state is NodeState.PENDING and node.token is None and not node.plan.cache
                     and node.dispatched_upstream == len(node.plan.upstream)):
                 actions.append(self._dispatch(node))
             if (node.state, node.token) != before:

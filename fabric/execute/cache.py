@@ -1,0 +1,188 @@
+"""Node caching and merging for the engine: a ready `cache: true` node whose key matches a finished node
+reuses its persisted outputs (CACHED); one identical to a node running now waits for it (coalesced) and
+then reuses its outputs; otherwise it runs, and on success it becomes the entry for its key.
+
+The key is the node's spec (kind, params, entrypoint, env, image, outs), the version of its code (the
+source of the entrypoint's module and of the kind's implementation, read where the nodes run) and the
+digests of the *values* of its inputs, which the producers report when they finish
+(`NodeCall.digest`). Two runs over different data never share an entry, even under the same names.
+
+The engine calls `tick` once per loop, before it records and admits; nothing here blocks on Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from fabric.execute.backend import AttemptHandle
+from fabric.execute.digest import code_versions
+from fabric.execute.outputs import copy_node_files, has_outputs
+from fabric.plan.hashing import node_content_hash
+from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
+from fabric.states import NodeState
+
+log = logging.getLogger(__name__)
+
+_PENDING = "pending"  # a key that cannot be computed yet (code versions on their way)
+
+
+def open_cache_index(home: str) -> CacheIndex:
+    if os.environ.get("FABRIC_STORE", "sqlite") == "memory":
+        return MemoryCacheIndex()
+    return SqliteCacheIndex(Path(home) / "cache.db")
+
+
+class NodeCache:
+    def __init__(self, home: str, artifacts: str, index: CacheIndex | None = None) -> None:
+        self._index = index if index is not None else open_cache_index(home)
+        self._artifacts = artifacts
+        self._probe = ray.remote(code_versions)
+        self._copy = ray.remote(copy_node_files).options(num_cpus=0, max_retries=2)
+        self._versions: dict[str, dict[str, str] | None] = {}  # submission -> code versions (None: asked)
+        self._probes: dict[str, Any] = {}  # submission -> the probe's ref, held until it answers
+        self._inflight: dict[str, tuple[str, str]] = {}  # key -> (submission, node) running it now
+        self._keys: dict[tuple[str, str], str] = {}  # (submission, node) -> its key, once known
+        self._digests: dict[tuple[str, str], dict[str, str]] = {}  # outputs' digests of CACHED nodes
+        self.hits = 0
+        self.coalesced = 0
+
+    def tick(self, engine: Any) -> set[str]:
+        """Decide every ready cache node; returns the submissions it changed. Never raises: a failure here
+        is logged and leaves the nodes waiting for the next tick (the engine loop must live)."""
+        touched: set[str] = set()
+        try:
+            self._tick(engine, touched)
+        except Exception:  # noqa: BLE001
+            log.exception("fabric cache tick failed")
+        return touched
+
+    def _tick(self, engine: Any, touched: set[str]) -> None:
+        runs = engine._runs
+        for key, (sid, node_id) in list(self._inflight.items()):
+            run = runs.get(sid)
+            node = run.machine.nodes[node_id] if run is not None else None
+            if node is not None and not node.state.terminal:
+                continue
+            del self._inflight[key]  # its waiters decide again below: hit, or the next one runs
+            if node is not None and node.state is NodeState.SUCCEEDED and node.attempts:
+                report = node.attempts[-1].report
+                self._index.put(CacheEntry(key, sid, node_id, node.plan.result_slots,
+                                           dict(report.digests or {}) if report else {}, time.time()))
+        for sid, run in list(runs.items()):
+            if run.machine.done:
+                self._forget(sid, run)
+                continue
+            for node_id in run.machine.ready_cached():
+                if self._decide(engine, run, node_id):
+                    touched.add(sid)
+
+    def _decide(self, engine: Any, run: Any, node_id: str) -> bool:
+        sid, machine = run.record.submission_id, run.machine
+        key = self._keys.get((sid, node_id)) or self._key(engine, run, node_id)
+        if key == _PENDING:
+            return False
+        if key is not None:
+            self._keys[(sid, node_id)] = key
+            entry = self._index.get(key)
+            if entry is not None and (entry.submission_id, entry.node_id) != (sid, node_id):
+                if has_outputs(self._artifacts, entry.submission_id, entry.node_id):
+                    return self._hit(engine, run, node_id, entry)
+                self._index.drop(key)  # its outputs were swept: the entry is stale
+            leader = self._inflight.get(key)
+            if leader is not None and leader != (sid, node_id):
+                if node_id not in machine.held:
+                    self.coalesced += 1
+                    machine.hold(node_id, f"coalesced: waits for the identical node {leader[1]} of {leader[0]}")
+                    return True
+                return False
+            self._inflight[key] = (sid, node_id)
+        if machine.gated:  # admission decides when it runs
+            machine.held.discard(node_id)
+            return False
+        engine._perform(run, machine.admit(node_id))
+        return True
+
+    def _hit(self, engine: Any, run: Any, node_id: str, entry: CacheEntry) -> bool:
+        machine = run.machine
+        outs = machine.nodes[node_id].plan.result_slots
+        actions = machine.cache_hit(node_id, f"cached: reuses {entry.node_id} of {entry.submission_id}")
+        if machine.nodes[node_id].state is not NodeState.CACHED:
+            return False
+        token = machine.nodes[node_id].token
+        refs = engine._backend.load(self._artifacts, entry.submission_id, entry.node_id, list(outs))
+        run.handles[(node_id, token)] = AttemptHandle(None, refs, 0)
+        self._digests[(run.record.submission_id, node_id)] = dict(entry.digests)
+        # Its artifact dir too (fire and forget: a task runs whether or not its ref is kept).
+        self._copy.remote(self._artifacts, (entry.submission_id, entry.node_id), (run.record.submission_id, node_id))
+        self.hits += 1
+        engine._perform(run, actions)
+        return True
+
+    def _key(self, engine: Any, run: Any, node_id: str) -> str | None:
+        """The node's cache key; None when it cannot be cached (an input without a digest, unknown code)."""
+        versions = self._code_versions(engine, run)
+        if versions is None:
+            return _PENDING
+        plan = run.plan.nodes[node_id]
+        inputs = {}
+        for wire in plan.inputs:
+            digest = self._output_digests(run, wire.producer).get(wire.out)
+            if digest is None:
+                return None
+            inputs[wire.name] = digest
+        code = [versions.get(f"kind:{plan.kind}", "?")]
+        if plan.entrypoint:
+            code.append(versions.get(f"entry:{plan.entrypoint}", "?"))
+        if "?" in code:
+            return None
+        return node_content_hash(kind=plan.kind, params=plan.params, entrypoint=f"{plan.entrypoint}@{'/'.join(code)}",
+                                 env=plan.env, image=plan.image, outs=plan.outs, inputs=inputs)
+
+    def _output_digests(self, run: Any, node_id: str) -> dict[str, str]:
+        node = run.machine.nodes[node_id]
+        if node.state is NodeState.CACHED:
+            return self._digests.get((run.record.submission_id, node_id), {})
+        if node.state is NodeState.SUCCEEDED and node.attempts and node.attempts[-1].report is not None:
+            return node.attempts[-1].report.digests or {}
+        return {}
+
+    def _code_versions(self, engine: Any, run: Any) -> dict[str, str] | None:
+        """Asked once per submission from a zero-CPU task in the submission's runtime_env (where its code is);
+        the answer wakes the engine."""
+        sid = run.record.submission_id
+        if sid in self._versions:
+            return self._versions[sid]
+        self._versions[sid] = None
+        nodes = [run.plan.nodes[n] for n in run.plan.order if run.plan.nodes[n].cache]
+        inline = sorted({n.entrypoint for n in nodes if n.entrypoint in run.code})
+        entrypoints = sorted({n.entrypoint for n in nodes if n.entrypoint and n.entrypoint not in run.code})
+        kinds = sorted({n.kind for n in nodes})
+        options: dict[str, Any] = {"num_cpus": 0, "max_retries": 2}
+        if run.runtime_env:
+            options["runtime_env"] = run.runtime_env
+        ref = self._probe.options(**options).remote(entrypoints, kinds, inline, *[run.code[e] for e in inline])
+
+        def done(result: Any) -> None:
+            if isinstance(result, BaseException):
+                log.warning("fabric could not read the code versions of %s: %s", sid, result)
+                result = {}
+            self._versions[sid] = dict(result)
+            self._probes.pop(sid, None)
+            engine._inbox.put(("wake", sid))
+
+        self._probes[sid] = ref  # a ref nobody holds is freed, and its callback never comes
+        ref._on_completed(done)
+        return None
+
+    def _forget(self, sid: str, run: Any) -> None:
+        self._versions.pop(sid, None)
+        self._probes.pop(sid, None)
+        for node_id in run.plan.order:
+            self._keys.pop((sid, node_id), None)
+            self._digests.pop((sid, node_id), None)

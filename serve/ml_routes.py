@@ -1,0 +1,89 @@
+"""The gateway's ML routes: `POST /api/predict/{name}` (models the `serve` and `promote` kinds deployed)
+and `GET /api/orch/artifacts/...` (a submission's report and its nodes' files).
+
+A mixin the Gateway class inherits, so the routes share its auth (`_who`) and its problem+json errors;
+`api.include_router(router)` in serve/gateway.py mounts them.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on Serve's wrapped methods.
+import asyncio
+import mimetypes
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from fabric.errors import ErrorCode, FabricError, NotFoundError
+
+router = APIRouter()
+PREDICT_TIMEOUT_S = 30.0
+
+
+class PredictBody(BaseModel):
+    """`instances`: a list of records ({feature: value}) or rows, or a {column: [values]} dict."""
+
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Any] | dict[str, Any] = Field(description="the model's input rows")
+
+
+class MlRoutes:
+    """Routes mixed into the Gateway deployment (which provides `_who` and `_client_for`)."""
+
+    def _model(self, name: str, fresh: bool = False) -> Any:
+        from fabric.kinds.serving import NAME_PATTERN
+        from fabric.kinds.serving import router as model_router
+
+        if not NAME_PATTERN.match(name):
+            raise FabricError(f"{name[:100]!r} is not a served name", code=ErrorCode.SPEC_FIELD, where="name",
+                              fix="a served name is a letter, then letters, digits, '_' or '-'")
+        handles = self.__dict__.setdefault("_model_handles", {})
+        if fresh or name not in handles:
+            handle = model_router(name)
+            if handle is None:
+                handles.pop(name, None)
+                raise NotFoundError(f"no model is served as {name!r}", code=ErrorCode.NOT_FOUND, where="name",
+                                    fix="run a DAG whose serve (or promote) node has params.name: " + name)
+            handles[name] = handle
+        return handles[name]
+
+    @router.post("/api/predict/{name}")
+    async def predict(self, request: Request, name: str, body: PredictBody) -> dict[str, Any]:
+        self._who(request)  # type: ignore[attr-defined]
+        if not body.instances:
+            raise FabricError("no instances to predict", code=ErrorCode.SPEC_FIELD, where="instances",
+                              fix="send {\"instances\": [{...}, ...]}")
+        handle = await asyncio.to_thread(self._model, name)
+        try:
+            reply = await asyncio.wait_for(handle.predict.remote(body.instances), PREDICT_TIMEOUT_S)
+        except (TimeoutError, FabricError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot take the input is the caller's 422
+            # A handle follows its application across redeploys; one that was deleted is a 404 (raised here).
+            await asyncio.to_thread(self._model, name, True)
+            raise FabricError(f"the model {name!r} could not predict: {str(exc).splitlines()[-1][:500]}",
+                              code=ErrorCode.KIND_PARAMS, where="instances",
+                              fix="send instances with the columns and types the model was trained on") from None
+        return {"name": name, "model_uri": reply["model_uri"], "arm": reply["arm"],
+                "predictions": reply["predictions"]}
+
+    def _artifact_client(self, request: Request) -> Any:
+        """An admin token sees every submission's artifacts (a team token, its team's)."""
+        principal = self._who(request)  # type: ignore[attr-defined]
+        client = self._client  # type: ignore[attr-defined]
+        return client if principal.admin else client.for_team(principal.team)
+
+    @router.get("/api/orch/artifacts/{submission_id}")
+    def artifact_index(self, request: Request, submission_id: str) -> dict[str, Any]:
+        return self._artifact_client(request).artifacts(submission_id)
+
+    @router.get("/api/orch/artifacts/{submission_id}/metrics.json")
+    def run_report(self, request: Request, submission_id: str) -> Response:
+        body = self._artifact_client(request).artifact(submission_id, None, "metrics.json")
+        return Response(body, media_type="application/json")
+
+    @router.get("/api/orch/artifacts/{submission_id}/{node}/{name:path}")
+    def artifact(self, request: Request, submission_id: str, node: str, name: str) -> Response:
+        body = self._artifact_client(request).artifact(submission_id, node, name)
+        media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return Response(body, media_type=media)

@@ -1,0 +1,184 @@
+"""Serving on real Ray + real Serve on loopback, models in a real sqlite MLflow store: the serve kind and the
+predict route, promotion gates, canary steps and rollback (every decision audited), and the artifact routes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from serve.auth import mint_token
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    from tests.ml_models import Broken, Scale, log_model
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    return {"tracking_uri": uri, "v1": log_model(uri, Scale(1.0), str(root / "artifacts")),
+            "v2": log_model(uri, Scale(10.0), str(root / "artifacts")),
+            "broken": log_model(uri, Broken(), str(root / "artifacts"))}
+
+
+@pytest.fixture(scope="module")
+def gateway(client, tmp_path_factory):
+    from ray import serve
+
+    from serve.gateway import build_app
+
+    tokens_file = tmp_path_factory.mktemp("gateway") / "tokens.yaml"
+    token = mint_token(tokens_file, "research")
+    other = mint_token(tokens_file, "trading")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"tokens_file": str(tokens_file)}), name="fabric-gateway", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        yield http, {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {other}"}
+    serve.shutdown()
+
+
+def _submit(http, headers, spec: dict[str, Any], timeout: float = 150) -> dict[str, Any]:
+    response = http.post("/api/orch/submit", headers=headers, json={"dag_spec": spec})
+    assert response.status_code == 202, response.text
+    submission_id = response.json()["submission_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = http.get(f"/api/orch/status/{submission_id}", headers=headers).json()
+        if status["state"] != "RUNNING":
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{submission_id} still running")
+
+
+def _model_dag(pipeline_id: str, uri: str, last: dict[str, Any], extra: list[dict[str, Any]] = ()) -> dict:
+    nodes = [{"id": "model", "kind": "python_task", "entrypoint": "tests.ml_models:model_uri",
+              "params": {"uri": uri}, "outs": ["model_uri"], "resources": {"cpu": "100m"}},
+             *extra, {**last, "resources": {"cpu": "100m"}}]
+    edges = [{"from": n["id"], "to": last["id"]} for n in nodes[:-1]]
+    return {"version": 1, "pipeline_id": pipeline_id, "nodes": nodes, "edges": edges}
+
+
+def _metrics_node(sharpe: float, drawdown: float, card: dict[str, Any] | None) -> dict[str, Any]:
+    return {"id": "evidence", "kind": "python_task", "entrypoint": "tests.ml_models:evidence",
+            "params": {"sharpe": sharpe, "max_drawdown": drawdown, "card": card},
+            "outs": ["metrics", "model_card"], "resources": {"cpu": "100m"}}
+
+
+def _promote(store, **params) -> dict[str, Any]:
+    return {"id": "promote", "kind": "promote", "ins": ["model_uri", "metrics", "model_card"], "outs": ["model_uri"],
+            "params": {"name": "xs", "tracking_uri": store["tracking_uri"], "thresholds": {"sharpe": 0.5},
+                       "max_drawdown": 0.3, "probe": [{"a": 1.0, "b": 2.0}],
+                       "canary": {"requests_per_step": 6, "shadow_per_step": 6}, **params}}
+
+
+def _predict(http, headers, name="xs", instances=({"a": 1.0, "b": 2.0},)):
+    return http.post(f"/api/predict/{name}", headers=headers, json={"instances": list(instances)})
+
+
+def _audit(client, name: str) -> list[tuple[str, str, str]]:
+    import ray
+
+    from fabric.client import registry_handle
+
+    events = ray.get(registry_handle().__ray_call__.remote(lambda self: self._store.events(f"_promote:{name}")))
+    return [(e.source, e.target, e.reason) for e in events]
+
+
+def test_serve_kind_deploys_and_the_predict_route_answers(client, gateway, mlflow_store):
+    http, research, _ = gateway
+    serve_node = {"id": "serve", "kind": "serve", "ins": ["model_uri"], "outs": ["endpoint"],
+                  "params": {"name": "xs", "tracking_uri": mlflow_store["tracking_uri"],
+                             "autoscaling": {"min_replicas": 1, "max_replicas": 2}}}
+    status = _submit(http, research, _model_dag("serve_v1", mlflow_store["v1"], serve_node))
+    assert status["state"] == "SUCCEEDED", status
+    response = _predict(http, research, instances=[{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["predictions"] == [3.0, 7.0] and body["model_uri"] == mlflow_store["v1"] and body["arm"] == "stable"
+    assert _predict(http, {}).status_code == 401
+    missing = _predict(http, research, name="nothing_here")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    bad = _predict(http, research, instances=["not a row"])
+    assert 400 <= bad.status_code < 500, bad.text
+
+
+def test_promotion_gates_reject_and_every_decision_is_audited(client, gateway, mlflow_store):
+    http, research, _ = gateway
+    weak = _model_dag("promote_weak", mlflow_store["v2"], _promote(mlflow_store),
+                      [_metrics_node(0.1, -0.5, None)])
+    status = _submit(http, research, weak)
+    node = next(n for n in status["nodes"] if n["node_id"] == "promote")
+    assert status["state"] == "FAILED" and node["state"] == "FAILED"
+    assert "rejected" in node["error"]["message"] and "sharpe=0.1 < 0.5" in node["error"]["message"]
+    decisions = _audit(client, "xs")
+    assert ("gate:model_card", "fail") in [(s, t) for s, t, _ in decisions]
+    assert ("gate:max_drawdown", "fail") in [(s, t) for s, t, _ in decisions]
+    assert decisions[-1][:2] == ("staging", "rejected")
+    assert _predict(http, research).json()["model_uri"] == mlflow_store["v1"]  # nothing changed
+
+
+def test_canary_steps_promote_a_healthy_model_and_roll_back_a_failing_one(client, gateway, mlflow_store):
+    from fabric.kinds.serving import artifact_hash
+
+    http, research, _ = gateway
+    card = {"name": "xs", "intended_use": "tests", "training_data": "synthetic",
+            "artifact_hash": artifact_hash(mlflow_store["v2"], mlflow_store["tracking_uri"])}
+    good = _model_dag("promote_good", mlflow_store["v2"], _promote(mlflow_store), [_metrics_node(1.2, -0.1, card)])
+    status = _submit(http, research, good)
+    assert status["state"] == "SUCCEEDED", status
+    steps = [(s, t) for s, t, _ in _audit(client, "xs")]
+    assert steps[-4:] == [("canary 10 %", "canary 10 %"), ("canary 50 %", "canary 50 %"), ("canary 100 %", "prod"),
+                          ("canary 100 %", "prod")]
+    body = _predict(http, research).json()
+    assert body["model_uri"] == mlflow_store["v2"] and body["predictions"] == [30.0]
+
+    card = {**card, "artifact_hash": artifact_hash(mlflow_store["broken"], mlflow_store["tracking_uri"])}
+    broken = _model_dag("promote_broken", mlflow_store["broken"], _promote(mlflow_store),
+                        [_metrics_node(1.2, -0.1, card)])
+    status = _submit(http, research, broken)
+    node = next(n for n in status["nodes"] if n["node_id"] == "promote")
+    assert node["state"] == "FAILED" and "rolled back at 10 %" in node["error"]["message"]
+    source, target, reason = _audit(client, "xs")[-1]
+    assert (source, target) == ("canary 10 %", "rolled back") and "error rate 1.000" in reason
+    body = _predict(http, research).json()  # the stable model serves on
+    assert body["model_uri"] == mlflow_store["v2"] and body["arm"] == "stable"
+
+    tampered = {**card, "artifact_hash": "0" * 40}
+    status = _submit(http, research, _model_dag("promote_tampered", mlflow_store["v1"], _promote(mlflow_store),
+                                                [_metrics_node(1.2, -0.1, tampered)]))
+    assert status["state"] == "FAILED" and ("gate:artifact_hash", "fail") in [(s, t) for s, t, _ in
+                                                                               _audit(client, "xs")]
+
+
+def test_artifact_routes_serve_reports_and_files_and_refuse_escapes(client, gateway, mlflow_store):
+    http, research, trading = gateway
+    spec = {"version": 1, "pipeline_id": "artifacts", "nodes": [
+        {"id": "write", "kind": "python_task", "entrypoint": "tests.ml_models:write_files",
+         "resources": {"cpu": "100m"}}]}
+    status = _submit(http, research, spec)
+    sid = status["submission_id"]
+    assert status["state"] == "SUCCEEDED"
+    deadline = time.monotonic() + 10
+    while not http.get(f"/api/orch/artifacts/{sid}", headers=research).json()["report"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    index = http.get(f"/api/orch/artifacts/{sid}", headers=research).json()
+    assert index["nodes"]["write"] == ["metrics.json", "sub/notes.txt"]
+    report = http.get(f"/api/orch/artifacts/{sid}/metrics.json", headers=research)
+    assert report.status_code == 200 and report.json()["nodes"]["write"]["metrics"] == {"score": 1}
+    notes = http.get(f"/api/orch/artifacts/{sid}/write/sub/notes.txt", headers=research)
+    assert notes.status_code == 200 and notes.text == "hello" and notes.headers["content-type"].startswith("text/plain")
+    for bad in ("..%2f..%2ffabric.db", "%2e%2e%2f%2e%2e%2ffabric.db", "sub/%2e%2e/metrics.json", "%00x",
+                "%2fetc%2fpasswd", "sub//notes.txt"):
+        response = http.get(f"/api/orch/artifacts/{sid}/write/{bad}", headers=research)
+        assert 400 <= response.status_code < 500, (bad, response.status_code)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert http.get(f"/api/orch/artifacts/{sid}/write/missing.txt", headers=research).status_code == 404
+    assert http.get(f"/api/orch/artifacts/{sid}/metrics.json", headers=trading).status_code == 404  # not theirs
+    assert http.get(f"/api/orch/artifacts/{sid}/metrics.json").status_code == 401
