@@ -92,7 +92,9 @@ def test_a_critical_node_preempts_low_spot_work_filling_every_gpu_within_the_thr
     try:
         done = critical.wait(30)
     except Exception:
-        raise AssertionError((critical.status(), spot.status(), client.queues())) from None
+        from ray._private import state
+        tasks = {k[:6]: {r: x for r, x in v.items() if not r.startswith(("node:", "object_store", "memory"))} for k, v in state.available_resources_per_node().items()}
+        raise AssertionError((tasks, critical.status(), spot.status(), client.queues())) from None
     node = done.node("c")
     assert done.state == "SUCCEEDED"
     assert node.started_at - node.queued_at <= PREEMPT_AFTER_S + 3.0, "it did not start within the threshold"

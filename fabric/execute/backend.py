@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
+from ray.util.placement_group import NODE_ID_LABEL_KEY as NODE_ID_LABEL
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -88,8 +89,11 @@ class RayBackend:
         on_node = placement.node_id if placement is not None else None
         strategy = None if call.kind in SELF_PLACING_KINDS else unit.group_strategy
         if strategy is not None:  # gang-scheduled: every worker's bundle or none; the node runs in bundle 0
+            # Packed work goes where admission booked it, as a hard rule: a soft target lands elsewhere
+            # while an earlier group is still being removed, and then the book and Ray disagree.
+            pinned = on_node is not None and strategy in ("PACK", "STRICT_PACK")
             group = placement_group([_bundle(unit)] * unit.workers, strategy=strategy,
-                                    _soft_target_node_id=on_node if strategy == "STRICT_PACK" else None)
+                                    bundle_label_selector=[{NODE_ID_LABEL: on_node}] * unit.workers if pinned else None)
             remote = self._remote.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=0))
             on_done = self._removing(group, on_done)
