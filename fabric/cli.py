@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from fabric import cli_observe
 from fabric.cli_k8s import k8s_app
 from fabric.console import describe_value, error_text, metrics_table, status_table
 from fabric.errors import ErrorCode, FabricError, SpecError
@@ -201,10 +202,16 @@ def status(submission_id: str, address: AddressOpt = None,
 
 @app.command()
 def logs(submission_id: str, node: Annotated[str, typer.Option("--node", "-n", help="node id")],
-         address: AddressOpt = None) -> None:
+         address: AddressOpt = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the node ends")] = False,
+         ) -> None:
     """Print a node's captured output, every attempt."""
     try:
-        sys.stdout.write(_connect(address).get(submission_id).logs(node))
+        submission = _connect(address).get(submission_id)
+        if follow:
+            cli_observe.follow_logs(submission, node)
+        else:
+            sys.stdout.write(submission.logs(node))
     except FabricError as exc:
         _fail(exc)
 
@@ -283,6 +290,7 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
 audit = typer.Typer(help="The append-only audit log of every state change.", no_args_is_help=True)
 app.add_typer(audit, name="audit")
 app.add_typer(k8s_app, name="k8s")
+cli_observe.register(app)  # fabric graph, fabric lineage
 
 
 @audit.command("export")

@@ -22,6 +22,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
 from serve.auth import Principal, TokenTable
+from serve.observe_api import router as observe_router
 
 MAX_BODY_BYTES = 1 << 20
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
@@ -67,6 +68,7 @@ def problem(status: int, error: FabricError) -> JSONResponse:
 api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 requests_total: Counter[tuple[str, int]] = Counter()
+api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 
 
 @api.exception_handler(FabricError)

@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from fabric.actors import observe
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
@@ -40,9 +41,10 @@ class Registry:
 
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self.home = home
-        self._store = open_store(home)
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
         self._artifacts = os.environ.get("FABRIC_ARTIFACTS") or str(Path(home) / "artifacts")
+        # What is recorded also goes out as OpenLineage events and OTLP traces (fabric/actors/observe.py).
+        self._store = observe.observed(open_store(home), home, self._artifacts)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
         # "needed" (default): outputs a downstream node reads are written on success, so a resumed run
@@ -284,6 +286,18 @@ class Registry:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
                                 where=node_id, fix="see the node ids in `fabric status`")
         return self._store.get_log(submission_id, node_id)
+
+    def graph(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
+        """The DAG's shape, each attempt's queue wait and run time, and the critical path (for the UI)."""
+        record = self._recorded(submission_id, team)
+        self._store.flush()
+        return observe.graph_view(record, self._store.events(submission_id))
+
+    def lineage(self, submission_id: str, team: str | None = None) -> list[dict[str, Any]]:
+        """The OpenLineage RunEvents of the submission and of each node attempt, from its recorded events."""
+        record = self._recorded(submission_id, team)
+        self._store.flush()
+        return observe.lineage_view(record, self._store.events(submission_id), self.home, self._artifacts)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
