@@ -124,6 +124,11 @@ function el(name, attrs, parent) {
   return node;
 }
 
+// An SVG drawn in its own units and scaled down to the pane's width (never up).
+function fitted(id, width, height) {
+  return el("svg", { id, viewBox: `0 0 ${width} ${height}`, width, style: `max-width:100%;height:auto` });
+}
+
 // Layers by longest path from a source; inside a layer, order by the parents' mean position (one pass).
 function layout(nodes) {
   const depth = {};
@@ -147,7 +152,7 @@ function drawDag() {
   const { pos, layers } = layout(nodes);
   const W = 170, H = 40, GX = 60, GY = 22;
   const rows = Math.max(...layers.map((l) => l.length));
-  const svg = el("svg", { width: layers.length * (W + GX), height: rows * (H + GY) + 10, id: "dag-svg" });
+  const svg = fitted("dag-svg", layers.length * (W + GX), rows * (H + GY) + 10);
   const onPath = new Set(critical);
   const xy = (id) => [10 + pos[id].x * (W + GX), 5 + pos[id].y * (H + GY)];
   for (const node of nodes) for (const up of node.upstream) {
@@ -181,8 +186,8 @@ function drawGantt() {
   let end = view.status.ended_at || now;
   for (const list of Object.values(attempts)) for (const a of list) end = Math.max(end, a.ended_at || 0);
   const span = Math.max(end - start, 0.001);
-  const LABEL = 150, WIDTH = 560, ROW = 22;
-  const svg = el("svg", { width: LABEL + WIDTH + 20, height: nodes.length * ROW + 30, id: "gantt-svg" });
+  const LABEL = 170, WIDTH = 900, ROW = 22;
+  const svg = fitted("gantt-svg", LABEL + WIDTH + 20, nodes.length * ROW + 30);
   const x = (t) => LABEL + ((t - start) / span) * WIDTH;
   const onPath = new Set(critical);
   for (let i = 0; i <= 4; i++) {
