@@ -21,6 +21,7 @@ import queue
 import re
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,17 @@ def node_io(plan: ExecutionPlan) -> dict[str, NodeIO]:
 
 
 def _sha256(path: Path) -> str | None:
-    if path.stat().st_size > HASH_LIMIT_BYTES:
+    stat = path.stat()
+    if stat.st_size > HASH_LIMIT_BYTES:
         return None
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """Cached by (path, size, mtime): an out read by ten nodes is hashed once, not on every event."""
     digest = hashlib.sha256()
-    with path.open("rb") as source:
+    with open(path, "rb") as source:
         for block in iter(lambda: source.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
