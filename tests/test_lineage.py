@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 SID = "sub-1"
 RECORD = SubmissionRecord(SID, "pipe", {}, {}, "plan-h", "req-h", 100.0, team="research", labels={"p": "x"})
 NODES = {
-    "a": NodeIO("a", "python_task", (), ("x",), "hash-a", "cpu"),
+    "a": NodeIO("a", "python_task", (), ("x",), "hash-a", "cpu", ("x",)),
     "b": NodeIO("b", "python_task", (("x", "a", "x"),), ("result",), "hash-b"),
     "c": NodeIO("c", "python_task", (("x", "a", "x"),), ("result",), "hash-c"),
     "d": NodeIO("d", "sql", (("left", "b", "result"), ("right", "c", "result")), ("result",), "hash-d"),

@@ -47,6 +47,7 @@ class NodeIO:
     outs: tuple[str, ...]  # the values it returns (`result` when it declares none)
     content_hash: str
     pool: str | None = None
+    persisted: tuple[str, ...] = ()  # the outs written to the artifact store (those a downstream node reads)
 
 
 # (submission, node, out) -> the file holding that out, if it was persisted; (submission, node) -> its files.
@@ -139,15 +140,17 @@ class LineageBuilder:
             facets["errorMessage"] = _facet(message=event.reason or event.target, programmingLanguage="python")
         inputs = [self._dataset(self.nodes[producer], out, name) for name, producer, out in node.inputs
                   if producer in self.nodes]
-        outputs = [self._dataset(node, out) for out in node.outs]
+        # A node's own outs exist only once it succeeded: no need to look for their files before.
+        outputs = [self._dataset(node, out, look=kind == "COMPLETE") for out in node.outs]
         if kind == "COMPLETE" and self.artifacts is not None:
             outputs += [_file_dataset(f, node) for f in self.artifacts(sid, node.node_id)]
         return self._event(kind, event.at, {"runId": run_id(sid, node.node_id, attempt), "facets": facets},
                            self._job(node.node_id), inputs, outputs)
 
-    def _dataset(self, producer: NodeIO, out: str, as_input: str | None = None) -> dict[str, Any]:
+    def _dataset(self, producer: NodeIO, out: str, as_input: str | None = None, look: bool = True) -> dict[str, Any]:
         sid = self.record.submission_id
-        stored = self.outputs(sid, producer.node_id, out) if self.outputs is not None else None
+        stored = (self.outputs(sid, producer.node_id, out)
+                  if self.outputs is not None and look and out in producer.persisted else None)
         facet = _facet(producer=producer.node_id, out=out, contentHash=producer.content_hash,
                        uri=stored.uri if stored else None, sha256=stored.sha256 if stored else None,
                        storage="artifact store" if stored else "object store")
