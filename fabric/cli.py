@@ -279,7 +279,8 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
               route_prefix="/")
     out.print(f"[bold green]fabric is up[/]: http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     ui = f"http://{host}:{port}/ui/"
-    out.print(f"web UI: {ui}#token={admin_token}" if admin_token else f"web UI: {ui}  (sign in with a token)")
+    out.print(f"web UI: {ui}#token={admin_token}" if admin_token else f"web UI: {ui}  (sign in with a token)",
+              soft_wrap=True)
     out.print(f"tokens file: {tokens}" + (f"\nadmin token (shown once): {admin_token}" if admin_token else
                                          "  (make one with `fabric token --team NAME`)"))
     stop = threading.Event()

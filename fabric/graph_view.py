@@ -126,7 +126,10 @@ def table(graph: Mapping[str, Any], status: Mapping[str, Any] | None = None) -> 
     view = Table(show_edge=False, title=f"{graph['pipeline_id']} · {graph['submission_id']}"
                  + (f" · {status['state']}" if status else ""), caption="★ critical path", title_justify="left")
     for column in ("layer", "node", "kind", "state", "tries", "waited", "ran", "after"):
-        view.add_column(column, justify="right" if column in ("layer", "tries", "waited", "ran") else "left")
+        # The node's name never wraps; in a narrow terminal the kind gives way first.
+        view.add_column(column, justify="right" if column in ("layer", "tries", "waited", "ran") else "left",
+                        no_wrap=column in ("node", "state"), max_width=11 if column == "kind" else None,
+                        overflow="ellipsis" if column == "kind" else "fold")
     for depth, layer in enumerate(layers(graph["nodes"])):
         for node_id in layer:
             attempts = graph.get("attempts", {}).get(node_id, [])

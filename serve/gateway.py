@@ -131,6 +131,12 @@ class Gateway:
     def _client_for(self, request: Request) -> fb.Client:
         return self._client.for_team(self._who(request).team)
 
+    def _viewer_for(self, request: Request) -> fb.Client:
+        """For reading and cancelling: an admin token sees every team's work (and work run without the
+        gateway, e.g. `fabric run`, which has no team), as /quotas does; any other token its team's."""
+        principal = self._who(request)
+        return self._client if principal.admin else self._client.for_team(principal.team)
+
     def _admin(self, request: Request) -> Principal:
         principal = self._who(request)
         if not principal.admin:
@@ -182,20 +188,20 @@ class Gateway:
     @api.get("/api/orch/status/{submission_id}")
     async def status(self, request: Request, submission_id: str) -> dict[str, Any]:
         # One registry call: it answers NOT_FOUND for an unknown id or another team's.
-        status = await self._client_for(request).get(submission_id, check=False).status_async()
+        status = await self._viewer_for(request).get(submission_id, check=False).status_async()
         return status.to_dict()
 
     @api.get("/api/orch/logs/{submission_id}")
     def logs(self, request: Request, submission_id: str, node: Annotated[str, Query(min_length=1)],
              tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict[str, Any]:
-        text = self._client_for(request).get(submission_id).logs(node)
+        text = self._viewer_for(request).get(submission_id).logs(node)
         if tail is not None:
             text = "\n".join(text.splitlines()[-tail:])
         return {"submission_id": submission_id, "node": node, "text": text}
 
     @api.post("/api/orch/cancel/{submission_id}", status_code=202)
     def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
-        self._client_for(request).get(submission_id).cancel()
+        self._viewer_for(request).get(submission_id).cancel()
         return {"submission_id": submission_id, "cancelling": True}
 
     @api.get("/api/orch/workers")
@@ -231,7 +237,7 @@ class Gateway:
                 raise FabricError(f"label filter {item!r} is not k:v", code=ErrorCode.SPEC_FIELD, where="label",
                                   fix="write it as label=project:xs")
             labels[key] = value
-        items = self._client_for(request).list(state, limit, labels or None, cursor)
+        items = self._viewer_for(request).list(state, limit, labels or None, cursor)
         next_cursor = items[-1]["created_at"] if len(items) == limit else None
         return {"items": items, "next_cursor": next_cursor}
 

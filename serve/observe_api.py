@@ -2,7 +2,8 @@
 
 `/ui` serves static files only (HTML, JS, CSS shipped in serve/ui/); everything they show comes from the
 JSON routes, which need a bearer token like every other /api route. The routes run in the gateway's
-replica and use its team-scoped client (`serve.get_replica_context().servable_object` is the Gateway).
+replica (`serve.get_replica_context().servable_object` is the Gateway) and see what its status route sees:
+the token's team's work; an admin token's, every team's.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types.
@@ -23,7 +24,7 @@ router = APIRouter()
 
 
 def _client(request: Request) -> Any:
-    return serve.get_replica_context().servable_object._client_for(request)
+    return serve.get_replica_context().servable_object._viewer_for(request)
 
 
 @router.get("/api/orch/graph/{submission_id}")

@@ -72,6 +72,7 @@ def stack(fabric_home, otlp, tmp_path_factory):
     client = fb.connect("local", num_cpus=2, home=str(fabric_home))
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.yaml"
     token = mint_token(tokens, "research")
+    others = {"trading": mint_token(tokens, "trading"), "admin": mint_token(tokens, "ops", admin=True)}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"tokens_file": str(tokens)}), name="fabric-gateway", route_prefix="/")
@@ -82,7 +83,7 @@ def stack(fabric_home, otlp, tmp_path_factory):
     assert ok.wait(120).state == "SUCCEEDED" and bad.wait(60).state == "FAILED"
     try:
         yield {"client": client, "url": url, "token": token, "ok": ok.id, "bad": bad.id, "remote": remote,
-               "home": fabric_home}
+               "home": fabric_home, **others}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -172,6 +173,23 @@ def test_graph_route_has_the_shape_the_attempts_and_the_critical_path(stack):
     assert [a["outcome"] for a in bad["attempts"]["broken"]] == ["RETRYING", "FAILED"]
     assert bad["attempts"]["after"] == []
     assert http.get("/api/orch/graph/nope", headers=_auth(stack)).status_code == 404
+
+
+def test_another_team_sees_nothing_and_an_admin_sees_every_team(stack):
+    """Work run without the gateway (`fabric run`, the SDK: no team) shows in /ui for an admin token."""
+    untagged = stack["client"].submit(FAILING | {"pipeline_id": "ui_no_team"})
+    untagged.wait(60)
+    http = httpx.Client(base_url=stack["url"], timeout=30)
+    trading = {"Authorization": f"Bearer {stack['trading']}"}
+    admin = {"Authorization": f"Bearer {stack['admin']}"}
+    for route in ("graph", "lineage", "status"):
+        assert http.get(f"/api/orch/{route}/{stack['ok']}", headers=trading).status_code == 404
+        assert http.get(f"/api/orch/{route}/{stack['ok']}", headers=admin).status_code == 200
+        assert http.get(f"/api/orch/{route}/{untagged.id}", headers=admin).status_code == 200
+        assert http.get(f"/api/orch/{route}/{untagged.id}", headers=_auth(stack)).status_code == 404
+    listed = {i["submission_id"] for i in http.get("/api/orch/submissions", headers=admin).json()["items"]}
+    assert {stack["ok"], stack["bad"], untagged.id} <= listed
+    assert http.get("/api/orch/submissions", headers=trading).json()["items"] == []
 
 
 def test_the_ui_is_static_and_its_data_needs_a_token(stack):
