@@ -24,11 +24,12 @@ from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import has_outputs
-from fabric.execute.scheduler import Scheduler, StoreQuotaJournal, load_config
+from fabric.execute.scheduler import Scheduler, engine_scheduler, load_config
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.schedule.admission import Placement
 from fabric.states import NodeState
 from fabric.types import AttemptReport
 
@@ -59,7 +60,7 @@ class Engine:
         self._store = store
         config = load_config(home)
         # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
-        self._scheduler = Scheduler(config, clock, journal=StoreQuotaJournal(store)) if config is not None else None
+        self._scheduler: Scheduler | None = engine_scheduler(config, clock, store) if config is not None else None
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
@@ -320,13 +321,13 @@ class Engine:
             actions = run.machine.admit(node_id)
             if not actions:  # it stopped waiting meanwhile: give its booking back
                 self._scheduler.release(f"{sid}/{node_id}")
-            self._perform(run, actions, placement.node_id)
+            self._perform(run, actions, placement)
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -356,7 +357,7 @@ class Engine:
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, on_node,
+                call, node.unit, inputs, env, placement,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
