@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from fabric import cli_observe
 from fabric.cli_k8s import k8s_app
 from fabric.console import describe_value, error_text, metrics_table, status_table
 from fabric.errors import ErrorCode, FabricError, SpecError
@@ -212,10 +213,16 @@ def status(submission_id: str, address: AddressOpt = None,
 
 @app.command()
 def logs(submission_id: str, node: Annotated[str, typer.Option("--node", "-n", help="node id")],
-         address: AddressOpt = None) -> None:
+         address: AddressOpt = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the node ends")] = False,
+         ) -> None:
     """Print a node's captured output, every attempt."""
     try:
-        sys.stdout.write(_connect(address).get(submission_id).logs(node))
+        submission = _connect(address).get(submission_id)
+        if follow:
+            cli_observe.follow_logs(submission, node)
+        else:
+            sys.stdout.write(submission.logs(node))
     except FabricError as exc:
         _fail(exc)
 
@@ -282,6 +289,9 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
     serve.run(build_app({"tokens_file": str(tokens), "num_replicas": str(replicas)}), name="fabric-gateway",
               route_prefix="/")
     out.print(f"[bold green]fabric is up[/]: http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    ui = f"http://{host}:{port}/ui/"
+    out.print(f"web UI: {ui}#token={admin_token}" if admin_token else f"web UI: {ui}  (sign in with a token)",
+              soft_wrap=True)
     out.print(f"tokens file: {tokens}" + (f"\nadmin token (shown once): {admin_token}" if admin_token else
                                          "  (make one with `fabric token --team NAME`)"))
     stop = threading.Event()
@@ -294,6 +304,7 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
 audit = typer.Typer(help="The append-only audit log of every state change.", no_args_is_help=True)
 app.add_typer(audit, name="audit")
 app.add_typer(k8s_app, name="k8s")
+cli_observe.register(app)  # fabric graph, fabric lineage
 
 
 @audit.command("export")

@@ -118,6 +118,14 @@ class Submission:
     def cancel(self) -> None:
         _call(self._registry.cancel, self.id, self._team, retry_for=self._retry_for)
 
+    def graph(self) -> dict[str, Any]:
+        """The DAG's nodes and edges, every attempt's queue wait and run time, and the critical path."""
+        return _call(self._registry.graph, self.id, self._team, retry_for=self._retry_for)
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """OpenLineage RunEvents: the submission, and each node attempt with its inputs and outputs."""
+        return _call(self._registry.lineage, self.id, self._team, retry_for=self._retry_for)
+
 
 class Client:
     """Submit DAGs to the fabric on a Ray cluster and follow them.

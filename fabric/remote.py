@@ -60,6 +60,12 @@ class HttpSubmission:
     def cancel(self) -> None:
         self._client._request("POST", f"/api/orch/cancel/{self._quoted}")
 
+    def graph(self) -> dict[str, Any]:
+        return self._client._request("GET", f"/api/orch/graph/{self._quoted}")
+
+    def lineage(self) -> list[dict[str, Any]]:
+        return self._client._request("GET", f"/api/orch/lineage/{self._quoted}")["events"]
+
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
         raise FabricError(
             "results live in the cluster's object store and do not travel over HTTP",

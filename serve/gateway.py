@@ -24,6 +24,7 @@ from fabric.errors import ErrorCode, FabricError
 from serve.auth import Principal, TokenTable
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
+from serve.observe_api import router as observe_router
 
 MAX_BODY_BYTES = 1 << 20
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
@@ -70,6 +71,7 @@ api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 requests_total: Counter[tuple[str, int]] = Counter()
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
+api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 
 
 @api.exception_handler(FabricError)
@@ -132,6 +134,12 @@ class Gateway(MlRoutes):
     def _client_for(self, request: Request) -> fb.Client:
         return self._client.for_team(self._who(request).team)
 
+    def _viewer_for(self, request: Request) -> fb.Client:
+        """For reading and cancelling: an admin token sees every team's work (and work run without the
+        gateway, e.g. `fabric run`, which has no team), as /quotas does; any other token its team's."""
+        principal = self._who(request)
+        return self._client if principal.admin else self._client.for_team(principal.team)
+
     def _admin(self, request: Request) -> Principal:
         principal = self._who(request)
         if not principal.admin:
@@ -183,20 +191,20 @@ class Gateway(MlRoutes):
     @api.get("/api/orch/status/{submission_id}")
     async def status(self, request: Request, submission_id: str) -> dict[str, Any]:
         # One registry call: it answers NOT_FOUND for an unknown id or another team's.
-        status = await self._client_for(request).get(submission_id, check=False).status_async()
+        status = await self._viewer_for(request).get(submission_id, check=False).status_async()
         return status.to_dict()
 
     @api.get("/api/orch/logs/{submission_id}")
     def logs(self, request: Request, submission_id: str, node: Annotated[str, Query(min_length=1)],
              tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict[str, Any]:
-        text = self._client_for(request).get(submission_id).logs(node)
+        text = self._viewer_for(request).get(submission_id).logs(node)
         if tail is not None:
             text = "\n".join(text.splitlines()[-tail:])
         return {"submission_id": submission_id, "node": node, "text": text}
 
     @api.post("/api/orch/cancel/{submission_id}", status_code=202)
     def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
-        self._client_for(request).get(submission_id).cancel()
+        self._viewer_for(request).get(submission_id).cancel()
         return {"submission_id": submission_id, "cancelling": True}
 
     @api.get("/api/orch/workers")
@@ -232,7 +240,7 @@ class Gateway(MlRoutes):
                 raise FabricError(f"label filter {item!r} is not k:v", code=ErrorCode.SPEC_FIELD, where="label",
                                   fix="write it as label=project:xs")
             labels[key] = value
-        items = self._client_for(request).list(state, limit, labels or None, cursor)
+        items = self._viewer_for(request).list(state, limit, labels or None, cursor)
         next_cursor = items[-1]["created_at"] if len(items) == limit else None
         return {"items": items, "next_cursor": next_cursor}
 

@@ -66,6 +66,14 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
+def free_per_node() -> dict[str, dict[str, float]]:
+    """What Ray has free on each node (a failure says where the work really went)."""
+    from ray._private import state
+
+    return {node[:6]: {k: v for k, v in free.items() if k in ("CPU", "GPU")}
+            for node, free in state.available_resources_per_node().items()}
+
+
 def waits(status) -> list[float]:
     return [n.started_at - n.queued_at for n in status.nodes]
 
@@ -92,9 +100,7 @@ def test_a_critical_node_preempts_low_spot_work_filling_every_gpu_within_the_thr
     try:
         done = critical.wait(30)
     except Exception:
-        from ray._private import state
-        tasks = {k[:6]: {r: x for r, x in v.items() if not r.startswith(("node:", "object_store", "memory"))} for k, v in state.available_resources_per_node().items()}
-        raise AssertionError((tasks, critical.status(), spot.status(), client.queues())) from None
+        raise AssertionError((free_per_node(), critical.status(), spot.status(), client.queues())) from None
     node = done.node("c")
     assert done.state == "SUCCEEDED"
     assert node.started_at - node.queued_at <= PREEMPT_AFTER_S + 3.0, "it did not start within the threshold"

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from fabric.actors import HEAD_RESOURCE, NAMESPACE
+from fabric.actors import HEAD_RESOURCE, NAMESPACE, observe
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
@@ -40,9 +40,10 @@ class Registry:
 
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self.home = home
-        self._store = open_store(home)
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
         self._artifacts = os.environ.get("FABRIC_ARTIFACTS") or str(Path(home) / "artifacts")
+        # What is recorded also goes out as OpenLineage events and OTLP traces (fabric/actors/observe.py).
+        self._store = observe.observed(open_store(home), home, self._artifacts)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
         # "needed" (default): outputs a downstream node reads are written on success, so a resumed run
@@ -301,6 +302,18 @@ class Registry:
         check_names(submission_id, None, None)
         self._recorded(submission_id, team)
         return list_artifacts(self._artifacts, submission_id)
+
+    def graph(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
+        """The DAG's shape, each attempt's queue wait and run time, and the critical path (for the UI)."""
+        record = self._recorded(submission_id, team)
+        self._store.flush()
+        return observe.graph_view(record, self._store.events(submission_id))
+
+    def lineage(self, submission_id: str, team: str | None = None) -> list[dict[str, Any]]:
+        """The OpenLineage RunEvents of the submission and of each node attempt, from its recorded events."""
+        record = self._recorded(submission_id, team)
+        self._store.flush()
+        return observe.lineage_view(record, self._store.events(submission_id), self.home, self._artifacts)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:

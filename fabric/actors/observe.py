@@ -1,0 +1,314 @@
+"""Lineage and traces leave the registry here: a Store wrapper hands every recorded event to a background
+thread, which turns it into OpenLineage RunEvents (`openlineage-python`: a file by default, HTTP by config)
+and, when a submission ends, into OpenTelemetry spans over OTLP (off unless configured).
+
+Config (environment of the registry):
+    FABRIC_LINEAGE            file (default) | http | off
+    FABRIC_LINEAGE_FILE       default $FABRIC_HOME/lineage/events.jsonl (one RunEvent per line)
+    FABRIC_LINEAGE_URL        e.g. http://marquez:5000 (with FABRIC_LINEAGE=http; events go to /api/v1/lineage)
+    FABRIC_LINEAGE_API_KEY    sent as a bearer token to the HTTP endpoint
+    FABRIC_LINEAGE_NAMESPACE  the OpenLineage namespace of jobs and datasets (default: fabric)
+    FABRIC_OTLP_ENDPOINT      e.g. http://collector:4318: turns traces on (spans go to <endpoint>/v1/traces)
+openlineage and opentelemetry are imported only when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fabric.execute.outputs import MANIFEST, outputs_dir
+from fabric.kinds import kind_checks
+from fabric.plan import ExecutionPlan, compile_plan
+from fabric.record import Event, Store, SubmissionRecord
+from fabric.record.lineage import LineageBuilder, NodeIO, StoredFile, lineage_events
+from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
+from fabric.spec import load_spec, parse_runtime_params
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = re.compile(r"attempt-\d+\.log")
+QUIET_S, MAX_DELAY_S = 0.1, 2.0  # events are sent after 0.1 s without new ones, or 2 s at the latest
+HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-256: hashing them costs too much
+
+
+def plan_of(record: SubmissionRecord) -> ExecutionPlan:
+    return compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
+                        kind_checks())  # type: ignore[arg-type]
+
+
+def node_io(plan: ExecutionPlan) -> dict[str, NodeIO]:
+    consumed = plan.consumed_outs()
+    return {n: NodeIO(n, node.kind, tuple((w.name, w.producer, w.out) for w in node.inputs), node.result_slots,
+                      node.content_hash, node.pool, consumed[n]) for n, node in plan.nodes.items()}
+
+
+def _sha256(path: Path) -> str | None:
+    stat = path.stat()
+    if stat.st_size > HASH_LIMIT_BYTES:
+        return None
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """Cached by (path, size, mtime): an out read by ten nodes is hashed once, not on every event."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Files:
+    """Where a node's persisted outs and artifact files are, with their SHA-256 (local paths only)."""
+
+    def __init__(self, home: str, artifacts: str) -> None:
+        self._home, self._artifacts = home, artifacts
+        # Persisted outputs never change once written (the manifest goes last): found once, known for good.
+        self._found: OrderedDict[tuple[str, str, str], StoredFile] = OrderedDict()
+
+    def output(self, submission_id: str, node_id: str, out: str) -> StoredFile | None:
+        key = (submission_id, node_id, out)
+        if key in self._found:
+            return self._found[key]
+        base = outputs_dir(self._artifacts, submission_id, node_id)
+        if "://" in base:
+            return None
+        for path, uri in ((Path(base) / f"{out}.arrow", None), (Path(base) / MANIFEST, f"{base}/{MANIFEST}#{out}")):
+            if path.is_file():
+                self._found[key] = StoredFile(uri or str(path), _sha256(path), path.stat().st_size)
+                if len(self._found) > 100_000:
+                    self._found.popitem(last=False)
+                return self._found[key]
+        return None
+
+    def artifacts(self, submission_id: str, node_id: str) -> list[StoredFile]:
+        root = Path(self._home) / "runs" / submission_id / node_id
+        if not root.is_dir():
+            return []
+        # The node's own captured output (attempt-N.log, beside its files) is its log, not an output.
+        return [StoredFile(str(p), _sha256(p), p.stat().st_size) for p in sorted(root.rglob("*"))
+                if p.is_file() and not (p.parent == root and LOG_FILE.fullmatch(p.name))]
+
+
+def lineage_view(record: SubmissionRecord, events: list[Event], home: str, artifacts: str) -> list[dict[str, Any]]:
+    files = Files(home, artifacts)
+    return lineage_events(record, events, node_io(plan_of(record)), _namespace(), files.output, files.artifacts)
+
+
+def graph_view(record: SubmissionRecord, events: list[Event]) -> dict[str, Any]:
+    """The DAG's shape, every attempt's queue wait and run time, and the critical path: what the UI draws."""
+    plan = plan_of(record)
+    spans = attempt_timeline(events)
+    upstream = {n: plan.nodes[n].upstream for n in plan.order}
+    return {"submission_id": record.submission_id, "pipeline_id": record.pipeline_id,
+            "nodes": [{"id": n, "kind": plan.nodes[n].kind, "upstream": list(plan.nodes[n].upstream),
+                       "outs": list(plan.nodes[n].result_slots), "pool": plan.nodes[n].pool,
+                       "content_hash": plan.nodes[n].content_hash} for n in plan.order],
+            "attempts": {n: [a.to_dict() for a in spans.get(n, [])] for n in plan.order},
+            "critical_path": critical_path(upstream, spans)}
+
+
+def _namespace() -> str:
+    return os.environ.get("FABRIC_LINEAGE_NAMESPACE", "fabric")
+
+
+def lineage_client(home: str) -> Any | None:
+    """An OpenLineageClient for the configured transport, or None when lineage is off."""
+    mode = os.environ.get("FABRIC_LINEAGE", "file").lower()
+    if mode in ("off", "none", "0", ""):
+        return None
+    from openlineage.client import OpenLineageClient
+
+    if mode == "http":
+        transport: dict[str, Any] = {"type": "http", "url": os.environ["FABRIC_LINEAGE_URL"],
+                                     "endpoint": "api/v1/lineage", "timeout": 5.0}
+        if os.environ.get("FABRIC_LINEAGE_API_KEY"):
+            transport["auth"] = {"type": "api_key", "apiKey": os.environ["FABRIC_LINEAGE_API_KEY"]}
+    else:
+        path = Path(os.environ.get("FABRIC_LINEAGE_FILE") or Path(home) / "lineage" / "events.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return OpenLineageClient(transport=_batch_file_transport(str(path)))
+    return OpenLineageClient(config={"transport": transport})
+
+
+def _batch_file_transport(path: str) -> Any:
+    """openlineage-python's file transport (append mode), also taking events already built as JSON-ready
+    dicts, many per write: one open and one write per batch instead of per event keeps a 1,000-node
+    run's lineage from competing with its engine for the registry's CPU."""
+    from openlineage.client.transport.file import FileConfig, FileTransport
+
+    class BatchFileTransport(FileTransport):  # type: ignore[misc]
+        def emit_many(self, events: list[dict[str, Any]]) -> None:
+            lines = "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events)
+            with self._file_handler.open_file(self.config.log_file_path, "a") as out:
+                out.write(lines)
+
+    return BatchFileTransport(FileConfig(log_file_path=path, append=True))
+
+
+def to_openlineage(event: dict[str, Any]) -> Any:
+    """Our RunEvent dict as the client's RunEvent (facets stay plain dicts: the client serialises them as is)."""
+    from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+
+    return RunEvent(eventType=RunState(event["eventType"]), eventTime=event["eventTime"], producer=event["producer"],
+                    run=Run(runId=event["run"]["runId"], facets=event["run"]["facets"]),
+                    job=Job(namespace=event["job"]["namespace"], name=event["job"]["name"], facets={}),
+                    inputs=[InputDataset(namespace=d["namespace"], name=d["name"], facets=d["facets"])
+                            for d in event["inputs"]],
+                    outputs=[OutputDataset(namespace=d["namespace"], name=d["name"], facets=d["facets"])
+                             for d in event["outputs"]])
+
+
+class SpanExporter:
+    """Exports a finished submission's spans over OTLP/HTTP, with their recorded start and end times."""
+
+    def __init__(self, endpoint: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self._provider = TracerProvider(resource=Resource.create({"service.name": "fabric"}))
+        self._provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", timeout=5)))
+        self._tracer = self._provider.get_tracer("fabric")
+
+    def export(self, record: SubmissionRecord, events: list[Event], pools: dict[str, str | None]) -> int:
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+
+        made: dict[str, Any] = {}
+        specs = trace_spans(record, events, pools)
+        for spec in specs:
+            context = trace.set_span_in_context(made[spec.parent]) if spec.parent else None
+            span = self._tracer.start_span(spec.name, context=context, attributes=spec.attributes,
+                                           start_time=int(spec.start * 1e9))
+            span.set_status(Status(StatusCode.OK) if spec.ok else Status(StatusCode.ERROR, spec.message[:500]))
+            made[spec.key] = span
+        for spec in reversed(specs):
+            made[spec.key].end(end_time=int(spec.end * 1e9))
+        self._provider.force_flush(10_000)
+        return len(specs)
+
+
+class Observer:
+    """Consumes recorded events off the engine's thread; a failing sink is logged, never felt by the run."""
+
+    def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None):
+        self._store, self._lineage, self._spans = store, lineage, spans
+        self._files = Files(home, artifacts)
+        self._builders: OrderedDict[str, tuple[LineageBuilder, dict[str, str | None]]] = OrderedDict()
+        self._queue: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        threading.Thread(target=self._loop, name="fabric-observe", daemon=True).start()
+
+    def put(self, events: list[Event]) -> None:
+        self._idle.clear()
+        self._queue.put(list(events))
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every event handed over so far has been sent (tests, shutdown)."""
+        return self._idle.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            batches = [self._queue.get()]
+            # Wait for a lull (or at most MAX_DELAY_S): in a burst of events the engine has the CPU to itself,
+            # and the lineage follows a moment later.
+            deadline = time.monotonic() + MAX_DELAY_S
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    batches.append(self._queue.get(timeout=min(QUIET_S, left)))
+                except queue.Empty:
+                    break
+            built: list[dict[str, Any]] = []
+            for event in (e for batch in batches for e in batch):
+                try:
+                    built += self._observe(event)
+                except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
+                    log.exception("fabric could not build lineage/trace for %s", event.submission_id)
+            try:
+                self._send(built)
+            except Exception:  # noqa: BLE001
+                log.exception("fabric could not send %d lineage events", len(built))
+            if self._queue.empty():
+                self._idle.set()
+
+    def _builder(self, submission_id: str) -> tuple[LineageBuilder, dict[str, str | None]] | None:
+        if submission_id not in self._builders:
+            record = self._store.get_submission(submission_id)
+            if record is None:
+                return None
+            nodes = node_io(plan_of(record))
+            self._builders[submission_id] = (
+                LineageBuilder(record, nodes, _namespace(), self._files.output, self._files.artifacts),
+                {n: io.pool for n, io in nodes.items()})
+            while len(self._builders) > 1000:  # a submission that never ends must not hold memory forever
+                self._builders.popitem(last=False)
+        return self._builders[submission_id]
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        if not events or self._lineage is None:
+            return
+        # Straight to the client's transport: the client's environment and source-code facets would describe
+        # the registry's process, not the node, and cost a third of the time per event.
+        transport = self._lineage.transport
+        if hasattr(transport, "emit_many"):
+            transport.emit_many(events)
+        else:
+            for event in events:
+                transport.emit(to_openlineage(event))
+
+    def _observe(self, event: Event) -> list[dict[str, Any]]:
+        """The lineage events this recorded event means (sent by the caller); a trace when a submission ends."""
+        if event.submission_id.startswith("_"):  # admin events (the kill-switch): not a run
+            return []
+        found = self._builder(event.submission_id)
+        if found is None:
+            return []
+        builder, pools = found
+        built = builder.feed(event) if self._lineage is not None else []
+        if event.node_id is None and event.source == "RUNNING" and event.target != "RUNNING":
+            self._builders.pop(event.submission_id, None)
+            if self._spans is not None:
+                self._store.flush()
+                self._spans.export(builder.record, self._store.events(event.submission_id), pools)
+        return built
+
+
+class ObservedStore:
+    """The registry's Store, unchanged, except that what it records is also handed to an Observer."""
+
+    def __init__(self, inner: Store, observer: Observer) -> None:
+        self._inner = inner
+        self.observer = observer
+
+    def append_events(self, events: list[Event]) -> None:
+        self._inner.append_events(events)
+        self.observer.put(events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def observed(store: Store, home: str, artifacts: str) -> Store:
+    """`store`, wrapped to send lineage and traces as configured (unwrapped when both are off)."""
+    lineage = lineage_client(home)
+    endpoint = os.environ.get("FABRIC_OTLP_ENDPOINT")
+    spans = SpanExporter(endpoint) if endpoint else None
+    if lineage is None and spans is None:
+        return store
+    return ObservedStore(store, Observer(store, home, artifacts, lineage, spans))  # type: ignore[return-value]

@@ -1,0 +1,297 @@
+"""Seeing the work, end to end on one real local Ray with the Serve gateway on loopback: lineage (route and
+file transport), OTLP traces, the graph route, the web UI in headless Chromium, `fabric graph` and
+`fabric logs --follow`, and both notebooks executed on a fresh kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from serve.auth import mint_token
+from tests.conftest import REPO, free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+CHROMIUM = "/usr/bin/chromium"
+FAILING = {
+    "version": 1, "pipeline_id": "ui_failing",
+    "nodes": [
+        {"id": "start", "kind": "python_task", "entrypoint": "tests.nodes:value", "params": {"x": 2.0}},
+        {"id": "broken", "kind": "python_task", "entrypoint": "tests.nodes:boom",
+         "params": {"message": "the join lost every row"},
+         "slo": {"retry": {"max_attempts": 2, "backoff_sec": 0.2}}},
+        {"id": "after", "kind": "python_task", "entrypoint": "tests.nodes:noop"},
+    ],
+    "edges": [{"from": "start", "to": "broken"}, {"from": "broken", "to": "after"}],
+}
+
+
+class _Otlp(BaseHTTPRequestHandler):
+    bodies: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802
+        self.bodies.append(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.fixture(scope="module")
+def otlp():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Otlp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Otlp.bodies
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(fabric_home, otlp, tmp_path_factory):
+    """Ray (its registry sends traces to the OTLP receiver above, lineage to the default file), the gateway,
+    and two finished submissions: the example pipeline (all green) and one whose node fails after a retry."""
+    import ray
+    from ray import serve
+
+    import fabric as fb
+    from serve.gateway import build_app
+
+    saved = {k: os.environ.get(k) for k in ("FABRIC_OTLP_ENDPOINT", "FABRIC_LINEAGE")}
+    os.environ["FABRIC_OTLP_ENDPOINT"] = otlp[0]  # before Ray starts: its workers inherit it
+    os.environ.pop("FABRIC_LINEAGE", None)
+    os.chdir(REPO)
+    client = fb.connect("local", num_cpus=2, home=str(fabric_home))
+    tokens = tmp_path_factory.mktemp("tokens") / "tokens.yaml"
+    token = mint_token(tokens, "research")
+    others = {"trading": mint_token(tokens, "trading"), "admin": mint_token(tokens, "ops", admin=True)}
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"tokens_file": str(tokens)}), name="fabric-gateway", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    remote = fb.connect(url, token=token)
+    ok = remote.submit(REPO / "jobs/dags/quant_backtest.yaml", {"labels": {"suite": "ui"}})
+    bad = remote.submit(FAILING, {"labels": {"suite": "ui"}})
+    assert ok.wait(120).state == "SUCCEEDED" and bad.wait(60).state == "FAILED"
+    try:
+        yield {"client": client, "url": url, "token": token, "ok": ok.id, "bad": bad.id, "remote": remote,
+               "home": fabric_home, **others}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _auth(stack):
+    return {"Authorization": f"Bearer {stack['token']}"}
+
+
+def test_lineage_lists_every_node_with_inputs_outputs_and_hashes(stack):
+    spec = yaml.safe_load((REPO / "jobs/dags/quant_backtest.yaml").read_text())
+    spec_nodes = {n["id"]: n for n in spec["nodes"]}
+    body = httpx.get(f"{stack['url']}/api/orch/lineage/{stack['ok']}", headers=_auth(stack), timeout=30).json()
+    events = body["events"]
+    assert [e["eventType"] for e in events if e["job"]["name"] == "quant_backtest_v1"] == ["START", "COMPLETE"]
+    done = {e["job"]["name"].split(".", 1)[1]: e for e in events
+            if e["eventType"] == "COMPLETE" and "." in e["job"]["name"]}
+    assert set(done) == set(spec_nodes)
+    for node_id, event in done.items():
+        inputs = {d["facets"]["fabric_output"]["input"] for d in event["inputs"]}
+        assert inputs == set(spec_nodes[node_id].get("ins", [])), node_id
+        outs = [d for d in event["outputs"] if d["namespace"] == "fabric"]
+        assert [d["facets"]["fabric_output"]["out"] for d in outs] == spec_nodes[node_id].get("outs", ["result"])
+        for dataset in event["inputs"] + event["outputs"]:
+            assert len(dataset["facets"]["datasetVersion"]["datasetVersion"]) >= 16, (node_id, dataset["name"])
+    # A persisted out names its file in the artifact store, with the SHA-256 of its bytes.
+    [prices] = [d for d in done["clean_prices"]["outputs"] if d["name"].endswith(".prices")]
+    stored = prices["facets"]["fabric_output"]
+    assert Path(stored["uri"].split("#")[0]).is_file() and len(stored["sha256"]) == 64
+    # The same events went to the lineage file through openlineage-python (sent off the engine's thread).
+    lineage_file = stack["home"] / "lineage" / "events.jsonl"
+    deadline = time.monotonic() + 20
+    wanted = {e["run"]["runId"] + e["eventType"] for e in events}
+    while time.monotonic() < deadline:
+        sent = [json.loads(line) for line in lineage_file.read_text().splitlines()] if lineage_file.exists() else []
+        if wanted <= {e["run"]["runId"] + e["eventType"] for e in sent}:
+            break
+        time.sleep(0.5)
+    assert wanted <= {e["run"]["runId"] + e["eventType"] for e in sent}
+
+
+def test_a_failed_node_has_fail_events_per_attempt_and_the_submission_fails(stack):
+    events = stack["remote"].get(stack["bad"]).lineage()
+    broken = [e["eventType"] for e in events if e["job"]["name"] == "ui_failing.broken"]
+    assert broken == ["START", "FAIL", "START", "FAIL"]
+    fails = [e for e in events if e["job"]["name"] == "ui_failing.broken" and e["eventType"] == "FAIL"]
+    assert all("the join lost every row" in e["run"]["facets"]["errorMessage"]["message"] for e in fails)
+    assert len({e["run"]["runId"] for e in fails}) == 2  # one OpenLineage run per attempt
+    assert [e["eventType"] for e in events if e["job"]["name"] == "ui_failing"] == ["START", "FAIL"]
+
+
+def test_traces_arrive_over_otlp_with_the_submission_as_parent(stack, otlp):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        spans = [s for body in list(otlp[1]) for r in ExportTraceServiceRequest.FromString(body).resource_spans
+                 for ss in r.scope_spans for s in ss.spans]
+        mine = [s for s in spans if any(a.key == "fabric.submission_id" and a.value.string_value == stack["ok"]
+                                        for a in s.attributes)]
+        if len(mine) >= 1 + 2 * 6:
+            break
+        time.sleep(0.5)
+    roots = [s for s in mine if s.parent_span_id == b""]
+    assert len(roots) == 1 and roots[0].name == "submission quant_backtest_v1"
+    nodes = [s for s in mine if s.parent_span_id == roots[0].span_id]
+    assert len(nodes) == 6
+    attempts = [s for s in mine if s.parent_span_id in {n.span_id for n in nodes}]
+    attrs = {a.key: a.value for a in attempts[0].attributes}
+    assert len(attempts) == 6 and attrs["fabric.team"].string_value == "research"
+    assert attrs["fabric.attempt"].int_value == 1 and attrs["fabric.pool"].string_value == "default"
+
+
+def test_graph_route_has_the_shape_the_attempts_and_the_critical_path(stack):
+    http = httpx.Client(base_url=stack["url"], timeout=30)
+    assert http.get(f"/api/orch/graph/{stack['ok']}").status_code == 401
+    graph = http.get(f"/api/orch/graph/{stack['ok']}", headers=_auth(stack)).json()
+    assert [n["id"] for n in graph["nodes"]][0] == "make_data"
+    assert graph["critical_path"][0] == "make_data" and graph["critical_path"][-1] == "report"
+    assert all(len(graph["attempts"][n["id"]]) == 1 for n in graph["nodes"])
+    bad = http.get(f"/api/orch/graph/{stack['bad']}", headers=_auth(stack)).json()
+    assert [a["outcome"] for a in bad["attempts"]["broken"]] == ["RETRYING", "FAILED"]
+    assert bad["attempts"]["after"] == []
+    assert http.get("/api/orch/graph/nope", headers=_auth(stack)).status_code == 404
+
+
+def test_another_team_sees_nothing_and_an_admin_sees_every_team(stack):
+    """Work run without the gateway (`fabric run`, the SDK: no team) shows in /ui for an admin token."""
+    untagged = stack["client"].submit(FAILING | {"pipeline_id": "ui_no_team"})
+    untagged.wait(60)
+    http = httpx.Client(base_url=stack["url"], timeout=30)
+    trading = {"Authorization": f"Bearer {stack['trading']}"}
+    admin = {"Authorization": f"Bearer {stack['admin']}"}
+    for route in ("graph", "lineage", "status"):
+        assert http.get(f"/api/orch/{route}/{stack['ok']}", headers=trading).status_code == 404
+        assert http.get(f"/api/orch/{route}/{stack['ok']}", headers=admin).status_code == 200
+        assert http.get(f"/api/orch/{route}/{untagged.id}", headers=admin).status_code == 200
+        assert http.get(f"/api/orch/{route}/{untagged.id}", headers=_auth(stack)).status_code == 404
+    listed = {i["submission_id"] for i in http.get("/api/orch/submissions", headers=admin).json()["items"]}
+    assert {stack["ok"], stack["bad"], untagged.id} <= listed
+    assert http.get("/api/orch/submissions", headers=trading).json()["items"] == []
+
+
+def test_the_ui_is_static_and_its_data_needs_a_token(stack):
+    http = httpx.Client(base_url=stack["url"], timeout=30)
+    page = http.get("/ui/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "app.js" in page.text
+    assert stack["token"] not in page.text and stack["ok"] not in page.text
+    assert http.get("/ui/app.js").status_code == 200 and http.get("/ui/../gateway.py").status_code == 404
+    assert http.get("/ui/nothing.js").status_code == 404
+    assert http.get(f"/api/orch/lineage/{stack['ok']}").status_code == 401
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test.sh installs "
+                                                         "it where apt-get is available)")
+def test_the_ui_in_headless_chromium(stack, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=args,
+            viewport={"width": 1400, "height": 900})
+        try:
+            page = browser.new_page()
+            page.goto(f"{stack['url']}/ui/")
+            page.wait_for_selector("#login:not([hidden])")
+            page.fill("#token", "not-a-token")
+            page.click("#login-form button")
+            page.wait_for_selector("#login-error:has-text('not accepted')")
+            page.fill("#token", stack["token"])
+            page.click("#login-form button")
+            page.wait_for_selector(f"tr[data-submission='{stack['ok']}']")
+            page.select_option("#f-state", "FAILED")
+            page.click("#filters button")
+            page.wait_for_selector(f"tr[data-submission='{stack['ok']}']", state="detached")
+            page.click(f"tr[data-submission='{stack['bad']}']")
+            # A failed node's log is one click away.
+            page.wait_for_selector("g.node[data-node='broken'][data-state='FAILED']")
+            page.click("g.node[data-node='broken']")
+            page.wait_for_selector("#log:has-text('the join lost every row')")
+            assert page.locator("#cancel").is_disabled()
+            page.goto(f"{stack['url']}/ui/#/s/{stack['ok']}")
+            page.wait_for_selector("g.node[data-node='report'][data-state='SUCCEEDED']")
+            states = page.eval_on_selector_all("g.node", "els => els.map(e => e.dataset.state)")
+            assert states == ["SUCCEEDED"] * 6
+            assert page.locator("#gantt-svg rect.run").count() == 6
+            assert page.locator("#gantt-svg text", has_text="★").count() >= 2
+            page.click("g.node[data-node='make_data']")
+            page.wait_for_selector("#log:has-text('attempt 1')")
+            shot = tmp_path / "ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1_000_000) or []
+    assert image.size[0] >= 1000 and len(colours) > 50  # not blank: many colours (text, green nodes, bars)
+    green = sum(count for count, (r, g, b) in colours if g > 120 and r < 60 and b < 100)
+    assert green > 2000  # the green of six SUCCEEDED nodes
+    if os.environ.get("FABRIC_UI_SCREENSHOT"):  # regenerate docs/ui.png
+        shutil.copy(shot, os.environ["FABRIC_UI_SCREENSHOT"])
+
+
+def test_cli_graph_and_logs_follow(stack, tmp_path, capfd):
+    from typer.testing import CliRunner
+
+    from fabric.cli import app
+
+    runner = CliRunner()
+    svg = tmp_path / "dag.svg"
+    result = runner.invoke(app, ["graph", stack["bad"], "--out", str(svg)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "broken" in result.output and "FAILED" in result.output and "← start" in result.output
+    assert svg.read_text().startswith("<svg") and svg.read_text().count('data-node="') == 3
+    result = runner.invoke(app, ["logs", stack["bad"], "--node", "broken", "--follow"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--- attempt") == 2
+
+
+def _execute(notebook: str, env: dict[str, str]) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    book = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel is a child process: it inherits these
+    try:
+        NotebookClient(book, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_quickstart_notebook_runs_top_to_bottom(stack):
+    import ray
+
+    _execute("quickstart.ipynb", {"FABRIC_ADDRESS": ray.get_runtime_context().gcs_address})
+
+
+def test_gateway_notebook_runs_top_to_bottom(stack):
+    _execute("gateway.ipynb", {"FABRIC_GATEWAY_URL": stack["url"], "FABRIC_TOKEN": stack["token"]})
