@@ -351,7 +351,7 @@ class Engine:
                 submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id,
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
-                declared_outs=node.outs, home=self._home, control=self._control,
+                declared_outs=node.outs, home=self._home, control=self._control, secrets=run.plan.secrets_scope,
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token

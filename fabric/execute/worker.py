@@ -17,6 +17,7 @@ from typing import Any
 from fabric.context import NodeContext, use_context
 from fabric.execute.outputs import persist_outputs
 from fabric.kinds import NodeCall, get_kind
+from fabric.secrets import secrets_root
 from fabric.types import AttemptReport, ErrorInfo
 
 LOG_TAIL_CHARS = 64 * 1024
@@ -73,7 +74,8 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     ctx = NodeContext(submission_id=call.submission_id, node_id=call.node_id, attempt=call.attempt,
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
                       logger=_node_logger(), progress_sink=_progress_sink(call),
-                      cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call))
+                      cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
+                      secrets_scope=call.secrets, secrets_root=secrets_root(call.home))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buffer

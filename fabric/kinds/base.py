@@ -29,6 +29,7 @@ class NodeCall:
     inline_code: bool = False  # the first input is the pickled function (defined in a notebook)
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
+    secrets: tuple[str, ...] = ()  # scope names only: values are read on the node (fabric/secrets.py)
 
 
 @runtime_checkable
