@@ -21,3 +21,12 @@ def consume(table: pa.Table) -> dict[str, Any]:
     """Reads every value; reports whether the column is a zero-copy view of the object store."""
     buffer = table.column("x").chunk(0).buffers()[1]
     return {"sum": float(np.frombuffer(buffer, dtype=np.float64).sum()), "zero_copy": not buffer.is_mutable}
+
+
+def sleep_for(seconds: float) -> tuple[float, float]:
+    """A stand-in for GPU work: holds its resources for `seconds`; returns when it really ran."""
+    import time
+
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()

@@ -12,7 +12,7 @@ Reports makespan against the lower bound (total GPU-seconds / GPUs), GPU utilisa
 queued, p95 queue wait per priority and the longest wait; then times the policy alone with 10,000
 queued nodes on a simulated 1,000-node cluster.
 
-Not yet here (the scheduling issue is open): the anchor run on a real Ray cluster.
+The same workload on a real Ray, straight to Ray against through the fabric: `python -m bench.packing_ray`.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ class NodeContext:
     cancel_probe: CancelProbe | None = None
     stop_probe: CancelProbe | None = None  # is this attempt being stopped (preempted, or cancelled)?
     preempt_handlers: list[Callable[[], None]] = field(default_factory=list)
+    device: str = "cpu"  # "gpu" when it holds a GPU; GPU-first work that fell back to CPU sees "cpu"
     min_progress_interval_s: float = 0.5
     last_progress: tuple[float, str] | None = None
     _last_sent_at: float = 0.0

@@ -125,3 +125,30 @@ def checkpointing_sleeper(seconds: float, marker_dir: str) -> str:
     ctx.on_preempt(lambda: _mark(marker_dir, "checkpoint"))
     time.sleep(seconds)
     return f"done on start {attempt}"
+
+
+def gpu_probe(seconds: float = 0.0) -> str:
+    """Where Ray ran it: `<ray node id>/<CUDA_VISIBLE_DEVICES>` (fake GPUs set it too)."""
+    import ray
+
+    time.sleep(seconds)
+    return f"{ray.get_runtime_context().get_node_id()}/{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+
+
+def which_device(seconds: float = 0.0) -> str:
+    time.sleep(seconds)
+    return context().device
+
+
+def group_probe() -> dict:
+    """The placement group this node runs in: its strategy and the Ray node of each bundle."""
+    import ray
+    from ray.util import get_current_placement_group
+    from ray.util.placement_group import placement_group_table
+
+    group = get_current_placement_group()
+    if group is None:
+        return {}
+    table = placement_group_table(group)
+    return {"strategy": table["strategy"], "nodes": list(table["bundles_to_node_id"].values()),
+            "id": group.id.hex(), "here": ray.get_runtime_context().get_node_id()}

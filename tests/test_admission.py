@@ -178,3 +178,23 @@ def test_a_node_that_names_a_spot_pool_runs_there_whatever_its_qos():
     cluster = Cluster([Node("g", 8, [Gpu(0)], "gpu-spot", spot=True)])
     decision = AdmissionPolicy().decide(0, [req("train", gpu=1, pool="gpu-spot")], cluster, [])
     assert [r.key for r, _ in decision.admit] == ["train"]
+
+
+def test_gpu_first_work_takes_a_gpu_when_one_is_free_and_cpus_once_it_has_waited_out_its_fallback():
+    policy = AdmissionPolicy()
+    busy = [Running("hog", "research", "normal", Placement("n1", tuple((g, 1.0, 0.0) for g in range(4))), 1, 4,
+                    0.0, 500.0)]
+    prefers_gpu = req("gpu-first", gpu=1, ready_at=100.0, fallback_cpu=6.0, fallback_after_s=60.0)
+
+    def full() -> Cluster:
+        cluster = Cluster([gpu_node("n1", gpus=4, cpu=16)])
+        cluster.take(Request("hog", "research", cpu=1, gpu=4), busy[0].placement)
+        return cluster
+
+    early = policy.decide(130.0, [prefers_gpu], full(), busy)
+    assert early.admit == () and "(CPU fallback at 160)" in early.waiting["gpu-first"].reason
+    [(on_cpu, placement)] = policy.decide(161.0, [prefers_gpu], full(), busy).admit
+    assert placement.cpu_fallback and placement.gpu_shares == ()
+    assert (on_cpu.gpu, on_cpu.cpu) == (0.0, 6.0)  # booked as the CPU work it now is
+    [(on_gpu, placement)] = policy.decide(161.0, [prefers_gpu], Cluster([gpu_node("n1")]), []).admit
+    assert not placement.cpu_fallback and on_gpu.gpu == 1 and len(placement.gpu_shares) == 1

@@ -105,3 +105,18 @@ def test_critical_work_preempts_low_spot_work_which_checkpoints_and_runs_again(c
     node = done.node("work")
     assert done.state == "SUCCEEDED" and node.attempts == 2  # max_attempts 1: a preemption is not a failure
     assert node.history[0].outcome == "QUEUED" and node.history[0].ended_at <= status.node("work").started_at + 1
+
+
+def test_gpu_first_work_runs_on_cpu_once_no_gpu_freed_up_within_its_wait(client):
+    hog = client.submit(gpu_dag("hog", 4, 4))
+    wait_running(hog)
+    node = {"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:which_device",
+            "resources": {"cpu": "100m", "gpu": 1, "fallback": {"cpu": "200m", "after": "1s"}}}
+    patient = client.submit({"version": 1, "pipeline_id": "gpu-first", "nodes": [node]})
+    time.sleep(0.3)
+    assert "(CPU fallback at" in patient.status().node("work").reason
+    done = patient.wait(30)
+    assert done.state == "SUCCEEDED" and patient.result("work") == "cpu", done.node("work")
+    assert done.node("work").started_at < hog.wait(30).node("work").ended_at, "it waited for the GPUs after all"
+    lucky = client.submit({"version": 1, "pipeline_id": "gpu-free", "nodes": [node]})  # the GPUs are free now
+    assert lucky.wait(30).state == "SUCCEEDED" and lucky.result("work") == "gpu"

@@ -119,3 +119,31 @@ def test_a_booking_on_a_vanished_node_does_not_break_a_round(monkeypatch):
     assert scheduler.admit((sid, m, "t") for sid, m in runs.items()) == []  # s0 holds the one GPU left
     assert scheduler.queue[0]["reason"].startswith("no capacity")
     assert [(sid, node) for sid, node, _ in scheduler.victims()] == [("s0", "work")]  # not the vanished one
+
+
+def test_an_attempt_costs_its_resource_seconds_at_the_rates_of_the_pool_it_ran_in():
+    from fabric.execute.finished import status_of
+    from fabric.execute.scheduler import Rate
+    from fabric.record import Event, SubmissionRecord
+    from fabric.record.replay import status_from_events
+
+    now = [DAY]
+    spot = [Node("s1", 16.0, [Gpu(0, 1.0, 80.0)], "gpu-spot", spot=True)]
+    config = SchedulingConfig(cost=Rate(cpu_hour=0.05, gpu_hour=3.0), pool_costs={"gpu-spot": Rate(0.01, 0.9)})
+    scheduler = Scheduler(config, lambda: now[0], nodes=lambda: spot)
+    spec = {"version": 1, "pipeline_id": "p", "slo": {"qos": "spot_ok"}, "nodes": [
+        {"id": "work", "kind": "python_task", "entrypoint": "m:f", "resources": {"cpu": 2, "gpu": 1}}]}
+    machine = RunMachine(compile_plan(load_spec(spec)), lambda: now[0], submission_id="s1", gated=True)
+    machine.start()
+    [(_, node_id, _)] = scheduler.admit([("s1", machine, "research")])
+    machine.admit(node_id)
+    now[0] += 1800  # half an hour on the spot pool: (2 CPUs x 0.01 + 1 GPU x 0.9) / 2
+    machine.on_result("work", machine.nodes["work"].token, AttemptReport())
+    transitions = machine.drain_transitions()
+    [event] = scheduler.on_transitions("s1", transitions, machine)
+    assert float(event.reason) == pytest.approx(0.46)
+    assert status_of(machine, "s1").cost == pytest.approx(0.46)
+    assert status_of(machine, "s1").to_dict()["nodes"][0]["cost"] == pytest.approx(0.46)
+    record = SubmissionRecord("s1", "p", spec, {}, "plan", "request", DAY, team="research")
+    events = [Event("s1", t.node_id, t.source, t.target, t.at, t.attempt, t.reason) for t in transitions]
+    assert status_from_events(record, [*events, event]).cost == pytest.approx(0.46)  # it survives a restart

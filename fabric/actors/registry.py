@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from fabric.actors import HEAD_RESOURCE, NAMESPACE
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.backend import RayBackend
 from fabric.execute.engine import Engine
@@ -30,9 +31,7 @@ from fabric.types import new_submission_id
 log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "fabric-registry"
-NAMESPACE = "fabric"
 KILL_SWITCH = "_admin:kill-switch"  # its changes are audit events under this id: durable and audited
-HEAD_RESOURCE = "node:__internal_head__"  # Ray gives it to the head node only
 
 
 class Registry:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import pickle
+import queue
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.outputs import load_outputs
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
+from fabric.schedule.admission import Placement
 from fabric.types import AttemptReport, ErrorInfo
 
 
@@ -30,6 +35,11 @@ class AttemptHandle:
 
 Outcome = tuple[AttemptReport, ErrorInfo | None]
 
+# Kinds that start their own Ray workers (Ray Train, Tune) with the node's resources: their driver task
+# asks for almost nothing, or it would hold what its own workers need.
+SELF_PLACING_KINDS = frozenset({"train", "ray_job", "tune"})
+GPU_LOOKUP_EVERY_S = 5.0
+
 
 class RayBackend:
     """Turns node attempts into Ray tasks. Retries are the fabric's (with backoff), so Ray's are off."""
@@ -39,15 +49,23 @@ class RayBackend:
         self._loader = ray.remote(load_outputs)
         self._loaders: dict[int, Any] = {}
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
+        self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
+        self._groups_to_remove: queue.SimpleQueue[Any] | None = None
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
-               runtime_env: dict[str, Any] | None, on_node: str | None,
+               runtime_env: dict[str, Any] | None, placement: Placement | None,
                on_done: Callable[[Outcome], None]) -> AttemptHandle:
-        """Start one attempt (on Ray node `on_node` when the scheduler placed it); `on_done(outcome)` is
-        called from a Ray thread when it ends."""
+        """Start one attempt (where the scheduler placed it, if it did); `on_done(outcome)` is called
+        from a Ray thread when it ends."""
+        if unit.fallback_cpus is not None:  # GPU first: say which it got, and take CPUs when told to
+            on_cpu = placement.cpu_fallback if placement is not None else not self._cluster_has_gpus()
+            call = replace(call, device="cpu" if on_cpu else "gpu")
+            if on_cpu:
+                unit = replace(unit, num_cpus=unit.fallback_cpus, num_gpus=0.0, fallback_cpus=None, placement=None,
+                               custom={k: v for k, v in unit.custom.items() if k != "gpu_mem_gb"})
         slots = call.result_slots
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
-        key = (call.pipeline_id, unit.key(), len(slots), env_key)
+        key = (call.pipeline_id, call.kind in SELF_PLACING_KINDS, unit.key(), len(slots), env_key)
         cached = self._options.get(key)
         if cached is None:
             options: dict[str, Any] = {
@@ -58,13 +76,24 @@ class RayBackend:
                 options["memory"] = unit.memory
             if unit.custom:
                 options["resources"] = dict(unit.custom)
+            if call.kind in SELF_PLACING_KINDS:
+                options.update(num_cpus=0, num_gpus=0, resources=_pool_only(unit.custom))
+                options.pop("memory", None)
             if runtime_env:
                 options["runtime_env"] = runtime_env
             # Options are built once per shape: `.options()` costs ~30 us, a lot per node. Tasks are
             # named after their pipeline; the node is in the fabric's own status.
             cached = self._options[key] = (options, self._remote.options(**options))
         options, remote = cached
-        if on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
+        on_node = placement.node_id if placement is not None else None
+        strategy = None if call.kind in SELF_PLACING_KINDS else unit.group_strategy
+        if strategy is not None:  # gang-scheduled: every worker's bundle or none; the node runs in bundle 0
+            group = placement_group([_bundle(unit)] * unit.workers, strategy=strategy,
+                                    _soft_target_node_id=on_node if strategy == "STRICT_PACK" else None)
+            remote = self._remote.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0))
+            on_done = self._removing(group, on_done)
+        elif on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
             remote = self._remote.options(**options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False))
         # A NodeCall travels pre-pickled: Ray's generic path costs ~60 us for a dataclass, bytes ~3 us.
         report_ref, *value_refs = remote.remote(pickle.dumps(call, protocol=5), *inputs)
@@ -72,6 +101,28 @@ class RayBackend:
         # `future()` + `ray.get` pair costs twice as much per node.
         report_ref._on_completed(lambda result: on_done(outcome(result)))
         return AttemptHandle(report_ref, dict(zip(slots, value_refs, strict=True)), call.attempt)
+
+    def _removing(self, group: Any, on_done: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
+        """`on_done`, and the attempt's placement group given back. Not in the completion callback itself:
+        that runs on Ray's own thread, and a blocking call to the GCS there deadlocks the process."""
+        if self._groups_to_remove is None:
+            self._groups_to_remove = queue.SimpleQueue()
+            threading.Thread(target=_remove_groups, args=(self._groups_to_remove,), daemon=True,
+                             name="fabric-pg-reaper").start()
+        removals = self._groups_to_remove
+
+        def done(result: Outcome) -> None:
+            removals.put(group)
+            on_done(result)
+        return done
+
+    def _cluster_has_gpus(self) -> bool:
+        """Without admission, GPU-first work falls back at once where the cluster has no GPU at all."""
+        checked_at, has = self._has_gpus
+        if time.monotonic() - checked_at > GPU_LOOKUP_EVERY_S:
+            has = ray.cluster_resources().get("GPU", 0.0) > 0
+            self._has_gpus = (time.monotonic(), has)
+        return has
 
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
         """ObjectRefs of a finished node's persisted outputs, read by a small task near the data rather
@@ -162,6 +213,26 @@ def outcome(result: Any) -> Outcome:
     if isinstance(result, BaseException):  # worker crashes, node deaths, lost objects
         return AttemptReport(), ErrorInfo(type(result).__name__, str(result)[-2000:])
     return AttemptReport(), ErrorInfo("UnexpectedReport", f"worker returned {type(result).__name__}")
+
+
+def _bundle(unit: ResourceUnit) -> dict[str, float]:
+    bundle = {"CPU": unit.num_cpus, "GPU": unit.num_gpus, **unit.custom}
+    if unit.memory:
+        bundle["memory"] = float(unit.memory)
+    return {key: value for key, value in bundle.items() if value > 0} or {"CPU": 0.001}
+
+
+def _remove_groups(groups: queue.SimpleQueue[Any]) -> None:
+    while True:
+        group = groups.get()
+        try:
+            remove_placement_group(group)  # the attempt is over: its workers' bundles go back
+        except Exception:  # noqa: BLE001 - already gone with its job, or Ray is shutting down
+            pass
+
+
+def _pool_only(custom: Mapping[str, float]) -> dict[str, float]:
+    return {key: value for key, value in custom.items() if key.startswith("pool:")}
 
 
 def _fmt(resources: dict[str, float]) -> str:

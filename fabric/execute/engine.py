@@ -23,13 +23,13 @@ from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
-from fabric.execute.outputs import has_outputs
-from fabric.execute.scheduler import Scheduler, StoreQuotaJournal, load_config
+from fabric.execute.resume import restored_machine
+from fabric.execute.scheduler import Scheduler, engine_scheduler, load_config
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import Dispatch, Kill, RunMachine
-from fabric.states import NodeState
+from fabric.schedule.admission import Placement
 from fabric.types import AttemptReport
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Engine:
         self._store = store
         config = load_config(home)
         # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
-        self._scheduler = Scheduler(config, clock, journal=StoreQuotaJournal(store)) if config is not None else None
+        self._scheduler: Scheduler | None = engine_scheduler(config, clock, store) if config is not None else None
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
@@ -103,23 +103,10 @@ class Engine:
         again: the outputs their descendants need come back from the artifact store; every other
         unfinished node gets a new attempt. Returns the succeeded nodes that must run again because
         their outputs are not on record."""
-        sid = record.submission_id
         consumed = plan.consumed_outs()
-        states = {n.node_id: n.state for n in status.nodes}
-        stored = {n for n in states if consumed[n] and has_outputs(self._artifacts, sid, n)}
-        # Outputs are written only by a successful attempt: they prove a success whose event was lost.
-        recovered = [n for n in stored if not states[n].terminal]
-        for node_id in recovered:
-            states[node_id] = NodeState.SUCCEEDED
-        self._store.append_events([Event(sid, n, "RUNNING", "SUCCEEDED", self._clock(), 0,
-                                         "recovered: its outputs were on record") for n in recovered])
-        rerun = [n for n, state in states.items() if state.ok and consumed[n] and n not in stored]
-        for node_id in rerun:
-            states[node_id] = NodeState.PENDING
-        history = {n.node_id: [(a.started_at, a.ended_at, a.outcome) for a in n.history] for n in status.nodes}
-        machine = RunMachine.restore(plan, self._clock, submission_id=record.submission_id,
-                                     created_at=record.created_at, states=states, history=history,
-                                     gated=self._scheduler is not None)
+        machine, recovered, rerun = restored_machine(record, plan, status, self._artifacts, self._clock,
+                                                     gated=self._scheduler is not None)
+        self._store.append_events(recovered)
         run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}),
                    consumed if self._persist_outputs else {})
         for node_id, token in machine.restored_tokens().items():
@@ -320,13 +307,13 @@ class Engine:
             actions = run.machine.admit(node_id)
             if not actions:  # it stopped waiting meanwhile: give its booking back
                 self._scheduler.release(f"{sid}/{node_id}")
-            self._perform(run, actions, placement.node_id)
+            self._perform(run, actions, placement)
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill], on_node: str | None = None) -> None:
+    def _perform(self, run: _Run, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -356,7 +343,7 @@ class Engine:
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, on_node,
+                call, node.unit, inputs, env, placement,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
@@ -365,8 +352,8 @@ class Engine:
             sid = run.record.submission_id
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
-            if self._scheduler is not None:
-                self._scheduler.on_transitions(sid, transitions)
+            if self._scheduler is not None:  # ended attempts give back their booking and say what they cost
+                self._store.append_events(self._scheduler.on_transitions(sid, transitions, run.machine))
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work

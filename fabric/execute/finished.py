@@ -89,7 +89,7 @@ def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
             progress=node.progress, message=node.message,
             reason=node.reason if node.state in (NodeState.SKIPPED, NodeState.CANCELLED, NodeState.QUEUED,
                                                  NodeState.RETRYING, NodeState.TIMED_OUT) else "",
-            error=node.error if not node.state.ok else None, history=history))
+            error=node.error if not node.state.ok else None, history=history, cost=node.cost))
     return SubmissionStatus(
         submission_id=submission_id, pipeline_id=plan.pipeline_id, state=machine.state,
         created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(plan.labels),

@@ -25,8 +25,10 @@ import ray
 import yaml
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.execute.quotas import ActorQuotaBook
 from fabric.plan import NodePlan
 from fabric.record import Event, Store
+from fabric.record.status import COST_EVENT
 from fabric.schedule.admission import (
     AdmissionPolicy,
     Cluster,
@@ -37,9 +39,10 @@ from fabric.schedule.admission import (
     PoolLimit,
     Request,
     Running,
+    Waiting,
     choose_victims,
 )
-from fabric.schedule.quota import Budget, QuotaLedger
+from fabric.schedule.quota import Budget, QuotaBook, QuotaLedger
 from fabric.schedule.run import RunMachine
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,17 @@ DEFAULT_GPU_MEM_GB = 80.0
 
 
 @dataclass(frozen=True)
+class Rate:
+    """What an hour of one CPU and of one GPU costs in a pool (any currency; the old workers sent theirs)."""
+
+    cpu_hour: float = 0.0
+    gpu_hour: float = 0.0
+
+    def cost(self, cpu: float, gpu: float, seconds: float) -> float:
+        return (cpu * self.cpu_hour + gpu * self.gpu_hour) * max(seconds, 0.0) / 3600
+
+
+@dataclass(frozen=True)
 class SchedulingConfig:
     aging_s: float = 1800.0
     default_estimate_s: float = 3600.0
@@ -58,6 +72,9 @@ class SchedulingConfig:
     quotas: dict[str, Budget] | None = None
     preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
     preemptible: tuple[str, ...] = ("low", "normal")  # priorities whose spot_ok work may be preempted
+    gpu_fallback_after_s: float = 300.0  # GPU-first nodes with a CPU fallback wait this long for a GPU
+    cost: Rate = Rate()  # outside any pool
+    pool_costs: dict[str, Rate] | None = None
 
 
 def load_config(home: str) -> SchedulingConfig | None:
@@ -72,7 +89,12 @@ def load_config(home: str) -> SchedulingConfig | None:
             default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
             preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
             preemptible=tuple(raw.get("preemptible", ("low", "normal"))),
-            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()},
+            gpu_fallback_after_s=float(raw.get("gpu_fallback_after_s", 300.0)),
+            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()
+                   if spec.get("max_concurrency") is not None},
+            cost=Rate(**raw.get("cost", {})),
+            pool_costs={name: Rate(**spec["cost"]) for name, spec in (raw.get("pools") or {}).items()
+                        if "cost" in spec},
             quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise FabricError(f"the scheduling config {path} is invalid: {exc}", code=ErrorCode.SPEC_FIELD,
@@ -97,16 +119,15 @@ class StoreQuotaJournal:
 
 class Scheduler:
     def __init__(self, config: SchedulingConfig, clock: Callable[[], float] = time.time, *,
-                 nodes: Callable[[], list[Node]] | None = None, journal: StoreQuotaJournal | None = None) -> None:
+                 nodes: Callable[[], list[Node]] | None = None, journal: StoreQuotaJournal | None = None,
+                 quotas: Callable[..., QuotaBook] = QuotaBook) -> None:
         self.config = config
         self._policy = AdmissionPolicy(config.pools, config.aging_s)
         self._clock = clock
         self._list_nodes = nodes or ray_nodes
         self._journal = journal
-        self._ledgers = {team: QuotaLedger(team, budget, clock) for team, budget in (config.quotas or {}).items()}
-        for team, ledger in self._ledgers.items():
-            if journal is not None:
-                ledger.restore(journal.load(team))
+        # The engine passes the book kept in per-team quota actors (fabric/execute/quotas.py).
+        self._quotas = quotas(config.quotas, clock, journal.load if journal is not None else None)
         self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
         self._nodes: list[Node] = []
         self._nodes_at = -math.inf
@@ -122,7 +143,9 @@ class Scheduler:
         preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
         return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus, unit.num_gpus,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
-                       plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok")
+                       plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok",
+                       unit.fallback_cpus, unit.fallback_after_s if unit.fallback_after_s is not None
+                       else self.config.gpu_fallback_after_s)
 
     def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
         """One round over every run's waiting nodes: (submission, node, placement) to release now. The
@@ -150,18 +173,34 @@ class Scheduler:
                                "waiting_s": round(now - r.ready_at, 3), "reason": waiting.reason})
         return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
 
-    def on_transitions(self, submission_id: str, transitions: Iterable[Any]) -> None:
-        """An attempt that left RUNNING no longer holds its booking (capacity and quota)."""
+    def on_transitions(self, submission_id: str, transitions: Iterable[Any],
+                       machine: RunMachine | None = None) -> list[Event]:
+        """An attempt that left RUNNING no longer holds its booking (capacity and quota); what it cost is
+        added to its node and returned as events for the record."""
+        costs = []
         for t in transitions:
             if t.node_id is not None and t.source == "RUNNING":
-                self.release(f"{submission_id}/{t.node_id}")
+                cost = self.release(f"{submission_id}/{t.node_id}")
+                if cost and machine is not None:
+                    machine.add_cost(t.node_id, cost)
+                    costs.append(Event(submission_id, t.node_id, COST_EVENT, COST_EVENT, t.at, t.attempt,
+                                       f"{cost:.9f}"))
+        return costs
 
     def decide(self, queue: list[Request]) -> Decision:
         """What to admit now; the admitted are booked (capacity and quota) until `release`."""
         now = self._clock()
         cluster = self._cluster()
         running = [r for r in self._running() if r.placement.node_id in cluster.nodes]  # a vanished node's go
-        decision = self._policy.decide(now, queue, cluster, running, self._quota)
+        decision = self._policy.decide(now, queue, cluster, running, self._quotas.check)
+        refused = self._quotas.commit(request for request, _ in decision.admit) if decision.admit else {}
+        if refused:  # the team's quota actor said no (another admitter came first, or it is unreachable)
+            waiting = dict(decision.waiting)
+            for request, _ in decision.admit:
+                if request.key in refused:
+                    waiting[request.key] = Waiting(len(waiting) + 1, refused[request.key])
+            decision = Decision(tuple(item for item in decision.admit if item[0].key not in refused), waiting,
+                                decision.reservation)
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
         self._show_demand([r for r in queue if r.key in decision.waiting
@@ -184,8 +223,7 @@ class Scheduler:
             if not urgent or not item["reason"].startswith("no capacity"):
                 continue
             request = self._waiting_requests[f"{item['submission_id']}/{item['node_id']}"]
-            ledger = self._ledgers.get(request.team)
-            if ledger is not None and ledger.check(request):  # its own quota holds it: freeing room won't help
+            if self._quotas.holds(request):  # its own quota holds it: freeing room won't help
                 continue
             if cluster is None:
                 cluster = self._cluster()
@@ -197,12 +235,22 @@ class Scheduler:
                 return [(*victim.key.split("/", 1), why) for victim in chosen]  # type: ignore[misc]
         return []
 
-    def release(self, key: str) -> None:
+    def release(self, key: str) -> float:
+        """Give back what `key` booked; returns what its attempt cost (0 when it held nothing)."""
         booked = self._booked.pop(key, None)
-        if booked is not None and booked[0].team in self._ledgers:
-            ledger = self._ledgers[booked[0].team]
-            ledger.stop(key)
-            self._save_usage(ledger)
+        if booked is None:
+            return 0.0
+        request, placement, started = booked
+        if request.team in self._quotas.ledgers:
+            self._quotas.release(request.team, key)
+            self._save_usage(self._quotas.ledgers[request.team])
+        return self._rate(placement, request).cost(request.cpu, request.gpu, self._clock() - started)
+
+    def _rate(self, placement: Placement, request: Request) -> Rate:
+        """The rate of the pool where it ran (a *-spot node is cheaper), else of the pool it asked for."""
+        node = next((n for n in self._nodes if n.node_id == placement.node_id), None)
+        pool = (node.pool if node is not None else None) or request.pool
+        return (self.config.pool_costs or {}).get(pool or "", self.config.cost)
 
     def _save_usage(self, ledger: QuotaLedger) -> None:
         """At most once a minute per team (the journal is append-only): a crash loses at most a minute
@@ -223,16 +271,7 @@ class Scheduler:
         return {"admission": True, "queue": list(self.queue), "quotas": self.quotas()}
 
     def quotas(self) -> list[dict[str, Any]]:
-        return [ledger.snapshot() for ledger in self._ledgers.values()]
-
-    def _quota(self, request: Request) -> str | None:
-        ledger = self._ledgers.get(request.team)
-        if ledger is None:
-            return None
-        reason = ledger.check(request)
-        if reason is None:
-            ledger.start(request)  # booked now: the next request in this decision sees it
-        return reason
+        return self._quotas.snapshot()
 
     def _cluster(self) -> Cluster:
         """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end."""
@@ -261,6 +300,11 @@ class Scheduler:
             log.debug("request_resources failed", exc_info=True)
 
 
+def engine_scheduler(config: SchedulingConfig, clock: Callable[[], float], store: Store) -> Scheduler:
+    """The registry's scheduler: quota use saved in the store, budgets booked in per-team quota actors."""
+    return Scheduler(config, clock, journal=StoreQuotaJournal(store), quotas=ActorQuotaBook)
+
+
 def _bundle(request: Request) -> dict[str, float]:
     bundle = {"CPU": request.cpu, "GPU": request.gpu, **({f"pool:{request.pool}": 0.001} if request.pool else {})}
     return {key: value for key, value in bundle.items() if value > 0}
@@ -283,4 +327,4 @@ def ray_nodes() -> list[Node]:
     return nodes
 
 
-__all__ = ["Scheduler", "SchedulingConfig", "load_config", "ray_nodes"]
+__all__ = ["Scheduler", "SchedulingConfig", "engine_scheduler", "load_config", "ray_nodes"]

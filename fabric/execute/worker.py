@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import sys
 import time
@@ -75,7 +76,8 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
-                      secrets_scope=call.secrets, secrets_root=secrets_root(call.home))
+                      secrets_scope=call.secrets, secrets_root=secrets_root(call.home),
+                      device=call.device or ("gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buffer

@@ -30,6 +30,7 @@ class NodeCall:
     persist: tuple[str, ...] = ()  # outs a downstream node needs: written to the artifact store on success
     artifacts: str = ""  # the artifact store's root (a local dir or a pyarrow.fs URI)
     secrets: tuple[str, ...] = ()  # scope names only: values are read on the node (fabric/secrets.py)
+    device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
 
 
 @runtime_checkable

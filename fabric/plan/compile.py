@@ -48,6 +48,10 @@ def resource_unit(res: Resources) -> ResourceUnit:
         memory=int(res.mem) if res.mem else None,
         custom=custom,
         workers=res.workers or 1,
+        placement=str(res.placement) if res.placement else None,
+        fallback_cpus=None if res.fallback is None else float(
+            res.fallback.cpu if res.fallback.cpu is not None else (DEFAULT_CPU if res.cpu is None else res.cpu)),
+        fallback_after_s=res.fallback.after if res.fallback is not None else None,
     )
 
 

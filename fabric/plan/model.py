@@ -30,10 +30,24 @@ class ResourceUnit:
     num_gpus: float = 0.0
     memory: int | None = None
     custom: Mapping[str, float] = field(default_factory=dict)
-    workers: int = 1
+    workers: int = 1  # resources above are per worker; more than one runs in a placement group
+    placement: str | None = None  # the placement group's strategy, when it has one
+    fallback_cpus: float | None = None  # GPU first, else this many CPUs and no GPU ...
+    fallback_after_s: float | None = None  # ... once it has waited this long for a GPU
 
     def key(self) -> tuple[Any, ...]:
-        return (self.num_cpus, self.num_gpus, self.memory, tuple(sorted(self.custom.items())), self.workers)
+        return (self.num_cpus, self.num_gpus, self.memory, tuple(sorted(self.custom.items())), self.workers,
+                self.placement, self.fallback_cpus)
+
+    @property
+    def group_strategy(self) -> str | None:
+        """Its placement group's strategy, or None for a plain task: several workers get a group (PACK
+        unless told), and so does one worker of several whole GPUs (STRICT_PACK: all on one node)."""
+        if self.workers > 1:
+            return self.placement or "PACK"
+        if self.num_gpus > 1 or self.placement:
+            return self.placement or "STRICT_PACK"
+        return None
 
 
 @dataclass(frozen=True)

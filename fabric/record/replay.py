@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fabric.record.status import AttemptStatus, NodeStatus, SubmissionStatus
+from fabric.record.status import COST_EVENT, AttemptStatus, NodeStatus, SubmissionStatus
 from fabric.record.store import Event, SubmissionRecord
 from fabric.states import NodeState, SubmissionState
 from fabric.types import ErrorInfo
@@ -25,6 +25,9 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
             continue
         node = nodes.get(event.node_id)
         if node is None:
+            continue
+        if event.source == COST_EVENT:  # not a transition: what an ended attempt cost
+            node["cost"] = node.get("cost", 0.0) + float(event.reason or 0.0)
             continue
         target = NodeState(event.target)
         node["state"], node["reason"] = target, event.reason
@@ -52,7 +55,8 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
             queued_at=node["queued_at"], started_at=history[0].started_at if history else None,
             ended_at=history[-1].ended_at if history and final.terminal else None,
             progress=1.0 if final.ok else 0.0, message="", reason=node["reason"] if not final.ok else "",
-            error=history[-1].error if history and not final.ok else None, history=history))
+            error=history[-1].error if history and not final.ok else None, history=history,
+            cost=node.get("cost", 0.0)))
     return SubmissionStatus(
         submission_id=record.submission_id, pipeline_id=record.pipeline_id, state=state,
         created_at=record.created_at, ended_at=ended_at, labels=dict(record.labels), nodes=tuple(statuses),

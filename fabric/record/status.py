@@ -20,6 +20,9 @@ class AttemptStatus:
     error: ErrorInfo | None = None
 
 
+COST_EVENT = "cost"  # an event of this source and target carries an attempt's cost in its reason
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     node_id: str
@@ -34,6 +37,7 @@ class NodeStatus:
     reason: str
     error: ErrorInfo | None
     history: tuple[AttemptStatus, ...] = ()
+    cost: float = 0.0  # resource-seconds times the hourly rates of the pools it ran in (with admission on)
 
     @property
     def duration(self) -> float | None:
@@ -54,6 +58,11 @@ class SubmissionStatus:
     reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def cost(self) -> float:
+        """What the submission's attempts have cost so far, in the currency of the pools' rates."""
+        return sum(node.cost for node in self.nodes)
+
     def node(self, node_id: str) -> NodeStatus:
         for node in self.nodes:
             if node.node_id == node_id:
@@ -69,7 +78,7 @@ class SubmissionStatus:
         return {
             "submission_id": self.submission_id, "pipeline_id": self.pipeline_id, "state": str(self.state),
             "created_at": self.created_at, "ended_at": self.ended_at, "labels": dict(self.labels),
-            "reason": self.reason, "counts": dict(self.counts),
+            "reason": self.reason, "counts": dict(self.counts), "cost": round(self.cost, 6),
             "nodes": [_node_dict(n) for n in self.nodes],
         }
 
@@ -80,7 +89,8 @@ class SubmissionStatus:
                           "history": tuple(AttemptStatus(**{**a, "error": _error(a.get("error"))})
                                            for a in n.get("history", ()))})
             for n in data["nodes"])
-        return cls(**{**data, "state": SubmissionState(data["state"]), "nodes": nodes})
+        fields = {k: v for k, v in data.items() if k != "cost"}  # the sum of its nodes' costs
+        return cls(**{**fields, "state": SubmissionState(data["state"]), "nodes": nodes})
 
 
 def _node_dict(node: NodeStatus) -> dict[str, Any]:
@@ -88,7 +98,7 @@ def _node_dict(node: NodeStatus) -> dict[str, Any]:
         "node_id": node.node_id, "kind": node.kind, "state": str(node.state), "attempts": node.attempts,
         "queued_at": node.queued_at, "started_at": node.started_at, "ended_at": node.ended_at,
         "progress": node.progress, "message": node.message, "reason": node.reason,
-        "error": node.error.to_dict() if node.error else None,
+        "error": node.error.to_dict() if node.error else None, "cost": round(node.cost, 6),
         "history": [{"attempt": a.attempt, "started_at": a.started_at, "ended_at": a.ended_at,
                      "outcome": a.outcome, "worker_started_at": a.worker_started_at,
                      "worker_ended_at": a.worker_ended_at, "error": a.error.to_dict() if a.error else None}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 PRIORITIES = ("low", "normal", "high", "critical")
 RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
@@ -32,6 +32,8 @@ class Request:
     estimate_s: float = 3600.0  # the declared max_runtime: EASY backfill's run-time estimate
     preemptible: bool = False  # may be stopped and requeued for more urgent work once running
     spot_ok: bool = False  # qos spot_ok: may run on spot capacity, and prefers it; otherwise never there
+    fallback_cpu: float | None = None  # GPU first; after `fallback_after_s` waiting, this many CPUs will do
+    fallback_after_s: float = 300.0
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Node:
 class Placement:
     node_id: str
     gpu_shares: tuple[tuple[int, float, float], ...] = ()  # (gpu index, fraction, memory GiB)
+    cpu_fallback: bool = False  # it waited too long for a GPU: it runs on CPUs only
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,8 @@ class AdmissionPolicy:
             placement = None if shape in no_fit else cluster.fit(request)
             if placement is None:
                 no_fit.add(shape)
+                if request.fallback_cpu is not None and now - request.ready_at >= request.fallback_after_s:
+                    request, placement = _on_cpu(request, cluster)
             if placement is not None and reservation is not None and not _backfill(request, placement, now,
                                                                                   reservation):
                 head, start, _ = reservation
@@ -222,15 +227,31 @@ class AdmissionPolicy:
                 shadow = _shadow(request, cluster, running, admitted, now)
                 if shadow is not None:
                     reservation = (request, *shadow)
-                    reasons[request.key] = f"no capacity: reserved to start by {shadow[0]:.0f}"
+                    reasons[request.key] = f"no capacity: reserved to start by {shadow[0]:.0f}{_fallback_at(request)}"
                     continue
             if shape not in ever:
                 empty = empty or cluster.emptied(running)
                 ever[shape] = empty.fit(request) is not None
-            reasons[request.key] = "no capacity" if ever[shape] else "no capacity: no node of its pool can hold it yet"
+            reasons[request.key] = ("no capacity" if ever[shape] else "no capacity: no node of its pool can hold it yet"
+                                    ) + _fallback_at(request)
         waiting = {key: Waiting(position, reason) for position, (key, reason) in enumerate(reasons.items(), 1)}
         return Decision(tuple(admitted), waiting,
                         (reservation[0].key, reservation[1]) if reservation is not None else None)
+
+
+def _fallback_at(request: Request) -> str:
+    if request.fallback_cpu is None:
+        return ""
+    return f" (CPU fallback at {request.ready_at + request.fallback_after_s:.0f})"
+
+
+def _on_cpu(request: Request, cluster: Cluster) -> tuple[Request, Placement | None]:
+    """GPU work that has waited out its fallback wait, as CPU work, and where that fits (if anywhere)."""
+    on_cpu = replace(request, cpu=request.fallback_cpu or request.cpu, gpu=0.0, gpu_mem_gb=0.0, fallback_cpu=None)
+    placement = cluster.fit(on_cpu)
+    if placement is None:
+        return request, None
+    return on_cpu, replace(placement, cpu_fallback=True)
 
 
 def _shadow(request: Request, cluster: Cluster, running: Sequence[Running],

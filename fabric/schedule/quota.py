@@ -5,8 +5,9 @@ is injected; a day is a UTC calendar day."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fabric.schedule.admission import RANK, Request
 
@@ -114,6 +115,23 @@ class QuotaLedger:
             self._usage.gpu_seconds = float(state.get("gpu_seconds", 0.0))
             self._usage.burst_gpu_seconds = float(state.get("burst_gpu_seconds", 0.0))
 
+    def state(self) -> dict[str, Any]:
+        """Everything the ledger knows (the day's use and what runs), for a copy elsewhere to `load`."""
+        self.accrue()
+        usage = self._usage
+        return {"day": usage.day.isoformat(), "gpu_seconds": usage.gpu_seconds,
+                "burst_gpu_seconds": usage.burst_gpu_seconds,
+                "running": {key: list(value) for key, value in usage.running.items()}}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Become the ledger that `state()` described; in-use CPU and GPU are the sums of what runs."""
+        running = {key: (float(c), float(g), float(since), bool(b)) for key, (c, g, since, b)
+                   in state.get("running", {}).items()}
+        self._usage = _Usage(dt.date.fromisoformat(state["day"]), sum(v[0] for v in running.values()),
+                             sum(v[1] for v in running.values()), float(state.get("gpu_seconds", 0.0)),
+                             float(state.get("burst_gpu_seconds", 0.0)), running)
+        self.accrue()  # rolls over to today, when `state` is from yesterday
+
     def snapshot(self) -> dict[str, float | str | None]:
         self.accrue()
         budget, usage = self.budget, self._usage
@@ -122,4 +140,44 @@ class QuotaLedger:
                 "gpu_hours_per_day": budget.gpu_hours_per_day, "burst_gpu_hours_today": usage.burst_gpu_seconds / 3600}
 
 
-__all__ = ["Budget", "QuotaLedger"]
+class QuotaBook:
+    """Every team's ledger, as the admission round uses them: `check` asks and books tentatively,
+    `commit` confirms the round's admissions (here always: one process holds the only copy) and
+    returns the keys refused with why; `release` ends a booking. The engine's subclass keeps the
+    ledgers in per-team quota actors and these copies are its replicas."""
+
+    def __init__(self, budgets: Mapping[str, Budget] | None, clock: Callable[[], float],
+                 saved: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+        self._clock = clock
+        self.ledgers = {team: QuotaLedger(team, budget, clock) for team, budget in (budgets or {}).items()}
+        for team, ledger in self.ledgers.items():
+            if saved is not None:
+                ledger.restore(saved(team))
+
+    def check(self, request: Request) -> str | None:
+        ledger = self.ledgers.get(request.team)
+        if ledger is None:
+            return None
+        reason = ledger.check(request)
+        if reason is None:
+            ledger.start(request)  # booked now: the next request in this round sees it
+        return reason
+
+    def holds(self, request: Request) -> str | None:
+        """Why its own team's quota holds `request`, booking nothing."""
+        ledger = self.ledgers.get(request.team)
+        return ledger.check(request) if ledger is not None else None
+
+    def commit(self, admitted: Iterable[Request]) -> dict[str, str]:
+        return {}
+
+    def release(self, team: str, key: str) -> None:
+        ledger = self.ledgers.get(team)
+        if ledger is not None:
+            ledger.stop(key)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [ledger.snapshot() for ledger in self.ledgers.values()]
+
+
+__all__ = ["Budget", "QuotaBook", "QuotaLedger"]

@@ -89,6 +89,7 @@ class NodeRun:
     uncounted: int = 0  # attempts not charged to the retry budget (interrupted by a registry restart)
     ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
     dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
+    cost: float = 0.0  # what its attempts cost so far: resource-seconds times the rates of where they ran
 
     @property
     def error(self) -> ErrorInfo | None:
@@ -187,6 +188,9 @@ class RunMachine:
         self._withdraw_descendants(node_id)
         self._move(node, NodeState.QUEUED, reason)
         return [kill, *([] if self.gated else self._settle([node_id]))]
+
+    def add_cost(self, node_id: str, amount: float) -> None:
+        self.nodes[node_id].cost += amount
 
     def note_waiting(self, node_id: str, reason: str) -> None:
         """Gated: why a waiting node waits (the scheduler's words, shown in its status)."""

@@ -173,6 +173,23 @@ class Slo(_Model):
         return value
 
 
+class PlacementStrategy(StrEnum):
+    """How a multi-worker or multi-GPU node's placement group spreads its bundles (Ray's strategies)."""
+
+    PACK = "PACK"
+    STRICT_PACK = "STRICT_PACK"
+    SPREAD = "SPREAD"
+    STRICT_SPREAD = "STRICT_SPREAD"
+
+
+class CpuFallback(_Model):
+    """GPU first, CPU after a wait: with admission on, a node that gets no GPU within `after` runs on CPU."""
+
+    cpu: Cpu | None = Field(None, description="CPUs to use without a GPU (default: the node's cpu).")
+    after: Duration | None = Field(None, description="How long to wait for a GPU (default: the scheduling "
+                                                       "config's gpu_fallback_after_s, 5m).")
+
+
 class Resources(_Model):
     """What one node needs; unset fields fall back to the DAG default."""
 
@@ -182,6 +199,16 @@ class Resources(_Model):
     gpu_mem: Memory | None = None
     custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources by name.")
     workers: int | None = Field(None, ge=1, le=1024, description="Worker count for distributed kinds.")
+    placement: PlacementStrategy | None = Field(None, description="Placement group strategy for its workers' bundles "
+                                                         "(default PACK; one multi-GPU worker: STRICT_PACK).")
+    fallback: CpuFallback | None = Field(None, description="Run on CPU when no GPU frees up within a wait.")
+
+    @model_validator(mode="after")
+    def _fallback_needs_gpu(self) -> Resources:
+        if self.fallback is not None and not self.gpu:
+            raise _fail("fallback is a CPU fallback for GPU work, but this node asks for no GPU",
+                        "set gpu (e.g. gpu: 1) beside fallback, or remove fallback")
+        return self
 
     @field_validator("custom")
     @classmethod

@@ -1,0 +1,84 @@
+"""The quota actor: one per team, named and detached, a thin shell over the pure QuotaLedger.
+
+It is the one place a team's budget is booked, so admissions racing from anywhere never overspend
+it (an actor runs one call at a time). The admitter keeps the time: each call brings its `now`, so a
+clock injected in tests reaches the ledger. A fresh or restarted actor knows nothing and books
+nothing until the admitter `sync`s it with what runs and the day's use (fail closed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from fabric.actors import HEAD_RESOURCE, NAMESPACE
+from fabric.schedule.admission import Request
+from fabric.schedule.quota import Budget, QuotaLedger
+
+QUOTA_PREFIX = "fabric-quota:"
+
+
+class QuotaKeeper:
+    def __init__(self, team: str) -> None:
+        self._team = team
+        self._now = 0.0
+        self._ledger: QuotaLedger | None = None
+
+    def _tick(self, now: float) -> None:
+        self._now = max(self._now, now)  # callers' clocks differ a little: the ledger's never runs back
+
+    def sync(self, budget: dict[str, Any], state: dict[str, Any], now: float) -> dict[str, Any]:
+        """Become the ledger `state` describes (what runs, the day's use). Of two counts of the same
+        day's GPU-hours the larger is kept: a restarted admitter's saved count may be a minute old."""
+        self._tick(now)
+        ledger = QuotaLedger(self._team, Budget(**budget), lambda: self._now)
+        if self._ledger is not None:
+            mine = self._ledger.state()
+            if mine["day"] == state["day"]:
+                state = {**state, "gpu_seconds": max(mine["gpu_seconds"], state["gpu_seconds"]),
+                         "burst_gpu_seconds": max(mine["burst_gpu_seconds"], state["burst_gpu_seconds"])}
+        ledger.load(state)
+        self._ledger = ledger
+        return ledger.state()
+
+    def book(self, requests: list[Request], now: float) -> tuple[list[str], dict[str, str], dict[str, Any]] | None:
+        """Book what fits the budget: (accepted keys, refused key -> why, the ledger now); None until synced."""
+        if self._ledger is None:
+            return None
+        self._tick(now)
+        accepted, refused = [], {}
+        for request in requests:
+            reason = self._ledger.check(request)
+            if reason is None:
+                self._ledger.start(request)
+                accepted.append(request.key)
+            else:
+                refused[request.key] = reason
+        return accepted, refused, self._ledger.state()
+
+    def release(self, keys: list[str], now: float) -> dict[str, Any] | None:
+        if self._ledger is None:
+            return None
+        self._tick(now)
+        for key in keys:
+            self._ledger.stop(key)
+        return self._ledger.state()
+
+    def state(self, now: float) -> dict[str, Any] | None:
+        if self._ledger is None:
+            return None
+        self._tick(now)
+        return self._ledger.state()
+
+
+QuotaActor = ray.remote(QuotaKeeper)
+
+
+def get_or_create_quota_actor(team: str) -> Any:
+    return QuotaActor.options(  # type: ignore[attr-defined]
+        name=f"{QUOTA_PREFIX}{team}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_restarts=-1, resources={HEAD_RESOURCE: 0.001},  # beside the registry, on the head
+    ).remote(team)
+
+
+__all__ = ["QUOTA_PREFIX", "QuotaActor", "QuotaKeeper", "get_or_create_quota_actor"]
