@@ -31,7 +31,8 @@ def _schema_shaped() -> st.SearchStrategy:
         ["python_task", "sql", "x"])}, optional={k: json_values for k in node_keys if k not in ("id", "kind")})
     return st.fixed_dictionaries({"version": st.sampled_from([1, 2, "1"]), "pipeline_id": st.text(max_size=12),
                                   "nodes": st.lists(node, max_size=4)},
-                                 optional={k: json_values for k in top_keys if k not in ("nodes", "version", "pipeline_id")})
+                                 optional={k: json_values for k in top_keys
+                                           if k not in ("nodes", "version", "pipeline_id")})
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
