@@ -13,6 +13,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
+from fabric.actors.revive import current_method, remember_home, revive
 from fabric.errors import ErrorCode, FabricError
 from fabric.record import SubmissionStatus
 from fabric.retry import backoff
@@ -35,15 +36,17 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0,
     repeat: reads are reads, and a submit always carries its idempotency key (see Client.submit).
     """
     delays = backoff(retry_for)
+    method = current_method(method)
     while True:
         try:
             return ray.get(method.remote(*args), timeout=timeout)
         except RayTaskError as exc:
             raise _unwrapped(exc) from None
-        except (ActorUnavailableError, ActorDiedError):
+        except (ActorUnavailableError, ActorDiedError) as exc:
             delay = next(delays, None)
             if delay is None:
                 raise
+            method = revive(method) if isinstance(exc, ActorDiedError) else method
             time.sleep(delay)
 
 
@@ -51,15 +54,17 @@ async def _acall(method: Any, *args: Any, timeout: float = 60.0,
                  retry_for: float = REGISTRY_RESTART_WAIT_S) -> Any:
     """`_call` for event loops (the gateway): awaits the registry instead of blocking a thread."""
     delays = backoff(retry_for)
+    method = current_method(method)
     while True:
         try:
             return await asyncio.wait_for(method.remote(*args), timeout)
         except RayTaskError as exc:
             raise _unwrapped(exc) from None
-        except (ActorUnavailableError, ActorDiedError):
+        except (ActorUnavailableError, ActorDiedError) as exc:
             delay = next(delays, None)
             if delay is None:
                 raise
+            method = await asyncio.to_thread(revive, method) if isinstance(exc, ActorDiedError) else method
             await asyncio.sleep(delay)
 
 
@@ -261,6 +266,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     home = home or default_home()
     registry = get_or_create_registry(home)
     _call(registry.ping, timeout=120)
+    remember_home(registry)  # to start a new registry, on the same record, if this one dies for good
     return Client(registry, team, retry_for)
 
 

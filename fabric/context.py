@@ -44,12 +44,24 @@ class NodeContext:
     _handlers_ran: bool = False
     _handlers_lock: threading.Lock = field(default_factory=threading.Lock)
     _finished: threading.Event = field(default_factory=threading.Event)
+    secrets_scope: tuple[str, ...] = ()  # the scopes this submission may read (runtime_params.secrets_scope)
+    secrets_root: Path | None = None
 
     @property
     def artifact_dir(self) -> Path:
         """This node's own directory for files it writes; made on first use so idle nodes cost nothing."""
         self.artifact_root.mkdir(parents=True, exist_ok=True)
         return self.artifact_root
+
+    def secret(self, key: str, scope: str) -> str:
+        """A secret's value, read now from the files mounted on this Ray node (see fabric/secrets.py).
+        Only scopes the submission listed in `runtime_params.secrets_scope` can be read."""
+        from fabric.secrets import read_secret
+
+        if self.secrets_root is None:
+            raise FabricError("no secrets are mounted for this context", code=ErrorCode.NOT_FOUND, where=key,
+                              fix="run the node through fabric with runtime_params.secrets_scope set")
+        return read_secret(self.secrets_root, scope, key, self.secrets_scope)
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress in [0, 1] with an optional message."""

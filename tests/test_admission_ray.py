@@ -105,6 +105,11 @@ def test_critical_work_preempts_low_spot_work_which_checkpoints_and_runs_again(c
     node = done.node("work")
     assert done.state == "SUCCEEDED" and node.attempts == 2  # max_attempts 1: a preemption is not a failure
     assert node.history[0].outcome == "QUEUED" and node.history[0].ended_at <= status.node("work").started_at + 1
+    from tests.reliability.results import record
+
+    record("fault", "preempt low-priority spot work", urgent_started_after_s=round(
+        status.node("work").started_at - status.created_at, 2), victim_attempts=node.attempts,
+        outcome="checkpointed through on_preempt, requeued (not charged), SUCCEEDED")
 
 
 def test_gpu_first_work_runs_on_cpu_once_no_gpu_freed_up_within_its_wait(client):

@@ -28,6 +28,7 @@ def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_
         assert submission.status().node("a").state == "SUCCEEDED"
     finally:
         ray.shutdown()  # the whole local cluster goes: registry, workers, object store
+    stopped_at = time.time()
 
     client = fb.connect("local", num_cpus=2, home=str(home))  # a new cluster, the same FABRIC_HOME
     try:
@@ -35,5 +36,9 @@ def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_
         assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
         assert runs(markers, "a") == 1 and runs(markers, "c") == 1
         assert client.get("survivor-001").result("c") == "c(a(),b(a()))"
+        from tests.reliability.results import record
+
+        record("fault", "whole Ray cluster stopped and started", recovered_s=round(status.ended_at - stopped_at, 2),
+               reruns_of_succeeded_nodes=0, outcome="a new cluster on the same FABRIC_HOME finished the DAG")
     finally:
         ray.shutdown()

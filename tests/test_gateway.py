@@ -208,6 +208,10 @@ def test_an_unwritable_store_answers_503_and_acknowledges_nothing(gateway, fabri
     retried = http.post("/api/orch/submit", headers=research, json=body)  # the same key, now it lands once
     assert retried.status_code == 202 and retried.json()["created"]
     assert wait_for_state(http, research, "never-written")["state"] == "SUCCEEDED"
+    from tests.reliability.results import record
+
+    record("fault", "store unwritable (disk full / read-only)", answer="503 STORE_UNAVAILABLE with Retry-After",
+           acknowledged_while_unwritable=0, outcome="nothing acknowledged; the retry with the same key landed once")
 
 
 def test_connect_by_url_gives_the_same_api_over_http(gateway):

@@ -68,6 +68,9 @@ class Registry:
     def pid(self) -> int:
         return os.getpid()
 
+    def home_dir(self) -> str:
+        return self.home
+
     def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None = None,
                job_runtime_env: dict[str, Any] | None = None,
                code: dict[str, bytes] | None = None) -> dict[str, Any]:

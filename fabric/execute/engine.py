@@ -341,6 +341,7 @@ class Engine:
                 attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
+                secrets=run.plan.secrets_scope,
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token

@@ -19,6 +19,7 @@ from fabric.context import NodeContext, use_context
 from fabric.execute.digest import output_digests
 from fabric.execute.outputs import persist_outputs, publish_files
 from fabric.kinds import NodeCall, get_kind
+from fabric.secrets import secrets_root
 from fabric.types import AttemptReport, ErrorInfo
 
 LOG_TAIL_CHARS = 64 * 1024
@@ -76,6 +77,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
+                      secrets_scope=call.secrets, secrets_root=secrets_root(call.home),
                       device=call.device or ("gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr

@@ -33,6 +33,7 @@ class NodeCall:
     unit: ResourceUnit | None = None  # the node's resources in Ray units (distributed kinds size workers by it)
     team: str | None = None  # the submission's team, for tags (MLflow) and accounting
     digest: bool = False  # report a digest of each output value (a cache key reads them)
+    secrets: tuple[str, ...] = ()  # scope names only: values are read on the node (fabric/secrets.py)
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
 
 

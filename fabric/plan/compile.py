@@ -151,6 +151,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         max_runtime=spec.slo.max_runtime if spec.slo else None,
         priority=str(dag_priority),
         labels=dict(runtime.labels),
+        secrets_scope=tuple(runtime.secrets_scope),
     )
 
 

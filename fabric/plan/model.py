@@ -96,6 +96,7 @@ class ExecutionPlan:
     max_runtime: float | None
     priority: str
     labels: Mapping[str, str]
+    secrets_scope: tuple[str, ...] = ()  # names only; not part of plan_hash (the request hash covers it)
 
     @property
     def sinks(self) -> tuple[str, ...]:

@@ -382,6 +382,6 @@ class RuntimeParams(_Model):
     @classmethod
     def _scope_names(cls, scopes: list[str]) -> list[str]:
         for scope in scopes:
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$", scope):
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$", scope) or ".." in scope.split("/"):
                 raise _fail(f"{scope!r} is not a valid secrets scope name", "use a name like 's3-lake-ro'")
         return scopes
