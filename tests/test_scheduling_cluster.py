@@ -197,7 +197,13 @@ def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(clu
         return m
 
     first = machine("first")
-    [(_, node_id, _)] = scheduler.admit([("first", first, "nightly")])
+    admitted: list = []
+
+    def first_admitted() -> bool:  # the first contact creates the team's quota actor: slow on a busy machine
+        admitted.extend(scheduler.admit([("first", first, "nightly")]))
+        return bool(admitted)
+    wait_for(first_admitted, timeout=60, what="the quota actor's first answer")
+    [(_, node_id, _)] = admitted
     first.admit(node_id)
     now[0] += 3600  # one GPU-hour: the day's budget
     first.on_result("w", first.nodes["w"].token, AttemptReport())
