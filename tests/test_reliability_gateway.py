@@ -9,6 +9,7 @@ its figures (tests/reliability/) for docs/reliability.md.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -16,6 +17,7 @@ import psutil
 import pytest
 import ray
 
+from tests.conftest import REPO, free_port
 from tests.reliability.checks import check_all, wait_all
 from tests.reliability.gateway import serve_gateway
 from tests.reliability.invariants import QuotaSampler, check_canary_absent, quota_peaks_from_events
@@ -39,6 +41,19 @@ def fabric_home(tmp_path_factory):
     (home / "secrets" / "canary").mkdir(parents=True)
     (home / "secrets" / "canary" / "token").write_text(CANARY)  # as a mounted Kubernetes Secret would be
     return home
+
+
+@pytest.fixture(scope="module")
+def client(fabric_home):
+    """As conftest's, with Ray's dashboard: the canary is looked for in Ray's own task, actor and job info,
+    which only the dashboard's state API lists."""
+    import fabric as fb
+
+    os.chdir(REPO)  # workers import `tests.reliability.nodes` from the driver's working directory
+    fabric_client = fb.connect("local", num_cpus=2, num_gpus=4, home=str(fabric_home), include_dashboard=True,
+                               dashboard_host="127.0.0.1", dashboard_port=free_port())
+    yield fabric_client
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

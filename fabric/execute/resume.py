@@ -10,6 +10,8 @@ from fabric.record import Event, SubmissionRecord, SubmissionStatus
 from fabric.schedule import RunMachine
 from fabric.states import NodeState
 
+INTERRUPTED = "interrupted: the registry restarted; it runs again, not charged to its retries"
+
 
 def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus, artifacts: str,
                      clock: Callable[[], float], *, gated: bool) -> tuple[RunMachine, list[Event], list[str]]:
@@ -25,6 +27,12 @@ def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: Subm
         states[node_id] = NodeState.SUCCEEDED
     events = [Event(sid, n, "RUNNING", "SUCCEEDED", clock(), 0, "recovered: its outputs were on record")
               for n in recovered]
+    # An attempt that was running when the registry died died with it (Ray stops the tasks of a dead owner):
+    # the audit says so, or a replay would hold its resources for ever.
+    open_attempts = {n.node_id: len(n.history) for n in status.nodes
+                     if n.state is NodeState.RUNNING and n.node_id not in recovered}
+    events += [Event(sid, n, "RUNNING", "QUEUED", clock(), attempt, INTERRUPTED)
+               for n, attempt in open_attempts.items()]
     rerun = [n for n, state in states.items() if state.ok and consumed[n] and n not in stored]
     for node_id in rerun:
         states[node_id] = NodeState.PENDING

@@ -133,9 +133,9 @@ class RunMachine:
         machine.deadline = created_at + plan.max_runtime if plan.max_runtime else None
         for node_id, node in machine.nodes.items():
             for number, (started, ended, outcome) in enumerate(history.get(node_id, ()), start=1):
-                interrupted = ended is None
+                interrupted = ended is None  # ended as replayed: RUNNING -> QUEUED (execute/resume.py)
                 node.attempts.append(Attempt(number, started, ended if not interrupted else clock(),
-                                             NodeState(outcome) if outcome else None))
+                                             NodeState.QUEUED if interrupted else outcome and NodeState(outcome)))
                 node.uncounted += interrupted
             state = states.get(node_id, NodeState.PENDING)
             if state.terminal:
