@@ -152,8 +152,8 @@ class HttpClient:
 
     def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
                  query: dict[str, Any] | None = None, retry: bool = True, timeout_s: float | None = None) -> Any:
-        """One JSON request; retried with backoff on 503 and refused connections (every route is safe to
-        repeat: reads are reads, submits carry an idempotency key, cancel is idempotent)."""
+        """One JSON request; retried with backoff on 503, Serve's bare 5xx and refused connections (every
+        route is safe to repeat: reads are reads, submits carry an idempotency key, cancel is idempotent)."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
@@ -169,7 +169,9 @@ class HttpClient:
                     return json.loads(response.read() or b"null")
             except urllib.error.HTTPError as exc:
                 payload = exc.read()
-                delay = next(delays, None) if exc.code == 503 and _retryable(payload) else None
+                outage = ((exc.code == 503 and _retryable(payload))
+                          or (exc.code in (500, 502, 504) and _from_proxy(payload)))
+                delay = next(delays, None) if outage else None
                 if delay is None:
                     raise _error(exc.code, payload, url) from None
                 time.sleep(delay)
@@ -181,6 +183,15 @@ class HttpClient:
                                       fix="check the URL and that `fabric up` (or the RayService) is running"
                                       ) from None
                 time.sleep(delay)
+
+
+def _from_proxy(payload: bytes) -> bool:
+    """Serve's proxy answers a bare 500/502/504 when the replica serving the request died; the gateway itself
+    always answers problem+json with a code. Repeating is safe (see `_request`), so the proxy's is retried."""
+    try:
+        return not (isinstance(data := json.loads(payload), dict) and "code" in data)
+    except ValueError:
+        return True
 
 
 def _retryable(payload: bytes) -> bool:
