@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
@@ -25,6 +26,7 @@ from serve.auth import Principal, TokenTable
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
 from serve.observe_api import router as observe_router
+from serve.openapi import document_problems
 
 MAX_BODY_BYTES = 1 << 20
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
@@ -72,6 +74,7 @@ api = FastAPI(title="fabric gateway", version="1",
 requests_total: Counter[tuple[str, int]] = Counter()
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
 api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
+document_problems(api)  # every route's error answers in /openapi.json (serve/openapi.py)
 
 
 @api.exception_handler(FabricError)
@@ -87,6 +90,17 @@ async def _registry_unavailable(_: Request, error: Exception) -> JSONResponse:
     return problem(503, FabricError(f"the registry is restarting or unreachable ({type(error).__name__})",
                                     code=ErrorCode.REGISTRY_UNAVAILABLE, where="registry",
                                     fix="retry after the Retry-After seconds: nothing was lost"))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own answers (an unparseable body, an unknown route, a wrong method) as problem+json too."""
+    code = {404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN}.get(
+        error.status_code, ErrorCode.SPEC_INVALID)
+    response = problem(error.status_code, FabricError(str(error.detail), code=code, where="request",
+                                                      fix="see /openapi.json for the routes and their shapes"))
+    response.headers.update(error.headers or {})
+    return response
 
 
 @api.exception_handler(RequestValidationError)
