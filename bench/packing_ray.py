@@ -10,6 +10,7 @@ Both are measured the same way: from when each job arrived to when its body star
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -69,10 +70,15 @@ def run_fabric(client, jobs, scale: float) -> tuple[dict, dict]:
         arrived[request.key] = time.time()
         node = {"id": "job", "kind": "python_task", "entrypoint": "bench.nodes:sleep_for",
                 "params": {"seconds": duration * scale}, "resources": {"cpu": "10m", "gpu": request.gpu},
-                "slo": {"max_runtime": f"{max(request.estimate_s * scale, 1.0):.0f}s"}}
+                # The declared estimate (backfill reads it), with a few seconds for a worker to start.
+                "slo": {"max_runtime": f"{math.ceil(request.estimate_s * scale) + 10}s"}}
         spec = {"version": 1, "pipeline_id": request.key, "slo": {"priority": request.priority}, "nodes": [node]}
         runs[request.key] = client.submit(spec)
-    return {key: tuple(run.result("job", timeout=600)) for key, run in runs.items()}, arrived
+    finals = {key: run.wait(600) for key, run in runs.items()}
+    failed = {key: final.node("job") for key, final in finals.items() if final.state != "SUCCEEDED"}
+    for key, node in failed.items():
+        print(f"  {key}: {node.state} after {node.attempts} attempt(s): {node.error.message if node.error else ''}")
+    return {key: tuple(runs[key].result("job")) for key in finals if key not in failed}, arrived
 
 
 def main() -> None:
@@ -89,7 +95,8 @@ def main() -> None:
     os.chdir(Path(__file__).resolve().parents[1])  # workers import bench.nodes
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(args.nodes):
-        cluster.add_node(num_cpus=4, num_gpus=args.gpus)
+        # As a real GPU node has (4 CPUs a GPU): Ray keeps as many idle workers warm as a node has CPUs.
+        cluster.add_node(num_cpus=4 * args.gpus, num_gpus=args.gpus)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         gpus = args.nodes * args.gpus
@@ -99,6 +106,10 @@ def main() -> None:
         ray.get([warm.options(num_cpus=0.01, num_gpus=0.25).remote(0.5) for _ in range(gpus)])
         report("raw Ray (anchor)", jobs, *run_raw(jobs, args.scale), gpus)
         client = fb.connect(home=str(home))
+        warm_up = {"version": 1, "pipeline_id": "warm-up", "nodes": [
+            {"id": f"w{i}", "kind": "python_task", "entrypoint": "bench.nodes:sleep_for", "params": {"seconds": 0.5},
+             "resources": {"cpu": "10m", "gpu": 0.25}} for i in range(gpus)]}
+        client.submit(warm_up).wait(300)  # the fabric's workers belong to its own Ray job: start them too
         report("fabric admission", jobs, *run_fabric(client, jobs, args.scale), gpus)
     finally:
         ray.shutdown()
