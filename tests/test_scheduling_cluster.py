@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.reliability.results import record
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -240,6 +241,7 @@ def test_a_killed_quota_actor_fails_closed_and_comes_back(cluster):
     first = research.submit(dag("q1", [work("w", 2, 3.0)]))
     wait_for(lambda: first.status().node("w").state == "RUNNING", what="research's first node")
     actor = ray.get_actor("fabric-quota:research", namespace="fabric")
+    killed_at = time.time()
     ray.kill(actor, no_restart=True)  # killed for good: the registry makes a new one and tells it what runs
     second = research.submit(dag("q2", [work("w", 1, 0.1)]))
     samples = []
@@ -251,6 +253,9 @@ def test_a_killed_quota_actor_fails_closed_and_comes_back(cluster):
     assert done.state == "SUCCEEDED"
     assert done.node("w").started_at >= first.wait(30).node("w").ended_at - 0.5, "it ran over the budget"
     assert ray.get_actor("fabric-quota:research", namespace="fabric") is not None
+    record("fault", "quota actor killed for good", recovered_s=round(done.node("w").started_at - killed_at, 2),
+           quota_ticks=len(samples), ticks_over_quota=0, research_gpu_peak=max(samples),
+           outcome="held while no actor answered; a new actor, synced with what runs, admitted within the budget")
 
 
 def test_multi_gpu_and_multi_worker_nodes_run_in_placement_groups(cluster):
