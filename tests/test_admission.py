@@ -54,6 +54,26 @@ def test_no_head_of_line_blocking_and_backfill_never_delays_the_reservation():
     assert decision.waiting["big"].position == 1 and decision.waiting["long"].position == 2
 
 
+def test_an_urgent_node_behind_the_head_holds_its_own_reservation_too():
+    cluster = Cluster([gpu_node("n1", gpus=4), gpu_node("n2", gpus=4)])
+    running = []
+    for key, gpus, node, ends in (("r1", 4, "n1", 100), ("r2", 2, "n2", 300)):
+        placement = Placement(node, tuple((i, 1.0, 0.0) for i in range(gpus)))
+        cluster.take(req(key, gpu=gpus), placement)
+        running.append(Running(key, "research", "normal", placement, 1, gpus, 0, ends))
+    decision = AdmissionPolicy().decide(10, [req("big", gpu=4, priority="critical", ready_at=1, estimate_s=50),
+                                             req("urgent", gpu=4, priority="high", ready_at=2, estimate_s=50),
+                                             req("short", gpu=0.25, priority="low", ready_at=3, estimate_s=100),
+                                             req("long", gpu=0.25, priority="low", ready_at=4, estimate_s=500)],
+                                        cluster, running)
+    # The critical head starts on n1 at t=100; the high node behind it needs n2 whole at t=300. A quarter
+    # GPU on n2 that ends by then backfills; one that would still run then would delay the high node.
+    assert decision.reservation == ("big", 100)
+    assert decision.waiting["urgent"].reason == "no capacity: reserved to start by 300"
+    assert [r.key for r, _ in decision.admit] == ["short"]
+    assert decision.waiting["long"].reason.startswith("reservation: would delay urgent (high)")
+
+
 def test_quarter_gpus_pack_best_fit_so_whole_gpus_stay_whole():
     cluster = Cluster([gpu_node("n1", gpus=4), gpu_node("n2", gpus=4)])
     policy = AdmissionPolicy()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 PRIORITIES = ("low", "normal", "high", "critical")
 RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+MAX_RESERVATIONS = 8  # urgent nodes holding a reservation at once (each costs a cluster copy)
 EPSILON = 1e-9
 
 
@@ -192,7 +193,9 @@ class AdmissionPolicy:
             in_pool[item.pool] = in_pool.get(item.pool, 0) + 1
         admitted: list[tuple[Request, Placement]] = []
         reasons: dict[str, str] = {}
-        reservation: tuple[Request, float, Cluster] | None = None  # the head, its start, the cluster then
+        # EASY backfill's reservation for the head of the queue, and one more for each urgent (high or
+        # critical) node that cannot start: backfill may delay none of them.
+        reservations: list[tuple[Request, float, Cluster]] = []  # the node, its start, the cluster then
         # The cluster only fills up while deciding: a shape that did not fit will not fit later in this call.
         no_fit: set[tuple[str | None, float, float, float, bool]] = set()
         ever: dict[tuple[str | None, float, float, float, bool], bool] = {}
@@ -208,9 +211,9 @@ class AdmissionPolicy:
                 no_fit.add(shape)
                 if request.fallback_cpu is not None and now - request.ready_at >= request.fallback_after_s:
                     request, placement = _on_cpu(request, cluster)
-            if placement is not None and reservation is not None and not _backfill(request, placement, now,
-                                                                                  reservation):
-                head, start, _ = reservation
+            blocking = _blocking(request, placement, now, reservations) if placement is not None else None
+            if blocking is not None:
+                head, start, _ = blocking
                 reasons[request.key] = (f"reservation: would delay {head.key} ({head.priority}), "
                                         f"reserved to start by {start:.0f}")
                 continue
@@ -223,10 +226,11 @@ class AdmissionPolicy:
                 admitted.append((request, placement))
                 in_pool[request.pool] = in_pool.get(request.pool, 0) + 1
                 continue
-            if reservation is None:
-                shadow = _shadow(request, cluster, running, admitted, now)
+            if not reservations or (RANK.get(request.priority, 1) >= RANK["high"]
+                                    and len(reservations) < MAX_RESERVATIONS):
+                shadow = _shadow(request, cluster, running, admitted, now, reservations)
                 if shadow is not None:
-                    reservation = (request, *shadow)
+                    reservations.append((request, *shadow))
                     reasons[request.key] = f"no capacity: reserved to start by {shadow[0]:.0f}{_fallback_at(request)}"
                     continue
             if shape not in ever:
@@ -236,7 +240,7 @@ class AdmissionPolicy:
                                     ) + _fallback_at(request)
         waiting = {key: Waiting(position, reason) for position, (key, reason) in enumerate(reasons.items(), 1)}
         return Decision(tuple(admitted), waiting,
-                        (reservation[0].key, reservation[1]) if reservation is not None else None)
+                        (reservations[0][0].key, reservations[0][1]) if reservations else None)
 
 
 def _fallback_at(request: Request) -> str:
@@ -255,31 +259,52 @@ def _on_cpu(request: Request, cluster: Cluster) -> tuple[Request, Placement | No
 
 
 def _shadow(request: Request, cluster: Cluster, running: Sequence[Running],
-            admitted: Sequence[tuple[Request, Placement]], now: float) -> tuple[float, Cluster] | None:
+            admitted: Sequence[tuple[Request, Placement]], now: float,
+            reserved: Sequence[tuple[Request, float, Cluster]] = ()) -> tuple[float, Cluster] | None:
     """When `request` could start if running work ended at its estimates (EASY's shadow time), and the
-    cluster as it would be then."""
+    cluster as it would be then. Earlier reservations are booked at their starts, until their estimates."""
     future = cluster.copy()
-    ending = sorted([(r.ends_at, r.cpu, r.placement) for r in running]
-                    + [(now + a.estimate_s, a.cpu, p) for a, p in admitted], key=lambda item: item[0])
-    for ends_at, cpu, placement in ending:
+    events = sorted([(r.ends_at, 0, r.cpu, r.placement, None) for r in running]
+                    + [(now + a.estimate_s, 0, a.cpu, p, None) for a, p in admitted]
+                    + [(start, 1, head.cpu, None, head) for head, start, _ in reserved], key=lambda item: item[:2])
+    ends: list[tuple[float, float, Placement]] = []
+    for index, (at, _, cpu, placement, head) in enumerate(events):
+        if head is None:
+            future.give(cpu, placement)
+        else:
+            booked = future.fit(head)
+            if booked is None:
+                return None  # an earlier reservation does not fit where it was planned: no promise for this one
+            future.take(head, booked)
+            ends.append((at + head.estimate_s, head.cpu, booked))
+        if index + 1 < len(events) and events[index + 1][0] <= at:
+            continue  # everything that happens at this instant first (a reserved start takes what ends then)
+        if future.fit(request) is not None:  # reserved work that ended by now still counts: a safe promise
+            return max(at, now), future
+    for at, cpu, placement in sorted(ends, key=lambda item: item[0]):
         future.give(cpu, placement)
         if future.fit(request) is not None:
-            return max(ends_at, now), future
+            return max(at, now), future
     return None
 
 
-def _backfill(request: Request, placement: Placement, now: float,
-              reservation: tuple[Request, float, Cluster]) -> bool:
-    """A node may jump the reserved head only if it cannot push the head's start back: it ends before
-    the reserved start, or the head still fits at that start beside it (then it is booked there too)."""
-    head, start, future = reservation
-    if now + request.estimate_s <= start + EPSILON:
-        return True
-    future.take(request, placement)  # free now means free then: it still holds these at the start
-    if future.fit(head) is not None:
-        return True
-    future.give(request.cpu, placement)
-    return False
+def _blocking(request: Request, placement: Placement, now: float,
+              reservations: Sequence[tuple[Request, float, Cluster]]) -> tuple[Request, float, Cluster] | None:
+    """The first reservation that `request`, started now, would delay; None if it delays none (it is
+    then booked in each reservation's future cluster where it still runs at that start)."""
+    taken: list[Cluster] = []
+    for reservation in reservations:
+        head, start, future = reservation
+        if now + request.estimate_s <= start + EPSILON:
+            continue
+        future.take(request, placement)  # free now means free then: it still holds these at the start
+        if future.fit(head) is None:
+            future.give(request.cpu, placement)
+            for earlier in taken:
+                earlier.give(request.cpu, placement)
+            return reservation
+        taken.append(future)
+    return None
 
 
 def choose_victims(request: Request, cluster: Cluster, running: Sequence[Running], now: float
