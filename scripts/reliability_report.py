@@ -54,8 +54,9 @@ serving a request dies: the SDK now retries it with the same idempotency key. Sc
 statuses and content types the OpenAPI did not document: it now documents problem+json on every route,
 and Starlette's own errors (unparseable body, wrong method) are problem+json too.
 
-**Not covered here**: the long load run (10,000 submissions from 64 clients) is `python -m bench.load
---submissions 10000 --clients 64`, not part of the test command; GPU faults on real GPUs (no GPU here).
+**Not in the test command**: the long load run (10,000 submissions from 64 clients) is `python -m bench.load
+--submissions 10000 --clients 64`; its rows below come from a run of that script, when one was recorded.
+Not covered at all: GPU faults on real GPUs (no GPU here).
 """
 
 
