@@ -143,6 +143,21 @@ def test_lineage_is_off_when_configured_off(monkeypatch, tmp_path):
     assert lineage_client(str(tmp_path)) is None
 
 
+def test_without_the_observe_extra_the_registry_still_starts_with_lineage_and_traces_off(monkeypatch, tmp_path):
+    """Where the `observe` extra is not installed (scripts/ml_example.sh, a plain `pip install -e .`), a
+    missing sink package is logged, never fatal to the registry."""
+    import sys
+
+    from fabric.actors.observe import observed
+
+    for module in ("openlineage.client", "opentelemetry.exporter.otlp.proto.http.trace_exporter"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as when not installed
+    monkeypatch.delenv("FABRIC_LINEAGE", raising=False)
+    monkeypatch.setenv("FABRIC_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    store = object()
+    assert observed(store, str(tmp_path), str(tmp_path)) is store  # unwrapped: both sinks are off
+
+
 def test_spans_go_over_otlp_with_parents_and_attributes(sink):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 

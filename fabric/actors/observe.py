@@ -129,7 +129,12 @@ def lineage_client(home: str) -> Any | None:
     mode = os.environ.get("FABRIC_LINEAGE", "file").lower()
     if mode in ("off", "none", "0", ""):
         return None
-    from openlineage.client import OpenLineageClient
+    try:
+        from openlineage.client import OpenLineageClient
+    except ImportError:  # a sink must never stop the registry: without the package, lineage is off
+        log.warning("fabric lineage is off: openlineage-python is not installed (pip install -e .[observe]); "
+                    "GET /api/orch/lineage/{id} still answers, built from the record")
+        return None
 
     if mode == "http":
         transport: dict[str, Any] = {"type": "http", "url": os.environ["FABRIC_LINEAGE_URL"],
@@ -308,7 +313,13 @@ def observed(store: Store, home: str, artifacts: str) -> Store:
     """`store`, wrapped to send lineage and traces as configured (unwrapped when both are off)."""
     lineage = lineage_client(home)
     endpoint = os.environ.get("FABRIC_OTLP_ENDPOINT")
-    spans = SpanExporter(endpoint) if endpoint else None
+    spans = None
+    if endpoint:
+        try:
+            spans = SpanExporter(endpoint)
+        except ImportError:  # as for lineage: a missing sink is logged, never fatal
+            log.warning("fabric traces are off: FABRIC_OTLP_ENDPOINT is set but opentelemetry is not installed "
+                        "(pip install -e .[observe])")
     if lineage is None and spans is None:
         return store
     return ObservedStore(store, Observer(store, home, artifacts, lineage, spans))  # type: ignore[return-value]
