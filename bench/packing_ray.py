@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 import fabric as fb
 from bench.nodes import sleep_for
-from bench.packing import workload
+from bench.packing import _p95, workload
 from fabric.schedule.admission import PRIORITIES
 
 
@@ -45,10 +44,6 @@ def report(name: str, jobs, runs: dict[str, tuple[float, float]], arrived: dict[
     print(f"{name:22s} makespan {makespan / lower_bound:.3f} x lower bound   utilisation while queued "
           f"{busy / queued * 100 if queued else 100:5.1f} %   longest wait {longest:5.2f}s")
     print(f"{'':22s} p95 wait: {p95}")
-
-
-def _p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
 def run_raw(jobs, scale: float) -> tuple[dict, dict]:

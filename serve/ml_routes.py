@@ -31,7 +31,7 @@ class MlRoutes:
     """Routes mixed into the Gateway deployment (which provides `_who` and `_client_for`)."""
 
     def _model(self, name: str, fresh: bool = False) -> Any:
-        from fabric.kinds.serving import NAME_PATTERN
+        from fabric.kinds.serve_kind import NAME_PATTERN
         from fabric.kinds.serving import router as model_router
 
         if not NAME_PATTERN.match(name):

@@ -124,11 +124,11 @@ def test_promotion_gates_reject_and_every_decision_is_audited(client, gateway, m
 
 
 def test_canary_steps_promote_a_healthy_model_and_roll_back_a_failing_one(client, gateway, mlflow_store):
-    from fabric.kinds.serving import artifact_hash
+    from fabric.ml import artifact_hash
 
     http, research, _ = gateway
     card = {"name": "xs", "intended_use": "tests", "training_data": "synthetic",
-            "artifact_hash": artifact_hash(mlflow_store["v2"], mlflow_store["tracking_uri"])}
+            "artifact_hash": artifact_hash(mlflow_store["v2"], uri=mlflow_store["tracking_uri"])}
     good = _model_dag("promote_good", mlflow_store["v2"], _promote(mlflow_store), [_metrics_node(1.2, -0.1, card)])
     status = _submit(http, research, good)
     assert status["state"] == "SUCCEEDED", status
@@ -138,7 +138,7 @@ def test_canary_steps_promote_a_healthy_model_and_roll_back_a_failing_one(client
     body = _predict(http, research).json()
     assert body["model_uri"] == mlflow_store["v2"] and body["predictions"] == [30.0]
 
-    card = {**card, "artifact_hash": artifact_hash(mlflow_store["broken"], mlflow_store["tracking_uri"])}
+    card = {**card, "artifact_hash": artifact_hash(mlflow_store["broken"], uri=mlflow_store["tracking_uri"])}
     broken = _model_dag("promote_broken", mlflow_store["broken"], _promote(mlflow_store),
                         [_metrics_node(1.2, -0.1, card)])
     status = _submit(http, research, broken)

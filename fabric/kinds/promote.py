@@ -66,9 +66,9 @@ class Promotion:
         self.call, self.params, self.inputs = call, call.params, inputs
         self.name: str = call.params["name"]
         self.model_uri = str(inputs["model_uri"])
-        from fabric.kinds.serving import default_tracking_uri
+        from fabric.ml.tracking import tracking_uri
 
-        self.tracking_uri = call.params.get("tracking_uri") or default_tracking_uri(call.home)
+        self.tracking_uri = call.params.get("tracking_uri") or tracking_uri(call.home)
         self.log = context().logger
         self.record: list[dict[str, Any]] = []
 
@@ -132,12 +132,12 @@ class Promotion:
         return f"|max_drawdown| {abs(drawdown):.4f} > {bound}" if abs(drawdown) > float(bound) else ""
 
     def _hash_problem(self) -> str:
-        from fabric.kinds.serving import artifact_hash
+        from fabric.ml.tracking import artifact_hash
 
         recorded = (self._card() or {}).get("artifact_hash")
         if not recorded:
             return "no recorded artifact hash (the model card's artifact_hash)"
-        actual = artifact_hash(self.model_uri, self.tracking_uri)
+        actual = artifact_hash(self.model_uri, uri=self.tracking_uri)
         return "" if actual == recorded else f"the stored model hashes to {actual}, not the recorded {recorded}"
 
     # -- rollout ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
 from fabric.spec import NodeSpec
 
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # a served name; here, so checks never import Serve
 SERVE_PARAMS = {"name", "autoscaling", "num_replicas", "replica_cpus", "tracking_uri"}
 AUTOSCALING_KEYS = {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
                     "upscale_delay_s", "downscale_delay_s", "max_ongoing_requests"}
@@ -17,8 +19,6 @@ AUTOSCALING_KEYS = {"min_replicas", "max_replicas", "initial_replicas", "target_
 
 def check_model_node(node: NodeSpec, where: str, kind: str, allowed: set[str]) -> list[Problem]:
     """What `serve` and `promote` share: a served name, a `model_uri` input, known params."""
-    from fabric.kinds.serving import NAME_PATTERN
-
     problems = []
     name = node.params.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -52,11 +52,12 @@ class ServeKind:
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
         from fabric.context import context
-        from fabric.kinds.serving import default_tracking_uri, deploy
+        from fabric.kinds.serving import deploy
+        from fabric.ml.tracking import tracking_uri
 
         params = call.params
         model_uri = str(inputs["model_uri"])
-        deploy(params["name"], model_uri, tracking_uri=params.get("tracking_uri") or default_tracking_uri(call.home),
+        deploy(params["name"], model_uri, tracking_uri=params.get("tracking_uri") or tracking_uri(call.home),
                autoscaling=params.get("autoscaling"), num_replicas=params.get("num_replicas"),
                replica_cpus=float(params.get("replica_cpus", 0.1)))
         context().logger.info("serving %s as %r at /api/predict/%s", model_uri, params["name"], params["name"])

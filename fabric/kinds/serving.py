@@ -10,7 +10,6 @@ their own (`route_prefix=None`): the gateway, with its auth, is the only way in.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections import deque
 from typing import Any
@@ -18,21 +17,11 @@ from typing import Any
 from ray import serve
 
 APP_PREFIX = "fabric-model-"
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 WINDOW = 2000  # latencies kept per arm
 
 
 def app_name(name: str) -> str:
     return f"{APP_PREFIX}{name}"
-
-
-def _load_model(model_uri: str, tracking_uri: str | None) -> Any:
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri)
 
 
 def to_frame(instances: Any) -> Any:
@@ -57,15 +46,6 @@ def model_input(model: Any, instances: Any) -> Any:
     return to_frame(instances)
 
 
-def default_tracking_uri(home: str) -> str | None:
-    """The fabric's MLflow store (fabric.ml.tracking) where the train extra is installed, else MLflow's own."""
-    try:
-        from fabric.ml.tracking import tracking_uri
-    except ImportError:
-        return None
-    return tracking_uri(home)
-
-
 def to_json(predictions: Any) -> Any:
     if hasattr(predictions, "to_dict") and hasattr(predictions, "columns"):
         return predictions.to_dict(orient="records")
@@ -80,7 +60,9 @@ class ModelServer:
 
     def __init__(self, model_uri: str, tracking_uri: str | None = None) -> None:
         self.model_uri = model_uri
-        self.model = _load_model(model_uri, tracking_uri)
+        from fabric.ml.tracking import load_model
+
+        self.model = load_model(model_uri, uri=tracking_uri)
 
     def predict(self, instances: Any) -> Any:
         return to_json(self.model.predict(model_input(self.model, instances)))
@@ -181,18 +163,3 @@ def _ensure_serve() -> None:
         serve.start(proxy_location="Disabled")
 
 
-def artifact_hash(model_uri: str, tracking_uri: str | None = None) -> str:
-    """The digest of a model's stored files (every file under its artifact path): a trainer records it
-    next to the model, and `promote` recomputes it from the store to prove the artifact is the same."""
-    import tempfile
-
-    import mlflow
-
-    from fabric.execute.digest import value_digest
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="fabric-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return value_digest(local).removeprefix("path:")

@@ -39,11 +39,12 @@ class TuneKind:
         first = {name: _first(domain) for name, domain in space.items()} if not problems else {}
         problems += ml_params_problems(node, where, TUNE_KEYS, TUNE_OUTS, overrides=first)
         if not problems:
-            unknown = sorted(set(space) - _tunable(node))
+            tunable = _tunable(node)
+            unknown = sorted(set(space) - tunable)
             if unknown:
                 problems.append(params_problem(f"{where}.params.search_space", f"cannot search {unknown}: "
                                                "not params of the trainer or the loop",
-                                               f"search among {sorted(_tunable(node))}"))
+                                               f"search among {sorted(tunable)}"))
         metric, mode = node.params.get("metric", "val_loss"), node.params.get("mode", "min")
         if metric not in METRICS:
             problems.append(params_problem(f"{where}.params.metric", f"metric {metric!r} is not reported",

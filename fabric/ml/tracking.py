@@ -131,12 +131,14 @@ def log_torch_model(model: Any, registered_name: str, example: Any, tags: Mappin
 def _tracking(uri: str) -> Iterator[None]:
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # `models:/` URIs resolve against the registry: the same store
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 def load_model(model_uri: str, *, home: str | None = None, uri: str | None = None) -> Any:
@@ -147,3 +149,17 @@ def load_model(model_uri: str, *, home: str | None = None, uri: str | None = Non
 
     with _tracking(uri or tracking_uri(home)):
         return mlflow.pyfunc.load_model(model_uri)
+
+
+def artifact_hash(model_uri: str, *, home: str | None = None, uri: str | None = None) -> str:
+    """The digest of a model's stored files (every file under its artifact path): a trainer records it
+    next to the model, and `promote` recomputes it from the store to prove the artifact is the same."""
+    import tempfile
+
+    import mlflow
+
+    from fabric.execute.digest import value_digest
+
+    with _tracking(uri or tracking_uri(home)), tempfile.TemporaryDirectory(prefix="fabric-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        return value_digest(local).removeprefix("path:")

@@ -72,7 +72,3 @@ def get_trainer(name: str) -> Trainer:
                           fix=f"use one of: {', '.join(sorted(available_trainers()))}, or register yours "
                               f"in the {ENTRY_POINT_GROUP!r} entry points") from None
 
-
-def trainer_params(trainer: Trainer, params: Mapping[str, Any], fabric_keys: frozenset[str]) -> dict[str, Any]:
-    """The trainer's defaults overridden by the node's params (the kind's own keys left out)."""
-    return {**trainer.defaults, **{k: v for k, v in params.items() if k not in fabric_keys}}

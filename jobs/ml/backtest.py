@@ -43,7 +43,7 @@ def backtest_bilstm(feature_table: Any, model_uri: str, seq_len: int = 10, val_f
                     top_frac: float = 0.2, cost_bps: float = 5.0, probe_rows: int = 4) -> dict[str, Any]:
     """Outs `metrics` (sharpe, max_drawdown, ... over the validation period the model never saw) and `probe`
     (a few real input windows: the promote node's canary load, and a ready `curl` body as probe.json)."""
-    from fabric.ml.tracking import load_model
+    from fabric.ml import load_model
 
     ctx = context()
     x, keys = windows(feature_table, seq_len)

@@ -11,7 +11,7 @@ from jobs.ml.backtest import fabric_home
 
 
 def make_model_card(model_uri: str, metrics_json: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    from fabric.kinds.serving import artifact_hash, default_tracking_uri
+    from fabric.ml import artifact_hash
 
     training = json.loads(metrics_json) if isinstance(metrics_json, str) else dict(metrics_json)
     card = {
@@ -22,7 +22,7 @@ def make_model_card(model_uri: str, metrics_json: str, metrics: dict[str, Any]) 
                          f"{training.get('n_val')} validation windows, features {training.get('features')}",
         "training": {"final": training.get("final"), "mlflow_run_id": training.get("mlflow_run_id")},
         "backtest": metrics,
-        "artifact_hash": artifact_hash(model_uri, default_tracking_uri(fabric_home())),
+        "artifact_hash": artifact_hash(model_uri, home=fabric_home()),
     }
     (context().artifact_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     return card
