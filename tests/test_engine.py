@@ -80,12 +80,12 @@ def test_timeout_skips_descendants_and_independent_branch_finishes(client, tmp_p
     assert status.node("after_other").state == "SUCCEEDED"
     assert status.state == "FAILED"
     assert took < 15, f"took {took:.1f}s for a 2s timeout"
+    time.sleep(1)
+    assert not list(tmp_path.glob("sleeper-end.*")), "the timed-out task kept running"
     from tests.reliability.results import record
 
     record("fault", "node timeout (max_runtime 2s)", submission_ended_s=round(took, 2),
            outcome="TIMED_OUT, descendants SKIPPED, the independent branch SUCCEEDED, the task stopped")
-    time.sleep(1)
-    assert not list(tmp_path.glob("sleeper-end.*")), "the timed-out task kept running"
 
 
 def test_failure_reports_error_traceback_logs_and_skips(client):
@@ -148,15 +148,15 @@ def test_cancel_stops_running_ray_tasks(client, tmp_path):
     submission.cancel()
     status = submission.wait(20)
     assert status.state == "CANCELLED"
-    from tests.reliability.results import record
-
-    record("fault", "cancel a running DAG", cancelled_s=round(status.ended_at - cancelled_at, 2),
-           outcome="CANCELLED; the Ray task stopped")
     assert status.node("long").state == "CANCELLED" and status.node("next").state == "CANCELLED"
     time.sleep(0.5)
     stopped_at = ticks.stat().st_size
     time.sleep(1.0)
     assert ticks.stat().st_size == stopped_at, "the cancelled Ray task is still running"
+    from tests.reliability.results import record
+
+    record("fault", "cancel a running DAG", cancelled_s=round(status.ended_at - cancelled_at, 2),
+           outcome="CANCELLED; the Ray task stopped")
 
 
 def test_progress_context_env_and_artifacts(client, fabric_home):
