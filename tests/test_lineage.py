@@ -91,6 +91,14 @@ def test_trace_spans_nest_attempts_under_nodes_under_the_submission():
     assert by_key["sub-1/a/1"].attributes["fabric.queue_wait_s"] == pytest.approx(0.5)
 
 
+def test_an_attempts_cost_event_does_not_become_its_nodes_state_in_the_trace():
+    from fabric.record.status import COST_EVENT
+
+    costed = [*EVENTS[:3], E("a", COST_EVENT, COST_EVENT, 102.0, "0.25")]  # the engine records cost last
+    node = {s.key: s for s in trace_spans(RECORD, costed)}["sub-1/a"]
+    assert node.attributes["fabric.state"] == "SUCCEEDED" and node.ok and node.message == ""
+
+
 class _Sink(BaseHTTPRequestHandler):
     received: list[tuple[str, dict, bytes]] = []
 

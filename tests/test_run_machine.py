@@ -118,6 +118,30 @@ def test_linear_chain_dispatches_eagerly_and_succeeds() -> None:
     assert r.targets("b") == [N.QUEUED, N.RUNNING, N.SUCCEEDED]
 
 
+def test_a_gang_node_waits_for_its_upstream_before_it_goes_to_ray() -> None:
+    """Its placement group would hold its GPUs while the upstream runs, perhaps the ones the upstream needs."""
+    doc = {"version": 1, "pipeline_id": "p", "edges": [{"from": "a", "to": "gang"}], "nodes": [
+        {"id": "a", "kind": "python_task", "entrypoint": "m:f", "resources": {"gpu": 4}},
+        {"id": "gang", "kind": "python_task", "entrypoint": "m:f", "resources": {"gpu": 2, "workers": 2}}]}
+    r = Run(compile_plan(load_spec(doc)))
+    assert sorted(_by_node(r.start())) == ["a"]
+    assert r.states() == {"a": N.RUNNING, "gang": N.PENDING}
+    r.ok("a")
+    assert r.states() == {"a": N.SUCCEEDED, "gang": N.RUNNING}
+    assert sorted(_by_node(r.dispatches)) == ["a", "gang"]
+
+
+def test_with_admission_a_cache_node_is_held_until_its_cache_check_lets_it_go() -> None:
+    plan = compile_plan(load_spec({"version": 1, "pipeline_id": "p", "nodes": [
+        {"id": "c", "kind": "python_task", "entrypoint": "m:f", "cache": True}]}))
+    m = RunMachine(plan, time.time, submission_id="s", gated=True)
+    assert m.start() == []
+    assert m.ready_cached() == ["c"] and m.waiting() == []  # admission must not run it before the check
+    m.held.discard("c")  # the cache decided it runs (a miss, and no identical node running)
+    assert m.waiting() == ["c"]
+    assert [a.node_id for a in m.admit("c")] == ["c"] and m.held == set()
+
+
 def test_early_result_is_buffered_until_upstream_succeeds() -> None:
     r = Run(_plan(["a", "b", "c"], [("a", "b"), ("b", "c")]))
     r.start()

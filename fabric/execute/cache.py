@@ -96,9 +96,10 @@ class NodeCache:
                 self._index.drop(key)  # its outputs were swept: the entry is stale
             leader = self._inflight.get(key)
             if leader is not None and leader != (sid, node_id):
-                if node_id not in machine.held:
+                reason = f"coalesced: waits for the identical node {leader[1]} of {leader[0]}"
+                if machine.nodes[node_id].reason != reason:
                     self.coalesced += 1
-                    machine.hold(node_id, f"coalesced: waits for the identical node {leader[1]} of {leader[0]}")
+                    machine.hold(node_id, reason)
                     return True
                 return False
             self._inflight[key] = (sid, node_id)

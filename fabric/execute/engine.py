@@ -110,7 +110,7 @@ class Engine:
                                                      gated=self._scheduler is not None)
         self._store.append_events(recovered)
         run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}),
-                   consumed if self._persist_outputs else {})
+                   plan.persisted_outs(self._persist_outputs))  # as `start`: a cache node keeps every out
         for node_id, token in machine.restored_tokens().items():
             if consumed[node_id]:
                 refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])
@@ -356,7 +356,9 @@ class Engine:
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
             if self._scheduler is not None:  # ended attempts give back their booking and say what they cost
-                self._store.append_events(self._scheduler.on_transitions(sid, transitions, run.machine))
+                costs = self._scheduler.on_transitions(sid, transitions, run.machine)
+                if costs:  # most rounds cost nothing: no empty write, no wake-up for the observer
+                    self._store.append_events(costs)
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work

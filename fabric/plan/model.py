@@ -86,6 +86,13 @@ class NodePlan:
         """The names of the values the node returns: its outs, or the single implicit `result`."""
         return self.outs or (RESULT_SLOT,)
 
+    @property
+    def dispatch_early(self) -> bool:
+        """May it go to Ray before its upstream ends (its task waits there on their outputs)? Not a cache
+        node, which waits for its cache check, nor a gang, whose placement group would hold its resources
+        all that time, perhaps the very ones its upstream needs."""
+        return not self.cache and self.unit.group_strategy is None
+
 
 @dataclass(frozen=True)
 class ExecutionPlan:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.record.status import COST_EVENT
 from fabric.record.store import Event, SubmissionRecord
 
 TERMINAL = {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED"}
@@ -93,7 +94,7 @@ def trace_spans(record: SubmissionRecord, events: Sequence[Event],
     spans = [SpanSpec(sid, None, f"submission {record.pipeline_id}", record.created_at,
                       ended.at if ended else last, {**base, "fabric.state": ended.target if ended else "RUNNING"},
                       ok=ended is None or ended.target == "SUCCEEDED", message=ended.reason if ended else "")]
-    final = {e.node_id: e for e in events if e.node_id is not None}
+    final = {e.node_id: e for e in events if e.node_id is not None and e.source != COST_EVENT}  # transitions only
     for node_id, attempts in attempt_timeline(events).items():
         if not attempts:
             continue

@@ -6,8 +6,7 @@ is RUNNING only once its upstreams succeeded; earlier results are buffered, disp
 attempt are withdrawn.
 
 A *gated* machine (admission on) dispatches nothing by itself: a ready node waits QUEUED in `waiting()` until
-the scheduler calls `admit(node_id)`. A `cache: true` node always waits so: the cache decides (`cache_hit`).
-"""
+the scheduler calls `admit(node_id)`. A `cache: true` node always waits so, held: the cache decides."""
 
 from __future__ import annotations
 
@@ -106,7 +105,7 @@ class RunMachine:
         self.plan = plan
         self.gated = gated
         self._waiting: dict[str, None] = {}  # gated: QUEUED nodes not yet admitted, in the order they got ready
-        self.held: set[str] = set()  # `cache: true` nodes coalesced onto an identical node running now
+        self.held: set[str] = set()  # `cache: true` nodes admission skips: before their cache check, or coalesced
         self.submission_id = submission_id
         self._clock = clock
         self._tokens = itertools.count(1)
@@ -176,7 +175,7 @@ class RunMachine:
     def ready_cached(self) -> list[str]:  # `cache: true` nodes that wait for their cache check
         return [n for n in self._waiting if self.nodes[n].plan.cache]
 
-    def hold(self, node_id: str, reason: str) -> None:  # coalesced: admission skips it until admit/cache_hit
+    def hold(self, node_id: str, reason: str) -> None:  # coalesced: admission skips it until it leaves QUEUED
         if node_id in self._waiting:
             self.held.add(node_id)
             self.nodes[node_id].reason = reason
@@ -186,7 +185,6 @@ class RunMachine:
         node = self.nodes[node_id]
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
-        self.held.discard(node_id)
         self._set_token(node, next(self._tokens))
         self._move(node, NodeState.CACHED, reason)
         return self._settle(node.plan.downstream)
@@ -217,7 +215,6 @@ class RunMachine:
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
         del self._waiting[node_id]
-        self.held.discard(node_id)
         action = self._dispatch(node)
         self._run(node)
         return [action]
@@ -286,10 +283,13 @@ class RunMachine:
                 self.nodes[child].ok_upstream += 1
         if target is NodeState.QUEUED:
             node.queued_at = now
-            if self.gated or node.plan.cache:  # a cache node waits for its cache check
+            if self.gated or node.plan.cache:  # a cache node waits for its cache check, held from admission
                 self._waiting[node.plan.node_id] = None
+                if node.plan.cache:
+                    self.held.add(node.plan.node_id)
         else:
             self._waiting.pop(node.plan.node_id, None)
+            self.held.discard(node.plan.node_id)
         if target.terminal:
             self._terminal += 1
             if not target.ok:  # a successful attempt keeps its token: downstream reads its outputs
@@ -393,7 +393,7 @@ class RunMachine:
             if node.state is NodeState.RUNNING and node.buffered is not None:
                 outcome, node.buffered = node.buffered, None
                 self._finish_attempt(node, outcome)
-            if (not self.gated and node.state is NodeState.PENDING and node.token is None and not node.plan.cache
+            if (not self.gated and node.state is NodeState.PENDING and node.token is None and node.plan.dispatch_early
                     and node.dispatched_upstream == len(node.plan.upstream)):
                 actions.append(self._dispatch(node))
             if (node.state, node.token) != before:
