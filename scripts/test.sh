@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests: set up, lint, then the whole suite (import-linter runs inside it).
+# The tests: set up, lint, then the pure unit tier (seconds; stops at its first failure), then the Ray tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train,observe
@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "could not install chromium: the web UI's browser test will skip" >&2
 fi
-exec .venv/bin/python -m pytest -q "$@"
+if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
+.venv/bin/python -m pytest -q -x tests/unit   # no Ray here (tests/unit/conftest.py); import-linter runs inside
+exec .venv/bin/python -m pytest -q tests/ray

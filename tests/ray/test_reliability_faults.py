@@ -21,7 +21,7 @@ from tests.reliability.checks import check_all, wait_all
 from tests.reliability.load import BackgroundLoad, marked_dag
 from tests.reliability.results import record
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ray_head_process
+from tests.conftest import ray_head_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 

@@ -9,7 +9,7 @@ import ray
 
 from fabric.errors import NotFoundError
 
-from .test_engine import dag, py
+from tests.ray.test_engine import dag, py
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port as _free_port
-from .conftest import ray_head_process
+from tests.conftest import free_port as _free_port
+from tests.conftest import ray_head_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 
 pytestmark = pytest.mark.timeout(180)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ray_head_process
+from tests.conftest import ray_head_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAKE_DEFAULTS = {  # every top-level field, so the autoscaler needs no defaults file (the wheel lacks it)
     "upscaling_speed": 1.0, "docker": {}, "initialization_commands": [], "setup_commands": [],
     "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
@@ -106,7 +106,7 @@ print(json.dumps({"before": before, "appeared_s": appeared, "state": state, "fin
 def test_the_local_twin_grows_for_queued_gpu_work_and_shrinks_when_idle(tmp_path, admission):
     """Eager: the node is in Ray at once, Ray's pending task is the demand. Admission: the fabric holds
     it (no node of its pool yet) and asks the autoscaler with request_resources."""
-    from .conftest import free_port
+    from tests.conftest import free_port
 
     gcs_port = free_port()
     config = tmp_path / "twin.yaml"

@@ -10,8 +10,8 @@ import ray
 
 import fabric as fb
 
-from .conftest import REPO
-from .test_registry_restart import runs, three_step
+from tests.conftest import REPO
+from tests.ray.test_registry_restart import runs, three_step
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 

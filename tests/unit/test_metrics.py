@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fabric.record.metrics import CATALOGUE, FabricMetrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def node(kind="python_task", pool=None, priority="normal", gpus=0.0, cpus=1.0):

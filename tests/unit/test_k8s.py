@@ -21,11 +21,11 @@ from fabric.errors import ErrorCode, FabricError
 from fabric.k8s import MAX_RAYJOB_NAME, KubeRay, is_dns1035, rayjob_for_dag
 from fabric.spec import load_spec
 
-from .fake_kube import FakeKube
+from tests.fake_kube import FakeKube
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 DAG = REPO / "jobs" / "dags" / "quant_backtest.yaml"
 SHARED = Path(os.environ.get("FABRIC_SHARED_DIR") or REPO.parent / "shared")

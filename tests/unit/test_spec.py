@@ -27,7 +27,7 @@ from fabric.spec import (
     topological_order,
 )
 
-DESIGN_EXAMPLE = Path(__file__).parent / "data" / "design_example.yaml"
+DESIGN_EXAMPLE = Path(__file__).parents[1] / "data" / "design_example.yaml"
 
 
 def _base() -> dict[str, Any]:

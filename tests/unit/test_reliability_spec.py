@@ -113,7 +113,10 @@ def test_secrets_are_read_by_reference_only_for_listed_scopes(tmp_path):
         assert caught.value.code == code and "s3cr3t" not in str(caught.value)
 
 
-def test_zz_record_the_property_runs():
+@pytest.fixture(scope="module", autouse=True)
+def _record_the_property_runs():
+    """At the module's teardown, whatever order the tests ran in: what the properties tried."""
+    yield
     record("property", "spec parser (hypothesis; keys from the exported JSON Schema)", examples_per_property=EXAMPLES,
            schema_shaped_specs=_tried["schema-shaped specs"], arbitrary_texts=_tried["arbitrary text"],
            outcome="every input loaded (and round-tripped) or raised SpecError naming where; nothing else")

@@ -13,7 +13,7 @@ from serve.auth import TokenTable, hash_token, mint_token
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -301,7 +301,7 @@ def test_metrics_at_the_gateway_and_through_rays_metrics_agent(gateway):
 def test_the_registry_dying_mid_dag_over_http_status_answers_throughout(gateway, client, tmp_path):
     import ray
 
-    from .test_registry_restart import runs, three_step
+    from tests.ray.test_registry_restart import runs, three_step
 
     http, research, *_ = gateway
     submission_id = http.post("/api/orch/submit", headers=research,
