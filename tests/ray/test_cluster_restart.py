@@ -9,7 +9,6 @@ import pytest
 import ray
 
 import fabric as fb
-
 from tests.conftest import REPO
 from tests.ray.test_registry_restart import runs, three_step
 

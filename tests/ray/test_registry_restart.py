@@ -8,7 +8,6 @@ import pytest
 import ray
 
 from fabric.errors import NotFoundError
-
 from tests.ray.test_engine import dag, py
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]

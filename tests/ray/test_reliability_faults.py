@@ -17,11 +17,10 @@ import psutil
 import pytest
 import ray
 
+from tests.conftest import REPO
 from tests.reliability.checks import check_all, wait_all
 from tests.reliability.load import BackgroundLoad, marked_dag
 from tests.reliability.results import record
-
-from tests.conftest import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 

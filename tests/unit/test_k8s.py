@@ -20,7 +20,6 @@ import yaml
 from fabric.errors import ErrorCode, FabricError
 from fabric.k8s import MAX_RAYJOB_NAME, KubeRay, is_dns1035, rayjob_for_dag
 from fabric.spec import load_spec
-
 from tests.fake_kube import FakeKube
 
 pytestmark = pytest.mark.timeout(60)
