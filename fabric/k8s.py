@@ -168,7 +168,7 @@ def _error(exc: Exception, what: str) -> FabricError:
                              fix="pick another --name, or delete the existing object first")
     if status in (400, 422):
         return SpecError(message, code=ErrorCode.SPEC_INVALID, where=what, problems=problems,
-                         fix="check the manifest against the KubeRay CRD (shared/tools/validate_kuberay.py)")
+                         fix="check the manifest against the KubeRay CRD: python -m fabric.k8s_validate FILE")
     if status == 401:
         return FabricError(message, code=ErrorCode.UNAUTHORIZED, where=what, fix="refresh your kubeconfig credentials")
     if status == 403:

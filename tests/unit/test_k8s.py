@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import yaml
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.k8s import MAX_RAYJOB_NAME, KubeRay, is_dns1035, rayjob_for_dag
+from fabric.k8s_validate import check_manifest
 from fabric.spec import load_spec
 from tests.fake_kube import FakeKube
 
@@ -27,28 +27,18 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 DAG = REPO / "jobs" / "dags" / "quant_backtest.yaml"
-SHARED = Path(os.environ.get("FABRIC_SHARED_DIR") or REPO.parent / "shared")
-VALIDATOR = SHARED / "tools" / "validate_kuberay.py"
 POOLS = ["cpu", "cpu-spot", "gpu-spot"]
 
 
 @pytest.fixture(scope="module")
 def check() -> Callable[[Any], list[str]]:
-    """validate_kuberay.check_manifest: [] for a valid manifest, else "path: message" strings."""
-    if not VALIDATOR.is_file():
-        pytest.fail(f"the KubeRay validator is missing: {VALIDATOR} (clone shared/ beside the repo, "
-                    "or point FABRIC_SHARED_DIR at it)")
-    sys.path.insert(0, str(VALIDATOR.parent))
-    import validate_kuberay
-
-    return validate_kuberay.check_manifest
+    """fabric.k8s_validate.check_manifest: [] for a valid manifest, else "path: message" strings."""
+    return check_manifest
 
 
 def run_validator(*paths: Path | str) -> subprocess.CompletedProcess:
-    if not VALIDATOR.is_file():
-        pytest.fail(f"the KubeRay validator is missing: {VALIDATOR}")
-    return subprocess.run([sys.executable, str(VALIDATOR), *map(str, paths)], cwd=REPO, capture_output=True,
-                          text=True, timeout=50)
+    return subprocess.run([sys.executable, "-m", "fabric.k8s_validate", *map(str, paths)], cwd=REPO,
+                          capture_output=True, text=True, timeout=50)
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
