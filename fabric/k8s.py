@@ -19,7 +19,7 @@ from fabric.spec import DagSpec, load_spec, parse_runtime_params
 GROUP, VERSION = "ray.io", "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 RAY_VERSION = "2.60.0"
-# rayproject/ray:2.60.0-py311 plus `pip install fabric[serve]` (k8s/README.md); FABRIC_IMAGE overrides it in the CLI.
+# rayproject/ray:2.60.0-py311 plus `pip install fabric-ray[serve]` (k8s/README.md); FABRIC_IMAGE overrides it.
 DEFAULT_IMAGE = "ghcr.io/archetype/fabric:0.1.0"
 MAX_RAYJOB_NAME = 47  # KubeRay appends a suffix for the RayJob's RayCluster and its pods
 MAX_INLINE_SPEC = 256 * 1024  # the whole RayJob must stay far below etcd's 1.5 MiB object limit
@@ -226,7 +226,7 @@ class KubeRay:
             from kubernetes import client
         except ImportError as exc:
             raise FabricError("the kubernetes client is not installed", code=ErrorCode.NOT_FOUND, where="kubernetes",
-                              fix="pip install 'fabric[k8s]'") from exc
+                              fix="pip install -e '.[k8s]' (the fabric-ray distribution)") from exc
 
         if namespace is None:
             namespace = (None if api_client is not None else context_namespace(kubeconfig, context)) or "default"

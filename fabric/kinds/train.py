@@ -30,7 +30,7 @@ def ml_params_problems(node: NodeSpec, where: str, kind_keys: frozenset[str], ou
     missing = [name for name in ML_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         problems.append(params_problem(f"{where}.kind", f"kind {node.kind!r} needs {missing} installed here",
-                                       "install the train extra: pip install 'fabric[train]'"))
+                                       "install the train extra: pip install -e '.[train]' (fabric-ray)"))
     name = node.params.get("trainer", "bilstm")
     trainers = available_trainers()
     trainer = trainers.get(name) if isinstance(name, str) else None
