@@ -12,16 +12,18 @@ The engine calls `tick` once per loop, before it records and admits; nothing her
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from fabric.digests import module_digest
 from fabric.execute.backend import AttemptHandle
-from fabric.execute.digest import code_versions
 from fabric.execute.outputs import copy_node_files, has_outputs
 from fabric.plan.hashing import node_content_hash
 from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
@@ -36,6 +38,21 @@ def open_cache_index(home: str) -> CacheIndex:
     if os.environ.get("FABRIC_STORE", "sqlite") == "memory":
         return MemoryCacheIndex()
     return SqliteCacheIndex(Path(home) / "cache.db")
+
+
+def code_versions(entrypoints: Sequence[str], kinds: Sequence[str], inline: Sequence[str], *blobs: bytes
+                  ) -> dict[str, str]:
+    """Runs where the nodes run (same runtime_env): the version of each entrypoint's module, of each kind's
+    implementation, and of each notebook function (its pickled bytes)."""
+    from fabric.kinds import available_kinds
+
+    versions = {f"entry:{e}": module_digest(e.partition(":")[0]) for e in entrypoints}
+    found = available_kinds()
+    for kind in kinds:
+        versions[f"kind:{kind}"] = module_digest(type(found[kind]).__module__) if kind in found else "?"
+    for name, blob in zip(inline, blobs, strict=True):
+        versions[f"entry:{name}"] = hashlib.blake2b(blob, digest_size=20).hexdigest()
+    return versions
 
 
 class NodeCache:

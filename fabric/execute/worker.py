@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.context import NodeContext, use_context
-from fabric.execute.digest import output_digests
+from fabric.digests import output_digests
 from fabric.execute.outputs import persist_outputs, publish_files
 from fabric.kinds import NodeCall, get_kind
 from fabric.secrets import secrets_root

@@ -158,7 +158,7 @@ def artifact_hash(model_uri: str, *, home: str | None = None, uri: str | None = 
 
     import mlflow
 
-    from fabric.execute.digest import value_digest
+    from fabric.digests import value_digest
 
     with _tracking(uri or tracking_uri(home)), tempfile.TemporaryDirectory(prefix="fabric-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)

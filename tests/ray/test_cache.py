@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fabric.execute.digest import module_digest, value_digest
+from fabric.digests import module_digest, value_digest
 
 pytestmark = [pytest.mark.timeout(120)]
 

@@ -1,8 +1,9 @@
-"""Digests of data and code for cache keys: what a value *is*, not what it is called.
+"""Digests of values, files and modules for cache keys: what a value *is*, not what it is called.
 
 A table is digested by its Arrow IPC bytes, an array by dtype, shape and bytes, a string naming a local
 file or directory by the files' contents (a node that returns a path hands over the data behind it), and
-anything else by its pickle. Code is versioned by the source of the module that holds it.
+anything else by its pickle. Code is versioned by the source of the module that holds it. A leaf: it imports
+nothing of fabric, so the worker, the cache and MLflow tracking share it without an import cycle.
 """
 
 from __future__ import annotations
@@ -91,17 +92,3 @@ def module_digest(module: str) -> str:
     origin = spec.origin if spec else None
     return file_digest(origin) if origin and os.path.isfile(origin) else "?"
 
-
-def code_versions(entrypoints: Sequence[str], kinds: Sequence[str], inline: Sequence[str], *blobs: bytes
-                  ) -> dict[str, str]:
-    """Runs where the nodes run (same runtime_env): the version of each entrypoint's module, of each kind's
-    implementation, and of each notebook function (its pickled bytes)."""
-    from fabric.kinds import available_kinds
-
-    versions = {f"entry:{e}": module_digest(e.partition(":")[0]) for e in entrypoints}
-    found = available_kinds()
-    for kind in kinds:
-        versions[f"kind:{kind}"] = module_digest(type(found[kind]).__module__) if kind in found else "?"
-    for name, blob in zip(inline, blobs, strict=True):
-        versions[f"entry:{name}"] = hashlib.blake2b(blob, digest_size=20).hexdigest()
-    return versions
