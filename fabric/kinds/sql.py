@@ -8,6 +8,7 @@ from typing import Any
 from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
 from fabric.spec import NodeSpec
+from fabric.tables import as_lazy_frame
 
 
 class SqlTask:
@@ -35,19 +36,3 @@ class SqlTask:
         with pl.SQLContext(frames=frames, eager=False) as sql:
             result = sql.execute(call.params["query"])
         return result.collect().to_arrow()
-
-
-def as_lazy_frame(value: Any, name: str) -> Any:
-    import polars as pl
-    import pyarrow as pa
-
-    if isinstance(value, pl.LazyFrame):
-        return value
-    if isinstance(value, pl.DataFrame):
-        return value.lazy()
-    if isinstance(value, pa.Table):
-        return pl.from_arrow(value).lazy()  # type: ignore[union-attr]
-    if isinstance(value, str | list):
-        return pl.scan_parquet(value)
-    raise TypeError(f"input {name!r} is a {type(value).__name__}; sql reads Arrow or Polars tables "
-                    "or Parquet paths")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fabric.ml.trainers import Prepared
+from fabric.ml.base import Prepared
 
 DEFAULT_TARGET = "fwd_ret_1d"  # the label of jobs/quant/features.py
 
@@ -109,7 +109,7 @@ def _default_features(frame: Any, exclude: set[str]) -> list[str]:
 def _as_polars(value: Any) -> Any:
     import polars as pl
 
-    from fabric.kinds.sql import as_lazy_frame
+    from fabric.tables import as_lazy_frame
 
     if type(value).__module__.startswith("pandas"):
         return pl.from_pandas(value)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fabric.ml.trainers import Prepared, get_trainer
+from fabric.ml.base import Prepared
+from fabric.ml.trainers import get_trainer
 
 LOOP_DEFAULTS: Mapping[str, Any] = {"epochs": 5, "lr": 1e-3, "batch_size": 256, "weight_decay": 0.0, "seed": 0}
 STATE_FILE = "state.pt"

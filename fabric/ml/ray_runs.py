@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fabric.kinds.base import NodeCall
+from fabric.ml.base import Prepared
 from fabric.ml.loop import latest_checkpoint, run_epochs
-from fabric.ml.trainers import Prepared
+from fabric.plan.call import NodeCall
 from fabric.plan.model import ResourceUnit
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fabric.kinds.base import NodeCall
+from fabric.plan.call import NodeCall
 
 TRACKING_ENV = "FABRIC_MLFLOW_URI"
 ARTIFACTS_ENV = "FABRIC_MLFLOW_ARTIFACTS"

@@ -10,10 +10,11 @@ import pytest
 
 from fabric.errors import ErrorCode, SpecError
 from fabric.kinds import available_kinds, kind_checks
-from fabric.kinds.base import NodeCall
+from fabric.ml.base import Prepared
 from fabric.ml.space import space_problems
-from fabric.ml.trainers import Prepared, available_trainers, get_trainer, register_trainer
+from fabric.ml.trainers import available_trainers, get_trainer, register_trainer
 from fabric.plan import ResourceUnit, compile_plan
+from fabric.plan.call import NodeCall
 from fabric.spec import load_spec
 
 
