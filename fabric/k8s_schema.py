@@ -301,7 +301,9 @@ class CrdStore:
                 for doc in docs:
                     if doc.get("kind") == "CustomResourceDefinition":
                         spec = doc.get("spec") or {}
-                        self._index[(spec.get("group"), (spec.get("names") or {}).get("kind"))] = path
+                        group, kind = spec.get("group"), (spec.get("names") or {}).get("kind")
+                        if isinstance(group, str) and isinstance(kind, str):  # else nothing can look it up
+                            self._index[(group, kind)] = path
         return self._index
 
     def has(self, group: str, kind: str) -> bool:

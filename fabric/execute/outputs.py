@@ -87,8 +87,8 @@ def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str])
             continue
         path = f"{dst}/{info.path[len(src):].lstrip('/')}"
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_input_stream(info.path) as source, fs.open_output_stream(path) as out:
-            out.write(source.read())
+        with fs.open_input_stream(info.path) as reader, fs.open_output_stream(path) as out:
+            out.write(reader.read())
         copied += 1
     return copied
 

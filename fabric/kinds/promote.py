@@ -149,7 +149,7 @@ class Promotion:
         if failures:
             self.audit("staging", "rejected", "; ".join(failures))
             raise PromotionError(f"promotion of {self.model_uri} to {self.name!r} rejected: {'; '.join(failures)}")
-        deploy = {"tracking_uri": self.tracking_uri, "autoscaling": self.params.get("autoscaling"),
+        deploy: dict[str, Any] = {"tracking_uri": self.tracking_uri, "autoscaling": self.params.get("autoscaling"),
                   "num_replicas": self.params.get("num_replicas"),
                   "replica_cpus": float(self.params.get("replica_cpus", 0.1))}
         current = serving.router(self.name)

@@ -31,7 +31,7 @@ class TuneKind:
     def check(self, node: NodeSpec, where: str) -> list[Problem]:
         from fabric.ml.space import space_problems
 
-        space = node.params.get("search_space")
+        space: Any = node.params.get("search_space")  # raw input: space_problems says what is wrong with it
         problems = [params_problem(f"{where}.params.search_space" + (f".{name}" if name else ""), message,
                                    "write e.g. search_space: {lr: {loguniform: [0.0001, 0.01]}, "
                                    "hidden: {choice: [8, 16]}}")

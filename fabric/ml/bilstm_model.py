@@ -16,6 +16,11 @@ class BiLSTM(nn.Module):
     nothing but the model.
     """
 
+    x_mean: torch.Tensor  # buffers (register_buffer), named here so they type as tensors
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(self, n_features: int, hidden: int = 16, layers: int = 1, dropout: float = 0.0,
                  x_mean: Any = None, x_std: Any = None, y_mean: float = 0.0, y_std: float = 1.0) -> None:
         super().__init__()

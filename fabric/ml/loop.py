@@ -96,7 +96,7 @@ def save_checkpoint(path: Path, model: Any, optimizer: Any, epoch: int, history:
     (path / MARKER_FILE).write_text(json.dumps({"epoch": epoch, "state_bytes": state.stat().st_size}))
 
 
-def load_trained(path: Path) -> tuple[Any, dict[str, Any]]:
+def load_trained(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The model a checkpoint holds, rebuilt by its trainer, and the checkpoint's state (history, params)."""
     import torch
 

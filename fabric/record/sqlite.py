@@ -204,7 +204,8 @@ class SqliteStore:
     def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
                          before: float | None = None, team: str | None = None) -> list[SubmissionRecord]:
         """Newest first; `labels` must all match; `before` pages by created_at (exclusive); `team` filters."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if team is not None:
             where.append("team = ?")
             args.append(team)

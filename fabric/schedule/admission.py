@@ -269,9 +269,9 @@ def _shadow(request: Request, cluster: Cluster, running: Sequence[Running],
                     + [(start, 1, head.cpu, None, head) for head, start, _ in reserved], key=lambda item: item[:2])
     ends: list[tuple[float, float, Placement]] = []
     for index, (at, _, cpu, placement, head) in enumerate(events):
-        if head is None:
+        if placement is not None:  # a running or admitted node ends: its CPUs come back
             future.give(cpu, placement)
-        else:
+        elif head is not None:  # a reservation starts
             booked = future.fit(head)
             if booked is None:
                 return None  # an earlier reservation does not fit where it was planned: no promise for this one

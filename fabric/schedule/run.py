@@ -133,8 +133,8 @@ class RunMachine:
         for node_id, node in machine.nodes.items():
             for number, (started, ended, outcome) in enumerate(history.get(node_id, ()), start=1):
                 interrupted = ended is None  # ended as replayed: RUNNING -> QUEUED (execute/resume.py)
-                node.attempts.append(Attempt(number, started, ended if not interrupted else clock(),
-                                             NodeState.QUEUED if interrupted else outcome and NodeState(outcome)))
+                ended_as = NodeState.QUEUED if interrupted else NodeState(outcome) if outcome else None
+                node.attempts.append(Attempt(number, started, ended if not interrupted else clock(), ended_as))
                 node.uncounted += interrupted
             state = states.get(node_id, NodeState.PENDING)
             if state.terminal:

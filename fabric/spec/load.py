@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -34,7 +34,13 @@ class _Rejected(Exception):
         self.code, self.message, self.fix, self.mark = code, message, fix, mark
 
 
-class _SpecLoaderMixin:
+if TYPE_CHECKING:  # what the mixin extends: PyYAML's composer and a parser (pure or libyaml)
+    from yaml import SafeLoader as _LoaderBase
+else:
+    _LoaderBase = object
+
+
+class _SpecLoaderMixin(_LoaderBase):
     """Allows only plain tags, bounds aliases and expansion, and rejects duplicate keys."""
 
     # Dates stay strings ("2025-10-29" is a label value, not a datetime).
@@ -96,7 +102,7 @@ _SpecLoader: type[Any] = _PureSpecLoader
 if yaml.__with_libyaml__:  # pragma: no branch - libyaml only speeds up parsing; the checks are the same
     from yaml.cyaml import CParser
 
-    class _FastSpecLoader(_SpecLoaderMixin, Composer, SafeConstructor, Resolver, CParser):  # type: ignore[misc]
+    class _FastSpecLoader(_SpecLoaderMixin, Composer, SafeConstructor, Resolver, CParser):
         """The spec loader on libyaml's parser (about 3x faster), with PyYAML's Python composer and checks."""
 
         def __init__(self, stream: str) -> None:

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -46,8 +47,8 @@ def _fail(message: str, fix: str, error_type: str = "spec_value") -> PydanticCus
     return PydanticCustomError(error_type, message, {"fix": fix})
 
 
-def _pattern_str(pattern: str, what: str, rule: str, example: str) -> Any:
-    """A str type that must match `pattern`, with a readable error and the pattern in the JSON Schema."""
+def _matching(pattern: str, what: str, rule: str, example: str) -> AfterValidator:
+    """A check that a str matches `pattern`, with a readable error (the pattern goes in the JSON Schema)."""
     regex = re.compile(pattern)
 
     def check(value: str) -> str:
@@ -55,20 +56,25 @@ def _pattern_str(pattern: str, what: str, rule: str, example: str) -> Any:
             raise _fail(f"{value!r} is not a valid {what}: {rule}", f"use a name like {example!r}")
         return value
 
-    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern})]
+    return AfterValidator(check)
 
 
-NodeId = _pattern_str(NODE_ID_PATTERN, "node id",
-                      "it must start with a letter, then letters, digits, '_' or '-' (at most 64)",
-                      "compute_features")
-PipelineId = _pattern_str(PIPELINE_ID_PATTERN, "pipeline id",
-                          "it must start with a letter, then letters, digits, '_', '.' or '-' (at most 128)",
-                          "bt_xs_bilstm_v1")
-SubmissionId = _pattern_str(SUBMISSION_ID_PATTERN, "submission id",
-                            "it must start with a letter or digit, then letters, digits, '_', '.', ':' or '-'"
-                            " (at most 128)", "sub-2025-10-29-001")
-Entrypoint = _pattern_str(ENTRYPOINT_PATTERN, "entrypoint", "it must look like 'package.module:function'",
-                          "my_pkg.features:compute")
+def _schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": pattern})
+
+
+NodeId = Annotated[str, _matching(NODE_ID_PATTERN, "node id",
+                                  "it must start with a letter, then letters, digits, '_' or '-' (at most 64)",
+                                  "compute_features"), _schema(NODE_ID_PATTERN)]
+PipelineId = Annotated[str, _matching(PIPELINE_ID_PATTERN, "pipeline id",
+                                      "it must start with a letter, then letters, digits, '_', '.' or '-' "
+                                      "(at most 128)", "bt_xs_bilstm_v1"), _schema(PIPELINE_ID_PATTERN)]
+SubmissionId = Annotated[str, _matching(SUBMISSION_ID_PATTERN, "submission id",
+                                        "it must start with a letter or digit, then letters, digits, '_', '.', "
+                                        "':' or '-' (at most 128)", "sub-2025-10-29-001"),
+                         _schema(SUBMISSION_ID_PATTERN)]
+Entrypoint = Annotated[str, _matching(ENTRYPOINT_PATTERN, "entrypoint", "it must look like 'package.module:function'",
+                                      "my_pkg.features:compute"), _schema(ENTRYPOINT_PATTERN)]
 _IO_NAME_RE = re.compile(IO_NAME_PATTERN)
 
 
@@ -229,11 +235,14 @@ class DagResources(_Model):
     default: Resources | None = None
 
 
+_KIND_NAMES: list[JsonValue] = [*sorted(KNOWN_KINDS)]
+
+
 class NodeSpec(_Model):
     """One unit of work: its kind, parameters, wiring and requirements."""
 
     id: NodeId
-    kind: str = Field(json_schema_extra={"enum": sorted(KNOWN_KINDS)})
+    kind: str = Field(json_schema_extra={"enum": _KIND_NAMES})
     params: dict[str, Any] = Field(default_factory=dict)
     ins: list[InputName] = Field(default_factory=list,
                                  description="Outs of exactly one ancestor each, as `name` or `param=name`.")
