@@ -17,12 +17,13 @@ from fabric.actors.revive import current_method, remember_home, revive
 from fabric.errors import ErrorCode, FabricError
 from fabric.record import SubmissionStatus
 from fabric.retry import backoff
+from fabric.settings import settings
 from fabric.spec import DagSpec, RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
 
 def default_home() -> str:
-    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+    return settings().home
 
 
 REGISTRY_RESTART_WAIT_S = 60.0
@@ -253,7 +254,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if address is not None and address.startswith(("http://", "https://")):
         from fabric.remote import HttpClient
 
-        return HttpClient(address, token or os.environ.get("FABRIC_TOKEN"))
+        return HttpClient(address, token or settings().token)
     if not ray.is_initialized():
         if address not in (None, "local"):
             _use_ray_token_auth()

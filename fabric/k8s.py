@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, Problem, SpecError
+from fabric.settings import DEFAULT_IMAGE, ENV
 from fabric.spec import DagSpec, load_spec, parse_runtime_params
 
 GROUP, VERSION = "ray.io", "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 RAY_VERSION = "2.60.0"
-# rayproject/ray:2.60.0-py311 plus `pip install fabric-ray[serve]` (k8s/README.md); FABRIC_IMAGE overrides it.
-DEFAULT_IMAGE = "ghcr.io/archetype/fabric:0.1.0"
+# The image is DEFAULT_IMAGE (fabric/settings.py); FABRIC_IMAGE overrides it.
 MAX_RAYJOB_NAME = 47  # KubeRay appends a suffix for the RayJob's RayCluster and its pods
 MAX_INLINE_SPEC = 256 * 1024  # the whole RayJob must stay far below etcd's 1.5 MiB object limit
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fabric"}
@@ -69,8 +69,8 @@ def job_cluster_spec(image: str = DEFAULT_IMAGE, *, max_workers: int = 4, worker
     """A small autoscaling cluster for one run: a head that takes no work and a `cpu` pool that starts empty."""
     # The workers start at zero, so the registry must accept nodes that no *current* Ray node can hold:
     # KubeRay's autoscaler adds the worker once Ray reports the demand.
-    env = {"FABRIC_SKIP_FEASIBILITY": "1"}
-    head = _pod("ray-head", image, head_cpu, head_memory, {"FABRIC_HOME": "/data/fabric", **env},
+    env = {ENV["skip_feasibility"]: "1"}
+    head = _pod("ray-head", image, head_cpu, head_memory, {ENV["home"]: "/data/fabric", **env},
                 mounts=[{"name": "fabric-home", "mountPath": "/data/fabric"}],
                 volumes=[{"name": "fabric-home", "emptyDir": {}}])
     head["spec"]["containers"][0]["ports"] = [

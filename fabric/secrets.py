@@ -12,19 +12,20 @@ Teams that do not trust each other's code get a Ray cluster each (k8s/trust-doma
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.settings import ENV, settings
 
-SECRETS_DIR_ENV = "FABRIC_SECRETS_DIR"
+SECRETS_DIR_ENV = ENV["secrets_dir"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")  # as runtime_params.secrets_scope allows
 
 
 def secrets_root(home: str | Path) -> Path:
-    return Path(os.environ.get(SECRETS_DIR_ENV) or Path(home) / "secrets")
+    """Read on the node that runs the task: its FABRIC_SECRETS_DIR, else `<home>/secrets` (fabric/settings.py)."""
+    return Path(settings(str(home)).secrets_dir)
 
 
 def read_secret(root: Path, scope: str, key: str, allowed: tuple[str, ...]) -> str:

@@ -7,7 +7,6 @@ the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
+from fabric.settings import settings
 from serve.auth import Principal, TokenTable
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
@@ -260,8 +260,8 @@ class Gateway(MlRoutes):
 
 
 def default_tokens_file() -> str:
-    home = os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
-    return os.environ.get("FABRIC_TOKENS") or str(Path(home) / "tokens.yaml")
+    """FABRIC_TOKENS, else `$FABRIC_HOME/tokens.yaml`, as this replica's process sees them (fabric/settings.py)."""
+    return settings().tokens
 
 
 def build_app(args: dict[str, str] | None = None) -> Any:

@@ -2,13 +2,8 @@
 thread, which turns it into OpenLineage RunEvents (`openlineage-python`: a file by default, HTTP by config)
 and, when a submission ends, into OpenTelemetry spans over OTLP (off unless configured).
 
-Config (environment of the registry):
-    FABRIC_LINEAGE            file (default) | http | off
-    FABRIC_LINEAGE_FILE       default $FABRIC_HOME/lineage/events.jsonl (one RunEvent per line)
-    FABRIC_LINEAGE_URL        e.g. http://marquez:5000 (with FABRIC_LINEAGE=http; events go to /api/v1/lineage)
-    FABRIC_LINEAGE_API_KEY    sent as a bearer token to the HTTP endpoint
-    FABRIC_LINEAGE_NAMESPACE  the OpenLineage namespace of jobs and datasets (default: fabric)
-    FABRIC_OTLP_ENDPOINT      e.g. http://collector:4318: turns traces on (spans go to <endpoint>/v1/traces)
+Configured by the registry's settings (FABRIC_LINEAGE*, FABRIC_OTLP_ENDPOINT: fabric/settings.py,
+docs/settings.md).
 openlineage and opentelemetry are imported only when used.
 """
 
@@ -17,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import re
 import threading
@@ -33,6 +27,7 @@ from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
 from fabric.record.lineage import LineageBuilder, NodeIO, StoredFile, lineage_events
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
+from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
 
 log = logging.getLogger(__name__)
@@ -102,9 +97,10 @@ class Files:
                 if p.is_file() and not (p.parent == root and LOG_FILE.fullmatch(p.name))]
 
 
-def lineage_view(record: SubmissionRecord, events: list[Event], home: str, artifacts: str) -> list[dict[str, Any]]:
-    files = Files(home, artifacts)
-    return lineage_events(record, events, node_io(plan_of(record)), _namespace(), files.output, files.artifacts)
+def lineage_view(record: SubmissionRecord, events: list[Event], config: Settings) -> list[dict[str, Any]]:
+    files = Files(config.home, config.artifacts)
+    return lineage_events(record, events, node_io(plan_of(record)), config.lineage_namespace, files.output,
+                          files.artifacts)
 
 
 def graph_view(record: SubmissionRecord, events: list[Event]) -> dict[str, Any]:
@@ -120,14 +116,9 @@ def graph_view(record: SubmissionRecord, events: list[Event]) -> dict[str, Any]:
             "critical_path": critical_path(upstream, spans)}
 
 
-def _namespace() -> str:
-    return os.environ.get("FABRIC_LINEAGE_NAMESPACE", "fabric")
-
-
-def lineage_client(home: str) -> Any | None:
+def lineage_client(config: Settings) -> Any | None:
     """An OpenLineageClient for the configured transport, or None when lineage is off."""
-    mode = os.environ.get("FABRIC_LINEAGE", "file").lower()
-    if mode in ("off", "none", "0", ""):
+    if config.lineage == "off":
         return None
     try:
         from openlineage.client import OpenLineageClient
@@ -136,13 +127,13 @@ def lineage_client(home: str) -> Any | None:
                     "GET /api/orch/lineage/{id} still answers, built from the record")
         return None
 
-    if mode == "http":
-        transport: dict[str, Any] = {"type": "http", "url": os.environ["FABRIC_LINEAGE_URL"],
+    if config.lineage == "http":
+        transport: dict[str, Any] = {"type": "http", "url": config.lineage_url,
                                      "endpoint": "api/v1/lineage", "timeout": 5.0}
-        if os.environ.get("FABRIC_LINEAGE_API_KEY"):
-            transport["auth"] = {"type": "api_key", "apiKey": os.environ["FABRIC_LINEAGE_API_KEY"]}
+        if config.lineage_api_key:
+            transport["auth"] = {"type": "api_key", "apiKey": config.lineage_api_key}
     else:
-        path = Path(os.environ.get("FABRIC_LINEAGE_FILE") or Path(home) / "lineage" / "events.jsonl")
+        path = Path(config.lineage_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         return OpenLineageClient(transport=_batch_file_transport(str(path)))
     return OpenLineageClient(config={"transport": transport})
@@ -211,8 +202,9 @@ class SpanExporter:
 class Observer:
     """Consumes recorded events off the engine's thread; a failing sink is logged, never felt by the run."""
 
-    def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None):
-        self._store, self._lineage, self._spans = store, lineage, spans
+    def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None,
+                 namespace: str = "fabric"):
+        self._store, self._lineage, self._spans, self._namespace = store, lineage, spans, namespace
         self._files = Files(home, artifacts)
         self._builders: OrderedDict[str, tuple[LineageBuilder, dict[str, str | None]]] = OrderedDict()
         self._queue: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
@@ -259,7 +251,7 @@ class Observer:
                 return None
             nodes = node_io(plan_of(record))
             self._builders[submission_id] = (
-                LineageBuilder(record, nodes, _namespace(), self._files.output, self._files.artifacts),
+                LineageBuilder(record, nodes, self._namespace, self._files.output, self._files.artifacts),
                 {n: io.pool for n, io in nodes.items()})
             while len(self._builders) > 1000:  # a submission that never ends must not hold memory forever
                 self._builders.popitem(last=False)
@@ -309,17 +301,17 @@ class ObservedStore:
         return getattr(self._inner, name)
 
 
-def observed(store: Store, home: str, artifacts: str) -> Store:
+def observed(store: Store, config: Settings) -> Store:
     """`store`, wrapped to send lineage and traces as configured (unwrapped when both are off)."""
-    lineage = lineage_client(home)
-    endpoint = os.environ.get("FABRIC_OTLP_ENDPOINT")
+    lineage = lineage_client(config)
     spans = None
-    if endpoint:
+    if config.otlp_endpoint:
         try:
-            spans = SpanExporter(endpoint)
+            spans = SpanExporter(config.otlp_endpoint)
         except ImportError:  # as for lineage: a missing sink is logged, never fatal
             log.warning("fabric traces are off: FABRIC_OTLP_ENDPOINT is set but opentelemetry is not installed "
                         "(pip install -e .[observe])")
     if lineage is None and spans is None:
         return store
-    return ObservedStore(store, Observer(store, home, artifacts, lineage, spans))  # type: ignore[return-value]
+    return ObservedStore(store, Observer(store, config.home, config.artifacts, lineage, spans,
+                                         config.lineage_namespace))  # type: ignore[return-value]

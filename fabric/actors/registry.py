@@ -19,13 +19,16 @@ from fabric.actors import HEAD_RESOURCE, NAMESPACE, observe
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
+from fabric.execute.cache import open_cache_index
 from fabric.execute.engine import Engine
 from fabric.execute.outputs import load_code, remove_tree, save_code
+from fabric.execute.scheduler import load_config
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
 from fabric.record.replay import status_from_events
+from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.types import new_submission_id
 
@@ -38,28 +41,32 @@ KILL_SWITCH = "_admin:kill-switch"  # its changes are audit events under this id
 class Registry:
     """The actor's body (kept a plain class so it can be tested and reused in-process)."""
 
-    def __init__(self, home: str, check_feasibility: bool = True) -> None:
+    def __init__(self, home: str, check_feasibility: bool = True, config: Settings | None = None) -> None:
+        # Read here, in the actor's own process and environment (the Ray node's), once (fabric/settings.py).
+        config = config or Settings.from_env(home=home)
         self.home = home
+        self._config = config
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
-        self._artifacts = os.environ.get("FABRIC_ARTIFACTS") or str(Path(home) / "artifacts")
+        self._artifacts = config.artifacts
         # What is recorded also goes out as OpenLineage events and OTLP traces (fabric/actors/observe.py).
-        self._store = observe.observed(open_store(home), home, self._artifacts)
+        self._store = observe.observed(open_store(home, config.store), config)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
-        use_images = os.environ.get("FABRIC_USE_IMAGES", "") == "1"
-        # "needed" (default): outputs a downstream node reads are written on success, so a resumed run
-        # reloads them; "none" trades that for speed: a resumed run recomputes them.
-        persist = os.environ.get("FABRIC_PERSIST_OUTPUTS", "needed") != "none"
+        # persist_outputs "needed" (default): outputs a downstream node reads are written on success, so a
+        # resumed run reloads them; "none" trades that for speed: a resumed run recomputes them.
         self._engine = Engine(self._store, home=home, artifacts=self._artifacts,
-                              control=(REGISTRY_NAME, NAMESPACE), use_images=use_images, persist_outputs=persist)
+                              control=(REGISTRY_NAME, NAMESPACE), use_images=config.use_images,
+                              persist_outputs=config.persist_outputs != "none",
+                              scheduling=load_config(Path(config.scheduling), config.admission),
+                              cache_index=open_cache_index(home, config.store),
+                              keep_finished=config.keep_finished, keep_results=config.keep_results)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
-        self._check_feasibility = check_feasibility and os.environ.get("FABRIC_SKIP_FEASIBILITY") != "1"
+        self._check_feasibility = check_feasibility and not config.skip_feasibility
         self._submit_lock = threading.Lock()
         switch = self._store.events(KILL_SWITCH)
         self._kill_switch: str | None = switch[-1].reason if switch and switch[-1].target == "on" else None
         self.resumed = self._resume_interrupted()
-        interval = float(os.environ.get("FABRIC_SWEEP_INTERVAL_S", "3600"))
-        self._sweeper = threading.Thread(target=self._sweep_forever, args=(interval,), name="fabric-sweep",
-                                         daemon=True)
+        self._sweeper = threading.Thread(target=self._sweep_forever, args=(config.sweep_interval_s,),
+                                         name="fabric-sweep", daemon=True)
         self._sweeper.start()
 
     def ping(self) -> str:
@@ -316,7 +323,7 @@ class Registry:
         """The OpenLineage RunEvents of the submission and of each node attempt, from its recorded events."""
         record = self._recorded(submission_id, team)
         self._store.flush()
-        return observe.lineage_view(record, self._store.events(submission_id), self.home, self._artifacts)
+        return observe.lineage_view(record, self._store.events(submission_id), self._config)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
@@ -326,9 +333,9 @@ class Registry:
                 for r in self._store.list_submissions(state, limit, labels=labels, before=before, team=team)]
 
 
-def open_store(home: str) -> Store:
+def open_store(home: str, kind: str = "sqlite") -> Store:
     """The registry's record: SQLite under FABRIC_HOME (durable), or memory with FABRIC_STORE=memory."""
-    if os.environ.get("FABRIC_STORE", "sqlite") == "memory":
+    if kind == "memory":
         return MemoryStore()
     return SqliteStore(Path(home) / "fabric.db")
 

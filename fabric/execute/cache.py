@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +33,9 @@ log = logging.getLogger(__name__)
 _PENDING = "pending"  # a key that cannot be computed yet (code versions on their way)
 
 
-def open_cache_index(home: str) -> CacheIndex:
-    if os.environ.get("FABRIC_STORE", "sqlite") == "memory":
+def open_cache_index(home: str, store: str = "sqlite") -> CacheIndex:
+    """Beside the store: in memory with a memory store (FABRIC_STORE=memory), else `<home>/cache.db`."""
+    if store == "memory":
         return MemoryCacheIndex()
     return SqliteCacheIndex(Path(home) / "cache.db")
 

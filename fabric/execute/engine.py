@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -26,10 +25,11 @@ from fabric.execute.finished import Finished, finished_result, kept_summary, liv
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.resume import restored_machine
-from fabric.execute.scheduler import Scheduler, engine_scheduler, load_config
+from fabric.execute.scheduler import Scheduler, SchedulingConfig, engine_scheduler
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
+from fabric.record.cache import CacheIndex
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
 
@@ -56,9 +56,11 @@ class _Run:
 class Engine:
     def __init__(self, store: Store, *, home: str, artifacts: str, control: tuple[str, str] | None = None,
                  clock: Callable[[], float] = time.time, use_images: bool = False,
-                 persist_outputs: bool = True) -> None:
+                 persist_outputs: bool = True, scheduling: SchedulingConfig | None = None,
+                 cache_index: CacheIndex | None = None, keep_finished: int = 1000, keep_results: int = 100) -> None:
+        """The registry passes its settings in (fabric/settings.py); `scheduling` None: admission is off."""
         self._store = store
-        config = load_config(home)
+        config = scheduling
         # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
         self._scheduler: Scheduler | None = engine_scheduler(config, clock, store) if config is not None else None
         self._artifacts = artifacts
@@ -68,7 +70,8 @@ class Engine:
         self._control = control
         self._clock = clock
         self._backend = RayBackend()
-        self._cache = NodeCache(home, artifacts)  # `cache: true` nodes: reuse and coalescing (execute/cache.py)
+        # `cache: true` nodes: reuse and coalescing (execute/cache.py)
+        self._cache = NodeCache(home, artifacts, cache_index)
         self.metrics = ray_metrics()
         self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
@@ -79,8 +82,8 @@ class Engine:
         # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
         # the object store, the newest FABRIC_KEEP_FINISHED with their status; older ones are read from
         # the store.
-        self._keep_finished = int(os.environ.get("FABRIC_KEEP_FINISHED", "1000"))
-        self._keep_results = min(int(os.environ.get("FABRIC_KEEP_RESULTS", "100")), self._keep_finished)
+        self._keep_finished = keep_finished
+        self._keep_results = min(keep_results, keep_finished)
         self._finished: OrderedDict[str, Finished] = OrderedDict()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,11 +76,11 @@ class SchedulingConfig:
     pool_costs: dict[str, Rate] | None = None
 
 
-def load_config(home: str) -> SchedulingConfig | None:
-    """The scheduling config, or None when admission is off."""
-    path = Path(os.environ.get("FABRIC_SCHEDULING") or Path(home) / "scheduling.yaml")
+def load_config(path: Path, admission: bool = False) -> SchedulingConfig | None:
+    """The scheduling config at `path` (FABRIC_SCHEDULING), the default one when there is no file and
+    `admission` (FABRIC_ADMISSION) is on, else None: admission is off."""
     if not path.exists():
-        return SchedulingConfig() if os.environ.get("FABRIC_ADMISSION") == "1" else None
+        return SchedulingConfig() if admission else None
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         return SchedulingConfig(

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fabric.plan.call import NodeCall
+from fabric.settings import ENV, settings
 
-TRACKING_ENV = "FABRIC_MLFLOW_URI"
-ARTIFACTS_ENV = "FABRIC_MLFLOW_ARTIFACTS"
+TRACKING_ENV = ENV["mlflow_uri"]
+ARTIFACTS_ENV = ENV["mlflow_artifacts"]
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def default_home() -> str:
-    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+    return settings().home
 
 
 def tracking_uri(home: str | None = None) -> str:
-    """`$FABRIC_MLFLOW_URI`, else `$MLFLOW_TRACKING_URI`, else a SQLite file `<FABRIC_HOME>/mlflow.db`."""
-    configured = os.environ.get(TRACKING_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
-    return configured or f"sqlite:///{Path(home or default_home()).resolve() / 'mlflow.db'}"
+    """`$FABRIC_MLFLOW_URI`, else `$MLFLOW_TRACKING_URI`, else a SQLite file `<FABRIC_HOME>/mlflow.db`;
+    read where the node runs (fabric/settings.py)."""
+    return settings(home).mlflow_uri
 
 
 def artifact_root(home: str | None = None) -> str:
     """Where new experiments keep artifacts: `$FABRIC_MLFLOW_ARTIFACTS`, else `<FABRIC_HOME>/mlartifacts`.
     With a tracking server that serves artifacts itself, set it to that server's `mlflow-artifacts:/` root."""
-    return os.environ.get(ARTIFACTS_ENV) or str(Path(home or default_home()).resolve() / "mlartifacts")
+    return settings(home).mlflow_artifacts
 
 
 def run_tags(call: NodeCall) -> dict[str, str]:

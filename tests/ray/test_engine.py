@@ -308,18 +308,19 @@ def test_a_killed_worker_is_retried_by_the_fabric_with_backoff(client, tmp_path)
     assert submission.result("c") == "survived"
 
 
-def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp_path, monkeypatch):
+def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp_path):
     """The newest FABRIC_KEEP_RESULTS keep their outputs, the newest FABRIC_KEEP_FINISHED their status;
     beyond that the registry answers from the store (see test_registry_restart)."""
     from fabric.execute.engine import Engine
     from fabric.kinds import kind_checks
     from fabric.plan import compile_plan
     from fabric.record import MemoryStore, SubmissionRecord
+    from fabric.settings import Settings
     from fabric.spec import load_spec, parse_runtime_params
 
-    monkeypatch.setenv("FABRIC_KEEP_FINISHED", "2")
-    monkeypatch.setenv("FABRIC_KEEP_RESULTS", "1")
-    engine = Engine(MemoryStore(), home=str(tmp_path), artifacts=str(tmp_path / "artifacts"), persist_outputs=False)
+    config = Settings.from_env({"FABRIC_KEEP_FINISHED": "2", "FABRIC_KEEP_RESULTS": "1"}, home=str(tmp_path))
+    engine = Engine(MemoryStore(), home=config.home, artifacts=config.artifacts, persist_outputs=False,
+                    keep_finished=config.keep_finished, keep_results=config.keep_results)
     try:
         ids = []
         for i in range(3):

@@ -14,6 +14,7 @@ from fabric import graph_view
 from fabric.record import Event, SubmissionRecord
 from fabric.record.lineage import NodeIO, StoredFile, lineage_events, run_id
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
+from fabric.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,14 +126,12 @@ def sink():
     server.shutdown()
 
 
-def test_lineage_goes_to_an_http_endpoint_through_the_openlineage_client(sink, monkeypatch, tmp_path):
+def test_lineage_goes_to_an_http_endpoint_through_the_openlineage_client(sink, tmp_path):
     from fabric.actors.observe import lineage_client, to_openlineage
 
     url, received = sink
-    monkeypatch.setenv("FABRIC_LINEAGE", "http")
-    monkeypatch.setenv("FABRIC_LINEAGE_URL", url)
-    monkeypatch.setenv("FABRIC_LINEAGE_API_KEY", "s3cret")
-    client = lineage_client(str(tmp_path))
+    client = lineage_client(Settings.from_env({"FABRIC_LINEAGE": "http", "FABRIC_LINEAGE_URL": url,
+                                               "FABRIC_LINEAGE_API_KEY": "s3cret"}, home=str(tmp_path)))
     events = lineage_events(RECORD, EVENTS, NODES)
     for event in events:
         client.emit(to_openlineage(event))
@@ -144,11 +143,10 @@ def test_lineage_goes_to_an_http_endpoint_through_the_openlineage_client(sink, m
     assert sent["run"]["facets"]["parent"]["run"]["runId"] == run_id(SID)
 
 
-def test_lineage_is_off_when_configured_off(monkeypatch, tmp_path):
+def test_lineage_is_off_when_configured_off(tmp_path):
     from fabric.actors.observe import lineage_client
 
-    monkeypatch.setenv("FABRIC_LINEAGE", "off")
-    assert lineage_client(str(tmp_path)) is None
+    assert lineage_client(Settings.from_env({"FABRIC_LINEAGE": "off"}, home=str(tmp_path))) is None
 
 
 def test_without_the_observe_extra_the_registry_still_starts_with_lineage_and_traces_off(monkeypatch, tmp_path):
@@ -160,10 +158,9 @@ def test_without_the_observe_extra_the_registry_still_starts_with_lineage_and_tr
 
     for module in ("openlineage.client", "opentelemetry.exporter.otlp.proto.http.trace_exporter"):
         monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as when not installed
-    monkeypatch.delenv("FABRIC_LINEAGE", raising=False)
-    monkeypatch.setenv("FABRIC_OTLP_ENDPOINT", "http://127.0.0.1:9")
     store = object()
-    assert observed(store, str(tmp_path), str(tmp_path)) is store  # unwrapped: both sinks are off
+    config = Settings.from_env({"FABRIC_OTLP_ENDPOINT": "http://127.0.0.1:9"}, home=str(tmp_path))
+    assert observed(store, config) is store  # unwrapped: both sinks are off
 
 
 def test_spans_go_over_otlp_with_parents_and_attributes(sink):

@@ -1,0 +1,245 @@
+"""Every `FABRIC_*` environment variable, read once into one typed, frozen `Settings` object.
+
+Each field names its variable, type, default and a one-line description; `docs/settings.md` is generated
+from them (`python -m fabric.settings --markdown > docs/settings.md`, checked by a unit test). A value that
+does not parse raises a `FabricError` (code SETTINGS_INVALID) that names the variable and the fix. An
+empty value counts as unset. Paths under `$FABRIC_HOME` are resolved against the home they are read for.
+
+Who reads what, in which process (each is a separate process with its own environment):
+- The CLI, the SDK (`fb.connect`) and the gateway replicas use `settings()`: read once per process.
+- The registry actor reads `Settings.from_env(home=...)` in its own process when it starts, with the
+  home its creator passed. Its environment is the Ray node's (the env of `ray start`, of `ray.init` for a
+  local cluster, or the pod/VM env in `k8s/` and `cluster.yaml`), plus its actor `runtime_env`. It passes
+  the values down to the engine, the store, the cache and the observers as constructor arguments.
+- Ray workers get the registry's home, artifact store and persistence choice in each `NodeCall`. What
+  describes the node itself (where its secrets are mounted, the MLflow server it logs to) comes from
+  `settings(call.home)` in the worker, i.e. from that node's environment (plus the submission's
+  `runtime_env` env vars), resolved against the registry's home.
+A process that sets a variable for a child (a `runtime_env`, a subprocess env) uses the names here (`ENV`).
+
+This module is pure (no Ray): any layer may import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ErrorCode, FabricError
+
+DEFAULT_IMAGE = "ghcr.io/archetype/fabric:0.1.0"  # rayproject/ray:2.60.0-py311 + fabric-ray[serve] (k8s/README.md)
+_HOME = "$FABRIC_HOME"
+
+
+@dataclass(frozen=True)
+class Var:
+    """How one field is read: its variable, its type as the docs show it, its default, its parser."""
+
+    env: str
+    doc: str
+    type: str
+    shown: str  # the default, as the docs show it
+    parse: Callable[[str], Any]
+    default: Any = None  # a value, or a callable of (home, environ) for what follows the home
+    secret: bool = False  # never shown in repr or docs
+
+
+def _var(env: str, doc: str, type_: str, parse: Callable[[str], Any], default: Any = None,
+         shown: str = "", secret: bool = False) -> Any:
+    if not shown:
+        shown = "(unset)" if default is None else ("0" if default is False else str(default))
+    return field(repr=not secret, metadata={"var": Var(env, doc, type_, shown, parse, default, secret)})
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _under_home(*parts: str) -> Callable[[str, Mapping[str, str]], str]:
+    return lambda home, _env: str(Path(home, *parts))
+
+
+def _int(least: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if number < least:
+            raise ValueError(f"must be at least {least}")
+        return number
+    return parse
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not number > 0:
+        raise ValueError("must be more than 0")
+    return number
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError("must be 1 or 0 (or true/false, yes/no, on/off)")
+
+
+def _choice(*options: str, aliases: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        value = (aliases or {}).get(value.lower(), value.lower())
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+    return parse
+
+
+@dataclass(frozen=True)
+class Settings:
+    """fabric's configuration. Build it with `Settings.from_env()`; fields are never read elsewhere."""
+
+    home: str = _var("FABRIC_HOME", "where fabric keeps its record (store, cache, tokens, run dirs); "
+                     "the registry's disk on a cluster", "path", _text,
+                     lambda _home, _env: str(Path.home() / ".fabric"), shown="~/.fabric")
+    address: str | None = _var("FABRIC_ADDRESS", "what the CLI connects to: a Ray address, or the gateway's "
+                               "http(s):// URL (with FABRIC_TOKEN)", "str", _text,
+                               shown="RAY_ADDRESS, else a local Ray")
+    token: str | None = _var("FABRIC_TOKEN", "the bearer token the CLI and SDK send to the gateway",
+                             "secret", _text, secret=True)
+    tokens: str = _var("FABRIC_TOKENS", "the gateway's tokens file (hashed team and admin tokens)", "path",
+                       _text, _under_home("tokens.yaml"), shown=f"{_HOME}/tokens.yaml")
+    store: str = _var("FABRIC_STORE", "the registry's record: `sqlite` ($FABRIC_HOME/fabric.db, durable) or "
+                      "`memory` (lost on restart)", "sqlite | memory", _choice("sqlite", "memory"), "sqlite")
+    artifacts: str = _var("FABRIC_ARTIFACTS", "where persisted node outputs and files go: a directory or any "
+                          "pyarrow.fs URI (s3://, gs://)", "path or URI", _text, _under_home("artifacts"),
+                          shown=f"{_HOME}/artifacts")
+    persist_outputs: str = _var("FABRIC_PERSIST_OUTPUTS", "`needed`: outputs a downstream node reads are "
+                                "written on success, so a resumed run reloads them; `none`: recompute them",
+                                "needed | none", _choice("needed", "none"), "needed")
+    scheduling: str = _var("FABRIC_SCHEDULING", "the scheduling config (pools, quotas, priorities); admission "
+                           "is on when it exists", "path", _text, _under_home("scheduling.yaml"),
+                           shown=f"{_HOME}/scheduling.yaml")
+    admission: bool = _var("FABRIC_ADMISSION", "turn admission on with the default scheduling config when "
+                           "there is no scheduling file", "bool", _bool, False)
+    skip_feasibility: bool = _var("FABRIC_SKIP_FEASIBILITY", "accept nodes no current Ray node can hold "
+                                  "(an autoscaler will add one) instead of refusing them", "bool", _bool, False)
+    use_images: bool = _var("FABRIC_USE_IMAGES", "run a node's `image` as Ray's image_uri container (needs "
+                            "podman on every node); otherwise it is only recorded", "bool", _bool, False)
+    image: str = _var("FABRIC_IMAGE", "the image `fabric k8s submit` runs a RayJob with", "str", _text,
+                      DEFAULT_IMAGE)
+    keep_finished: int = _var("FABRIC_KEEP_FINISHED", "finished submissions whose status the registry keeps "
+                              "in memory (older ones are read from the store)", "int >= 0", _int(0), 1000)
+    keep_results: int = _var("FABRIC_KEEP_RESULTS", "finished submissions whose outputs stay fetchable from "
+                             "Ray's object store (at most FABRIC_KEEP_FINISHED)", "int >= 0", _int(0), 100)
+    sweep_interval_s: float = _var("FABRIC_SWEEP_INTERVAL_S", "seconds between retention sweeps (removing "
+                                   "submissions past their ttl_days)", "float > 0", _positive_float, 3600.0,
+                                   shown="3600")
+    secrets_dir: str = _var("FABRIC_SECRETS_DIR", "where a node finds secrets: <dir>/<scope>/<key>, read on "
+                            "the node that runs the task", "path", _text, _under_home("secrets"),
+                            shown=f"{_HOME}/secrets")
+    mlflow_uri: str = _var("FABRIC_MLFLOW_URI", "the MLflow tracking URI ML nodes log to, read on the node",
+                           "URI", _text, lambda home, env: env.get("MLFLOW_TRACKING_URI")
+                           or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}",
+                           shown=f"MLFLOW_TRACKING_URI, else sqlite:///{_HOME}/mlflow.db")
+    mlflow_artifacts: str = _var("FABRIC_MLFLOW_ARTIFACTS", "where new MLflow experiments keep artifacts "
+                                 "(a tracking server's mlflow-artifacts:/ root, say)", "path or URI", _text,
+                                 lambda home, _env: str(Path(home).resolve() / "mlartifacts"),
+                                 shown=f"{_HOME}/mlartifacts")
+    lineage: str = _var("FABRIC_LINEAGE", "where the registry sends OpenLineage events", "file | http | off",
+                        _choice("file", "http", "off", aliases={"none": "off", "0": "off"}), "file")
+    lineage_file: str = _var("FABRIC_LINEAGE_FILE", "the lineage file (one RunEvent per line) with "
+                             "FABRIC_LINEAGE=file", "path", _text, _under_home("lineage", "events.jsonl"),
+                             shown=f"{_HOME}/lineage/events.jsonl")
+    lineage_url: str | None = _var("FABRIC_LINEAGE_URL", "with FABRIC_LINEAGE=http: the endpoint, e.g. "
+                                   "http://marquez:5000 (events go to /api/v1/lineage)", "URL", _text)
+    lineage_api_key: str | None = _var("FABRIC_LINEAGE_API_KEY", "with FABRIC_LINEAGE=http: sent as a bearer "
+                                       "token", "secret", _text, secret=True)
+    lineage_namespace: str = _var("FABRIC_LINEAGE_NAMESPACE", "the OpenLineage namespace of jobs and datasets",
+                                  "str", _text, "fabric")
+    otlp_endpoint: str | None = _var("FABRIC_OTLP_ENDPOINT", "turns traces on: spans go over OTLP/HTTP to "
+                                     "<endpoint>/v1/traces, e.g. http://collector:4318", "URL", _text)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, home: str | None = None) -> Settings:
+        """Read every variable from `environ` (default `os.environ`); `home` overrides FABRIC_HOME, and the
+        paths under the home follow it."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in variables().items():
+            raw = env.get(var.env, "")
+            if name == "home" and home:
+                raw = str(home)
+            if raw == "":
+                default = var.default
+                values[name] = default(values.get("home", ""), env) if callable(default) else default
+                continue
+            try:
+                values[name] = var.parse(raw)
+            except ValueError as exc:
+                shown = "***" if var.secret else repr(raw)
+                raise FabricError(f"{var.env}={shown} is not valid: {exc}", code=ErrorCode.SETTINGS_INVALID,
+                                  where=var.env, fix=f"set {var.env} to a value of type {var.type}, or unset it "
+                                                     f"for the default ({var.shown}); see docs/settings.md") from None
+        if values["lineage"] == "http" and not values["lineage_url"]:
+            raise FabricError("FABRIC_LINEAGE=http needs FABRIC_LINEAGE_URL", code=ErrorCode.SETTINGS_INVALID,
+                              where="FABRIC_LINEAGE_URL", fix="set FABRIC_LINEAGE_URL (e.g. http://marquez:5000), "
+                                                              "or FABRIC_LINEAGE=file or off")
+        return cls(**values)
+
+
+def variables() -> dict[str, Var]:
+    """Every settings field and how it is read, in declaration order."""
+    return {f.name: f.metadata["var"] for f in fields(Settings)}
+
+
+ENV = {name: var.env for name, var in variables().items()}  # field name -> variable name
+
+
+@functools.lru_cache(maxsize=16)
+def settings(home: str | None = None) -> Settings:
+    """This process's settings, read once (per `home` override); `settings.cache_clear()` re-reads them."""
+    return Settings.from_env(home=home)
+
+
+def markdown() -> str:
+    """The table of docs/settings.md."""
+    rows = ["| Variable | Type | Default | What it does |", "|---|---|---|---|"]
+    for var in variables().values():
+        cells = [f"`{var.env}`", var.type, var.shown, var.doc]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+DOC_HEADER = """# Settings
+
+Every `FABRIC_*` environment variable fabric reads. This file is generated from `fabric/settings.py`
+(`python -m fabric.settings --markdown > docs/settings.md`); a unit test fails when it is out of date.
+An empty value counts as unset; a value that does not parse stops the process with an error that names
+the variable and the fix. The module docstring of `fabric/settings.py` says which process reads what:
+the registry reads its own environment (the Ray node's), the CLI and SDK theirs, and secrets and MLflow
+are read on the node that runs the task.
+
+"""
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--markdown"]:
+        sys.stdout.write(DOC_HEADER + markdown())
+        return 0
+    sys.stderr.write("usage: python -m fabric.settings --markdown\n")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
