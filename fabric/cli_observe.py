@@ -13,11 +13,11 @@ from rich.console import Console
 
 from fabric.console import error_text
 from fabric.errors import ErrorCode, FabricError, SpecError
+from fabric.states import TERMINAL_NODE_STATES
 
 out = Console()
 err = Console(stderr=True)
 EXIT_FAILED, EXIT_INVALID, EXIT_ERROR = 1, 2, 3  # as fabric/cli.py, which imports this module
-TERMINAL = {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED"}
 
 AddressOpt = Annotated[str | None, typer.Option(
     "--address", envvar="FABRIC_ADDRESS",
@@ -89,7 +89,7 @@ def follow_logs(submission: Any, node: str, poll_s: float = 0.5, timeout: float 
         if note != last_note:
             err.print(f"[dim]# {node}: {note.strip()}[/]")
             last_note = note
-        if str(state.state) in TERMINAL or status.done:
+        if state.state in TERMINAL_NODE_STATES or status.done:
             return str(state.state)
         if deadline is not None and time.monotonic() > deadline:
             return str(state.state)

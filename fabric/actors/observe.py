@@ -29,6 +29,7 @@ from fabric.record.lineage import LineageBuilder, NodeIO, StoredFile, lineage_ev
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
+from fabric.states import is_admin_subject
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class Observer:
 
     def _observe(self, event: Event) -> list[dict[str, Any]]:
         """The lineage events this recorded event means (sent by the caller); a trace when a submission ends."""
-        if event.submission_id.startswith("_"):  # admin events (the kill-switch): not a run
+        if is_admin_subject(event.submission_id):  # the kill-switch, quota use, promotions: not a run
             return []
         found = self._builder(event.submission_id)
         if found is None:

@@ -14,6 +14,7 @@ import ray
 from fabric.actors import HEAD_RESOURCE, NAMESPACE
 from fabric.schedule.admission import Request
 from fabric.schedule.quota import Budget, QuotaLedger
+from fabric.states import Wait
 
 QUOTA_PREFIX = "fabric-quota:"
 
@@ -41,12 +42,13 @@ class QuotaKeeper:
         self._ledger = ledger
         return ledger.state()
 
-    def book(self, requests: list[Request], now: float) -> tuple[list[str], dict[str, str], dict[str, Any]] | None:
+    def book(self, requests: list[Request], now: float) -> tuple[list[str], dict[str, Wait], dict[str, Any]] | None:
         """Book what fits the budget: (accepted keys, refused key -> why, the ledger now); None until synced."""
         if self._ledger is None:
             return None
         self._tick(now)
-        accepted, refused = [], {}
+        accepted: list[str] = []
+        refused: dict[str, Wait] = {}
         for request in requests:
             reason = self._ledger.check(request)
             if reason is None:

@@ -30,12 +30,12 @@ from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionReco
 from fabric.record.replay import status_from_events
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
+from fabric.states import KILL_SWITCH, EventKind
 from fabric.types import new_submission_id
 
 log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "fabric-registry"
-KILL_SWITCH = "_admin:kill-switch"  # its changes are audit events under this id: durable and audited
 
 
 class Registry:
@@ -63,7 +63,8 @@ class Registry:
         self._check_feasibility = check_feasibility and not config.skip_feasibility
         self._submit_lock = threading.Lock()
         switch = self._store.events(KILL_SWITCH)
-        self._kill_switch: str | None = switch[-1].reason if switch and switch[-1].target == "on" else None
+        on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
+        self._kill_switch: str | None = switch[-1].reason if on else None
         self.resumed = self._resume_interrupted()
         self._sweeper = threading.Thread(target=self._sweep_forever, args=(config.sweep_interval_s,),
                                          name="fabric-sweep", daemon=True)
@@ -131,7 +132,9 @@ class Registry:
         if on is not None:
             with self._submit_lock:
                 reason = reason or ("kill-switch on" if on else "")
-                self._store.append_events([Event(KILL_SWITCH, None, "off" if on else "on", "on" if on else "off",
+                old, new = ((EventKind.KILL_SWITCH_OFF, EventKind.KILL_SWITCH_ON) if on
+                            else (EventKind.KILL_SWITCH_ON, EventKind.KILL_SWITCH_OFF))
+                self._store.append_events([Event(KILL_SWITCH, None, old, new,
                                                  time.time(), reason=f"{reason} (by {actor or 'unknown'})")])
                 self._store.flush()  # an admin's switch is durable before it is acknowledged
                 self._kill_switch = f"{reason} (by {actor or 'unknown'})" if on else None
@@ -195,7 +198,7 @@ class Registry:
             self._engine.forget(sid)
             counts = self._store.delete_submission_data(sid)
             files = remove_tree(self._artifacts, sid) + remove_tree(str(Path(self.home) / "runs"), sid)
-            self._store.append_events([Event(sid, None, record.state, "EXPIRED", now,
+            self._store.append_events([Event(sid, None, record.state, EventKind.EXPIRED, now,
                                              reason=f"retention: ttl_days={ttl_days} passed; {files} files removed")])
             removed.append({"submission_id": sid, "files": files, **counts})
         self._store.flush()

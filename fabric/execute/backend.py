@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -18,23 +18,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.outputs import load_outputs
+from fabric.execute.ports import AttemptHandle, Outcome
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
 from fabric.schedule.admission import Placement
 from fabric.types import AttemptReport, ErrorInfo
-
-
-@dataclass
-class AttemptHandle:
-    """The Ray side of one dispatch: the report ref and one ref per result slot."""
-
-    report: ray.ObjectRef | None  # None for outputs reloaded from the artifact store
-    values: dict[str, ray.ObjectRef]
-    attempt: int
-
-
-Outcome = tuple[AttemptReport, ErrorInfo | None]
 
 # Kinds that start their own Ray workers (Ray Train, Tune) with the node's resources: their driver task
 # asks for almost nothing, or it would hold what its own workers need.

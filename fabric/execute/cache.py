@@ -24,9 +24,10 @@ import ray
 from fabric.digests import module_digest
 from fabric.execute.backend import AttemptHandle
 from fabric.execute.outputs import copy_node_files, has_outputs
+from fabric.execute.ports import Wake
 from fabric.plan.hashing import node_content_hash
 from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
-from fabric.states import NodeState
+from fabric.states import NodeState, Wait, WaitReason
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class NodeCache:
                 self._index.drop(key)  # its outputs were swept: the entry is stale
             leader = self._inflight.get(key)
             if leader is not None and leader != (sid, node_id):
-                reason = f"coalesced: waits for the identical node {leader[1]} of {leader[0]}"
+                reason = str(Wait(WaitReason.COALESCED, f"waits for the identical node {leader[1]} of {leader[0]}"))
                 if machine.nodes[node_id].reason != reason:
                     self.coalesced += 1
                     machine.hold(node_id, reason)
@@ -192,7 +193,7 @@ class NodeCache:
                 result = {}
             self._versions[sid] = dict(result)
             self._probes.pop(sid, None)
-            engine._inbox.put(("wake", sid))
+            engine._inbox.put(Wake(sid))
 
         self._probes[sid] = ref  # a ref nobody holds is freed, and its callback never comes
         ref._on_completed(done)

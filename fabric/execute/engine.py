@@ -24,6 +24,7 @@ from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
+from fabric.execute.ports import Cancel, Done, Message, Start, Stop, Wake
 from fabric.execute.resume import restored_machine
 from fabric.execute.scheduler import Scheduler, SchedulingConfig, engine_scheduler
 from fabric.kinds import NodeCall
@@ -32,6 +33,7 @@ from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.record.cache import CacheIndex
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
+from fabric.states import KillCause
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class Engine:
         self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
-        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._force_kills: list[tuple[float, AttemptHandle]] = []
         self._stopping: set[tuple[str, str, int]] = set()  # preempted attempts in their grace period
         # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
@@ -100,7 +102,7 @@ class Engine:
         with self._lock:
             persist = plan.persisted_outs(self._persist_outputs)
             self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
-        self._inbox.put(("start", record.submission_id))
+        self._inbox.put(Start(record.submission_id))
 
     def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
                code: dict[str, ray.ObjectRef] | None = None) -> list[str]:
@@ -120,7 +122,7 @@ class Engine:
                 run.handles[(node_id, token)] = AttemptHandle(None, refs, len(machine.nodes[node_id].attempts))
         with self._lock:
             self._runs[record.submission_id] = run
-        self._inbox.put(("start", record.submission_id))
+        self._inbox.put(Start(record.submission_id))
         return rerun
 
     def cancel(self, submission_id: str) -> None:
@@ -129,7 +131,7 @@ class Engine:
             return  # it ended: nothing to cancel
         with self._lock:
             run.cancel_requested = True
-        self._inbox.put(("cancel", submission_id))
+        self._inbox.put(Cancel(submission_id))
 
     def forget(self, submission_id: str) -> None:
         """Drop a finished submission from memory, and with it the object-store outputs it held."""
@@ -174,7 +176,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self._stopped.set()
-        self._inbox.put(("stop",))
+        self._inbox.put(Stop())
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -261,29 +263,28 @@ class Engine:
             except Exception:  # noqa: BLE001 - the store failing must not stop the engine
                 log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
 
-    def _fail_run(self, message: tuple[Any, ...]) -> list[str]:
+    def _fail_run(self, message: Message) -> list[str]:
         """An engine error on a submission: log it, cancel the submission's work, say why."""
         detail = traceback.format_exc()
         log.error("fabric engine error on %s:\n%s", message, detail)
-        run = self._runs.get(message[1]) if len(message) > 1 else None
+        run = None if isinstance(message, Stop) else self._runs.get(message.submission_id)
         if run is None or run.machine.done:
             return []
         self._perform(run, run.machine.cancel(f"engine error: {detail.splitlines()[-1]}"))
         return [run.record.submission_id]
 
-    def _handle(self, message: tuple[Any, ...]) -> list[str]:
-        kind, *rest = message
-        if kind == "stop":
+    def _handle(self, message: Message) -> list[str]:
+        if isinstance(message, Stop):
             return []
-        run = self._runs.get(rest[0])
+        run = self._runs.get(message.submission_id)
         if run is None:
             return []
-        if kind == "start":
+        if isinstance(message, Start):
             self._perform(run, run.machine.start())
-        elif kind == "cancel":
+        elif isinstance(message, Cancel):
             self._perform(run, run.machine.cancel())
-        elif kind == "done":
-            node_id, token, (report, error) = rest[1], rest[2], rest[3]
+        elif isinstance(message, Done):
+            node_id, token, (report, error) = message.node_id, message.token, message.outcome
             handle = run.handles.get((node_id, token))
             if handle is None:
                 return []
@@ -296,6 +297,8 @@ class Engine:
             self._perform(run, run.machine.on_result(node_id, token, report, error))
             if run.machine.nodes[node_id].token != token:
                 run.handles.pop((node_id, token), None)
+        elif not isinstance(message, Wake):  # a Wake only marks the run touched, so the loop looks again
+            raise TypeError(f"the engine has no handler for {message!r}")
         return [run.record.submission_id]
 
     def _admit(self) -> set[str]:
@@ -324,8 +327,8 @@ class Engine:
             if isinstance(action, Kill):
                 handle = run.handles.get((action.node_id, action.token))
                 if handle is not None:
-                    force = action.reason == "max_runtime exceeded"
-                    if action.reason == "preempted":
+                    force = action.cause.force
+                    if action.cause is KillCause.PREEMPTED:
                         self._stopping.add((sid, action.node_id, handle.attempt))
                     self._backend.cancel(handle, force=force)
                     if not force:
@@ -350,7 +353,7 @@ class Engine:
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
                 call, node.unit, inputs, env, placement,
-                lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(("done", sid, nid, tok, outcome)))
+                lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(Done(sid, nid, tok, outcome)))
 
     def _record(self, run: _Run) -> None:
         transitions = run.machine.drain_transitions()

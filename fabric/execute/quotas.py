@@ -14,6 +14,7 @@ import ray
 from fabric.actors.quota import get_or_create_quota_actor
 from fabric.schedule.admission import Request
 from fabric.schedule.quota import Budget, QuotaBook
+from fabric.states import Wait, WaitReason
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ActorQuotaBook(QuotaBook):
             self._actors[team] = self._make_actor(team)
         return self._actors[team]
 
-    def commit(self, admitted: Iterable[Request]) -> dict[str, str]:
+    def commit(self, admitted: Iterable[Request]) -> dict[str, Wait]:
         by_team: dict[str, list[Request]] = {}
         for request in admitted:
             if request.team in self.ledgers:
@@ -44,14 +45,14 @@ class ActorQuotaBook(QuotaBook):
         # runs: the actor may hold bookings of an earlier registry that no one would ever release.
         refs = {team: self._book(team, requests, now, sync=team not in self._synced)
                 for team, requests in by_team.items()}
-        refused: dict[str, str] = {}
+        refused: dict[str, Wait] = {}
         for team, requests in by_team.items():
             reply = self._get(team, refs[team])
             if reply is None and team in self._synced:  # restarted since: it knows nothing yet
                 self._synced.discard(team)
                 reply = self._get(team, self._book(team, requests, now, sync=True))
             if reply is None:
-                why = f"quota: team {team} quota actor unavailable (held until it answers)"
+                why = Wait(WaitReason.QUOTA, f"team {team} quota actor unavailable (held until it answers)")
                 refused.update({r.key: why for r in requests})
                 for request in requests:
                     self.ledgers[team].stop(request.key)

@@ -27,7 +27,6 @@ from fabric.errors import ErrorCode, FabricError
 from fabric.execute.quotas import ActorQuotaBook
 from fabric.plan import NodePlan
 from fabric.record import Event, Store
-from fabric.record.status import COST_EVENT
 from fabric.schedule.admission import (
     AdmissionPolicy,
     Cluster,
@@ -43,12 +42,13 @@ from fabric.schedule.admission import (
 )
 from fabric.schedule.quota import Budget, QuotaBook, QuotaLedger
 from fabric.schedule.run import RunMachine
+from fabric.spec import Priority
+from fabric.states import QUOTA_SUBJECT, EventKind, NodeState, WaitReason
 
 log = logging.getLogger(__name__)
 
 CLUSTER_REFRESH_S = 2.0
 JOURNAL_EVERY_S = 60.0
-QUOTA_PREFIX = "_quota:"  # the store's events under this id keep a team's use of the day
 DEFAULT_GPU_MEM_GB = 80.0
 
 
@@ -70,7 +70,7 @@ class SchedulingConfig:
     pools: dict[str, PoolLimit] | None = None
     quotas: dict[str, Budget] | None = None
     preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
-    preemptible: tuple[str, ...] = ("low", "normal")  # priorities whose spot_ok work may be preempted
+    preemptible: tuple[Priority, ...] = (Priority.LOW, Priority.NORMAL)  # whose spot_ok work may be preempted
     gpu_fallback_after_s: float = 300.0  # GPU-first nodes with a CPU fallback wait this long for a GPU
     cost: Rate = Rate()  # outside any pool
     pool_costs: dict[str, Rate] | None = None
@@ -87,7 +87,7 @@ def load_config(path: Path, admission: bool = False) -> SchedulingConfig | None:
             aging_s=float(raw.get("aging_s", 1800.0)),
             default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
             preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
-            preemptible=tuple(raw.get("preemptible", ("low", "normal"))),
+            preemptible=tuple(Priority(p) for p in raw.get("preemptible", ("low", "normal"))),
             gpu_fallback_after_s=float(raw.get("gpu_fallback_after_s", 300.0)),
             pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()
                    if spec.get("max_concurrency") is not None},
@@ -101,18 +101,19 @@ def load_config(path: Path, admission: bool = False) -> SchedulingConfig | None:
 
 
 class StoreQuotaJournal:
-    """Each team's charged use of the day, as events under `_quota:<team>` in the store (appended when
-    an attempt stops; the last one counts), so a restarted registry does not hand out a spent budget."""
+    """Each team's charged use of the day, as QUOTA_USE events under `_quota:<team>` in the store (appended
+    when an attempt stops; the last one counts), so a restarted registry does not hand out a spent budget."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def load(self, team: str) -> dict[str, Any] | None:
-        events = self._store.events(f"{QUOTA_PREFIX}{team}")
+        events = self._store.events(f"{QUOTA_SUBJECT}{team}")
         return json.loads(events[-1].reason) if events else None
 
     def save(self, team: str, state: dict[str, Any]) -> None:
-        self._store.append_events([Event(f"{QUOTA_PREFIX}{team}", None, "usage", "usage", time.time(),
+        use = EventKind.QUOTA_USE
+        self._store.append_events([Event(f"{QUOTA_SUBJECT}{team}", None, use, use, time.time(),
                                          reason=json.dumps(state))])
 
 
@@ -134,6 +135,7 @@ class Scheduler:
         self.last: Decision | None = None
         self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last round, in queue order
         self._waiting_requests: dict[str, Request] = {}
+        self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last round
         self._saved_at: dict[str, float] = {}
 
     def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
@@ -160,18 +162,19 @@ class Scheduler:
                 queue.append(self.request(key, node.plan, team, node.queued_at))
                 where[key] = (submission_id, machine, node_id)
         if not queue and not self._booked and not self._demand:
-            self.queue, self._waiting_requests = [], {}
+            self.queue, self._waiting_requests, self._waits = [], {}, {}
             return []
         decision = self.decide(queue)
         now = self._clock()
         requests = self._waiting_requests = {r.key: r for r in queue}
         self.queue = []
+        self._waits = {key: waiting.why for key, waiting in decision.waiting.items()}
         for key, waiting in decision.waiting.items():
             submission_id, machine, node_id = where[key]
             machine.note_waiting(node_id, f"queue #{waiting.position}: {waiting.reason}")
             r = requests[key]
             self.queue.append({"position": waiting.position, "submission_id": submission_id, "node_id": node_id,
-                               "team": r.team, "priority": r.priority, "pool": r.pool, "gpu": r.gpu, "cpu": r.cpu,
+                               "team": r.team, "priority": str(r.priority), "pool": r.pool, "gpu": r.gpu, "cpu": r.cpu,
                                "waiting_s": round(now - r.ready_at, 3), "reason": waiting.reason})
         return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
 
@@ -181,11 +184,11 @@ class Scheduler:
         added to its node and returned as events for the record."""
         costs = []
         for t in transitions:
-            if t.node_id is not None and t.source == "RUNNING":
+            if t.node_id is not None and t.source == NodeState.RUNNING:
                 cost = self.release(f"{submission_id}/{t.node_id}")
                 if cost and machine is not None:
                     machine.add_cost(t.node_id, cost)
-                    costs.append(Event(submission_id, t.node_id, COST_EVENT, COST_EVENT, t.at, t.attempt,
+                    costs.append(Event(submission_id, t.node_id, EventKind.COST, EventKind.COST, t.at, t.attempt,
                                        f"{cost:.9f}"))
         return costs
 
@@ -206,7 +209,7 @@ class Scheduler:
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
         self._show_demand([r for r in queue if r.key in decision.waiting
-                           and decision.waiting[r.key].reason.startswith("no capacity")])
+                           and decision.waiting[r.key].why is WaitReason.NO_CAPACITY])
         self.last = decision
         return decision
 
@@ -221,10 +224,11 @@ class Scheduler:
         cluster: Cluster | None = None
         running: list[Running] = []
         for item in self.queue:
-            urgent = item["priority"] in ("high", "critical") and item["waiting_s"] >= self.config.preempt_after_s
-            if not urgent or not item["reason"].startswith("no capacity"):
+            key = f"{item['submission_id']}/{item['node_id']}"
+            request = self._waiting_requests[key]
+            urgent = request.priority.rank >= Priority.HIGH.rank and item["waiting_s"] >= self.config.preempt_after_s
+            if not urgent or self._waits.get(key) is not WaitReason.NO_CAPACITY:
                 continue
-            request = self._waiting_requests[f"{item['submission_id']}/{item['node_id']}"]
             if self._quotas.holds(request):  # its own quota holds it: freeing room won't help
                 continue
             if cluster is None:

@@ -9,7 +9,16 @@ from dataclasses import replace
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
-from fabric.spec import DagSpec, NodeSpec, Resources, RuntimeParams, Slo, split_input, topological_order
+from fabric.spec import (
+    DagSpec,
+    NodeSpec,
+    Priority,
+    Resources,
+    RuntimeParams,
+    Slo,
+    split_input,
+    topological_order,
+)
 
 KindCheck = Callable[[NodeSpec, str], list[Problem]]
 
@@ -132,7 +141,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             unit=unit, max_runtime=node.slo.max_runtime if node.slo else None,
             retry=RetryPolicy(retry.max_attempts, retry.backoff_sec, retry.backoff_factor,
                               retry.max_backoff_sec) if retry else RetryPolicy(),
-            priority=str(runtime.priority or slo.priority or "normal"),
+            priority=Priority(runtime.priority or slo.priority or Priority.NORMAL),
             qos=str(slo.qos) if slo.qos else None,
             pool=pool,
             cache=node.cache,
@@ -149,7 +158,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         order=tuple(order),
         nodes=plans,
         max_runtime=spec.slo.max_runtime if spec.slo else None,
-        priority=str(dag_priority),
+        priority=Priority(dag_priority),
         labels=dict(runtime.labels),
         secrets_scope=tuple(runtime.secrets_scope),
     )

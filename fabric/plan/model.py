@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.spec import Priority
+
 RESULT_SLOT = "result"  # the return value of a node that declares no outs
 
 
@@ -74,7 +76,7 @@ class NodePlan:
     unit: ResourceUnit
     max_runtime: float | None
     retry: RetryPolicy
-    priority: str
+    priority: Priority  # one enum, from the spec to admission and quota
     qos: str | None
     pool: str | None
     cache: bool
@@ -101,7 +103,7 @@ class ExecutionPlan:
     order: tuple[str, ...]
     nodes: Mapping[str, NodePlan]
     max_runtime: float | None
-    priority: str
+    priority: Priority  # one enum, from the spec to admission and quota
     labels: Mapping[str, str]
     secrets_scope: tuple[str, ...] = ()  # names only; not part of plan_hash (the request hash covers it)
 

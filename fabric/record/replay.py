@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fabric.record.status import COST_EVENT, AttemptStatus, NodeStatus, SubmissionStatus
+from fabric.record.status import AttemptStatus, NodeStatus, SubmissionStatus
 from fabric.record.store import Event, SubmissionRecord
-from fabric.states import NodeState, SubmissionState
+from fabric.states import EventKind, NodeState, SubmissionState
 from fabric.types import ErrorInfo
 
 
@@ -26,7 +26,7 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
         node = nodes.get(event.node_id)
         if node is None:
             continue
-        if event.source == COST_EVENT:  # not a transition: what an ended attempt cost
+        if event.source == EventKind.COST:  # not a transition: what an ended attempt cost
             node["cost"] = node.get("cost", 0.0) + float(event.reason or 0.0)
             continue
         target = NodeState(event.target)

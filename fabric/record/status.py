@@ -20,9 +20,6 @@ class AttemptStatus:
     error: ErrorInfo | None = None
 
 
-COST_EVENT = "cost"  # an event of this source and target carries an attempt's cost in its reason
-
-
 @dataclass(frozen=True)
 class NodeStatus:
     node_id: str

@@ -10,10 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabric.record.status import COST_EVENT
 from fabric.record.store import Event, SubmissionRecord
-
-TERMINAL = {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED"}
+from fabric.states import TERMINAL_SUBMISSION_STATES, EventKind
 
 
 @dataclass
@@ -87,14 +85,14 @@ def trace_spans(record: SubmissionRecord, events: Sequence[Event],
                 pools: Mapping[str, str | None] | None = None) -> list[SpanSpec]:
     """The submission as the root span, each node that ran as a child, each attempt as the node's child."""
     sid, team = record.submission_id, record.team or ""
-    end_events = [e for e in events if e.node_id is None and e.target in TERMINAL | {"TIMED_OUT"}]
+    end_events = [e for e in events if e.node_id is None and e.target in TERMINAL_SUBMISSION_STATES]
     last = max((e.at for e in events), default=record.created_at)
     ended = end_events[-1] if end_events else None
     base = {"fabric.submission_id": sid, "fabric.pipeline_id": record.pipeline_id, "fabric.team": team}
     spans = [SpanSpec(sid, None, f"submission {record.pipeline_id}", record.created_at,
                       ended.at if ended else last, {**base, "fabric.state": ended.target if ended else "RUNNING"},
                       ok=ended is None or ended.target == "SUCCEEDED", message=ended.reason if ended else "")]
-    final = {e.node_id: e for e in events if e.node_id is not None and e.source != COST_EVENT}  # transitions only
+    final = {e.node_id: e for e in events if e.node_id is not None and e.source != EventKind.COST}  # transitions only
     for node_id, attempts in attempt_timeline(events).items():
         if not attempts:
             continue

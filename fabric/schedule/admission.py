@@ -12,8 +12,10 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-PRIORITIES = ("low", "normal", "high", "critical")
-RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+from fabric.spec import Priority
+from fabric.states import Wait, WaitReason
+
+PRIORITIES = tuple(Priority)  # low, normal, high, critical: in rank order
 MAX_RESERVATIONS = 8  # urgent nodes holding a reservation at once (each costs a cluster copy)
 EPSILON = 1e-9
 
@@ -24,7 +26,7 @@ class Request:
 
     key: str
     team: str
-    priority: str = "normal"
+    priority: Priority = Priority.NORMAL
     ready_at: float = 0.0
     cpu: float = 1.0
     gpu: float = 0.0  # a fraction (< 1) shares one GPU; a whole number needs that many free GPUs on one node
@@ -35,6 +37,10 @@ class Request:
     spot_ok: bool = False  # qos spot_ok: may run on spot capacity, and prefers it; otherwise never there
     fallback_cpu: float | None = None  # GPU first; after `fallback_after_s` waiting, this many CPUs will do
     fallback_after_s: float = 300.0
+
+    def __post_init__(self) -> None:  # the boundary: a plain string from a caller becomes the enum once
+        if not isinstance(self.priority, Priority):
+            object.__setattr__(self, "priority", Priority(self.priority))
 
 
 @dataclass
@@ -64,7 +70,7 @@ class Placement:
 class Running:
     key: str
     team: str
-    priority: str
+    priority: Priority
     placement: Placement
     cpu: float
     gpu: float
@@ -73,11 +79,23 @@ class Running:
     pool: str | None = None
     preemptible: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.priority, Priority):
+            object.__setattr__(self, "priority", Priority(self.priority))
+
 
 @dataclass(frozen=True)
 class Waiting:
     position: int  # 1 = next
-    reason: str
+    wait: Wait
+
+    @property
+    def why(self) -> WaitReason:
+        return self.wait.why
+
+    @property
+    def reason(self) -> str:  # as shown in status and the queue view
+        return str(self.wait)
 
 
 @dataclass(frozen=True)
@@ -166,13 +184,13 @@ def order(queue: Iterable[Request], now: float, aging_s: float) -> list[Request]
     """Highest effective priority first (a step up per `aging_s` waited, so nothing starves), then FIFO."""
     def effective(request: Request) -> float:
         aged = int(max(now - request.ready_at, 0.0) // aging_s) if aging_s > 0 else 0
-        return min(RANK.get(request.priority, 1) + aged, RANK["critical"])
+        return min(request.priority.rank + aged, Priority.CRITICAL.rank)
 
     return sorted(queue, key=lambda r: (-effective(r), r.ready_at, r.key))
 
 
 # Asked only for a request about to be admitted: book its quota and say None, or say why it must wait.
-QuotaCheck = Callable[[Request], str | None]
+QuotaCheck = Callable[[Request], Wait | None]
 
 
 @dataclass(frozen=True)
@@ -192,7 +210,7 @@ class AdmissionPolicy:
         for item in running:
             in_pool[item.pool] = in_pool.get(item.pool, 0) + 1
         admitted: list[tuple[Request, Placement]] = []
-        reasons: dict[str, str] = {}
+        reasons: dict[str, Wait] = {}
         # EASY backfill's reservation for the head of the queue, and one more for each urgent (high or
         # critical) node that cannot start: backfill may delay none of them.
         reservations: list[tuple[Request, float, Cluster]] = []  # the node, its start, the cluster then
@@ -203,7 +221,8 @@ class AdmissionPolicy:
         for request in order(queue, now, self.aging_s):
             limit = self.pools.get(request.pool or "")
             if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
-                reasons[request.key] = f"pool limit: {request.pool} {in_pool[request.pool]}/{limit.max_concurrency}"
+                reasons[request.key] = Wait(WaitReason.POOL_LIMIT,
+                                            f"{request.pool} {in_pool[request.pool]}/{limit.max_concurrency}")
                 continue
             shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb, request.spot_ok)
             placement = None if shape in no_fit else cluster.fit(request)
@@ -214,8 +233,8 @@ class AdmissionPolicy:
             blocking = _blocking(request, placement, now, reservations) if placement is not None else None
             if blocking is not None:
                 head, start, _ = blocking
-                reasons[request.key] = (f"reservation: would delay {head.key} ({head.priority}), "
-                                        f"reserved to start by {start:.0f}")
+                reasons[request.key] = Wait(WaitReason.RESERVATION, f"would delay {head.key} ({head.priority}), "
+                                                                    f"reserved to start by {start:.0f}")
                 continue
             held = quota(request) if placement is not None and quota is not None else None
             if held:
@@ -226,18 +245,19 @@ class AdmissionPolicy:
                 admitted.append((request, placement))
                 in_pool[request.pool] = in_pool.get(request.pool, 0) + 1
                 continue
-            if not reservations or (RANK.get(request.priority, 1) >= RANK["high"]
+            if not reservations or (request.priority.rank >= Priority.HIGH.rank
                                     and len(reservations) < MAX_RESERVATIONS):
                 shadow = _shadow(request, cluster, running, admitted, now, reservations)
                 if shadow is not None:
                     reservations.append((request, *shadow))
-                    reasons[request.key] = f"no capacity: reserved to start by {shadow[0]:.0f}{_fallback_at(request)}"
+                    reasons[request.key] = Wait(WaitReason.NO_CAPACITY,
+                                                f"reserved to start by {shadow[0]:.0f}{_fallback_at(request)}")
                     continue
             if shape not in ever:
                 empty = empty or cluster.emptied(running)
                 ever[shape] = empty.fit(request) is not None
-            reasons[request.key] = ("no capacity" if ever[shape] else "no capacity: no node of its pool can hold it yet"
-                                    ) + _fallback_at(request)
+            detail = ("" if ever[shape] else "no node of its pool can hold it yet") + _fallback_at(request)
+            reasons[request.key] = Wait(WaitReason.NO_CAPACITY, detail)
         waiting = {key: Waiting(position, reason) for position, (key, reason) in enumerate(reasons.items(), 1)}
         return Decision(tuple(admitted), waiting,
                         (reservations[0][0].key, reservations[0][1]) if reservations else None)
@@ -312,7 +332,7 @@ def choose_victims(request: Request, cluster: Cluster, running: Sequence[Running
     """The preemptible, lower-priority running work whose release lets `request` start, losing the
     fewest GPU-seconds (CPU-seconds break ties); None if no such set exists."""
     best: tuple[tuple[float, float], list[Running]] | None = None
-    candidates = [r for r in running if r.preemptible and RANK.get(r.priority, 1) < RANK.get(request.priority, 1)]
+    candidates = [r for r in running if r.preemptible and r.priority.rank < request.priority.rank]
     for node_id in {r.placement.node_id for r in candidates}:
         trial = cluster.copy()
         chosen: list[Running] = []

@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabric.schedule.admission import RANK, Request
+from fabric.schedule.admission import Request
+from fabric.spec import Priority
+from fabric.states import Wait, WaitReason
 
 
 @dataclass(frozen=True)
@@ -64,24 +66,25 @@ class QuotaLedger:
                 usage.burst_gpu_seconds += seconds
             usage.running[key] = (cpu, gpu, now, burst)
 
-    def check(self, request: Request) -> str | None:
+    def check(self, request: Request) -> Wait | None:
         now = self._clock()
         self.accrue(now)
         usage, budget = self._usage, self.budget
         if budget.cpu is not None and usage.cpu + request.cpu > budget.cpu + 1e-9:
-            return f"quota: team {self.team} cpu {usage.cpu:g}/{budget.cpu:g} in use"
+            return Wait(WaitReason.QUOTA, f"team {self.team} cpu {usage.cpu:g}/{budget.cpu:g} in use")
         if request.gpu > 0 and budget.gpu_hours_per_day is not None:
             used = usage.gpu_seconds / 3600
             if used >= budget.gpu_hours_per_day - 1e-9:
-                return f"quota: team {self.team} gpu_hours {used:.1f}/{budget.gpu_hours_per_day:.1f} today"
+                return Wait(WaitReason.QUOTA,
+                            f"team {self.team} gpu_hours {used:.1f}/{budget.gpu_hours_per_day:.1f} today")
         over = budget.gpu is not None and usage.gpu + request.gpu > budget.gpu + 1e-9
         if request.gpu > 0 and over and not self._may_burst(request):
-            return f"quota: team {self.team} gpu {usage.gpu:g}/{budget.gpu:g} in use"
+            return Wait(WaitReason.QUOTA, f"team {self.team} gpu {usage.gpu:g}/{budget.gpu:g} in use")
         return None
 
     def _may_burst(self, request: Request) -> bool:
         usage, budget = self._usage, self.budget
-        return (RANK.get(request.priority, 1) >= RANK["high"] and budget.gpu is not None
+        return (request.priority.rank >= Priority.HIGH.rank and budget.gpu is not None
                 and usage.gpu + request.gpu <= budget.gpu + budget.burst_gpu + 1e-9
                 and usage.burst_gpu_seconds / 3600 < budget.burst_gpu_hours_per_day)
 
@@ -154,7 +157,7 @@ class QuotaBook:
             if saved is not None:
                 ledger.restore(saved(team))
 
-    def check(self, request: Request) -> str | None:
+    def check(self, request: Request) -> Wait | None:
         ledger = self.ledgers.get(request.team)
         if ledger is None:
             return None
@@ -163,12 +166,12 @@ class QuotaBook:
             ledger.start(request)  # booked now: the next request in this round sees it
         return reason
 
-    def holds(self, request: Request) -> str | None:
+    def holds(self, request: Request) -> Wait | None:
         """Why its own team's quota holds `request`, booking nothing."""
         ledger = self.ledgers.get(request.team)
         return ledger.check(request) if ledger is not None else None
 
-    def commit(self, admitted: Iterable[Request]) -> dict[str, str]:
+    def commit(self, admitted: Iterable[Request]) -> dict[str, Wait]:
         return {}
 
     def release(self, team: str, key: str) -> None:

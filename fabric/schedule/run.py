@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fabric.plan import ExecutionPlan, NodePlan
-from fabric.states import NodeState, SubmissionState, check_node_transition, check_submission_transition
+from fabric.states import KillCause, NodeState, SubmissionState, check_node_transition, check_submission_transition
 from fabric.types import AttemptReport, ErrorInfo
 
 Clock = Callable[[], float]
@@ -34,11 +34,12 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class Kill:
-    """Stop the Ray work of dispatch `token` of `node_id`."""
+    """Stop the Ray work of dispatch `token` of `node_id`; `cause.force` says whether at once."""
 
     node_id: str
     token: int
-    reason: str
+    cause: KillCause
+    reason: str = ""
 
 
 Action = Dispatch | Kill
@@ -194,9 +195,8 @@ class RunMachine:
         node = self.nodes[node_id]
         if node.state is not NodeState.RUNNING or node.token is None or self.done:
             return []
-        kill = Kill(node_id, node.token, "preempted")
-        attempt = node.attempts[-1]
-        attempt.ended_at, attempt.outcome = self._clock(), NodeState.QUEUED
+        kill = Kill(node_id, node.token, KillCause.PREEMPTED, reason)
+        node.attempts[-1].ended_at, node.attempts[-1].outcome = self._clock(), NodeState.QUEUED
         node.uncounted += 1
         self._set_token(node, None)
         self._withdraw_descendants(node_id)
@@ -247,14 +247,14 @@ class RunMachine:
         """Apply every deadline and backoff that has come due."""
         now = self._clock()
         if self.deadline is not None and now >= self.deadline and not self.done:
-            return self._end_all(SubmissionState.TIMED_OUT, NodeState.TIMED_OUT,
-                                 f"submission exceeded max_runtime {self.plan.max_runtime:g}s")
+            why = f"submission exceeded max_runtime {self.plan.max_runtime:g}s"
+            return self._end_all(SubmissionState.TIMED_OUT, NodeState.TIMED_OUT, KillCause.DAG_TIMEOUT, why)
         actions: list[Action] = []
         due = [n for n, t in self._timers.items() if t <= now]
         for node_id in due:
             node = self.nodes[node_id]
             if node.state is NodeState.RUNNING and node.token is not None:
-                actions.append(Kill(node_id, node.token, "max_runtime exceeded"))
+                actions.append(Kill(node_id, node.token, KillCause.NODE_TIMEOUT, "max_runtime exceeded"))
                 error = ErrorInfo("Timeout", f"node exceeded max_runtime {node.plan.max_runtime or 0:g}s")
                 self._finish_attempt(node, _Outcome(False, AttemptReport(ended_at=now), error),
                                      timed_out=True)
@@ -267,7 +267,7 @@ class RunMachine:
     def cancel(self, reason: str = "cancelled by user") -> list[Action]:
         if self.done:
             return []
-        return self._end_all(SubmissionState.CANCELLED, NodeState.CANCELLED, reason)
+        return self._end_all(SubmissionState.CANCELLED, NodeState.CANCELLED, KillCause.CANCELLED, reason)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -358,17 +358,17 @@ class RunMachine:
             if run.state in (NodeState.PENDING, NodeState.QUEUED):
                 self._set_token(run, None)
 
-    def _end_all(self, ending: SubmissionState, running_becomes: NodeState, reason: str) -> list[Action]:
+    def _end_all(self, ending: SubmissionState, becomes: NodeState, cause: KillCause, reason: str) -> list[Action]:
         actions: list[Action] = []
         for node in self.nodes.values():
             if node.state.terminal:
                 continue
             if node.token is not None:
-                actions.append(Kill(node.plan.node_id, node.token, reason))
+                actions.append(Kill(node.plan.node_id, node.token, cause, reason))
             if node.state is NodeState.RUNNING:
                 node.attempts[-1].ended_at = self._clock()
-                node.attempts[-1].outcome = running_becomes
-                self._move(node, running_becomes, reason)
+                node.attempts[-1].outcome = becomes
+                self._move(node, becomes, reason)
             else:
                 self._move(node, NodeState.CANCELLED if ending is SubmissionState.CANCELLED
                            else NodeState.SKIPPED, reason)

@@ -125,10 +125,10 @@ def test_quota_holds_with_the_reason_and_releases_the_next_day():
     job = req("train", gpu=2)
     assert ledger.check(job) is None
     ledger.start(job)
-    assert ledger.check(req("more", gpu=1)) == "quota: team research gpu 2/2 in use"
+    assert str(ledger.check(req("more", gpu=1))) == "quota: team research gpu 2/2 in use"
     now[0] += 3600
     ledger.stop("train")  # 2 GPUs x 1 h: the day's 2 GPU-hours are spent
-    assert ledger.check(req("next", gpu=1)) == "quota: team research gpu_hours 2.0/2.0 today"
+    assert str(ledger.check(req("next", gpu=1))) == "quota: team research gpu_hours 2.0/2.0 today"
     assert ledger.check(req("cpu only")) is None  # CPU work is not held by a GPU budget
     now[0] += 4 * 3600  # past midnight UTC
     assert ledger.check(req("next", gpu=1)) is None
@@ -145,7 +145,7 @@ def test_high_priority_bursts_above_the_concurrent_budget_while_credits_last():
     ledger.start(urgent)
     now[0] += 1800  # 0.5 burst GPU-hours used
     ledger.stop("urgent")
-    assert ledger.check(req("again", gpu=1, priority="high")) == "quota: team research gpu 1/1 in use"
+    assert str(ledger.check(req("again", gpu=1, priority="high"))) == "quota: team research gpu 1/1 in use"
 
 
 def test_quota_is_booked_as_the_policy_admits_so_one_round_never_overshoots():

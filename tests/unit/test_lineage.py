@@ -93,9 +93,10 @@ def test_trace_spans_nest_attempts_under_nodes_under_the_submission():
 
 
 def test_an_attempts_cost_event_does_not_become_its_nodes_state_in_the_trace():
-    from fabric.record.status import COST_EVENT
+    from fabric.states import EventKind
 
-    costed = [*EVENTS[:3], E("a", COST_EVENT, COST_EVENT, 102.0, "0.25")]  # the engine records cost last
+    costed = [*EVENTS[:3], E("a", "cost", "cost", 102.0, "0.25")]  # as stored: EventKind.COST's value
+    assert costed[-1].source == EventKind.COST  # the engine records cost last
     node = {s.key: s for s in trace_spans(RECORD, costed)}["sub-1/a"]
     assert node.attributes["fabric.state"] == "SUCCEEDED" and node.ok and node.message == ""
 

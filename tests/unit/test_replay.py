@@ -75,3 +75,16 @@ def test_a_preempted_attempt_replays_as_ended():
     node = status_from_events(SubmissionRecord("s1", "replay", SPEC, {}, "h", "r", created_at=999.0), events).node("d")
     assert [(a.started_at, a.ended_at, a.outcome) for a in node.history] == [(1000.0, 1005.0, "QUEUED"),
                                                                            (1006.0, None, None)]
+
+
+def test_the_typed_vocabulary_keeps_the_strings_old_databases_hold():
+    """Stored values are the enums' values: renaming one would orphan every recorded row of it."""
+    from fabric.spec import Priority
+    from fabric.states import TERMINAL_NODE_STATES, TERMINAL_SUBMISSION_STATES, EventKind, SubmissionState
+
+    assert {k.name: k.value for k in EventKind} == {"COST": "cost", "QUOTA_USE": "usage", "KILL_SWITCH_ON": "on",
+                                                    "KILL_SWITCH_OFF": "off", "EXPIRED": "EXPIRED"}
+    assert [p.value for p in Priority] == ["low", "normal", "high", "critical"]
+    assert {str(s) for s in TERMINAL_NODE_STATES} == {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED",
+                                                       "CANCELLED"}
+    assert TERMINAL_SUBMISSION_STATES == set(SubmissionState) - {SubmissionState.RUNNING}

@@ -12,7 +12,14 @@ from fabric.errors import IllegalTransition
 from fabric.plan import ExecutionPlan, compile_plan
 from fabric.schedule.run import Dispatch, Kill, RunMachine, Transition
 from fabric.spec import load_spec
-from fabric.states import NODE_TRANSITIONS, SUBMISSION_TRANSITIONS, NodeState, SubmissionState, check_node_transition
+from fabric.states import (
+    NODE_TRANSITIONS,
+    SUBMISSION_TRANSITIONS,
+    KillCause,
+    NodeState,
+    SubmissionState,
+    check_node_transition,
+)
 from fabric.types import AttemptReport, ErrorInfo
 
 pytestmark = pytest.mark.timeout(30)
@@ -251,6 +258,7 @@ def test_node_timeout_kills_the_running_attempt(max_attempts: int, expected: Nod
     actions = r.tick(0.6)
     assert len(actions) == 1 and isinstance(actions[0], Kill)
     assert (actions[0].node_id, actions[0].token) == ("a", token)
+    assert actions[0].cause is KillCause.NODE_TIMEOUT and actions[0].cause.force  # a timeout is forced at once
     a = r.m.nodes["a"]
     assert a.state is expected and a.attempts[0].error is not None and a.attempts[0].error.type == "Timeout"
     r.drain()
@@ -276,6 +284,8 @@ def test_dag_max_runtime_times_out_the_submission() -> None:
     assert r.tick(8.9) == []
     actions = r.tick(0.1)
     assert all(isinstance(a, Kill) for a in actions)
+    # The DAG's deadline forces its live work at once too (docs/architecture.md), eager dispatches included.
+    assert {a.cause for a in actions} == {KillCause.DAG_TIMEOUT} and all(a.cause.force for a in actions)
     assert sorted((a.node_id, a.token) for a in actions) == [(n, r.tokens[n]) for n in ("b", "c", "x")]
     assert r.states() == {"a": N.SUCCEEDED, "b": N.TIMED_OUT, "c": N.SKIPPED, "x": N.TIMED_OUT, "r": N.SKIPPED}
     assert r.m.state is S.TIMED_OUT and r.m.ended_at == 10.0
@@ -292,6 +302,7 @@ def test_cancel_kills_every_live_dispatch() -> None:
     r.fail("r")
     actions = r.m.cancel("stop")
     assert all(isinstance(a, Kill) and a.reason == "stop" for a in actions)
+    assert all(a.cause is KillCause.CANCELLED and not a.cause.force for a in actions)  # cooperative first
     assert sorted((a.node_id, a.token) for a in actions) == [(n, r.tokens[n]) for n in ("b", "c", "x")]
     assert r.states() == {"a": N.SUCCEEDED, "b": N.CANCELLED, "c": N.CANCELLED, "x": N.CANCELLED,
                           "r": N.CANCELLED}
@@ -416,7 +427,8 @@ def test_preemption_requeues_without_charging_the_retry_budget():
     run._feed(run.m.admit("a"))
     token = run.tokens["a"]
     actions = run.m.preempt("a", "preempted for s2/b (critical)")
-    assert actions == [Kill("a", token, "preempted")]
+    assert actions == [Kill("a", token, KillCause.PREEMPTED, "preempted for s2/b (critical)")]
+    assert not actions[0].cause.force  # cooperative first: the attempt may stop cleanly within its grace
     assert run.states()["a"] is N.QUEUED and run.m.waiting() == ["a"]
     assert run.ok("a", token) == []  # the stopped attempt's late result is ignored
     run._feed(run.m.admit("a"))  # max_attempts 1, yet it runs again: a preemption is not a failure
