@@ -87,4 +87,4 @@ def test_the_typed_vocabulary_keeps_the_strings_old_databases_hold():
     assert [p.value for p in Priority] == ["low", "normal", "high", "critical"]
     assert {str(s) for s in TERMINAL_NODE_STATES} == {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED",
                                                        "CANCELLED"}
-    assert TERMINAL_SUBMISSION_STATES == set(SubmissionState) - {SubmissionState.RUNNING}
+    assert set(SubmissionState) - {SubmissionState.RUNNING} == TERMINAL_SUBMISSION_STATES
