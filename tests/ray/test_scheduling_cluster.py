@@ -229,7 +229,9 @@ def test_a_quota_actor_that_cannot_answer_admits_nothing(cluster):
     book = ActorQuotaBook({"gone": Budget(gpu=8)}, time.time, actor=lambda team: dead)
     request = Request("s/w", "gone", gpu=1)
     assert book.check(request) is None  # the replica has room ...
-    assert book.commit([request]) == {"s/w": "quota: team gone quota actor unavailable (held until it answers)"}
+    refused = book.commit([request])
+    assert {key: str(why) for key, why in refused.items()} == {
+        "s/w": "quota: team gone quota actor unavailable (held until it answers)"}
     assert book.snapshot()[0]["gpu_in_use"] == 0.0  # ... but nothing was booked (fail closed)
 
 
