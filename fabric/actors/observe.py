@@ -146,7 +146,7 @@ def _batch_file_transport(path: str) -> Any:
     run's lineage from competing with its engine for the registry's CPU."""
     from openlineage.client.transport.file import FileConfig, FileTransport
 
-    class BatchFileTransport(FileTransport):  # type: ignore[misc]
+    class BatchFileTransport(FileTransport):
         def emit_many(self, events: list[dict[str, Any]]) -> None:
             lines = "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events)
             with self._file_handler.open_file(self.config.log_file_path, "a") as out:
@@ -315,4 +315,4 @@ def observed(store: Store, config: Settings) -> Store:
     if lineage is None and spans is None:
         return store
     return ObservedStore(store, Observer(store, config.home, config.artifacts, lineage, spans,
-                                         config.lineage_namespace))  # type: ignore[return-value]
+                                         config.lineage_namespace))

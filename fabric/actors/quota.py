@@ -77,7 +77,7 @@ QuotaActor = ray.remote(QuotaKeeper)
 
 
 def get_or_create_quota_actor(team: str) -> Any:
-    return QuotaActor.options(  # type: ignore[attr-defined]
+    return QuotaActor.options(
         name=f"{QUOTA_PREFIX}{team}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_restarts=-1, resources={HEAD_RESOURCE: 0.001},  # beside the registry, on the head
     ).remote(team)

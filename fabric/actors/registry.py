@@ -347,7 +347,7 @@ RegistryActor = ray.remote(Registry)
 
 
 def get_or_create_registry(home: str) -> Any:
-    return RegistryActor.options(  # type: ignore[attr-defined]
+    return RegistryActor.options(
         name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=32, max_restarts=-1,
         # On the head, where FABRIC_HOME's disk is (cluster.yaml, k8s/): never on a spot worker that may vanish.

@@ -123,7 +123,7 @@ class RayBackend:
         loader = self._loaders.get(len(outs))
         if loader is None:
             loader = self._loaders[len(outs)] = self._loader.options(num_cpus=0, max_retries=3, num_returns=len(outs))
-        refs = loader.remote(root, submission_id, node_id, list(outs))
+        refs: Any = loader.remote(root, submission_id, node_id, list(outs))  # one ref, or a list of num_returns
         return dict(zip(outs, [refs] if len(outs) == 1 else refs, strict=True))
 
     @staticmethod

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
-from fabric.record.store import Event, SubmissionRecord
+from fabric.record.store import Event, Store, SubmissionRecord
 
 SCHEMA_VERSION = 2
 
@@ -367,3 +367,7 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+if TYPE_CHECKING:  # mypy proves that this store is a Store: a missing or changed method fails `mypy fabric`
+    _sqlite_is_a_store: Store = SqliteStore(Path("fabric.db"))

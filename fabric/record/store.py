@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class SubmissionRecord:
 
 
 class Store(Protocol):
+    """What the engine and the registry need of a record. `MemoryStore` and `SqliteStore` both satisfy it,
+    and mypy checks that wherever one is used as a Store (`registry.open_store`, the assertions below)."""
+
     def add_submission(self, record: SubmissionRecord) -> None: ...
     def get_submission(self, submission_id: str) -> SubmissionRecord | None: ...
     def set_state(self, submission_id: str, state: str) -> None: ...
@@ -52,6 +55,7 @@ class Store(Protocol):
     def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]: ...
     def non_terminal_submissions(self) -> list[SubmissionRecord]: ...
     def flush(self) -> None: ...
+    def delete_submission_data(self, submission_id: str) -> dict[str, int]: ...
 
 
 class MemoryStore:
@@ -107,3 +111,17 @@ class MemoryStore:
         with self._lock:
             logs = self._logs.get((submission_id, node_id), {})
             return [(attempt, text, path) for attempt, (text, path) in sorted(logs.items())]
+
+    def delete_submission_data(self, submission_id: str) -> dict[str, int]:
+        """Remove a submission's record and logs for retention; its events (the audit log) stay."""
+        with self._lock:
+            removed = self._submissions.pop(submission_id, None)
+            logs = sum(len(by_attempt) for key, by_attempt in self._logs.items() if key[0] == submission_id)
+            for key in [key for key in self._logs if key[0] == submission_id]:
+                del self._logs[key]
+            kept = len(self._events.get(submission_id, ()))
+        return {"submissions": int(removed is not None), "logs": logs, "events_kept": kept}
+
+
+if TYPE_CHECKING:  # mypy proves that the memory store is a Store (the SQLite one is checked in sqlite.py)
+    _memory_is_a_store: Store = MemoryStore()

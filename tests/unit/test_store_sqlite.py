@@ -291,6 +291,24 @@ def test_delete_submission_data_keeps_the_audit_events(tmp_path: Path) -> None:
     assert raw_count(path) == 5
 
 
+def test_retention_deletes_a_submissions_data_but_keeps_its_audit_on_either_store(store: Any) -> None:
+    # The registry's sweep calls this on whichever store FABRIC_STORE chose (MemoryStore once lacked it).
+    store.add_submission(rec("s1", 1.0, state="SUCCEEDED"))
+    store.add_submission(rec("s2", 2.0, state="SUCCEEDED"))
+    store.append_events([ev("s1", i) for i in range(3)] + [ev("s2", 9)])
+    store.put_log("s1", "a", 0, "x", None)
+    store.put_log("s1", "a", 1, "x again", None)
+    store.put_log("s1", "b", 0, "y", "/tmp/b.log")
+    store.put_log("s2", "a", 0, "z", None)
+    assert store.delete_submission_data("s1") == {"submissions": 1, "logs": 3, "events_kept": 3}
+    assert store.get_submission("s1") is None
+    assert store.get_log("s1", "a") == [] and store.get_log("s1", "b") == []
+    assert store.events("s1") == [ev("s1", i) for i in range(3)]
+    assert [r.submission_id for r in store.list_submissions()] == ["s2"]
+    assert store.get_log("s2", "a") == [(0, "z", None)]
+    assert store.delete_submission_data("s1") == {"submissions": 0, "logs": 0, "events_kept": 3}
+
+
 def test_read_only_store_raises_store_unavailable_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ro.db"
     with SqliteStore(path) as s:
