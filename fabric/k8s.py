@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, Problem, SpecError
-from fabric.settings import DEFAULT_IMAGE, ENV
+from fabric.settings import DEFAULT_IMAGE, ENV, GPU_IMAGE, IMAGE_REPO  # noqa: F401 - re-exported
 from fabric.spec import DagSpec, load_spec, parse_runtime_params
 
 GROUP, VERSION = "ray.io", "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 RAY_VERSION = "2.60.0"
-# The image is DEFAULT_IMAGE (fabric/settings.py); FABRIC_IMAGE overrides it.
+# The images are DEFAULT_IMAGE and GPU_IMAGE (fabric/settings.py); FABRIC_IMAGE overrides the first.
 MAX_RAYJOB_NAME = 47  # KubeRay appends a suffix for the RayJob's RayCluster and its pods
 MAX_INLINE_SPEC = 256 * 1024  # the whole RayJob must stay far below etcd's 1.5 MiB object limit
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fabric"}

@@ -32,7 +32,11 @@ from typing import Any
 
 from fabric.errors import ErrorCode, FabricError
 
-DEFAULT_IMAGE = "ghcr.io/archetype/fabric:0.1.0"  # rayproject/ray:2.60.0-py311 + fabric-ray[serve] (k8s/README.md)
+# The images the Dockerfile builds (docker/build.sh): Ray's rayproject/ray:2.60.0-py311 (-gpu) plus this project and
+# its runtime extras, tagged with the project's version; tests/unit/test_image.py keeps k8s/ and cluster.yaml in step.
+IMAGE_REPO = "ghcr.io/archetype/fabric"
+DEFAULT_IMAGE = f"{IMAGE_REPO}:0.1.0"
+GPU_IMAGE = f"{DEFAULT_IMAGE}-gpu"
 _HOME = "$FABRIC_HOME"
 
 
