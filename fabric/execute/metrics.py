@@ -30,6 +30,7 @@ class RayMetricsSink:
         from ray.util import metrics
 
         spec = CATALOGUE[name]
+        metric: Any  # a Counter, Gauge or Histogram: the sink calls what its kind has
         if spec.kind == "counter":
             metric = metrics.Counter(name, description=spec.help, tag_keys=spec.labels)
         elif spec.kind == "gauge":

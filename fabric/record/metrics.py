@@ -38,12 +38,15 @@ CATALOGUE: dict[str, MetricSpec] = {
 
 
 class NodeFacts(Protocol):
-    """What the metrics need of a planned node (fabric.plan.NodePlan has it)."""
+    """What the metrics need of a planned node (fabric.plan.NodePlan has it). Read-only, so a frozen
+    NodePlan, whose priority is a `Priority` (a str), satisfies it."""
 
-    kind: str
-    pool: str | None
-    priority: str
-
+    @property
+    def kind(self) -> str: ...
+    @property
+    def pool(self) -> str | None: ...
+    @property
+    def priority(self) -> str: ...
     @property
     def unit(self) -> Any: ...
 
