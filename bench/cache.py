@@ -34,10 +34,12 @@ def main() -> None:
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))
     home = tempfile.mkdtemp(prefix="fabric-bench-cache-")
-    os.environ["FABRIC_HOME"] = home
     import ray
 
     import fabric as fb
+    from fabric.settings import ENV
+
+    os.environ[ENV["home"]] = home  # for the local Ray and its workers
 
     client = fb.connect("local", num_cpus=int(os.environ.get("BENCH_CPUS", "2")), home=home)
     spec = yaml.safe_load(EXAMPLE.read_text())

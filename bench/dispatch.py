@@ -19,6 +19,7 @@ import ray
 
 import fabric as fb
 from bench import nodes
+from fabric.settings import ENV
 
 NOOP = "bench.nodes:noop"
 
@@ -132,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     for persist in ("none", "needed"):
         # Each mode gets its own local cluster: the registry reads the setting when it starts.
-        os.environ["FABRIC_PERSIST_OUTPUTS"] = persist
+        os.environ[ENV["persist_outputs"]] = persist
         print(f"\n== FABRIC_PERSIST_OUTPUTS={persist}"
               + (" (default: outputs a downstream node reads are written to the artifact store)"
                  if persist == "needed" else " (no output persistence: a resumed run recomputes)"))

@@ -24,6 +24,7 @@ import psutil
 import ray
 
 import fabric as fb
+from fabric.settings import ENV
 
 SPEC = {"version": 1, "pipeline_id": "tiny", "nodes": [
     {"id": "a", "kind": "python_task", "entrypoint": "bench.nodes:noop", "outs": ["a"], "resources": {"cpu": 1}},
@@ -95,7 +96,7 @@ def main() -> None:
     from serve.gateway import build_app
 
     home = tempfile.mkdtemp(prefix="fabric-gw-bench-")
-    os.environ["FABRIC_HOME"] = home
+    os.environ[ENV["home"]] = home
     client = fb.connect("local", num_cpus=2, home=home)
     token = mint_token(Path(home) / "tokens.yaml", "bench")
     with socket.socket() as sock:
