@@ -7,13 +7,13 @@ the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
@@ -23,6 +23,7 @@ import fabric as fb
 from fabric.errors import ErrorCode, FabricError
 from fabric.settings import settings
 from serve.auth import Principal, TokenTable
+from serve.gateway_metrics import GatewayMetrics
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
 from serve.observe_api import router as observe_router
@@ -71,7 +72,7 @@ def problem(status: int, error: FabricError) -> JSONResponse:
 
 api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
-requests_total: Counter[tuple[str, int]] = Counter()
+gateway_metrics = GatewayMetrics()  # this replica's own series (serve/gateway_metrics.py)
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
 api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 document_problems(api)  # every route's error answers in /openapi.json (serve/openapi.py)
@@ -123,7 +124,7 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
     else:
         response = await call_next(request)
     route = request.scope.get("route")
-    requests_total[(getattr(route, "path", "unmatched"), response.status_code)] += 1
+    gateway_metrics.request(getattr(route, "path", "unmatched"), response.status_code)
     return response
 
 
@@ -177,21 +178,18 @@ class Gateway(MlRoutes):
             ok = self._client.ping()
         except Exception:  # noqa: BLE001 - any failure to reach the registry is "unhealthy"
             ok = False
+        gateway_metrics.registry_up(ok)  # probes call this often: Ray's agent sees the registry go
         return JSONResponse({"registry": "ok" if ok else "unreachable"}, status_code=200 if ok else 503)
 
     @api.get("/metrics", response_class=PlainTextResponse)
-    def metrics(self) -> str:
-        lines = ["# HELP fabric_gateway_requests_total HTTP requests by route and status",
-                 "# TYPE fabric_gateway_requests_total counter"]
-        for (route, status), count in sorted(requests_total.items()):
-            lines.append(f'fabric_gateway_requests_total{{route="{route}",status="{status}"}} {count}')
+    def metrics(self) -> PlainTextResponse:
         try:
-            fabric_metrics, up = self._client.metrics_text(), 1
+            fabric_metrics, up = self._client.metrics_text(), True
         except Exception:  # noqa: BLE001 - the gateway's own series still answer while the registry is away
-            fabric_metrics, up = "", 0
-        lines += ["# HELP fabric_registry_up whether the registry answered this scrape",
-                  "# TYPE fabric_registry_up gauge", f"fabric_registry_up {up}"]
-        return "\n".join(lines) + "\n" + fabric_metrics
+            fabric_metrics, up = "", False
+        gateway_metrics.registry_up(up)
+        # Two expositions with distinct names, one after the other, are one valid exposition.
+        return PlainTextResponse(gateway_metrics.render() + fabric_metrics, media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/api/orch/submit", status_code=202)
     async def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:

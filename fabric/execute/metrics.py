@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fabric.record.metrics import BUCKETS_S, CATALOGUE, FabricMetrics
+from fabric.record.metrics import BUCKETS_S, CATALOGUE, FabricMetrics, MetricSpec
 
 
 class RayMetricsSink:
     """Creates each Ray metric on first use (they can only exist inside a Ray worker or driver)."""
 
-    def __init__(self) -> None:
+    def __init__(self, catalogue: Mapping[str, MetricSpec] = CATALOGUE) -> None:
+        self._catalogue = catalogue
         self._metrics: dict[str, Any] = {}
 
     def __call__(self, name: str, value: float, tags: Mapping[str, str]) -> None:
         metric = self._metrics.get(name) or self._create(name)
-        kind = CATALOGUE[name].kind
+        kind = self._catalogue[name].kind
         if kind == "counter":
             if value > 0:
                 metric.inc(value, tags=dict(tags))
@@ -29,7 +30,7 @@ class RayMetricsSink:
     def _create(self, name: str) -> Any:
         from ray.util import metrics
 
-        spec = CATALOGUE[name]
+        spec = self._catalogue[name]
         metric: Any  # a Counter, Gauge or Histogram: the sink calls what its kind has
         if spec.kind == "counter":
             metric = metrics.Counter(name, description=spec.help, tag_keys=spec.labels)

@@ -1,5 +1,6 @@
-"""fabric's metrics: one catalogue of names, derived from the runs' state transitions, rendered as
-Prometheus text. Pure: a sink mirrors every update into Ray's metrics (`fabric.execute.metrics`)."""
+"""fabric's metrics: one catalogue of names, derived from the runs' state transitions, kept in a
+prometheus_client registry of their own and rendered by it. Pure: a sink mirrors every update into
+Ray's metrics (`fabric.execute.metrics`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fabric.states import NodeState
 
@@ -35,6 +38,12 @@ CATALOGUE: dict[str, MetricSpec] = {
     "fabric_cache_hits_total": MetricSpec("counter", "nodes whose outputs were reused (CACHED)", ("kind",)),
     "fabric_submissions_finished_total": MetricSpec("counter", "submissions that ended", ("team", "state")),
 }
+# The gateway's own series (serve/gateway_metrics.py): its /metrics and Ray's agent export these too.
+GATEWAY: dict[str, MetricSpec] = {
+    "fabric_gateway_requests_total": MetricSpec("counter", "HTTP requests by route and status", ("route", "status")),
+    "fabric_registry_up": MetricSpec("gauge", "whether the registry answered the gateway's last check", ()),
+}
+EXPORTED = {**CATALOGUE, **GATEWAY}  # every name fabric exports (Ray's agent: each with `ray_` before it)
 
 
 class NodeFacts(Protocol):
@@ -56,17 +65,20 @@ Sink = Callable[[str, float, Mapping[str, str]], None]  # (name, value: delta, l
 
 class FabricMetrics:
     """Series derived from transitions. Entry and exit of a state are paired per node, so a run
-    restored by a restarted registry never drives a gauge below zero."""
+    restored by a restarted registry never drives a gauge below zero. Each instance owns its
+    CollectorRegistry (never prometheus_client's global one): two engines, or two tests, never share series."""
 
     def __init__(self, sink: Sink | None = None) -> None:
         self._sink = sink
         self._lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._series: dict[str, Any] = {n: make_metric(n, spec, self.registry) for n, spec in CATALOGUE.items()}
+        # Gauge levels, for the sink (which is handed a gauge's level, not its change).
+        self._levels: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # What the sink has not seen yet, merged: counters summed, gauges at their last level, histogram
         # samples kept. `flush()` hands it over (the engine does, off the per-node path).
         self._unsent: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._unsent_samples: list[tuple[str, float, tuple[tuple[str, str], ...]]] = []
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
         self._queued: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
         self._running: dict[tuple[str, str], float] = {}
 
@@ -117,21 +129,21 @@ class FabricMetrics:
 
     def _add(self, name: str, delta: float, **tags: str) -> None:
         key = (name, tuple(sorted(tags.items())))
-        self._values[key] = self._values.get(key, 0.0) + delta
-        if self._sink is not None:
-            gauge = CATALOGUE[name].kind == "gauge"
-            self._unsent[key] = self._values[key] if gauge else self._unsent.get(key, 0.0) + delta
+        series = self._series[name].labels(**tags)
+        if CATALOGUE[name].kind == "gauge":
+            series.inc(delta)
+            self._levels[key] = self._levels.get(key, 0.0) + delta
+            if self._sink is not None:
+                self._unsent[key] = self._levels[key]
+        else:
+            series.inc(delta)
+            if self._sink is not None:
+                self._unsent[key] = self._unsent.get(key, 0.0) + delta
 
     def _observe(self, name: str, value: float, **tags: str) -> None:
-        key = (name, tuple(sorted(tags.items())))
-        counts = self._histograms.setdefault(key, [0.0] * (len(BUCKETS_S) + 2))  # buckets, +Inf, sum
-        for index, bound in enumerate(BUCKETS_S):
-            if value <= bound:
-                counts[index] += 1
-        counts[-2] += 1
-        counts[-1] += value
+        self._series[name].labels(**tags).observe(value)
         if self._sink is not None:
-            self._unsent_samples.append((name, value, key[1]))
+            self._unsent_samples.append((name, value, tuple(sorted(tags.items()))))
 
     def flush(self) -> None:
         """Hand everything new to the sink: one call per changed series, one per histogram sample."""
@@ -146,39 +158,24 @@ class FabricMetrics:
             self._sink(name, value, dict(tags))
 
     def value(self, name: str, **tags: str) -> float:
+        """A series' value as exported (a histogram's: its number of observations); 0 where none."""
+        sample = f"{name}_count" if CATALOGUE[name].kind == "histogram" else name
         with self._lock:
-            if CATALOGUE[name].kind == "histogram":
-                return self._histograms.get((name, tuple(sorted(tags.items()))), [0.0, 0.0])[-2]
-            return self._values.get((name, tuple(sorted(tags.items()))), 0.0)
+            return self.registry.get_sample_value(sample, tags) or 0.0
 
     def render(self) -> str:
-        """Prometheus text exposition of every series."""
+        """Prometheus text exposition (format 0.0.4) of every series, by prometheus_client."""
         with self._lock:
-            lines = []
-            for name, spec in CATALOGUE.items():
-                lines += [f"# HELP {name} {spec.help}", f"# TYPE {name} {spec.kind}"]
-                if spec.kind == "histogram":
-                    for (series, tags), counts in sorted(self._histograms.items()):
-                        if series != name:
-                            continue
-                        for bound, count in zip(BUCKETS_S, counts, strict=False):
-                            lines.append(f"{name}_bucket{_labels(tags, le=repr(bound))} {count:g}")
-                        lines.append(f"{name}_bucket{_labels(tags, le='+Inf')} {counts[-2]:g}")
-                        lines.append(f"{name}_sum{_labels(tags)} {counts[-1]:.6g}")
-                        lines.append(f"{name}_count{_labels(tags)} {counts[-2]:g}")
-                    continue
-                for (series, tags), value in sorted(self._values.items()):
-                    if series == name:
-                        lines.append(f"{name}{_labels(tags)} {value:.6g}")
-            return "\n".join(lines) + "\n"
+            return generate_latest(self.registry).decode()
 
 
-def _labels(tags: tuple[tuple[str, str], ...], **extra: str) -> str:
-    items = [*tags, *extra.items()]
-    if not items:
-        return ""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in items)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(items, escaped, strict=True)) + "}"
+def make_metric(name: str, spec: MetricSpec, registry: CollectorRegistry) -> Any:
+    """The prometheus_client metric for one catalogue entry, in `registry`."""
+    if spec.kind == "counter":
+        return Counter(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(name, spec.help, spec.labels, registry=registry)
+    return Histogram(name, spec.help, spec.labels, registry=registry, buckets=BUCKETS_S)
 
 
-__all__ = ["BUCKETS_S", "CATALOGUE", "FabricMetrics", "MetricSpec"]
+__all__ = ["BUCKETS_S", "CATALOGUE", "EXPORTED", "GATEWAY", "FabricMetrics", "MetricSpec", "make_metric"]

@@ -296,6 +296,13 @@ def test_metrics_at_the_gateway_and_through_rays_metrics_agent(gateway):
         time.sleep(2)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "ray_fabric_nodes_finished_total" in text and "ray_fabric_node_run_seconds_bucket" in text
+    # The gateway's own series reach Ray's agent too, under the names the dashboard's `${prefix}` (ray_) gives.
+    deadline = time.monotonic() + 40
+    while "ray_fabric_gateway_requests_total" not in text and time.monotonic() < deadline:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    agent = {f.name for f in text_string_to_metric_families(text)}
+    assert {"ray_fabric_gateway_requests", "ray_fabric_registry_up", "ray_fabric_queue_wait_seconds"} <= agent
 
 
 def test_the_registry_dying_mid_dag_over_http_status_answers_throughout(gateway, client, tmp_path):
