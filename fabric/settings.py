@@ -161,19 +161,34 @@ class Settings:
                                  "(a tracking server's mlflow-artifacts:/ root, say)", "path or URI", _text,
                                  lambda home, _env: str(Path(home).resolve() / "mlartifacts"),
                                  shown=f"{_HOME}/mlartifacts")
-    lineage: str = _var("FABRIC_LINEAGE", "where the registry sends OpenLineage events", "file | http | off",
-                        _choice("file", "http", "off", aliases={"none": "off", "0": "off"}), "file")
+    lineage: str | None = _var("FABRIC_LINEAGE", "where the registry sends OpenLineage events; overrides "
+                               "OPENLINEAGE_URL (set: http) and OPENLINEAGE_DISABLED=true (off)", "file | http | off",
+                               _choice("file", "http", "off", aliases={"none": "off", "0": "off"}),
+                               shown="http where OPENLINEAGE_URL is set, off where OPENLINEAGE_DISABLED=true, "
+                                     "else file")
     lineage_file: str = _var("FABRIC_LINEAGE_FILE", "the lineage file (one RunEvent per line) with "
                              "FABRIC_LINEAGE=file", "path", _text, _under_home("lineage", "events.jsonl"),
                              shown=f"{_HOME}/lineage/events.jsonl")
-    lineage_url: str | None = _var("FABRIC_LINEAGE_URL", "with FABRIC_LINEAGE=http: the endpoint, e.g. "
-                                   "http://marquez:5000 (events go to /api/v1/lineage)", "URL", _text)
-    lineage_api_key: str | None = _var("FABRIC_LINEAGE_API_KEY", "with FABRIC_LINEAGE=http: sent as a bearer "
-                                       "token", "secret", _text, secret=True)
-    lineage_namespace: str = _var("FABRIC_LINEAGE_NAMESPACE", "the OpenLineage namespace of jobs and datasets",
-                                  "str", _text, "fabric")
+    lineage_file_max_bytes: int = _var("FABRIC_LINEAGE_FILE_MAX_BYTES", "the lineage file is rotated (to .1, .2, "
+                                       "…) before it would grow past this many bytes", "int >= 1", _int(1), 64 << 20)
+    lineage_file_backups: int = _var("FABRIC_LINEAGE_FILE_BACKUPS", "rotated lineage files kept beside the "
+                                     "current one (the oldest is deleted)", "int >= 0", _int(0), 5)
+    lineage_url: str | None = _var("FABRIC_LINEAGE_URL", "lineage over HTTP: the endpoint, e.g. "
+                                   "http://marquez:5000 (events go to /api/v1/lineage); overrides OPENLINEAGE_URL",
+                                   "URL", _text, shown="OPENLINEAGE_URL")
+    lineage_api_key: str | None = _var("FABRIC_LINEAGE_API_KEY", "lineage over HTTP: sent as a bearer "
+                                       "token; overrides OPENLINEAGE_API_KEY", "secret", _text, secret=True,
+                                       shown="OPENLINEAGE_API_KEY")
+    lineage_namespace: str | None = _var("FABRIC_LINEAGE_NAMESPACE", "the OpenLineage namespace of jobs and "
+                                         "datasets; overrides OPENLINEAGE_NAMESPACE", "str", _text,
+                                         shown="OPENLINEAGE_NAMESPACE, else fabric")
     otlp_endpoint: str | None = _var("FABRIC_OTLP_ENDPOINT", "turns traces on: spans go over OTLP/HTTP to "
-                                     "<endpoint>/v1/traces, e.g. http://collector:4318", "URL", _text)
+                                     "<endpoint>/v1/traces, e.g. http://collector:4318; overrides the OTEL_* "
+                                     "variables (docs/observability.md)", "URL", _text,
+                                     shown="OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT")
+    log_format: str = _var("FABRIC_LOG_FORMAT", "fabric's Python logging (registry, gateway, CLI): `text` as "
+                           "Python and Ray set it up, or `json`, one object per line (fabric/logs.py)",
+                           "text | json", _choice("text", "json"), "text")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, home: str | None = None) -> Settings:
@@ -196,10 +211,10 @@ class Settings:
                 raise FabricError(f"{var.env}={shown} is not valid: {exc}", code=ErrorCode.SETTINGS_INVALID,
                                   where=var.env, fix=f"set {var.env} to a value of type {var.type}, or unset it "
                                                      f"for the default ({var.shown}); see docs/settings.md") from None
-        if values["lineage"] == "http" and not values["lineage_url"]:
-            raise FabricError("FABRIC_LINEAGE=http needs FABRIC_LINEAGE_URL", code=ErrorCode.SETTINGS_INVALID,
-                              where="FABRIC_LINEAGE_URL", fix="set FABRIC_LINEAGE_URL (e.g. http://marquez:5000), "
-                                                              "or FABRIC_LINEAGE=file or off")
+        if values["lineage"] == "http" and not (values["lineage_url"] or env.get("OPENLINEAGE_URL")):
+            raise FabricError("FABRIC_LINEAGE=http needs a URL", code=ErrorCode.SETTINGS_INVALID,
+                              where="FABRIC_LINEAGE_URL", fix="set OPENLINEAGE_URL or FABRIC_LINEAGE_URL (e.g. "
+                                                              "http://marquez:5000), or FABRIC_LINEAGE=file or off")
         return cls(**values)
 
 

@@ -1,10 +1,10 @@
 """Lineage and traces leave the registry here: a Store wrapper hands every recorded event to a background
-thread, which turns it into OpenLineage RunEvents (`openlineage-python`: a file by default, HTTP by config)
-and, when a submission ends, into OpenTelemetry spans over OTLP (off unless configured).
+thread, which turns it into OpenLineage RunEvents (`openlineage-python`: a size-rotated file by default, HTTP by
+config) and, when a submission ends, into OpenTelemetry spans over OTLP (off unless configured).
 
-Configured by the registry's settings (FABRIC_LINEAGE*, FABRIC_OTLP_ENDPOINT: fabric/settings.py,
-docs/settings.md).
-openlineage and opentelemetry are imported only when used.
+Configured by the registry's settings (FABRIC_LINEAGE*, FABRIC_OTLP_ENDPOINT: fabric/settings.py) over the
+standard OPENLINEAGE_* and OTEL_* variables: a FABRIC_* one, where set, wins (`fabric.actors.observe_config`,
+docs/observability.md). openlineage and opentelemetry are imported only when used.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fabric.actors.observe_config import LineageConfig, lineage_config, lineage_namespace, trace_config
 from fabric.execute.outputs import MANIFEST, outputs_dir
 from fabric.kinds import kind_checks
 from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
 from fabric.record.lineage import LineageBuilder, NodeIO, StoredFile, lineage_events
+from fabric.record.rotating import RotatingLines
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
@@ -100,7 +102,7 @@ class Files:
 
 def lineage_view(record: SubmissionRecord, events: list[Event], config: Settings) -> list[dict[str, Any]]:
     files = Files(config.home, config.artifacts)
-    return lineage_events(record, events, node_io(plan_of(record)), config.lineage_namespace, files.output,
+    return lineage_events(record, events, node_io(plan_of(record)), lineage_namespace(config), files.output,
                           files.artifacts)
 
 
@@ -117,9 +119,10 @@ def graph_view(record: SubmissionRecord, events: list[Event]) -> dict[str, Any]:
             "critical_path": critical_path(upstream, spans)}
 
 
-def lineage_client(config: Settings) -> Any | None:
+def lineage_client(settings: Settings) -> Any | None:
     """An OpenLineageClient for the configured transport, or None when lineage is off."""
-    if config.lineage == "off":
+    config = lineage_config(settings)
+    if config.mode == "off":
         return None
     try:
         from openlineage.client import OpenLineageClient
@@ -128,31 +131,34 @@ def lineage_client(config: Settings) -> Any | None:
                     "GET /api/orch/lineage/{id} still answers, built from the record")
         return None
 
-    if config.lineage == "http":
-        transport: dict[str, Any] = {"type": "http", "url": config.lineage_url,
-                                     "endpoint": "api/v1/lineage", "timeout": 5.0}
-        if config.lineage_api_key:
-            transport["auth"] = {"type": "api_key", "apiKey": config.lineage_api_key}
-    else:
-        path = Path(config.lineage_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return OpenLineageClient(transport=_batch_file_transport(str(path)))
-    return OpenLineageClient(config={"transport": transport})
+    if config.mode == "http":
+        transport: dict[str, Any] = {"type": "http", "url": config.url, "endpoint": config.endpoint, "timeout": 5.0}
+        if config.api_key:
+            transport["auth"] = {"type": "api_key", "apiKey": config.api_key}
+        return OpenLineageClient(config={"transport": transport})
+    return OpenLineageClient(transport=_rotating_file_transport(config))
 
 
-def _batch_file_transport(path: str) -> Any:
-    """openlineage-python's file transport (append mode), also taking events already built as JSON-ready
-    dicts, many per write: one open and one write per batch instead of per event keeps a 1,000-node
-    run's lineage from competing with its engine for the registry's CPU."""
+def _rotating_file_transport(config: LineageConfig) -> Any:
+    """openlineage-python's file transport, writing through `RotatingLines` (rotated by size, nothing lost
+    across a rotation), also taking events already built as JSON-ready dicts, many per write: one open and
+    one write per batch instead of per event keeps a 1,000-node run's lineage from competing with its engine
+    for the registry's CPU."""
+    from openlineage.client.serde import Serde
     from openlineage.client.transport.file import FileConfig, FileTransport
 
-    class BatchFileTransport(FileTransport):
-        def emit_many(self, events: list[dict[str, Any]]) -> None:
-            lines = "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events)
-            with self._file_handler.open_file(self.config.log_file_path, "a") as out:
-                out.write(lines)
+    class RotatingFileTransport(FileTransport):
+        def __init__(self) -> None:
+            super().__init__(FileConfig(log_file_path=config.file, append=True))
+            self.lines = RotatingLines(config.file, config.max_bytes, config.backups)
 
-    return BatchFileTransport(FileConfig(log_file_path=path, append=True))
+        def emit(self, event: Any) -> None:
+            self.lines.write([Serde.to_json(event)])
+
+        def emit_many(self, events: list[dict[str, Any]]) -> None:
+            self.lines.write([json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events])
+
+    return RotatingFileTransport()
 
 
 def to_openlineage(event: dict[str, Any]) -> Any:
@@ -171,15 +177,15 @@ def to_openlineage(event: dict[str, Any]) -> Any:
 class SpanExporter:
     """Exports a finished submission's spans over OTLP/HTTP, with their recorded start and end times."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, traces_url: str, service_name: str = "fabric") -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        self._provider = TracerProvider(resource=Resource.create({"service.name": "fabric"}))
-        self._provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", timeout=5)))
+        # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; the exporter OTEL_EXPORTER_OTLP_*HEADERS.
+        self._provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url, timeout=5)))
         self._tracer = self._provider.get_tracer("fabric")
 
     def export(self, record: SubmissionRecord, events: list[Event], pools: dict[str, str | None]) -> int:
@@ -305,14 +311,15 @@ class ObservedStore:
 def observed(store: Store, config: Settings) -> Store:
     """`store`, wrapped to send lineage and traces as configured (unwrapped when both are off)."""
     lineage = lineage_client(config)
+    traces = trace_config(config)
     spans = None
-    if config.otlp_endpoint:
+    if traces.endpoint:
         try:
-            spans = SpanExporter(config.otlp_endpoint)
+            spans = SpanExporter(traces.endpoint, traces.service_name)
         except ImportError:  # as for lineage: a missing sink is logged, never fatal
-            log.warning("fabric traces are off: FABRIC_OTLP_ENDPOINT is set but opentelemetry is not installed "
+            log.warning("fabric traces are off: an OTLP endpoint is set but opentelemetry is not installed "
                         "(pip install -e .[observe])")
     if lineage is None and spans is None:
         return store
     return ObservedStore(store, Observer(store, config.home, config.artifacts, lineage, spans,
-                                         config.lineage_namespace))
+                                         lineage_namespace(config)))

@@ -170,7 +170,7 @@ def test_spans_go_over_otlp_with_parents_and_attributes(sink):
     from fabric.actors.observe import SpanExporter
 
     url, received = sink
-    assert SpanExporter(url).export(RECORD, EVENTS, {"a": "cpu"}) == len(trace_spans(RECORD, EVENTS))
+    assert SpanExporter(url + "/v1/traces").export(RECORD, EVENTS, {"a": "cpu"}) == len(trace_spans(RECORD, EVENTS))
     spans = []
     for path, _, body in received:
         assert path == "/v1/traces"

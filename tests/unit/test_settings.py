@@ -43,7 +43,9 @@ def test_defaults_follow_the_home():
     assert config.scheduling == "/data/fabric/scheduling.yaml" and config.secrets_dir == "/data/fabric/secrets"
     assert config.lineage_file == "/data/fabric/lineage/events.jsonl"
     assert config.mlflow_uri == "sqlite:////data/fabric/mlflow.db"
-    assert (config.store, config.persist_outputs, config.lineage) == ("sqlite", "needed", "file")
+    # Lineage is unset: the standard OPENLINEAGE_* variables then decide (fabric/actors/observe_config.py).
+    assert (config.store, config.persist_outputs, config.lineage) == ("sqlite", "needed", None)
+    assert (config.lineage_file_max_bytes, config.lineage_file_backups, config.log_format) == (64 << 20, 5, "text")
     assert (config.keep_finished, config.keep_results, config.sweep_interval_s) == (1000, 100, 3600.0)
     assert not (config.admission or config.skip_feasibility or config.use_images)
     assert config.token is None and config.otlp_endpoint is None
