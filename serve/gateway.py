@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
 from fabric.errors import ErrorCode, FabricError
+from fabric.logs import configure_logging
 from fabric.settings import settings
 from serve.auth import Principal, TokenTable
 from serve.gateway_metrics import GatewayMetrics
@@ -134,6 +135,7 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
 @serve.ingress(api)
 class Gateway(MlRoutes):
     def __init__(self, tokens_file: str | None = None) -> None:
+        configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None
         # Inside Serve, Ray is up: this only finds the registry.

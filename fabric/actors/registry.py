@@ -24,6 +24,7 @@ from fabric.execute.engine import Engine
 from fabric.execute.outputs import load_code, remove_tree, save_code
 from fabric.execute.scheduler import load_config
 from fabric.kinds import kind_checks
+from fabric.logs import configure_logging
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
@@ -44,6 +45,7 @@ class Registry:
     def __init__(self, home: str, check_feasibility: bool = True, config: Settings | None = None) -> None:
         # Read here, in the actor's own process and environment (the Ray node's), once (fabric/settings.py).
         config = config or Settings.from_env(home=home)
+        configure_logging(config.log_format)  # json: this actor's log records as JSON lines (fabric/logs.py)
         self.home = home
         self._config = config
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
