@@ -73,6 +73,7 @@ class FabricMetrics:
         self._lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self._series: dict[str, Any] = {n: make_metric(n, spec, self.registry) for n, spec in CATALOGUE.items()}
+        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         # Gauge levels, for the sink (which is handed a gauge's level, not its change).
         self._levels: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # What the sink has not seen yet, merged: counters summed, gauges at their last level, histogram
@@ -129,21 +130,26 @@ class FabricMetrics:
 
     def _add(self, name: str, delta: float, **tags: str) -> None:
         key = (name, tuple(sorted(tags.items())))
-        series = self._series[name].labels(**tags)
+        self._child(key, tags).inc(delta)
         if CATALOGUE[name].kind == "gauge":
-            series.inc(delta)
             self._levels[key] = self._levels.get(key, 0.0) + delta
             if self._sink is not None:
                 self._unsent[key] = self._levels[key]
-        else:
-            series.inc(delta)
-            if self._sink is not None:
-                self._unsent[key] = self._unsent.get(key, 0.0) + delta
+        elif self._sink is not None:
+            self._unsent[key] = self._unsent.get(key, 0.0) + delta
 
     def _observe(self, name: str, value: float, **tags: str) -> None:
-        self._series[name].labels(**tags).observe(value)
+        key = (name, tuple(sorted(tags.items())))
+        self._child(key, tags).observe(value)
         if self._sink is not None:
-            self._unsent_samples.append((name, value, tuple(sorted(tags.items()))))
+            self._unsent_samples.append((name, value, key[1]))
+
+    def _child(self, key: tuple[str, tuple[tuple[str, str], ...]], tags: dict[str, str]) -> Any:
+        """The labelled series, found once: prometheus_client's `labels()` costs more than the update itself."""
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._series[key[0]].labels(**tags)
+        return child
 
     def flush(self) -> None:
         """Hand everything new to the sink: one call per changed series, one per histogram sample."""
