@@ -159,7 +159,7 @@ def validate(dag: DagArg, params: ParamsOpt = None) -> None:
     from fabric.kinds import kind_checks
     from fabric.plan import kind_problems
 
-    problems = kind_problems(spec, kind_checks())  # type: ignore[arg-type]
+    problems = kind_problems(spec, kind_checks())
     summary = f"{spec.pipeline_id}: {len(spec.nodes)} nodes, {len(spec.edges)} edges"
     if problems:
         out.print(f"[yellow]the spec is valid[/] ({summary}), [bold]but it cannot run here:[/]")

@@ -15,7 +15,9 @@ def as_lazy_frame(value: Any, name: str) -> Any:
     if isinstance(value, pl.DataFrame):
         return value.lazy()
     if isinstance(value, pa.Table):
-        return pl.from_arrow(value).lazy()  # type: ignore[union-attr]
+        frame = pl.from_arrow(value)  # a Table makes a DataFrame (only an Array makes a Series)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.lazy()
     if isinstance(value, str | list):
         return pl.scan_parquet(value)
     raise TypeError(f"input {name!r} is a {type(value).__name__}; sql reads Arrow or Polars tables "

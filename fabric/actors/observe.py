@@ -42,7 +42,7 @@ HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-25
 
 def plan_of(record: SubmissionRecord) -> ExecutionPlan:
     return compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
-                        kind_checks())  # type: ignore[arg-type]
+                        kind_checks())
 
 
 def node_io(plan: ExecutionPlan) -> dict[str, NodeIO]:

@@ -87,7 +87,7 @@ class Registry:
         """Validate, plan and start a submission; the same submission_id again returns the same one."""
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
-        plan = compile_plan(dag, runtime, kind_checks())  # type: ignore[arg-type]
+        plan = compile_plan(dag, runtime, kind_checks())
         runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
         # "The same submission" means the same normalized spec and the same runtime params.
         request_hash = digest({"spec": dag.to_dict(), "runtime": runtime_dump})
@@ -223,7 +223,7 @@ class Registry:
             sid = record.submission_id
             try:
                 plan = compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
-                                    kind_checks())  # type: ignore[arg-type]
+                                    kind_checks())
                 status = status_from_events(record, self._store.events(sid))
                 code = {entry: ray.put(blob) for entry, blob in load_code(self._artifacts, sid).items()}
                 rerun = self._engine.resume(record, plan, status, code)

@@ -86,8 +86,8 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     try:
         with use_context(ctx):
             if call.inline_code:
-                blob, *inputs = inputs  # type: ignore[assignment]
-                named = dict(zip(call.input_names, inputs, strict=True))
+                blob, *values = inputs
+                named = dict(zip(call.input_names, values, strict=True))
                 value = _inline_function(blob)(**call.params, **named)
             else:
                 named = dict(zip(call.input_names, inputs, strict=True))

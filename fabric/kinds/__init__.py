@@ -13,6 +13,7 @@ from fabric.kinds.serve_kind import ServeKind
 from fabric.kinds.sql import SqlTask
 from fabric.kinds.train import TrainKind
 from fabric.kinds.tune import TuneKind
+from fabric.plan.compile import KindCheck
 
 ENTRY_POINT_GROUP = "fabric.kinds"
 _registered: dict[str, Kind] = {}
@@ -45,7 +46,7 @@ def get_kind(name: str) -> Kind:
                           fix=f"use one of: {', '.join(sorted(available_kinds()))}") from None
 
 
-def kind_checks() -> dict[str, object]:
+def kind_checks() -> dict[str, KindCheck]:
     """Kind name -> a submit-time checker, in the shape `fabric.plan.compile_plan` takes."""
     return {name: kind.check for name, kind in available_kinds().items()}
 

@@ -134,11 +134,12 @@ def deploy(name: str, stable_uri: str, *, canary_uri: str | None = None, weight:
     _ensure_serve()
     scale: dict[str, Any] = {"autoscaling_config": dict(autoscaling)} if autoscaling else {
         "num_replicas": num_replicas or 1}
-    # mypy does not apply class decorators: serve.deployment made ModelServer and Router Deployments.
-    server = ModelServer.options(ray_actor_options={"num_cpus": replica_cpus}, **scale)  # type: ignore[attr-defined]
+    server = ModelServer.options(  # type: ignore[attr-defined]  # a Deployment: mypy skips class decorators
+        ray_actor_options={"num_cpus": replica_cpus}, **scale)
     stable = server.options(name="stable").bind(stable_uri, tracking_uri)
     canary = server.options(name="canary").bind(canary_uri, tracking_uri) if canary_uri else None
-    app = Router.options(name="router").bind(stable, canary, weight, stable_uri, canary_uri)  # type: ignore[attr-defined]
+    app = Router.options(  # type: ignore[attr-defined]  # a Deployment too
+        name="router").bind(stable, canary, weight, stable_uri, canary_uri)
     return serve.run(app, name=app_name(name), route_prefix=None)
 
 

@@ -405,12 +405,12 @@ class RunMachine:
 
     def _dispatch(self, node: NodeRun) -> Dispatch:
         self._set_token(node, next(self._tokens))
-        # Inputs may come from any ancestor, not only a direct parent: wire to every producer's dispatch.
+        # Inputs may come from any ancestor, not only a parent: wire to each producer's dispatch. Every producer
+        # was dispatched before this node (eager dispatch), so its token is set: mypy cannot know that.
         producers = {*node.plan.upstream, *(wire.producer for wire in node.plan.inputs)}
-        node.input_tokens = {u: self.nodes[u].token for u in producers}  # type: ignore[misc]
+        node.input_tokens = {u: self.nodes[u].token for u in producers}  # type: ignore[misc]  # see above
         assert node.token is not None
-        return Dispatch(node.plan.node_id, len(node.attempts) + 1, node.token,
-                        tuple(node.input_tokens.items()))
+        return Dispatch(node.plan.node_id, len(node.attempts) + 1, node.token, tuple(node.input_tokens.items()))
 
     def _run(self, node: NodeRun) -> None:
         now = self._clock()
