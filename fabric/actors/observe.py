@@ -243,7 +243,8 @@ class Observer:
                 try:
                     built += self._observe(event)
                 except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
-                    log.exception("fabric could not build lineage/trace for %s", event.submission_id)
+                    log.exception("fabric could not build lineage/trace for %s", event.submission_id,
+                                  extra={"submission_id": event.submission_id, "node_id": event.node_id})
             try:
                 self._send(built)
             except Exception:  # noqa: BLE001

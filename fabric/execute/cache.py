@@ -189,7 +189,8 @@ class NodeCache:
 
         def done(result: Any) -> None:
             if isinstance(result, BaseException):
-                log.warning("fabric could not read the code versions of %s: %s", sid, result)
+                log.warning("fabric could not read the code versions of %s: %s", sid, result,
+                            extra={"submission_id": sid})
                 result = {}
             self._versions[sid] = dict(result)
             self._probes.pop(sid, None)

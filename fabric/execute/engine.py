@@ -261,7 +261,8 @@ class Engine:
                 if run is not None:
                     self._record(run)
             except Exception:  # noqa: BLE001 - the store failing must not stop the engine
-                log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc())
+                log.error("fabric could not record %s:\n%s", submission_id, traceback.format_exc(),
+                          extra={"submission_id": submission_id})
 
     def _fail_run(self, message: Message) -> list[str]:
         """An engine error on a submission: log it, cancel the submission's work, say why."""
@@ -368,7 +369,7 @@ class Engine:
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work
-                log.exception("fabric metrics failed for %s", sid)
+                log.exception("fabric metrics failed for %s", sid, extra={"submission_id": sid})
         if run.machine.done and not run.done.is_set():
             run.record.state = str(run.machine.state)
             try:

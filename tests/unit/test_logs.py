@@ -54,3 +54,21 @@ def test_text_is_the_default_and_leaves_logging_alone(restore_loggers):
     assert logging.getLogger("fabric").handlers == before and logging.getLogger("fabric").propagate
     with pytest.raises(FabricError, match="FABRIC_LOG_FORMAT"):
         Settings.from_env({"FABRIC_LOG_FORMAT": "xml"})  # a typo is named, with the fix
+
+
+def test_a_failing_lineage_build_is_logged_with_its_submission_and_node(restore_loggers, tmp_path):
+    """A real path of the registry: the observer cannot build lineage for a record whose spec does not compile;
+    its log record, as JSON, names the submission and the node."""
+    from fabric.actors.observe import Observer
+    from fabric.record import Event, MemoryStore, SubmissionRecord
+
+    stream = io.StringIO()
+    configure_logging("json", stream)
+    store = MemoryStore()
+    store.add_submission(SubmissionRecord("sub-9", "pipe", {"not": "a dag"}, {}, "p", "r", 1.0))
+    observer = Observer(store, str(tmp_path), str(tmp_path), None, None)
+    observer.put([Event("sub-9", "train", "PENDING", "QUEUED", 2.0, 0, "")])
+    assert observer.drain(10)
+    [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (line["level"], line["logger"]) == ("ERROR", "fabric.actors.observe")
+    assert (line["submission_id"], line["node_id"]) == ("sub-9", "train") and "exc" in line
