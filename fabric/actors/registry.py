@@ -16,19 +16,21 @@ from typing import Any
 import ray
 
 from fabric.actors import HEAD_RESOURCE, NAMESPACE, observe
+from fabric.actors.quota import get_or_create_quota_actor
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
 from fabric.execute.cache import open_cache_index
 from fabric.execute.engine import Engine
 from fabric.execute.outputs import load_code, remove_tree, save_code
-from fabric.execute.scheduler import load_config
+from fabric.execute.scheduler import engine_scheduler
 from fabric.kinds import kind_checks
 from fabric.logs import configure_logging
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
 from fabric.record.replay import status_from_events
+from fabric.schedule.queue import load_config
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.states import KILL_SWITCH, EventKind
@@ -55,10 +57,14 @@ class Registry:
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         # persist_outputs "needed" (default): outputs a downstream node reads are written on success, so a
         # resumed run reloads them; "none" trades that for speed: a resumed run recomputes them.
-        self._engine = Engine(self._store, home=home, artifacts=self._artifacts,
+        # Admission (when configured) books team budgets in the quota actors: their factory is passed down,
+        # so the engine never imports the control plane.
+        scheduling = load_config(Path(config.scheduling), config.admission)
+        admission = (engine_scheduler(scheduling, time.time, self._store, get_or_create_quota_actor)
+                     if scheduling is not None else None)
+        self._engine = Engine(self._store, backend=RayBackend(), home=home, artifacts=self._artifacts,
                               control=(REGISTRY_NAME, NAMESPACE), use_images=config.use_images,
-                              persist_outputs=config.persist_outputs != "none",
-                              scheduling=load_config(Path(config.scheduling), config.admission),
+                              persist_outputs=config.persist_outputs != "none", admission=admission,
                               cache_index=open_cache_index(home, config.store),
                               keep_finished=config.keep_finished, keep_results=config.keep_results)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.

@@ -7,7 +7,8 @@ source of the entrypoint's module and of the kind's implementation, read where t
 digests of the *values* of its inputs, which the producers report when they finish
 (`NodeCall.digest`). Two runs over different data never share an entry, even under the same names.
 
-The engine calls `tick` once per loop, before it records and admits; nothing here blocks on Ray.
+The engine calls `tick` once per loop, before it records and admits, with its `CacheHost` (execute/ports.py):
+the cache sees and does only what that seam offers. Nothing here blocks on Ray.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from typing import Any
 import ray
 
 from fabric.digests import module_digest
-from fabric.execute.backend import AttemptHandle
 from fabric.execute.outputs import copy_node_files, has_outputs
-from fabric.execute.ports import Wake
+from fabric.execute.ports import CacheHost, RunView
 from fabric.plan.hashing import node_content_hash
 from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
 from fabric.states import NodeState, Wait, WaitReason
@@ -70,7 +70,7 @@ class NodeCache:
         self.hits = 0
         self.coalesced = 0
 
-    def tick(self, engine: Any) -> set[str]:
+    def tick(self, engine: CacheHost) -> set[str]:
         """Decide every ready cache node; returns the submissions it changed. Never raises: a failure here
         is logged and leaves the nodes waiting for the next tick (the engine loop must live)."""
         touched: set[str] = set()
@@ -80,10 +80,9 @@ class NodeCache:
             log.exception("fabric cache tick failed")
         return touched
 
-    def _tick(self, engine: Any, touched: set[str]) -> None:
-        runs = engine._runs
+    def _tick(self, engine: CacheHost, touched: set[str]) -> None:
         for key, (sid, node_id) in list(self._inflight.items()):
-            run = runs.get(sid)
+            run = engine.run_of(sid)
             node = run.machine.nodes[node_id] if run is not None else None
             if node is not None and not node.state.terminal:
                 continue
@@ -92,16 +91,16 @@ class NodeCache:
                 report = node.attempts[-1].report
                 self._index.put(CacheEntry(key, sid, node_id, node.plan.result_slots,
                                            dict(report.digests or {}) if report else {}, time.time()))
-        for sid, run in list(runs.items()):
+        for run in engine.live_runs():
             if run.machine.done:
-                self._forget(sid, run)
+                self._forget(run.submission_id, run)
                 continue
             for node_id in run.machine.ready_cached():
                 if self._decide(engine, run, node_id):
-                    touched.add(sid)
+                    touched.add(run.submission_id)
 
-    def _decide(self, engine: Any, run: Any, node_id: str) -> bool:
-        sid, machine = run.record.submission_id, run.machine
+    def _decide(self, engine: CacheHost, run: RunView, node_id: str) -> bool:
+        sid, machine = run.submission_id, run.machine
         key = self._keys.get((sid, node_id)) or self._key(engine, run, node_id)
         if key == _PENDING:
             return False
@@ -124,26 +123,27 @@ class NodeCache:
         if machine.gated:  # admission decides when it runs
             machine.held.discard(node_id)
             return False
-        engine._perform(run, machine.admit(node_id))
+        engine.perform(sid, machine.admit(node_id))
         return True
 
-    def _hit(self, engine: Any, run: Any, node_id: str, entry: CacheEntry) -> bool:
+    def _hit(self, engine: CacheHost, run: RunView, node_id: str, entry: CacheEntry) -> bool:
         machine = run.machine
         outs = machine.nodes[node_id].plan.result_slots
         actions = machine.cache_hit(node_id, f"cached: reuses {entry.node_id} of {entry.submission_id}")
         if machine.nodes[node_id].state is not NodeState.CACHED:
             return False
         token = machine.nodes[node_id].token
-        refs = engine._backend.load(self._artifacts, entry.submission_id, entry.node_id, list(outs))
-        run.handles[(node_id, token)] = AttemptHandle(None, refs, 0)
-        self._digests[(run.record.submission_id, node_id)] = dict(entry.digests)
+        assert token is not None  # CACHED: a token for the reused outputs
+        sid = run.submission_id
+        engine.adopt_outputs(sid, node_id, token, engine.load_outputs(entry.submission_id, entry.node_id, list(outs)))
+        self._digests[(sid, node_id)] = dict(entry.digests)
         # Its artifact dir too (fire and forget: a task runs whether or not its ref is kept).
-        self._copy.remote(self._artifacts, (entry.submission_id, entry.node_id), (run.record.submission_id, node_id))
+        self._copy.remote(self._artifacts, (entry.submission_id, entry.node_id), (sid, node_id))
         self.hits += 1
-        engine._perform(run, actions)
+        engine.perform(sid, actions)
         return True
 
-    def _key(self, engine: Any, run: Any, node_id: str) -> str | None:
+    def _key(self, engine: CacheHost, run: RunView, node_id: str) -> str | None:
         """The node's cache key; None when it cannot be cached (an input without a digest, unknown code)."""
         versions = self._code_versions(engine, run)
         if versions is None:
@@ -163,18 +163,18 @@ class NodeCache:
         return node_content_hash(kind=plan.kind, params=plan.params, entrypoint=f"{plan.entrypoint}@{'/'.join(code)}",
                                  env=plan.env, image=plan.image, outs=plan.outs, inputs=inputs)
 
-    def _output_digests(self, run: Any, node_id: str) -> dict[str, str]:
+    def _output_digests(self, run: RunView, node_id: str) -> dict[str, str]:
         node = run.machine.nodes[node_id]
         if node.state is NodeState.CACHED:
-            return self._digests.get((run.record.submission_id, node_id), {})
+            return self._digests.get((run.submission_id, node_id), {})
         if node.state is NodeState.SUCCEEDED and node.attempts and node.attempts[-1].report is not None:
             return node.attempts[-1].report.digests or {}
         return {}
 
-    def _code_versions(self, engine: Any, run: Any) -> dict[str, str] | None:
+    def _code_versions(self, engine: CacheHost, run: RunView) -> dict[str, str] | None:
         """Asked once per submission from a zero-CPU task in the submission's runtime_env (where its code is);
         the answer wakes the engine."""
-        sid = run.record.submission_id
+        sid = run.submission_id
         if sid in self._versions:
             return self._versions[sid]
         self._versions[sid] = None
@@ -194,13 +194,13 @@ class NodeCache:
                 result = {}
             self._versions[sid] = dict(result)
             self._probes.pop(sid, None)
-            engine._inbox.put(Wake(sid))
+            engine.wake(sid)
 
         self._probes[sid] = ref  # a ref nobody holds is freed, and its callback never comes
         ref._on_completed(done)
         return None
 
-    def _forget(self, sid: str, run: Any) -> None:
+    def _forget(self, sid: str, run: RunView) -> None:
         self._versions.pop(sid, None)
         self._probes.pop(sid, None)
         for node_id in run.plan.order:

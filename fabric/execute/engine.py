@@ -13,26 +13,28 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from fabric.errors import ErrorCode, NotFoundError
-from fabric.execute.backend import AttemptHandle, RayBackend, node_runtime_env
+from fabric.execute.backend import node_runtime_env
 from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
+from fabric.execute.live import EngineCacheHost, LiveRun
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
-from fabric.execute.ports import Cancel, Done, Message, Start, Stop, Wake
+from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Start, Stop, Wake
 from fabric.execute.resume import restored_machine
-from fabric.execute.scheduler import Scheduler, SchedulingConfig, engine_scheduler
+from fabric.execute.scheduler import cost_events
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.record.cache import CacheIndex
+from fabric.record.metrics import FabricMetrics
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
+from fabric.schedule.queue import AdmissionQueue
 from fabric.states import KillCause
 
 log = logging.getLogger(__name__)
@@ -42,43 +44,32 @@ MAX_WAKEUP_S = 0.5
 METRICS_FLUSH_S = 1.0
 
 
-@dataclass
-class _Run:
-    record: SubmissionRecord
-    plan: ExecutionPlan
-    machine: RunMachine
-    runtime_env: dict[str, Any] | None
-    code: dict[str, ray.ObjectRef]  # entrypoint -> pickled function, for code defined in a notebook
-    persist: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> outs to write on success
-    handles: dict[tuple[str, int], AttemptHandle] = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
-    cancel_requested: bool = False
-
-
 class Engine:
-    def __init__(self, store: Store, *, home: str, artifacts: str, control: tuple[str, str] | None = None,
-                 clock: Callable[[], float] = time.time, use_images: bool = False,
-                 persist_outputs: bool = True, scheduling: SchedulingConfig | None = None,
-                 cache_index: CacheIndex | None = None, keep_finished: int = 1000, keep_results: int = 100) -> None:
-        """The registry passes its settings in (fabric/settings.py); `scheduling` None: admission is off."""
+    def __init__(self, store: Store, *, backend: Backend, home: str, artifacts: str,
+                 control: tuple[str, str] | None = None, clock: Callable[[], float] = time.time,
+                 use_images: bool = False, persist_outputs: bool = True, admission: AdmissionQueue | None = None,
+                 cache_index: CacheIndex | None = None, keep_finished: int = 1000, keep_results: int = 100,
+                 metrics: FabricMetrics | None = None) -> None:
+        """The registry passes in its settings (fabric/settings.py), the Ray backend, and the admission queue
+        (`execute.scheduler.engine_scheduler`; None: admission is off, ready nodes go to Ray at once)."""
         self._store = store
-        config = scheduling
-        # With a scheduling config, ready nodes wait for admission (priorities, pools, quotas, packing).
-        self._scheduler: Scheduler | None = engine_scheduler(config, clock, store) if config is not None else None
+        # With admission, ready nodes wait in its queue (priorities, pools, quotas, packing).
+        self._scheduler = admission
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
         self._home = home
         self._control = control
         self._clock = clock
-        self._backend = RayBackend()
-        # `cache: true` nodes: reuse and coalescing (execute/cache.py)
-        self._cache = NodeCache(home, artifacts, cache_index)
-        self.metrics = ray_metrics()
+        self._backend = backend
+        self.metrics = metrics if metrics is not None else ray_metrics()
         self._metrics_at = time.monotonic()
         self._lock = threading.RLock()
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, LiveRun] = {}
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        # `cache: true` nodes: reuse and coalescing (execute/cache.py), through a narrow seam
+        self._cache = NodeCache(home, artifacts, cache_index)
+        self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)
         self._force_kills: list[tuple[float, AttemptHandle]] = []
         self._stopping: set[tuple[str, str, int]] = set()  # preempted attempts in their grace period
         # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
@@ -101,7 +92,7 @@ class Engine:
         self._store.add_submission(record)
         with self._lock:
             persist = plan.persisted_outs(self._persist_outputs)
-            self._runs[record.submission_id] = _Run(record, plan, machine, runtime_env, dict(code or {}), persist)
+            self._runs[record.submission_id] = LiveRun(record, plan, machine, runtime_env, dict(code or {}), persist)
         self._inbox.put(Start(record.submission_id))
 
     def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
@@ -114,7 +105,7 @@ class Engine:
         machine, recovered, rerun = restored_machine(record, plan, status, self._artifacts, self._clock,
                                                      gated=self._scheduler is not None)
         self._store.append_events(recovered)
-        run = _Run(record, plan, machine, record.runtime_env or None, dict(code or {}),
+        run = LiveRun(record, plan, machine, record.runtime_env or None, dict(code or {}),
                    plan.persisted_outs(self._persist_outputs))  # as `start`: a cache node keeps every out
         for node_id, token in machine.restored_tokens().items():
             if consumed[node_id]:
@@ -208,7 +199,7 @@ class Engine:
                                 code=ErrorCode.NOT_FOUND, where=node_id, fix=f"nodes are: {', '.join(order)}")
         return self._store.get_log(submission_id, node_id)
 
-    def _lookup(self, submission_id: str) -> _Run | Finished:
+    def _lookup(self, submission_id: str) -> LiveRun | Finished:
         # Live first: compaction adds the Finished before the run leaves the live set, so a run that
         # ends meanwhile is always found in one of the two.
         run = self._runs.get(submission_id) or self._finished.get(submission_id)
@@ -244,7 +235,8 @@ class Engine:
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
                 # Recorded before admission too: the scheduler frees what ended before it books anew.
-                self._record_all(touched | self._cache.tick(self))  # cache decisions first (execute/cache.py)
+                # Cache decisions first (execute/cache.py).
+                self._record_all(touched | self._cache.tick(self._cache_host))
                 self._record_all(self._admit())
                 self._due_force_kills()
             if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
@@ -322,7 +314,7 @@ class Engine:
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
 
-    def _perform(self, run: _Run, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
+    def _perform(self, run: LiveRun, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id
         for action in actions:
             if isinstance(action, Kill):
@@ -356,7 +348,7 @@ class Engine:
                 call, node.unit, inputs, env, placement,
                 lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(Done(sid, nid, tok, outcome)))
 
-    def _record(self, run: _Run) -> None:
+    def _record(self, run: LiveRun) -> None:
         transitions = run.machine.drain_transitions()
         if transitions:
             sid = run.record.submission_id
@@ -365,7 +357,7 @@ class Engine:
             if self._scheduler is not None:  # ended attempts give back their booking and say what they cost
                 costs = self._scheduler.on_transitions(sid, transitions, run.machine)
                 if costs:  # most rounds cost nothing: no empty write, no wake-up for the observer
-                    self._store.append_events(costs)
+                    self._store.append_events(cost_events(sid, costs))
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work
@@ -380,7 +372,7 @@ class Engine:
                 run.done.set()  # waiters must wake even when the store is failing
             self._compact(run)
 
-    def _compact(self, run: _Run) -> None:
+    def _compact(self, run: LiveRun) -> None:
         """Move a finished run out of the live set (the loop then never looks at it again)."""
         sid = run.record.submission_id
         results = {node_id: dict(run.handles[(node_id, node.token)].values)

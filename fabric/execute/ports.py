@@ -84,7 +84,7 @@ class Backend(Protocol):
         ...
 
 
-class LiveRun(Protocol):
+class RunView(Protocol):
     """One live submission as the cache sees it."""
 
     @property
@@ -106,11 +106,11 @@ class LiveRun(Protocol):
 class CacheHost(Protocol):
     """The few things `NodeCache` asks of the engine (called on the engine's loop thread, under its lock)."""
 
-    def live_runs(self) -> Iterator[LiveRun]:
+    def live_runs(self) -> Iterator[RunView]:
         """Every live submission (a snapshot: the cache may act on them while iterating)."""
         ...
 
-    def run_of(self, submission_id: str) -> LiveRun | None: ...
+    def run_of(self, submission_id: str) -> RunView | None: ...
 
     def perform(self, submission_id: str, actions: list[Dispatch | Kill]) -> None:
         """Carry out a machine's actions (dispatch, kill) for this submission."""
@@ -129,5 +129,5 @@ class CacheHost(Protocol):
         ...
 
 
-__all__ = ["AttemptHandle", "Backend", "CacheHost", "Cancel", "Done", "LiveRun", "Message", "Outcome", "Start",
+__all__ = ["AttemptHandle", "Backend", "CacheHost", "Cancel", "Done", "RunView", "Message", "Outcome", "Start",
            "Stop", "Wake"]

@@ -11,7 +11,6 @@ from typing import Any
 
 import ray
 
-from fabric.actors.quota import get_or_create_quota_actor
 from fabric.schedule.admission import Request
 from fabric.schedule.quota import Budget, QuotaBook
 from fabric.states import Wait, WaitReason
@@ -23,8 +22,10 @@ QUOTA_CALL_TIMEOUT_S = 5.0
 
 class ActorQuotaBook(QuotaBook):
     def __init__(self, budgets: Mapping[str, Budget] | None, clock: Callable[[], float],
-                 saved: Callable[[str], dict[str, Any] | None] | None = None,
-                 actor: Callable[[str], Any] = get_or_create_quota_actor) -> None:
+                 saved: Callable[[str], dict[str, Any] | None] | None = None, *,
+                 actor: Callable[[str], Any]) -> None:
+        """`actor(team)` finds or makes the team's quota actor: the registry passes
+        `fabric.actors.quota.get_or_create_quota_actor` (execute never imports the control plane)."""
         super().__init__(budgets, clock, saved)
         self._make_actor = actor
         self._actors: dict[str, Any] = {}

@@ -311,6 +311,7 @@ def test_a_killed_worker_is_retried_by_the_fabric_with_backoff(client, tmp_path)
 def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp_path):
     """The newest FABRIC_KEEP_RESULTS keep their outputs, the newest FABRIC_KEEP_FINISHED their status;
     beyond that the registry answers from the store (see test_registry_restart)."""
+    from fabric.execute.backend import RayBackend
     from fabric.execute.engine import Engine
     from fabric.kinds import kind_checks
     from fabric.plan import compile_plan
@@ -319,7 +320,8 @@ def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp
     from fabric.spec import load_spec, parse_runtime_params
 
     config = Settings.from_env({"FABRIC_KEEP_FINISHED": "2", "FABRIC_KEEP_RESULTS": "1"}, home=str(tmp_path))
-    engine = Engine(MemoryStore(), home=config.home, artifacts=config.artifacts, persist_outputs=False,
+    engine = Engine(MemoryStore(), backend=RayBackend(), home=config.home, artifacts=config.artifacts,
+                    persist_outputs=False,
                     keep_finished=config.keep_finished, keep_results=config.keep_results)
     try:
         ids = []

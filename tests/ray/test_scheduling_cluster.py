@@ -178,9 +178,13 @@ def test_racing_admissions_never_overspend_a_quota_actor(cluster):
 
 def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(cluster):
     """The engine's scheduler with an injected clock, booking through a real quota actor."""
+    from functools import partial
+
+    from fabric.actors.quota import get_or_create_quota_actor
     from fabric.execute.quotas import ActorQuotaBook
-    from fabric.execute.scheduler import Scheduler, SchedulingConfig
+    from fabric.execute.scheduler import ray_nodes
     from fabric.plan import compile_plan
+    from fabric.schedule.queue import AdmissionQueue, SchedulingConfig
     from fabric.schedule.quota import Budget
     from fabric.schedule.run import RunMachine
     from fabric.spec import load_spec
@@ -189,7 +193,8 @@ def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(clu
     day = 1_795_000_000.0  # 2026-11-18 07:06 UTC
     now = [day]
     config = SchedulingConfig(quotas={"nightly": Budget(gpu=4, gpu_hours_per_day=1.0)})
-    scheduler = Scheduler(config, lambda: now[0], quotas=ActorQuotaBook)
+    scheduler = AdmissionQueue(config, lambda: now[0], nodes=ray_nodes,
+                               quotas=partial(ActorQuotaBook, actor=get_or_create_quota_actor))
 
     def machine(name: str) -> RunMachine:
         plan = compile_plan(load_spec(dag(name, [work("w", 1, 0)])))

@@ -18,6 +18,7 @@ from fabric.schedule.admission import (
     order,
 )
 from fabric.schedule.quota import Budget, QuotaLedger
+from fabric.states import Wait
 
 
 def gpu_node(node_id: str, gpus: int = 4, cpu: float = 32, mem: float = 80.0, pool: str | None = None) -> Node:
@@ -151,7 +152,7 @@ def test_high_priority_bursts_above_the_concurrent_budget_while_credits_last():
 def test_quota_is_booked_as_the_policy_admits_so_one_round_never_overshoots():
     ledger = QuotaLedger("research", Budget(gpu=1), clock=lambda: 0.0)
 
-    def quota(request: Request) -> str | None:  # as the engine's Scheduler does: one ledger per team
+    def quota(request: Request) -> Wait | None:  # as the engine's admission queue does: one ledger per team
         if request.team != "research":
             return None
         reason = ledger.check(request)

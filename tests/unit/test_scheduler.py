@@ -1,5 +1,6 @@
-"""The engine's Scheduler without Ray: real gated RunMachines, an injected cluster and clock, a real
-store. Budgets hold under many interleaved admissions, and a team's day of use survives a restart."""
+"""The engine's admission queue (fabric/schedule/queue.py) without Ray: real gated RunMachines, an injected
+cluster and clock, a real store. Budgets hold under many interleaved admissions, and a team's day of use
+survives a restart."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import random
 
 import pytest
 
-from fabric.execute.scheduler import Scheduler, SchedulingConfig, StoreQuotaJournal
+from fabric.execute.scheduler import StoreQuotaJournal
 from fabric.plan import compile_plan
 from fabric.record import MemoryStore
 from fabric.schedule.admission import Gpu, Node
+from fabric.schedule.queue import AdmissionQueue as Scheduler
+from fabric.schedule.queue import SchedulingConfig
 from fabric.schedule.quota import Budget
 from fabric.schedule.run import RunMachine
 from fabric.spec import load_spec
@@ -102,7 +105,7 @@ def test_no_preemption_for_a_node_that_its_own_quota_holds():
 
 
 def test_a_booking_on_a_vanished_node_does_not_break_a_round(monkeypatch):
-    import fabric.execute.scheduler as scheduler_module
+    import fabric.schedule.queue as scheduler_module
 
     monkeypatch.setattr(scheduler_module, "CLUSTER_REFRESH_S", 0.0)
     now = [DAY]
@@ -123,9 +126,10 @@ def test_a_booking_on_a_vanished_node_does_not_break_a_round(monkeypatch):
 
 def test_an_attempt_costs_its_resource_seconds_at_the_rates_of_the_pool_it_ran_in():
     from fabric.execute.finished import status_of
-    from fabric.execute.scheduler import Rate
+    from fabric.execute.scheduler import cost_events
     from fabric.record import Event, SubmissionRecord
     from fabric.record.replay import status_from_events
+    from fabric.schedule.queue import Rate
 
     now = [DAY]
     spot = [Node("s1", 16.0, [Gpu(0, 1.0, 80.0)], "gpu-spot", spot=True)]
@@ -140,7 +144,9 @@ def test_an_attempt_costs_its_resource_seconds_at_the_rates_of_the_pool_it_ran_i
     now[0] += 1800  # half an hour on the spot pool: (2 CPUs x 0.01 + 1 GPU x 0.9) / 2
     machine.on_result("work", machine.nodes["work"].token, AttemptReport())
     transitions = machine.drain_transitions()
-    [event] = scheduler.on_transitions("s1", transitions, machine)
+    [charge] = scheduler.on_transitions("s1", transitions, machine)
+    assert charge.amount == pytest.approx(0.46) and (charge.node_id, charge.attempt) == ("work", 1)
+    [event] = cost_events("s1", [charge])  # the row the engine records
     assert float(event.reason) == pytest.approx(0.46)
     assert status_of(machine, "s1").cost == pytest.approx(0.46)
     assert status_of(machine, "s1").to_dict()["nodes"][0]["cost"] == pytest.approx(0.46)

@@ -1,0 +1,65 @@
+"""A live submission as the engine holds it (`LiveRun`), and the engine's side of the `CacheHost` seam that
+`NodeCache` talks through (so the cache never reaches into the engine's private state)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.execute.ports import AttemptHandle, Backend, Message, Wake
+from fabric.plan import ExecutionPlan
+from fabric.record import SubmissionRecord
+from fabric.schedule import Dispatch, Kill, RunMachine
+
+
+@dataclass
+class LiveRun:
+    record: SubmissionRecord
+    plan: ExecutionPlan
+    machine: RunMachine
+    runtime_env: dict[str, Any] | None
+    code: dict[str, Any]  # entrypoint -> ref of a pickled function, for code defined in a notebook
+    persist: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> outs to write on success
+    handles: dict[tuple[str, int], AttemptHandle] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False
+
+    @property
+    def submission_id(self) -> str:
+        return self.record.submission_id
+
+
+class EngineCacheHost:
+    """`ports.CacheHost` over the engine's live runs: what the cache may see and do, and nothing more."""
+
+    def __init__(self, runs: dict[str, LiveRun], perform: Callable[[LiveRun, list[Dispatch | Kill]], None],
+                 backend: Backend, artifacts: str, inbox: queue.SimpleQueue[Message]) -> None:
+        self._runs = runs
+        self._perform = perform
+        self._backend = backend
+        self._artifacts = artifacts
+        self._inbox = inbox
+
+    def live_runs(self) -> Iterator[LiveRun]:
+        return iter(list(self._runs.values()))
+
+    def run_of(self, submission_id: str) -> LiveRun | None:
+        return self._runs.get(submission_id)
+
+    def perform(self, submission_id: str, actions: list[Dispatch | Kill]) -> None:
+        self._perform(self._runs[submission_id], actions)
+
+    def adopt_outputs(self, submission_id: str, node_id: str, token: int, values: dict[str, Any]) -> None:
+        self._runs[submission_id].handles[(node_id, token)] = AttemptHandle(None, values, 0)
+
+    def load_outputs(self, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, Any]:
+        return self._backend.load(self._artifacts, submission_id, node_id, outs)
+
+    def wake(self, submission_id: str) -> None:
+        self._inbox.put(Wake(submission_id))
+
+
+__all__ = ["EngineCacheHost", "LiveRun"]
