@@ -51,7 +51,8 @@ class FakeBackend:
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, Any]:
         return {out: f"loaded:{node_id}.{out}" for out in outs}
 
-    def finish(self, node_id: str, ok: bool = True) -> None:
+    def finish(self, node_id: str) -> None:
+        """The node's latest attempt succeeds (the callback comes from this thread, as Ray's from its own)."""
         with self.lock:
             on_done = next(done for node, _, _, done in reversed(self.submitted) if node == node_id)
         on_done((AttemptReport(started_at=1.0, ended_at=2.0), None))
@@ -88,7 +89,8 @@ def submit(engine: Engine, doc: dict[str, Any], sid: str = "s1") -> None:
 
 
 def chain(dag_slo: dict[str, Any] | None = None, node_slo: dict[str, Any] | None = None) -> dict[str, Any]:
-    a = {"id": "a", "kind": "python_task", "entrypoint": "m:a", "outs": ["x"], **({"slo": node_slo} if node_slo else {})}
+    a = {"id": "a", "kind": "python_task", "entrypoint": "m:a", "outs": ["x"],
+         **({"slo": node_slo} if node_slo else {})}
     b = {"id": "b", "kind": "python_task", "entrypoint": "m:b", "ins": ["x"]}
     return {"version": 1, "pipeline_id": "p", "nodes": [a, b], "edges": [{"from": "a", "to": "b"}],
             **({"slo": dag_slo} if dag_slo else {})}
