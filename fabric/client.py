@@ -1,4 +1,4 @@
-"""The facade: `fabric.connect()` (the only `ray.init`), `Client` and `Submission`."""
+"""The Ray side of the client protocol: `connect()` (the only `ray.init`), `RayClient` and `RaySubmission`."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.actors.revive import current_method, remember_home, revive
+from fabric.connection import REGISTRY_RESTART_WAIT_S
 from fabric.errors import ErrorCode, FabricError
+from fabric.protocol import Client, Page, ParamsInput, SpecInput, Submission
 from fabric.record import SubmissionStatus
+from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import backoff
 from fabric.settings import settings
-from fabric.spec import DagSpec, RuntimeParams, read_spec
+from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
 
 def default_home() -> str:
     return settings().home
 
-
-REGISTRY_RESTART_WAIT_S = 60.0
 
 
 def _call(method: Any, *args: Any, timeout: float | None = 60.0,
@@ -74,8 +75,8 @@ def _unwrapped(exc: RayTaskError) -> BaseException:
     return exc.cause if isinstance(exc.cause, FabricError) else exc
 
 
-class Submission:
-    """A handle on one submission. Every method asks the registry; nothing is cached or hidden."""
+class RaySubmission:
+    """A `Submission` through Ray: every method asks the registry actor; nothing is cached or hidden."""
 
     def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None,
                  retry_for: float = REGISTRY_RESTART_WAIT_S) -> None:
@@ -86,7 +87,7 @@ class Submission:
         self._team = team
 
     def __repr__(self) -> str:
-        return f"Submission({self.id!r})"
+        return f"RaySubmission({self.id!r})"
 
     def status(self) -> SubmissionStatus:
         return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team, retry_for=self._retry_for))
@@ -114,12 +115,17 @@ class Submission:
         [ref] = _call(self._registry.result_ref, self.id, node, out, self._team, retry_for=self._retry_for)
         return ray.get(ref, timeout=timeout)
 
-    def logs(self, node: str) -> str:
+    def logs(self, node: str, tail: int | None = None) -> str:
         """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
         parts = []
         for attempt, text, path in _call(self._registry.logs, self.id, node, self._team, retry_for=self._retry_for):
             parts.append(f"--- attempt {attempt}" + (f" ({path})" if path else "") + " ---\n" + text)
-        return "".join(parts)
+        text = "".join(parts)
+        return text if tail is None else "\n".join(text.splitlines()[-tail:])
+
+    def artifacts(self) -> dict[str, Any]:
+        """What this submission has in the artifact store: its report and each node's files."""
+        return _call(self._registry.artifacts, self.id, self._team, retry_for=self._retry_for)
 
     def cancel(self) -> None:
         _call(self._registry.cancel, self.id, self._team, retry_for=self._retry_for)
@@ -133,8 +139,8 @@ class Submission:
         return _call(self._registry.lineage, self.id, self._team, retry_for=self._retry_for)
 
 
-class Client:
-    """Submit DAGs to the fabric on a Ray cluster and follow them.
+class RayClient:
+    """A `Client` on a Ray cluster: submit DAGs to the registry actor and follow them.
 
     A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
     (Code with direct Ray access can reach everything: Ray itself is the trust boundary.)"""
@@ -144,26 +150,24 @@ class Client:
         self._retry_for = retry_for  # how long a call waits for a restarting registry before it raises
         self.team = team
 
-    def for_team(self, team: str) -> Client:
+    def for_team(self, team: str) -> RayClient:
         """The same connection, scoped to one team (the gateway makes one per authenticated request)."""
-        return Client(self._registry, team, self._retry_for)
+        return RayClient(self._registry, team, self._retry_for)
 
-    def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
-               runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
+    def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
         reply = _call(self._registry.submit, *self._submit_args(spec, runtime_params), retry_for=self._retry_for)
-        return Submission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
+        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
 
-    async def submit_async(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
-                           runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> Submission:
+    async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None) -> RaySubmission:
         """`submit()` for code that runs in an event loop."""
         # YAML text (up to 1 MiB at the gateway) is parsed off the event loop: other requests go on meanwhile.
         args = (await asyncio.to_thread(self._submit_args, spec, runtime_params) if isinstance(spec, str | bytes)
                 else self._submit_args(spec, runtime_params))
         reply = await _acall(self._registry.submit, *args, retry_for=self._retry_for)
-        return Submission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
+        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
 
-    def _submit_args(self, spec: Any, runtime_params: RuntimeParams | Mapping[str, Any] | None) -> tuple[Any, ...]:
+    def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[Any, ...]:
         code: dict[str, bytes] = {}
         if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
             code = spec.inline_code()
@@ -189,12 +193,15 @@ class Client:
         if check:
             # NotFoundError if unknown (or not ours)
             _call(self._registry.status, submission_id, self.team, retry_for=self._retry_for)
-        return Submission(self._registry, submission_id, created=False, team=self.team, retry_for=self._retry_for)
+        return RaySubmission(self._registry, submission_id, created=False, team=self.team, retry_for=self._retry_for)
 
-    def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-             before: float | None = None) -> list[dict[str, Any]]:
-        """Newest first; for the next page pass `before=` the last item's `created_at`."""
-        return _call(self._registry.list, state, limit, labels, before, self.team, retry_for=self._retry_for)
+    def list(self, state: str | None = None, limit: int = 50, labels: Mapping[str, str] | None = None, *,
+             search: str | None = None, cursor: str | None = None) -> Page:
+        """Newest first; pass a page's `next_cursor` as `cursor=` for the next one."""
+        before = None if cursor is None else decode_cursor(cursor)  # a bad cursor fails here, before any call
+        items = _call(self._registry.list, state, limit, dict(labels) if labels else None, before, self.team,
+                      search, retry_for=self._retry_for)
+        return Page(items, next_cursor(items, limit))
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read it, or turn it on (nothing new admitted, running work goes on) or off."""
@@ -228,7 +235,8 @@ class Client:
     def ping(self) -> bool:
         return _call(self._registry.ping, timeout=5, retry_for=self._retry_for) == "ok"
 
-    def run(self, spec: Any, runtime_params: Any = None, timeout: float | None = None) -> SubmissionStatus:
+    def run(self, spec: SpecInput, runtime_params: ParamsInput = None,
+            timeout: float | None = None) -> SubmissionStatus:
         """Submit and wait: the notebook one-liner."""
         return self.submit(spec, runtime_params).wait(timeout)
 
@@ -243,7 +251,7 @@ def _job_runtime_env() -> dict[str, Any]:
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             resources: dict[str, float] | None = None, home: str | None = None,
             runtime_env: dict[str, Any] | None = None, team: str | None = None, token: str | None = None,
-            retry_for: float = REGISTRY_RESTART_WAIT_S, **ray_init_kwargs: Any) -> Any:
+            retry_for: float = REGISTRY_RESTART_WAIT_S, **ray_init_kwargs: Any) -> Client:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster.
 
@@ -254,7 +262,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if address is not None and address.startswith(("http://", "https://")):
         from fabric.remote import HttpClient
 
-        return HttpClient(address, token or settings().token)
+        return HttpClient(address, token or settings().token, retry_for=retry_for)
     if not ray.is_initialized():
         if address not in (None, "local"):
             _use_ray_token_auth()
@@ -268,7 +276,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     registry = get_or_create_registry(home)
     _call(registry.ping, timeout=120)
     remember_home(registry)  # to start a new registry, on the same record, if this one dies for good
-    return Client(registry, team, retry_for)
+    return RayClient(registry, team, retry_for)
 
 
 def _use_ray_token_auth() -> None:

@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"
     REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
+    INTERNAL = "INTERNAL"  # a bug in fabric: answered as problem+json 500, never retried by clients
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,47 @@
-"""The same Client and Submission API over the gateway's HTTP routes: `fb.connect("http://host:8000", token=...)`.
+"""The client protocol over the gateway's HTTP routes: `fb.connect("http://host:8000", token=...)`.
 
-For notebooks and CLIs that reach the fabric only through its gateway (no Ray on this side). Standard
-library only; the gateway's problem+json answers come back as the same FabricError subclasses that the
-in-cluster client raises.
+For notebooks and CLIs that reach the fabric only through its gateway (no Ray on this side). One
+`httpx.Client` per `HttpClient`, so requests reuse their connections. The gateway's problem+json
+answers come back as the same FabricError subclasses that the Ray client raises.
+
+Retries: every route is safe to repeat (reads are reads, a submit always carries its idempotency key,
+cancel and the kill-switch are idempotent), so a request is repeated, with jittered backoff for up to
+`retry_for` seconds, when it did not reach fabric or fabric could not answer: a refused or dropped
+connection, a 502, 503 or 504, and the bare 500 of Ray Serve's proxy whose replica died. fabric's own
+answers are application/problem+json and are final, a 500 included; so is a 503 `ADMISSION_CLOSED`
+(the kill-switch is on: an answer, not an outage).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+import httpx
+
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
+from fabric.protocol import Page, ParamsInput, SpecInput, Submission
 from fabric.record import SubmissionStatus
 from fabric.retry import backoff
-from fabric.spec import DagSpec, RuntimeParams, read_spec
+from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
 RETRY_FOR_S = 60.0  # a gateway or registry restarting answers 503 / refuses connections for a while
+FIRST_DELAY_S = 0.2
+LONGEST_DELAY_S = 2.0
+JITTER = 0.5  # each delay is cut by up to half, at random: clients cut off together do not return together
+PROBLEM_JSON = "application/problem+json"
+# A request that may not have reached fabric: repeat it. (A read timeout is not here: the gateway got the
+# request and is working on it; repeating would only pile more work on it.)
+RETRIED_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 _ERROR_CLASS: dict[int, type[FabricError]] = {404: NotFoundError, 409: ConflictError, 422: SpecError}
 
 
 class HttpSubmission:
-    """A handle on one submission, through the gateway. Every method is one HTTP request."""
+    """A `Submission` through the gateway. Every method is one HTTP request."""
 
     def __init__(self, client: HttpClient, submission_id: str, created: bool = True) -> None:
         self._client = client
@@ -39,11 +52,13 @@ class HttpSubmission:
         return f"HttpSubmission({self.id!r})"
 
     def status(self) -> SubmissionStatus:
-        return SubmissionStatus.from_dict(self._client._request("GET", f"/api/orch/status/{self._quoted}"))
+        return SubmissionStatus.from_dict(self._client._json("GET", f"/api/orch/status/{self._quoted}"))
 
-    def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> SubmissionStatus:
-        """Poll until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
+    def wait(self, timeout: float | None = None) -> SubmissionStatus:
+        """Poll (every `poll_s` of the client) until the submission ends; FabricError(TIMEOUT) if `timeout`
+        passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll_s = self._client.poll_s
         while True:
             status = self.status()
             if status.done:
@@ -53,19 +68,6 @@ class HttpSubmission:
                                   where=self.id, fix="wait longer, or check `fabric status` for a stuck node")
             time.sleep(poll_s if deadline is None else max(min(poll_s, deadline - time.monotonic()), 0.0))
 
-    def logs(self, node: str, tail: int | None = None) -> str:
-        query = {"node": node, **({"tail": str(tail)} if tail else {})}
-        return self._client._request("GET", f"/api/orch/logs/{self._quoted}", query=query)["text"]
-
-    def cancel(self) -> None:
-        self._client._request("POST", f"/api/orch/cancel/{self._quoted}")
-
-    def graph(self) -> dict[str, Any]:
-        return self._client._request("GET", f"/api/orch/graph/{self._quoted}")
-
-    def lineage(self) -> list[dict[str, Any]]:
-        return self._client._request("GET", f"/api/orch/lineage/{self._quoted}")["events"]
-
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
         raise FabricError(
             "results live in the cluster's object store and do not travel over HTTP",
@@ -73,24 +75,52 @@ class HttpSubmission:
             fix="have the node write what you need to its artifact dir (fabric.context().artifact_dir), or "
                 "connect with Ray (fb.connect('auto')) from inside the cluster")
 
+    def logs(self, node: str, tail: int | None = None) -> str:
+        query = {"node": node, **({"tail": str(tail)} if tail is not None else {})}
+        return self._client._json("GET", f"/api/orch/logs/{self._quoted}", query=query)["text"]
+
+    def artifacts(self) -> dict[str, Any]:
+        return self._client.artifacts(self.id)
+
+    def cancel(self) -> None:
+        self._client._json("POST", f"/api/orch/cancel/{self._quoted}")
+
+    def graph(self) -> dict[str, Any]:
+        return self._client._json("GET", f"/api/orch/graph/{self._quoted}")
+
+    def lineage(self) -> list[dict[str, Any]]:
+        return self._client._json("GET", f"/api/orch/lineage/{self._quoted}")["events"]
+
     @property
     def _quoted(self) -> str:
-        return urllib.parse.quote(self.id, safe="")
+        return _quote(self.id)
 
 
 class HttpClient:
-    """Submit DAGs through the gateway and follow them; the team comes from the token."""
+    """A `Client` through the gateway; the team comes from the token. Close it (or use `with`) to free its
+    connections."""
 
-    def __init__(self, url: str, token: str | None, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, *, retry_for: float = RETRY_FOR_S, timeout_s: float = 60.0,
+                 poll_s: float = 0.5) -> None:
         self.url = url.rstrip("/")
-        self._token = token
-        self._timeout_s = timeout_s
+        self.poll_s = poll_s
+        self._retry_for = retry_for
+        headers = {"Accept": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def __repr__(self) -> str:
         return f"HttpClient({self.url!r})"
 
-    def submit(self, spec: DagSpec | Mapping[str, Any] | str | Path | Any,
-               runtime_params: RuntimeParams | Mapping[str, Any] | None = None) -> HttpSubmission:
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         if hasattr(spec, "to_spec"):  # an fb.DAG
             if spec.inline_code():
                 raise FabricError(
@@ -102,114 +132,130 @@ class HttpClient:
         if isinstance(runtime_params, RuntimeParams):
             runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
         params = dict(runtime_params or {})
-        # Always an idempotency key: a submit retried after a dropped connection starts one run.
+        # Always an idempotency key, made once: every retry of this submit sends the same one.
         params.setdefault("submission_id", new_submission_id())
-        reply = self._request("POST", "/api/orch/submit", body={"dag_spec": read_spec(spec), "runtime_params": params})
+        reply = self._json("POST", "/api/orch/submit", body={"dag_spec": read_spec(spec), "runtime_params": params})
         return HttpSubmission(self, reply["submission_id"], reply.get("created", True))
 
-    def get(self, submission_id: str, *, check: bool = True) -> HttpSubmission:
+    def get(self, submission_id: str, *, check: bool = True) -> Submission:
         submission = HttpSubmission(self, submission_id, created=False)
         if check:
             submission.status()  # NotFoundError if unknown (or another team's)
         return submission
 
-    def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-             before: float | None = None) -> list[dict[str, Any]]:
+    def list(self, state: str | None = None, limit: int = 50, labels: Mapping[str, str] | None = None, *,
+             search: str | None = None, cursor: str | None = None) -> Page:
         query: dict[str, Any] = {"limit": str(limit)}
-        if state:
-            query["state"] = state
-        if before is not None:
-            query["cursor"] = repr(before)
+        for key, value in (("state", state), ("search", search), ("cursor", cursor)):
+            if value is not None:
+                query[key] = value
         if labels:
             query["label"] = [f"{k}:{v}" for k, v in labels.items()]
-        return self._request("GET", "/api/orch/submissions", query=query)["items"]
+        body = self._json("GET", "/api/orch/submissions", query=query)
+        return Page(body["items"], body.get("next_cursor"))
 
-    def kill_switch(self, on: bool | None = None, reason: str = "") -> dict[str, Any]:
+    def run(self, spec: SpecInput, runtime_params: ParamsInput = None,
+            timeout: float | None = None) -> SubmissionStatus:
+        return self.submit(spec, runtime_params).wait(timeout)
+
+    def artifacts(self, submission_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/orch/artifacts/{_quote(submission_id)}")
+
+    def artifact(self, submission_id: str, node: str | None, name: str) -> bytes:
+        path = (f"/api/orch/artifacts/{_quote(submission_id)}/metrics.json" if node is None else
+                f"/api/orch/artifacts/{_quote(submission_id)}/{_quote(node)}/{urllib.parse.quote(name)}")
+        return self._send("GET", path).content
+
+    def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         if on is None:
-            raise FabricError("reading the kill-switch over HTTP is not a route", code=ErrorCode.SPEC_FIELD,
-                              where="on", fix="pass on=True or on=False")
-        return self._request("POST", "/api/orch/admin/kill-switch", body={"on": on, "reason": reason})
+            return self._json("GET", "/api/orch/admin/kill-switch")
+        return self._json("POST", "/api/orch/admin/kill-switch", body={"on": on, "reason": reason, "actor": actor})
 
-    def drain(self, timeout: float = 600.0) -> dict[str, Any]:
-        return self._request("POST", "/api/orch/admin/drain", body={"timeout_s": timeout}, timeout_s=timeout + 60)
+    def drain(self, timeout: float = 600.0, actor: str = "") -> dict[str, Any]:
+        return self._json("POST", "/api/orch/admin/drain", body={"timeout_s": timeout, "actor": actor},
+                          timeout_s=timeout + 60)
 
     def workers(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/api/orch/workers")["workers"]
+        return self._json("GET", "/api/orch/workers")["workers"]
 
     def queues(self) -> dict[str, Any]:
-        return {**self._request("GET", "/api/orch/queues"), **self._request("GET", "/api/orch/quotas")}
+        return {**self._json("GET", "/api/orch/queues"), **self._json("GET", "/api/orch/quotas")}
+
+    def metrics_text(self) -> str:
+        return self._send("GET", "/metrics").text
 
     def ping(self) -> bool:
         try:
-            return self._request("GET", "/healthz", retry=False).get("registry") == "ok"
+            return self._json("GET", "/healthz", retry=False).get("registry") == "ok"
         except FabricError:
             return False
 
-    def run(self, spec: Any, runtime_params: Any = None, timeout: float | None = None) -> SubmissionStatus:
-        return self.submit(spec, runtime_params).wait(timeout)
-
     # -- transport ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                 query: dict[str, Any] | None = None, retry: bool = True, timeout_s: float | None = None) -> Any:
-        """One JSON request; retried with backoff on 503, Serve's bare 5xx and refused connections (every
-        route is safe to repeat: reads are reads, submits carry an idempotency key, cancel is idempotent)."""
-        url = self.url + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        delays = backoff(RETRY_FOR_S if retry else 0.0, first=0.2)
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, *, body: dict[str, Any] | None = None, query: dict[str, Any] | None = None,
+              retry: bool = True, timeout_s: float | None = None) -> httpx.Response:
+        """One request, repeated (with the same body, so the same idempotency key) while fabric is not
+        there to answer; fabric's own errors raised as FabricError."""
+        delays = backoff(self._retry_for if retry else 0.0, first=FIRST_DELAY_S, longest=LONGEST_DELAY_S,
+                         jitter=JITTER)
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         while True:
-            request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(request, timeout=timeout_s or self._timeout_s) as response:
-                    return json.loads(response.read() or b"null")
-            except urllib.error.HTTPError as exc:
-                payload = exc.read()
-                outage = ((exc.code == 503 and _retryable(payload))
-                          or (exc.code in (500, 502, 504) and _from_proxy(payload)))
-                delay = next(delays, None) if outage else None
-                if delay is None:
-                    raise _error(exc.code, payload, url) from None
-                time.sleep(delay)
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                response = self._http.request(method, path, json=body, params=query, timeout=timeout)
+            except RETRIED_ERRORS as exc:
                 delay = next(delays, None)
                 if delay is None:
-                    raise FabricError(f"cannot reach the gateway at {self.url}: {getattr(exc, 'reason', exc)}",
+                    raise FabricError(f"cannot reach the gateway at {self.url}: {exc or type(exc).__name__}",
                                       code=ErrorCode.GATEWAY_UNREACHABLE, where=self.url,
                                       fix="check the URL and that `fabric up` (or the RayService) is running"
                                       ) from None
-                time.sleep(delay)
+            except httpx.TimeoutException as exc:
+                raise FabricError(f"the gateway at {self.url} did not answer {method} {path} in time ({exc})",
+                                  code=ErrorCode.TIMEOUT, where=self.url,
+                                  fix="retry later, or raise timeout_s; `fabric status` shows what runs") from None
+            else:
+                if response.is_success:
+                    return response
+                delay = next(delays, None) if should_retry(response) else None
+                if delay is None:
+                    raise _error(response)
+            time.sleep(delay)
 
 
-def _from_proxy(payload: bytes) -> bool:
-    """Serve's proxy answers a bare 500/502/504 when the replica serving the request died; the gateway itself
-    always answers problem+json with a code. Repeating is safe (see `_request`), so the proxy's is retried."""
+def should_retry(response: httpx.Response) -> bool:
+    """Whether an error answer came from something in front of fabric (Serve's proxy, a load balancer) or
+    from fabric saying it is briefly away, rather than being fabric's final answer."""
+    problem = response.headers.get("content-type", "").split(";")[0].strip() == PROBLEM_JSON
+    if response.status_code == 503:
+        return not (problem and _problem_code(response) == str(ErrorCode.ADMISSION_CLOSED))
+    return response.status_code in (500, 502, 504) and not problem
+
+
+def _problem_code(response: httpx.Response) -> str | None:
     try:
-        return not (isinstance(data := json.loads(payload), dict) and "code" in data)
+        data = response.json()
     except ValueError:
-        return True
+        return None
+    return data.get("code") if isinstance(data, dict) else None
 
 
-def _retryable(payload: bytes) -> bool:
-    """A 503 from a closed admission (kill-switch, drain) is an answer, not an outage: do not retry it."""
-    try:
-        return json.loads(payload).get("code") != str(ErrorCode.ADMISSION_CLOSED)
-    except (ValueError, AttributeError):
-        return True
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
 
 
-def _error(status: int, payload: bytes, url: str) -> FabricError:
+def _error(response: httpx.Response) -> FabricError:
     """The gateway's problem+json as the FabricError it was on the server."""
+    status, url = response.status_code, str(response.request.url)
     try:
-        data = json.loads(payload)
+        data = response.json()
     except ValueError:
         data = None
     if not isinstance(data, dict) or "code" not in data:
-        return FabricError(f"HTTP {status} from {url}: {payload[:500].decode(errors='replace')}",
+        return FabricError(f"HTTP {status} from {url}: {response.content[:500].decode(errors='replace')}",
                            code=ErrorCode.UNAUTHORIZED if status == 401 else ErrorCode.GATEWAY_UNREACHABLE, where=url)
     code = _code(data["code"])
     problems = tuple(Problem(_code(p.get("code", "")), p.get("where", ""), p.get("message", ""), p.get("fix", ""))
@@ -228,4 +274,4 @@ def _code(value: str) -> ErrorCode:
         return ErrorCode.SPEC_INVALID
 
 
-__all__ = ["HttpClient", "HttpSubmission"]
+__all__ = ["HttpClient", "HttpSubmission", "should_retry"]

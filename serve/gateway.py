@@ -7,12 +7,14 @@ the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
+import logging
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -20,6 +22,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
+from fabric.client import RayClient
 from fabric.errors import ErrorCode, FabricError
 from fabric.logs import configure_logging
 from fabric.settings import settings
@@ -56,11 +59,13 @@ class KillSwitchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     on: bool
     reason: str = Field("", max_length=500)
+    actor: str = Field("", max_length=100, description="who, recorded beside the token's team")
 
 
 class DrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timeout_s: float = Field(600.0, ge=0, le=86_400)
+    actor: str = Field("", max_length=100, description="who, recorded beside the token's team")
 
 
 def problem(status: int, error: FabricError) -> JSONResponse:
@@ -68,7 +73,21 @@ def problem(status: int, error: FabricError) -> JSONResponse:
             "code": str(error.code), "where": error.where, "fix": error.fix,
             "problems": [p.to_dict() for p in error.problems]}
     headers = {"Retry-After": "5"} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="fabric"'}  # RFC 6750: the scheme a client must use
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+# Helpers the Gateway class calls are defined above it: Serve pickles the class where it is declared.
+def _actor(team: str, actor: str) -> str:
+    """Who is recorded for an admin action: the token's team, and the name the caller gave, if any."""
+    return f"{team}/{actor}" if actor else team
+
+
+def _status_url(request: Request, submission_id: str) -> str:
+    """The `Location` of a 202: the submission's status route, under the app's route prefix."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return f"{root}/api/orch/status/{urllib.parse.quote(submission_id, safe='')}"
 
 
 api = FastAPI(title="fabric gateway", version="1",
@@ -92,6 +111,15 @@ async def _registry_unavailable(_: Request, error: Exception) -> JSONResponse:
     return problem(503, FabricError(f"the registry is restarting or unreachable ({type(error).__name__})",
                                     code=ErrorCode.REGISTRY_UNAVAILABLE, where="registry",
                                     fix="retry after the Retry-After seconds: nothing was lost"))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, error: Exception) -> JSONResponse:
+    """A bug in fabric is a problem+json 500 with code INTERNAL: clients know it for fabric's own final
+    answer, unlike the bare 500 of Serve's proxy when a replica died, which they retry."""
+    logging.getLogger("fabric.gateway").exception("unexpected error", exc_info=error)
+    return problem(500, FabricError(f"fabric failed unexpectedly: {type(error).__name__}", code=ErrorCode.INTERNAL,
+                                    where="gateway", fix="report it with the gateway's log; retrying will not help"))
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -148,10 +176,10 @@ class Gateway(MlRoutes):
             self._tokens = (mtime, TokenTable.load(self._tokens_file))
         return self._tokens[1].authenticate(request.headers.get("authorization"))
 
-    def _client_for(self, request: Request) -> fb.Client:
+    def _client_for(self, request: Request) -> RayClient:
         return self._client.for_team(self._who(request).team)
 
-    def _viewer_for(self, request: Request) -> fb.Client:
+    def _viewer_for(self, request: Request) -> RayClient:
         """For reading and cancelling: an admin token sees every team's work (and work run without the
         gateway, e.g. `fabric run`, which has no team), as /quotas does; any other token its team's."""
         principal = self._who(request)
@@ -164,15 +192,20 @@ class Gateway(MlRoutes):
                               fix="use a token made with `fabric token --team T --admin`")
         return principal
 
+    @api.get("/api/orch/admin/kill-switch")
+    def kill_switch_state(self, request: Request) -> dict[str, Any]:
+        self._admin(request)
+        return self._client.kill_switch()
+
     @api.post("/api/orch/admin/kill-switch")
     def kill_switch(self, request: Request, body: KillSwitchBody) -> dict[str, Any]:
         principal = self._admin(request)
-        return self._client.kill_switch(body.on, body.reason, principal.team)
+        return self._client.kill_switch(body.on, body.reason, _actor(principal.team, body.actor))
 
     @api.post("/api/orch/admin/drain")
     def drain(self, request: Request, body: DrainBody) -> dict[str, Any]:
         principal = self._admin(request)
-        return self._client.drain(body.timeout_s, principal.team)
+        return self._client.drain(body.timeout_s, _actor(principal.team, body.actor))
 
     @api.get("/healthz")
     def healthz(self) -> JSONResponse:
@@ -194,12 +227,13 @@ class Gateway(MlRoutes):
         return PlainTextResponse(gateway_metrics.render() + fabric_metrics, media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/api/orch/submit", status_code=202)
-    async def submit(self, request: Request, body: SubmitBody) -> dict[str, Any]:
+    async def submit(self, request: Request, response: Response, body: SubmitBody) -> dict[str, Any]:
         client = self._client_for(request)
         if body.refs:
             raise FabricError("refs are not supported in this build", code=ErrorCode.SPEC_FIELD, where="refs",
                               fix="pass data locations as node params")
         submission = await client.submit_async(body.dag_spec, body.runtime_params)
+        response.headers["Location"] = _status_url(request, submission.id)
         return {"submission_id": submission.id, "created": submission.created}
 
     @api.get("/api/orch/status/{submission_id}")
@@ -211,14 +245,13 @@ class Gateway(MlRoutes):
     @api.get("/api/orch/logs/{submission_id}")
     def logs(self, request: Request, submission_id: str, node: Annotated[str, Query(min_length=1)],
              tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict[str, Any]:
-        text = self._viewer_for(request).get(submission_id).logs(node)
-        if tail is not None:
-            text = "\n".join(text.splitlines()[-tail:])
+        text = self._viewer_for(request).get(submission_id).logs(node, tail)
         return {"submission_id": submission_id, "node": node, "text": text}
 
     @api.post("/api/orch/cancel/{submission_id}", status_code=202)
-    def cancel(self, request: Request, submission_id: str) -> dict[str, Any]:
+    def cancel(self, request: Request, response: Response, submission_id: str) -> dict[str, Any]:
         self._viewer_for(request).get(submission_id).cancel()
+        response.headers["Location"] = _status_url(request, submission_id)
         return {"submission_id": submission_id, "cancelling": True}
 
     @api.get("/api/orch/workers")
@@ -246,7 +279,12 @@ class Gateway(MlRoutes):
     @api.get("/api/orch/submissions")
     def submissions(self, request: Request, state: str | None = None,
                     label: Annotated[list[str] | None, Query(description="k:v, repeatable")] = None,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 50, cursor: float | None = None) -> dict[str, Any]:
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                    search: Annotated[str | None, Query(max_length=200,
+                                                        description="a substring of the pipeline or the id")] = None,
+                    cursor: Annotated[str | None, Query(max_length=1000,
+                                                        description="the previous page's next_cursor")] = None,
+                    ) -> dict[str, Any]:
         labels = {}
         for item in label or []:
             key, sep, value = item.partition(":")
@@ -254,9 +292,8 @@ class Gateway(MlRoutes):
                 raise FabricError(f"label filter {item!r} is not k:v", code=ErrorCode.SPEC_FIELD, where="label",
                                   fix="write it as label=project:xs")
             labels[key] = value
-        items = self._viewer_for(request).list(state, limit, labels or None, cursor)
-        next_cursor = items[-1]["created_at"] if len(items) == limit else None
-        return {"items": items, "next_cursor": next_cursor}
+        page = self._viewer_for(request).list(state, limit, labels or None, search=search or None, cursor=cursor)
+        return {"items": list(page), "next_cursor": page.next_cursor}
 
 
 def default_tokens_file() -> str:

@@ -337,11 +337,12 @@ class Registry:
         return observe.lineage_view(record, self._store.events(submission_id), self._config)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-             before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; page with `before` = the last item's created_at."""
+             before: tuple[float, str] | None = None, team: str | None = None,
+             search: str | None = None) -> list[dict[str, Any]]:
+        """Newest first by (created_at, submission_id); page with `before` = the last item's pair."""
+        rows = self._store.list_submissions(state, limit, labels=labels, before=before, team=team, search=search)
         return [{"submission_id": r.submission_id, "pipeline_id": r.pipeline_id, "state": r.state,
-                 "created_at": r.created_at, "labels": r.labels, "team": r.team}
-                for r in self._store.list_submissions(state, limit, labels=labels, before=before, team=team)]
+                 "created_at": r.created_at, "labels": r.labels, "team": r.team} for r in rows]
 
 
 def open_store(home: str, kind: str = "sqlite") -> Store:

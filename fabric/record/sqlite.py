@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
 SCHEMA_VERSION = 2
@@ -202,8 +203,10 @@ class SqliteStore:
         return None if row is None else _record(row)
 
     def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]:
-        """Newest first; `labels` must all match; `before` pages by created_at (exclusive); `team` filters."""
+                         before: Key | None = None, team: str | None = None,
+                         search: str | None = None) -> list[SubmissionRecord]:
+        """Newest first by (created_at, submission_id); `labels` must all match; `before` is the last key of
+        the previous page (exclusive); `team` filters; `search` is a substring of the pipeline or the id."""
         where: list[str] = []
         args: list[Any] = []
         if team is not None:
@@ -213,15 +216,18 @@ class SqliteStore:
             where.append("state = ?")
             args.append(state)
         if before is not None:
-            where.append("created_at < ?")
-            args.append(before)
+            where.append("(created_at, submission_id) < (?, ?)")
+            args += [before[0], before[1]]
+        if search:
+            where.append("(instr(pipeline_id, ?) > 0 OR instr(submission_id, ?) > 0)")
+            args += [search, search]
         for key, value in (labels or {}).items():
             where.append("EXISTS (SELECT 1 FROM json_each(submissions.labels) WHERE key = ? AND value = ?)")
             args += [key, value]
         sql = f"SELECT {_SUBMISSION_COLUMNS} FROM submissions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        sql += " ORDER BY created_at DESC, submission_id DESC LIMIT ?"
         with self._db_lock, self._guard():
             rows = self._conn.execute(sql, (*args, limit)).fetchall()
         return [_record(row) for row in rows]

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fabric.record.page import Key, newest_first
+
 
 @dataclass(frozen=True)
 class Event:
@@ -48,7 +50,8 @@ class Store(Protocol):
     def get_submission(self, submission_id: str) -> SubmissionRecord | None: ...
     def set_state(self, submission_id: str, state: str) -> None: ...
     def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]: ...
+                         before: Key | None = None, team: str | None = None,
+                         search: str | None = None) -> list[SubmissionRecord]: ...
     def append_events(self, events: list[Event]) -> None: ...
     def events(self, submission_id: str) -> list[Event]: ...
     def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None: ...
@@ -79,13 +82,15 @@ class MemoryStore:
             self._submissions[submission_id].state = state
 
     def list_submissions(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
-                         before: float | None = None, team: str | None = None) -> list[SubmissionRecord]:
+                         before: Key | None = None, team: str | None = None,
+                         search: str | None = None) -> list[SubmissionRecord]:
         with self._lock:
-            records = sorted(self._submissions.values(), key=lambda r: r.created_at, reverse=True)
-        return [r for r in records
-                if (state is None or r.state == state) and (team is None or r.team == team)
-                and (before is None or r.created_at < before)
-                and all(r.labels.get(k) == v for k, v in (labels or {}).items())][:limit]
+            records = list(self._submissions.values())
+        matching = [r for r in records
+                    if (state is None or r.state == state) and (team is None or r.team == team)
+                    and (not search or search in r.pipeline_id or search in r.submission_id)
+                    and all(r.labels.get(k) == v for k, v in (labels or {}).items())]
+        return newest_first(matching, lambda r: (r.created_at, r.submission_id), limit, before)
 
     def append_events(self, events: list[Event]) -> None:
         with self._lock:

@@ -99,6 +99,7 @@ def test_every_api_route_needs_a_valid_token(gateway):
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "UNAUTHORIZED"
+        assert response.headers["www-authenticate"] == 'Bearer realm="fabric"'
 
 
 def test_submit_the_example_over_http_to_success(gateway):
@@ -107,6 +108,8 @@ def test_submit_the_example_over_http_to_success(gateway):
                          json={"dag_spec": quant_yaml(), "runtime_params": {"labels": {"project": "xs"}}})
     assert response.status_code == 202, response.text
     submission_id = response.json()["submission_id"]
+    assert response.headers["location"] == f"/api/orch/status/{submission_id}"
+    assert http.get(response.headers["location"], headers=research).json()["submission_id"] == submission_id
     status = wait_for_state(http, research, submission_id)
     assert status["state"] == "SUCCEEDED" and {n["state"] for n in status["nodes"]} == {"SUCCEEDED"}
     logs = http.get(f"/api/orch/logs/{submission_id}", params={"node": "make_data", "tail": 5}, headers=research)
@@ -151,7 +154,8 @@ def test_teams_see_and_cancel_only_their_own_work(gateway):
     forged = http.post("/api/orch/submit", headers=trading,
                        json={"dag_spec": slow, "runtime_params": {"team": "research"}})
     assert forged.status_code == 403 and forged.json()["code"] == "FORBIDDEN"
-    assert http.post(f"/api/orch/cancel/{submission_id}", headers=research).status_code == 202
+    cancelled = http.post(f"/api/orch/cancel/{submission_id}", headers=research)
+    assert cancelled.status_code == 202 and cancelled.headers["location"] == f"/api/orch/status/{submission_id}"
     assert wait_for_state(http, research, submission_id, timeout=30)["state"] == "CANCELLED"
 
 
@@ -173,8 +177,12 @@ def test_kill_switch_closes_admission_and_drain_waits_for_running_work(gateway):
     assert denied.status_code == 403
     running = http.post("/api/orch/submit", headers=research, json={"dag_spec": short}).json()["submission_id"]
     try:
-        switched = http.post("/api/orch/admin/kill-switch", headers=admin, json={"on": True, "reason": "maintenance"})
+        switched = http.post("/api/orch/admin/kill-switch", headers=admin,
+                             json={"on": True, "reason": "maintenance", "actor": "alice"})
         assert switched.status_code == 200 and switched.json()["on"] is True
+        assert http.get("/api/orch/admin/kill-switch", headers=admin).json() == {
+            "on": True, "reason": "maintenance (by ops/alice)"}
+        assert http.get("/api/orch/admin/kill-switch", headers=research).status_code == 403
         refused = http.post("/api/orch/submit", headers=research, json={"dag_spec": short})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         assert refused.json()["code"] == "ADMISSION_CLOSED" and "maintenance" in refused.json()["title"]
@@ -240,6 +248,51 @@ def test_connect_by_url_gives_the_same_api_over_http(gateway):
     with pytest.raises(FabricError) as unauthorized:
         fb.connect(str(http.base_url), token="wrong").list()
     assert unauthorized.value.code is ErrorCode.UNAUTHORIZED
+    # The rest of the protocol, over HTTP: the same answers as the routes give.
+    assert submission.logs("report", tail=1) == submission.logs("report").splitlines()[-1]
+    assert submission.artifacts() == remote.artifacts(submission.id) and "nodes" in remote.artifacts(submission.id)
+    assert remote.artifact(submission.id, None, "metrics.json").startswith(b"{")
+    assert submission.graph()["nodes"] and submission.lineage()
+    assert remote.workers()[0]["alive"] and "admission" in remote.queues()
+    assert "fabric_gateway_requests_total" in remote.metrics_text()
+    admin = fb.connect(str(http.base_url), token=_token(gateway, 4))
+    assert admin.kill_switch() == {"on": False, "reason": ""}
+    remote.close()
+
+
+def test_the_list_pages_with_an_opaque_cursor_searches_on_the_server_and_refuses_a_bad_cursor(gateway, client):
+    import fabric as fb
+    from fabric.errors import SpecError
+
+    http, research, *_ = gateway
+    short = ("version: 1\npipeline_id: paged-{n}\nnodes: [{{id: a, kind: python_task, "
+             "entrypoint: 'tests.nodes:sleeper', params: {{seconds: 0}}}}]\n")
+    ids = [http.post("/api/orch/submit", headers=research,
+                     json={"dag_spec": short.format(n=n), "runtime_params": {"labels": {"paged": "yes"}}}
+                     ).json()["submission_id"] for n in range(7)]
+    seen, cursor = [], None
+    for _ in range(10):
+        params = {"label": "paged:yes", "limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = http.get("/api/orch/submissions", params=params, headers=research).json()
+        seen += [item["submission_id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        assert isinstance(cursor, str) and "." not in cursor  # opaque, not a timestamp
+    assert seen == ids[::-1]
+    found = http.get("/api/orch/submissions", params={"search": "paged-3"}, headers=research).json()["items"]
+    assert [item["submission_id"] for item in found] == [ids[3]]
+    bad = http.get("/api/orch/submissions", params={"cursor": "1764713045.5"}, headers=research)
+    assert bad.status_code == 422 and bad.json()["where"] == "cursor"
+    remote = fb.connect(str(http.base_url), token=_token(gateway, 1))
+    first = remote.list(limit=4, labels={"paged": "yes"})
+    rest = remote.list(limit=4, labels={"paged": "yes"}, cursor=first.next_cursor)
+    assert [i["submission_id"] for i in first + rest] == ids[::-1] and rest.next_cursor is None
+    ray_side = client.for_team("research")
+    assert [i["submission_id"] for i in ray_side.list(limit=4, labels={"paged": "yes"}, cursor=first.next_cursor)] \
+        == [i["submission_id"] for i in rest]
+    with pytest.raises(SpecError):
+        remote.list(cursor="nope")
 
 
 def test_cli_talks_to_the_gateway_by_url(gateway, tmp_path):

@@ -260,7 +260,7 @@ def test_label_filter_and_before_paging(tmp_path: Path) -> None:
             if not page:
                 break
             seen += [r.submission_id for r in page]
-            before = page[-1].created_at
+            before = (page[-1].created_at, page[-1].submission_id)
         assert seen == ["odd"] + [f"s{i:02d}" for i in reversed(range(25))]
         prod_ml = s.list_submissions(labels={"env": "prod", "team": "ml"})
         assert [r.submission_id for r in prod_ml] == ["s21", "s15", "s09", "s03"]
@@ -268,7 +268,7 @@ def test_label_filter_and_before_paging(tmp_path: Path) -> None:
             "s15", "s09", "s03"]
         assert [r.submission_id for r in s.list_submissions(labels={"we ird.key": "x"})] == ["odd"]
         assert s.list_submissions(labels={"env": "nope"}) == []
-        assert [r.submission_id for r in s.list_submissions(limit=3, before=10.0)] == ["s09", "s08", "s07"]
+        assert [r.submission_id for r in s.list_submissions(limit=3, before=(10.0, ""))] == ["s09", "s08", "s07"]
         assert [r.submission_id for r in s.non_terminal_submissions()] == [f"s{i:02d}" for i in range(20)] + ["odd"]
 
 

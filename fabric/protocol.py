@@ -1,0 +1,123 @@
+"""The client protocol: what `fb.connect()` returns, over Ray (fabric/client.py) or HTTP (fabric/remote.py).
+
+Both implementations have these methods with identical signatures (tests/unit/test_client_protocol.py
+checks names, parameters, defaults and annotations), so code written against `fb.Client` runs
+unchanged in the cluster and from a laptop through the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from fabric.record.page import Page
+from fabric.record.status import SubmissionStatus
+from fabric.spec import DagSpec, RuntimeParams
+
+# What `submit` takes: a spec object, a dict, YAML/JSON text or a path to it, or an `fb.DAG`.
+SpecInput = DagSpec | Mapping[str, Any] | str | Path | Any
+ParamsInput = RuntimeParams | Mapping[str, Any] | None
+
+
+@runtime_checkable
+class Submission(Protocol):
+    """A handle on one submission. Every method asks the fabric; nothing is cached."""
+
+    id: str
+    created: bool  # False when the submission already existed (the same idempotency key again)
+
+    def status(self) -> SubmissionStatus:
+        """The submission and every node: state, attempts, times, progress, error."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> SubmissionStatus:
+        """Block until the submission ends; raise FabricError(TIMEOUT) if `timeout` passes first."""
+        ...
+
+    def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
+        """The value of `out` (default: the node's only out) of a finished node (Ray only: values live in
+        the object store; over HTTP this raises and says to read the node's artifacts instead)."""
+        ...
+
+    def logs(self, node: str, tail: int | None = None) -> str:
+        """The node's captured output, every attempt; `tail`: only the last that many lines."""
+        ...
+
+    def artifacts(self) -> dict[str, Any]:
+        """What the submission has in the artifact store: its report and each node's files."""
+        ...
+
+    def cancel(self) -> None:
+        """Cancel the submission (idempotent); running Ray tasks are cancelled."""
+        ...
+
+    def graph(self) -> dict[str, Any]:
+        """The DAG's nodes and edges, every attempt's queue wait and run time, and the critical path."""
+        ...
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """OpenLineage RunEvents: the submission, and each node attempt with its inputs and outputs."""
+        ...
+
+
+@runtime_checkable
+class Client(Protocol):
+    """Submit DAGs to the fabric and follow them (`fb.connect()` returns one)."""
+
+    def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
+        """Submit a DAG; returns at once. Every submit carries an idempotency key (`runtime_params.
+        submission_id`, made up when absent), so a retried submit starts one run."""
+        ...
+
+    def get(self, submission_id: str, *, check: bool = True) -> Submission:
+        """A handle on a submission; `check=False` skips asking whether it exists (and is this team's)."""
+        ...
+
+    def list(self, state: str | None = None, limit: int = 50, labels: Mapping[str, str] | None = None, *,
+             search: str | None = None, cursor: str | None = None) -> Page:
+        """Newest first; `search` is a substring of the pipeline or the id. The page's `next_cursor`
+        (opaque, None on the last page) passed as `cursor=` gives the next page."""
+        ...
+
+    def run(self, spec: SpecInput, runtime_params: ParamsInput = None,
+            timeout: float | None = None) -> SubmissionStatus:
+        """Submit and wait: the notebook one-liner."""
+        ...
+
+    def artifacts(self, submission_id: str) -> dict[str, Any]:
+        """What a submission has in the artifact store: its report and each node's files."""
+        ...
+
+    def artifact(self, submission_id: str, node: str | None, name: str) -> bytes:
+        """An artifact's bytes: the run's `metrics.json` (node None) or a file a node wrote."""
+        ...
+
+    def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
+        """Read it (`on=None`), or turn it on (nothing new admitted, running work goes on) or off.
+        Over HTTP this needs an admin token, and the token's team is recorded beside `actor`."""
+        ...
+
+    def drain(self, timeout: float = 600.0, actor: str = "") -> dict[str, Any]:
+        """Close admission, wait up to `timeout` s for running submissions, and report what finished."""
+        ...
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The Ray nodes: resources, pools, load, busy or idle."""
+        ...
+
+    def queues(self) -> dict[str, Any]:
+        """Admission's queue (this team's nodes when team-scoped), the depth per pool and priority, and
+        the budgets."""
+        ...
+
+    def metrics_text(self) -> str:
+        """fabric's metrics as Prometheus text."""
+        ...
+
+    def ping(self) -> bool:
+        """Whether the registry answers."""
+        ...
+
+
+__all__ = ["Client", "Page", "ParamsInput", "SpecInput", "Submission"]
