@@ -14,12 +14,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.actors.revive import current_method, remember_home, revive
-from fabric.connection import REGISTRY_RESTART_WAIT_S
 from fabric.errors import ErrorCode, FabricError
 from fabric.protocol import Client, Page, ParamsInput, SpecInput, Submission
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
-from fabric.retry import backoff
+from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.settings import settings
 from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fabric.protocol import Client
+from fabric.retry import REGISTRY_RESTART_WAIT_S
 from fabric.settings import settings
-
-REGISTRY_RESTART_WAIT_S = 60.0
 
 
 def connect(address: str | None = None, *, token: str | None = None, team: str | None = None,

@@ -24,11 +24,11 @@ import httpx
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
 from fabric.protocol import Page, ParamsInput, SpecInput, Submission
 from fabric.record import SubmissionStatus
-from fabric.retry import backoff
+from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
-RETRY_FOR_S = 60.0  # a gateway or registry restarting answers 503 / refuses connections for a while
+RETRY_FOR_S = REGISTRY_RESTART_WAIT_S  # a gateway or registry restarting answers 503 / refuses connections a while
 FIRST_DELAY_S = 0.2
 LONGEST_DELAY_S = 2.0
 JITTER = 0.5  # each delay is cut by up to half, at random: clients cut off together do not return together

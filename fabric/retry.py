@@ -6,6 +6,9 @@ import random
 import time
 from collections.abc import Iterator
 
+# How long a client call rides out a restarting registry (or gateway) before it raises, by default.
+REGISTRY_RESTART_WAIT_S = 60.0
+
 
 def backoff(retry_for: float, first: float = 0.1, longest: float = 2.0, jitter: float = 0.0,
             rng: random.Random | None = None) -> Iterator[float]:

@@ -23,6 +23,7 @@ ERROR_STATUSES = {
     "400": "bad request", "401": "no or unknown bearer token", "403": "the token's team may not do this",
     "404": "no such submission, node or artifact (for this team)", "409": "conflict (idempotency key, not finished)",
     "413": "body over the size limit", "422": "invalid request: every problem, with where and how to fix",
+    "500": "INTERNAL: a bug in fabric (logged); not worth retrying",
     "503": "the registry is restarting or admission is closed (see Retry-After)", "504": "timed out",
 }
 # Routes that are not behind a token (Serve health, Prometheus, the UI's static files).

@@ -9,7 +9,12 @@ const COLORS = {
 };
 const $ = (id) => document.getElementById(id);
 const SVGNS = "http://www.w3.org/2000/svg";
+const PAGE_SIZE = 50;
+// One poller at most: `view.timer` is the only pending refresh, and a refresh that finds the view changed
+// (another submission, the list) or the run ended schedules nothing. So nothing polls after you leave.
 let view = { id: null, timer: null, graph: null, status: null, selected: null };
+// The list's pages: the cursors that opened each page so far (the first page has none), from the server.
+let pages = { cursors: [null], next: null };
 
 function token() { return sessionStorage.getItem("fabric-token"); }
 
@@ -26,8 +31,14 @@ function show(section) {
   $("logout").hidden = section === "login";
 }
 
+function stopPolling() {
+  clearTimeout(view.timer);
+  view.timer = null;
+}
+
 function route() {
-  clearInterval(view.timer);
+  stopPolling();
+  view.id = null;
   const hash = location.hash;
   const fromFragment = hash.match(/token=([^&]+)/);
   if (fromFragment) {
@@ -41,15 +52,24 @@ function route() {
 
 // -- the list --------------------------------------------------------------------------------------
 
-async function openList() {
+// Filters, search and paging all happen on the server: the list route gets them as query parameters.
+async function openList(page = 0) {
   show("list");
-  const query = new URLSearchParams({ limit: "200" });
+  if (page === 0) pages = { cursors: [null], next: null };
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if ($("f-state").value) query.set("state", $("f-state").value);
   if ($("f-label").value.trim()) query.append("label", $("f-label").value.trim());
+  if ($("f-search").value.trim()) query.set("search", $("f-search").value.trim());
+  if (pages.cursors[page]) query.set("cursor", pages.cursors[page]);
   try {
     const body = await api("GET", `/api/orch/submissions?${query}`);
-    const pipeline = $("f-pipeline").value.trim();
-    const rows = body.items.filter((item) => !pipeline || item.pipeline_id.includes(pipeline));
+    const rows = body.items;
+    pages.page = page;
+    pages.cursors.length = page + 1;
+    if (body.next_cursor) pages.cursors.push(body.next_cursor);
+    $("page-first").disabled = $("page-prev").disabled = page === 0;
+    $("page-next").disabled = !body.next_cursor;
+    $("page-no").textContent = `page ${page + 1}`;
     const tbody = $("submissions").querySelector("tbody");
     tbody.replaceChildren(...rows.map((item) => {
       const tr = document.createElement("tr");
@@ -73,16 +93,19 @@ async function openList() {
 
 async function openSubmission(id) {
   show("detail");
+  stopPolling();
   view = { id, timer: null, graph: null, status: null, selected: null };
   $("d-title").textContent = id;
   $("log").textContent = "select a node";
   $("log-node").textContent = "";
   await refresh();
-  view.timer = setInterval(refresh, 1000);
 }
 
+// Refresh once, then schedule the next one only while this submission is still the one shown and runs.
 async function refresh() {
   const id = view.id;
+  stopPolling();
+  let running = true;
   try {
     const [status, graph] = await Promise.all([
       api("GET", `/api/orch/status/${encodeURIComponent(id)}`), api("GET", `/api/orch/graph/${encodeURIComponent(id)}`)]);
@@ -107,9 +130,10 @@ async function refresh() {
     }
     drawDag(); drawGantt();
     if (view.selected && status.state === "RUNNING") loadLog(view.selected);
-    if (status.state !== "RUNNING") clearInterval(view.timer);
+    running = status.state === "RUNNING";
     $("detail-error").textContent = "";
   } catch (error) { $("detail-error").textContent = error.message; }
+  if (running && id === view.id && view.timer === null) view.timer = setTimeout(refresh, 1000);
 }
 
 function nodeState(id) {
@@ -243,11 +267,15 @@ $("login-form").addEventListener("submit", async (event) => {
   try { await api("GET", "/api/orch/submissions?limit=1"); $("login-error").textContent = ""; route(); }
   catch (error) { $("login-error").textContent = "that token was not accepted"; show("login"); }
 });
-$("filters").addEventListener("submit", (event) => { event.preventDefault(); openList(); });
+$("filters").addEventListener("submit", (event) => { event.preventDefault(); openList(0); });
+$("page-first").addEventListener("click", () => openList(0));
+$("page-prev").addEventListener("click", () => openList(Math.max(pages.page - 1, 0)));
+$("page-next").addEventListener("click", () => openList(pages.page + 1));
 $("logout").addEventListener("click", () => { sessionStorage.removeItem("fabric-token"); location.hash = "#/"; route(); });
 $("cancel").addEventListener("click", async () => {
   if (!confirm(`Cancel ${view.id}?`)) return;
-  try { await api("POST", `/api/orch/cancel/${encodeURIComponent(view.id)}`); refresh(); view.timer = setInterval(refresh, 1000); }
+  // refresh() replaces any pending poll and keeps polling only until the cancelled run has ended.
+  try { await api("POST", `/api/orch/cancel/${encodeURIComponent(view.id)}`); await refresh(); }
   catch (error) { $("detail-error").textContent = error.message; }
 });
 window.addEventListener("hashchange", route);

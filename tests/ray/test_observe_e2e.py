@@ -224,6 +224,15 @@ def test_the_ui_in_headless_chromium(stack, tmp_path):
             page.fill("#token", stack["token"])
             page.click("#login-form button")
             page.wait_for_selector(f"tr[data-submission='{stack['ok']}']")
+            listed: list[str] = []
+            page.on("request", lambda r: listed.append(r.url) if "/api/orch/submissions" in r.url else None)
+            page.fill("#f-search", "ui_failing")  # searched on the server, not filtered in the page
+            page.click("#filters button")
+            page.wait_for_selector(f"tr[data-submission='{stack['ok']}']", state="detached")
+            assert page.locator(f"tr[data-submission='{stack['bad']}']").count() == 1
+            assert "search=ui_failing" in listed[-1] and "limit=50" in listed[-1], listed
+            assert page.locator("#page-next").is_disabled() and page.locator("#page-prev").is_disabled()
+            page.fill("#f-search", "")
             page.select_option("#f-state", "FAILED")
             page.click("#filters button")
             page.wait_for_selector(f"tr[data-submission='{stack['ok']}']", state="detached")
@@ -252,6 +261,49 @@ def test_the_ui_in_headless_chromium(stack, tmp_path):
     assert green > 2000  # the green of six SUCCEEDED nodes
     if os.environ.get("FABRIC_UI_SCREENSHOT"):  # regenerate docs/ui.png
         shutil.copy(shot, os.environ["FABRIC_UI_SCREENSHOT"])
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_ui_cancel_button_leaves_no_poller_behind(stack, tmp_path):
+    """Cancel a running submission from its page: the page polls until the run has ended, then stops;
+    leaving the page stops it too. (The old page started a second poller on cancel and never stopped it.)"""
+    from playwright.sync_api import sync_playwright
+
+    slow = {"version": 1, "pipeline_id": "ui_slow",
+            "nodes": [{"id": "wait", "kind": "python_task", "entrypoint": "tests.nodes:sleeper",
+                       "params": {"seconds": 60}}]}
+    running = stack["remote"].submit(slow)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            polls: list[float] = []
+            page.on("request", lambda r: polls.append(time.monotonic()) if "/api/orch/status/" in r.url else None)
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+            page.goto(f"{stack['url']}/ui/#/s/{running.id}")
+            page.wait_for_selector("#d-state:has-text('RUNNING')")
+            page.wait_for_timeout(1500)
+            assert len(polls) >= 2  # it polls while the run runs
+            page.click("#cancel")
+            page.wait_for_selector("#d-state:has-text('CANCELLED')", timeout=30_000)
+            ended = len(polls)
+            page.wait_for_timeout(2500)
+            assert len(polls) == ended and page.evaluate("view.timer") is None  # no poller after the end
+            # Leaving a running submission's page stops its poller as well.
+            again = stack["remote"].submit(slow)
+            page.goto(f"{stack['url']}/ui/#/s/{again.id}")
+            page.wait_for_selector("#d-state:has-text('RUNNING')")
+            page.goto(f"{stack['url']}/ui/#/")
+            page.wait_for_selector("#list:not([hidden])")
+            left = len(polls)
+            page.wait_for_timeout(2500)
+            assert len(polls) == left and page.evaluate("view.timer") is None
+            again.cancel()
+        finally:
+            browser.close()
+    assert running.wait(30).state == "CANCELLED"
 
 
 def test_cli_graph_and_logs_follow(stack, tmp_path, capfd):
