@@ -15,7 +15,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.actors.revive import current_method, remember_home, revive
 from fabric.errors import ErrorCode, FabricError
-from fabric.protocol import Client, Page, ParamsInput, SpecInput, Submission
+from fabric.protocol import Client, Page, ParamsInput, Rows, SpecInput, Submission
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
@@ -211,7 +211,7 @@ class RayClient:
         return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60,
                      retry_for=self._retry_for)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> Rows:
         """The Ray nodes: resources, pools, load, busy or idle."""
         return _call(self._registry.workers, retry_for=self._retry_for)
 

@@ -18,6 +18,8 @@ from fabric.spec import DagSpec, RuntimeParams
 # What `submit` takes: a spec object, a dict, YAML/JSON text or a path to it, or an `fb.DAG`.
 SpecInput = DagSpec | Mapping[str, Any] | str | Path | Any
 ParamsInput = RuntimeParams | Mapping[str, Any] | None
+# A list of JSON rows, named so that annotations inside a class with a `list` method still mean the builtin.
+Rows = list[dict[str, Any]]
 
 
 @runtime_checkable
@@ -102,7 +104,7 @@ class Client(Protocol):
         """Close admission, wait up to `timeout` s for running submissions, and report what finished."""
         ...
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> Rows:
         """The Ray nodes: resources, pools, load, busy or idle."""
         ...
 
@@ -120,4 +122,4 @@ class Client(Protocol):
         ...
 
 
-__all__ = ["Client", "Page", "ParamsInput", "SpecInput", "Submission"]
+__all__ = ["Client", "Page", "ParamsInput", "Rows", "SpecInput", "Submission"]

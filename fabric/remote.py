@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
-from fabric.protocol import Page, ParamsInput, SpecInput, Submission
+from fabric.protocol import Page, ParamsInput, Rows, SpecInput, Submission
 from fabric.record import SubmissionStatus
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.spec import RuntimeParams, read_spec
@@ -122,13 +122,14 @@ class HttpClient:
 
     def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         if hasattr(spec, "to_spec"):  # an fb.DAG
-            if spec.inline_code():
+            dag: Any = spec
+            if dag.inline_code():
                 raise FabricError(
                     "this DAG's functions are defined in the notebook; their code cannot be sent over HTTP",
                     code=ErrorCode.SPEC_FIELD, where="entrypoint",
                     fix="put the functions in a module the cluster has (an image, or runtime_env working_dir / "
                         "py_modules), or connect with Ray (fb.connect('auto'))")
-            spec = spec.to_spec()
+            spec = dag.to_spec()
         if isinstance(runtime_params, RuntimeParams):
             runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
         params = dict(runtime_params or {})
@@ -175,7 +176,7 @@ class HttpClient:
         return self._json("POST", "/api/orch/admin/drain", body={"timeout_s": timeout, "actor": actor},
                           timeout_s=timeout + 60)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> Rows:
         return self._json("GET", "/api/orch/workers")["workers"]
 
     def queues(self) -> dict[str, Any]:
