@@ -28,9 +28,10 @@ class NodeState(StrEnum):
 
     @property
     def ok(self) -> bool:
-        return self in (NodeState.SUCCEEDED, NodeState.CACHED)
+        return self in OK_NODE_STATES
 
 
+OK_NODE_STATES = frozenset({NodeState.SUCCEEDED, NodeState.CACHED})  # its outputs exist: downstream may read them
 TERMINAL_NODE_STATES = frozenset(
     {NodeState.SUCCEEDED, NodeState.CACHED, NodeState.FAILED, NodeState.TIMED_OUT,
      NodeState.SKIPPED, NodeState.CANCELLED}

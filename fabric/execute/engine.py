@@ -13,6 +13,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import ray
@@ -24,7 +25,7 @@ from fabric.execute.finished import Finished, finished_result, kept_summary, liv
 from fabric.execute.live import EngineCacheHost, LiveRun
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
-from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Start, Stop, Wake
+from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
 from fabric.execute.resume import restored_machine
 from fabric.execute.scheduler import cost_events
 from fabric.kinds import NodeCall
@@ -345,8 +346,10 @@ class Engine:
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, placement,
-                lambda outcome, sid=sid, nid=node.node_id, tok=token: self._inbox.put(Done(sid, nid, tok, outcome)))
+                call, node.unit, inputs, env, placement, partial(self._on_done, sid, node.node_id, token))
+
+    def _on_done(self, submission_id: str, node_id: str, token: int, outcome: Outcome) -> None:
+        self._inbox.put(Done(submission_id, node_id, token, outcome))  # from a backend thread: only enqueue
 
     def _record(self, run: LiveRun) -> None:
         transitions = run.machine.drain_transitions()

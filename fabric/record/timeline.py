@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric.record.store import Event, SubmissionRecord
-from fabric.states import TERMINAL_SUBMISSION_STATES, EventKind
+from fabric.states import OK_NODE_STATES, TERMINAL_SUBMISSION_STATES, EventKind
 
 
 @dataclass
@@ -103,12 +103,12 @@ def trace_spans(record: SubmissionRecord, events: Sequence[Event],
         start = attempts[0].queued_at or attempts[0].started_at or record.created_at
         end = attempts[-1].ended_at or last
         spans.append(SpanSpec(node_key, sid, f"node {node_id}", start, end, attrs,
-                              ok=state in ("SUCCEEDED", "CACHED"), message=final[node_id].reason))
+                              ok=state in OK_NODE_STATES, message=final[node_id].reason))
         for span in attempts:
             spans.append(SpanSpec(
                 f"{node_key}/{span.attempt}", node_key, f"attempt {node_id}#{span.attempt}",
                 span.started_at or start, span.ended_at or end,
                 {**attrs, "fabric.attempt": span.attempt, "fabric.outcome": span.outcome or "RUNNING",
                  "fabric.queue_wait_s": round((span.started_at or 0) - span.queued_at, 6) if span.queued_at else 0.0},
-                ok=span.outcome in ("SUCCEEDED", "CACHED"), message=span.reason))
+                ok=span.outcome in OK_NODE_STATES, message=span.reason))
     return spans
