@@ -268,7 +268,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ray_init_kwargs.setdefault("include_dashboard", False)
         ray_init_kwargs.setdefault("log_to_driver", False)
         # Sizes only make sense when a local cluster is started; Ray says so clearly otherwise.
-        sizes = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
+        sizes: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
         ray.init(address=address, runtime_env=runtime_env,
                  **{k: v for k, v in sizes.items() if v is not None}, **ray_init_kwargs)
     home = home or default_home()

@@ -239,7 +239,7 @@ class AdmissionQueue:
             chosen = choose_victims(request, cluster, running, now)
             if chosen:
                 why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
-                return [(*victim.key.split("/", 1), why) for victim in chosen]  # type: ignore[misc]
+                return [(sid, node_id, why) for sid, _, node_id in (victim.key.partition("/") for victim in chosen)]
         return []
 
     def release(self, key: str) -> float:
