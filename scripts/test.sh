@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train,observe
 .venv/bin/ruff check .
+.venv/bin/mypy fabric   # types: the [tool.mypy] section of pyproject.toml
 # The web UI's end-to-end test drives Debian's chromium; without apt (or root) that one test skips, saying why.
 if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get install -y -q chromium >/dev/null 2>&1 \
