@@ -92,8 +92,8 @@ def main() -> None:
 
     from ray import serve
 
+    from fabric.cli.gateway import start_gateway
     from serve.auth import mint_token
-    from serve.gateway import build_app
 
     home = tempfile.mkdtemp(prefix="fabric-gw-bench-")
     os.environ[ENV["home"]] = home
@@ -102,10 +102,8 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tokens_file": str(Path(home) / "tokens.yaml")}), name="fabric-gateway", route_prefix="/")
+    base = start_gateway(Path(home) / "tokens.yaml", port)
     headers = {"Authorization": f"Bearer {token}"}
-    base = f"http://127.0.0.1:{port}"
     per_client = max(args.submissions // args.clients, 1)
     deadline = time.monotonic() + args.seconds
 

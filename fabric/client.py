@@ -15,6 +15,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
 from fabric.actors.revive import current_method, remember_home, revive
 from fabric.errors import ErrorCode, FabricError
+from fabric.local_ray import init_address
 from fabric.protocol import Client, Page, ParamsInput, Rows, SpecInput, Submission
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
@@ -263,6 +264,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
         return HttpClient(address, token or settings().token, retry_for=retry_for)
     if not ray.is_initialized():
+        # Seconds, not minutes: a stale recorded local Ray is replaced by a fresh one, a dead named one stops here.
+        address = init_address(address)
         if address not in (None, "local"):
             _use_ray_token_auth()
         ray_init_kwargs.setdefault("include_dashboard", False)

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"
+    RAY_UNREACHABLE = "RAY_UNREACHABLE"
     REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
     INTERNAL = "INTERNAL"  # a bug in fabric: answered as problem+json 500, never retried by clients
 

@@ -26,16 +26,14 @@ def _free_port() -> int:
 def gateway(client, tmp_path_factory):
     from ray import serve
 
-    from serve.gateway import build_app
+    from fabric.cli.gateway import start_gateway
 
     tokens_file = tmp_path_factory.mktemp("gateway") / "tokens.yaml"
     research = mint_token(tokens_file, "research")
     trading = mint_token(tokens_file, "trading")
     admin = mint_token(tokens_file, "ops", admin=True)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tokens_file": str(tokens_file)}), name="fabric-gateway", route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    url = start_gateway(tokens_file, _free_port())
+    with httpx.Client(base_url=url, timeout=30) as http:
         yield (http, {"Authorization": f"Bearer {research}"}, {"Authorization": f"Bearer {trading}"}, tokens_file,
                {"Authorization": f"Bearer {admin}"})
     serve.shutdown()

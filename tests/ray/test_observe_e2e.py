@@ -63,7 +63,7 @@ def stack(fabric_home, otlp, tmp_path_factory):
     from ray import serve
 
     import fabric as fb
-    from serve.gateway import build_app
+    from fabric.cli.gateway import start_gateway
 
     saved = {k: os.environ.get(k) for k in ("FABRIC_OTLP_ENDPOINT", "FABRIC_LINEAGE")}
     os.environ["FABRIC_OTLP_ENDPOINT"] = otlp[0]  # before Ray starts: its workers inherit it
@@ -73,10 +73,7 @@ def stack(fabric_home, otlp, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.yaml"
     token = mint_token(tokens, "research")
     others = {"trading": mint_token(tokens, "trading"), "admin": mint_token(tokens, "ops", admin=True)}
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tokens_file": str(tokens)}), name="fabric-gateway", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+    url = start_gateway(tokens, free_port())
     remote = fb.connect(url, token=token)
     ok = remote.submit(REPO / "jobs/dags/quant_backtest.yaml", {"labels": {"suite": "ui"}})
     bad = remote.submit(FAILING, {"labels": {"suite": "ui"}})

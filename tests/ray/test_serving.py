@@ -30,15 +30,13 @@ def mlflow_store(tmp_path_factory):
 def gateway(client, tmp_path_factory):
     from ray import serve
 
-    from serve.gateway import build_app
+    from fabric.cli.gateway import start_gateway
 
     tokens_file = tmp_path_factory.mktemp("gateway") / "tokens.yaml"
     token = mint_token(tokens_file, "research")
     other = mint_token(tokens_file, "trading")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tokens_file": str(tokens_file)}), name="fabric-gateway", route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+    url = start_gateway(tokens_file, free_port())
+    with httpx.Client(base_url=url, timeout=60) as http:
         yield http, {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {other}"}
     serve.shutdown()
 

@@ -37,16 +37,12 @@ def serve_gateway(state_dir: Path, replicas: int = 2) -> Iterator[Gateway]:
     """Start Serve and the gateway app (`replicas` replicas) on a free loopback port; shut Serve down after."""
     from ray import serve
 
-    from serve.gateway import build_app
+    from fabric.cli.gateway import start_gateway
 
     tokens_file = state_dir / "tokens.yaml"
     tokens = {"research": mint_token(tokens_file, "research"), "trading": mint_token(tokens_file, "trading"),
               "admin": mint_token(tokens_file, "ops", admin=True)}
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tokens_file": str(tokens_file), "num_replicas": str(replicas)}), name="fabric-gateway",
-              route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+    url = start_gateway(tokens_file, _free_port(), replicas=replicas)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield Gateway(url, http, tokens)
     serve.shutdown()

@@ -379,7 +379,7 @@ def kubeconfig(fake, tmp_path) -> Path:
 def cli(*args: str) -> Any:
     from typer.testing import CliRunner
 
-    from fabric.cli_k8s import k8s_app
+    from fabric.cli.k8s import k8s_app
 
     return CliRunner().invoke(k8s_app, list(args))
 

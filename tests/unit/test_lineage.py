@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fabric import graph_view
+from fabric.cli import graph_view
 from fabric.record import Event, SubmissionRecord
 from fabric.record.lineage import NodeIO, StoredFile, lineage_events, run_id
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans

@@ -1,4 +1,4 @@
-"""Terminal rendering for the CLI: status tables, results and error reports (rich)."""
+"""The CLI's one rich console (`out`, `err`) and what it renders: status tables, results, error reports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +22,9 @@ STATE_STYLE = {
 }
 SUBMISSION_STYLE = {SubmissionState.RUNNING: "bold blue", SubmissionState.SUCCEEDED: "bold green"}
 MAX_ROWS = 40
+
+out = Console()
+err = Console(stderr=True)
 
 
 def _elapsed(node: NodeStatus, now: float) -> str:
@@ -106,3 +109,15 @@ def error_text(error: FabricError) -> Text:
     if error.fix:
         text.append(f"\n  fix: {error.fix}", "dim")
     return text
+
+
+def submissions_table(items: list[dict[str, Any]]) -> Table:
+    """`fabric ls`: one row per submission, newest first as the registry answers."""
+    table = Table(show_edge=False)
+    table.add_column("submission", no_wrap=True, min_width=26)
+    for column in ("pipeline", "state", "created"):
+        table.add_column(column)
+    for item in items:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created_at"]))
+        table.add_row(item["submission_id"], item["pipeline_id"], item["state"], created)
+    return table
