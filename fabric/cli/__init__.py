@@ -10,7 +10,15 @@ from typing import Any
 
 def main() -> None:
     from fabric.cli.commands import app
+    from fabric.errors import FabricError
+    from fabric.logs import configure_logging
+    from fabric.settings import settings
 
+    try:
+        log_format = settings().log_format
+    except FabricError:  # a bad setting: the command that reads it reports it, with its fix
+        log_format = "text"
+    configure_logging(log_format)  # FABRIC_LOG_FORMAT=json: fabric's log records as JSON lines (fabric/logs.py)
     app()
 
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.settings import settings
 from fabric.spec import parse_runtime_params, read_spec
 
 DagArg = Annotated[Path, typer.Argument(help="DAG spec, YAML or JSON", exists=False)]
 ParamsOpt = Annotated[str | None, typer.Option("--params", "-p",
                                                help="runtime params: a YAML/JSON file or inline JSON")]
 AddressOpt = Annotated[str | None, typer.Option(
-    "--address", envvar="FABRIC_ADDRESS",
-    help="Ray address (default: RAY_ADDRESS or auto), or the gateway's http(s):// URL with FABRIC_TOKEN set")]
+    "--address", help="Ray address, or the gateway's http(s):// URL with FABRIC_TOKEN set "
+                      "(default: FABRIC_ADDRESS, else RAY_ADDRESS, else the local Ray)")]
 
 
 DISTRIBUTIONS = ("fabric-ray", "fabric")  # the name on the package index, then the older local name
@@ -38,7 +38,7 @@ def fabric_version() -> str:
 
 def home() -> str:
     """FABRIC_HOME, else ~/.fabric: where the local store, tokens and artifacts live."""
-    return os.environ.get("FABRIC_HOME") or str(Path.home() / ".fabric")
+    return settings().home
 
 
 def params(value: str | None, exclude_defaults: bool = False) -> dict[str, Any]:
@@ -51,8 +51,11 @@ def params(value: str | None, exclude_defaults: bool = False) -> dict[str, Any]:
 
 
 def connect(address: str | None, working_dir: str | None = None) -> Any:
-    """A Client: through the gateway for an http(s):// address, else by joining Ray (default: auto)."""
+    """A Client: through the gateway for an http(s):// address, else by joining Ray (default: FABRIC_ADDRESS,
+    else auto)."""
     import fabric.client as client
+
+    address = address or settings().address
 
     if working_dir and address and address.startswith(("http://", "https://")):
         raise FabricError("--working-dir uploads through Ray; the gateway takes no files",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -10,9 +9,11 @@ from pathlib import Path
 GATEWAY_APP = "fabric-gateway"
 
 
-def tokens_path(home: str) -> Path:
-    """The gateway's tokens file: $FABRIC_TOKENS, else <FABRIC_HOME>/tokens.yaml."""
-    return Path(os.environ.get("FABRIC_TOKENS") or Path(home) / "tokens.yaml")
+def tokens_path() -> Path:
+    """The gateway's tokens file: FABRIC_TOKENS, else <FABRIC_HOME>/tokens.yaml (fabric/settings.py)."""
+    from fabric.settings import settings
+
+    return Path(settings().tokens)
 
 
 def start_gateway(tokens_file: Path, port: int, host: str = "127.0.0.1", replicas: int = 1) -> str:

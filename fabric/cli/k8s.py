@@ -14,6 +14,7 @@ from fabric.cli.console import out
 from fabric.cli.exits import ExitCode, failing
 from fabric.cli.output import Output, OutputOpt, emit
 from fabric.k8s import DEFAULT_IMAGE, MANAGED_SELECTOR, KubeRay, context_namespace, job_finished, rayjob_for_dag
+from fabric.settings import settings
 
 k8s_app = typer.Typer(no_args_is_help=True,
                       help="Run DAGs as KubeRay RayJobs on Kubernetes (needs the KubeRay operator).")
@@ -45,8 +46,8 @@ def _follow(kuberay: KubeRay, name: str, timeout: float) -> int:
 def submit(dag: Annotated[Path, typer.Argument(help="DAG spec, YAML or JSON")],
            params: Annotated[str | None, typer.Option(
                "--params", "-p", help="runtime params: a YAML/JSON file or inline JSON")] = None,
-           image: Annotated[str, typer.Option(envvar="FABRIC_IMAGE", help="image with fabric installed")
-                            ] = DEFAULT_IMAGE,
+           image: Annotated[str | None, typer.Option(
+               help=f"image with fabric installed (default: FABRIC_IMAGE, else {DEFAULT_IMAGE})")] = None,
            namespace: NamespaceOpt = None,
            name: Annotated[str | None, typer.Option(help="RayJob name (default: from the pipeline id)")] = None,
            cluster: Annotated[str | None, typer.Option(
@@ -60,6 +61,7 @@ def submit(dag: Annotated[Path, typer.Argument(help="DAG spec, YAML or JSON")],
     with failing("--kubeconfig"):
         namespace = namespace or context_namespace(kubeconfig, context) or "default"
         runtime = read_params(params, exclude_defaults=True)
+        image = image or settings().image
         manifest = rayjob_for_dag(dag, name=name, image=image, runtime_params=runtime, namespace=namespace,
                                   cluster=cluster, max_workers=max_workers)
         if dry_run:

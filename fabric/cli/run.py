@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 
-from fabric.cli.common import AddressOpt, DagArg, ParamsOpt, connect, home, params
+from fabric.cli.common import AddressOpt, DagArg, ParamsOpt, connect, params
 from fabric.cli.console import describe_value, err, error_text, metrics_table, out, status_table
 from fabric.cli.exits import ExitCode, failing
 from fabric.errors import ErrorCode, SpecError
@@ -79,7 +79,7 @@ def run(dag: DagArg, params_: ParamsOpt = None,
         with out.status("starting a local Ray…", spinner="dots"):
             fabric_client = client.connect("local", num_cpus=num_cpus, num_gpus=num_gpus)
             if gateway is not None:
-                tokens = tokens_path(home())
+                tokens = tokens_path()
                 token = mint_token(tokens, "default", admin=True)
                 url = start_gateway(tokens, gateway)
                 sys.stderr.write(f"gateway: {url}\ntoken (shown once): {token}\n")  # plain: never wrapped
@@ -142,12 +142,13 @@ def submit(dag: DagArg, params_: ParamsOpt = None, address: AddressOpt = None,
 
 def token(team: Annotated[str, typer.Option(help="the team this token acts for")],
           admin: Annotated[bool, typer.Option(help="may use the admin routes")] = False,
-          file: Annotated[Path | None, typer.Option(help="tokens file (default: $FABRIC_HOME/tokens.yaml)")] = None,
+          file: Annotated[Path | None, typer.Option(
+              help="tokens file (default: FABRIC_TOKENS, else $FABRIC_HOME/tokens.yaml)")] = None,
           ) -> None:
     """Make a gateway token for a team: the file keeps only its hash, the token is printed once."""
-    from fabric.cli.gateway import mint_token
+    from fabric.cli.gateway import mint_token, tokens_path
 
-    path = file or Path(home()) / "tokens.yaml"
+    path = file or tokens_path()
     sys.stdout.write(mint_token(path, team, admin) + "\n")
     err.print(f"[dim]added to {path} (hashed)[/]")
 
@@ -162,7 +163,7 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
     import fabric.client as client
     from fabric.cli.gateway import hold, mint_token, start_gateway, tokens_path
 
-    tokens = tokens_path(home())
+    tokens = tokens_path()
     with failing():
         admin_token = None if tokens.exists() else mint_token(tokens, "admin", admin=True)
         client.connect("local", num_cpus=num_cpus)
