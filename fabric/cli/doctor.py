@@ -22,7 +22,9 @@ import typer
 from fabric.cli.common import fabric_version
 from fabric.cli.exits import ExitCode
 from fabric.cli.output import Output, OutputOpt, emit
+from fabric.errors import FabricError
 from fabric.local_ray import Probe, current_cluster_file, gcs_answers, ray_target, recorded_address
+from fabric.settings import Settings
 
 RAY_PINNED = "2.60.0"  # pyproject's ray==; another Ray speaks another protocol to the cluster
 Fetch = Callable[[str, Mapping[str, str], float], int]  # GET url with headers -> HTTP status (0: no answer)
@@ -42,8 +44,21 @@ class Check:
     fix: str = ""
 
 
-def _home(env: Mapping[str, str]) -> Path:
-    return Path(env.get("FABRIC_HOME") or Path(env.get("HOME") or Path.home()) / ".fabric")
+def _settings(env: Mapping[str, str]) -> Settings:
+    """The FABRIC_* settings as the CLI reads them; the defaults when one does not parse (`check_settings`
+    reports that)."""
+    try:
+        return Settings.from_env(env)
+    except FabricError:
+        return Settings.from_env({})
+
+
+def check_settings(env: Mapping[str, str]) -> Check:
+    try:
+        Settings.from_env(env)
+    except FabricError as exc:
+        return Check("settings", Level.FAIL, exc.message, exc.fix)
+    return Check("settings", Level.OK, "every FABRIC_* variable parses (docs/settings.md)")
 
 
 def check_versions(versions: Mapping[str, str]) -> Check:
@@ -71,7 +86,7 @@ def check_stale_ray(env: Mapping[str, str], probe: Probe = gcs_answers) -> Check
 
 def check_ray(env: Mapping[str, str], probe: Probe = gcs_answers) -> Check:
     """The Ray that `fabric submit/ls/status` would join (FABRIC_ADDRESS, RAY_ADDRESS, then the recorded one)."""
-    address = env.get("FABRIC_ADDRESS") or None
+    address = _settings(env).address
     if address and address.startswith(("http://", "https://")):
         return Check("ray", Level.OK, "FABRIC_ADDRESS is a gateway URL: no Ray needed on this side")
     target = ray_target(address, env, probe)
@@ -85,7 +100,7 @@ def check_ray(env: Mapping[str, str], probe: Probe = gcs_answers) -> Check:
     if target.stale_file:
         return Check("ray", Level.OK, "no live Ray is recorded here: `fabric run` and fb.connect() start a fresh one",
                      "for `fabric submit`/`ls`/`status`, start one with `fabric up` or `ray start --head`")
-    variable = "FABRIC_ADDRESS" if env.get("FABRIC_ADDRESS") else target.source
+    variable = "FABRIC_ADDRESS" if _settings(env).address else target.source
     return Check("ray", Level.FAIL, f"no Ray answers at {target.address} (from {variable})",
                  f"start that cluster, or fix/unset {variable}")
 
@@ -117,7 +132,8 @@ def check_auth(env: Mapping[str, str]) -> Check:
 
 def check_store(env: Mapping[str, str]) -> Check:
     """$FABRIC_HOME (the store, tokens, artifacts) exists or can be made, and takes a write."""
-    home = _home(env)
+    config = _settings(env)
+    home = Path(config.home)
     try:
         home.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=home, prefix=".doctor-"):
@@ -125,8 +141,7 @@ def check_store(env: Mapping[str, str]) -> Check:
     except OSError as exc:
         return Check("store", Level.FAIL, f"FABRIC_HOME {home} is not writable: {exc.strerror or exc}",
                      "set FABRIC_HOME to a directory you can write (every Ray node must see the same path)")
-    kind = env.get("FABRIC_STORE") or "sqlite"
-    return Check("store", Level.OK, f"FABRIC_HOME {home} is writable (store: {kind})")
+    return Check("store", Level.OK, f"FABRIC_HOME {home} is writable (store: {config.store})")
 
 
 def _fetch(url: str, headers: Mapping[str, str], timeout: float) -> int:
@@ -142,13 +157,14 @@ def _fetch(url: str, headers: Mapping[str, str], timeout: float) -> int:
 
 def check_gateway(env: Mapping[str, str], fetch: Fetch = _fetch) -> Check:
     """When FABRIC_ADDRESS is the gateway's URL: it answers /healthz, and it takes FABRIC_TOKEN."""
-    url = (env.get("FABRIC_ADDRESS") or "").rstrip("/")
+    config = _settings(env)
+    url = (config.address or "").rstrip("/")
     if not url.startswith(("http://", "https://")):
         return Check("gateway", Level.OK, "not used (FABRIC_ADDRESS is not an http(s):// URL)")
     if fetch(f"{url}/healthz", {}, 3.0) != 200:
         return Check("gateway", Level.FAIL, f"the gateway at {url} does not answer /healthz",
                      "start it (`fabric up`), or fix FABRIC_ADDRESS")
-    token = env.get("FABRIC_TOKEN")
+    token = config.token
     if not token:
         return Check("gateway", Level.WARN, f"{url} answers, but FABRIC_TOKEN is unset: every call gets a 401",
                      "export FABRIC_TOKEN=... (make one with `fabric token --team NAME`)")
@@ -173,8 +189,8 @@ def installed_versions() -> dict[str, str]:
 def run_checks(env: Mapping[str, str] | None = None, probe: Probe = gcs_answers, fetch: Fetch = _fetch,
                versions: Mapping[str, str] | None = None) -> list[Check]:
     env = os.environ if env is None else env
-    return [check_versions(versions or installed_versions()), check_ray(env, probe), check_stale_ray(env, probe),
-            check_auth(env), check_store(env), check_gateway(env, fetch)]
+    return [check_versions(versions or installed_versions()), check_settings(env), check_ray(env, probe),
+            check_stale_ray(env, probe), check_auth(env), check_store(env), check_gateway(env, fetch)]
 
 
 def _table(checks: list[Check]) -> Any:
@@ -190,7 +206,8 @@ def _table(checks: list[Check]) -> Any:
 
 
 def doctor(output: OutputOpt = Output.TABLE) -> None:
-    """Check this machine: Ray reachable, Ray token auth, a stale local Ray, the store, the gateway, versions."""
+    """Check this machine: versions, settings, Ray reachable, a stale local Ray, Ray token auth, the store, the
+    gateway; each with what is wrong and the fix. Exits 1 when a check FAILs."""
     checks = run_checks()
     emit([asdict(check) for check in checks], output, lambda: _table(checks))
     raise typer.Exit(ExitCode.FAILED if any(c.level is Level.FAIL for c in checks) else ExitCode.OK)

@@ -127,6 +127,12 @@ def test_gateway_checks_health_and_token():
     assert doctor.check_gateway({"FABRIC_ADDRESS": "http://gw"}, lambda *_: 200).level is Level.WARN
 
 
+def test_a_setting_that_does_not_parse_is_a_failure(tmp_path):
+    bad = doctor.check_settings(_env(tmp_path, FABRIC_STORE="postgres-maybe"))
+    assert bad.level is Level.FAIL and "FABRIC_STORE" in bad.message and bad.fix
+    assert doctor.check_settings(_env(tmp_path)).level is Level.OK
+
+
 def test_versions():
     assert doctor.check_versions({"fabric": "0.1.0", "ray": "2.60.0", "python": "3.11.7"}).level is Level.OK
     assert doctor.check_versions({"fabric": "0.1.0", "ray": "2.9.0", "python": "3.11.7"}).level is Level.WARN

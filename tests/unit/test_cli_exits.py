@@ -68,7 +68,9 @@ def gateway() -> Iterator[str]:
 
 def fabric(*args: str, token: str = TOKEN, **env: str) -> Any:
     from fabric.cli import app
+    from fabric.settings import settings
 
+    settings.cache_clear()  # the CLI reads its settings once per process; each invocation here is a new "process"
     return CliRunner().invoke(app, list(args), env={"FABRIC_TOKEN": token, "COLUMNS": "200", **env})
 
 
