@@ -53,7 +53,7 @@ def params(value: str | None, exclude_defaults: bool = False) -> dict[str, Any]:
 def connect(address: str | None, working_dir: str | None = None) -> Any:
     """A Client: through the gateway for an http(s):// address, else by joining Ray (default: FABRIC_ADDRESS,
     else auto)."""
-    import fabric.client as client
+    from fabric.connection import connect as connect_to
 
     address = address or settings().address
 
@@ -62,4 +62,6 @@ def connect(address: str | None, working_dir: str | None = None) -> Any:
                           code=ErrorCode.SPEC_FIELD, where="--working-dir",
                           fix="upload a zip to s3:// or gs:// and pass it as runtime_params.runtime_env.working_dir")
     runtime_env = {"working_dir": working_dir} if working_dir else None
-    return client.connect(address or "auto", runtime_env=runtime_env)
+    if address and address.startswith(("http://", "https://")):
+        return connect_to(address)  # the HTTP client: no Ray imported on this side
+    return connect_to(address or "auto", runtime_env=runtime_env)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fabric.cli.common import AddressOpt, connect, home
-from fabric.cli.console import out, status_table, submissions_table
+from fabric.cli.console import err, out, status_table, submissions_table
 from fabric.cli.exits import failing
 from fabric.cli.output import Output, OutputOpt, emit
 
@@ -68,11 +68,17 @@ def cancel(submission_id: str, address: AddressOpt = None) -> None:
 def list_submissions(address: AddressOpt = None,
                      state: Annotated[str | None, typer.Option(help="only this state")] = None,
                      limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+                     search: Annotated[str | None, typer.Option(
+                         help="only those whose pipeline or id contains this")] = None,
+                     cursor: Annotated[str | None, typer.Option(
+                         help="the page after this one (printed under the table when there is one)")] = None,
                      output: OutputOpt = Output.TABLE) -> None:
-    """List recent submissions."""
+    """List recent submissions, newest first."""
     with failing():
-        items = connect(address).list(state, limit)
-    emit(items, output, lambda: submissions_table(items))
+        page = connect(address).list(state, limit, search=search, cursor=cursor)
+    emit(list(page), output, lambda: submissions_table(list(page)))
+    if output is Output.TABLE and getattr(page, "next_cursor", None):
+        err.print(f"[dim]more: fabric ls --cursor {page.next_cursor}[/]")
 
 
 audit = typer.Typer(help="The append-only audit log of every state change.", no_args_is_help=True)
