@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -167,3 +168,29 @@ def test_the_library_never_imports_the_serve_application():
             assert not [line for line, top in found if top], f"{path}: the CLI imports serve only lazily"
         else:
             assert not found, f"{path} imports the serve application at lines {[line for line, _ in found]}"
+
+
+def test_every_command_and_flag_is_in_docs_cli_md():
+    import typer
+
+    from fabric.cli import app
+
+    page = (REPO / "docs" / "cli.md").read_text()
+    missing = []
+
+    def walk(command: Any, path: str) -> None:
+        if getattr(command, "commands", None):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        if f"fabric {path}" not in page:
+            missing.append(f"fabric {path}")
+        for param in command.params:
+            for flag in param.opts:
+                if flag.startswith("--") and flag != "--help" and not re.search(rf"[`/ ]{flag}\b", page):
+                    missing.append(f"fabric {path} {flag}")
+
+    walk(typer.main.get_command(app), "")
+    assert missing == [], "not in docs/cli.md"
+    for code in ExitCode:
+        assert f"| {int(code)} | `{code.name}` |" in page
