@@ -1,17 +1,22 @@
-"""The docs name what the code has: every gateway route is in docs/gateway.md, and every route and error
-code the docs name exists. (Every FABRIC_* variable: tests/unit/test_settings.py.)"""
+"""The docs name what the code has, and nothing it lacks: the gateway's routes (docs/gateway.md), the CLI's
+commands and options (docs/cli.md), the error codes (docs/spec.md), the layers (docs/architecture.md).
+Every FABRIC_* variable is checked against docs/settings.md in tests/unit/test_settings.py."""
 
 from __future__ import annotations
 
 import re
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.routing import Match
 
 from fabric.errors import ErrorCode
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
 ROUTE = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE) (/[^\s`?]*)")
 PARAM = re.compile(r"\{[^}]*\}")
 
@@ -52,3 +57,72 @@ def test_every_error_code_is_in_spec_md_and_no_other() -> None:
     codes = {str(code) for code in ErrorCode}
     assert codes - documented == set(), "error codes missing from the table in docs/spec.md"
     assert documented - codes == set(), "docs/spec.md's table names error codes fabric does not have"
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command and subcommand of a click command tree, as (path, command)."""
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        if not sub.hidden:
+            yield from _commands(sub, (*path, name))
+
+
+@pytest.fixture(scope="module")
+def cli() -> dict[tuple[str, ...], Any]:
+    import typer.main
+
+    from fabric.cli import app
+
+    return dict(_commands(typer.main.get_command(app)))
+
+
+def test_every_cli_command_and_option_is_in_cli_md(cli) -> None:  # type: ignore[no-untyped-def]
+    import click
+
+    text = (DOCS / "cli.md").read_text()
+    assert len(cli) > 10, "the CLI walk found too few commands"
+    missing = [f"fabric {' '.join(path)}" for path in cli
+               if path and not re.search(rf"\bfabric {re.escape(' '.join(path))}(?![\w-])", text)]
+    assert not missing, f"commands docs/cli.md does not name: {missing}"
+    options = [f"fabric {' '.join(path)} {param.opts[0]}" for path, command in cli.items() for param in command.params
+               if isinstance(param, click.Option) and not param.hidden
+               and not any(name in text for name in param.opts + param.secondary_opts if name.startswith("--"))]
+    assert not options, f"options docs/cli.md does not name: {options}"
+
+
+def test_every_command_in_cli_md_exists(cli) -> None:  # type: ignore[no-untyped-def]
+    """A `fabric X [Y]` line in a code block of docs/cli.md names a real command (Y: when X is a group)."""
+    unknown, in_block = [], False
+    for line in (DOCS / "cli.md").read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            in_block = not in_block
+            continue
+        match = re.match(r"\s*(?:\$ )?fabric ([a-z][\w-]*)(?: ([a-z][\w-]*))?", line) if in_block else None
+        if match is None:
+            continue
+        group = (match[1],)
+        if group not in cli or (getattr(cli[group], "commands", None) and match[2]
+                                and (match[1], match[2]) not in cli):
+            unknown.append(line.strip())
+    assert not unknown, f"docs/cli.md shows commands the CLI does not have: {unknown}"
+
+
+def test_the_layers_table_names_every_layered_package_and_module() -> None:
+    """docs/architecture.md's table has a row entry for every package and module the layers contract places."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    names = {name.strip("() ") for layer in layers for name in layer.split("|")}
+    table = (DOCS / "architecture.md").read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        path = REPO.joinpath(*parts)
+        if path.is_dir():
+            forms = [f"`{'/'.join(parts)}/`", f"`{parts[-1]}/`"]
+        elif path.with_suffix(".py").is_file():
+            forms = [f"`{'/'.join(parts)}.py`", f"`{parts[-1]}.py`"]
+        else:
+            continue  # an optional layer entry whose module is gone
+        if not any(form in table for form in forms):
+            missing.append(name)
+    assert not missing, f"docs/architecture.md's layers table does not name: {missing}"
