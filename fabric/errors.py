@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     NOT_FINISHED = "NOT_FINISHED"
     NODE_FAILED = "NODE_FAILED"
     NO_CONTEXT = "NO_CONTEXT"
+    LOCAL_PATH_OUTPUT = "LOCAL_PATH_OUTPUT"  # a warning in a node log: an output names a worker-local file
     TIMEOUT = "TIMEOUT"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"

@@ -17,6 +17,7 @@ from typing import Any
 
 from fabric.context import NodeContext, use_context
 from fabric.digests import output_digests
+from fabric.execute.localpath import local_file_outputs, local_path_warning
 from fabric.execute.outputs import persist_outputs, publish_files
 from fabric.kinds import NodeCall, get_kind
 from fabric.secrets import secrets_root
@@ -93,6 +94,8 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                 named = dict(zip(call.input_names, inputs, strict=True))
                 value = get_kind(call.kind).run(call, named)
             values = split_outputs(call, value)
+            for slot, path in local_file_outputs(call.result_slots, values):
+                ctx.logger.warning(local_path_warning(call.node_id, slot, path))
             if call.digest:  # a cache key reads them: what the data is, not what it is called
                 digests = output_digests(call.result_slots, values)
             if call.persist:

@@ -80,8 +80,13 @@ def simulate_market(n_assets: int = 50, n_days: int = 750, seed: int = 7,
 
 
 def generate_market_data(n_assets: int = 50, n_days: int = 750, seed: int = 7,
-                         signal_strength: float = 0.001) -> str:
-    """Node `make_data`: simulate the panel, write `prices.parquet` to the artifact dir, return its path."""
+                         signal_strength: float = 0.001) -> pa.Table:
+    """Node `make_data`: simulate the panel and return it as a table.
+
+    The table is the output that the next node reads (through Ray's object store, so it reaches any
+    worker); `prices.parquet` in the artifact dir is a node file for people to download, which fabric
+    moves to the durable record. A local path would not be readable on another worker.
+    """
     ctx = context()
     ctx.progress(0.05, f"simulating {n_assets} assets x {n_days} days (seed {seed})")
     table = simulate_market(n_assets=n_assets, n_days=n_days, seed=seed, signal_strength=signal_strength)
@@ -92,4 +97,4 @@ def generate_market_data(n_assets: int = 50, n_days: int = 750, seed: int = 7,
     ctx.logger.info("wrote %d rows (%d assets, %d days, seed %d) to %s",
                     table.num_rows, n_assets, n_days, seed, path)
     ctx.progress(1.0, f"wrote {table.num_rows} rows")
-    return str(path)
+    return table

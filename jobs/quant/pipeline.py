@@ -59,10 +59,10 @@ def run_locally(workdir: str | Path, dag_path: str | Path = DAG_PATH,
         params[node_id].update(extra)
 
     with local_context(workdir / "make_data", node_id="make_data"):
-        prices_path = generate_market_data(**params["make_data"])
+        raw_prices = generate_market_data(**params["make_data"])
     with local_context(workdir / "clean_prices", node_id="clean_prices"):
         sql_params = dict(params["clean_prices"])
-        prices = run_sql(sql_params.pop("query"), prices_path=prices_path)
+        prices = run_sql(sql_params.pop("query"), raw_prices=raw_prices)
     with local_context(workdir / "features", node_id="features"):
         feature_table = build_features(prices, **params["features"])
     with local_context(workdir / "fit", node_id="fit"):

@@ -60,13 +60,15 @@ def _sql(query: str, **tables: object) -> pl.DataFrame:
 
 
 def test_generate_market_data_is_deterministic_for_a_seed(tmp_path: Path) -> None:
-    paths = []
+    tables = []
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
         with local_context(tmp_path / name) as ctx:
-            paths.append(generate_market_data(n_assets=12, n_days=150, seed=seed))
+            tables.append(generate_market_data(n_assets=12, n_days=150, seed=seed))
             assert ctx.last_progress is not None and ctx.last_progress[0] == 1.0
-        assert Path(paths[-1]) == tmp_path / name / "prices.parquet"
-    a, b, c = (pq.read_table(p) for p in paths)
+        # the table is the output (it travels through Ray to any worker); the parquet is a node file
+        assert isinstance(tables[-1], pa.Table)
+        assert pq.read_table(tmp_path / name / "prices.parquet").equals(tables[-1])
+    a, b, c = tables
     assert a.equals(b)
     assert not a.column("close").equals(c.column("close"))
     assert a.equals(simulate_market(n_assets=12, n_days=150, seed=7))
@@ -88,7 +90,7 @@ def test_generated_panel_is_complete_and_sane(raw: pa.Table) -> None:
 def test_sql_query_runs_in_polars_sqlcontext_on_the_parquet(tmp_path: Path, raw: pa.Table) -> None:
     path = str(tmp_path / "prices.parquet")
     pq.write_table(raw, path)
-    out = _sql(QUERY, prices_path=path)
+    out = _sql(QUERY, raw_prices=path)
     assert out.columns == ["date", "asset", "close", "volume", "earnings_yield", "book_to_price",
                            "dollar_volume", "ret_1d"]
     assert out.height == raw.num_rows
@@ -99,7 +101,7 @@ def test_sql_query_runs_in_polars_sqlcontext_on_the_parquet(tmp_path: Path, raw:
     np.testing.assert_allclose(out["ret_1d"].fill_null(np.nan).to_numpy(),
                                expected["ret_1d"].fill_null(np.nan).to_numpy(), rtol=1e-12)
     assert out["ret_1d"].null_count() == 50
-    assert run_sql(QUERY, prices_path=path).equals(out.to_arrow())
+    assert run_sql(QUERY, raw_prices=path).equals(out.to_arrow())
 
 
 def test_sql_orders_the_window_by_date_and_drops_bad_rows(raw: pa.Table) -> None:
@@ -107,8 +109,8 @@ def test_sql_orders_the_window_by_date_and_drops_bad_rows(raw: pa.Table) -> None
     bad = df.head(2).with_columns(pl.Series("close", [-1.0, 5.0]), pl.Series("volume", [10, 0]),
                                   pl.lit(date(2030, 1, 1)).alias("date"))
     shuffled = pl.concat([df, bad]).sample(fraction=1.0, shuffle=True, seed=3)
-    out = _sql(QUERY, prices_path=shuffled.to_arrow())
-    clean = _sql(QUERY, prices_path=df.to_arrow())
+    out = _sql(QUERY, raw_prices=shuffled.to_arrow())
+    clean = _sql(QUERY, raw_prices=df.to_arrow())
     assert out.height == df.height
     assert out["date"].max() < date(2030, 1, 1)
     assert out.equals(clean)
@@ -165,7 +167,7 @@ def test_features_are_cross_sectionally_normalised_and_input_agnostic(raw: pa.Ta
     assert per_date["s"].min() > 0.8 and per_date["s"].max() < 1.05
     assert per_date["lo"].max() == 0.0 and per_date["hi"].min() == pytest.approx(1.0)
     assert build_features(pl.from_arrow(raw)).equals(features)
-    via_sql = build_features(run_sql(QUERY, prices_path=raw), lookbacks=[5, 20, 60])
+    via_sql = build_features(run_sql(QUERY, raw_prices=raw), lookbacks=[5, 20, 60])
     assert via_sql.equals(features)
 
 
@@ -300,7 +302,7 @@ def test_dag_yaml_is_wired_and_its_entrypoints_accept_their_inputs() -> None:
             assert producers[name] in ancestors(nid), f"{nid}.{name}"
             needed.add((producers[name], nid))
         if node["kind"] == "sql":
-            assert node["ins"] == ["prices_path"] and "FROM prices_path" in node["params"]["query"]
+            assert node["ins"] == ["raw_prices"] and "FROM raw_prices" in node["params"]["query"]
             continue
         assert node["kind"] == "python_task"
         module, func = node["entrypoint"].split(":")
