@@ -110,6 +110,15 @@ def _choice(*options: str, aliases: Mapping[str, str] | None = None) -> Callable
     return parse
 
 
+def _store(value: str) -> str:
+    """`sqlite` or `memory` (any case), or a PostgreSQL URL kept as given (its user and database are case-sensitive)."""
+    if value.lower() in ("sqlite", "memory"):
+        return value.lower()
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ValueError("must be sqlite, memory, or a postgresql://user@host:port/database URL")
+
+
 @dataclass(frozen=True)
 class Settings:
     """fabric's configuration. Build it with `Settings.from_env()`; fields are never read elsewhere."""
@@ -124,8 +133,9 @@ class Settings:
                              "secret", _text, secret=True)
     tokens: str = _var("FABRIC_TOKENS", "the gateway's tokens file (hashed team and admin tokens)", "path",
                        _text, _under_home("tokens.yaml"), shown=f"{_HOME}/tokens.yaml")
-    store: str = _var("FABRIC_STORE", "the registry's record: `sqlite` ($FABRIC_HOME/fabric.db, durable) or "
-                      "`memory` (lost on restart)", "sqlite | memory", _choice("sqlite", "memory"), "sqlite")
+    store: str = _var("FABRIC_STORE", "the registry's record: `sqlite` ($FABRIC_HOME/fabric.db, durable, one "
+                      "head), a `postgresql://user@host:port/db` URL (durable, shared; the `postgres` extra) or "
+                      "`memory` (lost on restart)", "sqlite | memory | postgresql://...", _store, "sqlite")
     artifacts: str = _var("FABRIC_ARTIFACTS", "where persisted node outputs and files go: a directory or any "
                           "pyarrow.fs URI (s3://, gs://)", "path or URI", _text, _under_home("artifacts"),
                           shown=f"{_HOME}/artifacts")

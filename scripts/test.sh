@@ -2,7 +2,7 @@
 # The tests: set up, lint, then the pure unit tier (seconds; stops at its first failure), then the Ray tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,serve,train,observe
+bash scripts/setup.sh dev,serve,train,observe,postgres
 .venv/bin/ruff check .
 .venv/bin/mypy fabric   # types: the [tool.mypy] section of pyproject.toml
 # The web UI's end-to-end test drives Debian's chromium; without apt (or root) that one test skips, saying why.
@@ -10,6 +10,14 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
   apt-get install -y -q chromium >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "could not install chromium: the web UI's browser test will skip" >&2
+fi
+# The store contract and registry tests run on a real PostgreSQL that they start themselves (tests/pg.py), from
+# Debian's `postgresql`; they FAIL without it (FABRIC_TEST_NO_POSTGRES=1 skips them on purpose).
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q postgresql >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; } \
+    || echo "could not install postgresql: the PostgreSQL tests will fail (FABRIC_TEST_NO_POSTGRES=1 skips them)" >&2
 fi
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
 .venv/bin/python -m pytest -q -x tests/unit   # no Ray here (tests/unit/conftest.py); import-linter runs inside

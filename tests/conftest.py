@@ -100,3 +100,25 @@ def _kill_leftovers(gcs_address: str) -> None:
                 process.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL per test session (tests/pg.py); fails, not skips, when it cannot start, unless
+    FABRIC_TEST_NO_POSTGRES=1 says to skip."""
+    from tests.pg import NO_POSTGRES, start_postgres
+
+    if os.environ.get(NO_POSTGRES) == "1":
+        pytest.skip(f"{NO_POSTGRES}=1: the PostgreSQL tests are skipped on purpose")
+    try:
+        server = start_postgres()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"could not start PostgreSQL for the tests: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    """A fresh, empty database on the session's PostgreSQL, as a postgresql:// URL."""
+    return postgres_server.create_database()  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from fabric.logs import configure_logging
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
+from fabric.record.postgres import PostgresStore, is_postgres_url
 from fabric.record.replay import status_from_events
 from fabric.schedule.queue import load_config
 from fabric.settings import Settings
@@ -346,9 +347,12 @@ class Registry:
 
 
 def open_store(home: str, kind: str = "sqlite") -> Store:
-    """The registry's record: SQLite under FABRIC_HOME (durable), or memory with FABRIC_STORE=memory."""
+    """The registry's record: SQLite under FABRIC_HOME (durable), PostgreSQL with FABRIC_STORE=postgresql://...,
+    or memory with FABRIC_STORE=memory."""
     if kind == "memory":
         return MemoryStore()
+    if is_postgres_url(kind):
+        return PostgresStore(kind)
     return SqliteStore(Path(home) / "fabric.db")
 
 

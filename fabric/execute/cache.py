@@ -26,7 +26,7 @@ from fabric.digests import module_digest
 from fabric.execute.outputs import copy_node_files, has_outputs
 from fabric.execute.ports import CacheHost, RunView
 from fabric.plan.hashing import node_content_hash
-from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, SqliteCacheIndex
+from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, PostgresCacheIndex, SqliteCacheIndex
 from fabric.states import NodeState, Wait, WaitReason
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,12 @@ _PENDING = "pending"  # a key that cannot be computed yet (code versions on thei
 
 
 def open_cache_index(home: str, store: str = "sqlite") -> CacheIndex:
-    """Beside the store: in memory with a memory store (FABRIC_STORE=memory), else `<home>/cache.db`."""
+    """Beside the store: in memory with a memory store (FABRIC_STORE=memory), a table of the PostgreSQL store's
+    database with a postgresql:// store, else `<home>/cache.db`."""
     if store == "memory":
         return MemoryCacheIndex()
+    if store.startswith(("postgresql://", "postgres://")):
+        return PostgresCacheIndex(store)
     return SqliteCacheIndex(Path(home) / "cache.db")
 
 

@@ -1,23 +1,20 @@
 """A durable Store on SQLite: WAL, an append-only audit log, and group-committed events and logs.
 
 `add_submission` and `set_state` are committed before they return. `append_events` and `put_log`
-are queued and written by a background thread in one transaction every `flush_interval_s` (group
-commit); reads merge what is queued, `flush()` returns once everything queued is committed. A
-failed background write keeps its batch queued and its error is raised by the next synchronous
-write or `flush()`.
+are queued and group-committed by a background thread (fabric/record/batched.py).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
@@ -51,15 +48,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
                        "team, labels, state, runtime_env")
-_EVENT_COLUMNS = ("id", "submission_id", "node_id", "source", "target", "at", "attempt", "reason", "actor", "team")
 _INSERT_EVENT = ("INSERT INTO events (submission_id, node_id, source, target, at, attempt, reason, actor, team) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT team FROM submissions WHERE submission_id = ?)))")
 _UPSERT_LOG = ("INSERT INTO logs (submission_id, node_id, attempt, text, path) VALUES (?, ?, ?, ?, ?) "
                "ON CONFLICT (submission_id, node_id, attempt) DO UPDATE SET text = excluded.text, path = excluded.path")
-_WAKE_AT = 20_000  # queued items that wake the flusher before its interval is up
-
-_LogItem = tuple[str, str, int, str, str | None]
-
 
 def _unavailable(path: Path, cause: BaseException | str) -> FabricError:
     return FabricError(
@@ -74,20 +66,14 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, json.loads(labels), state, json.loads(env))
 
 
-class SqliteStore:
+class SqliteStore(BatchedStore):
     """A thread-safe, durable Store in one SQLite file (WAL mode, one connection owned by the store)."""
 
     def __init__(self, path: str | Path, *, flush_interval_s: float = 0.05, read_only: bool = False,
                  busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.read_only = read_only
-        self._interval = flush_interval_s
-        self._db_lock = threading.RLock()  # guards the connection; held across a flush
-        self._queue_lock = threading.Lock()  # guards the queues; never held while waiting on SQLite
-        self._events: list[Event] = []
-        self._logs: list[_LogItem] = []
-        self._bg_error: FabricError | None = None
-        self._accepting = True  # False once close() starts: later appends are refused, not lost
+        self._init_batching(flush_interval_s, self.path.name)
         try:
             if read_only:
                 uri = self.path.resolve().as_uri() + "?mode=ro"
@@ -109,10 +95,6 @@ class SqliteStore:
         except BaseException:
             self._conn.close()
             raise
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._flush_loop, name=f"fabric-store-flush:{self.path.name}",
-                                        daemon=True)
         self._thread.start()
 
     # -- schema ----------------------------------------------------------------------------------
@@ -171,11 +153,8 @@ class SqliteStore:
                         pass
                 raise
 
-    def _raise_background_error(self) -> None:
-        with self._queue_lock:
-            error, self._bg_error = self._bg_error, None
-        if error is not None:
-            raise error
+    def _unavailable(self, cause: BaseException | str) -> FabricError:
+        return _unavailable(self.path, cause)
 
     # -- submissions (synchronous: committed before returning) -------------------------------------
 
@@ -248,131 +227,38 @@ class SqliteStore:
             kept = conn.execute("SELECT COUNT(*) FROM events WHERE submission_id = ?", (submission_id,)).fetchone()[0]
         return {"submissions": subs, "logs": logs, "events_kept": kept}
 
-    # -- events and logs (queued, group-committed by the flusher) ------------------------------------
+    # -- what the group commit (BatchedStore) writes and reads ----------------------------------------
 
-    def append_events(self, events: list[Event]) -> None:
-        with self._queue_lock:
-            self._check_open()
-            self._events.extend(events)
-            wake = len(self._events) >= _WAKE_AT
-        if wake:
-            self._wake.set()
+    def _write_batch(self, events: list[Event], logs: list[LogItem]) -> None:
+        with self._txn() as conn:
+            conn.executemany(_INSERT_EVENT, [event_row(e) for e in events])
+            conn.executemany(_UPSERT_LOG, logs)
 
-    def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None:
-        with self._queue_lock:
-            self._check_open()
-            self._logs.append((submission_id, node_id, attempt, text, path))
-
-    def events(self, submission_id: str) -> list[Event]:
-        with self._db_lock, self._guard():  # the flusher cannot move items between the queue and the file now
+    def _select_events(self, submission_id: str) -> list[Event]:
+        with self._guard():
             rows = self._conn.execute(
                 "SELECT submission_id, node_id, source, target, at, attempt, reason FROM events "
                 "WHERE submission_id = ? ORDER BY id", (submission_id,)).fetchall()
-            with self._queue_lock:
-                queued = [e for e in self._events if e.submission_id == submission_id]
-        return [Event(*row) for row in rows] + queued
+        return [Event(*row) for row in rows]
 
-    def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
-        with self._db_lock, self._guard():
-            rows = self._conn.execute("SELECT attempt, text, path FROM logs WHERE submission_id = ? AND node_id = ?",
+    def _select_logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
+        with self._guard():
+            return self._conn.execute("SELECT attempt, text, path FROM logs WHERE submission_id = ? AND node_id = ?",
                                       (submission_id, node_id)).fetchall()
-            with self._queue_lock:
-                queued = [item for item in self._logs if item[0] == submission_id and item[1] == node_id]
-        logs = {attempt: (text, path) for attempt, text, path in rows}
-        for _, _, attempt, text, path in queued:
-            logs[attempt] = (text, path)
-        return [(attempt, text, path) for attempt, (text, path) in sorted(logs.items())]
 
-    def pending(self) -> int:
-        """How many events and logs are accepted but not yet committed."""
-        with self._queue_lock:
-            return len(self._events) + len(self._logs)
-
-    def flush(self) -> None:
-        """Commit everything queued; raises STORE_UNAVAILABLE (keeping the queue) if it cannot. Once it has
-        succeeded, everything accepted is on disk, so an earlier background failure is no longer news."""
-        self._write_queued()
-        with self._queue_lock:
-            self._bg_error = None
-
-    def _write_queued(self) -> None:
-        with self._db_lock:
-            with self._queue_lock:
-                events, logs = list(self._events), list(self._logs)
-            if not events and not logs:
-                return
-            with self._txn() as conn:
-                conn.executemany(_INSERT_EVENT, [
-                    (e.submission_id, e.node_id, e.source, e.target, e.at, e.attempt, e.reason,
-                     getattr(e, "actor", None), getattr(e, "team", None), e.submission_id) for e in events])
-                conn.executemany(_UPSERT_LOG, logs)
-            with self._queue_lock:  # appends only ever extend the queues, so the written items are the head
-                del self._events[:len(events)]
-                del self._logs[:len(logs)]
-
-    def _flush_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._write_queued()
-            except Exception as exc:  # kept until a synchronous write or flush() raises it; the flusher lives on
-                with self._queue_lock:
-                    self._bg_error = exc if isinstance(exc, FabricError) else _unavailable(self.path, exc)
-            else:
-                with self._queue_lock:  # a later batch went through: nothing is lost, so nothing to report
-                    self._bg_error = None
-
-    def _check_open(self) -> None:
-        if not self._accepting:
-            raise _unavailable(self.path, "the store is closed")
-
-    # -- export and lifecycle -----------------------------------------------------------------------
-
-    def export_events_parquet(self, path: str | Path, submission_id: str | None = None) -> int:
-        """Write the events (all, or one submission's) to a Parquet file; returns the number of rows."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.flush()
-        sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"
+    def _select_event_rows(self, submission_id: str | None) -> list[tuple[Any, ...]]:
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
         args: tuple[str, ...] = ()
         if submission_id is not None:
             sql, args = sql + " WHERE submission_id = ?", (submission_id,)
-        with self._db_lock, self._guard():
-            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        types = (pa.int64(), pa.string(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.int64(),
-                 pa.string(), pa.string(), pa.string())
-        schema = pa.schema([pa.field(name, kind) for name, kind in zip(_EVENT_COLUMNS, types, strict=True)])
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(_EVENT_COLUMNS)
-        table = pa.Table.from_arrays([pa.array(col, type=kind) for col, kind in zip(columns, types, strict=True)],
-                                     schema=schema)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, str(path))
-        return table.num_rows
+        with self._guard():
+            return self._conn.execute(sql + " ORDER BY id", args).fetchall()
 
-    def close(self) -> None:
-        """Flush what is queued, stop the flusher and close the file; raises if the flush fails."""
-        with self._queue_lock:
-            if not self._accepting:
-                return
-            self._accepting = False
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
-        try:
-            self.flush()
-        finally:
-            with self._db_lock:
-                self._conn.close()
+    def _close_connection(self) -> None:
+        self._conn.close()
 
     def __enter__(self) -> SqliteStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 if TYPE_CHECKING:  # mypy proves that this store is a Store: a missing or changed method fails `mypy fabric`

@@ -20,6 +20,7 @@ NOT_SETTINGS = {
     "FABRIC_UI_SCREENSHOT": "test-only: where the UI test copies its screenshot",
     "FABRIC_SHARED_DIR": "test-only: where the k8s tests find the KubeRay CRDs",
     "FABRIC_GATEWAY_URL": "read by notebooks/gateway.ipynb only, not by fabric",
+    "FABRIC_TEST_NO_POSTGRES": "test-only: 1 skips the PostgreSQL tests (tests/pg.py) on purpose",
 }
 SCANNED = ["fabric", "serve", "jobs", "scripts", "bench", "k8s", "docs", "notebooks", "cluster.yaml", "README.md"]
 # Modules that still read os.environ themselves until the CLI package moves onto settings().
@@ -65,12 +66,22 @@ def test_values_are_parsed_to_their_types_and_an_empty_value_is_unset():
     assert config.mlflow_uri == "http://mlflow:5000" and config.otlp_endpoint is None
 
 
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("SQLite", "sqlite"), ("memory", "memory"),
+    ("postgresql://Fabric@db.internal:5432/Record", "postgresql://Fabric@db.internal:5432/Record"),  # kept as given
+    ("postgres://u@h/d", "postgres://u@h/d"),
+])
+def test_the_store_is_sqlite_memory_or_a_postgresql_url(value, parsed):
+    assert Settings.from_env({"FABRIC_STORE": value}).store == parsed
+
+
 @pytest.mark.parametrize(("env", "variable"), [
     ({"FABRIC_KEEP_RESULTS": "ten"}, "FABRIC_KEEP_RESULTS"),
     ({"FABRIC_KEEP_FINISHED": "-1"}, "FABRIC_KEEP_FINISHED"),
     ({"FABRIC_SWEEP_INTERVAL_S": "0"}, "FABRIC_SWEEP_INTERVAL_S"),
     ({"FABRIC_ADMISSION": "maybe"}, "FABRIC_ADMISSION"),
     ({"FABRIC_STORE": "mongo"}, "FABRIC_STORE"),
+    ({"FABRIC_STORE": "mysql://u@h/d"}, "FABRIC_STORE"),
     ({"FABRIC_PERSIST_OUTPUTS": "all"}, "FABRIC_PERSIST_OUTPUTS"),
     ({"FABRIC_LINEAGE": "http"}, "FABRIC_LINEAGE_URL"),
 ])
