@@ -123,14 +123,27 @@ async def _internal_error(_: Request, error: Exception) -> JSONResponse:
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     """Starlette's own answers (an unparseable body, an unknown route, a wrong method) as problem+json too."""
     code = {404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN}.get(
         error.status_code, ErrorCode.SPEC_INVALID)
     response = problem(error.status_code, FabricError(str(error.detail), code=code, where="request",
                                                       fix="see /openapi.json for the routes and their shapes"))
     response.headers.update(error.headers or {})
+    if error.status_code == 405:
+        response.headers["Allow"] = _allowed_methods(request)
     return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to. (Starlette's 405 names only the first route that matched the path,
+    so a path with a GET and a POST route, like the kill-switch's, would claim to allow one of them.)"""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        path_regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if path_regex is not None and route_methods and path_regex.match(request.url.path):
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 @api.exception_handler(RequestValidationError)
