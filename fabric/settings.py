@@ -137,7 +137,9 @@ class Settings:
                       "head), a `postgresql://user@host:port/db` URL (durable, shared; the `postgres` extra) or "
                       "`memory` (lost on restart)", "sqlite | memory | postgresql://...", _store, "sqlite")
     artifacts: str = _var("FABRIC_ARTIFACTS", "where persisted node outputs and files go: a directory or any "
-                          "pyarrow.fs URI (s3://, gs://)", "path or URI", _text, _under_home("artifacts"),
+                          "pyarrow.fs URI (s3://, gs://); an S3-compatible server's endpoint comes from the standard "
+                          "AWS_ENDPOINT_URL (or `?endpoint_override=` in the URI)", "path or URI", _text,
+                          _under_home("artifacts"),
                           shown=f"{_HOME}/artifacts")
     persist_outputs: str = _var("FABRIC_PERSIST_OUTPUTS", "`needed`: outputs a downstream node reads are "
                                 "written on success, so a resumed run reloads them; `none`: recompute them",
