@@ -1,5 +1,6 @@
 """The docs name what the code has, and nothing it lacks: the gateway's routes (docs/gateway.md), the CLI's
-commands and options (docs/cli.md), the error codes (docs/spec.md), the layers (docs/architecture.md).
+commands and options (docs/cli.md), the error codes (docs/spec.md), the layers (docs/architecture.md), and
+every relative link of the docs and the README (its file and its #anchor).
 Every FABRIC_* variable is checked against docs/settings.md in tests/unit/test_settings.py."""
 
 from __future__ import annotations
@@ -126,3 +127,29 @@ def test_the_layers_table_names_every_layered_package_and_module() -> None:
         if not any(form in table for form in forms):
             missing.append(name)
     assert not missing, f"docs/architecture.md's layers table does not name: {missing}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """The #anchors of a page's headings, as GitHub makes them (lower case, punctuation dropped, - for space)."""
+    anchors, in_code = set(), False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif (heading := re.match(r"#{1,6} (.+)", line)) and not in_code:
+            anchors.add(re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for page in [*sorted(DOCS.glob("*.md")), REPO / "README.md"]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # https://, mailto:
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, f"broken links: {broken}"
