@@ -1,6 +1,6 @@
 """The docs name what the code has, and nothing it lacks: the gateway's routes (docs/gateway.md), the CLI's
 commands and options (docs/cli.md), the error codes (docs/spec.md), the layers (docs/architecture.md), and
-every relative link of the docs and the README (its file and its #anchor).
+every relative link of the docs and the README (its file and its #anchor), and every repo path they name.
 Every FABRIC_* variable is checked against docs/settings.md in tests/unit/test_settings.py."""
 
 from __future__ import annotations
@@ -153,3 +153,15 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, f"broken links: {broken}"
+
+
+# A repo path as the docs write it (`fabric/settings.py`, tests/ray/test_engine.py::test_x), not part of another
+# path (`/data/fabric/tokens.yaml`, `~/.fabric/mlflow.db`).
+TOP = "fabric|serve|jobs|tests|scripts|bench|k8s|docker|notebooks|docs"
+REPO_PATH = re.compile(rf"(?<![\w./~$:-])((?:{TOP})/[\w./-]*[\w/])")
+
+
+def test_every_repo_path_the_docs_name_exists() -> None:
+    missing = sorted({f"{page.name}: {path}" for page in [*DOCS.glob("*.md"), REPO / "README.md"]
+                      for path in REPO_PATH.findall(page.read_text()) if not (REPO / path).exists()})
+    assert not missing, f"the docs name paths that do not exist: {missing}"
