@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ def _call(method: Any, *args: Any, timeout: float | None = 60.0,
         except RayTaskError as exc:
             raise _unwrapped(exc) from None
         except (ActorUnavailableError, ActorDiedError) as exc:
+            _raise_if_leased(exc)
             delay = next(delays, None)
             if delay is None:
                 raise
@@ -63,11 +65,26 @@ async def _acall(method: Any, *args: Any, timeout: float = 60.0,
         except RayTaskError as exc:
             raise _unwrapped(exc) from None
         except (ActorUnavailableError, ActorDiedError) as exc:
+            _raise_if_leased(exc)
             delay = next(delays, None)
             if delay is None:
                 raise
             method = await asyncio.to_thread(revive, method) if isinstance(exc, ActorDiedError) else method
             await asyncio.sleep(delay)
+
+
+_LEASED = re.compile(r"\[STORE_LEASED\] (?P<message>[^\n]*?)(?: \(at (?P<where>[^\n]*)\))?\n\s*fix: (?P<fix>[^\n]*)")
+
+
+def _raise_if_leased(exc: Exception) -> None:
+    """A registry that could not start because another holds its store's lease (fabric/record/lease.py) is not a
+    restart to wait out: Ray keeps only the text of the constructor's error, so the FabricError is rebuilt from it."""
+    if not (isinstance(exc, ActorDiedError) and exc.actor_init_failed):
+        return
+    found = _LEASED.search(str(exc))
+    if found:
+        raise FabricError(found["message"], code=ErrorCode.STORE_LEASED, where=found["where"] or "",
+                          fix=found["fix"]) from None
 
 
 def _unwrapped(exc: RayTaskError) -> BaseException:

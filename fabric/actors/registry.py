@@ -29,6 +29,7 @@ from fabric.logs import configure_logging
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
+from fabric.record.lease import FileLease, Lease, PostgresLease
 from fabric.record.postgres import PostgresStore, is_postgres_url
 from fabric.record.replay import status_from_events
 from fabric.schedule.queue import load_config
@@ -54,7 +55,15 @@ class Registry:
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
         self._artifacts = config.artifacts
         # What is recorded also goes out as OpenLineage events and OTLP traces (fabric/actors/observe.py).
-        self._store = observe.observed(open_store(home, config.store), config)
+        store = open_store(home, config.store)
+        # One registry per store: a second one (`fabric run` beside `fabric up` on one FABRIC_HOME, a new cluster on
+        # a PostgreSQL store the old one still uses) stops here with STORE_LEASED naming the holder.
+        try:
+            self._lease = open_lease(home, config.store)
+        except BaseException:
+            getattr(store, "close", lambda: None)()
+            raise
+        self._store = observe.observed(store, config)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         # persist_outputs "needed" (default): outputs a downstream node reads are written on success, so a
         # resumed run reloads them; "none" trades that for speed: a resumed run recomputes them.
@@ -354,6 +363,18 @@ def open_store(home: str, kind: str = "sqlite") -> Store:
     if is_postgres_url(kind):
         return PostgresStore(kind)
     return SqliteStore(Path(home) / "fabric.db")
+
+
+LEASE_WAIT_S = 15.0  # a restarted or new registry waits this long for the old holder's process to end
+
+
+def open_lease(home: str, kind: str = "sqlite", wait_s: float = LEASE_WAIT_S) -> Lease | None:
+    """The registry's lease on its store (fabric/record/lease.py); a memory store is its own and needs none."""
+    if kind == "memory":
+        return None
+    if is_postgres_url(kind):
+        return PostgresLease(kind, wait_s=wait_s)
+    return FileLease(Path(home) / "fabric.db", wait_s=wait_s)
 
 
 RegistryActor = ray.remote(Registry)

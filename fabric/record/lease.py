@@ -1,0 +1,142 @@
+"""One registry per store: the lease a registry holds on its record while it runs.
+
+SQLite: an exclusive `flock` on `<db>.lock` beside the database, with the holder (host, pid, since) written in it.
+PostgreSQL: a session advisory lock on a fixed key, with the holder in the one-row `registry_lease` table.
+Both are released on a clean close and lost when the holder's process dies (the kernel drops the flock; the
+server ends the session, within ~30 s of TCP keepalives when the holder's machine vanished), so a new
+cluster's registry takes over only once the old one released the lease or died. A second registry on a
+held store gets STORE_LEASED naming the holder.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fabric.errors import ErrorCode, FabricError
+
+LEASE_KEY = 0x46414252_4C454153  # "FABRLEAS": the advisory lock a registry holds on a PostgreSQL store
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Holder:
+    host: str
+    pid: int
+    since: float
+
+    @classmethod
+    def me(cls) -> Holder:
+        return cls(socket.gethostname(), os.getpid(), time.time())
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        return f"the registry of pid {self.pid} on host {self.host}, since {since}"
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["host"]), int(data["pid"]), float(data["since"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Lease(Protocol):
+    holder: Holder
+
+    def release(self) -> None: ...
+
+
+def leased(where: str, holder: Holder | None) -> FabricError:
+    who = holder.describe() if holder else "another registry (it did not say who)"
+    return FabricError(
+        f"the store at {where} is held by {who}", code=ErrorCode.STORE_LEASED, where=where,
+        fix=f"only one registry may run on a store: use that one (same FABRIC_HOME/FABRIC_STORE and Ray cluster), "
+            f"or stop it first{f' (pid {holder.pid} on {holder.host})' if holder else ''}; a registry that died "
+            "releases its lease by itself")
+
+
+class FileLease:
+    """An exclusive flock on `<db>.lock`; the file stays (removing it would race a new holder)."""
+
+    def __init__(self, db: str | Path, *, wait_s: float = 0.0) -> None:
+        self.path = Path(f"{db}.lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(self._fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = Holder.parse(os.pread(self._fd, 4096, 0).decode(errors="replace"))
+                    os.close(self._fd)
+                    raise leased(str(Path(db)), holder) from None
+                time.sleep(_POLL_S)
+        self.holder = Holder.me()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(asdict(self.holder)).encode(), 0)
+        os.fsync(self._fd)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        os.ftruncate(self._fd, 0)  # nobody holds it now: a reader must not name us
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = -1
+
+
+class PostgresLease:
+    """A session advisory lock on LEASE_KEY, held by a connection of its own for as long as the registry runs."""
+
+    def __init__(self, url: str, *, wait_s: float = 0.0) -> None:
+        from fabric.record.postgres import connect, redact, unavailable
+
+        self._where = redact(url)
+        self._conn: Any = connect(url)
+        try:
+            # The server notices a vanished holder (machine gone, no FIN) within idle + interval * count seconds.
+            self._conn.execute("SET tcp_keepalives_idle = 10")
+            self._conn.execute("SET tcp_keepalives_interval = 5")
+            self._conn.execute("SET tcp_keepalives_count = 4")
+            deadline = time.monotonic() + wait_s
+            while not self._try_lock():
+                if time.monotonic() >= deadline:
+                    row = self._conn.execute("SELECT holder FROM registry_lease WHERE id = 1").fetchone()
+                    raise leased(self._where, Holder.parse(row[0]) if row else None)
+                time.sleep(_POLL_S)
+            self.holder = Holder.me()
+            self._conn.execute("INSERT INTO registry_lease (id, holder) VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
+                               "SET holder = excluded.holder", (json.dumps(asdict(self.holder)),))
+        except FabricError:
+            self._conn.close()
+            raise
+        except Exception as exc:
+            self._conn.close()
+            raise unavailable(url, exc) from exc
+
+    def _try_lock(self) -> bool:
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_KEY,)).fetchone()
+        return bool(row and row[0])
+
+    def release(self) -> None:
+        if self._conn.closed:
+            return
+        try:
+            self._conn.execute("DELETE FROM registry_lease WHERE id = 1")
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_KEY,))
+        finally:
+            self._conn.close()  # ending the session releases the lock in any case
