@@ -18,6 +18,7 @@ from tests.ray.test_engine import dag, py
 # The same tests as on SQLite, collected again here with this module's client (its registry on PostgreSQL).
 from tests.ray.test_registry_restart import (  # noqa: F401
     _restart_registry,
+    second_registry_is_refused,
     test_a_dag_survives_the_registry_dying_mid_run,
     test_the_kill_switch_survives_a_restart_and_is_audited,
 )
@@ -65,3 +66,7 @@ def test_the_record_is_in_postgres_and_answers_after_a_restart(client, fabric_ho
     again = client.submit(dag("kept", [py("a", "boom", params={"message": "kept error"}), py("b", "noop")],
                               edges=[("a", "b")]), {"submission_id": "kept-pg-001"})
     assert again.id == "kept-pg-001" and not again.created  # idempotency survives the restart too
+
+
+def test_a_second_registry_on_the_same_database_refuses_naming_the_first(client, store_url):
+    second_registry_is_refused(client, store_url)

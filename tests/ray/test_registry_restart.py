@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -117,3 +118,27 @@ def test_retention_removes_expired_submissions_but_keeps_their_audit(client, fab
         audit = store.events(expire.id)
     assert audit[-1].target == "EXPIRED" and "ttl_days=1" in audit[-1].reason
     assert len(audit) > 3  # the run's own events are still there
+
+
+def second_registry_is_refused(client, where: str) -> None:
+    """A second registry on the same store (another actor name, same FABRIC_HOME and FABRIC_STORE) stops with
+    STORE_LEASED naming the running registry; the running one is untouched."""
+    from fabric.actors import HEAD_RESOURCE
+    from fabric.actors.registry import NAMESPACE, RegistryActor
+    from fabric.client import _call
+    from fabric.errors import ErrorCode, FabricError
+
+    holder_pid = ray.get(client._registry.__ray_call__.remote(lambda self: os.getpid()))
+    second = RegistryActor.options(name="fabric-registry-second", namespace=NAMESPACE, num_cpus=0, max_restarts=-1,
+                                   resources={HEAD_RESOURCE: 0.001}).remote(ray.get(client._registry.home_dir.remote()))
+    started = time.monotonic()
+    with pytest.raises(FabricError) as caught:
+        _call(second.ping, timeout=60)
+    assert caught.value.code == ErrorCode.STORE_LEASED and caught.value.where == where
+    assert f"pid {holder_pid}" in caught.value.message and f"pid {holder_pid}" in caught.value.fix
+    assert time.monotonic() - started < 40  # it waited out LEASE_WAIT_S once, then said so: no restart loop
+    assert client.ping()
+
+
+def test_a_second_registry_on_the_same_home_refuses_naming_the_first(client, fabric_home):
+    second_registry_is_refused(client, str(fabric_home / "fabric.db"))
