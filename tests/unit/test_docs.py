@@ -53,8 +53,10 @@ def test_every_route_in_gateway_md_exists(api) -> None:  # type: ignore[no-untyp
 
 
 def test_every_error_code_is_in_spec_md_and_no_other() -> None:
-    table = (DOCS / "spec.md").read_text().split("| code | meaning |", 1)[1]
-    documented = set(re.findall(r"`([A-Z][A-Z_]+)`", table.split("\n\n", 1)[0]))
+    table = (DOCS / "spec.md").read_text().split("| code | meaning |", 1)[1].split("\n\n", 1)[0]
+    # The codes a row documents are in its first cell; its meaning may name other codes freely.
+    first_cells = [row.split("|")[1] for row in table.splitlines() if row.startswith("|")]
+    documented = {code for cell in first_cells for code in re.findall(r"`([A-Z][A-Z_]+)`", cell)}
     codes = {str(code) for code in ErrorCode}
     assert codes - documented == set(), "error codes missing from the table in docs/spec.md"
     assert documented - codes == set(), "docs/spec.md's table names error codes fabric does not have"
