@@ -68,6 +68,12 @@ def _under_home(*parts: str) -> Callable[[str, Mapping[str, str]], str]:
     return lambda home, _env: str(Path(home, *parts))
 
 
+def _served(env: Mapping[str, str]) -> bool:
+    """Whether the MLflow tracking URI names a server (which then also serves the artifacts)."""
+    uri = env.get("FABRIC_MLFLOW_URI") or env.get("MLFLOW_TRACKING_URI") or ""
+    return uri.startswith(("http://", "https://"))
+
+
 def _int(least: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
@@ -165,14 +171,18 @@ class Settings:
     secrets_dir: str = _var("FABRIC_SECRETS_DIR", "where a node finds secrets: <dir>/<scope>/<key>, read on "
                             "the node that runs the task", "path", _text, _under_home("secrets"),
                             shown=f"{_HOME}/secrets")
-    mlflow_uri: str = _var("FABRIC_MLFLOW_URI", "the MLflow tracking URI ML nodes log to, read on the node",
+    mlflow_uri: str = _var("FABRIC_MLFLOW_URI", "the MLflow tracking URI ML nodes log to, read on the node: "
+                           "on a cluster the head's `mlflow server` (http://HEAD:5000, set by `fabric up`, "
+                           "cluster.yaml and k8s/)",
                            "URI", _text, lambda home, env: env.get("MLFLOW_TRACKING_URI")
                            or f"sqlite:///{Path(home).resolve() / 'mlflow.db'}",
                            shown=f"MLFLOW_TRACKING_URI, else sqlite:///{_HOME}/mlflow.db")
-    mlflow_artifacts: str = _var("FABRIC_MLFLOW_ARTIFACTS", "where new MLflow experiments keep artifacts "
-                                 "(a tracking server's mlflow-artifacts:/ root, say)", "path or URI", _text,
-                                 lambda home, _env: str(Path(home).resolve() / "mlartifacts"),
-                                 shown=f"{_HOME}/mlartifacts")
+    mlflow_artifacts: str = _var("FABRIC_MLFLOW_ARTIFACTS", "where new MLflow experiments keep artifacts; "
+                                 "with a tracking server (an http(s) tracking URI) its `mlflow-artifacts:/` root, "
+                                 "so nodes upload through the server into its artifact store", "path or URI", _text,
+                                 lambda home, env: "mlflow-artifacts:/" if _served(env)
+                                 else str(Path(home).resolve() / "mlartifacts"),
+                                 shown=f"mlflow-artifacts:/ with an http(s) tracking URI, else {_HOME}/mlartifacts")
     lineage: str | None = _var("FABRIC_LINEAGE", "where the registry sends OpenLineage events; overrides "
                                "OPENLINEAGE_URL (set: http) and OPENLINEAGE_DISABLED=true (off)", "file | http | off",
                                _choice("file", "http", "off", aliases={"none": "off", "0": "off"}),

@@ -156,22 +156,44 @@ def token(team: Annotated[str, typer.Option(help="the team this token acts for")
 def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 8000,
        host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
        num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
-       replicas: Annotated[int, typer.Option(help="gateway replicas")] = 1) -> None:
-    """Start a local Ray with the fabric registry and the HTTP gateway; Ctrl-C stops both."""
+       replicas: Annotated[int, typer.Option(help="gateway replicas")] = 1,
+       mlflow_port: Annotated[int, typer.Option(help="port of the MLflow tracking server; 0: start none")] = 5000,
+       ) -> None:
+    """Start a local Ray with the fabric registry, the HTTP gateway and an MLflow tracking server that ML
+    nodes log to over HTTP; Ctrl-C stops them all."""
+    import os
+
     import ray
 
     import fabric.client as client
     from fabric.cli.gateway import hold, mint_token, start_gateway, tokens_path
+    from fabric.ml.server import start_server
+    from fabric.settings import ENV, settings
 
-    tokens = tokens_path()
+    tokens, config = tokens_path(), settings()
+    tracking = None
     with failing():
         admin_token = None if tokens.exists() else mint_token(tokens, "admin", admin=True)
-        client.connect("local", num_cpus=num_cpus)
-        url = start_gateway(tokens, port, host=host, replicas=replicas)
+        if mlflow_port:
+            tracking = start_server(config.home, config.artifacts, host=host, port=mlflow_port)
+            os.environ[ENV["mlflow_uri"]] = tracking.uri  # the local Ray (and so every node) inherits it
+        try:
+            client.connect("local", num_cpus=num_cpus)
+            url = start_gateway(tokens, port, host=host, replicas=replicas)
+        except BaseException:
+            if tracking:
+                tracking.stop()
+            raise
     out.print(f"[bold green]fabric is up[/]: {url}  (API docs: {url}/docs)")
+    if tracking:
+        out.print(f"MLflow: {tracking.uri}  (nodes log here; store {config.home}/mlflow.db)")
     out.print(f"web UI: {url}/ui/#token={admin_token}" if admin_token else f"web UI: {url}/ui/  (sign in with a token)",
               soft_wrap=True)
     out.print(f"tokens file: {tokens}" + (f"\nadmin token (shown once): {admin_token}" if admin_token else
                                          "  (make one with `fabric token --team NAME`)"))
-    hold()
-    ray.shutdown()  # this command started the cluster: stopping it stops the gateway and the registry
+    try:
+        hold()
+    finally:
+        ray.shutdown()  # this command started the cluster: stopping it stops the gateway and the registry
+        if tracking:
+            tracking.stop()

@@ -1,0 +1,108 @@
+"""The MLflow tracking server of a cluster's head: one command line, started by `fabric up` and the tests,
+and written the same way into cluster.yaml and k8s/ (tests keep them in step)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 5000
+
+
+def backend_store(home: str) -> str:
+    """The server's backend store: a SQLite file beside the registry's store in FABRIC_HOME."""
+    return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+
+
+def artifacts_destination(artifacts: str) -> str:
+    """Where the server keeps the artifacts nodes upload through it: `<artifact store>/mlflow` (a directory
+    or an s3:// / gs:// URI, as FABRIC_ARTIFACTS)."""
+    return f"{artifacts.rstrip('/')}/mlflow"
+
+
+def server_command(home: str, artifacts: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                   allowed_hosts: str | None = None) -> list[str]:
+    """`mlflow server` with its backend store next to the registry's and its artifacts in the artifact store,
+    served through the server (`--serve-artifacts`), so a node needs only the server's URL, never the store's
+    credentials or disk. One worker process: it is a small head-side service."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "server", "--host", host, "--port", str(port),
+               "--workers", "1", "--backend-store-uri", backend_store(home), "--serve-artifacts",
+               "--artifacts-destination", artifacts_destination(artifacts)]
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
+    return command
+
+
+@dataclass
+class TrackingServer:
+    """A running `mlflow server` this process started; `uri` is what nodes set as FABRIC_MLFLOW_URI."""
+
+    process: subprocess.Popen[bytes]
+    uri: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # its own session: the server and its worker go
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def start_server(home: str, artifacts: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 timeout: float = 60.0, log: Path | None = None) -> TrackingServer:
+    """Start the tracking server and wait until it answers /health; its output goes to `log`
+    (default `<home>/mlflow-server.log`). Raises RuntimeError with the log's tail when it does not come up."""
+    Path(home).mkdir(parents=True, exist_ok=True)
+    log = log or Path(home) / "mlflow-server.log"
+    if "://" not in artifacts:
+        Path(artifacts_destination(artifacts)).mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(server_command(home, artifacts, host, port), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    served = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    server = TrackingServer(process, f"http://{served}:{port}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mlflow server did not start on {host}:{port}; its log ({log}):\n{tail}")
+        time.sleep(0.3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fabric.ml.server [--host H] [--port P] [--allowed-hosts A]`: exec the tracking server for
+    this node's FABRIC_HOME and FABRIC_ARTIFACTS, the way cluster.yaml's head and k8s/'s head sidecar run it."""
+    import argparse
+
+    from fabric.settings import settings
+
+    parser = argparse.ArgumentParser(prog="python -m fabric.ml.server", description=main.__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--allowed-hosts", default=None, help="MLflow's Host header patterns (default: its own)")
+    args = parser.parse_args(argv)
+    config = settings()
+    if "://" not in config.artifacts:
+        Path(artifacts_destination(config.artifacts)).mkdir(parents=True, exist_ok=True)
+    command = server_command(config.home, config.artifacts, args.host, args.port, args.allowed_hosts)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

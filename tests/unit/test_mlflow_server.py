@@ -1,0 +1,104 @@
+"""The head's MLflow tracking server (fabric/ml/server.py): its command line, the settings nodes get with it, the
+same server in cluster.yaml and k8s/, and a real server whose artifacts go to S3 (moto) as nodes upload them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fabric.ml.server import artifacts_destination, server_command, start_server
+from fabric.settings import Settings
+from tests.conftest import REPO, free_port
+from tests.s3_server import BUCKET, keys, moto_server, s3_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_the_command_keeps_the_store_beside_the_registrys_and_the_artifacts_in_the_artifact_store(tmp_path):
+    command = server_command(str(tmp_path), "s3://bucket/art/", "0.0.0.0", 5001)
+    assert command[1:6] == ["server", "--host", "0.0.0.0", "--port", "5001"]
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert command[command.index("--artifacts-destination") + 1] == "s3://bucket/art/mlflow"
+    assert "--serve-artifacts" in command and "--allowed-hosts" not in command
+    assert server_command("/h", "/a", allowed_hosts="svc:*")[-2:] == ["--allowed-hosts", "svc:*"]
+
+
+def test_with_a_tracking_server_new_experiments_upload_through_it(tmp_path):
+    served = Settings.from_env({"FABRIC_MLFLOW_URI": "http://head:5000"}, home=str(tmp_path))
+    assert served.mlflow_uri == "http://head:5000" and served.mlflow_artifacts == "mlflow-artifacts:/"
+    assert Settings.from_env({"MLFLOW_TRACKING_URI": "https://m"}, home=str(tmp_path)).mlflow_artifacts == (
+        "mlflow-artifacts:/")
+    local = Settings.from_env({}, home=str(tmp_path))  # `fabric run` alone: the file store stays the default
+    assert local.mlflow_uri.startswith("sqlite:///") and local.mlflow_artifacts == str(tmp_path.resolve() /
+                                                                                       "mlartifacts")
+    chosen = {"FABRIC_MLFLOW_URI": "http://head:5000", "FABRIC_MLFLOW_ARTIFACTS": "s3://b/ml"}
+    assert Settings.from_env(chosen, home=str(tmp_path)).mlflow_artifacts == "s3://b/ml"
+
+
+def test_cluster_yaml_runs_the_server_on_the_head_and_points_every_node_at_it():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "python -m fabric.ml.server --host 0.0.0.0 --port 5000" in head
+    assert "FABRIC_MLFLOW_URI=http://127.0.0.1:5000" in head
+    assert any(c.startswith("FABRIC_MLFLOW_URI=http://$RAY_HEAD_IP:5000 ray start")
+               for c in config["worker_start_ray_commands"])
+
+
+@pytest.mark.parametrize(("manifest", "pod_path", "service"), [
+    ("raycluster.yaml", ("spec",), "fabric-head-svc"),
+    ("rayservice.yaml", ("spec", "rayClusterConfig"), "fabric-gateway-head-svc")])
+def test_k8s_heads_run_the_server_as_a_sidecar_and_workers_log_to_it(manifest, pod_path, service):
+    cluster = yaml.safe_load((REPO / "k8s" / "base" / manifest).read_text())
+    for key in pod_path:
+        cluster = cluster[key]
+    head, sidecar = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["name"] == "ray-head" and sidecar["name"] == "mlflow"
+    assert sidecar["command"][:3] == ["python", "-m", "fabric.ml.server"] and "5000" in sidecar["command"]
+    assert f"{service}:*" in sidecar["command"][sidecar["command"].index("--allowed-hosts") + 1]
+    assert {"containerPort": 5000, "name": "mlflow"} in head["ports"]  # so the head Service exposes it
+    env = {e["name"]: e["value"] for e in head["env"]}
+    assert env["FABRIC_MLFLOW_URI"] == "http://127.0.0.1:5000"
+    assert {e["value"] for e in sidecar["env"] if e["name"] == "FABRIC_HOME"} == {env["FABRIC_HOME"]}
+    home_mounts = {m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "fabric-home"}
+    assert home_mounts == {env["FABRIC_HOME"]}
+    for group in cluster["workerGroupSpecs"]:
+        [worker] = group["template"]["spec"]["containers"]
+        assert {"name": "FABRIC_MLFLOW_URI", "value": f"http://{service}:5000"} in worker["env"], group["groupName"]
+
+
+def test_a_real_server_stores_runs_beside_the_registry_and_uploaded_artifacts_in_s3(tmp_path: Path):
+    import mlflow
+
+    from fabric.ml.tracking import experiment_id
+
+    home, store = tmp_path / "home", f"s3://{BUCKET}/unit-mlflow"
+    with moto_server() as endpoint:
+        saved = {name: os.environ.get(name) for name in [*s3_env(endpoint), "FABRIC_MLFLOW_URI"]}
+        os.environ.update(s3_env(endpoint))
+        server = start_server(str(home), store, port=free_port())
+        try:
+            os.environ["FABRIC_MLFLOW_URI"] = server.uri  # what a node gets: only the server's URL
+            client = mlflow.MlflowClient(tracking_uri=server.uri)
+            experiment = experiment_id(client, "served", str(home))
+            assert client.get_experiment(experiment).artifact_location == "mlflow-artifacts:/served"
+            run = client.create_run(experiment)
+            (tmp_path / "model.txt").write_text("weights")
+            client.log_artifact(run.info.run_id, str(tmp_path / "model.txt"), "model")
+            client.set_terminated(run.info.run_id)
+            stored = keys(endpoint, prefix="unit-mlflow/mlflow/")
+            assert stored == [f"unit-mlflow/mlflow/served/{run.info.run_id}/artifacts/model/model.txt"]
+            assert (home / "mlflow.db").exists()  # the backend store, beside the registry's
+            fetched = client.download_artifacts(run.info.run_id, "model/model.txt", str(tmp_path / "out"))
+            assert Path(fetched).read_text() == "weights"
+        finally:
+            server.stop()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    assert server.process.poll() is not None
+    assert artifacts_destination("/x/") == "/x/mlflow"
