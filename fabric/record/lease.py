@@ -13,14 +13,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from fabric.errors import ErrorCode, FabricError
+
+log = logging.getLogger(__name__)
 
 LEASE_KEY = 0x46414252_4C454153  # "FABRLEAS": the advisory lock a registry holds on a PostgreSQL store
 _POLL_S = 0.2
@@ -100,43 +104,94 @@ class FileLease:
 
 
 class PostgresLease:
-    """A session advisory lock on LEASE_KEY, held by a connection of its own for as long as the registry runs."""
+    """A session advisory lock on LEASE_KEY, held by a connection of its own for as long as the registry runs.
 
-    def __init__(self, url: str, *, wait_s: float = 0.0) -> None:
-        from fabric.record.postgres import connect, redact, unavailable
+    A watchdog checks that connection every `check_s`: if it broke (PostgreSQL restarted, a proxy cut it), the
+    session's lock went with it, so the watchdog reconnects and takes the lock again. Should another registry
+    have taken it meanwhile, `lost` is set and an error logged: the lease cannot be won back from a live holder.
+    """
 
-        self._where = redact(url)
-        self._conn: Any = connect(url)
+    def __init__(self, url: str, *, wait_s: float = 0.0, check_s: float = 5.0) -> None:
+        from fabric.record.postgres import redact
+
+        self._url, self._where = url, redact(url)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lost = False
+        self.holder = Holder.me()
+        self._conn: Any = None
+        deadline = time.monotonic() + wait_s
+        while not self._acquire():
+            if time.monotonic() >= deadline:
+                raise leased(self._where, self._current_holder())
+            time.sleep(_POLL_S)
+        self._watchdog = threading.Thread(target=self._watch, args=(check_s,), name="fabric-lease", daemon=True)
+        self._watchdog.start()
+
+    def _current_holder(self) -> Holder | None:
+        """Who holds the lease now, as it wrote itself into `registry_lease`; closes our connection."""
         try:
-            # The server notices a vanished holder (machine gone, no FIN) within idle + interval * count seconds.
-            self._conn.execute("SET tcp_keepalives_idle = 10")
-            self._conn.execute("SET tcp_keepalives_interval = 5")
-            self._conn.execute("SET tcp_keepalives_count = 4")
-            deadline = time.monotonic() + wait_s
-            while not self._try_lock():
-                if time.monotonic() >= deadline:
-                    row = self._conn.execute("SELECT holder FROM registry_lease WHERE id = 1").fetchone()
-                    raise leased(self._where, Holder.parse(row[0]) if row else None)
-                time.sleep(_POLL_S)
-            self.holder = Holder.me()
+            row = self._conn.execute("SELECT holder FROM registry_lease WHERE id = 1").fetchone()
+            return Holder.parse(row[0]) if row else None
+        except Exception:  # noqa: BLE001 - the refusal stands; it just cannot say who holds the lease
+            return None
+        finally:
+            self._conn.close()
+
+    def _acquire(self) -> bool:
+        """(Re)connect if needed and try the lock once; on success write who holds it."""
+        from fabric.record.postgres import connect, unavailable
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._url)
+                # The server notices a vanished holder (machine gone, no FIN) within idle + interval * count s.
+                self._conn.execute("SET tcp_keepalives_idle = 10")
+                self._conn.execute("SET tcp_keepalives_interval = 5")
+                self._conn.execute("SET tcp_keepalives_count = 4")
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_KEY,)).fetchone()
+            if not (row and row[0]):
+                return False
             self._conn.execute("INSERT INTO registry_lease (id, holder) VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
                                "SET holder = excluded.holder", (json.dumps(asdict(self.holder)),))
+            return True
         except FabricError:
-            self._conn.close()
             raise
         except Exception as exc:
-            self._conn.close()
-            raise unavailable(url, exc) from exc
+            if self._conn is not None:
+                self._conn.close()
+            raise unavailable(self._url, exc) from exc
 
-    def _try_lock(self) -> bool:
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEASE_KEY,)).fetchone()
-        return bool(row and row[0])
+    def _watch(self, check_s: float) -> None:
+        while not self._stop.wait(check_s):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._conn.execute("SELECT 1")
+                    continue
+                except Exception:  # noqa: BLE001 - the session is gone, and the lock with it
+                    log.warning("the lease connection to %s broke: taking the lease again", self._where)
+                try:
+                    self.lost = not self._acquire()
+                except FabricError as exc:
+                    log.warning("cannot take the lease again yet: %s", exc.message)
+                    continue
+                if self.lost:
+                    log.error("the lease on %s was taken by another registry while this one was cut off",
+                              self._where)
+                    return
 
     def release(self) -> None:
-        if self._conn.closed:
-            return
-        try:
-            self._conn.execute("DELETE FROM registry_lease WHERE id = 1")
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_KEY,))
-        finally:
-            self._conn.close()  # ending the session releases the lock in any case
+        self._stop.set()
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                return
+            try:
+                if not self.lost:
+                    self._conn.execute("DELETE FROM registry_lease WHERE id = 1")
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_KEY,))
+            except Exception:  # noqa: BLE001 - closing the session below releases the lock in any case
+                pass
+            finally:
+                self._conn.close()

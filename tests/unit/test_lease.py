@@ -102,3 +102,56 @@ def test_the_holder_record_round_trips_and_bad_text_names_nobody():
     assert Holder.parse('{"host": "h", "pid": 7, "since": 0}') == Holder("h", 7, 0.0)
     assert Holder.parse("") is None and Holder.parse("{}") is None and Holder.parse("not json") is None
     assert "1970-01-01 00:00:00 UTC" in Holder("h", 7, 0.0).describe() and me.pid == os.getpid()
+
+
+def _cut(url: str, lease: PostgresLease) -> None:
+    """End the lease's session from outside, as a PostgreSQL restart or a proxy would."""
+    import psycopg
+
+    pid = lease._conn.info.backend_pid
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_cut_postgres_session_is_noticed_and_the_lease_taken_again(postgres_url):
+    from fabric.record.postgres import PostgresStore
+
+    PostgresStore(postgres_url).close()
+    lease = PostgresLease(postgres_url, check_s=0.1)
+    first_backend = lease._conn.info.backend_pid
+    _cut(postgres_url, lease)
+    def retaken() -> bool:
+        with lease._lock:  # not halfway through the watchdog's reconnect-and-lock
+            return not lease._conn.closed and lease._conn.info.backend_pid != first_backend
+
+    assert _wait_for(retaken)
+    with pytest.raises(FabricError) as info:  # held again: a second registry is still refused
+        PostgresLease(postgres_url)
+    assert f"pid {os.getpid()}" in info.value.message and not lease.lost
+    lease.release()
+
+
+def test_a_lease_taken_by_another_while_cut_off_is_reported_lost(postgres_url):
+    from fabric.record.postgres import PostgresStore
+
+    PostgresStore(postgres_url).close()
+    lease = PostgresLease(postgres_url, check_s=0.5)
+    with lease._lock:  # the watchdog is held off while another registry takes the freed lease
+        _cut(postgres_url, lease)
+        other = PostgresLease(postgres_url, wait_s=5)
+    assert _wait_for(lambda: lease.lost)
+    lease.release()  # releases nothing of the new holder's
+    with pytest.raises(FabricError):
+        PostgresLease(postgres_url)
+    other.release()
