@@ -1,8 +1,10 @@
 """Dispatch overhead: the same DAG shapes through fabric and through hand-written raw Ray, same run.
 
-    python -m bench.dispatch [--repeats 3]
+    python -m bench.dispatch [--repeats 3] [--store sqlite --store postgresql://user@host:port/db]
+                             [--persist needed]
 
-Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead per node.
+Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead per node, for each store
+(FABRIC_STORE: the embedded SQLite by default) and each output-persistence mode.
 """
 
 from __future__ import annotations
@@ -130,15 +132,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--store", action="append", default=None,
+                        help="FABRIC_STORE for the registry: sqlite (default) or a postgresql:// URL; repeat to "
+                             "compare (each database should be empty: the bench's submissions are added to it)")
+    parser.add_argument("--persist", action="append", choices=("none", "needed"), default=None,
+                        help="FABRIC_PERSIST_OUTPUTS mode(s) to measure (default: both)")
     args = parser.parse_args()
-    for persist in ("none", "needed"):
-        # Each mode gets its own local cluster: the registry reads the setting when it starts.
-        os.environ[ENV["persist_outputs"]] = persist
-        print(f"\n== FABRIC_PERSIST_OUTPUTS={persist}"
-              + (" (default: outputs a downstream node reads are written to the artifact store)"
-                 if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
-        measure(args)
-        ray.shutdown()
+    for store in args.store or ["sqlite"]:
+        for persist in args.persist or ["none", "needed"]:
+            # Each mode gets its own local cluster: the registry reads the settings when it starts.
+            os.environ[ENV["store"]] = store
+            os.environ[ENV["persist_outputs"]] = persist
+            shown = store.split("@")[-1] if "://" in store else store  # no user (or password) in the output
+            print(f"\n== FABRIC_STORE={shown} FABRIC_PERSIST_OUTPUTS={persist}"
+                  + (" (default: outputs a downstream node reads are written to the artifact store)"
+                     if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
+            measure(args)
+            ray.shutdown()
 
 
 def measure(args: argparse.Namespace) -> None:
