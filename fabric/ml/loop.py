@@ -100,7 +100,16 @@ def load_trained(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The model a checkpoint holds, rebuilt by its trainer, and the checkpoint's state (history, params)."""
     import torch
 
-    state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+    if "://" in str(path):  # a checkpoint in an object store (FABRIC_ARTIFACTS=s3://…): read it from there
+        import io
+
+        from pyarrow import fs as pafs
+
+        fs, base = pafs.FileSystem.from_uri(str(path))
+        with fs.open_input_stream(f"{base}/{STATE_FILE}") as source:
+            state = torch.load(io.BytesIO(source.read()), map_location="cpu", weights_only=False)
+    else:
+        state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
     model = get_trainer(state["params"]["trainer"]).model(state["params"], state["meta"])
     model.load_state_dict(state["model"])
     model.eval()
