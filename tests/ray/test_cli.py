@@ -140,10 +140,11 @@ nodes: [{id: wait, kind: python_task, entrypoint: "tests.nodes:sleeper", params:
 def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
     import httpx
 
-    port = _free_port()
+    port, mlflow_port = _free_port(), _free_port()
     env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric")}
     env.pop("RAY_ADDRESS", None)
-    up = subprocess.Popen([*FABRIC, "up", "--port", str(port), "--num-cpus", "2"], cwd=REPO, env=env,
+    up = subprocess.Popen([*FABRIC, "up", "--port", str(port), "--num-cpus", "2", "--mlflow-port", str(mlflow_port)],
+                          cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         token = None
@@ -167,6 +168,9 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
                 state = http.get(f"/api/orch/status/{submission_id}", headers=headers).json()["state"]
                 time.sleep(0.5)
             assert state == "SUCCEEDED"
+        # The MLflow tracking server `fabric up` started (ML nodes log to it), its store beside the registry's.
+        assert httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=10).status_code == 200
+        assert (tmp_path / "fabric" / "mlflow.db").exists()
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -176,6 +180,8 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
             up.wait(10)
             raise AssertionError("fabric up did not stop on SIGTERM") from None
     assert up.returncode == 0
+    with pytest.raises(httpx.ConnectError):  # stopping `fabric up` stopped its tracking server too
+        httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=5)
 
 
 def test_audit_export_writes_the_events_as_parquet(tmp_path):
