@@ -22,6 +22,7 @@ from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
 from fabric.execute.cache import open_cache_index
 from fabric.execute.engine import Engine
+from fabric.execute.headsink import full_logs
 from fabric.execute.outputs import load_code, remove_tree, save_code
 from fabric.execute.scheduler import engine_scheduler
 from fabric.kinds import kind_checks
@@ -215,7 +216,8 @@ class Registry:
             sid = record.submission_id
             self._engine.forget(sid)
             counts = self._store.delete_submission_data(sid)
-            files = remove_tree(self._artifacts, sid) + remove_tree(str(Path(self.home) / "runs"), sid)
+            files = remove_tree(self._artifacts, sid) + remove_tree(str(Path(self.home) / "runs"), sid) \
+                + remove_tree(str(Path(self.home) / "logs"), sid)
             self._store.append_events([Event(sid, None, record.state, EventKind.EXPIRED, now,
                                              reason=f"retention: ttl_days={ttl_days} passed; {files} files removed")])
             removed.append({"submission_id": sid, "files": files, **counts})
@@ -321,7 +323,7 @@ class Registry:
         if node_id not in {n["id"] for n in record.spec.get("nodes", [])}:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
                                 where=node_id, fix="see the node ids in `fabric status`")
-        return self._store.get_log(submission_id, node_id)
+        return full_logs(self.home, submission_id, node_id, self._store.get_log(submission_id, node_id))
 
     def artifact(self, submission_id: str, node_id: str | None, name: str, team: str | None = None) -> bytes:
         """One artifact's bytes: the run's metrics.json (node None) or a file a node wrote (execute/artifacts.py)."""

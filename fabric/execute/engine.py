@@ -22,6 +22,7 @@ from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import node_runtime_env
 from fabric.execute.cache import NodeCache
 from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
+from fabric.execute.headsink import full_logs
 from fabric.execute.live import EngineCacheHost, LiveRun
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
@@ -198,7 +199,8 @@ class Engine:
         if node_id not in order:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
                                 code=ErrorCode.NOT_FOUND, where=node_id, fix=f"nodes are: {', '.join(order)}")
-        return self._store.get_log(submission_id, node_id)
+        # Whole logs from the head's disk, the running attempt's too (its chunks arrive while it runs).
+        return full_logs(self._home, submission_id, node_id, self._store.get_log(submission_id, node_id))
 
     def _lookup(self, submission_id: str) -> LiveRun | Finished:
         # Live first: compaction adds the Finished before the run leaves the live set, so a run that

@@ -30,17 +30,18 @@ def outputs_dir(root: str, submission_id: str, node_id: str) -> str:
     return f"{root.rstrip('/')}/{submission_id}/{node_id}/outputs"
 
 
-def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping[str, Any]) -> None:
-    """Write `values`; the manifest goes last (atomically where the filesystem can rename)."""
+def encode_outputs(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The files that hold `values`, as (name under outputs/, bytes-like), the manifest always last."""
     import pyarrow as pa
 
-    fs, base = _fs(outputs_dir(root, submission_id, node_id))
-    fs.create_dir(base, recursive=True)
+    files: list[tuple[str, Any]] = []
     manifest: dict[str, tuple[str, Any]] = {}
     for name, value in values.items():
         if isinstance(value, pa.Table):
-            with fs.open_output_stream(f"{base}/{name}.arrow") as sink, pa.ipc.new_file(sink, value.schema) as w:
-                w.write_table(value)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, value.schema) as writer:
+                writer.write_table(value)
+            files.append((f"{name}.arrow", sink.getvalue()))
             manifest[name] = ("arrow", f"{name}.arrow")
         else:
             manifest[name] = ("value", value)
@@ -50,10 +51,23 @@ def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping
         from ray import cloudpickle
 
         blob = cloudpickle.dumps(manifest)
-    temp = f"{base}/.{MANIFEST}.{uuid.uuid4().hex}"
-    with fs.open_output_stream(temp) as out:
-        out.write(blob)
-    fs.move(temp, f"{base}/{MANIFEST}")
+    files.append((MANIFEST, blob))
+    return files
+
+
+def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping[str, Any]) -> None:
+    """Write `values`; the manifest goes last (atomically where the filesystem can rename)."""
+    fs, base = _fs(outputs_dir(root, submission_id, node_id))
+    fs.create_dir(base, recursive=True)
+    for name, data in encode_outputs(values):
+        if name != MANIFEST:
+            with fs.open_output_stream(f"{base}/{name}") as out:
+                out.write(data)
+            continue
+        temp = f"{base}/.{MANIFEST}.{uuid.uuid4().hex}"
+        with fs.open_output_stream(temp) as out:
+            out.write(data)
+        fs.move(temp, f"{base}/{MANIFEST}")
 
 
 def files_dir(root: str, submission_id: str, node_id: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -18,15 +17,16 @@ from typing import Any
 from fabric.context import NodeContext, use_context
 from fabric.digests import output_digests
 from fabric.execute.localpath import local_file_outputs, local_path_warning
-from fabric.execute.outputs import persist_outputs, publish_files
+from fabric.execute.logcapture import TAIL_BYTES, CaptureStream, LogCapture
+from fabric.execute.sink import HeadLink
 from fabric.kinds import NodeCall, get_kind
 from fabric.secrets import secrets_root
 from fabric.types import AttemptReport, ErrorInfo
 
-LOG_TAIL_CHARS = 64 * 1024
+LOG_TAIL_CHARS = TAIL_BYTES
 TRACEBACK_LINES = 30
 
-_capture: ContextVar[io.StringIO | None] = ContextVar("fabric_log_capture", default=None)
+_capture: ContextVar[CaptureStream | None] = ContextVar("fabric_log_capture", default=None)
 
 
 class NodeFailure(Exception):
@@ -72,7 +72,11 @@ def run_pickled_node(call: bytes, *inputs: Any) -> tuple[Any, ...]:
 def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     """The Ray task body: returns (AttemptReport, *values), one value per result slot."""
     started = time.time()
-    buffer = io.StringIO()
+    # The worker's disk is scratch: the log, the node's files and the resume outputs go to the head (or the
+    # artifact store) through this link; the log live, in chunks, with fds 1 and 2 captured.
+    link = HeadLink(call)
+    capture = LogCapture(link.ship_log)
+    buffer = CaptureStream(capture)
     capture_token = _capture.set(buffer)
     ctx = NodeContext(submission_id=call.submission_id, node_id=call.node_id, attempt=call.attempt,
                       artifact_root=node_dir(call.home, call.submission_id, call.node_id),
@@ -83,6 +87,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = buffer
+    capture.start()
     digests: dict[str, str] | None = None
     try:
         with use_context(ctx):
@@ -101,24 +106,25 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
             if call.persist:
                 # Durable before the node reports success: a resumed run reloads instead of recomputing.
                 by_slot = dict(zip(call.result_slots, values, strict=True))
-                persist_outputs(call.artifacts, call.submission_id, call.node_id,
-                                {name: by_slot[name] for name in call.persist})
+                link.persist_outputs({name: by_slot[name] for name in call.persist})
     except KeyboardInterrupt:  # an interrupt from Ray's cancel: let the node checkpoint first
         ctx.run_preempt_handlers()
         raise
     except Exception as exc:  # noqa: BLE001 - every failure of user code becomes a NodeFailure
-        report = _report(call, buffer, ctx, started)
+        report = _report(call, capture, link, ctx, started)
         tb = "".join(traceback.format_exception(exc)).splitlines()[-TRACEBACK_LINES:]
         error = ErrorInfo(type(exc).__name__, str(exc), "\n".join(tb))
         raise NodeFailure(call.node_id, call.attempt, error, report) from None
     finally:
         ctx.finish()
         if call.artifacts and ctx.artifact_root.is_dir():  # the node's files, into the artifact store
-            publish_files(call.artifacts, call.submission_id, call.node_id, ctx.artifact_root)
+            link.publish_files(ctx.artifact_root)
         sys.stdout, sys.stderr = saved_streams
+        capture.stop()
+        link.wait_logs()
         _capture.reset(capture_token)
     # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
-    return (pickle.dumps(_report(call, buffer, ctx, started, digests), protocol=5), *values)
+    return (pickle.dumps(_report(call, capture, link, ctx, started, digests), protocol=5), *values)
 
 
 @lru_cache(maxsize=64)
@@ -143,16 +149,11 @@ def split_outputs(call: NodeCall, value: Any) -> list[Any]:
     return [value[s] for s in slots]
 
 
-def _report(call: NodeCall, buffer: io.StringIO, ctx: NodeContext, started: float,
+def _report(call: NodeCall, capture: LogCapture, link: HeadLink, ctx: NodeContext, started: float,
             digests: dict[str, str] | None = None) -> AttemptReport:
-    text = buffer.getvalue()
-    log_path = None
-    if text:
-        path = node_dir(call.home, call.submission_id, call.node_id) / f"attempt-{call.attempt}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        log_path = str(path)
-    tail = text[-LOG_TAIL_CHARS:]
+    # The tail rides in the report (the store keeps it); the whole log is the head's file at `log_path`.
+    tail = capture.tail()
+    log_path = link.log_path() if capture.total else None
     fraction, message = ctx.last_progress or (None, "")
     return AttemptReport(started_at=started, ended_at=time.time(), log_tail=tail, log_path=log_path,
                          progress=fraction, message=message, digests=digests)
