@@ -152,3 +152,26 @@ def group_probe() -> dict:
     table = placement_group_table(group)
     return {"strategy": table["strategy"], "nodes": list(table["bundles_to_node_id"].values()),
             "id": group.id.hex(), "here": ray.get_runtime_context().get_node_id()}
+
+
+def chatty(lines: int = 2000, hold_s: float = 3.0, release: str = "") -> pa.Table:
+    """Writes node files, a log well over 64 KiB (half of it from a child process, through fd 1), holds
+    an early line visible while it waits (until `release` exists, or `hold_s`), returns a table."""
+    import json
+    import subprocess
+
+    ctx = context()
+    print("early line from python", flush=True)
+    subprocess.run(["sh", "-c", "echo early line from a child process"], check=True)
+    end = time.time() + hold_s
+    while time.time() < end and not (release and Path(release).exists()):
+        time.sleep(0.1)
+    (ctx.artifact_dir / "metrics.json").write_text(json.dumps({"lines": lines}))
+    (ctx.artifact_dir / "deep").mkdir(exist_ok=True)
+    (ctx.artifact_dir / "deep" / "blob.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    script = f"i=0; while [ $i -lt {lines} ]; do echo child-line-$i-padding-padding-padding; i=$((i+1)); done"
+    subprocess.run(["sh", "-c", script], check=True)
+    for i in range(lines):
+        print(f"py-line-{i}-padding-padding-padding")
+    print("last line")
+    return pa.table({"x": list(range(lines))})
