@@ -24,13 +24,6 @@ HEAD_RESOURCE = "node:__internal_head__"  # as fabric.actors.HEAD_RESOURCE (that
 WAIT_S = 120.0  # a bounded wait for the head to confirm what a node sent
 
 
-class _SinkActor(HeadSink):
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-
 def sink_name(home: str, artifacts: str) -> str:
     return "fabric-sink-" + hashlib.sha256(f"{home}\0{artifacts}".encode()).hexdigest()[:16]
 
@@ -39,18 +32,21 @@ def sink_name(home: str, artifacts: str) -> str:
 def _sink(home: str, artifacts: str, namespace: str) -> Any:
     import ray
 
-    return ray.remote(_SinkActor).options(
+    return ray.remote(HeadSink).options(
         name=sink_name(home, artifacts), namespace=namespace, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=8, max_restarts=-1, max_task_retries=-1,  # writes at offsets: safe twice
         resources={HEAD_RESOURCE: 0.001},
     ).remote(home, artifacts)
 
 
-@lru_cache(maxsize=8)
-def _sink_node(home: str, artifacts: str, namespace: str) -> str:
+@lru_cache(maxsize=1)
+def _on_head() -> bool:
+    """Whether this worker runs on the head node (asked once per worker process: one GCS call), where
+    the registry's FABRIC_HOME is this machine's own disk and no actor is needed."""
     import ray
 
-    return str(ray.get(_sink(home, artifacts, namespace).node_id.remote(), timeout=WAIT_S))
+    me = ray.get_runtime_context().get_node_id()
+    return any(node["NodeID"] == me and HEAD_RESOURCE in node.get("Resources", {}) for node in ray.nodes())
 
 
 class HeadLink:
@@ -64,10 +60,8 @@ class HeadLink:
         if call.control is not None:
             import ray
 
-            if ray.is_initialized():
-                args = (call.home, call.artifacts, call.control[1])
-                if _sink_node(*args) != ray.get_runtime_context().get_node_id():
-                    self.sink = _sink(*args)
+            if ray.is_initialized() and not _on_head():
+                self.sink = _sink(call.home, call.artifacts, call.control[1])
 
     @property
     def remote(self) -> bool:

@@ -16,6 +16,7 @@ import pytest
 import ray
 
 import fabric as fb
+from fabric.execute.sink import HEAD_RESOURCE
 from tests.conftest import REPO, _kill_leftovers, ray_head_process
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -97,6 +98,10 @@ def test_files_report_outputs_and_whole_live_logs_reach_the_head(tmp_path: Path,
             assert (home / "artifacts" / sid / "a" / "outputs" / "table.arrow").is_file()
             assert (home / "logs" / sid / "a" / "attempt-1.log").stat().st_size > 100_000
             assert not (home / "runs" / sid).exists()
+            # The way there was the head's sink actor; a worker on the head would have written directly.
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+            assert any(name.startswith("fabric-sink-") for name in names), names
+            assert any(HEAD_RESOURCE in n["Resources"] for n in ray.nodes() if n["Alive"])
         finally:
             ray.shutdown()
             os.killpg(worker.pid, signal.SIGTERM)
