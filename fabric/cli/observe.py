@@ -78,7 +78,7 @@ def lineage(submission_id: str, address: AddressOpt = None,
 
 
 def follow_logs(submission: Any, node: str, poll_s: float = 0.5, timeout: float | None = None) -> str:
-    """Print the node's log as it grows (each attempt's output arrives when the attempt ends) and its state
+    """Print the node's log as it grows (a running attempt's output arrives in chunks, about every second) and its state
     and progress meanwhile; return the node's final state."""
     shown, last_note = 0, ""
     deadline = None if timeout is None else time.monotonic() + timeout
