@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.outputs import load_outputs
 from fabric.execute.ports import AttemptHandle, Outcome
+from fabric.execute.sink import HEAD_RESOURCE
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
@@ -37,7 +38,7 @@ class RayBackend:
     def __init__(self) -> None:
         self._remote = ray.remote(run_pickled_node)
         self._loader = ray.remote(load_outputs)
-        self._loaders: dict[int, Any] = {}
+        self._loaders: dict[tuple[int, bool], Any] = {}
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
         self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
         self._groups_to_remove: queue.SimpleQueue[Any] | None = None
@@ -120,9 +121,12 @@ class RayBackend:
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
         """ObjectRefs of a finished node's persisted outputs, read by a small task near the data rather
         than through the registry."""
-        loader = self._loaders.get(len(outs))
+        # A local root is the head's disk (workers may have their own): read it there. A URI, anywhere.
+        on_head = "://" not in root
+        loader = self._loaders.get((len(outs), on_head))
         if loader is None:
-            loader = self._loaders[len(outs)] = self._loader.options(num_cpus=0, max_retries=3, num_returns=len(outs))
+            loader = self._loaders[(len(outs), on_head)] = self._loader.options(
+                num_cpus=0, max_retries=3, num_returns=len(outs), resources={HEAD_RESOURCE: 0.001} if on_head else {})
         refs: Any = loader.remote(root, submission_id, node_id, list(outs))  # one ref, or a list of num_returns
         return dict(zip(outs, [refs] if len(outs) == 1 else refs, strict=True))
 
