@@ -174,4 +174,4 @@ def chatty(lines: int = 2000, hold_s: float = 3.0, release: str = "") -> pa.Tabl
     for i in range(lines):
         print(f"py-line-{i}-padding-padding-padding")
     print("last line")
-    return pa.table({"x": list(range(lines))})
+    return pa.table({"y": list(range(lines))})
