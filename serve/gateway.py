@@ -10,7 +10,7 @@ the rest are plain functions that Serve runs in its thread pool.
 import logging
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +22,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
-from fabric.client import RayClient
+from fabric.client import RayClient, RaySubmission
 from fabric.errors import ErrorCode, FabricError
 from fabric.logs import configure_logging
 from fabric.settings import settings
@@ -180,7 +180,10 @@ class Gateway(MlRoutes):
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None
         # Inside Serve, Ray is up: this only finds the registry.
-        self._client = fb.connect(retry_for=REGISTRY_WAIT_S)
+        client = fb.connect(retry_for=REGISTRY_WAIT_S)
+        if not isinstance(client, RayClient):  # no http(s) address is passed: always the Ray client
+            raise TypeError(f"the gateway needs the Ray client, got {type(client).__name__}")
+        self._client = client
 
     def _who(self, request: Request) -> Principal:
         # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart.
@@ -252,7 +255,9 @@ class Gateway(MlRoutes):
     @api.get("/api/orch/status/{submission_id}")
     async def status(self, request: Request, submission_id: str) -> dict[str, Any]:
         # One registry call: it answers NOT_FOUND for an unknown id or another team's.
-        status = await self._viewer_for(request).get(submission_id, check=False).status_async()
+        # RayClient.get keeps the protocol's return type; its handle is always a RaySubmission.
+        submission = cast(RaySubmission, self._viewer_for(request).get(submission_id, check=False))
+        status = await submission.status_async()
         return status.to_dict()
 
     @api.get("/api/orch/logs/{submission_id}")
@@ -318,10 +323,11 @@ def build_app(args: dict[str, str] | None = None) -> Any:
     """For `serve run serve.gateway:build_app tokens_file=... num_replicas=2` and Serve config files."""
     args = args or {}
     tokens_file = args.get("tokens_file") or default_tokens_file()
-    return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(tokens_file)
+    # serve.deployment makes Gateway a Deployment; mypy keeps a decorated class's own type.
+    return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(tokens_file)  # type: ignore[attr-defined]
 
 
 # `serve run serve.gateway:app`: binding builds a description only (nothing starts at import); the
 # tokens file is found from FABRIC_TOKENS / FABRIC_HOME when the replica starts.
-app = Gateway.bind()
+app = Gateway.bind()  # type: ignore[attr-defined]
 

@@ -24,7 +24,9 @@ router = APIRouter()
 
 
 def _client(request: Request) -> Any:
-    return serve.get_replica_context().servable_object._viewer_for(request)
+    # The replica's object is the Gateway instance; Ray types it only as a callable.
+    gateway: Any = serve.get_replica_context().servable_object
+    return gateway._viewer_for(request)
 
 
 @router.get("/api/orch/graph/{submission_id}")
