@@ -50,6 +50,9 @@ def params(value: str | None, exclude_defaults: bool = False) -> dict[str, Any]:
         mode="json", exclude_none=True, exclude_defaults=exclude_defaults)
 
 
+CLI_HTTP_RETRY_S = 10.0
+
+
 def connect(address: str | None, working_dir: str | None = None) -> Any:
     """A Client: through the gateway for an http(s):// address, else by joining Ray (default: FABRIC_ADDRESS,
     else auto)."""
@@ -63,5 +66,7 @@ def connect(address: str | None, working_dir: str | None = None) -> Any:
                           fix="upload a zip to s3:// or gs:// and pass it as runtime_params.runtime_env.working_dir")
     runtime_env = {"working_dir": working_dir} if working_dir else None
     if address and address.startswith(("http://", "https://")):
-        return connect_to(address)  # the HTTP client: no Ray imported on this side
+        # The HTTP client (no Ray imported on this side). A person at a prompt waits out a gateway restart for
+        # seconds, not the SDK's minute: then the command exits UNREACHABLE with the fix.
+        return connect_to(address, retry_for=CLI_HTTP_RETRY_S)
     return connect_to(address or "auto", runtime_env=runtime_env)

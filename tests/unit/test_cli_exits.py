@@ -194,3 +194,13 @@ def test_every_command_and_flag_is_in_docs_cli_md():
     assert missing == [], "not in docs/cli.md"
     for code in ExitCode:
         assert f"| {int(code)} | `{code.name}` |" in page
+
+
+def test_a_cli_read_over_http_waits_out_a_restart_for_seconds_not_the_sdks_minute():
+    from fabric.cli.common import CLI_HTTP_RETRY_S, connect
+    from fabric.remote import HttpClient
+    from fabric.retry import REGISTRY_RESTART_WAIT_S
+
+    client = connect("http://127.0.0.1:9")
+    assert isinstance(client, HttpClient)
+    assert client._retry_for == CLI_HTTP_RETRY_S < REGISTRY_RESTART_WAIT_S
