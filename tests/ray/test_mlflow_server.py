@@ -26,7 +26,7 @@ def tracking(fabric_home: Path) -> Iterator[tuple[str, TrackingServer]]:
         env = {**s3_env(endpoint), "FABRIC_ARTIFACTS": STORE}
         saved = {name: os.environ.get(name) for name in [*env, "FABRIC_MLFLOW_URI"]}
         os.environ.update(env)
-        server = start_server(str(fabric_home), STORE, port=free_port())
+        server = start_server(str(fabric_home), STORE, port=free_port(), timeout=180)
         os.environ["FABRIC_MLFLOW_URI"] = server.uri  # what `fabric up` hands the Ray it starts
         try:
             yield endpoint, server
