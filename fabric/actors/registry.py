@@ -105,6 +105,8 @@ class Registry:
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
         plan = compile_plan(dag, runtime, kind_checks())
+        if plan.params:  # recorded resolved, defaults included: status, lineage and a resume read them back
+            runtime = runtime.model_copy(update={"params": dict(plan.params)})
         runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
         # "The same submission" means the same normalized spec and the same runtime params.
         request_hash = digest({"spec": dag.to_dict(), "runtime": runtime_dump})

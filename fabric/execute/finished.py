@@ -93,7 +93,7 @@ def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
     return SubmissionStatus(
         submission_id=submission_id, pipeline_id=plan.pipeline_id, state=machine.state,
         created_at=machine.created_at, ended_at=machine.ended_at, labels=dict(plan.labels),
-        nodes=tuple(nodes), counts=counts)
+        nodes=tuple(nodes), counts=counts, params=dict(plan.params))
 
 
 def live_result(submission_id: str, machine: RunMachine, handles: Mapping[tuple[str, int], Any], node_id: str,

@@ -211,7 +211,7 @@ def write_report(root: str, submission_id: str, status_json: bytes) -> dict[str,
     report = {"submission_id": submission_id, "pipeline_id": status["pipeline_id"], "state": status["state"],
               "created_at": status["created_at"], "ended_at": status["ended_at"],
               "wall_s": round(status["ended_at"] - status["created_at"], 3) if status["ended_at"] else None,
-              "counts": status["counts"], "nodes": nodes}
+              "counts": status["counts"], "params": status.get("params", {}), "nodes": nodes}
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(f"{base}/metrics.json") as out:
         out.write((json.dumps(report, indent=2, sort_keys=True) + "\n").encode())

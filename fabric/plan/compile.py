@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.hashing import node_content_hash
@@ -19,6 +20,7 @@ from fabric.spec import (
     split_input,
     topological_order,
 )
+from fabric.spec.params import references, resolve_params, substitute
 
 KindCheck = Callable[[NodeSpec, str], list[Problem]]
 
@@ -75,10 +77,25 @@ def pooled(unit: ResourceUnit, pool: str) -> ResourceUnit:
     return replace(unit, custom={**unit.custom, f"{POOL_RESOURCE_PREFIX}{pool}": POOL_SHARE})
 
 
-def kind_problems(spec: DagSpec, runnable: Mapping[str, KindCheck]) -> list[Problem]:
-    """Reject, at submit time, kinds with no executor in this build and kind-specific param errors."""
+def defaults(spec: DagSpec) -> dict[str, Any]:
+    """The pipeline params that have a default, resolved (what a run that sets none gets)."""
+    return {name: p.resolve(p.default) for name, p in spec.params.items() if not p.required}
+
+
+def resolved_nodes(spec: DagSpec, params: Mapping[str, Any]) -> list[NodeSpec]:
+    """The spec's nodes with every `{{ params.NAME }}` in their params replaced by its value."""
+    if not params:
+        return list(spec.nodes)
+    return [node.model_copy(update={"params": substitute(node.params, params)}) if references(node.params)
+            else node for node in spec.nodes]
+
+
+def kind_problems(spec: DagSpec, runnable: Mapping[str, KindCheck],
+                  params: Mapping[str, Any] | None = None) -> list[Problem]:
+    """Reject, at submit time, kinds with no executor in this build and kind-specific param errors (on node
+    params resolved with `params`, by default the pipeline params' defaults)."""
     problems: list[Problem] = []
-    for index, node in enumerate(spec.nodes):
+    for index, node in enumerate(resolved_nodes(spec, defaults(spec) if params is None else params)):
         where = f"nodes[{index}].kind"
         check = runnable.get(node.kind)
         if check is None:
@@ -95,12 +112,16 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
                  runnable: Mapping[str, KindCheck] | None = None) -> ExecutionPlan:
     """Wire outs to ins, resolve resources and SLOs, hash every node. Raises SpecError."""
     runtime = runtime or RuntimeParams()
+    params, problems = resolve_params(spec.params, runtime.params)
+    if problems:
+        raise SpecError.from_problems(problems, what="runtime params")
     if runnable is not None:
-        problems = kind_problems(spec, runnable)
+        problems = kind_problems(spec, runnable, params)
         if problems:
             raise SpecError.from_problems(problems)
     order = topological_order(spec)
-    by_id = {node.id: node for node in spec.nodes}
+    # Node params as the run sees them: the content hash, and so the cache key, covers the resolved values.
+    by_id = {node.id: node for node in resolved_nodes(spec, params)}
     upstream: dict[str, list[str]] = {n: [] for n in order}
     downstream: dict[str, list[str]] = {n: [] for n in order}
     for edge in spec.edges:
@@ -161,6 +182,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         priority=Priority(dag_priority),
         labels=dict(runtime.labels),
         secrets_scope=tuple(runtime.secrets_scope),
+        params=params,
     )
 
 

@@ -106,6 +106,7 @@ class ExecutionPlan:
     priority: Priority  # one enum, from the spec to admission and quota
     labels: Mapping[str, str]
     secrets_scope: tuple[str, ...] = ()  # names only; not part of plan_hash (the request hash covers it)
+    params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params' resolved values, by name
 
     @property
     def sinks(self) -> tuple[str, ...]:

@@ -120,7 +120,7 @@ class LineageBuilder:
     def _submission_event(self, kind: str, at: float, reason: str) -> dict[str, Any]:
         facets: dict[str, Any] = {"fabric_submission": _facet(
             submissionId=self.record.submission_id, team=self.record.team, labels=dict(self.record.labels),
-            planHash=self.record.plan_hash)}
+            planHash=self.record.plan_hash, params=dict(self.record.runtime_params.get("params") or {}))}
         if kind == "FAIL" and reason:
             facets["errorMessage"] = _facet(message=reason, programmingLanguage="python")
         return self._event(kind, at, {"runId": run_id(self.record.submission_id), "facets": facets}, self._job(),

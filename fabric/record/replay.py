@@ -60,4 +60,4 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
     return SubmissionStatus(
         submission_id=record.submission_id, pipeline_id=record.pipeline_id, state=state,
         created_at=record.created_at, ended_at=ended_at, labels=dict(record.labels), nodes=tuple(statuses),
-        reason=reason, counts=counts)
+        reason=reason, counts=counts, params=dict(record.runtime_params.get("params") or {}))

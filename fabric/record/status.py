@@ -54,6 +54,7 @@ class SubmissionStatus:
     nodes: tuple[NodeStatus, ...]
     reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the pipeline params' resolved values
 
     @property
     def cost(self) -> float:
@@ -76,6 +77,7 @@ class SubmissionStatus:
             "submission_id": self.submission_id, "pipeline_id": self.pipeline_id, "state": str(self.state),
             "created_at": self.created_at, "ended_at": self.ended_at, "labels": dict(self.labels),
             "reason": self.reason, "counts": dict(self.counts), "cost": round(self.cost, 6),
+            "params": dict(self.params),
             "nodes": [_node_dict(n) for n in self.nodes],
         }
 

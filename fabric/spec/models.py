@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from fabric.spec._text import did_you_mean
 from fabric.spec.kinds import KNOWN_KINDS
+from fabric.spec.params import PARAM_NAME_PATTERN, ParamSpec
 from fabric.spec.quantities import Cpu, Duration, Gpu, Memory
 
 NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -75,6 +76,9 @@ SubmissionId = Annotated[str, _matching(SUBMISSION_ID_PATTERN, "submission id",
                          _schema(SUBMISSION_ID_PATTERN)]
 Entrypoint = Annotated[str, _matching(ENTRYPOINT_PATTERN, "entrypoint", "it must look like 'package.module:function'",
                                       "my_pkg.features:compute"), _schema(ENTRYPOINT_PATTERN)]
+ParamName = Annotated[str, _matching(PARAM_NAME_PATTERN, "parameter name",
+                                     "it must start with a letter or '_', then letters, digits or '_' (at most 64)",
+                                     "as_of"), _schema(PARAM_NAME_PATTERN)]
 _IO_NAME_RE = re.compile(IO_NAME_PATTERN)
 
 
@@ -300,8 +304,22 @@ class DagSpec(_Model):
     description: str | None = None
     slo: Slo | None = None
     resources: DagResources | None = None
+    params: dict[ParamName, ParamSpec] = Field(
+        default_factory=dict, description="Typed pipeline parameters; node params refer to them as "
+                                          "'{{ params.NAME }}' and a run sets them in runtime_params.params.")
     nodes: list[NodeSpec] = Field(min_length=1, max_length=MAX_NODES)
-    edges: list[Edge] = Field(default_factory=list)
+    edges: list[Edge] = Field(default_factory=list, description="Omitted: derived from the nodes' ins and outs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_edges(cls, data: Any) -> Any:
+        # Omitted edges are the data dependencies: users should not write every dependency twice.
+        if isinstance(data, dict) and data.get("edges") is None and isinstance(data.get("nodes"), list):
+            from fabric.spec.validate import derive_edges
+
+            nodes = [n.model_dump() if isinstance(n, BaseModel) else n for n in data["nodes"]]
+            return {**data, "edges": derive_edges({"nodes": nodes})}
+        return data
 
     @model_validator(mode="after")
     def _check_graph(self, info: ValidationInfo) -> DagSpec:
@@ -378,6 +396,8 @@ class RuntimeParams(_Model):
     ttl_days: float | None = Field(None, gt=0, le=3650)
     runtime_env: RuntimeEnvSpec | None = None
     team: str | None = Field(None, min_length=1, max_length=128)
+    params: dict[str, JsonValue] = Field(default_factory=dict,
+                                         description="Values of the pipeline's declared params, by name.")
 
     @field_validator("env", mode="before")
     @classmethod

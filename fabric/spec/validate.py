@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.spec._text import did_you_mean
+from fabric.spec.params import reference_problems
 
 if TYPE_CHECKING:
     from fabric.spec.models import DagSpec
@@ -23,7 +24,7 @@ class _Graph:
         self.nodes: dict[str, Mapping[str, Any]] = {}
         self.children: dict[str, list[str]] = {}
         self.parents: dict[str, list[str]] = {}
-        self.edge_index: dict[tuple[str, str], int] = {}
+        self.edge_where: dict[tuple[str, str], str] = {}
         nodes = raw.get("nodes")
         for i, node in enumerate(nodes if isinstance(nodes, list) else []):
             node_id = node.get("id") if isinstance(node, Mapping) else None
@@ -40,10 +41,22 @@ class _Graph:
             self.nodes[node_id] = node
             self.children[node_id] = []
             self.parents[node_id] = []
+        self.derived = raw.get("edges") is None  # omitted: the edges are the data dependencies
+        self.reported: set[tuple[str, int]] = set()  # ins entries whose problem derivation already reported
+        if self.derived:
+            for node_id, k, producer in _data_dependencies(self.order, self.nodes, problems, self.reported):
+                self._add(producer, node_id, f"nodes[{node_id}].ins[{k}]")
+            return
         edges = raw.get("edges")
         for j, edge in enumerate(edges if isinstance(edges, list) else []):
             if isinstance(edge, Mapping):
                 self._add_edge(j, edge, problems)
+
+    def _add(self, src: str, dst: str, where: str) -> None:
+        if (src, dst) not in self.edge_where:
+            self.edge_where[(src, dst)] = where
+            self.children[src].append(dst)
+            self.parents[dst].append(src)
 
     def _add_edge(self, j: int, edge: Mapping[str, Any], problems: list[Problem]) -> None:
         src = edge.get("from", edge.get("from_"))
@@ -66,10 +79,7 @@ class _Graph:
             message = f"node {src!r} has an edge to itself"
             problems.append(Problem(ErrorCode.SPEC_CYCLE, f"edges[{j}]", message, "remove this edge"))
             return
-        if (src, dst) not in self.edge_index:
-            self.edge_index[(src, dst)] = j
-            self.children[src].append(dst)
-            self.parents[dst].append(src)
+        self._add(src, dst, f"edges[{j}]")
 
     def components(self) -> list[list[str]]:
         """Strongly connected components (Tarjan, iterative), in reverse topological order."""
@@ -132,6 +142,42 @@ class _Graph:
         return [start]  # pragma: no cover - a component of several nodes always has a cycle through start
 
 
+def _producers(order: list[str], nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    producers: dict[str, list[str]] = {}
+    for node_id in order:
+        outs = nodes[node_id].get("outs")
+        for name in outs if isinstance(outs, list) else []:
+            if isinstance(name, str) and node_id not in producers.setdefault(name, []):
+                producers[name].append(node_id)
+    return producers
+
+
+def _data_dependencies(order: list[str], nodes: Mapping[str, Mapping[str, Any]], problems: list[Problem],
+                       reported: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
+    """(node, ins index, producer) for every input that exactly one other node produces; an input that
+    several nodes produce is a problem here (which one is meant cannot be told without edges)."""
+    producers = _producers(order, nodes)
+    found = []
+    for node_id in order:
+        ins = nodes[node_id].get("ins")
+        for k, entry in enumerate(ins if isinstance(ins, list) else []):
+            if not isinstance(entry, str):
+                continue
+            name = entry.partition("=")[2] or entry
+            candidates = [p for p in producers.get(name, []) if p != node_id]
+            if len(candidates) == 1:
+                found.append((node_id, k, candidates[0]))
+            elif len(candidates) > 1:
+                reported.add((node_id, k))
+                problems.append(Problem(
+                    ErrorCode.SPEC_UNWIRED_INPUT, f"nodes[{node_id}].ins[{k}]",
+                    f"input {name!r} is produced by several nodes ({', '.join(candidates)}), and the spec has no "
+                    "edges to tell which one it reads",
+                    "rename the output so that one node produces it, or give edges (then each input is read "
+                    "from its one upstream producer)"))
+    return found
+
+
 def _cycle_problems(graph: _Graph, components: list[list[str]]) -> list[Problem]:
     problems = []
     for component in reversed(components):
@@ -140,8 +186,10 @@ def _cycle_problems(graph: _Graph, components: list[list[str]]) -> list[Problem]
         cycle = graph.cycle_in(component)
         closing = (cycle[-1], cycle[0])
         text = " -> ".join([*cycle, cycle[0]])
-        fix = f"remove one edge of the cycle, e.g. {{from: {closing[0]}, to: {closing[1]}}}"
-        where = f"edges[{graph.edge_index[closing]}]"
+        fix = (f"remove one edge of the cycle, e.g. {{from: {closing[0]}, to: {closing[1]}}}" if not graph.derived
+               else f"the edges are derived from ins/outs: {closing[1]!r} must not read an output of "
+                    f"{closing[0]!r}, or rename one of the outputs")
+        where = graph.edge_where[closing]
         problems.append(Problem(ErrorCode.SPEC_CYCLE, where, f"cycle: {text}", fix))
     return problems
 
@@ -163,17 +211,12 @@ def _ancestor_masks(graph: _Graph, components: list[list[str]]) -> dict[str, int
 
 
 def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
-    producers: dict[str, list[str]] = {}
-    for node_id in graph.order:
-        outs = graph.nodes[node_id].get("outs")
-        for name in outs if isinstance(outs, list) else []:
-            if isinstance(name, str) and node_id not in producers.setdefault(name, []):
-                producers[name].append(node_id)
+    producers = _producers(graph.order, graph.nodes)
     problems = []
     for node_id in graph.order:
         ins = graph.nodes[node_id].get("ins")
         for k, entry in enumerate(ins if isinstance(ins, list) else []):
-            if not isinstance(entry, str):
+            if not isinstance(entry, str) or (node_id, k) in graph.reported:
                 continue
             name = entry.partition("=")[2] or entry  # `param=out` reads the upstream out `out`
             where = f"nodes[{node_id}].ins[{k}]"
@@ -191,8 +234,10 @@ def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
                     f"input {name!r} is produced by {', '.join(map(repr, candidates))}, "
-                    f"which is not upstream of {node_id!r}",
-                    f"add edge {{from: {candidates[0]}, to: {node_id}}}{others}"))
+                    f"which is not upstream of {node_id!r}: the edges are given, so they must include every "
+                    "data dependency",
+                    f"add edge {{from: {candidates[0]}, to: {node_id}}}{others}, or omit edges to derive "
+                    "them from ins/outs"))
             elif len(upstream) > 1:
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
@@ -212,7 +257,15 @@ def graph_problems(raw: Mapping[str, Any] | DagSpec) -> list[Problem]:
     components = graph.components()
     problems.extend(_cycle_problems(graph, components))
     problems.extend(_wiring_problems(graph, _ancestor_masks(graph, components)))
+    problems.extend(reference_problems(raw))  # node params naming undeclared pipeline params
     return problems
+
+
+def derive_edges(raw: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The edges of a spec that omits them: one per data dependency (an input and its one producer), in node
+    order. Ambiguous or unproduced inputs give no edge (graph_problems reports them)."""
+    graph = _Graph({"nodes": raw.get("nodes")}, [])
+    return [{"from": src, "to": dst} for (src, dst) in graph.edge_where]
 
 
 def topological_order(spec: DagSpec) -> list[str]:
