@@ -17,7 +17,16 @@ from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_regis
 from fabric.actors.revive import current_method, remember_home, revive
 from fabric.errors import ErrorCode, FabricError
 from fabric.local_ray import init_address
-from fabric.protocol import Client, Page, ParamsInput, Rows, SpecInput, Submission
+from fabric.protocol import (
+    Client,
+    Page,
+    ParamsInput,
+    Rows,
+    SpecInput,
+    Submission,
+    pipeline_run_params,
+    registrable_spec,
+)
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
@@ -256,6 +265,34 @@ class RayClient:
             timeout: float | None = None) -> SubmissionStatus:
         """Submit and wait: the notebook one-liner."""
         return self.submit(spec, runtime_params).wait(timeout)
+
+    def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
+        """Register a spec as the pipeline's next version (the same again: the same version)."""
+        options = {"max_active_runs": max_active_runs, "overlap": overlap}
+        return _call(self._registry.register_pipeline, registrable_spec(spec), options, self.team,
+                     retry_for=self._retry_for)
+
+    def pipelines(self) -> Rows:
+        """This team's registered pipelines, each at its latest version."""
+        return _call(self._registry.pipelines, self.team, retry_for=self._retry_for)
+
+    def pipeline_versions(self, pipeline_id: str) -> Rows:
+        """Every version of a pipeline, newest first, with its spec."""
+        return _call(self._registry.pipeline_versions, pipeline_id, self.team, retry_for=self._retry_for)
+
+    def pipeline_runs(self, pipeline_id: str, limit: int = 20) -> Rows:
+        """The pipeline's recent runs started by name, newest first."""
+        return _call(self._registry.pipeline_runs, pipeline_id, limit, self.team, retry_for=self._retry_for)
+
+    def run_pipeline(self, pipeline_id: str, params: Mapping[str, Any] | None = None, *, version: int | None = None,
+                     runtime_params: ParamsInput = None) -> dict[str, Any]:
+        """Start a run of a registered pipeline by name; see `Client.run_pipeline`."""
+        runtime = pipeline_run_params(params, runtime_params)
+        if self.team is not None and runtime.get("team") not in (None, self.team):
+            raise FabricError(f"runtime_params.team {runtime['team']!r} is not this client's team {self.team!r}",
+                              code=ErrorCode.FORBIDDEN, where="runtime_params.team",
+                              fix="leave team out: it comes from your credentials")
+        return _call(self._registry.run_pipeline, pipeline_id, version, runtime, self.team, retry_for=self._retry_for)
 
 
 def _job_runtime_env() -> dict[str, Any]:

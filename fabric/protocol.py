@@ -121,5 +121,64 @@ class Client(Protocol):
         """Whether the registry answers."""
         ...
 
+    # -- the pipeline catalogue (docs/pipelines.md) ------------------------------------------------------
 
-__all__ = ["Client", "Page", "ParamsInput", "Rows", "SpecInput", "Submission"]
+    def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
+        """Register a spec under its pipeline_id as a new immutable version (the same spec and options as the
+        latest version return that one, `created` false); `max_active_runs` and `overlap` (skip or
+        cancel_older) govern runs started by name."""
+        ...
+
+    def pipelines(self) -> Rows:
+        """This team's registered pipelines, each at its latest version."""
+        ...
+
+    def pipeline_versions(self, pipeline_id: str) -> Rows:
+        """Every version of a pipeline, newest first, with its spec."""
+        ...
+
+    def pipeline_runs(self, pipeline_id: str, limit: int = 20) -> Rows:
+        """The pipeline's recent runs started by name, newest first: id, state, version, params."""
+        ...
+
+    def run_pipeline(self, pipeline_id: str, params: Mapping[str, Any] | None = None, *, version: int | None = None,
+                     runtime_params: ParamsInput = None) -> dict[str, Any]:
+        """Start a run of a registered pipeline (default: its latest version) with these pipeline params.
+        Answers {submission_id, created, version, skipped, cancelled}: `skipped` when max_active_runs is
+        reached with overlap skip; `cancelled` the older runs that overlap cancel_older stopped."""
+        ...
+
+
+def registrable_spec(spec: SpecInput) -> dict[str, Any]:
+    """The raw spec to register: a catalogue keeps specs, not notebook code, so an `fb.DAG` whose functions
+    live in the notebook is refused (both clients share this)."""
+    from fabric.errors import ErrorCode, FabricError
+    from fabric.spec import read_spec
+
+    if hasattr(spec, "to_spec"):  # an fb.DAG
+        dag: Any = spec
+        if dag.inline_code():
+            raise FabricError("this DAG's functions are defined in the notebook; a registered pipeline keeps only "
+                              "its spec", code=ErrorCode.SPEC_FIELD, where="entrypoint",
+                              fix="put the functions in a module the cluster has (an image, or runtime_env "
+                                  "working_dir / py_modules) and refer to them by entrypoint")
+        spec = dag.to_spec()
+    return read_spec(spec)
+
+
+def pipeline_run_params(params: Mapping[str, Any] | None, runtime_params: ParamsInput) -> dict[str, Any]:
+    """The runtime params of a run by name: `params` over `runtime_params.params`, and an idempotency key
+    made once here, so that a retried start starts one run."""
+    from fabric.types import new_submission_id
+
+    if isinstance(runtime_params, RuntimeParams):
+        runtime_params = runtime_params.model_dump(mode="json", exclude_none=True)
+    runtime = dict(runtime_params or {})
+    if params:
+        runtime["params"] = {**dict(runtime.get("params") or {}), **dict(params)}
+    runtime.setdefault("submission_id", new_submission_id())
+    return runtime
+
+
+__all__ = ["Client", "Page", "ParamsInput", "Rows", "SpecInput", "Submission", "pipeline_run_params",
+           "registrable_spec"]

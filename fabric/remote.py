@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
-from fabric.protocol import Page, ParamsInput, Rows, SpecInput, Submission
+from fabric.protocol import Page, ParamsInput, Rows, SpecInput, Submission, pipeline_run_params, registrable_spec
 from fabric.record import SubmissionStatus
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.spec import RuntimeParams, read_spec
@@ -184,6 +184,25 @@ class HttpClient:
 
     def metrics_text(self) -> str:
         return self._send("GET", "/metrics").text
+
+    def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
+        return self._json("POST", "/api/orch/pipelines", body={
+            "dag_spec": registrable_spec(spec), "max_active_runs": max_active_runs, "overlap": overlap})
+
+    def pipelines(self) -> Rows:
+        return self._json("GET", "/api/orch/pipelines")["items"]
+
+    def pipeline_versions(self, pipeline_id: str) -> Rows:
+        return self._json("GET", f"/api/orch/pipelines/{_quote(pipeline_id)}/versions")["items"]
+
+    def pipeline_runs(self, pipeline_id: str, limit: int = 20) -> Rows:
+        return self._json("GET", f"/api/orch/pipelines/{_quote(pipeline_id)}/runs",
+                          query={"limit": str(limit)})["items"]
+
+    def run_pipeline(self, pipeline_id: str, params: Mapping[str, Any] | None = None, *, version: int | None = None,
+                     runtime_params: ParamsInput = None) -> dict[str, Any]:
+        return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/runs", body={
+            "version": version, "runtime_params": pipeline_run_params(params, runtime_params)})
 
     def ping(self) -> bool:
         try:

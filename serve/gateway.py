@@ -55,6 +55,24 @@ class SubmitBody(BaseModel):
     refs: dict[str, Any] = Field(default_factory=dict, description="data refs: not supported in this build")
 
 
+class RegisterBody(BaseModel):
+    """`POST /api/orch/pipelines`: the spec to register as a new version, and how runs by name overlap."""
+
+    model_config = ConfigDict(extra="forbid")
+    dag_spec: dict[str, Any] | str
+    max_active_runs: int | None = None  # validated by the registry (a 422 naming the field)
+    overlap: str = "skip"
+
+
+class RunBody(BaseModel):
+    """`POST /api/orch/pipelines/{id}/runs`: which version (default the latest) and the runtime params."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the pipeline's params")
+    runtime_params: dict[str, Any] = Field(default_factory=dict)
+
+
 class KillSwitchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     on: bool
@@ -293,6 +311,31 @@ class Gateway(MlRoutes):
         principal = self._who(request)
         client = self._client if principal.admin else self._client.for_team(principal.team)
         return client.queues()
+
+    @api.post("/api/orch/pipelines", status_code=201)
+    def register_pipeline(self, request: Request, body: RegisterBody) -> dict[str, Any]:
+        return self._client_for(request).register(body.dag_spec, body.max_active_runs, body.overlap)
+
+    @api.get("/api/orch/pipelines")
+    def pipelines(self, request: Request) -> dict[str, Any]:
+        return {"items": self._client_for(request).pipelines()}
+
+    @api.get("/api/orch/pipelines/{pipeline_id}/versions")
+    def pipeline_versions(self, request: Request, pipeline_id: str) -> dict[str, Any]:
+        return {"items": self._client_for(request).pipeline_versions(pipeline_id)}
+
+    @api.get("/api/orch/pipelines/{pipeline_id}/runs")
+    def pipeline_runs(self, request: Request, pipeline_id: str,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict[str, Any]:
+        return {"items": self._client_for(request).pipeline_runs(pipeline_id, limit)}
+
+    @api.post("/api/orch/pipelines/{pipeline_id}/runs", status_code=202)
+    def run_pipeline(self, request: Request, response: Response, pipeline_id: str, body: RunBody) -> dict[str, Any]:
+        reply = self._client_for(request).run_pipeline(pipeline_id, body.params or None, version=body.version,
+                                                        runtime_params=body.runtime_params)
+        if reply.get("submission_id"):
+            response.headers["Location"] = _status_url(request, reply["submission_id"])
+        return reply
 
     @api.get("/api/orch/submissions")
     def submissions(self, request: Request, state: str | None = None,

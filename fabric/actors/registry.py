@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from fabric.actors import HEAD_RESOURCE, NAMESPACE, observe
+from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
@@ -84,6 +85,7 @@ class Registry:
         switch = self._store.events(KILL_SWITCH)
         on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
         self._kill_switch: str | None = switch[-1].reason if on else None
+        self._catalogue = Catalogue(self._store, self.submit, self._engine.cancel)
         self.resumed = self._resume_interrupted()
         self._sweeper = threading.Thread(target=self._sweep_forever, args=(config.sweep_interval_s,),
                                          name="fabric-sweep", daemon=True)
@@ -147,6 +149,25 @@ class Registry:
             code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
             self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
+
+    # -- the pipeline catalogue (fabric/actors/catalogue.py) ---------------------------------------------
+
+    def register_pipeline(self, spec: dict[str, Any], options: dict[str, Any] | None = None,
+                          team: str | None = None) -> dict[str, Any]:
+        return self._catalogue.register(spec, options, team)
+
+    def pipelines(self, team: str | None = None) -> list[dict[str, Any]]:
+        return self._catalogue.pipelines(team)
+
+    def pipeline_versions(self, pipeline_id: str, team: str | None = None) -> list[dict[str, Any]]:
+        return self._catalogue.versions(pipeline_id, team)
+
+    def pipeline_runs(self, pipeline_id: str, limit: int = 20, team: str | None = None) -> list[dict[str, Any]]:
+        return self._catalogue.runs(pipeline_id, limit, team)
+
+    def run_pipeline(self, pipeline_id: str, version: int | None = None, runtime_params: dict[str, Any] | None = None,
+                     team: str | None = None) -> dict[str, Any]:
+        return self._catalogue.run(pipeline_id, version, runtime_params, team)
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read, or turn on/off, the kill-switch: while on, nothing new is admitted; running work goes on."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fabric.cli import doctor, observe, read, run
+from fabric.cli import doctor, observe, pipelines, read, run
 from fabric.cli.common import fabric_version
 from fabric.cli.k8s import k8s_app
 
@@ -34,5 +34,8 @@ app.command()(run.up)
 app.command()(observe.graph)
 app.command()(observe.lineage)
 app.command()(doctor.doctor)
+app.command()(pipelines.register)
+app.command()(pipelines.pipelines)
+app.command()(pipelines.start)
 app.add_typer(read.audit, name="audit")
 app.add_typer(k8s_app, name="k8s")

@@ -16,13 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
+from fabric.record.catalogue import POSTGRES_TABLES, SqlCatalogue
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATION_LOCK = 0x46414252_4D494752  # "FABRMIGR": one opener migrates at a time (pg_advisory_xact_lock)
 
 # Each migration takes the schema from version n-1 to n; all statements of one open run in one transaction.
@@ -56,6 +57,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # Who holds the lease (fabric/record/lease.py): one row, rewritten by each new holder.
         """CREATE TABLE registry_lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL)""",
     ),
+    # v2: the pipeline catalogue's immutable versions (fabric/record/catalogue.py).
+    2: POSTGRES_TABLES,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
@@ -112,9 +115,11 @@ def _record(row: tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, dict(labels), state, json.loads(env))
 
 
-class PostgresStore(BatchedStore):
+class PostgresStore(SqlCatalogue, BatchedStore):
     """A thread-safe, durable Store in one PostgreSQL database (one connection owned by the store, reopened
     after it breaks)."""
+
+    _P = "%s"
 
     def __init__(self, url: str, *, flush_interval_s: float = 0.05, read_only: bool = False) -> None:
         self.url = url

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
+from fabric.record.catalogue import SQLITE_TABLES, SqlCatalogue
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the schema from version n-1 to n; statements run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -44,6 +45,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # v2: the runtime_env a submission was started with, so that a restarted registry can resume it.
     2: ("ALTER TABLE submissions ADD COLUMN runtime_env TEXT NOT NULL DEFAULT '{}'",),
+    # v3: the pipeline catalogue's immutable versions (fabric/record/catalogue.py).
+    3: SQLITE_TABLES,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
@@ -66,7 +69,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, json.loads(labels), state, json.loads(env))
 
 
-class SqliteStore(BatchedStore):
+class SqliteStore(SqlCatalogue, BatchedStore):
     """A thread-safe, durable Store in one SQLite file (WAL mode, one connection owned by the store)."""
 
     def __init__(self, path: str | Path, *, flush_interval_s: float = 0.05, read_only: bool = False,

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fabric.record.catalogue import MemoryCatalogue, PipelineVersion
 from fabric.record.page import Key, newest_first
 
 
@@ -59,12 +60,17 @@ class Store(Protocol):
     def non_terminal_submissions(self) -> list[SubmissionRecord]: ...
     def flush(self) -> None: ...
     def delete_submission_data(self, submission_id: str) -> dict[str, int]: ...
+    # The pipeline catalogue (fabric/record/catalogue.py): immutable numbered versions per team.
+    def add_pipeline_version(self, draft: PipelineVersion) -> tuple[PipelineVersion, bool]: ...
+    def pipeline_versions(self, team: str | None, pipeline_id: str) -> list[PipelineVersion]: ...
+    def latest_pipelines(self, team: str | None) -> list[PipelineVersion]: ...
 
 
-class MemoryStore:
+class MemoryStore(MemoryCatalogue):
     """A thread-safe Store kept in memory (lost with the process)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._submissions: dict[str, SubmissionRecord] = {}
         self._events: dict[str, list[Event]] = defaultdict(list)

@@ -365,3 +365,42 @@ def test_hundred_thousand_events_are_group_committed(backend: Backend) -> None:
     print(f"\n{backend.kind}: 100,000 events appended and committed in {elapsed:.2f} s")
     assert backend.count() == 100_000
     assert elapsed < 20
+
+
+# --- the pipeline catalogue (fabric/record/catalogue.py) ------------------------------------------------------
+
+def _draft(pipeline: str, spec_hash: str, team: str | None = None, at: float = 1.0, **options: Any) -> Any:
+    from fabric.record.catalogue import PipelineVersion
+
+    return PipelineVersion(pipeline, 0, {"pipeline_id": pipeline, "h": spec_hash}, spec_hash, at, team,
+                           {"max_active_runs": None, "overlap": "skip", **options})
+
+
+def test_catalogue_numbers_immutable_versions_per_team(store: Any) -> None:
+    one, created = store.add_pipeline_version(_draft("factors", "h1", at=1.0))
+    assert (one.version, created, one.spec) == (1, True, {"pipeline_id": "factors", "h": "h1"})
+    again, created = store.add_pipeline_version(_draft("factors", "h1", at=2.0))
+    assert (again, created) == (one, False)  # the same spec and options again: no new version
+    two, created = store.add_pipeline_version(_draft("factors", "h2", at=3.0))
+    assert (two.version, created) == (2, True)
+    three, _ = store.add_pipeline_version(_draft("factors", "h2", at=4.0, max_active_runs=1))
+    assert three.version == 3 and three.options["max_active_runs"] == 1  # other options: a new version
+    back, _ = store.add_pipeline_version(_draft("factors", "h1", at=5.0))
+    assert back.version == 4  # going back to an older spec is a new version too
+    theirs, _ = store.add_pipeline_version(_draft("factors", "x", team="ml"))
+    assert theirs.version == 1 and theirs.team == "ml"  # each team has its own catalogue
+    store.add_pipeline_version(_draft("alpha", "a"))
+    assert [v.version for v in store.pipeline_versions(None, "factors")] == [4, 3, 2, 1]
+    assert [(v.pipeline_id, v.version) for v in store.latest_pipelines(None)] == [("alpha", 1), ("factors", 4)]
+    assert [(v.pipeline_id, v.team) for v in store.latest_pipelines("ml")] == [("factors", "ml")]
+    assert store.pipeline_versions("ml", "alpha") == [] and store.pipeline_versions(None, "ghost") == []
+
+
+def test_catalogue_survives_reopen_and_versions_cannot_be_rewritten(backend: Backend) -> None:
+    with backend.open() as s:
+        s.add_pipeline_version(_draft("factors", "h1", team="ml"))  # type: ignore[attr-defined]
+    with backend.open() as s:
+        [v] = s.pipeline_versions("ml", "factors")  # type: ignore[attr-defined]
+        assert (v.version, v.spec_hash, v.team) == (1, "h1", "ml")
+    with pytest.raises(Exception, match="immutable"):
+        backend.sql("UPDATE pipelines SET spec_hash = 'forged'")

@@ -37,9 +37,9 @@ def test_wal_mode_and_synchronous_full(tmp_path: Path) -> None:
 def test_schema_version_recorded_and_newer_rejected(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     with SqliteStore(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.schema_version() == SCHEMA_VERSION == 3
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
@@ -58,7 +58,7 @@ def test_older_empty_database_is_migrated(tmp_path: Path) -> None:
         assert s.get_submission("s1") is not None
 
 
-def test_a_version_1_store_with_data_is_migrated_to_2(tmp_path: Path) -> None:
+def test_a_version_1_store_with_data_is_migrated_to_the_latest(tmp_path: Path) -> None:
     from fabric.record.sqlite import _MIGRATIONS
 
     path = tmp_path / "v1.db"
@@ -73,7 +73,8 @@ def test_a_version_1_store_with_data_is_migrated_to_2(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with SqliteStore(path) as s:
-        assert s.schema_version() == 2
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.pipeline_versions(None, "p") == []  # v3: the catalogue table exists
         old = s.get_submission("old")
         assert old is not None and old.runtime_env == {} and old.state == "RUNNING"
 

@@ -1,0 +1,105 @@
+"""The registry's pipeline catalogue: register versions, list them, and start runs by name with overlap rules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fabric.errors import ErrorCode, NotFoundError, SpecError
+from fabric.kinds import kind_checks
+from fabric.plan import kind_problems
+from fabric.plan.hashing import digest
+from fabric.record import Store
+from fabric.record.catalogue import PipelineVersion
+from fabric.schedule.overlap import decide
+from fabric.spec import load_spec, parse_runtime_params
+from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, parse_pipeline_options
+
+Submit = Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]]
+MAX_ACTIVE_SCAN = 10_000
+
+
+class Catalogue:
+    """Registered pipelines of every team (each team sees and runs only its own), over the registry's store."""
+
+    def __init__(self, store: Store, submit: Submit, cancel: Callable[[str], None]) -> None:
+        self._store = store
+        self._submit = submit
+        self._cancel = cancel
+        self._lock = threading.Lock()  # the count of active runs and the start are one step
+
+    def register(self, spec: dict[str, Any], options: dict[str, Any] | None, team: str | None) -> dict[str, Any]:
+        """Validate the spec as a submit would (kinds checked with the params' defaults) and record it as the
+        pipeline's next version; the same spec and options as the latest version return that version."""
+        dag = load_spec(spec)
+        opts = parse_pipeline_options(options)
+        problems = kind_problems(dag, kind_checks())
+        if problems:
+            raise SpecError.from_problems(problems)
+        normal = dag.to_dict()
+        draft = PipelineVersion(dag.pipeline_id, 0, normal, digest(normal), time.time(), team,
+                                opts.model_dump(mode="json"))
+        made, created = self._store.add_pipeline_version(draft)
+        return {**made.to_dict(), "created": created}
+
+    def pipelines(self, team: str | None) -> list[dict[str, Any]]:
+        return [v.to_dict() for v in self._store.latest_pipelines(team)]
+
+    def versions(self, pipeline_id: str, team: str | None) -> list[dict[str, Any]]:
+        return [v.to_dict(with_spec=True) for v in self._versions(pipeline_id, team)]
+
+    def runs(self, pipeline_id: str, limit: int, team: str | None) -> list[dict[str, Any]]:
+        """The pipeline's recent runs started by name, newest first."""
+        self._versions(pipeline_id, team)
+        rows = self._store.list_submissions(None, limit, labels={PIPELINE_LABEL: pipeline_id}, team=team)
+        return [{"submission_id": r.submission_id, "state": r.state, "created_at": r.created_at,
+                 "version": int(r.labels.get(VERSION_LABEL, "0")), "params": r.runtime_params.get("params", {})}
+                for r in rows if r.team == team]
+
+    def run(self, pipeline_id: str, version: int | None, runtime_params: dict[str, Any] | None,
+            team: str | None) -> dict[str, Any]:
+        """Start a run of a version (default: the latest) with runtime params (its `params` the pipeline's),
+        unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled."""
+        chosen = self._version(pipeline_id, version, team)
+        runtime = parse_runtime_params(runtime_params).model_dump(mode="json", exclude_none=True)
+        runtime["labels"] = {**runtime.get("labels", {}), PIPELINE_LABEL: pipeline_id,
+                             VERSION_LABEL: str(chosen.version)}
+        runtime.pop("team", None)  # a run is the catalogue's team's: its own pipelines, its own runs
+        if team is not None:
+            runtime["team"] = team
+        opts = parse_pipeline_options(chosen.options)
+        base = {"pipeline_id": pipeline_id, "version": chosen.version}
+        with self._lock:
+            sid = runtime.get("submission_id")
+            if sid and self._store.get_submission(sid) is not None:  # a retried start: the same answer
+                return {**base, **self._submit(chosen.spec, runtime), "skipped": False, "cancelled": []}
+            active = [(r.created_at, r.submission_id) for r in self._store.list_submissions(
+                "RUNNING", MAX_ACTIVE_SCAN, labels={PIPELINE_LABEL: pipeline_id}, team=team) if r.team == team]
+            decision = decide(active, opts.max_active_runs, opts.overlap)
+            if not decision.start:
+                return {**base, "submission_id": None, "created": False, "skipped": True,
+                        "reason": decision.reason, "cancelled": []}
+            reply = self._submit(chosen.spec, runtime)  # validates the params: 422 before anything is cancelled
+            for old in decision.cancel:
+                self._cancel(old)
+        return {**base, **reply, "skipped": False, "cancelled": list(decision.cancel),
+                **({"reason": decision.reason} if decision.cancel else {})}
+
+    def _versions(self, pipeline_id: str, team: str | None) -> list[PipelineVersion]:
+        versions = self._store.pipeline_versions(team, pipeline_id)
+        if not versions:
+            raise NotFoundError(f"no pipeline {pipeline_id!r}", code=ErrorCode.NOT_FOUND, where="pipeline_id",
+                                fix="register it with `fabric register dag.yaml`; `fabric pipelines` lists them")
+        return versions
+
+    def _version(self, pipeline_id: str, version: int | None, team: str | None) -> PipelineVersion:
+        versions = self._versions(pipeline_id, team)
+        if version is None:
+            return versions[0]
+        for v in versions:
+            if v.version == version:
+                return v
+        raise NotFoundError(f"pipeline {pipeline_id!r} has no version {version}", code=ErrorCode.NOT_FOUND,
+                            where="version", fix=f"versions are 1 to {versions[0].version}")

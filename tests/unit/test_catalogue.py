@@ -1,0 +1,175 @@
+"""The pipeline catalogue (fabric/actors/catalogue.py) on a real SQLite store: versions, runs by name with
+params, max_active_runs with skip and cancel_older; the registry's submit is stood in by compile + record."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fabric.actors.catalogue import Catalogue
+from fabric.errors import ErrorCode, FabricError, NotFoundError, SpecError
+from fabric.plan import compile_plan
+from fabric.record import SqliteStore, SubmissionRecord
+from fabric.schedule.overlap import decide
+from fabric.spec import load_spec, parse_runtime_params
+from fabric.spec.catalogue import Overlap
+from fabric.types import new_submission_id
+
+pytestmark = pytest.mark.timeout(60)
+
+SPEC: dict[str, Any] = {
+    "version": 1, "pipeline_id": "factors",
+    "params": {"as_of": {"type": "date", "default": "2024-01-31"}, "n": {"type": "int", "default": 5}},
+    "nodes": [{"id": "make", "kind": "python_task", "entrypoint": "m:make", "outs": ["raw"],
+               "params": {"n": "{{ params.n }}", "as_of": "{{ params.as_of }}"}},
+              {"id": "clean", "kind": "sql", "ins": ["raw"],
+               "params": {"query": "SELECT * FROM raw WHERE d <= '{{ params.as_of }}'"}}],
+}
+
+
+class Harness:
+    """A Catalogue over a real store; `submit` validates and plans as the registry does, then records."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = SqliteStore(path)
+        self.cancelled: list[str] = []
+        self.catalogue = Catalogue(self.store, self.submit, self.cancel)
+
+    def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None) -> dict[str, Any]:
+        runtime = parse_runtime_params(runtime_params)
+        plan = compile_plan(load_spec(spec), runtime)
+        sid = runtime.submission_id or new_submission_id()
+        if self.store.get_submission(sid) is not None:
+            return {"submission_id": sid, "created": False}
+        dump = runtime.model_copy(update={"params": dict(plan.params)}).model_dump(mode="json", exclude_none=True)
+        self.store.add_submission(SubmissionRecord(sid, plan.pipeline_id, spec, dump, plan.plan_hash, "h",
+                                                   float(len(self.store.list_submissions(limit=10_000))),
+                                                   runtime.team, dict(runtime.labels)))
+        return {"submission_id": sid, "created": True}
+
+    def cancel(self, submission_id: str) -> None:
+        self.cancelled.append(submission_id)
+        self.store.set_state(submission_id, "CANCELLED")
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Any:
+    h = Harness(tmp_path / "fabric.db")
+    yield h
+    h.store.close()
+
+
+def test_register_versions_and_list(harness: Harness) -> None:
+    one = harness.catalogue.register(copy.deepcopy(SPEC), None, "quant")
+    assert (one["pipeline_id"], one["version"], one["created"], one["overlap"]) == ("factors", 1, True, "skip")
+    assert harness.catalogue.register(copy.deepcopy(SPEC), None, "quant")["created"] is False
+    changed = copy.deepcopy(SPEC)
+    changed["params"]["n"]["default"] = 6
+    two = harness.catalogue.register(changed, {"max_active_runs": 2, "overlap": "cancel_older"}, "quant")
+    assert (two["version"], two["max_active_runs"], two["overlap"]) == (2, 2, "cancel_older")
+    assert [p["version"] for p in harness.catalogue.pipelines("quant")] == [2]
+    versions = harness.catalogue.versions("factors", "quant")
+    assert [v["version"] for v in versions] == [2, 1]
+    assert versions[0]["spec"]["edges"] == [{"from": "make", "to": "clean"}]  # registered normalized
+    assert harness.catalogue.pipelines("other") == []
+    with pytest.raises(NotFoundError):
+        harness.catalogue.versions("factors", "other")  # another team's pipeline does not exist for it
+
+
+@pytest.mark.parametrize(("spec_patch", "options", "where"), [
+    ({"params": {"n": {"type": "int", "default": "five"}}}, None, "params.n"),
+    ({}, {"overlap": "sometimes"}, "overlap"),
+    ({}, {"max_active_runs": 0}, "max_active_runs"),
+    ({}, {"max_runs": 1}, "max_runs"),
+])
+def test_bad_registrations_name_the_field(harness: Harness, spec_patch: dict[str, Any], options: Any,
+                                          where: str) -> None:
+    with pytest.raises(SpecError) as info:
+        harness.catalogue.register({**copy.deepcopy(SPEC), **spec_patch}, options, None)
+    assert any(p.where.startswith(where) for p in info.value.problems), info.value.problems
+    assert harness.catalogue.pipelines(None) == []  # nothing half-written
+
+
+def test_runs_by_name_with_params_and_versions(harness: Harness) -> None:
+    harness.catalogue.register(copy.deepcopy(SPEC), None, "quant")
+    reply = harness.catalogue.run("factors", None, {"params": {"as_of": "2024-02-29"}}, "quant")
+    assert reply["created"] and not reply["skipped"] and reply["version"] == 1
+    record = harness.store.get_submission(reply["submission_id"])
+    assert record is not None and record.team == "quant"
+    assert record.labels == {"fabric.pipeline": "factors", "fabric.pipeline_version": "1"}
+    runs = harness.catalogue.runs("factors", 10, "quant")
+    assert [(r["submission_id"], r["version"], r["params"]) for r in runs] == [
+        (reply["submission_id"], 1, {"as_of": "2024-02-29", "n": 5})]
+    # The same idempotency key again: the same run, even at the limit.
+    again = harness.catalogue.run("factors", None, {"submission_id": reply["submission_id"],
+                                                    "params": {"as_of": "2024-02-29"}}, "quant")
+    assert (again["submission_id"], again["created"]) == (reply["submission_id"], False)
+    with pytest.raises(SpecError) as info:
+        harness.catalogue.run("factors", None, {"params": {"as_of": "2024-02-30", "ghost": 1}}, "quant")
+    assert {(p.code, p.where) for p in info.value.problems} == {
+        (ErrorCode.PARAM_TYPE, "runtime_params.params.as_of"), (ErrorCode.PARAM_UNKNOWN, "runtime_params.params.ghost")}
+    with pytest.raises(NotFoundError) as missing:
+        harness.catalogue.run("factors", 7, None, "quant")
+    assert missing.value.where == "version"
+    with pytest.raises(NotFoundError):
+        harness.catalogue.run("factors", None, None, "other")
+    # A run cannot be put in another team through runtime_params.
+    other = harness.catalogue.run("factors", 1, {"team": "other"}, "quant")
+    assert harness.store.get_submission(other["submission_id"]).team == "quant"  # type: ignore[union-attr]
+
+
+def test_max_active_runs_skip(harness: Harness) -> None:
+    harness.catalogue.register(copy.deepcopy(SPEC), {"max_active_runs": 1}, None)
+    first = harness.catalogue.run("factors", None, None, None)
+    skipped = harness.catalogue.run("factors", None, None, None)
+    assert skipped["skipped"] and skipped["submission_id"] is None and first["submission_id"] in skipped["reason"]
+    harness.store.set_state(first["submission_id"], "SUCCEEDED")
+    assert harness.catalogue.run("factors", None, None, None)["created"]  # a slot freed
+
+
+def test_max_active_runs_cancel_older_and_a_bad_start_cancels_nothing(harness: Harness) -> None:
+    harness.catalogue.register(copy.deepcopy(SPEC), {"max_active_runs": 2, "overlap": "cancel_older"}, None)
+    a = harness.catalogue.run("factors", None, None, None)["submission_id"]
+    b = harness.catalogue.run("factors", None, None, None)["submission_id"]
+    with pytest.raises(FabricError):
+        harness.catalogue.run("factors", None, {"params": {"n": "x"}}, None)
+    assert harness.cancelled == []
+    c = harness.catalogue.run("factors", None, None, None)
+    assert c["cancelled"] == [a] and harness.cancelled == [a] and c["created"]
+    states = {r.submission_id: r.state for r in harness.store.list_submissions()}
+    assert states == {a: "CANCELLED", b: "RUNNING", c["submission_id"]: "RUNNING"}
+
+
+def test_racing_starts_take_the_last_slot_once(harness: Harness) -> None:
+    harness.catalogue.register(copy.deepcopy(SPEC), {"max_active_runs": 1}, None)
+    replies: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda: replies.append(harness.catalogue.run("factors", None, None, None)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(r["created"] for r in replies) == 1 and sum(r["skipped"] for r in replies) == 5
+
+
+def test_overlap_decision() -> None:
+    active = [(3.0, "c"), (1.0, "a"), (2.0, "b")]
+    assert decide(active, None, Overlap.SKIP).start
+    assert decide(active, 4, Overlap.SKIP).start
+    assert not decide(active, 3, Overlap.SKIP).start
+    assert decide(active, 3, Overlap.CANCEL_OLDER).cancel == ("a",)
+    assert decide(active, 1, Overlap.CANCEL_OLDER).cancel == ("a", "b", "c")
+
+
+def test_cli_param_values_are_json_when_they_parse_else_text() -> None:
+    from fabric.cli.pipelines import parse_param
+
+    assert [parse_param(p) for p in ("n=5", "dry=true", 'u=["A","B"]', "as_of=2024-01-31", "s=a=b")] == [
+        ("n", 5), ("dry", True), ("u", ["A", "B"]), ("as_of", "2024-01-31"), ("s", "a=b")]
+    with pytest.raises(FabricError) as info:
+        parse_param("novalue")
+    assert info.value.where == "--param"
