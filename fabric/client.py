@@ -30,6 +30,7 @@ from fabric.protocol import (
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
+from fabric.schedule.grants import TeamGrants
 from fabric.settings import settings
 from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id
@@ -171,14 +172,17 @@ class RayClient:
     A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
     (Code with direct Ray access can reach everything: Ray itself is the trust boundary.)"""
 
-    def __init__(self, registry: Any, team: str | None = None, retry_for: float = REGISTRY_RESTART_WAIT_S) -> None:
+    def __init__(self, registry: Any, team: str | None = None, retry_for: float = REGISTRY_RESTART_WAIT_S,
+                 grants: TeamGrants | None = None) -> None:
         self._registry = registry
         self._retry_for = retry_for  # how long a call waits for a restarting registry before it raises
         self.team = team
+        self._grants = grants  # checked by the registry on every submit (fabric/schedule/grants.py)
 
-    def for_team(self, team: str) -> RayClient:
-        """The same connection, scoped to one team (the gateway makes one per authenticated request)."""
-        return RayClient(self._registry, team, self._retry_for)
+    def for_team(self, team: str, grants: TeamGrants | None = None) -> RayClient:
+        """The same connection, scoped to one team (the gateway makes one per authenticated request, with the
+        team's grants from its tokens file)."""
+        return RayClient(self._registry, team, self._retry_for, grants)
 
     def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
@@ -211,7 +215,7 @@ class RayClient:
             params["team"] = self.team
         # Always send an idempotency key, so a submit retried across a registry restart starts one run.
         params.setdefault("submission_id", new_submission_id())
-        return raw, params, _job_runtime_env(), code
+        return raw, params, _job_runtime_env(), code, self._grants
 
     def get(self, submission_id: str, *, check: bool = True) -> Submission:
         """A handle on a submission; `check=False` skips asking the registry whether it exists (and

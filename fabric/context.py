@@ -6,7 +6,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,9 @@ class NodeContext:
     _handlers_lock: threading.Lock = field(default_factory=threading.Lock)
     _finished: threading.Event = field(default_factory=threading.Event)
     secrets_scope: tuple[str, ...] = ()  # the scopes this submission may read (runtime_params.secrets_scope)
-    secrets_root: Path | None = None
+    secrets_root: Path | None = None  # this node's own mount of scopes the head does not hold
+    # What the head sent for this attempt (fabric/secrets.py): in memory only, never shown by repr.
+    secret_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def artifact_dir(self) -> Path:
@@ -54,14 +56,11 @@ class NodeContext:
         return self.artifact_root
 
     def secret(self, key: str, scope: str) -> str:
-        """A secret's value, read now from the files mounted on this Ray node (see fabric/secrets.py).
-        Only scopes the submission listed in `runtime_params.secrets_scope` can be read."""
+        """A secret's value: as the head delivered it for this attempt, else from this node's own mount (see
+        fabric/secrets.py). Only scopes the submission listed in `runtime_params.secrets_scope` can be read."""
         from fabric.secrets import read_secret
 
-        if self.secrets_root is None:
-            raise FabricError("no secrets are mounted for this context", code=ErrorCode.NOT_FOUND, where=key,
-                              fix="run the node through fabric with runtime_params.secrets_scope set")
-        return read_secret(self.secrets_root, scope, key, self.secrets_scope)
+        return read_secret(self.secrets_root, scope, key, self.secrets_scope, self.secret_values)
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress in [0, 1] with an optional message."""

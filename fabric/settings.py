@@ -168,8 +168,9 @@ class Settings:
     sweep_interval_s: float = _var("FABRIC_SWEEP_INTERVAL_S", "seconds between retention sweeps (removing "
                                    "submissions past their ttl_days)", "float > 0", _positive_float, 3600.0,
                                    shown="3600")
-    secrets_dir: str = _var("FABRIC_SECRETS_DIR", "where a node finds secrets: <dir>/<scope>/<key>, read on "
-                            "the node that runs the task", "path", _text, _under_home("secrets"),
+    secrets_dir: str = _var("FABRIC_SECRETS_DIR", "secrets as <dir>/<scope>/<key>: read by the registry on the "
+                            "head and sent to each attempt through Ray; a worker reads its own only for a scope "
+                            "the head lacks", "path", _text, _under_home("secrets"),
                             shown=f"{_HOME}/secrets")
     mlflow_uri: str = _var("FABRIC_MLFLOW_URI", "the MLflow tracking URI ML nodes log to, read on the node: "
                            "on a cluster the head's `mlflow server` (http://HEAD:5000, set by `fabric up`, "

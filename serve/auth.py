@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.schedule.grants import TeamGrants, grants_for, parse_grants
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,21 @@ def hash_token(token: str) -> str:
 class TokenTable:
     """`tokens: [{team: research, sha256: <hex>, admin: false}, ...]`; only hashes are ever stored."""
 
-    def __init__(self, entries: list[dict]) -> None:
+    def __init__(self, entries: list[dict], grants: dict[str, TeamGrants] | None = None) -> None:
         self._by_hash = {e["sha256"]: Principal(str(e["team"]), bool(e.get("admin", False))) for e in entries}
+        self._grants = grants or {}
 
     @classmethod
     def load(cls, path: str | Path) -> TokenTable:
         file = Path(path)
         data = yaml.safe_load(file.read_text()) if file.exists() else None
-        return cls(list((data or {}).get("tokens", [])))
+        # `grants:` (fabric/schedule/grants.py): per team, its secrets scopes, max priority and shared cache.
+        return cls(list((data or {}).get("tokens", [])), parse_grants((data or {}).get("grants")))
+
+    def grants(self, team: str) -> TeamGrants:
+        """What `team` may claim on a submission: its entry under `grants:`, else the `"*"` entry, else the
+        least (no secrets scope, priority up to normal, no shared cache)."""
+        return grants_for(self._grants, team)
 
     def authenticate(self, authorization: str | None) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")

@@ -203,15 +203,21 @@ class Gateway(MlRoutes):
             raise TypeError(f"the gateway needs the Ray client, got {type(client).__name__}")
         self._client = client
 
-    def _who(self, request: Request) -> Principal:
+    def _table(self) -> TokenTable:
         # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart.
         mtime = Path(self._tokens_file).stat().st_mtime if Path(self._tokens_file).exists() else 0.0
         if self._tokens is None or self._tokens[0] != mtime:
             self._tokens = (mtime, TokenTable.load(self._tokens_file))
-        return self._tokens[1].authenticate(request.headers.get("authorization"))
+        return self._tokens[1]
+
+    def _who(self, request: Request) -> Principal:
+        return self._table().authenticate(request.headers.get("authorization"))
 
     def _client_for(self, request: Request) -> RayClient:
-        return self._client.for_team(self._who(request).team)
+        """For submitting: scoped to the token's team, with the team's grants, which the registry checks."""
+        table = self._table()
+        team = table.authenticate(request.headers.get("authorization")).team
+        return self._client.for_team(team, table.grants(team))
 
     def _viewer_for(self, request: Request) -> RayClient:
         """For reading and cancelling: an admin token sees every team's work (and work run without the

@@ -31,14 +31,15 @@ from fabric.logs import configure_logging
 from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
+from fabric.record.ids import claim_id, team_record
 from fabric.record.lease import FileLease, Lease, PostgresLease
 from fabric.record.postgres import PostgresStore, is_postgres_url
 from fabric.record.replay import status_from_events
+from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.queue import load_config
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.states import KILL_SWITCH, EventKind
-from fabric.types import new_submission_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class Registry:
                               control=(REGISTRY_NAME, NAMESPACE), use_images=config.use_images,
                               persist_outputs=config.persist_outputs != "none", admission=admission,
                               cache_index=open_cache_index(home, config.store),
-                              keep_finished=config.keep_finished, keep_results=config.keep_results)
+                              keep_finished=config.keep_finished, keep_results=config.keep_results,
+                              secrets_dir=config.secrets_dir)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and not config.skip_feasibility
         self._submit_lock = threading.Lock()
@@ -102,10 +104,14 @@ class Registry:
 
     def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None = None,
                job_runtime_env: dict[str, Any] | None = None,
-               code: dict[str, bytes] | None = None) -> dict[str, Any]:
-        """Validate, plan and start a submission; the same submission_id again returns the same one."""
+               code: dict[str, bytes] | None = None, grants: TeamGrants | None = None) -> dict[str, Any]:
+        """Validate, plan and start a submission; the same submission_id again returns the same one.
+        `grants`: the team's (the gateway passes them): a claim beyond them is FORBIDDEN, and nothing is stored.
+        A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams."""
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
+        if grants is not None:
+            check_submission(grants, runtime.team or "", dag, runtime)
         plan = compile_plan(dag, runtime, kind_checks())
         if plan.params:  # recorded resolved, defaults included: status, lineage and a resume read them back
             runtime = runtime.model_copy(update={"params": dict(plan.params)})
@@ -116,22 +122,20 @@ class Registry:
             if self._kill_switch is not None:
                 raise FabricError(f"admission is closed: {self._kill_switch}", code=ErrorCode.ADMISSION_CLOSED,
                                   where="kill-switch", fix="retry later; an admin turns the kill-switch off")
-            if runtime.submission_id:
-                existing = self._store.get_submission(runtime.submission_id)
-                if existing is not None:
-                    if existing.request_hash != request_hash:
-                        raise ConflictError(
-                            f"submission_id {runtime.submission_id!r} was already used for a different "
-                            "DAG or runtime params",
-                            code=ErrorCode.IDEMPOTENCY_CONFLICT, where="runtime_params.submission_id",
-                            fix="use a new submission_id, or resubmit the identical request to get the same one")
-                    return {"submission_id": existing.submission_id, "created": False}
+            now = time.time()
+            submission_id, existing = claim_id(self._store, runtime.submission_id, runtime.team, now)
+            if existing is not None:
+                if existing.request_hash != request_hash:
+                    raise ConflictError(
+                        f"submission_id {runtime.submission_id!r} was already used for a different "
+                        "DAG or runtime params",
+                        code=ErrorCode.IDEMPOTENCY_CONFLICT, where="runtime_params.submission_id",
+                        fix="use a new submission_id, or resubmit the identical request to get the same one")
+                return {"submission_id": existing.submission_id, "created": False}
             if self._check_feasibility:
                 problems = RayBackend.feasibility_problems(plan)
                 if problems:
                     raise SpecError.from_problems(problems, "the submission")
-            now = time.time()
-            submission_id = runtime.submission_id or new_submission_id(now)
             record = SubmissionRecord(
                 submission_id=submission_id, pipeline_id=plan.pipeline_id, spec=dict(spec),
                 runtime_params=runtime_dump, plan_hash=plan.plan_hash, request_hash=request_hash,
@@ -284,15 +288,15 @@ class Registry:
     def _recorded(self, submission_id: str, team: str | None = None) -> SubmissionRecord:
         """The submission's record; NOT_FOUND when it does not exist or belongs to another team (a team
         cannot even learn that another team's submission exists)."""
-        record = self._store.get_submission(submission_id)
-        if record is None or (team is not None and record.team != team):
+        record = team_record(self._store, submission_id, team)
+        if record is None:
             raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
                                 where="submission_id", fix="list submissions with `fabric ls`")
         return record
 
     def status(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
         if team is not None:
-            self._recorded(submission_id, team)
+            submission_id = self._recorded(submission_id, team).submission_id
         if self._engine.has(submission_id):
             return self._engine.status(submission_id).to_dict()
         # Not run by this registry (it restarted since): the record and its events tell the story.
@@ -301,14 +305,14 @@ class Registry:
 
     def wait(self, submission_id: str, timeout: float | None, team: str | None = None) -> bool:
         if team is not None:
-            self._recorded(submission_id, team)
+            submission_id = self._recorded(submission_id, team).submission_id
         if self._engine.has(submission_id):
             return self._engine.wait(submission_id, timeout)
         return self._recorded(submission_id).state != "RUNNING"
 
     def cancel(self, submission_id: str, team: str | None = None) -> None:
         if team is not None:
-            self._recorded(submission_id, team)
+            submission_id = self._recorded(submission_id, team).submission_id
         if self._engine.has(submission_id):
             self._engine.cancel(submission_id)
         else:
@@ -327,7 +331,7 @@ class Registry:
     def result_ref(self, submission_id: str, node_id: str, out: str | None,
                    team: str | None = None) -> list[ray.ObjectRef]:
         if team is not None:
-            self._recorded(submission_id, team)
+            submission_id = self._recorded(submission_id, team).submission_id
         if not self._engine.has(submission_id):
             self._recorded(submission_id)
             raise NotFoundError(
@@ -339,7 +343,7 @@ class Registry:
 
     def logs(self, submission_id: str, node_id: str, team: str | None = None) -> list[tuple[int, str, str | None]]:
         if team is not None:
-            self._recorded(submission_id, team)
+            submission_id = self._recorded(submission_id, team).submission_id
         if self._engine.has(submission_id):
             return self._engine.logs(submission_id, node_id)
         record = self._recorded(submission_id)
@@ -351,25 +355,25 @@ class Registry:
     def artifact(self, submission_id: str, node_id: str | None, name: str, team: str | None = None) -> bytes:
         """One artifact's bytes: the run's metrics.json (node None) or a file a node wrote (execute/artifacts.py)."""
         check_names(submission_id, node_id, name)  # a bad name is a 422 before any lookup
-        self._recorded(submission_id, team)
+        submission_id = self._recorded(submission_id, team).submission_id
         return read_artifact(self._artifacts, submission_id, node_id, name)
 
     def artifacts(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
         check_names(submission_id, None, None)
-        self._recorded(submission_id, team)
+        submission_id = self._recorded(submission_id, team).submission_id
         return list_artifacts(self._artifacts, submission_id)
 
     def graph(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
         """The DAG's shape, each attempt's queue wait and run time, and the critical path (for the UI)."""
         record = self._recorded(submission_id, team)
         self._store.flush()
-        return observe.graph_view(record, self._store.events(submission_id))
+        return observe.graph_view(record, self._store.events(record.submission_id))
 
     def lineage(self, submission_id: str, team: str | None = None) -> list[dict[str, Any]]:
         """The OpenLineage RunEvents of the submission and of each node attempt, from its recorded events."""
         record = self._recorded(submission_id, team)
         self._store.flush()
-        return observe.lineage_view(record, self._store.events(submission_id), self._config)
+        return observe.lineage_view(record, self._store.events(record.submission_id), self._config)
 
     def list(self, state: str | None = None, limit: int = 50, labels: dict[str, str] | None = None,
              before: tuple[float, str] | None = None, team: str | None = None,

@@ -90,7 +90,12 @@ class RayBackend:
         elif on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
             remote = self._remote.options(**options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False))
         # A NodeCall travels pre-pickled: Ray's generic path costs ~60 us for a dataclass, bytes ~3 us.
-        report_ref, *value_refs = remote.remote(pickle.dumps(call, protocol=5), *inputs)
+        # Secret values go beside the call, as their own small inline argument, and only to this attempt.
+        sealed = b""
+        if call.secret_values:
+            sealed = pickle.dumps({k: dict(v) for k, v in call.secret_values.items()}, protocol=5)
+            call = replace(call, secret_values={})
+        report_ref, *value_refs = remote.remote(pickle.dumps(call, protocol=5), sealed, *inputs)
         # `_on_completed` hands us the deserialized report (or the error) in one step; the public
         # `future()` + `ray.get` pair costs twice as much per node.
         report_ref._on_completed(lambda result: on_done(outcome(result)))

@@ -6,6 +6,8 @@ The key is the node's spec (kind, params, entrypoint, env, image, outs), the ver
 source of the entrypoint's module and of the kind's implementation, read where the nodes run) and the
 digests of the *values* of its inputs, which the producers report when they finish
 (`NodeCall.digest`). Two runs over different data never share an entry, even under the same names.
+Keys are per team (`cache_namespace`): team A's node never reuses, waits for or overwrites team B's entry,
+and so never gets B's files copied into its submission, unless both nodes say `cache: shared` (a grant).
 
 The engine calls `tick` once per loop, before it records and admits, with its `CacheHost` (execute/ports.py):
 the cache sees and does only what that seam offers. Nothing here blocks on Ray.
@@ -42,6 +44,25 @@ def open_cache_index(home: str, store: str = "sqlite") -> CacheIndex:
     if store.startswith(("postgresql://", "postgres://")):
         return PostgresCacheIndex(store)
     return SqliteCacheIndex(Path(home) / "cache.db")
+
+
+SHARED_NAMESPACE = "shared"
+
+
+def cache_namespace(team: str | None, shared: bool) -> str:
+    """Whose entries a node may reuse, and feed: its team's own (coalescing too), or, for a `cache: shared` node
+    (a grant the gateway checks, fabric/schedule/grants.py), the entries shared between teams. Work submitted
+    without a team (`fabric run`, the SDK on Ray) keeps the namespace of keys from before teams had one."""
+    if shared:
+        return SHARED_NAMESPACE
+    return "" if team is None else f"team:{team}"
+
+
+def namespaced_key(namespace: str, content: str) -> str:
+    """The index key: one team's key can never equal another's, so no entry is reused or overwritten across."""
+    if not namespace:
+        return content
+    return hashlib.sha256(f"{namespace}\0{content}".encode()).hexdigest()
 
 
 def code_versions(entrypoints: Sequence[str], kinds: Sequence[str], inline: Sequence[str], *blobs: bytes
@@ -163,8 +184,10 @@ class NodeCache:
             code.append(versions.get(f"entry:{plan.entrypoint}", "?"))
         if "?" in code:
             return None
-        return node_content_hash(kind=plan.kind, params=plan.params, entrypoint=f"{plan.entrypoint}@{'/'.join(code)}",
-                                 env=plan.env, image=plan.image, outs=plan.outs, inputs=inputs)
+        content = node_content_hash(kind=plan.kind, params=plan.params,
+                                    entrypoint=f"{plan.entrypoint}@{'/'.join(code)}",
+                                    env=plan.env, image=plan.image, outs=plan.outs, inputs=inputs)
+        return namespaced_key(cache_namespace(run.team, plan.cache_shared), content)
 
     def _output_digests(self, run: RunView, node_id: str) -> dict[str, str]:
         node = run.machine.nodes[node_id]

@@ -37,6 +37,7 @@ from fabric.record.metrics import FabricMetrics
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
 from fabric.schedule.queue import AdmissionQueue
+from fabric.secrets import head_secrets
 from fabric.states import KillCause
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ class Engine:
                  control: tuple[str, str] | None = None, clock: Callable[[], float] = time.time,
                  use_images: bool = False, persist_outputs: bool = True, admission: AdmissionQueue | None = None,
                  cache_index: CacheIndex | None = None, keep_finished: int = 1000, keep_results: int = 100,
-                 metrics: FabricMetrics | None = None) -> None:
+                 metrics: FabricMetrics | None = None, secrets_dir: str | None = None) -> None:
         """The registry passes in its settings (fabric/settings.py), the Ray backend, and the admission queue
-        (`execute.scheduler.engine_scheduler`; None: admission is off, ready nodes go to Ray at once)."""
+        (`execute.scheduler.engine_scheduler`; None: admission is off, ready nodes go to Ray at once).
+        `secrets_dir`: the head's secrets, read at each dispatch of a submission that lists scopes."""
         self._store = store
         # With admission, ready nodes wait in its queue (priorities, pools, quotas, packing).
         self._scheduler = admission
@@ -61,6 +63,7 @@ class Engine:
         self._persist_outputs = persist_outputs
         self._use_images = use_images
         self._home = home
+        self._secrets_dir = secrets_dir
         self._control = control
         self._clock = clock
         self._backend = backend
@@ -344,6 +347,9 @@ class Engine:
                 input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
                 declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
                 secrets=run.plan.secrets_scope,
+                # Read now, on the head, for this attempt only (fabric/secrets.py): a rotated value is picked up.
+                secret_values=head_secrets(self._secrets_dir, run.plan.secrets_scope) if run.plan.secrets_scope
+                else {},
                 inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token

@@ -31,6 +31,10 @@ class LiveRun:
     def submission_id(self) -> str:
         return self.record.submission_id
 
+    @property
+    def team(self) -> str | None:
+        return self.record.team
+
 
 class EngineCacheHost:
     """`ports.CacheHost` over the engine's live runs: what the cache may see and do, and nothing more."""

@@ -97,6 +97,9 @@ class RunView(Protocol):
     def machine(self) -> RunMachine: ...
 
     @property
+    def team(self) -> str | None: ...  # the cache is per team (fabric/execute/cache.py)
+
+    @property
     def runtime_env(self) -> dict[str, Any] | None: ...
 
     @property

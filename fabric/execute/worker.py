@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,13 @@ def node_dir(home: str, submission_id: str, node_id: str) -> Path:
     return Path(home) / "runs" / submission_id / node_id
 
 
-def run_pickled_node(call: bytes, *inputs: Any) -> tuple[Any, ...]:
-    """The Ray task body; the NodeCall arrives pickled (see RayBackend.submit)."""
-    return run_node(pickle.loads(call), *inputs)
+def run_pickled_node(call: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...]:
+    """The Ray task body; the NodeCall arrives pickled (see RayBackend.submit), and the secret values the head
+    read for this attempt beside it (`sealed`, empty when none): they live in this process's memory only."""
+    node_call = pickle.loads(call)
+    if sealed:
+        node_call = replace(node_call, secret_values=pickle.loads(sealed))
+    return run_node(node_call, *inputs)
 
 
 def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
@@ -83,6 +88,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
                       secrets_scope=call.secrets, secrets_root=secrets_root(call.home),
+                      secret_values=call.secret_values,
                       device=call.device or ("gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fabric.plan.model import ResourceUnit
@@ -31,5 +31,8 @@ class NodeCall:
     unit: ResourceUnit | None = None  # the node's resources in Ray units (distributed kinds size workers by it)
     team: str | None = None  # the submission's team, for tags (MLflow) and accounting
     digest: bool = False  # report a digest of each output value (a cache key reads them)
-    secrets: tuple[str, ...] = ()  # scope names only: values are read on the node (fabric/secrets.py)
+    secrets: tuple[str, ...] = ()  # the scopes the submission listed (runtime_params.secrets_scope)
+    # The values the head read for this attempt (fabric/secrets.py). The backend sends them beside the pickled
+    # call, never inside it, and nothing records a NodeCall; never shown by repr.
+    secret_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got

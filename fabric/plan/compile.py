@@ -165,7 +165,8 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             priority=Priority(runtime.priority or slo.priority or Priority.NORMAL),
             qos=str(slo.qos) if slo.qos else None,
             pool=pool,
-            cache=node.cache,
+            cache=bool(node.cache),
+            cache_shared=node.cache == "shared",
             content_hash=content,
         )
     # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).

@@ -82,6 +82,7 @@ class NodePlan:
     cache: bool
     content_hash: str
     digest_outputs: bool = False  # a cache key reads its outputs (it is cached, or a consumer is)
+    cache_shared: bool = False  # `cache: shared`: its entries are shared between teams (a grant), not its team's
 
     @property
     def result_slots(self) -> tuple[str, ...]:

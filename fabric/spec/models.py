@@ -257,7 +257,9 @@ class NodeSpec(_Model):
     image: str | None = Field(None, min_length=1)
     slo: Slo | None = None
     pool: str | None = Field(None, min_length=1, max_length=128)
-    cache: bool = False
+    cache: bool | Literal["shared"] = Field(
+        False, description="true: reuse this team's identical finished node; 'shared': the cache shared between "
+                           "teams (a grant, see docs/gateway.md#grants)")
     description: str | None = None
 
     @field_validator("kind")

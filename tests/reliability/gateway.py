@@ -42,6 +42,9 @@ def serve_gateway(state_dir: Path, replicas: int = 2) -> Iterator[Gateway]:
     tokens_file = state_dir / "tokens.yaml"
     tokens = {"research": mint_token(tokens_file, "research"), "trading": mint_token(tokens_file, "trading"),
               "admin": mint_token(tokens_file, "ops", admin=True)}
+    # Research may read the canary scope (tests/ray/test_reliability_gateway.py); fabric/schedule/grants.py.
+    with tokens_file.open("a") as grants:
+        grants.write("grants:\n  research: {secrets_scopes: [canary]}\n")
     url = start_gateway(tokens_file, _free_port(), replicas=replicas)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield Gateway(url, http, tokens)
