@@ -21,4 +21,4 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
 fi
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
 .venv/bin/python -m pytest -q -x tests/unit   # no Ray here (tests/unit/conftest.py); import-linter runs inside
-exec .venv/bin/python -m pytest -q tests/ray
+exec .venv/bin/python -m pytest -q tests/ray tests/security   # tests/security: the attack suite, on Ray too
