@@ -49,6 +49,11 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"  # a bug in fabric: answered as problem+json 500, never retried by clients
 
 
+# An error lists at most this many problems: a 10,000-node spec with an error per node must not answer
+# with megabytes of text, nor spend seconds describing problems nobody reads.
+MAX_PROBLEMS = 100
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an input: a code, where it is, what is wrong, how to fix it."""
@@ -85,9 +90,7 @@ class FabricError(Exception):
             head += f" (at {self.where})"
         if self.fix:
             head += f"\n  fix: {self.fix}"
-        for problem in self.problems:
-            head += f"\n  - [{problem.code}] {problem}"
-        return head
+        return "".join([head, *(f"\n  - [{problem.code}] {problem}" for problem in self.problems)])
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Errors cross process boundaries inside Ray; keep them picklable with all fields.
@@ -109,15 +112,19 @@ def _rebuild(cls: type[FabricError], message: str, code: ErrorCode, where: str, 
 
 
 class SpecError(FabricError):
-    """A DAG spec or runtime params that cannot be accepted; `problems` has every reason at once."""
+    """A DAG spec or runtime params that cannot be accepted; `problems` has every reason at once, up to
+    MAX_PROBLEMS of them (the message gives the full count)."""
 
     @classmethod
-    def from_problems(cls, problems: list[Problem] | tuple[Problem, ...], what: str = "DAG spec") -> SpecError:
-        count = len(problems)
+    def from_problems(cls, problems: list[Problem] | tuple[Problem, ...], what: str = "DAG spec",
+                      count: int | None = None) -> SpecError:
+        """`count`: how many problems there are in all, when the caller stopped describing them early."""
+        count = max(len(problems), count or 0)
         noun = "problem" if count == 1 else "problems"
         verb = "are" if what.endswith("params") else "is"
-        return cls(f"{what} {verb} invalid: {count} {noun}", code=ErrorCode.SPEC_INVALID,
-                   problems=tuple(problems))
+        listed = f" (the first {MAX_PROBLEMS} are listed)" if count > MAX_PROBLEMS else ""
+        return cls(f"{what} {verb} invalid: {count} {noun}{listed}", code=ErrorCode.SPEC_INVALID,
+                   problems=tuple(problems[:MAX_PROBLEMS]))
 
 
 class NotFoundError(FabricError):

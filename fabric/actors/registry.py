@@ -38,7 +38,7 @@ from fabric.record.replay import status_from_events
 from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.queue import load_config
 from fabric.settings import Settings
-from fabric.spec import load_spec, parse_runtime_params
+from fabric.spec import load_spec, parse_runtime_params, read_document
 from fabric.states import KILL_SWITCH, EventKind
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,11 @@ class Registry:
                code: dict[str, bytes] | None = None, grants: TeamGrants | None = None) -> dict[str, Any]:
         """Validate, plan and start a submission; the same submission_id again returns the same one.
         `grants`: the team's (the gateway passes them): a claim beyond them is FORBIDDEN, and nothing is stored.
-        A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams."""
+        A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams.
+        `spec` is the document itself (a mapping): a string is parsed as YAML/JSON text, never opened as a
+        path on the registry's host. Validation runs here, in the caller's actor thread, not on the engine's
+        loop, and in time linear in the nodes (fabric/spec/validate.py)."""
+        spec = read_document(spec)
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
         if grants is not None:

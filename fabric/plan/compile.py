@@ -124,14 +124,14 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     by_id = {node.id: node for node in resolved_nodes(spec, params)}
     upstream: dict[str, list[str]] = {n: [] for n in order}
     downstream: dict[str, list[str]] = {n: [] for n in order}
-    for edge in spec.edges:
-        if edge.from_ not in upstream[edge.to]:  # a repeated edge adds nothing
-            upstream[edge.to].append(edge.from_)
-            downstream[edge.from_].append(edge.to)
+    for edge in dict.fromkeys((e.from_, e.to) for e in spec.edges):  # a repeated edge adds nothing
+        upstream[edge[1]].append(edge[0])
+        downstream[edge[0]].append(edge[1])
     producers: dict[str, list[str]] = {}
     for node in spec.nodes:
         for out in node.outs:
             producers.setdefault(out, []).append(node.id)
+    wiring = _Wiring(order, producers, upstream)
 
     default_res = spec.resources.default if spec.resources else None
     dag_slo = _merge_slo(spec.slo, None)
@@ -141,7 +141,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     plans: dict[str, NodePlan] = {}
     for node_id in order:
         node = by_id[node_id]
-        wires = tuple(_wire(node, producers, upstream))
+        wires = tuple(wiring.wires(node))
         # Most nodes inherit the DAG's SLO and resources: merge only when a node overrides them.
         slo = dag_slo if node.slo is None else _merge_slo(spec.slo, node.slo)
         unit = dag_unit if node.resources is None else resource_unit(_merge_resources(default_res, node.resources))
@@ -187,25 +187,39 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     )
 
 
-def _wire(node: NodeSpec, producers: Mapping[str, list[str]], upstream: Mapping[str, list[str]]) -> list[InputWire]:
-    # Graph validation has already guaranteed that exactly one ancestor produces each input.
-    wires = []
-    for entry in node.ins:
-        param, out = split_input(entry)
-        candidates = producers[out]
-        producer = candidates[0] if len(candidates) == 1 else _ancestor_among(node.id, set(candidates), upstream)
-        wires.append(InputWire(name=param, producer=producer, out=out))
-    return wires
+class _Wiring:
+    """Which node feeds each input: the one producer of its out, or, when several nodes produce that out,
+    the one among the node's ancestors (validation guarantees there is exactly one). Ancestor sets are
+    bitsets made once in plan order, so this is linear in the edges, not a walk of the graph per input."""
 
+    def __init__(self, order: list[str], producers: Mapping[str, list[str]],
+                 upstream: Mapping[str, list[str]]) -> None:
+        self._order, self._producers, self._upstream = order, producers, upstream
+        self._ancestors: dict[str, int] | None = None
+        self._masks: dict[str, int] = {}
+        self._pos: dict[str, int] = {}
 
-def _ancestor_among(node_id: str, candidates: set[str], upstream: Mapping[str, list[str]]) -> str:
-    seen: set[str] = set()
-    stack = list(upstream[node_id])
-    while stack:
-        current = stack.pop()
-        if current in candidates:
-            return current
-        if current not in seen:
-            seen.add(current)
-            stack.extend(upstream[current])
-    raise AssertionError(f"no producer upstream of {node_id}: the spec was not validated")
+    def wires(self, node: NodeSpec) -> list[InputWire]:
+        wires = []
+        for entry in node.ins:
+            param, out = split_input(entry)
+            candidates = self._producers[out]
+            producer = candidates[0] if len(candidates) == 1 else self._ancestor_among(node.id, out)
+            wires.append(InputWire(name=param, producer=producer, out=out))
+        return wires
+
+    def _ancestor_among(self, node_id: str, out: str) -> str:
+        if self._ancestors is None:
+            self._pos = {n: i for i, n in enumerate(self._order)}
+            self._ancestors = {}
+            for n in self._order:  # parents come first in plan order
+                mask = 0
+                for parent in self._upstream[n]:
+                    mask |= self._ancestors[parent] | 1 << self._pos[parent]
+                self._ancestors[n] = mask
+        if out not in self._masks:
+            self._masks[out] = sum(1 << self._pos[p] for p in dict.fromkeys(self._producers[out]))
+        found = self._ancestors[node_id] & self._masks[out]
+        if not found:
+            raise AssertionError(f"no producer upstream of {node_id}: the spec was not validated")
+        return self._order[(found & -found).bit_length() - 1]

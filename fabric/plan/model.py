@@ -115,11 +115,10 @@ class ExecutionPlan:
 
     def consumed_outs(self) -> dict[str, tuple[str, ...]]:
         """For each node, the outs that some other node reads: what must survive a restart."""
-        consumed: dict[str, list[str]] = {n: [] for n in self.order}
+        consumed: dict[str, dict[str, None]] = {n: {} for n in self.order}  # ordered sets
         for node_id in self.order:
             for wire in self.nodes[node_id].inputs:
-                if wire.out not in consumed[wire.producer]:
-                    consumed[wire.producer].append(wire.out)
+                consumed[wire.producer][wire.out] = None
         return {n: tuple(outs) for n, outs in consumed.items()}
 
     def persisted_outs(self, all_consumed: bool = True) -> dict[str, tuple[str, ...]]:

@@ -1,7 +1,7 @@
 """The DAG spec v1 contract: models, loading, graph validation and JSON Schema (never imports Ray)."""
 
 from fabric.spec.kinds import KNOWN_KINDS
-from fabric.spec.load import load_spec, parse_runtime_params, read_spec
+from fabric.spec.load import load_spec, parse_runtime_params, read_document, read_spec
 from fabric.spec.models import (
     Affinity,
     DagResources,
@@ -38,6 +38,7 @@ __all__ = [
     "graph_problems",
     "load_spec",
     "parse_runtime_params",
+    "read_document",
     "read_spec",
     "runtime_params_json_schema",
     "split_input",

@@ -14,13 +14,19 @@ from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from fabric.errors import ErrorCode, Problem, SpecError
+from fabric.spec._text import join_path
 from fabric.spec.models import MAX_NODES, SKIP_GRAPH_CHECK, DagSpec, RuntimeParams
 from fabric.spec.problems import problems_from_validation_error
 from fabric.spec.validate import graph_problems
 
 MAX_BYTES = 1 << 20
 MAX_ALIASES = 100
-MAX_EXPANDED_NODES = 1_000_000  # a document without aliases under MAX_BYTES never gets near this
+# What a document becomes once its aliases are expanded is held to the same budget as its text: a 1.4 KB
+# "billion laughs" must not become 11 MB of params. (Without aliases the estimate stays under the text's size.)
+MAX_EXPANDED_BYTES = MAX_BYTES
+# Nesting deeper than this (from the document's root) is refused with the path: deeper values break
+# serialization (pydantic stops at a few hundred levels) and no real spec comes near it.
+MAX_DEPTH = 64
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _YAML = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge"))
@@ -124,10 +130,10 @@ def _children(node: Any) -> list[Any]:
 
 
 def _check_expansion(root: Any) -> None:
-    """Refuse recursive aliases and documents that expand to too many values (billion laughs)."""
+    """Refuse recursive aliases and documents that expand past MAX_EXPANDED_BYTES (billion laughs)."""
     if root is None:
         return
-    sizes: dict[int, int] = {}
+    sizes: dict[int, int] = {}  # a node's size once expanded, in bytes (about: a scalar's length, plus 1)
     active: set[int] = set()
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
@@ -135,9 +141,10 @@ def _check_expansion(root: Any) -> None:
         key = id(node)
         if done:
             active.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
-            if sizes[key] > MAX_EXPANDED_NODES:
-                message = f"the document expands to more than {MAX_EXPANDED_NODES} values through aliases"
+            own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            sizes[key] = 1 + own + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_EXPANDED_BYTES:
+                message = f"the document expands to more than {MAX_EXPANDED_BYTES} bytes through aliases"
                 raise _Rejected(ErrorCode.SPEC_TOO_LARGE, message,
                                 "write the values out instead of nesting aliases", node.start_mark)
             continue
@@ -149,6 +156,36 @@ def _check_expansion(root: Any) -> None:
         active.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """The path of the first value nested deeper than `limit`, or None. (Recursive, but never deeper
+    than `limit`: any input is safe.)"""
+
+    def walk(item: Any, depth: int) -> list[Any] | None:
+        if depth > limit:
+            return []
+        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(child, dict | list | tuple | Mapping):
+                found = walk(child, depth + 1)
+                if found is not None:
+                    found.append(key if isinstance(key, int) and isinstance(item, list | tuple) else str(key)[:64])
+                    return found
+        return None
+
+    if not isinstance(value, dict | list | tuple | Mapping):
+        return None
+    path = walk(value, 0)
+    return None if path is None else join_path(path[::-1])
+
+
+def _check_depth(raw: Any, where: str = "") -> None:
+    path = _too_deep(raw)
+    if path is not None:
+        where = f"{where}.{path}" if where and not path.startswith("[") else where + path
+        raise _fail(ErrorCode.SPEC_TOO_LARGE, where, f"the value is nested more than {MAX_DEPTH} levels deep",
+                    "flatten the structure (pass large or deep parameters as a file referenced by URI)")
 
 
 def _at(name: str, line: int, column: int) -> str:
@@ -270,6 +307,30 @@ def _read_source(source: Any) -> Mapping[str, Any]:
                 "pass a path, YAML or JSON text, a dict or a DagSpec")
 
 
+def read_document(source: Any, name: str = "dag_spec") -> dict[str, Any]:
+    """The raw mapping of a spec sent over the wire (`name` is its field): a mapping, or YAML/JSON text.
+    Text is only ever a document, never a path: a gateway must not open files its callers name."""
+    if isinstance(source, bytes | bytearray):
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _fail(ErrorCode.SPEC_PARSE, name, f"the spec is not UTF-8: {exc}", "encode it as UTF-8") from None
+    if isinstance(source, str):
+        stripped = source.strip()
+        if "\n" not in stripped and stripped.lower().endswith(_SPEC_SUFFIXES):
+            raise _fail(ErrorCode.SPEC_PARSE, name, "a path is not a spec here: the file is never opened",
+                        "send the document itself (its YAML/JSON text, or a JSON object), e.g. `fabric submit "
+                        "FILE --address http://...` reads the file on your side")
+        raw = _parse_text(source, name, json_only=False)
+    elif isinstance(source, Mapping):
+        raw = source
+    else:
+        raise _fail(ErrorCode.SPEC_PARSE, name, f"a spec is a mapping or YAML/JSON text, not a {type(source).__name__}",
+                    "send the spec document")
+    _check_depth(raw, name)
+    return dict(raw)
+
+
 def read_spec(source: DagSpec | Mapping[str, Any] | Path | str | bytes) -> dict[str, Any]:
     """The raw mapping of a spec from a path, YAML/JSON text, a dict or a DagSpec, parsed safely but not
     validated (for a caller that hands it to a validating service)."""
@@ -283,6 +344,7 @@ def load_spec(source: DagSpec | Mapping[str, Any] | Path | str | bytes) -> DagSp
     if isinstance(source, DagSpec):
         return source
     raw = source if isinstance(source, Mapping) else _read_source(source)
+    _check_depth(raw)
     nodes = raw.get("nodes")
     if isinstance(nodes, list) and len(nodes) > MAX_NODES:
         message = f"the spec has {len(nodes)} nodes, more than {MAX_NODES}"

@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fabric.spec._text import did_you_mean
 from fabric.spec.kinds import KNOWN_KINDS
 from fabric.spec.params import PARAM_NAME_PATTERN, ParamSpec
 from fabric.spec.quantities import Cpu, Duration, Gpu, Memory
@@ -266,10 +265,9 @@ class NodeSpec(_Model):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         if kind not in KNOWN_KINDS:
-            hint = did_you_mean(kind, KNOWN_KINDS)
-            known = ", ".join(sorted(KNOWN_KINDS))
-            raise _fail(f"unknown kind {kind!r}" + (f" ({hint.strip()})" if hint else ""),
-                        f"{hint}known kinds: {known}", "unknown_kind")
+            # The did-you-mean hint costs more than the check: it is added where the error becomes a Problem
+            # (spec/problems.py), and only for the problems an error lists.
+            raise PydanticCustomError("unknown_kind", f"unknown kind {kind[:200]!r}", {"kind": kind[:200]})
         return kind
 
     @field_validator("ins", "outs")

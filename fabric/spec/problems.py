@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from fabric.errors import ErrorCode, Problem
+from fabric.errors import MAX_PROBLEMS, ErrorCode, Problem
 from fabric.spec._text import did_you_mean, join_path
+from fabric.spec.kinds import KNOWN_KINDS
 from fabric.spec.quantities import QuantityError
 
 _SCHEMA_HINT = "see fabric.spec.dag_json_schema() for what is allowed here"
@@ -96,7 +97,7 @@ def _fix_for(kind: str, loc: tuple[Any, ...], ctx: dict[str, Any]) -> str:
 def problems_from_validation_error(exc: ValidationError, model: type[BaseModel],
                                    code: ErrorCode = ErrorCode.SPEC_FIELD, prefix: str = "") -> list[Problem]:
     """One Problem per pydantic error; `where` is a path like `nodes[2].resources.cpu` (after `prefix`)."""
-    problems = []
+    problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         kind = error["type"]
@@ -108,14 +109,16 @@ def problems_from_validation_error(exc: ValidationError, model: type[BaseModel],
         problem_code = code
         fix = str(ctx.get("fix", ""))
         cause = ctx.get("error")
+        listed = len(problems) < MAX_PROBLEMS  # hints only for the problems an error lists
         if kind == "extra_forbidden":
             problem_code = ErrorCode.SPEC_UNKNOWN_FIELD
             owner = _model_at(model, loc[:-1])
-            name = str(loc[-1]) if loc else ""
+            name = str(loc[-1])[:200] if loc else ""
             message = f"unknown field {name!r}"
             if owner is not None:
                 allowed = _field_names(owner)
-                fix = f"{did_you_mean(name, allowed)}allowed fields here: {', '.join(allowed)}"
+                hint = did_you_mean(name, allowed) if listed else ""
+                fix = f"{hint}allowed fields here: {', '.join(allowed)}"
             else:
                 fix = "remove it"
         elif isinstance(cause, QuantityError) or kind == "spec_quantity":
@@ -123,6 +126,9 @@ def problems_from_validation_error(exc: ValidationError, model: type[BaseModel],
             fix = fix or getattr(cause, "fix", "")
         elif kind == "unknown_kind":
             problem_code = ErrorCode.SPEC_UNKNOWN_KIND
+            hint = did_you_mean(str(ctx.get("kind", "")), KNOWN_KINDS) if listed else ""
+            message += f" ({hint.strip()})" if hint else ""
+            fix = f"{hint}known kinds: {', '.join(sorted(KNOWN_KINDS))}"
         if not fix:
             fix = _fix_for(kind, loc, ctx)
         problems.append(Problem(problem_code, where, message, fix))

@@ -7,24 +7,31 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fabric.errors import ErrorCode, Problem, SpecError
-from fabric.spec._text import did_you_mean
+from fabric.errors import MAX_PROBLEMS, ErrorCode, Problem, SpecError
+from fabric.spec._text import Suggester
 from fabric.spec.params import reference_problems
 
 if TYPE_CHECKING:
     from fabric.spec.models import DagSpec
 
 
+# Everything here is linear in the nodes and edges (sets of nodes are bitsets, so a check against every
+# ancestor is one integer operation), and did-you-mean hints, the costly part of a problem, are worked out
+# only for the problems an error lists (MAX_PROBLEMS): a 10,000-node spec with a problem in every node
+# is answered in well under a second.
 class _Graph:
     """The usable part of a possibly malformed raw spec: first-seen node ids and well-formed edges."""
 
     def __init__(self, raw: Mapping[str, Any], problems: list[Problem]) -> None:
         self.order: list[str] = []
         self.pos: dict[str, int] = {}
+        self.at: dict[int, str] = {}  # pos -> id
         self.nodes: dict[str, Mapping[str, Any]] = {}
         self.children: dict[str, list[str]] = {}
         self.parents: dict[str, list[str]] = {}
         self.edge_where: dict[tuple[str, str], str] = {}
+        self._suggest: Suggester | None = None
+        self._known = ""
         nodes = raw.get("nodes")
         for i, node in enumerate(nodes if isinstance(nodes, list) else []):
             node_id = node.get("id") if isinstance(node, Mapping) else None
@@ -37,6 +44,7 @@ class _Graph:
                     "give every node a unique id"))
                 continue
             self.pos[node_id] = i
+            self.at[i] = node_id
             self.order.append(node_id)
             self.nodes[node_id] = node
             self.children[node_id] = []
@@ -44,7 +52,7 @@ class _Graph:
         self.derived = raw.get("edges") is None  # omitted: the edges are the data dependencies
         self.reported: set[tuple[str, int]] = set()  # ins entries whose problem derivation already reported
         if self.derived:
-            for node_id, k, producer in _data_dependencies(self.order, self.nodes, problems, self.reported):
+            for node_id, k, producer in _data_dependencies(self, problems):
                 self._add(producer, node_id, f"nodes[{node_id}].ins[{k}]")
             return
         edges = raw.get("edges")
@@ -67,11 +75,13 @@ class _Graph:
                 usable = False  # a field error, reported by the model
             elif end not in self.pos:
                 usable = False
-                hint = did_you_mean(end, self.order)
-                known = ", ".join(self.order[:20]) + (", ..." if len(self.order) > 20 else "")
+                if self._suggest is None:
+                    self._suggest = Suggester(self.order)
+                    self._known = ", ".join(self.order[:20]) + (", ..." if len(self.order) > 20 else "")
+                hint = self._suggest(end) if len(problems) < MAX_PROBLEMS else ""
                 problems.append(Problem(ErrorCode.SPEC_DANGLING_EDGE, f"edges[{j}].{key}",
-                                        f"edge refers to unknown node {end!r}",
-                                        f"{hint}use the id of a node: {known}".strip()))
+                                        f"edge refers to unknown node {_short(end)!r}",
+                                        f"{hint}use the id of a node: {self._known}".strip()))
         if not usable:
             return
         assert isinstance(src, str) and isinstance(dst, str)
@@ -142,37 +152,66 @@ class _Graph:
         return [start]  # pragma: no cover - a component of several nodes always has a cycle through start
 
 
-def _producers(order: list[str], nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
-    producers: dict[str, list[str]] = {}
-    for node_id in order:
-        outs = nodes[node_id].get("outs")
+def _short(text: str, limit: int = 200) -> str:
+    """A name as an error quotes it: a 100 KB "node id" is not repeated back in full."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _ids(graph: _Graph, mask: int, limit: int) -> tuple[list[str], int]:
+    """The first `limit` node ids in a bitset (in spec order), and how many more it holds."""
+    ids: list[str] = []
+    while mask and len(ids) < limit:
+        low = mask & -mask
+        ids.append(graph.at[low.bit_length() - 1])
+        mask ^= low
+    return ids, mask.bit_count()
+
+
+def _and_more(ids: list[str], more: int, quote: bool = False) -> str:
+    text = ", ".join(map(repr, ids) if quote else ids)
+    return f"{text} and {more} more" if more else text
+
+
+def _producers(graph: _Graph) -> dict[str, int]:
+    """Each out name -> the bitset of the nodes that produce it."""
+    producers: dict[str, int] = {}
+    for node_id in graph.order:
+        outs = graph.nodes[node_id].get("outs")
+        bit = 1 << graph.pos[node_id]
         for name in outs if isinstance(outs, list) else []:
-            if isinstance(name, str) and node_id not in producers.setdefault(name, []):
-                producers[name].append(node_id)
+            if isinstance(name, str):
+                producers[name] = producers.get(name, 0) | bit
     return producers
 
 
-def _data_dependencies(order: list[str], nodes: Mapping[str, Mapping[str, Any]], problems: list[Problem],
-                       reported: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
+def _inputs(graph: _Graph, node_id: str) -> list[tuple[int, str]]:
+    """(ins index, the out name it reads) of a node's well-formed ins entries."""
+    ins = graph.nodes[node_id].get("ins")
+    # `param=out` reads the upstream out `out`
+    return [(k, entry.partition("=")[2] or entry) for k, entry in enumerate(ins if isinstance(ins, list) else [])
+            if isinstance(entry, str)]
+
+
+def _data_dependencies(graph: _Graph, problems: list[Problem]) -> list[tuple[str, int, str]]:
     """(node, ins index, producer) for every input that exactly one other node produces; an input that
     several nodes produce is a problem here (which one is meant cannot be told without edges)."""
-    producers = _producers(order, nodes)
+    producers = _producers(graph)
     found = []
-    for node_id in order:
-        ins = nodes[node_id].get("ins")
-        for k, entry in enumerate(ins if isinstance(ins, list) else []):
-            if not isinstance(entry, str):
+    for node_id in graph.order:
+        itself_bit = 1 << graph.pos[node_id]
+        for k, name in _inputs(graph, node_id):
+            candidates = producers.get(name, 0) & ~itself_bit
+            if not candidates:
                 continue
-            name = entry.partition("=")[2] or entry
-            candidates = [p for p in producers.get(name, []) if p != node_id]
-            if len(candidates) == 1:
-                found.append((node_id, k, candidates[0]))
-            elif len(candidates) > 1:
-                reported.add((node_id, k))
+            first, more = _ids(graph, candidates, 6)
+            if len(first) == 1:
+                found.append((node_id, k, first[0]))
+            else:
+                graph.reported.add((node_id, k))
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, f"nodes[{node_id}].ins[{k}]",
-                    f"input {name!r} is produced by several nodes ({', '.join(candidates)}), and the spec has no "
-                    "edges to tell which one it reads",
+                    f"input {_short(name)!r} is produced by several nodes ({_and_more(first, more)}), and the spec "
+                    "has no edges to tell which one it reads",
                     "rename the output so that one node produces it, or give edges (then each input is read "
                     "from its one upstream producer)"))
     return found
@@ -211,37 +250,41 @@ def _ancestor_masks(graph: _Graph, components: list[list[str]]) -> dict[str, int
 
 
 def _wiring_problems(graph: _Graph, ancestors: dict[str, int]) -> list[Problem]:
-    producers = _producers(graph.order, graph.nodes)
-    problems = []
+    producers = _producers(graph)
+    suggest = Suggester(producers)
+    problems: list[Problem] = []
     for node_id in graph.order:
-        ins = graph.nodes[node_id].get("ins")
-        for k, entry in enumerate(ins if isinstance(ins, list) else []):
-            if not isinstance(entry, str) or (node_id, k) in graph.reported:
+        itself_bit = 1 << graph.pos[node_id]
+        for k, name in _inputs(graph, node_id):
+            if (node_id, k) in graph.reported:
                 continue
-            name = entry.partition("=")[2] or entry  # `param=out` reads the upstream out `out`
             where = f"nodes[{node_id}].ins[{k}]"
-            candidates = [p for p in producers.get(name, []) if p != node_id]
-            upstream = [p for p in candidates if ancestors[node_id] >> graph.pos[p] & 1]
+            produced = producers.get(name, 0)
+            candidates = produced & ~itself_bit
+            upstream = candidates & ancestors[node_id]
             if not candidates:
-                itself = " other than the node itself" if name in producers else ""
+                itself = " other than the node itself" if produced else ""
+                hint = suggest(name, exclude=name) if len(problems) < MAX_PROBLEMS else ""
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
-                    f"input {name!r} is not produced by any node{itself}",
-                    f"{did_you_mean(name, (o for o in producers if o != name))}add {name!r} to the outs "
-                    "of an upstream node, or remove it from ins"))
+                    f"input {_short(name)!r} is not produced by any node{itself}",
+                    f"{hint}add {_short(name)!r} to the outs of an upstream node, or remove it from ins"))
             elif not upstream:
-                others = f" (or from one of: {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+                first, more = _ids(graph, candidates, 6)
+                others = f" (or from one of: {_and_more(first[1:], more)})" if len(first) > 1 else ""
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
-                    f"input {name!r} is produced by {', '.join(map(repr, candidates))}, "
+                    f"input {_short(name)!r} is produced by {_and_more(first, more, quote=True)}, "
                     f"which is not upstream of {node_id!r}: the edges are given, so they must include every "
                     "data dependency",
-                    f"add edge {{from: {candidates[0]}, to: {node_id}}}{others}, or omit edges to derive "
+                    f"add edge {{from: {first[0]}, to: {node_id}}}{others}, or omit edges to derive "
                     "them from ins/outs"))
-            elif len(upstream) > 1:
+            elif upstream & (upstream - 1):  # two bits or more
+                first, more = _ids(graph, upstream, 5)
                 problems.append(Problem(
                     ErrorCode.SPEC_UNWIRED_INPUT, where,
-                    f"input {name!r} is ambiguous: several upstream nodes produce it: {', '.join(upstream)}",
+                    f"input {_short(name)!r} is ambiguous: several upstream nodes produce it: "
+                    f"{_and_more(first, more)}",
                     "rename the output in all but one of them so that each input has exactly one producer"))
     return problems
 
