@@ -107,11 +107,8 @@ class Registry:
                code: dict[str, bytes] | None = None, grants: TeamGrants | None = None) -> dict[str, Any]:
         """Validate, plan and start a submission; the same submission_id again returns the same one.
         `grants`: the team's (the gateway passes them): a claim beyond them is FORBIDDEN, and nothing is stored.
-        A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams.
-        `spec` is the document itself (a mapping): a string is parsed as YAML/JSON text, never opened as a
-        path on the registry's host. Validation runs here, in the caller's actor thread, not on the engine's
-        loop, and in time linear in the nodes (fabric/spec/validate.py)."""
-        spec = read_document(spec)
+        A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams."""
+        spec = read_document(spec)  # a document, never a path; validated in this actor thread, not the engine's
         dag = load_spec(spec)
         runtime = parse_runtime_params(runtime_params)
         if grants is not None:
