@@ -108,8 +108,7 @@ class Registry:
         """Validate, plan and start a submission; the same submission_id again returns the same one.
         `grants`: the team's (the gateway passes them): a claim beyond them is FORBIDDEN, and nothing is stored.
         A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams."""
-        spec = read_document(spec)  # a document, never a path; validated in this actor thread, not the engine's
-        dag = load_spec(spec)
+        dag = load_spec(spec := read_document(spec))  # never a path; checked off the engine thread
         runtime = parse_runtime_params(runtime_params)
         if grants is not None:
             check_submission(grants, runtime.team or "", dag, runtime)
