@@ -296,7 +296,8 @@ class RayClient:
             raise FabricError(f"runtime_params.team {runtime['team']!r} is not this client's team {self.team!r}",
                               code=ErrorCode.FORBIDDEN, where="runtime_params.team",
                               fix="leave team out: it comes from your credentials")
-        return _call(self._registry.run_pipeline, pipeline_id, version, runtime, self.team, retry_for=self._retry_for)
+        return _call(self._registry.run_pipeline, pipeline_id, version, runtime, self.team, self._grants,
+                     retry_for=self._retry_for)
 
 
 def _job_runtime_env() -> dict[str, Any]:

@@ -13,11 +13,13 @@ from fabric.plan import kind_problems
 from fabric.plan.hashing import digest
 from fabric.record import Store
 from fabric.record.catalogue import PipelineVersion
+from fabric.record.ids import team_record
+from fabric.schedule.grants import TeamGrants
 from fabric.schedule.overlap import decide
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, parse_pipeline_options
 
-Submit = Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]]
+Submit = Callable[..., dict[str, Any]]  # Registry.submit: (spec, runtime_params, ..., grants=)
 MAX_ACTIVE_SCAN = 10_000
 
 
@@ -59,9 +61,10 @@ class Catalogue:
                 for r in rows if r.team == team]
 
     def run(self, pipeline_id: str, version: int | None, runtime_params: dict[str, Any] | None,
-            team: str | None) -> dict[str, Any]:
+            team: str | None, grants: TeamGrants | None = None) -> dict[str, Any]:
         """Start a run of a version (default: the latest) with runtime params (its `params` the pipeline's),
-        unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled."""
+        unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled.
+        `grants`: the team's, checked by the submit as for any other (fabric/schedule/grants.py)."""
         chosen = self._version(pipeline_id, version, team)
         runtime = parse_runtime_params(runtime_params).model_dump(mode="json", exclude_none=True)
         runtime["labels"] = {**runtime.get("labels", {}), PIPELINE_LABEL: pipeline_id,
@@ -73,15 +76,17 @@ class Catalogue:
         base = {"pipeline_id": pipeline_id, "version": chosen.version}
         with self._lock:
             sid = runtime.get("submission_id")
-            if sid and self._store.get_submission(sid) is not None:  # a retried start: the same answer
-                return {**base, **self._submit(chosen.spec, runtime), "skipped": False, "cancelled": []}
+            if sid and team_record(self._store, sid, team) is not None:  # a retried start: the same answer
+                return {**base, **self._submit(chosen.spec, runtime, grants=grants), "skipped": False,
+                        "cancelled": []}
             active = [(r.created_at, r.submission_id) for r in self._store.list_submissions(
                 "RUNNING", MAX_ACTIVE_SCAN, labels={PIPELINE_LABEL: pipeline_id}, team=team) if r.team == team]
             decision = decide(active, opts.max_active_runs, opts.overlap)
             if not decision.start:
                 return {**base, "submission_id": None, "created": False, "skipped": True,
                         "reason": decision.reason, "cancelled": []}
-            reply = self._submit(chosen.spec, runtime)  # validates the params: 422 before anything is cancelled
+            # Validates the params and checks the grants: a 422 or 403 before anything is cancelled.
+            reply = self._submit(chosen.spec, runtime, grants=grants)
             for old in decision.cancel:
                 self._cancel(old)
         return {**base, **reply, "skipped": False, "cancelled": list(decision.cancel),

@@ -170,8 +170,8 @@ class Registry:
         return self._catalogue.runs(pipeline_id, limit, team)
 
     def run_pipeline(self, pipeline_id: str, version: int | None = None, runtime_params: dict[str, Any] | None = None,
-                     team: str | None = None) -> dict[str, Any]:
-        return self._catalogue.run(pipeline_id, version, runtime_params, team)
+                     team: str | None = None, grants: TeamGrants | None = None) -> dict[str, Any]:
+        return self._catalogue.run(pipeline_id, version, runtime_params, team, grants)
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read, or turn on/off, the kill-switch: while on, nothing new is admitted; running work goes on."""

@@ -14,6 +14,7 @@ from fabric.actors.catalogue import Catalogue
 from fabric.errors import ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.plan import compile_plan
 from fabric.record import SqliteStore, SubmissionRecord
+from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.overlap import decide
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.catalogue import Overlap
@@ -39,8 +40,11 @@ class Harness:
         self.cancelled: list[str] = []
         self.catalogue = Catalogue(self.store, self.submit, self.cancel)
 
-    def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None) -> dict[str, Any]:
+    def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None,
+               grants: TeamGrants | None = None) -> dict[str, Any]:
         runtime = parse_runtime_params(runtime_params)
+        if grants is not None:  # as the registry: a claim beyond the team's grants stores nothing
+            check_submission(grants, runtime.team or "", load_spec(spec), runtime)
         plan = compile_plan(load_spec(spec), runtime)
         sid = runtime.submission_id or new_submission_id()
         if self.store.get_submission(sid) is not None:
@@ -173,3 +177,11 @@ def test_cli_param_values_are_json_when_they_parse_else_text() -> None:
     with pytest.raises(FabricError) as info:
         parse_param("novalue")
     assert info.value.where == "--param"
+
+
+def test_a_run_by_name_is_held_to_the_teams_grants(harness):
+    urgent = {**SPEC, "slo": {"priority": "critical"}}
+    harness.catalogue.register(urgent, None, "trading")
+    with pytest.raises(FabricError) as info:
+        harness.catalogue.run(SPEC["pipeline_id"], None, None, "trading", TeamGrants())
+    assert info.value.where == "slo.priority" and harness.store.list_submissions(limit=10) == []
