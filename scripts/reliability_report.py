@@ -39,8 +39,9 @@ side-effect marker files, not fabric's own answers (tests/reliability/invariants
 **The trust boundary.** Ray has no tenancy: code running on a cluster can call Ray's APIs, read any object
 whose reference it learns, and read files the Ray worker can read. fabric's teams (gateway tokens) scope
 what a team sees and cancels through fabric, and secrets are passed by reference (`runtime_params.
-secrets_scope` + `fabric.context().secret(key, scope)`, read from files mounted on the node, never put in
-`runtime_env`, which Ray shows in job info and other workers' environments). Teams that do not trust each
+secrets_scope` + `fabric.context().secret(key, scope)`, read by the registry on the head and handed to each
+attempt through Ray, never put in `runtime_env`, which Ray shows in job info and other workers' environments;
+a team may list only scopes granted to it, docs/gateway.md#grants). Teams that do not trust each
 other's *code* get one Ray cluster per trust domain: `kubectl apply -k k8s/trust-domains`.
 
 **Found by these tests.** After a Ray node is removed, Ray sometimes never starts the next attempt's task
