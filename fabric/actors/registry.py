@@ -32,7 +32,7 @@ from fabric.plan import compile_plan
 from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
 from fabric.record.ids import claim_id, team_record
-from fabric.record.lease import FileLease, Lease, PostgresLease
+from fabric.record.lease import LEASE_LOST, FencedStore, open_lease
 from fabric.record.postgres import PostgresStore, is_postgres_url
 from fabric.record.replay import status_from_events
 from fabric.schedule.grants import TeamGrants, check_submission
@@ -61,12 +61,10 @@ class Registry:
         store = open_store(home, config.store)
         # One registry per store: a second one (`fabric run` beside `fabric up` on one FABRIC_HOME, a new cluster on
         # a PostgreSQL store the old one still uses) stops here with STORE_LEASED naming the holder.
-        try:
-            self._lease = open_lease(home, config.store)
-        except BaseException:
-            getattr(store, "close", lambda: None)()
-            raise
-        self._store = observe.observed(store, config)
+        # Once that lease is lost (another registry took a PostgreSQL store while this one was cut off), writes
+        # answer STORE_LEASED and the engine stops (fenced below).
+        self._lease = open_lease(home, config.store, store)
+        self._store = observe.observed(FencedStore(store, self._lease), config)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         # persist_outputs "needed" (default): outputs a downstream node reads are written on success, so a
         # resumed run reloads them; "none" trades that for speed: a resumed run recomputes them.
@@ -83,6 +81,8 @@ class Registry:
                               secrets_dir=config.secrets_dir)
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and not config.skip_feasibility
+        if self._lease is not None:
+            self._lease.on_lost = lambda: self._engine.fence(LEASE_LOST)
         self._submit_lock = threading.Lock()
         switch = self._store.events(KILL_SWITCH)
         on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
@@ -392,18 +392,6 @@ def open_store(home: str, kind: str = "sqlite") -> Store:
     if is_postgres_url(kind):
         return PostgresStore(kind)
     return SqliteStore(Path(home) / "fabric.db")
-
-
-LEASE_WAIT_S = 15.0  # a restarted or new registry waits this long for the old holder's process to end
-
-
-def open_lease(home: str, kind: str = "sqlite", wait_s: float = LEASE_WAIT_S) -> Lease | None:
-    """The registry's lease on its store (fabric/record/lease.py); a memory store is its own and needs none."""
-    if kind == "memory":
-        return None
-    if is_postgres_url(kind):
-        return PostgresLease(kind, wait_s=wait_s)
-    return FileLease(Path(home) / "fabric.db", wait_s=wait_s)
 
 
 RegistryActor = ray.remote(Registry)

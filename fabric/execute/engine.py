@@ -5,7 +5,6 @@ One loop thread owns all decisions; Ray completion callbacks only enqueue (submi
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -21,9 +20,9 @@ import ray
 from fabric.errors import ErrorCode, NotFoundError
 from fabric.execute.backend import node_runtime_env
 from fabric.execute.cache import NodeCache
-from fabric.execute.finished import Finished, finished_result, kept_summary, live_result, status_of
+from fabric.execute.finished import Finished, bound_finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.headsink import full_logs
-from fabric.execute.live import EngineCacheHost, LiveRun
+from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, in_flight
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
@@ -77,13 +76,12 @@ class Engine:
         self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)
         self._force_kills: list[tuple[float, AttemptHandle]] = []
         self._stopping: set[tuple[str, str, int]] = set()  # preempted attempts in their grace period
-        # Finished runs are kept compact: the newest FABRIC_KEEP_RESULTS with their outputs fetchable from
-        # the object store, the newest FABRIC_KEEP_FINISHED with their status; older ones are read from
-        # the store.
+        # Finished runs are kept compact: FABRIC_KEEP_RESULTS and FABRIC_KEEP_FINISHED (finished.bound_finished).
         self._keep_finished = keep_finished
         self._keep_results = min(keep_results, keep_finished)
         self._finished: OrderedDict[str, Finished] = OrderedDict()
         self._stopped = threading.Event()
+        self.fenced: str | None = None  # why this engine stopped for good (its registry lost the store's lease)
         self._thread = threading.Thread(target=self._loop, name="fabric-engine", daemon=True)
         self._thread.start()
 
@@ -174,6 +172,14 @@ class Engine:
         self._stopped.set()
         self._inbox.put(Stop())
 
+    def fence(self, reason: str) -> None:
+        """Another registry holds the store: record and dispatch nothing more, cancel what is in flight."""
+        with self._lock:
+            self.fenced, live = reason, in_flight(self._runs.values())
+            self.shutdown()
+        for handle in live:
+            self._backend.cancel(handle, force=True)
+
     # -- queries -------------------------------------------------------------------------------
 
     def status(self, submission_id: str) -> SubmissionStatus:
@@ -228,6 +234,8 @@ class Engine:
                 except queue.Empty:
                     break
             with self._lock:
+                if self._stopped.is_set():  # fenced while it waited: act on nothing more
+                    break
                 touched: set[str] = set()
                 for message in batch:
                     try:
@@ -386,20 +394,11 @@ class Engine:
     def _compact(self, run: LiveRun) -> None:
         """Move a finished run out of the live set (the loop then never looks at it again)."""
         sid = run.record.submission_id
-        results = {node_id: dict(run.handles[(node_id, node.token)].values)
-                   for node_id, node in run.machine.nodes.items()
-                   if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
-        status = json.dumps(status_of(run.machine, run.record.submission_id).to_dict(), separators=(",", ":")).encode()
-        start_report(self._artifacts, sid, status)  # <artifacts>/<submission>/metrics.json, off the loop
-        self._finished[sid] = Finished(status, results)
+        self._finished[sid] = finished_run(run)
+        start_report(self._artifacts, sid, self._finished[sid].status_json)  # <artifacts>/<sid>/metrics.json
         del self._runs[sid]
         self._stopping = {key for key in self._stopping if key[0] != sid}
-        if len(self._finished) > self._keep_results:
-            older = list(self._finished)[-self._keep_results - 1] if self._keep_results else sid
-            if self._finished[older].results is not None:  # release its outputs to the object store
-                self._finished[older] = Finished(self._finished[older].status_json, None)
-        while len(self._finished) > self._keep_finished:
-            self._finished.popitem(last=False)
+        bound_finished(self._finished, self._keep_results, self._keep_finished)
 
     def _next_wakeup(self) -> float:
         now = self._clock()

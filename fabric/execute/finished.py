@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -125,3 +126,14 @@ def kept_summary(finished: list[Finished]) -> dict[str, int]:
     """How many finished runs are kept in memory, how many with outputs, and the bytes they hold."""
     return {"finished": len(finished), "finished_with_results": sum(f.results is not None for f in finished),
             "finished_bytes": sum(f.nbytes() for f in finished)}
+
+
+def bound_finished(finished: OrderedDict[str, Finished], keep_results: int, keep_finished: int) -> None:
+    """After a run was added last: the newest `keep_results` runs keep their outputs fetchable from the object
+    store, the newest `keep_finished` their status; older ones are read from the store."""
+    if len(finished) > keep_results:
+        older = list(finished)[-keep_results - 1] if keep_results else next(reversed(finished))
+        if finished[older].results is not None:  # release its outputs to the object store
+            finished[older] = Finished(finished[older].status_json, None)
+    while len(finished) > keep_finished:
+        finished.popitem(last=False)

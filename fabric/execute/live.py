@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.execute.finished import Finished, status_of
 from fabric.execute.ports import AttemptHandle, Backend, Message, Wake
 from fabric.plan import ExecutionPlan
 from fabric.record import SubmissionRecord
@@ -67,3 +69,18 @@ class EngineCacheHost:
 
 
 __all__ = ["EngineCacheHost", "LiveRun"]
+
+
+def in_flight(runs: Iterable[LiveRun]) -> list[AttemptHandle]:
+    """The attempts Ray is running for these runs: each unfinished node's current dispatch."""
+    return [handle for run in runs if not run.machine.done for (node_id, token), handle in run.handles.items()
+            if handle.report is not None and run.machine.is_current(node_id, token)
+            and not run.machine.nodes[node_id].state.terminal]
+
+
+def finished_run(run: LiveRun) -> Finished:
+    """What is kept of a run once it ended: its status, and the output refs of the nodes that succeeded."""
+    results = {node_id: dict(run.handles[(node_id, node.token)].values) for node_id, node in run.machine.nodes.items()
+               if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
+    status = status_of(run.machine, run.record.submission_id).to_dict()
+    return Finished(json.dumps(status, separators=(",", ":")).encode(), results)

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +56,8 @@ class Holder:
 
 class Lease(Protocol):
     holder: Holder
+    lost: bool  # another registry holds the store now: this one must stop writing to it
+    on_lost: Callable[[], None] | None  # called once, from the watchdog, when `lost` becomes true
 
     def release(self) -> None: ...
 
@@ -72,6 +75,8 @@ class FileLease:
     """An exclusive flock on `<db>.lock`; the file stays (removing it would race a new holder)."""
 
     def __init__(self, db: str | Path, *, wait_s: float = 0.0) -> None:
+        self.lost = False  # a flock is held for as long as this process lives: never lost
+        self.on_lost: Callable[[], None] | None = None
         self.path = Path(f"{db}.lock")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -108,7 +113,8 @@ class PostgresLease:
 
     A watchdog checks that connection every `check_s`: if it broke (PostgreSQL restarted, a proxy cut it), the
     session's lock went with it, so the watchdog reconnects and takes the lock again. Should another registry
-    have taken it meanwhile, `lost` is set and an error logged: the lease cannot be won back from a live holder.
+    have taken it meanwhile, `lost` is set, an error logged and `on_lost` called (the registry stops taking and
+    dispatching work): the lease cannot be won back from a live holder.
     """
 
     def __init__(self, url: str, *, wait_s: float = 0.0, check_s: float = 5.0) -> None:
@@ -118,6 +124,7 @@ class PostgresLease:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.lost = False
+        self.on_lost: Callable[[], None] | None = None
         self.holder = Holder.me()
         self._conn: Any = None
         deadline = time.monotonic() + wait_s
@@ -180,7 +187,12 @@ class PostgresLease:
                 if self.lost:
                     log.error("the lease on %s was taken by another registry while this one was cut off",
                               self._where)
-                    return
+                    break
+        if self.lost and self.on_lost is not None:  # outside the lock: the callback may release the lease
+            try:
+                self.on_lost()
+            except Exception:  # noqa: BLE001 - the loss is logged above; the watchdog has nothing left to do
+                log.exception("the registry's reaction to losing its lease failed")
 
     def release(self) -> None:
         self._stop.set()
@@ -195,3 +207,50 @@ class PostgresLease:
                 pass
             finally:
                 self._conn.close()
+
+
+LEASE_WAIT_S = 15.0  # a restarted or new registry waits this long for the old holder's process to end
+LEASE_LOST = "its lease was taken by another registry while this one was cut off from the store"
+# What changes the record; every other Store method only reads it.
+WRITES = frozenset({"add_submission", "set_state", "append_events", "put_log", "delete_submission_data",
+                    "add_pipeline_version"})
+
+
+def open_lease(home: str, kind: str = "sqlite", store: Any = None, wait_s: float = LEASE_WAIT_S) -> Lease | None:
+    """The registry's lease on its store; a memory store is its own and needs none. When the lease is refused,
+    `store` (the registry's, opened first) is closed before STORE_LEASED is raised."""
+    from fabric.record.postgres import is_postgres_url
+
+    try:
+        if kind == "memory":
+            return None
+        if is_postgres_url(kind):
+            return PostgresLease(kind, wait_s=wait_s)
+        return FileLease(Path(home) / "fabric.db", wait_s=wait_s)
+    except BaseException:
+        getattr(store, "close", lambda: None)()
+        raise
+
+
+class FencedStore:
+    """A store as its registry may use it: every write answers STORE_LEASED once the lease is lost (the record
+    is the new holder's now); reads go on."""
+
+    def __init__(self, store: Any, lease: Lease | None) -> None:
+        self._inner, self._lease = store, lease
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in WRITES or self._lease is None:
+            return attr
+        lease = self._lease
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            if lease.lost:
+                raise FabricError(f"this registry no longer holds its store: {LEASE_LOST}",
+                                  code=ErrorCode.STORE_LEASED, where="store",
+                                  fix="use the registry that holds the store now (fabric doctor names it); this "
+                                      "one takes and dispatches no more work: restart it once that one stopped")
+            return attr(*args, **kwargs)
+
+        return write
