@@ -1,10 +1,11 @@
 """Dispatch overhead: the same DAG shapes through fabric and through hand-written raw Ray, same run.
 
     python -m bench.dispatch [--repeats 3] [--store sqlite --store postgresql://user@host:port/db]
-                             [--persist needed]
+                             [--persist needed] [--shape chain] [--fuse on --fuse off]
 
 Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead per node, for each store
-(FABRIC_STORE: the embedded SQLite by default) and each output-persistence mode.
+(FABRIC_STORE: the embedded SQLite by default), each output-persistence mode and each chain-fusion setting
+(FABRIC_FUSE; on by default). `--shape` (repeatable) runs only those shapes.
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ def plasma_mib() -> float:
     return float("nan")
 
 
+SHAPES: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[], Any], int]] = {
+    "fan": ("(a) 1 -> 1000 -> 1", fan_spec, raw_fan, 1002),
+    "chain": ("(b) chain of 200", chain_spec, raw_chain, 200),
+    "diamond": ("(c) 10 x 100 diamond", diamond_spec, raw_diamond, 1000),
+    "table": ("(d) 50 MB table x 8", table_spec, raw_table, 9),  # measured apart, below
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -137,26 +146,32 @@ def main() -> None:
                              "compare (each database should be empty: the bench's submissions are added to it)")
     parser.add_argument("--persist", action="append", choices=("none", "needed"), default=None,
                         help="FABRIC_PERSIST_OUTPUTS mode(s) to measure (default: both)")
+    parser.add_argument("--shape", action="append", choices=SHAPES, default=None,
+                        help="run only these shapes (default: all)")
+    parser.add_argument("--fuse", action="append", choices=("on", "off"), default=None,
+                        help="FABRIC_FUSE setting(s) to measure (default: on)")
     args = parser.parse_args()
     for store in args.store or ["sqlite"]:
         for persist in args.persist or ["none", "needed"]:
-            # Each mode gets its own local cluster: the registry reads the settings when it starts.
-            os.environ[ENV["store"]] = store
-            os.environ[ENV["persist_outputs"]] = persist
-            shown = store.split("@")[-1] if "://" in store else store  # no user (or password) in the output
-            print(f"\n== FABRIC_STORE={shown} FABRIC_PERSIST_OUTPUTS={persist}"
-                  + (" (default: outputs a downstream node reads are written to the artifact store)"
-                     if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
-            measure(args)
-            ray.shutdown()
+            for fuse in args.fuse or ["on"]:
+                # Each mode gets its own local cluster: the registry reads the settings when it starts.
+                os.environ[ENV["store"]] = store
+                os.environ[ENV["persist_outputs"]] = persist
+                os.environ[ENV["fuse"]] = "1" if fuse == "on" else "0"
+                shown = store.split("@")[-1] if "://" in store else store  # no user (or password) in the output
+                print(f"\n== FABRIC_STORE={shown} FABRIC_PERSIST_OUTPUTS={persist} FABRIC_FUSE={fuse}"
+                      + (" (default: outputs a downstream node reads are written to the artifact store)"
+                         if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
+                measure(args)
+                ray.shutdown()
 
 
 def measure(args: argparse.Namespace) -> None:
     client = fb.connect("local", num_cpus=args.num_cpus, home=tempfile.mkdtemp(prefix="fabric-bench-"))
 
-    shapes = [("(a) 1 -> 1000 -> 1", fan_spec(), raw_fan, 1002),
-              ("(b) chain of 200", chain_spec(), raw_chain, 200),
-              ("(c) 10 x 100 diamond", diamond_spec(), raw_diamond, 1000)]
+    wanted = args.shape or list(SHAPES)
+    shapes = [(name, spec(), raw, count) for key, (name, spec, raw, count) in SHAPES.items()
+              if key in wanted and key != "table"]
     print("fabric = submit (validate, plan, hand to the registry) + run + final status, end to end")
     print(f"{'shape':24} {'raw Ray':>9} {'fabric':>9} {'of which submit':>16} {'ratio':>6} {'overhead/node':>14}")
     for name, spec, raw, count in shapes:
@@ -168,6 +183,8 @@ def measure(args: argparse.Namespace) -> None:
         print(f"{name:24} {raw_s:8.3f}s {fabric_s:8.3f}s {submit_s:15.3f}s {fabric_s / raw_s:6.2f}"
               f" {per_node_ms:11.3f} ms")
 
+    if "table" not in wanted:
+        return
     raw_s, raw_results = timed(raw_table, args.repeats)
     fabric_s, submission = timed(lambda: run_fabric(client, table_spec()), args.repeats)
     results = [submission.result(f"r{i}") for i in range(8)]

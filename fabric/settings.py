@@ -155,6 +155,9 @@ class Settings:
                            shown=f"{_HOME}/scheduling.yaml")
     admission: bool = _var("FABRIC_ADMISSION", "turn admission on with the default scheduling config when "
                            "there is no scheduling file", "bool", _bool, False)
+    fuse: bool = _var("FABRIC_FUSE", "run chains of small nodes with the same resources as one Ray task each "
+                      "(members keep their own state, attempts and logs; see docs/spec.md, fused chains)", "bool",
+                      _bool, False)
     skip_feasibility: bool = _var("FABRIC_SKIP_FEASIBILITY", "accept nodes no current Ray node can hold "
                                   "(an autoscaler will add one) instead of refusing them", "bool", _bool, False)
     use_images: bool = _var("FABRIC_USE_IMAGES", "run a node's `image` as Ray's image_uri container (needs "

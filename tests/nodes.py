@@ -175,3 +175,11 @@ def chatty(lines: int = 2000, hold_s: float = 3.0, release: str = "") -> pa.Tabl
         print(f"py-line-{i}-padding-padding-padding")
     print("last line")
     return pa.table({"y": list(range(lines))})
+
+
+def task_of(marker_dir: str, name: str, **inputs: object) -> str:
+    """Records each execution and returns the Ray task it ran in (fused chain members share one)."""
+    import ray
+
+    _mark(marker_dir, name)
+    return ray.get_runtime_context().get_task_id() or ""

@@ -112,7 +112,7 @@ class Registry:
         runtime = parse_runtime_params(runtime_params)
         if grants is not None:
             check_submission(grants, runtime.team or "", dag, runtime)
-        plan = compile_plan(dag, runtime, kind_checks())
+        plan = compile_plan(dag, runtime, kind_checks(), fuse=self._config.fuse)
         if plan.params:  # recorded resolved, defaults included: status, lineage and a resume read them back
             runtime = runtime.model_copy(update={"params": dict(plan.params)})
         runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
@@ -187,8 +187,7 @@ class Registry:
         return {"on": self._kill_switch is not None, "reason": self._kill_switch or ""}
 
     def audit(self, subject: str, source: str, target: str, reason: str, actor: str = "") -> None:
-        """Append a decision (e.g. a promotion's gate or traffic step, subject `_promote:<name>`) to the audit
-        log; durable before it returns."""
+        """Append a decision (a promotion's gate or traffic step: `_promote:<name>`) to the audit log, durably."""
         self._store.append_events([Event(subject, None, source, target, time.time(), reason=f"{reason} (by {actor})")])
         self._store.flush()
 
@@ -228,8 +227,8 @@ class Registry:
         return RayBackend.workers()
 
     def sweep(self, now: float | None = None) -> dict[str, Any]:
-        """Retention: remove finished submissions whose `ttl_days` has passed since they ended: their
-        record, logs, persisted outputs and node dirs. Audit events stay. Reports what it removed."""
+        """Retention: remove finished submissions `ttl_days` past their end (record, logs, persisted outputs, node
+        dirs; audit events stay). Reports what it removed."""
         now = time.time() if now is None else now
         removed = []
         for record in self._store.list_submissions(limit=1_000_000):
@@ -268,7 +267,7 @@ class Registry:
             sid = record.submission_id
             try:
                 plan = compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
-                                    kind_checks())
+                                    kind_checks(), fuse=self._config.fuse)
                 status = status_from_events(record, self._store.events(sid))
                 code = {entry: ray.put(blob) for entry, blob in load_code(self._artifacts, sid).items()}
                 rerun = self._engine.resume(record, plan, status, code)
@@ -286,8 +285,7 @@ class Registry:
         return resumed
 
     def _recorded(self, submission_id: str, team: str | None = None) -> SubmissionRecord:
-        """The submission's record; NOT_FOUND when it does not exist or belongs to another team (a team
-        cannot even learn that another team's submission exists)."""
+        """The submission's record; NOT_FOUND when it does not exist or is another team's (not even that leaks)."""
         record = team_record(self._store, submission_id, team)
         if record is None:
             raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
@@ -324,9 +322,11 @@ class Registry:
     def is_stopping(self, submission_id: str, node_id: str, attempt: int) -> bool:
         return self._engine.is_stopping(submission_id, node_id, attempt)
 
-    def report_progress(self, submission_id: str, node_id: str, attempt: int, fraction: float,
-                        message: str) -> None:
+    def report_progress(self, submission_id: str, node_id: str, attempt: int, fraction: float, message: str) -> None:
         self._engine.report_progress(submission_id, node_id, attempt, fraction, message)
+
+    def chain_report(self, submission_id: str, items: bytes) -> None:  # a fused task's members done (chain.py)
+        self._engine.chain_report(submission_id, items)
 
     def result_ref(self, submission_id: str, node_id: str, out: str | None,
                    team: str | None = None) -> list[ray.ObjectRef]:

@@ -17,6 +17,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fabric.errors import ErrorCode, Problem
+from fabric.execute.chain import ChainCall, MemberOutcome, run_pickled_chain
 from fabric.execute.outputs import load_outputs
 from fabric.execute.ports import AttemptHandle, Outcome
 from fabric.execute.sink import HEAD_RESOURCE
@@ -37,6 +38,7 @@ class RayBackend:
 
     def __init__(self) -> None:
         self._remote = ray.remote(run_pickled_node)
+        self._chain = ray.remote(run_pickled_chain)
         self._loader = ray.remote(load_outputs)
         self._loaders: dict[tuple[int, bool], Any] = {}
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
@@ -100,6 +102,47 @@ class RayBackend:
         # `future()` + `ray.get` pair costs twice as much per node.
         report_ref._on_completed(lambda result: on_done(outcome(result)))
         return AttemptHandle(report_ref, dict(zip(slots, value_refs, strict=True)), call.attempt)
+
+    def submit_chain(self, chain: ChainCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
+                     runtime_env: dict[str, Any] | None, placement: Placement | None,
+                     on_done: Callable[[list[Outcome]], None]) -> list[AttemptHandle]:
+        """Start a fused chain as one Ray task (plan/fuse.py: no GPU, no gang, no self-placing kind, so a plain
+        task); `on_done(outcomes)`, one per member in order, is called from a Ray thread when it ends."""
+        first = chain.members[0]
+        env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
+        key = ("chain", first.pipeline_id, unit.key(), chain.slots, env_key)
+        cached = self._options.get(key)
+        if cached is None:
+            options: dict[str, Any] = {
+                "num_cpus": unit.num_cpus, "num_gpus": 0, "num_returns": 1 + chain.slots,
+                "max_retries": 0, "retry_exceptions": False, "name": first.pipeline_id,
+            }
+            if unit.memory:
+                options["memory"] = unit.memory
+            if unit.custom:
+                options["resources"] = dict(unit.custom)
+            if runtime_env:
+                options["runtime_env"] = runtime_env
+            cached = self._options[key] = (options, self._chain.options(**options))
+        options, remote = cached
+        if placement is not None:  # where admission packed the chain's head
+            remote = self._chain.options(
+                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(placement.node_id, False))
+        # As for one node: the secret values (one submission's, the same for every member) go beside the call.
+        secrets = first.secret_values
+        sealed = pickle.dumps({k: dict(v) for k, v in secrets.items()}, protocol=5) if secrets else b""
+        if secrets:
+            chain = replace(chain, members=tuple(replace(call, secret_values={}) for call in chain.members))
+        report_ref, *value_refs = remote.remote(pickle.dumps(chain, protocol=5), sealed, *inputs)
+        members = len(chain.members)
+        report_ref._on_completed(lambda result: on_done(chain_outcomes(result, members)))
+        handles, at = [], 0
+        for call in chain.members:
+            slots = call.result_slots
+            handles.append(AttemptHandle(report_ref, dict(zip(slots, value_refs[at:at + len(slots)], strict=True)),
+                                         call.attempt))
+            at += len(slots)
+        return handles
 
     def _removing(self, group: Any, on_done: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
         """`on_done`, and the attempt's placement group given back. Not in the completion callback itself:
@@ -215,6 +258,15 @@ def outcome(result: Any) -> Outcome:
     if isinstance(result, BaseException):  # worker crashes, node deaths, lost objects
         return AttemptReport(), ErrorInfo(type(result).__name__, str(result)[-2000:])
     return AttemptReport(), ErrorInfo("UnexpectedReport", f"worker returned {type(result).__name__}")
+
+
+def chain_outcomes(result: Any, members: int) -> list[Outcome]:
+    """Each member's outcome from what a fused task's report ref completed with; an error of the task itself
+    (cancelled, its worker lost) is every member's."""
+    if isinstance(result, bytes):
+        reported: list[MemberOutcome] = pickle.loads(result)
+        return list(reported)
+    return [outcome(result)] * members
 
 
 def _bundle(unit: ResourceUnit) -> dict[str, float]:

@@ -6,20 +6,20 @@ One loop thread owns all decisions; Ray completion callbacks only enqueue (submi
 from __future__ import annotations
 
 import logging
+import pickle
 import queue
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import ray
 
 from fabric.errors import ErrorCode, NotFoundError
-from fabric.execute.backend import node_runtime_env
 from fabric.execute.cache import NodeCache
+from fabric.execute.dispatcher import Dispatcher
 from fabric.execute.finished import Finished, bound_finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.headsink import full_logs
 from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, in_flight
@@ -28,7 +28,6 @@ from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
 from fabric.execute.resume import restored_machine
 from fabric.execute.scheduler import cost_events
-from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.record.cache import CacheIndex
@@ -36,7 +35,6 @@ from fabric.record.metrics import FabricMetrics
 from fabric.schedule import Dispatch, Kill, RunMachine
 from fabric.schedule.admission import Placement
 from fabric.schedule.queue import AdmissionQueue
-from fabric.secrets import head_secrets
 from fabric.states import KillCause
 
 log = logging.getLogger(__name__)
@@ -71,6 +69,8 @@ class Engine:
         self._lock = threading.RLock()
         self._runs: dict[str, LiveRun] = {}
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._dispatcher = Dispatcher(backend, self._inbox, home=home, artifacts=artifacts, control=control,
+                                      use_images=use_images, secrets_dir=secrets_dir)
         # `cache: true` nodes: reuse and coalescing (execute/cache.py), through a narrow seam
         self._cache = NodeCache(home, artifacts, cache_index)
         self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)
@@ -163,6 +163,22 @@ class Engine:
             run = self._runs.get(submission_id)
             if run and node_id in run.machine.nodes and len(run.machine.nodes[node_id].attempts) == attempt:
                 run.machine.on_progress(node_id, None, fraction, message)
+
+    def chain_report(self, submission_id: str, pickled: bytes) -> None:
+        """Members of a running fused task that succeeded, as pickled [(node, attempt, outcome)]: each becomes the
+        `Done` of its current dispatch, if that is the attempt reported (the task's return reports them again:
+        the loop ignores the repeat)."""
+        items: list[tuple[str, int, Outcome]] = pickle.loads(pickled)
+        with self._lock:
+            run = self._runs.get(submission_id)
+            if run is None:
+                return
+            for node_id, attempt, result in items:
+                node = run.machine.nodes.get(node_id)
+                token = node.token if node is not None else None
+                handle = run.handles.get((node_id, token)) if token is not None else None
+                if token is not None and handle is not None and handle.attempt == attempt:
+                    self._inbox.put(Done(submission_id, node_id, token, result))
 
     def wait(self, submission_id: str, timeout: float | None) -> bool:
         run = self._lookup(submission_id)
@@ -298,6 +314,12 @@ class Engine:
             if not run.machine.is_current(node_id, token):
                 del run.handles[(node_id, token)]  # a withdrawn or superseded dispatch
                 return []
+            if run.machine.nodes[node_id].state.terminal:  # a fused member reported twice (execute/chain.py)
+                if error is not None and handle.report is not None and run.persist.get(node_id):
+                    # Its task died after it succeeded: its values are lost with the task, its persisted outs not.
+                    refs = self._backend.load(self._artifacts, run.record.submission_id, node_id, run.persist[node_id])
+                    run.handles[(node_id, token)] = AttemptHandle(None, refs, handle.attempt)
+                return []
             if report.log_tail:
                 self._store.put_log(run.record.submission_id, node_id, handle.attempt, report.log_tail,
                                     report.log_path)
@@ -340,32 +362,7 @@ class Engine:
                     self._backend.cancel(handle, force=force)
                     if not force:
                         self._force_kills.append((self._clock() + CANCEL_GRACE_S, handle))
-                continue
-            node = run.plan.nodes[action.node_id]
-            inputs = []
-            tokens = dict(action.input_tokens)
-            code = run.code.get(node.entrypoint or "")
-            if code is not None:
-                inputs.append(code)
-            for wire in node.inputs:
-                inputs.append(run.handles[(wire.producer, tokens[wire.producer])].values[wire.out])
-            call = NodeCall(
-                submission_id=sid, pipeline_id=run.plan.pipeline_id, node_id=node.node_id, digest=node.digest_outputs,
-                attempt=action.attempt, kind=node.kind, entrypoint=node.entrypoint, params=node.params,
-                input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
-                declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
-                secrets=run.plan.secrets_scope,
-                # Read now, on the head, for this attempt only (fabric/secrets.py): a rotated value is picked up.
-                secret_values=head_secrets(self._secrets_dir, run.plan.secrets_scope) if run.plan.secrets_scope
-                else {},
-                inline_code=code is not None, persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
-            env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
-            token = action.token
-            run.handles[(node.node_id, token)] = self._backend.submit(
-                call, node.unit, inputs, env, placement, partial(self._on_done, sid, node.node_id, token))
-
-    def _on_done(self, submission_id: str, node_id: str, token: int, outcome: Outcome) -> None:
-        self._inbox.put(Done(submission_id, node_id, token, outcome))  # from a backend thread: only enqueue
+        self._dispatcher.dispatch(run, actions, placement)
 
     def _record(self, run: LiveRun) -> None:
         transitions = run.machine.drain_transitions()

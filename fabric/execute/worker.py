@@ -41,6 +41,17 @@ class NodeFailure(Exception):
         return (NodeFailure, (self.node_id, self.attempt, self.error, self.report))
 
 
+class NotRun:
+    """The value of an out a fused task never produced (its member failed, or one before it did): a node that
+    gets it as an input fails at once, as Ray fails a task whose input is an error, without running its code."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        self.node_id, self.reason = node_id, reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NotRun, (self.node_id, self.reason))
+
+
 class _CaptureHandler(logging.Handler):
     """Routes `fabric.context().logger` records to the log of the node running in this thread."""
 
@@ -76,7 +87,20 @@ def run_pickled_node(call: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...
 
 def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     """The Ray task body: returns (AttemptReport, *values), one value per result slot."""
+    report, values = attempt_node(call, *inputs)
+    # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
+    return (pickle.dumps(report, protocol=5), *values)
+
+
+def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]]:
+    """One attempt of one node, in this process: its report and one value per result slot; NodeFailure if it
+    failed."""
     started = time.time()
+    for value in inputs:
+        if isinstance(value, NotRun):  # an upstream member of a fused task failed: this one is withdrawn
+            error = ErrorInfo("NotRun", f"input from {value.node_id} was not produced: {value.reason}")
+            raise NodeFailure(call.node_id, call.attempt, error, AttemptReport(started_at=started,
+                                                                               ended_at=time.time()))
     # The worker's disk is scratch: the log, the node's files and the resume outputs go to the head (or the
     # artifact store) through this link; the log live, in chunks, with fds 1 and 2 captured.
     link = HeadLink(call)
@@ -129,8 +153,7 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
         capture.stop()
         link.wait_logs()
         _capture.reset(capture_token)
-    # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
-    return (pickle.dumps(_report(call, capture, link, ctx, started, digests), protocol=5), *values)
+    return _report(call, capture, link, ctx, started, digests), values
 
 
 @lru_cache(maxsize=64)
@@ -167,11 +190,11 @@ def _report(call: NodeCall, capture: LogCapture, link: HeadLink, ctx: NodeContex
 
 def _registry(call: NodeCall) -> Any:
     assert call.control is not None
-    return _registry_handle(*call.control)
+    return registry_handle(*call.control)
 
 
 @lru_cache(maxsize=4)
-def _registry_handle(name: str, namespace: str) -> Any:
+def registry_handle(name: str, namespace: str) -> Any:
     # A named actor's handle stays valid across its restarts, so one lookup per worker process does.
     import ray
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
+from fabric.plan.fuse import fused_predecessors
 from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
 from fabric.spec import (
@@ -109,8 +110,9 @@ def kind_problems(spec: DagSpec, runnable: Mapping[str, KindCheck],
 
 
 def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
-                 runnable: Mapping[str, KindCheck] | None = None) -> ExecutionPlan:
-    """Wire outs to ins, resolve resources and SLOs, hash every node. Raises SpecError."""
+                 runnable: Mapping[str, KindCheck] | None = None, *, fuse: bool = True) -> ExecutionPlan:
+    """Wire outs to ins, resolve resources and SLOs, hash every node, mark fused chains (unless not `fuse`).
+    Raises SpecError."""
     runtime = runtime or RuntimeParams()
     params, problems = resolve_params(spec.params, runtime.params)
     if problems:
@@ -174,6 +176,9 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         if plans[node_id].cache:
             for producer in {node_id, *(w.producer for w in plans[node_id].inputs)}:
                 plans[producer] = replace(plans[producer], digest_outputs=True)
+    if fuse:
+        for node_id, previous in fused_predecessors(tuple(order), plans, {n.id: n.fuse for n in spec.nodes}).items():
+            plans[node_id] = replace(plans[node_id], fused_after=previous)
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
         plan_hash=hashlib.sha256("".join(hashes[n] for n in order).encode()).hexdigest(),

@@ -83,6 +83,7 @@ class NodePlan:
     content_hash: str
     digest_outputs: bool = False  # a cache key reads its outputs (it is cached, or a consumer is)
     cache_shared: bool = False  # `cache: shared`: its entries are shared between teams (a grant), not its team's
+    fused_after: str | None = None  # the member before it in its fused chain (plan/fuse.py): one Ray task for both
 
     @property
     def result_slots(self) -> tuple[str, ...]:

@@ -210,14 +210,14 @@ class RunMachine:
             self.nodes[node_id].reason = reason
 
     def admit(self, node_id: str) -> list[Action]:
-        """Gated: release a waiting node to run now (a no-op when it stopped waiting meanwhile)."""
+        """Gated: release a waiting node to run now (a no-op when it stopped waiting meanwhile), its fused chain too."""
         node = self.nodes[node_id]
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
         del self._waiting[node_id]
         action = self._dispatch(node)
         self._run(node)
-        return [action]
+        return [action, *self._settle(node.plan.downstream)]  # its fused chain goes in its Ray task (plan/fuse)
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -386,15 +386,15 @@ class RunMachine:
             upstream_ok = node.ok_upstream == len(node.plan.upstream)
             if node.state is NodeState.PENDING and upstream_ok:
                 self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
-            if node.state is NodeState.QUEUED and not self.gated and not node.plan.cache:
+            if node.state is NodeState.QUEUED and not node.plan.cache and (not self.gated or node.token is not None):
                 if node.token is None:
                     actions.append(self._dispatch(node))
                 self._run(node)
             if node.state is NodeState.RUNNING and node.buffered is not None:
                 outcome, node.buffered = node.buffered, None
                 self._finish_attempt(node, outcome)
-            if (not self.gated and node.state is NodeState.PENDING and node.token is None and node.plan.dispatch_early
-                    and node.dispatched_upstream == len(node.plan.upstream)):
+            if ((not self.gated or node.plan.fused_after) and node.state is NodeState.PENDING and node.token is None
+                    and node.plan.dispatch_early and node.dispatched_upstream == len(node.plan.upstream)):
                 actions.append(self._dispatch(node))
             if (node.state, node.token) != before:
                 work.extend(node.plan.downstream)

@@ -259,6 +259,8 @@ class NodeSpec(_Model):
     cache: bool | Literal["shared"] = Field(
         False, description="true: reuse this team's identical finished node; 'shared': the cache shared between "
                            "teams (a grant, see docs/gateway.md#grants)")
+    fuse: bool = Field(True, description="May the planner run it in one Ray task with its chain neighbours "
+                                         "(fabric/plan/fuse.py); false keeps it a Ray task of its own.")
     description: str | None = None
 
     @field_validator("kind")

@@ -28,7 +28,7 @@ N, S = NodeState, SubmissionState
 
 
 def _plan(nodes: list[str | tuple[str, dict[str, Any]]], edges: Sequence[tuple[str, str]] = (),
-          dag_slo: dict[str, Any] | None = None) -> ExecutionPlan:
+          dag_slo: dict[str, Any] | None = None, fuse: bool = True) -> ExecutionPlan:
     """Nodes are ids or (id, node slo); the machine never runs the entrypoint."""
     specs = []
     for entry in nodes:
@@ -38,7 +38,7 @@ def _plan(nodes: list[str | tuple[str, dict[str, Any]]], edges: Sequence[tuple[s
                            "edges": [{"from": a, "to": b} for a, b in edges]}
     if dag_slo:
         doc["slo"] = dag_slo
-    return compile_plan(load_spec(doc))
+    return compile_plan(load_spec(doc), fuse=fuse)
 
 
 class Run:
@@ -386,7 +386,7 @@ def test_illegal_transition_raises() -> None:
 
 
 def test_a_gated_machine_dispatches_only_what_is_admitted():
-    plan = _plan(["a", "b", "c"], [("a", "b")])
+    plan = _plan(["a", "b", "c"], [("a", "b")], fuse=False)
     run = Run(plan)
     run.m = RunMachine(plan, lambda: run.now, submission_id="s", gated=True)
     assert run.start() == []  # nothing goes to Ray by itself
@@ -401,6 +401,33 @@ def test_a_gated_machine_dispatches_only_what_is_admitted():
     run.ok("b")
     run.ok("c")
     assert run.m.state is S.SUCCEEDED
+    run.assert_legal()
+
+
+def test_a_gated_fused_chain_goes_with_its_admitted_head_and_each_member_runs_on_its_own():
+    plan = _plan(["a", ("b", {"retry": {"max_attempts": 2, "backoff_sec": 5}}), "c", "z"],
+                 [("a", "b"), ("b", "c"), ("c", "z")])
+    assert [plan.nodes[n].fused_after for n in plan.order] == [None, "a", "b", "c"]
+    run = Run(plan)
+    run.m = RunMachine(plan, lambda: run.now, submission_id="s", gated=True)
+    assert run.start() == [] and run.m.waiting() == ["a"]
+    admitted = run._feed(run.m.admit("a"))
+    assert [d.node_id for d in admitted] == ["a", "b", "c", "z"]  # one Ray task for the chain (execute/fusion)
+    assert dict(admitted[1].input_tokens) == {"a": admitted[0].token}
+    assert run.states() == {"a": N.RUNNING, "b": N.PENDING, "c": N.PENDING, "z": N.PENDING}
+    run.ok("a")
+    assert run.states()["b"] is N.RUNNING and run.m.waiting() == []  # no second admission inside the chain
+    run.fail("b")  # the chain retries from b, after b's backoff: a stays SUCCEEDED, c and z are withdrawn
+    assert run.states() == {"a": N.SUCCEEDED, "b": N.RETRYING, "c": N.PENDING, "z": N.PENDING}
+    assert run.m.nodes["c"].token is None and run.tick(4.9) == []
+    assert run.tick(0.1) == [] and run.m.waiting() == ["b"]  # its retry is admitted again, as a new head
+    again = run._feed(run.m.admit("b"))
+    assert [(d.node_id, d.attempt) for d in again] == [("b", 2), ("c", 1), ("z", 1)]
+    assert dict(again[0].input_tokens) == {"a": run.tokens["a"]}  # a's outputs, not a new run of a
+    for node in "bcz":
+        run.ok(node)
+    assert run.m.state is S.SUCCEEDED
+    assert [len(run.m.nodes[n].attempts) for n in "abcz"] == [1, 2, 1, 1]
     run.assert_legal()
 
 

@@ -1,0 +1,133 @@
+"""A fused chain inside one Ray worker: its members run one after another, each its own attempt (plan/fuse.py)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fabric.execute.worker import NodeFailure, NotRun, attempt_node, registry_handle
+from fabric.kinds import NodeCall
+from fabric.types import AttemptReport, ErrorInfo
+
+EXTERNAL = -1  # a source (EXTERNAL, i): the task's i-th input; (j, s): slot s of member j's values
+
+MemberOutcome = tuple[AttemptReport, ErrorInfo | None]
+
+
+@dataclass(frozen=True)
+class ChainCall:
+    """The members of one fused task, in run order, and where each member's inputs come from."""
+
+    members: tuple[NodeCall, ...]
+    sources: tuple[tuple[tuple[int, int], ...], ...]  # per member, per input (a notebook function's blob first)
+
+    @property
+    def slots(self) -> int:
+        return sum(len(call.result_slots) for call in self.members)
+
+
+REPORT_EVERY_S = 0.05  # members' successes go to the registry in batches, at most this often (and at the end)
+
+Reporter = Callable[[list[tuple[str, int, MemberOutcome]]], None]  # [(node id, attempt, outcome)]
+
+
+def run_pickled_chain(chain: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...]:
+    """The Ray task body of a fused chain: (pickled outcomes, one per member, then every member's values).
+
+    It never raises for a member's failure: the members before it succeeded and their values must reach their
+    consumers (a retry of the failed member reads them). The failed member's values, and those of every member
+    after it, are `NotRun` markers: whatever reads them fails at once, as it would on an error from Ray."""
+    call: ChainCall = pickle.loads(chain)
+    if sealed:  # the secret values the head read for this task, beside the call (as in run_pickled_node)
+        values = pickle.loads(sealed)
+        call = replace(call, members=tuple(replace(member, secret_values=values) for member in call.members))
+    outcomes, values = run_chain(call, inputs, _reporter(call.members[0]))
+    return (pickle.dumps(outcomes, protocol=5), *values)
+
+
+def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None = None
+              ) -> tuple[list[MemberOutcome], list[Any]]:
+    """Run the members in order; `report` gets each success while the task runs (the status shows members
+    finish one by one, and a registry that restarts meanwhile finds them SUCCEEDED in its record)."""
+    produced: list[list[Any]] = []
+    batch = _Batch(report) if report is not None else None
+    outcomes: list[MemberOutcome] = []
+    failed: str | None = None
+    for member, sources in zip(chain.members, chain.sources, strict=True):
+        if failed is not None:
+            reason = f"member {failed} of its fused task failed"
+            outcomes.append((AttemptReport(), ErrorInfo("NotRun", reason)))
+            produced.append([NotRun(member.node_id, reason)] * len(member.result_slots))
+            continue
+        args = [inputs[i] if j == EXTERNAL else produced[j][i] for j, i in sources]
+        try:
+            report_, values = attempt_node(member, *args)
+        except NodeFailure as exc:
+            failed = member.node_id
+            outcomes.append((exc.report, exc.error))
+            produced.append([NotRun(member.node_id, f"{exc.error.type}: {exc.error.message}"[:300])]
+                            * len(member.result_slots))
+            continue
+        outcomes.append((report_, None))
+        produced.append(values)
+        if batch is not None and member is not chain.members[-1]:  # the last one is in the return value
+            batch.add((member.node_id, member.attempt, (report_, None)))
+    if batch is not None:
+        batch.close()
+    return outcomes, [value for values in produced for value in values]
+
+
+class _Batch:
+    """Successes go out at once when none went out in the last REPORT_EVERY_S, else together at its end (a
+    timer): a slow member's predecessor shows SUCCEEDED at once, a run of fast ones costs a few calls."""
+
+    def __init__(self, send: Reporter) -> None:
+        self._send, self._lock = send, threading.Lock()
+        self._pending: list[tuple[str, int, MemberOutcome]] = []
+        self._sent_at = -REPORT_EVERY_S
+        self._timer: threading.Timer | None = None
+
+    def add(self, item: tuple[str, int, MemberOutcome]) -> None:
+        with self._lock:
+            self._pending.append(item)
+            wait = self._sent_at + REPORT_EVERY_S - time.monotonic()
+            if wait <= 0:
+                self._flush_locked()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._timer = None
+        if self._pending:
+            self._send(self._pending)
+            self._pending, self._sent_at = [], time.monotonic()
+
+    def close(self) -> None:  # what is still pending goes in the task's return value
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._pending = None, []
+
+
+def _reporter(call: NodeCall) -> Reporter | None:
+    """Fire and forget to the registry; the task's own return value carries every outcome anyway."""
+    if call.control is None:
+        return None
+    registry = registry_handle(*call.control)
+
+    def send(items: list[tuple[str, int, MemberOutcome]]) -> None:
+        try:
+            registry.chain_report.remote(call.submission_id, pickle.dumps(items, protocol=5))
+        except Exception:  # noqa: BLE001 - a lost report only delays the status until the task returns
+            pass
+    return send

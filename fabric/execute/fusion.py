@@ -1,0 +1,61 @@
+"""The engine's side of fused chains (plan/fuse.py): which dispatches of one batch share a Ray task, and how
+each member's inputs are wired inside it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fabric.execute.chain import EXTERNAL
+from fabric.plan import ExecutionPlan
+from fabric.schedule import Dispatch, Kill
+
+
+def fused_groups(plan: ExecutionPlan, actions: Sequence[Dispatch | Kill]) -> dict[str, list[Dispatch]]:
+    """Head node -> the dispatches (head first) that go as one Ray task: a member joins its predecessor's group
+    only when both are dispatched in this batch and it is wired to that very dispatch. O(actions)."""
+    last_of: dict[str, list[Dispatch]] = {}  # node id -> the group it is the last member of so far
+    groups: dict[str, list[Dispatch]] = {}
+    for action in actions:
+        if not isinstance(action, Dispatch):
+            continue
+        previous = plan.nodes[action.node_id].fused_after
+        group = last_of.pop(previous, None) if previous is not None else None
+        if group is not None and previous is not None and dict(action.input_tokens).get(previous) == group[-1].token:
+            group.append(action)
+        else:
+            group = groups[action.node_id] = [action]
+        last_of[action.node_id] = group
+    return {head: group for head, group in groups.items() if len(group) > 1}
+
+
+def wire_chain(plan: ExecutionPlan, group: Sequence[Dispatch], code: Mapping[str, Any],
+               ref: Callable[[str, int, str], Any]) -> tuple[list[Any], list[tuple[tuple[int, int], ...]]]:
+    """The fused task's inputs (refs from outside it, each once) and, per member, where each of its inputs
+    comes from: `(EXTERNAL, i)` or `(j, slot)` of an earlier member. `ref(producer, token, out)` is the ref of
+    an outside producer's output; `code` maps an entrypoint to its notebook function's ref."""
+    inputs: list[Any] = []
+    seen: dict[tuple[str, int, str], int] = {}
+    member = {d.node_id: i for i, d in enumerate(group)}
+    sources: list[tuple[tuple[int, int], ...]] = []
+    for index, action in enumerate(group):
+        node = plan.nodes[action.node_id]
+        tokens = dict(action.input_tokens)
+        wired: list[tuple[int, int]] = []
+        blob = code.get(node.entrypoint or "")
+        if blob is not None:
+            wired.append((EXTERNAL, len(inputs)))
+            inputs.append(blob)
+        for wire in node.inputs:
+            token = tokens[wire.producer]
+            inside = member.get(wire.producer)
+            if inside is not None and inside < index and group[inside].token == token:
+                wired.append((inside, plan.nodes[wire.producer].result_slots.index(wire.out)))
+                continue
+            key = (wire.producer, token, wire.out)
+            if key not in seen:
+                seen[key] = len(inputs)
+                inputs.append(ref(*key))
+            wired.append((EXTERNAL, seen[key]))
+        sources.append(tuple(wired))
+    return inputs, sources
