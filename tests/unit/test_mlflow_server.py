@@ -59,7 +59,7 @@ def test_k8s_heads_run_the_server_as_a_sidecar_and_workers_log_to_it(manifest, p
     assert sidecar["command"][:3] == ["python", "-m", "fabric.ml.server"] and "5000" in sidecar["command"]
     assert f"{service}:*" in sidecar["command"][sidecar["command"].index("--allowed-hosts") + 1]
     assert {"containerPort": 5000, "name": "mlflow"} in head["ports"]  # so the head Service exposes it
-    env = {e["name"]: e["value"] for e in head["env"]}
+    env = {e["name"]: e.get("value") for e in head["env"]}  # FABRIC_STORE comes from a Secret (valueFrom)
     assert env["FABRIC_MLFLOW_URI"] == "http://127.0.0.1:5000"
     assert {e["value"] for e in sidecar["env"] if e["name"] == "FABRIC_HOME"} == {env["FABRIC_HOME"]}
     home_mounts = {m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "fabric-home"}
