@@ -116,7 +116,7 @@ def main() -> None:
     for submission_id in ids:  # let them all finish, then measure what finished ones keep
         client.get(submission_id, check=False).wait(max(deadline - time.monotonic(), 1.0))
     rss_after = registry_rss(client)
-    kept = ray.get(client._registry.kept.remote())
+    kept = ray.get(client._registry.kept.remote(client._cap))
 
     a50, a99 = pct(anchor_s, 50), pct(anchor_s, 99)
     print(f"{len(ids)} submissions from {args.clients} concurrent clients over HTTP on loopback (2-node DAGs)")

@@ -13,8 +13,11 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-from fabric.actors.registry import NAMESPACE, REGISTRY_NAME, get_or_create_registry
+from fabric.actors.control import get_or_create_registry
+from fabric.actors.guard import verified
+from fabric.actors.registry import NAMESPACE, REGISTRY_NAME
 from fabric.actors.revive import current_method, remember_home, revive
+from fabric.capability import control_cap, impostor, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
 from fabric.local_ray import init_address
 from fabric.protocol import (
@@ -31,7 +34,7 @@ from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.schedule.grants import TeamGrants
-from fabric.settings import settings
+from fabric.settings import Settings, settings
 from fabric.spec import RuntimeParams, read_spec
 from fabric.types import new_submission_id
 
@@ -106,8 +109,9 @@ class RaySubmission:
     """A `Submission` through Ray: every method asks the registry actor; nothing is cached or hidden."""
 
     def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None,
-                 retry_for: float = REGISTRY_RESTART_WAIT_S) -> None:
+                 retry_for: float = REGISTRY_RESTART_WAIT_S, *, cap: str = "") -> None:
         self._registry = registry
+        self._cap = cap  # the control capability (fabric/capability.py): shown on every call
         self._retry_for = retry_for
         self.id = submission_id
         self.created = created
@@ -117,11 +121,12 @@ class RaySubmission:
         return f"RaySubmission({self.id!r})"
 
     def status(self) -> SubmissionStatus:
-        return SubmissionStatus.from_dict(_call(self._registry.status, self.id, self._team, retry_for=self._retry_for))
+        reply = _call(self._registry.status, self._cap, self.id, self._team, retry_for=self._retry_for)
+        return SubmissionStatus.from_dict(reply)
 
     async def status_async(self) -> SubmissionStatus:
         """`status()` for code that runs in an event loop."""
-        reply = await _acall(self._registry.status, self.id, self._team, retry_for=self._retry_for)
+        reply = await _acall(self._registry.status, self._cap, self.id, self._team, retry_for=self._retry_for)
         return SubmissionStatus.from_dict(reply)
 
     def wait(self, timeout: float | None = None) -> SubmissionStatus:
@@ -130,7 +135,8 @@ class RaySubmission:
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             step = 30.0 if left is None else min(left, 30.0)
-            if _call(self._registry.wait, self.id, step, self._team, timeout=step + 30, retry_for=self._retry_for):
+            if _call(self._registry.wait, self._cap, self.id, step, self._team, timeout=step + 30,
+                     retry_for=self._retry_for):
                 return self.status()
             if deadline is not None and time.monotonic() >= deadline:
                 raise FabricError(f"submission {self.id} did not finish within {timeout}s",
@@ -139,42 +145,45 @@ class RaySubmission:
 
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
         """The value of `out` (default: the node's only out) of a finished node, from the object store."""
-        [ref] = _call(self._registry.result_ref, self.id, node, out, self._team, retry_for=self._retry_for)
+        [ref] = _call(self._registry.result_ref, self._cap, self.id, node, out, self._team, retry_for=self._retry_for)
         return ray.get(ref, timeout=timeout)
 
     def logs(self, node: str, tail: int | None = None) -> str:
         """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
         parts = []
-        for attempt, text, path in _call(self._registry.logs, self.id, node, self._team, retry_for=self._retry_for):
+        entries = _call(self._registry.logs, self._cap, self.id, node, self._team, retry_for=self._retry_for)
+        for attempt, text, path in entries:
             parts.append(f"--- attempt {attempt}" + (f" ({path})" if path else "") + " ---\n" + text)
         text = "".join(parts)
         return text if tail is None else "\n".join(text.splitlines()[-tail:])
 
     def artifacts(self) -> dict[str, Any]:
         """What this submission has in the artifact store: its report and each node's files."""
-        return _call(self._registry.artifacts, self.id, self._team, retry_for=self._retry_for)
+        return _call(self._registry.artifacts, self._cap, self.id, self._team, retry_for=self._retry_for)
 
     def cancel(self) -> None:
-        _call(self._registry.cancel, self.id, self._team, retry_for=self._retry_for)
+        _call(self._registry.cancel, self._cap, self.id, self._team, retry_for=self._retry_for)
 
     def graph(self) -> dict[str, Any]:
         """The DAG's nodes and edges, every attempt's queue wait and run time, and the critical path."""
-        return _call(self._registry.graph, self.id, self._team, retry_for=self._retry_for)
+        return _call(self._registry.graph, self._cap, self.id, self._team, retry_for=self._retry_for)
 
     def lineage(self) -> list[dict[str, Any]]:
         """OpenLineage RunEvents: the submission, and each node attempt with its inputs and outputs."""
-        return _call(self._registry.lineage, self.id, self._team, retry_for=self._retry_for)
+        return _call(self._registry.lineage, self._cap, self.id, self._team, retry_for=self._retry_for)
 
 
 class RayClient:
     """A `Client` on a Ray cluster: submit DAGs to the registry actor and follow them.
 
     A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
-    (Code with direct Ray access can reach everything: Ray itself is the trust boundary.)"""
+    (Code with direct Ray access reaches the registry's handle, but not its methods: they need the control
+    capability that only drivers hold, docs/security.md.)"""
 
     def __init__(self, registry: Any, team: str | None = None, retry_for: float = REGISTRY_RESTART_WAIT_S,
-                 grants: TeamGrants | None = None) -> None:
+                 grants: TeamGrants | None = None, *, cap: str = "") -> None:
         self._registry = registry
+        self._cap = cap  # the control capability (fabric/capability.py): never handed to a task
         self._retry_for = retry_for  # how long a call waits for a restarting registry before it raises
         self.team = team
         self._grants = grants  # checked by the registry on every submit (fabric/schedule/grants.py)
@@ -182,20 +191,23 @@ class RayClient:
     def for_team(self, team: str, grants: TeamGrants | None = None) -> RayClient:
         """The same connection, scoped to one team (the gateway makes one per authenticated request, with the
         team's grants from its tokens file)."""
-        return RayClient(self._registry, team, self._retry_for, grants)
+        return RayClient(self._registry, team, self._retry_for, grants, cap=self._cap)
 
     def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
-        reply = _call(self._registry.submit, *self._submit_args(spec, runtime_params), retry_for=self._retry_for)
-        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
+        reply = _call(self._registry.submit, self._cap, *self._submit_args(spec, runtime_params),
+                      retry_for=self._retry_for)
+        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
+                             cap=self._cap)
 
     async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None) -> RaySubmission:
         """`submit()` for code that runs in an event loop."""
         # YAML text (up to 1 MiB at the gateway) is parsed off the event loop: other requests go on meanwhile.
         args = (await asyncio.to_thread(self._submit_args, spec, runtime_params) if isinstance(spec, str | bytes)
                 else self._submit_args(spec, runtime_params))
-        reply = await _acall(self._registry.submit, *args, retry_for=self._retry_for)
-        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for)
+        reply = await _acall(self._registry.submit, self._cap, *args, retry_for=self._retry_for)
+        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
+                             cap=self._cap)
 
     def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[Any, ...]:
         code: dict[str, bytes] = {}
@@ -222,45 +234,48 @@ class RayClient:
         is this team's) now: the handle's first call answers that instead."""
         if check:
             # NotFoundError if unknown (or not ours)
-            _call(self._registry.status, submission_id, self.team, retry_for=self._retry_for)
-        return RaySubmission(self._registry, submission_id, created=False, team=self.team, retry_for=self._retry_for)
+            _call(self._registry.status, self._cap, submission_id, self.team, retry_for=self._retry_for)
+        return RaySubmission(self._registry, submission_id, created=False, team=self.team, retry_for=self._retry_for,
+                             cap=self._cap)
 
     def list(self, state: str | None = None, limit: int = 50, labels: Mapping[str, str] | None = None, *,
              search: str | None = None, cursor: str | None = None) -> Page:
         """Newest first; pass a page's `next_cursor` as `cursor=` for the next one."""
         before = None if cursor is None else decode_cursor(cursor)  # a bad cursor fails here, before any call
-        items = _call(self._registry.list, state, limit, dict(labels) if labels else None, before, self.team,
+        items = _call(self._registry.list, self._cap, state, limit, dict(labels) if labels else None, before, self.team,
                       search, retry_for=self._retry_for)
         return Page(items, next_cursor(items, limit))
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read it, or turn it on (nothing new admitted, running work goes on) or off."""
-        return _call(self._registry.kill_switch, on, reason, actor or (self.team or ""), retry_for=self._retry_for)
+        return _call(self._registry.kill_switch, self._cap, on, reason, actor or (self.team or ""),
+                     retry_for=self._retry_for)
 
     def drain(self, timeout: float = 600.0, actor: str = "") -> dict[str, Any]:
         """Close admission, wait for running submissions, and report what finished."""
-        return _call(self._registry.drain, timeout, actor or (self.team or ""), timeout=timeout + 60,
+        return _call(self._registry.drain, self._cap, timeout, actor or (self.team or ""), timeout=timeout + 60,
                      retry_for=self._retry_for)
 
     def workers(self) -> Rows:
         """The Ray nodes: resources, pools, load, busy or idle."""
-        return _call(self._registry.workers, retry_for=self._retry_for)
+        return _call(self._registry.workers, self._cap, retry_for=self._retry_for)
 
     def queues(self) -> dict[str, Any]:
         """Admission's queue (this team's nodes when the client is team-scoped) and the budgets."""
-        return _call(self._registry.queues, self.team, retry_for=self._retry_for)
+        return _call(self._registry.queues, self._cap, self.team, retry_for=self._retry_for)
 
     def metrics_text(self) -> str:
         """fabric's metrics (queues, waits, run times, GPUs per team, retries…) as Prometheus text."""
-        return _call(self._registry.metrics_text, retry_for=self._retry_for)
+        return _call(self._registry.metrics_text, self._cap, retry_for=self._retry_for)
 
     def artifact(self, submission_id: str, node: str | None, name: str) -> bytes:
         """An artifact's bytes: the run's `metrics.json` (node None) or a file a node wrote to its artifact dir."""
-        return _call(self._registry.artifact, submission_id, node, name, self.team, retry_for=self._retry_for)
+        return _call(self._registry.artifact, self._cap, submission_id, node, name, self.team,
+                     retry_for=self._retry_for)
 
     def artifacts(self, submission_id: str) -> dict[str, Any]:
         """What a submission has in the artifact store: its report and each node's files."""
-        return _call(self._registry.artifacts, submission_id, self.team, retry_for=self._retry_for)
+        return _call(self._registry.artifacts, self._cap, submission_id, self.team, retry_for=self._retry_for)
 
     def ping(self) -> bool:
         return _call(self._registry.ping, timeout=5, retry_for=self._retry_for) == "ok"
@@ -273,20 +288,20 @@ class RayClient:
     def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
         """Register a spec as the pipeline's next version (the same again: the same version)."""
         options = {"max_active_runs": max_active_runs, "overlap": overlap}
-        return _call(self._registry.register_pipeline, registrable_spec(spec), options, self.team,
+        return _call(self._registry.register_pipeline, self._cap, registrable_spec(spec), options, self.team,
                      retry_for=self._retry_for)
 
     def pipelines(self) -> Rows:
         """This team's registered pipelines, each at its latest version."""
-        return _call(self._registry.pipelines, self.team, retry_for=self._retry_for)
+        return _call(self._registry.pipelines, self._cap, self.team, retry_for=self._retry_for)
 
     def pipeline_versions(self, pipeline_id: str) -> Rows:
         """Every version of a pipeline, newest first, with its spec."""
-        return _call(self._registry.pipeline_versions, pipeline_id, self.team, retry_for=self._retry_for)
+        return _call(self._registry.pipeline_versions, self._cap, pipeline_id, self.team, retry_for=self._retry_for)
 
     def pipeline_runs(self, pipeline_id: str, limit: int = 20) -> Rows:
         """The pipeline's recent runs started by name, newest first."""
-        return _call(self._registry.pipeline_runs, pipeline_id, limit, self.team, retry_for=self._retry_for)
+        return _call(self._registry.pipeline_runs, self._cap, pipeline_id, limit, self.team, retry_for=self._retry_for)
 
     def run_pipeline(self, pipeline_id: str, params: Mapping[str, Any] | None = None, *, version: int | None = None,
                      runtime_params: ParamsInput = None) -> dict[str, Any]:
@@ -296,7 +311,7 @@ class RayClient:
             raise FabricError(f"runtime_params.team {runtime['team']!r} is not this client's team {self.team!r}",
                               code=ErrorCode.FORBIDDEN, where="runtime_params.team",
                               fix="leave team out: it comes from your credentials")
-        return _call(self._registry.run_pipeline, pipeline_id, version, runtime, self.team, self._grants,
+        return _call(self._registry.run_pipeline, self._cap, pipeline_id, version, runtime, self.team, self._grants,
                      retry_for=self._retry_for)
 
 
@@ -310,14 +325,16 @@ def _job_runtime_env() -> dict[str, Any]:
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
             resources: dict[str, float] | None = None, home: str | None = None,
             runtime_env: dict[str, Any] | None = None, team: str | None = None, token: str | None = None,
-            retry_for: float = REGISTRY_RESTART_WAIT_S, **ray_init_kwargs: Any) -> Client:
+            retry_for: float = REGISTRY_RESTART_WAIT_S, control_key_file: str | None = None,
+            **ray_init_kwargs: Any) -> Client:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster.
 
     `"http://host:8000"` (with `token=`, default $FABRIC_TOKEN) goes through the gateway instead: the
     same Client and Submission methods over HTTP, no Ray on this side, the team from the token.
 
-    `retry_for`: how long a call waits for a restarting registry before it raises."""
+    `retry_for`: how long a call waits for a restarting registry before it raises. `control_key_file`: where the
+    head's control key is (default FABRIC_CONTROL_KEY_FILE, else `<home>/control.key`, made there if missing)."""
     if address is not None and address.startswith(("http://", "https://")):
         from fabric.remote import HttpClient
 
@@ -334,10 +351,28 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         ray.init(address=address, runtime_env=runtime_env,
                  **{k: v for k, v in sizes.items() if v is not None}, **ray_init_kwargs)
     home = home or default_home()
+    # The control key is read (or, on a fresh head, made) here: this process is a driver, and tasks never see it.
+    key_file = control_key_file or Settings.from_env(home=home).control_key_file
+    key = load_or_create_key(Path(key_file))
     registry = get_or_create_registry(home)
-    _call(registry.ping, timeout=120)
-    remember_home(registry)  # to start a new registry, on the same record, if this one dies for good
-    return RayClient(registry, team, retry_for)
+    try:
+        ping = registry.ping
+    except AttributeError:
+        raise impostor(REGISTRY_NAME, "it has no `ping` method: something else was started under fabric's name") \
+            from None
+    _call(ping, timeout=120)
+    verified(registry, key, REGISTRY_NAME)  # a squatter under the registry's name is refused before it is told anything
+    remember_home(registry, key)  # to start a new registry, on the same record, if this one dies for good
+    _connected["key_file"] = key_file
+    return RayClient(registry, team, retry_for, cap=control_cap(key))
+
+
+_connected: dict[str, str] = {}
+
+
+def connected_key_file() -> str | None:
+    """The control key file this process connected with (the gateway it starts reads the same one)."""
+    return _connected.get("key_file")
 
 
 def _use_ray_token_auth() -> None:

@@ -139,6 +139,9 @@ class Settings:
                              "secret", _text, secret=True)
     tokens: str = _var("FABRIC_TOKENS", "the gateway's tokens file (hashed team and admin tokens)", "path",
                        _text, _under_home("tokens.yaml"), shown=f"{_HOME}/tokens.yaml")
+    control_key_file: str = _var("FABRIC_CONTROL_KEY_FILE", "the control plane's secret key (made, mode 0600, by "
+                                 "the first registry): drivers (gateway, CLI, SDK) read it; never give it to tasks",
+                                 "path", _text, _under_home("control.key"), shown=f"{_HOME}/control.key")
     store: str = _var("FABRIC_STORE", "the registry's record: `sqlite` ($FABRIC_HOME/fabric.db, durable, one "
                       "head), a `postgresql://user@host:port/db` URL (durable, shared; the `postgres` extra) or "
                       "`memory` (lost on restart)", "sqlite | memory | postgresql://...", _store, "sqlite")

@@ -22,6 +22,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fabric as fb
+from fabric.actors import HEAD_RESOURCE
 from fabric.client import RayClient, RaySubmission
 from fabric.errors import ErrorCode, FabricError
 from fabric.logs import configure_logging
@@ -190,15 +191,16 @@ async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
 
 # The gateway only waits on the registry: it takes no CPU from the work, and one replica holds many
 # requests at once (Serve's default of 5 in flight would queue 16 clients at the proxy).
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+# On the head: it reads the tokens file and the control key there (docs/security.md).
+@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Gateway(MlRoutes):
-    def __init__(self, tokens_file: str | None = None) -> None:
+    def __init__(self, tokens_file: str | None = None, control_key_file: str | None = None) -> None:
         configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens: tuple[float, TokenTable] | None = None
         # Inside Serve, Ray is up: this only finds the registry.
-        client = fb.connect(retry_for=REGISTRY_WAIT_S)
+        client = fb.connect(retry_for=REGISTRY_WAIT_S, control_key_file=control_key_file)
         if not isinstance(client, RayClient):  # no http(s) address is passed: always the Ray client
             raise TypeError(f"the gateway needs the Ray client, got {type(client).__name__}")
         self._client = client
@@ -373,7 +375,8 @@ def build_app(args: dict[str, str] | None = None) -> Any:
     args = args or {}
     tokens_file = args.get("tokens_file") or default_tokens_file()
     # serve.deployment makes Gateway a Deployment; mypy keeps a decorated class's own type.
-    return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(tokens_file)  # type: ignore[attr-defined]
+    return Gateway.options(num_replicas=int(args.get("num_replicas", 1))).bind(  # type: ignore[attr-defined]
+        tokens_file, args.get("control_key_file"))
 
 
 # `serve run serve.gateway:app`: binding builds a description only (nothing starts at import); the

@@ -10,14 +10,16 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from fabric.actors import HEAD_RESOURCE, NAMESPACE, observe
+from fabric.actors import NAMESPACE, observe
 from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
+from fabric.capability import attempt_grant, load_or_create_key
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
 from fabric.execute.backend import RayBackend
@@ -55,6 +57,8 @@ class Registry:
         configure_logging(config.log_format)  # json: this actor's log records as JSON lines (fabric/logs.py)
         self.home = home
         self._config = config
+        # The control plane's secret (fabric/capability.py): made on the head at the first start, mode 0600.
+        self.key = load_or_create_key(Path(config.control_key_file))
         # Persisted node outputs: a local dir by default, any pyarrow.fs URI (s3://, gs://) by config.
         self._artifacts = config.artifacts
         # What is recorded also goes out as OpenLineage events and OTLP traces (fabric/actors/observe.py).
@@ -71,14 +75,15 @@ class Registry:
         # Admission (when configured) books team budgets in the quota actors: their factory is passed down,
         # so the engine never imports the control plane.
         scheduling = load_config(Path(config.scheduling), config.admission)
-        admission = (engine_scheduler(scheduling, time.time, self._store, get_or_create_quota_actor)
+        quota_actor = partial(get_or_create_quota_actor, key_file=config.control_key_file)
+        admission = (engine_scheduler(scheduling, time.time, self._store, quota_actor)
                      if scheduling is not None else None)
         self._engine = Engine(self._store, backend=RayBackend(), home=home, artifacts=self._artifacts,
                               control=(REGISTRY_NAME, NAMESPACE), use_images=config.use_images,
                               persist_outputs=config.persist_outputs != "none", admission=admission,
                               cache_index=open_cache_index(home, config.store),
                               keep_finished=config.keep_finished, keep_results=config.keep_results,
-                              secrets_dir=config.secrets_dir)
+                              secrets_dir=config.secrets_dir, grant=partial(attempt_grant, self.key))
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and not config.skip_feasibility
         if self._lease is not None:
@@ -392,17 +397,3 @@ def open_store(home: str, kind: str = "sqlite") -> Store:
     if is_postgres_url(kind):
         return PostgresStore(kind)
     return SqliteStore(Path(home) / "fabric.db")
-
-
-RegistryActor = ray.remote(Registry)
-
-
-def get_or_create_registry(home: str) -> Any:
-    return RegistryActor.options(
-        name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_concurrency=32, max_restarts=-1,
-        # On the head, where FABRIC_HOME's disk is (cluster.yaml, k8s/): never on a spot worker that may vanish.
-        resources={HEAD_RESOURCE: 0.001},
-        # The outputs of failed and withdrawn attempts are dropped unread on purpose: no "unhandled error".
-        runtime_env={"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}},
-    ).remote(home)

@@ -21,11 +21,13 @@ def start_gateway(tokens_file: Path, port: int, host: str = "127.0.0.1", replica
     return its URL. Tokens are minted by the caller (`serve.auth.mint_token`): the gateway only reads them."""
     from ray import serve
 
+    from fabric.client import connected_key_file
     from serve.gateway import build_app  # the application package, loaded only when a gateway is wanted
 
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app({"tokens_file": str(tokens_file), "num_replicas": str(replicas)}), name=GATEWAY_APP,
-              route_prefix="/")
+    # The path of the control key (not the key): the replicas, on the head, read it as this driver did.
+    args = {"tokens_file": str(tokens_file), "num_replicas": str(replicas), "control_key_file": connected_key_file()}
+    serve.run(build_app({k: v for k, v in args.items() if v}), name=GATEWAY_APP, route_prefix="/")
     return f"http://{host}:{port}"
 
 

@@ -31,6 +31,20 @@ from fabric.types import AttemptReport, ErrorInfo
 # asks for almost nothing, or it would hold what its own workers need.
 SELF_PLACING_KINDS = frozenset({"train", "ray_job", "tune"})
 GPU_LOOKUP_EVERY_S = 5.0
+HEAD_LOOKUP_EVERY_S = 5.0
+
+
+def head_to_avoid(nodes: Sequence[Mapping[str, Any]]) -> str | None:
+    """The head's node id while another node is alive: tenant work never runs beside the control plane's disk
+    (its store, tokens and control key). None on a one-node cluster, where there is nowhere else (security.md)."""
+    alive = [n for n in nodes if n.get("Alive")]
+    heads = [n["NodeID"] for n in alive if HEAD_RESOURCE in n.get("Resources", {})]
+    return heads[0] if heads and len(alive) > len(heads) else None
+
+
+def tenant_custom(custom: Mapping[str, float]) -> dict[str, float]:
+    """A node's custom resources without Ray's `node:*` placement keys (`node:__internal_head__` pins to the head)."""
+    return {key: value for key, value in custom.items() if not key.startswith("node:")}
 
 
 class RayBackend:
@@ -43,6 +57,7 @@ class RayBackend:
         self._loaders: dict[tuple[int, bool], Any] = {}
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
         self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
+        self._head: tuple[float, str | None] = (-HEAD_LOOKUP_EVERY_S, None)
         self._groups_to_remove: queue.SimpleQueue[Any] | None = None
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
@@ -56,9 +71,12 @@ class RayBackend:
             if on_cpu:
                 unit = replace(unit, num_cpus=unit.fallback_cpus, num_gpus=0.0, fallback_cpus=None, placement=None,
                                custom={k: v for k, v in unit.custom.items() if k != "gpu_mem_gb"})
+        if any(name.startswith("node:") for name in unit.custom):  # Ray's placement keys are fabric's to set
+            unit = replace(unit, custom=tenant_custom(unit.custom))
         slots = call.result_slots
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
-        key = (call.pipeline_id, call.kind in SELF_PLACING_KINDS, unit.key(), len(slots), env_key)
+        head = self._head_to_avoid()
+        key = (call.pipeline_id, call.kind in SELF_PLACING_KINDS, unit.key(), len(slots), env_key, head)
         cached = self._options.get(key)
         if cached is None:
             options: dict[str, Any] = {
@@ -74,6 +92,8 @@ class RayBackend:
                 options.pop("memory", None)
             if runtime_env:
                 options["runtime_env"] = runtime_env
+            if head is not None:  # never on the head while there is another node (docs/security.md)
+                options["label_selector"] = {NODE_ID_LABEL: f"!{head}"}
             # Options are built once per shape: `.options()` costs ~30 us, a lot per node. Tasks are
             # named after their pipeline; the node is in the fabric's own status.
             cached = self._options[key] = (options, self._remote.options(**options))
@@ -84,9 +104,11 @@ class RayBackend:
             # Packed work goes where admission booked it, as a hard rule: a soft target lands elsewhere
             # while an earlier group is still being removed, and then the book and Ray disagree.
             pinned = on_node is not None and strategy in ("PACK", "STRICT_PACK")
+            where = {NODE_ID_LABEL: on_node} if pinned else {NODE_ID_LABEL: f"!{head}"} if head else None
             group = placement_group([_bundle(unit)] * unit.workers, strategy=strategy,
-                                    bundle_label_selector=[{NODE_ID_LABEL: on_node}] * unit.workers if pinned else None)
-            remote = self._remote.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                    bundle_label_selector=[where] * unit.workers if where else None)
+            in_group = {k: v for k, v in options.items() if k != "label_selector"}  # the bundles say where
+            remote = self._remote.options(**in_group, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=0))
             on_done = self._removing(group, on_done)
         elif on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
@@ -158,6 +180,13 @@ class RayBackend:
             on_done(result)
         return done
 
+    def _head_to_avoid(self) -> str | None:
+        checked_at, head = self._head
+        if time.monotonic() - checked_at > HEAD_LOOKUP_EVERY_S:
+            head = head_to_avoid(ray.nodes())
+            self._head = (time.monotonic(), head)
+        return head
+
     def _cluster_has_gpus(self) -> bool:
         """Without admission, GPU-first work falls back at once where the cluster has no GPU at all."""
         checked_at, has = self._has_gpus
@@ -213,7 +242,8 @@ class RayBackend:
     @staticmethod
     def feasibility_problems(plan: ExecutionPlan) -> list[Problem]:
         """Nodes that no alive Ray node could ever hold: Ray would leave them pending forever."""
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        head = head_to_avoid(ray.nodes())
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != head]
         problems = []
         for node_id in plan.order:
             unit = plan.nodes[node_id].unit

@@ -127,7 +127,9 @@ def _reporter(call: NodeCall) -> Reporter | None:
 
     def send(items: list[tuple[str, int, MemberOutcome]]) -> None:
         try:
-            registry.chain_report.remote(call.submission_id, pickle.dumps(items, protocol=5))
+            # Signed by the chain head's attempt grant (fabric/capability.py): only this task reports for its chain.
+            registry.chain_report.remote(call.submission_id, call.node_id, call.attempt, call.grant,
+                                         pickle.dumps(items, protocol=5))
         except Exception:  # noqa: BLE001 - a lost report only delays the status until the task returns
             pass
     return send

@@ -21,8 +21,10 @@ class Dispatcher:
     """Turns a machine's Dispatch actions into backend attempts; completions go to the engine's inbox as `Done`."""
 
     def __init__(self, backend: Backend, inbox: queue.SimpleQueue[Message], *, home: str, artifacts: str,
-                 control: tuple[str, str] | None, use_images: bool, secrets_dir: str | None) -> None:
+                 control: tuple[str, str] | None, use_images: bool, secrets_dir: str | None,
+                 grant: Callable[[str, str, int], str] | None = None) -> None:
         self._backend, self._inbox, self._secrets_dir = backend, inbox, secrets_dir
+        self._grant = grant  # grant(sid, node, attempt): the attempt's own capability (fabric/capability.py)
         self._home, self._artifacts, self._control, self._use_images = home, artifacts, control, use_images
         # Fused chains go as one task where the backend can run them (RayBackend); otherwise one task per node.
         self._submit_chain: Callable[..., list[AttemptHandle]] | None = getattr(backend, "submit_chain", None)
@@ -64,6 +66,7 @@ class Dispatcher:
             params=node.params, input_names=tuple(w.name for w in node.inputs), result_slots=node.result_slots,
             declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
             secrets=run.plan.secrets_scope, secret_values=secrets, inline_code=inline_code,
+            grant=self._grant(run.record.submission_id, node.node_id, action.attempt) if self._grant else "",
             persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
 
     def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None) -> None:

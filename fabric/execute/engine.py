@@ -49,7 +49,8 @@ class Engine:
                  control: tuple[str, str] | None = None, clock: Callable[[], float] = time.time,
                  use_images: bool = False, persist_outputs: bool = True, admission: AdmissionQueue | None = None,
                  cache_index: CacheIndex | None = None, keep_finished: int = 1000, keep_results: int = 100,
-                 metrics: FabricMetrics | None = None, secrets_dir: str | None = None) -> None:
+                 metrics: FabricMetrics | None = None, secrets_dir: str | None = None,
+                 grant: Callable[[str, str, int], str] | None = None) -> None:
         """The registry passes in its settings (fabric/settings.py), the Ray backend, and the admission queue
         (`execute.scheduler.engine_scheduler`; None: admission is off, ready nodes go to Ray at once).
         `secrets_dir`: the head's secrets, read at each dispatch of a submission that lists scopes."""
@@ -70,7 +71,7 @@ class Engine:
         self._runs: dict[str, LiveRun] = {}
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._dispatcher = Dispatcher(backend, self._inbox, home=home, artifacts=artifacts, control=control,
-                                      use_images=use_images, secrets_dir=secrets_dir)
+                                      use_images=use_images, secrets_dir=secrets_dir, grant=grant)
         # `cache: true` nodes: reuse and coalescing (execute/cache.py), through a narrow seam
         self._cache = NodeCache(home, artifacts, cache_index)
         self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)

@@ -5,6 +5,7 @@ A worker's own disk is scratch: on a real cluster it is gone, or elsewhere, when
 Every write names (submission, node, attempt) and a relative name, all checked here before any filesystem
 call, so a caller can only write inside `<root>/<submission>/<node>/{files,outputs}/` or its own log file.
 Writes carry their byte offset, so they may arrive in any order, and a retried one lands in the same place.
+Every write shows the attempt's grant (fabric/capability.py): an attempt writes only its own log and files.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from fabric.capability import attempt_grant, attempt_proof, check, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
 from fabric.execute.artifacts import check_names
+from fabric.settings import Settings
 
 MAX_CHUNK_BYTES = 8 << 20  # per call: a large file travels in several
 READ_LOG_BYTES = 64 << 20  # what `logs` returns of one attempt at most (its end)
@@ -68,8 +71,18 @@ class HeadSink:
 
     def __init__(self, home: str, artifacts: str) -> None:
         self.home, self.artifacts = home, artifacts
+        self._key = load_or_create_key(Path(Settings.from_env(home=home).control_key_file))
 
-    def append_log(self, submission_id: str, node_id: str, attempt: int, offset: int, data: bytes) -> int:
+    def prove(self, submission_id: str, node_id: str, attempt: int, nonce: str) -> str:
+        """The answer to an attempt's challenge: this sink can make its grant (it is fabric's, not a squatter)."""
+        return attempt_proof(attempt_grant(self._key, submission_id, node_id, attempt), nonce)
+
+    def _granted(self, submission_id: str, node_id: str, attempt: int, grant: str) -> None:
+        check(attempt_grant(self._key, submission_id, node_id, attempt), grant, "the head sink")
+
+    def append_log(self, submission_id: str, node_id: str, attempt: int, grant: str, offset: int,
+                   data: bytes) -> int:
+        self._granted(submission_id, node_id, attempt, grant)
         check_names(submission_id, node_id, None)
         _data(offset, data)
         _pwrite(log_file(self.home, submission_id, node_id, _attempt(attempt)), offset, data)
@@ -82,13 +95,15 @@ class HeadSink:
         final = node_file(self.artifacts, submission_id, node_id, name)
         return final, final.with_name(f".{final.name}.a{_attempt(attempt)}.part")
 
-    def put_chunk(self, submission_id: str, node_id: str, attempt: int, name: str, offset: int,
+    def put_chunk(self, submission_id: str, node_id: str, attempt: int, grant: str, name: str, offset: int,
                   data: bytes) -> None:
+        self._granted(submission_id, node_id, attempt, grant)
         _data(offset, data)
         _pwrite(self._temp(submission_id, node_id, attempt, name)[1], offset, data)
 
-    def commit(self, submission_id: str, node_id: str, attempt: int, name: str, size: int) -> None:
+    def commit(self, submission_id: str, node_id: str, attempt: int, grant: str, name: str, size: int) -> None:
         """Move a whole file into place (atomically), once all of its chunks are written."""
+        self._granted(submission_id, node_id, attempt, grant)
         final, temp = self._temp(submission_id, node_id, attempt, name)
         if not temp.exists() and final.exists() and final.stat().st_size == size:
             return  # a retried commit

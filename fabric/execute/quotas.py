@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from fabric.errors import FabricError
 from fabric.schedule.admission import Request
 from fabric.schedule.quota import Budget, QuotaBook
 from fabric.states import Wait, WaitReason
@@ -30,6 +31,7 @@ class ActorQuotaBook(QuotaBook):
         self._make_actor = actor
         self._actors: dict[str, Any] = {}
         self._synced: set[str] = set()
+        self._why: dict[str, str] = {}  # team -> why its actor could not be used (a squatter: CONTROL_IMPOSTOR)
 
     def _actor(self, team: str) -> Any:
         if team not in self._actors:
@@ -53,7 +55,8 @@ class ActorQuotaBook(QuotaBook):
                 self._synced.discard(team)
                 reply = self._get(team, self._book(team, requests, now, sync=True))
             if reply is None:
-                why = Wait(WaitReason.QUOTA, f"team {team} quota actor unavailable (held until it answers)")
+                why = Wait(WaitReason.QUOTA, self._why.pop(team, "")
+                           or f"team {team} quota actor unavailable (held until it answers)")
                 refused.update({r.key: why for r in requests})
                 for request in requests:
                     self.ledgers[team].stop(request.key)
@@ -73,6 +76,10 @@ class ActorQuotaBook(QuotaBook):
                     state["running"].pop(request.key, None)
                 actor.sync.remote(dataclasses.asdict(self.ledgers[team].budget), state, now)
             return actor.book.remote(requests, now)  # after the sync: one caller's calls run in order
+        except FabricError as exc:  # a squatter under the actor's name: the team is held, saying so
+            log.error("the quota actor of team %s: %s", team, exc)
+            self._why[team] = f"team {team} held: {exc.message}"
+            return None
         except Exception:  # noqa: BLE001 - refused by the caller, as if it had said no
             return None
 

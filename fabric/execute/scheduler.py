@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from fabric.execute.backend import head_to_avoid
 from fabric.execute.quotas import ActorQuotaBook
 from fabric.record import Event, Store
 from fabric.schedule.admission import Gpu, Node
@@ -61,8 +62,10 @@ def request_demand(bundles: list[dict[str, float]]) -> None:
 
 def ray_nodes() -> list[Node]:
     nodes = []
-    for info in ray.nodes():
-        if not info.get("Alive"):
+    everything = ray.nodes()
+    head = head_to_avoid(everything)  # tenant work never goes to the head while another node is alive
+    for info in everything:
+        if not info.get("Alive") or info["NodeID"] == head:
             continue
         total = info.get("Resources", {})
         gpus = int(math.floor(total.get("GPU", 0.0) + 1e-9))

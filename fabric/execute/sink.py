@@ -16,8 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fabric.capability import attempt_proof, impostor, new_nonce
 from fabric.execute.headsink import MAX_CHUNK_BYTES, HeadSink, chunks, log_file
 from fabric.execute.outputs import MANIFEST, encode_outputs, persist_outputs, publish_files
+from fabric.execute.sealed import sealed
 from fabric.plan.call import NodeCall
 
 HEAD_RESOURCE = "node:__internal_head__"  # as fabric.actors.HEAD_RESOURCE (that layer sits above this one)
@@ -32,11 +34,32 @@ def sink_name(home: str, artifacts: str) -> str:
 def _sink(home: str, artifacts: str, namespace: str) -> Any:
     import ray
 
-    return ray.remote(HeadSink).options(
+    return ray.remote(sealed(HeadSink)).options(
         name=sink_name(home, artifacts), namespace=namespace, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=8, max_restarts=-1, max_task_retries=-1,  # writes at offsets: safe twice
         resources={HEAD_RESOURCE: 0.001},
     ).remote(home, artifacts)
+
+
+_proven: set[Any] = set()  # sink actor ids this worker process has seen prove themselves
+
+
+def _checked(sink: Any, call: NodeCall) -> Any:
+    """`sink` once it proved it can make this attempt's grant: a squatter under the sink's name gets no log, file
+    or grant. Once per actor and worker process (a restarted actor keeps its id, and no one else can take it)."""
+    import ray
+
+    if sink._actor_id in _proven:
+        return sink
+    nonce = new_nonce()
+    try:
+        answer = ray.get(sink.prove.remote(call.submission_id, call.node_id, call.attempt, nonce), timeout=WAIT_S)
+    except (AttributeError, ray.exceptions.RayTaskError):
+        answer = None
+    if answer != attempt_proof(call.grant, nonce):
+        raise impostor(sink_name(call.home, call.artifacts), "it could not prove it holds the head's control key")
+    _proven.add(sink._actor_id)
+    return sink
 
 
 @lru_cache(maxsize=1)
@@ -61,7 +84,7 @@ class HeadLink:
             import ray
 
             if ray.is_initialized() and not _on_head():
-                self.sink = _sink(call.home, call.artifacts, call.control[1])
+                self.sink = _checked(_sink(call.home, call.artifacts, call.control[1]), call)
 
     @property
     def remote(self) -> bool:
@@ -82,7 +105,7 @@ class HeadLink:
                 os.close(fd)
             return
         for start, piece in chunks(data):
-            self._refs.append(self.sink.append_log.remote(c.submission_id, c.node_id, c.attempt,
+            self._refs.append(self.sink.append_log.remote(c.submission_id, c.node_id, c.attempt, c.grant,
                                                           offset + start, piece))
 
     def wait_logs(self) -> None:
@@ -99,9 +122,10 @@ class HeadLink:
 
         c = self.call
         assert self.sink is not None
-        ray.get([self.sink.put_chunk.remote(c.submission_id, c.node_id, c.attempt, name, offset, piece)
+        ray.get([self.sink.put_chunk.remote(c.submission_id, c.node_id, c.attempt, c.grant, name, offset, piece)
                  for name, data in files for offset, piece in chunks(data, MAX_CHUNK_BYTES)], timeout=WAIT_S)
-        ray.get([self.sink.commit.remote(c.submission_id, c.node_id, c.attempt, name, memoryview(data).nbytes)
+        ray.get([self.sink.commit.remote(c.submission_id, c.node_id, c.attempt, c.grant, name,
+                                         memoryview(data).nbytes)
                  for name, data in files], timeout=WAIT_S)
 
     def persist_outputs(self, values: Mapping[str, Any]) -> None:

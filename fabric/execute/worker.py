@@ -208,7 +208,7 @@ def _progress_sink(call: NodeCall) -> Any:
     def send(fraction: float, message: str) -> None:
         # Fire and forget: progress must never slow the node down or fail it.
         try:
-            _registry(call).report_progress.remote(call.submission_id, call.node_id, call.attempt,
+            _registry(call).report_progress.remote(call.submission_id, call.node_id, call.attempt, call.grant,
                                                    fraction, message)
         except Exception:  # noqa: BLE001
             pass
@@ -224,7 +224,7 @@ def _stop_probe(call: NodeCall) -> Any:
         import ray
 
         try:
-            stopping = _registry(call).is_stopping.remote(call.submission_id, call.node_id, call.attempt)
+            stopping = _registry(call).is_stopping.remote(call.submission_id, call.node_id, call.attempt, call.grant)
             return bool(ray.get(stopping, timeout=5))
         except Exception:  # noqa: BLE001
             return False
@@ -240,7 +240,8 @@ def _cancel_probe(call: NodeCall) -> Any:
         import ray
 
         try:
-            return bool(ray.get(_registry(call).is_cancelled.remote(call.submission_id), timeout=5))
+            cancelled = _registry(call).is_cancelled.remote(call.submission_id, call.node_id, call.attempt, call.grant)
+            return bool(ray.get(cancelled, timeout=5))
         except Exception:  # noqa: BLE001
             return False
 

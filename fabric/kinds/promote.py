@@ -18,7 +18,6 @@ from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
 from fabric.kinds.serve_kind import SERVE_PARAMS, check_model_node
 from fabric.spec import NodeSpec
-from fabric.states import PROMOTE_SUBJECT
 
 PROMOTE_PARAMS = SERVE_PARAMS | {"thresholds", "max_drawdown", "steps", "canary", "card_fields", "probe"}
 CANARY_DEFAULTS = {"max_error_rate": 0.05, "max_p99_ms": 2000.0, "requests_per_step": 20, "shadow_per_step": 10}
@@ -84,9 +83,9 @@ class Promotion:
         import ray
 
         registry = ray.get_actor(*self.call.control)
-        actor = f"{self.call.submission_id}/{self.call.node_id}"
-        ray.get(registry.audit.remote(f"{PROMOTE_SUBJECT}{self.name}", source, target, f"{reason} [{self.model_uri}]",
-                                      actor), timeout=30)
+        c = self.call  # the attempt's grant: it may audit its own promotion only, signed as itself
+        ray.get(registry.audit_attempt.remote(c.submission_id, c.node_id, c.attempt, c.grant, self.name, source, target,
+                                              f"{reason} [{self.model_uri}]"), timeout=30)
 
     # -- gates --------------------------------------------------------------------------------
 

@@ -35,4 +35,5 @@ class NodeCall:
     # The values the head read for this attempt (fabric/secrets.py). The backend sends them beside the pickled
     # call, never inside it, and nothing records a NodeCall; never shown by repr.
     secret_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
+    grant: str = ""  # this attempt's capability for its own progress, log and stop calls (fabric/capability.py)
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -105,7 +104,7 @@ def test_retention_removes_expired_submissions_but_keeps_their_audit(client, fab
     assert keep.wait(30).state == expire.wait(30).state == "SUCCEEDED"
     assert (fabric_home / "artifacts" / expire.id / "a" / "outputs" / "outputs.pkl").exists()
 
-    report = ray.get(client._registry.sweep.remote(time.time() + 2 * 86_400))  # two days on
+    report = ray.get(client._registry.sweep.remote(client._cap, time.time() + 2 * 86_400))  # two days on
     [removed] = report["removed"]
     assert removed["submission_id"] == expire.id and removed["files"] >= 1 and removed["submissions"] == 1
     assert not (fabric_home / "artifacts" / expire.id).exists()
@@ -124,11 +123,12 @@ def second_registry_is_refused(client, where: str) -> None:
     """A second registry on the same store (another actor name, same FABRIC_HOME and FABRIC_STORE) stops with
     STORE_LEASED naming the running registry; the running one is untouched."""
     from fabric.actors import HEAD_RESOURCE
-    from fabric.actors.registry import NAMESPACE, RegistryActor
+    from fabric.actors.control import RegistryActor
+    from fabric.actors.registry import NAMESPACE
     from fabric.client import _call
     from fabric.errors import ErrorCode, FabricError
 
-    holder_pid = ray.get(client._registry.__ray_call__.remote(lambda self: os.getpid()))
+    holder_pid = ray.get(client._registry.pid.remote())
     second = RegistryActor.options(name="fabric-registry-second", namespace=NAMESPACE, num_cpus=0, max_restarts=-1,
                                    resources={HEAD_RESOURCE: 0.001}).remote(ray.get(client._registry.home_dir.remote()))
     started = time.monotonic()

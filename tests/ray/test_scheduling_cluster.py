@@ -145,11 +145,15 @@ def test_sixteen_quarter_gpu_nodes_and_a_four_gpu_node_run_without_a_fragmentati
     assert done.node("whole").cost == pytest.approx(4 * 0.01 * whole.duration, rel=0.1)
 
 
-def test_racing_admissions_never_overspend_a_quota_actor(cluster):
+def test_racing_admissions_never_overspend_a_quota_actor(cluster, tmp_path):
+    from fabric.actors.guard import Capped
     from fabric.actors.quota import QuotaActor
+    from fabric.capability import load_or_create_key, quota_cap
     from fabric.schedule.admission import Request
 
-    keeper = QuotaActor.options(max_concurrency=1).remote("racers")
+    key_file = tmp_path / "control.key"
+    keeper = Capped(QuotaActor.options(max_concurrency=1).remote("racers", str(key_file)),
+                    quota_cap(load_or_create_key(key_file)))
     import ray
 
     ray.get(keeper.sync.remote({"gpu": 3}, {"day": "2026-11-24", "running": {}}, 0.0))
@@ -173,10 +177,10 @@ def test_racing_admissions_never_overspend_a_quota_actor(cluster):
     final = ray.get(keeper.state.remote(time.time()))
     assert max(peaks) == 3, "the budget of 3 GPUs was exceeded or never used to the full"
     assert sorted(final["running"]) == sorted(accepted)  # the actor and the admitters agree
-    ray.kill(keeper)
+    ray.kill(keeper.handle)
 
 
-def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(cluster):
+def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(cluster, tmp_path):
     """The engine's scheduler with an injected clock, booking through a real quota actor."""
     from functools import partial
 
@@ -194,7 +198,8 @@ def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(clu
     now = [day]
     config = SchedulingConfig(quotas={"nightly": Budget(gpu=4, gpu_hours_per_day=1.0)})
     scheduler = AdmissionQueue(config, lambda: now[0], nodes=ray_nodes,
-                               quotas=partial(ActorQuotaBook, actor=get_or_create_quota_actor))
+                               quotas=partial(ActorQuotaBook, actor=partial(get_or_create_quota_actor,
+                                                                            key_file=str(tmp_path / "control.key"))))
 
     def machine(name: str) -> RunMachine:
         plan = compile_plan(load_spec(dag(name, [work("w", 1, 0)])))
@@ -221,7 +226,7 @@ def test_a_spent_day_holds_work_with_the_reason_and_the_next_day_releases_it(clu
     assert [(sid, n) for sid, n, _ in scheduler.admit([("second", second, "nightly")])] == [("second", "w")]
 
 
-def test_a_quota_actor_that_cannot_answer_admits_nothing(cluster):
+def test_a_quota_actor_that_cannot_answer_admits_nothing(cluster, tmp_path):
     import ray
 
     from fabric.actors.quota import QuotaActor
@@ -229,7 +234,7 @@ def test_a_quota_actor_that_cannot_answer_admits_nothing(cluster):
     from fabric.schedule.admission import Request
     from fabric.schedule.quota import Budget
 
-    dead = QuotaActor.remote("gone")
+    dead = QuotaActor.remote("gone", str(tmp_path / "control.key"))
     ray.kill(dead, no_restart=True)
     book = ActorQuotaBook({"gone": Budget(gpu=8)}, time.time, actor=lambda team: dead)
     request = Request("s/w", "gone", gpu=1)

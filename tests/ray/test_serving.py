@@ -4,6 +4,7 @@ predict route, promotion gates, canary steps and rollback (every decision audite
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,9 +83,11 @@ def _predict(http, headers, name="xs", instances=({"a": 1.0, "b": 2.0},)):
 def _audit(client, name: str) -> list[tuple[str, str, str]]:
     import ray
 
-    from fabric.client import registry_handle
+    from fabric.record import SqliteStore
 
-    events = ray.get(registry_handle().__ray_call__.remote(lambda self: self._store.events(f"_promote:{name}")))
+    # The registry's own methods are its whole surface (no __ray_call__): the audit is read from the record.
+    with SqliteStore(Path(ray.get(client._registry.home_dir.remote())) / "fabric.db", read_only=True) as store:
+        events = store.events(f"_promote:{name}")
     return [(e.source, e.target, e.reason) for e in events]
 
 

@@ -1,0 +1,112 @@
+"""What tenant code can try against the control plane from inside a Ray task (entrypoints `tests.security.attacks:*`).
+
+Each attack returns what happened instead of raising, so that one node reports every attempt at once."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+NAMESPACE = "fabric"
+REGISTRY = "fabric-registry"
+
+
+def _outcome(fn: Any) -> str:
+    import ray
+
+    try:
+        value = fn()
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        return f"refused: {getattr(cause, 'code', type(cause).__name__)}"
+    except Exception as exc:  # noqa: BLE001 - every way an attack fails is an answer
+        return f"refused: {type(exc).__name__}: {exc}"[:300]
+    return f"ok: {value!r}"[:300]
+
+
+def own_grant() -> str:
+    """The grant of the attempt running here, dug out of the worker's memory as tenant code could."""
+    from fabric.context import context
+    from fabric.plan.call import NodeCall
+
+    me = context()
+    for obj in gc.get_objects():
+        if isinstance(obj, NodeCall) and obj.submission_id == me.submission_id and obj.node_id == me.node_id:
+            return obj.grant
+    return ""
+
+
+def hit_registry(victim: str, victim_node: str, quota_team: str = "", sink: str = "") -> dict[str, str]:
+    """Every privileged call a tenant would like to make, with no capability, a guessed one and its own grant."""
+    import ray
+
+    from fabric.context import context
+
+    me = context()
+    grant = own_grant()
+    registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+    spec = {"version": 1, "pipeline_id": "forged", "nodes": [{"id": "a", "kind": "python_task",
+                                                               "entrypoint": "tests.nodes:value"}]}
+    tries: dict[str, Any] = {
+        "submit": lambda: registry.submit.remote(spec, {"team": "victims"}),
+        "submit_with_grant": lambda: registry.submit.remote(grant, spec, {"team": "victims"}),
+        "cancel": lambda: registry.cancel.remote("", victim),
+        "cancel_with_grant": lambda: registry.cancel.remote(grant, victim),
+        "kill_switch": lambda: registry.kill_switch.remote("x" * 64, True, "pwned", "tenant"),
+        "list": lambda: registry.list.remote(None, None, 50),
+        "status": lambda: registry.status.remote("", victim),
+        "drain": lambda: registry.drain.remote("", 0.0, "tenant"),
+        "audit": lambda: registry.audit.remote("", "_promote:x", "a", "b", "forged"),
+        "ray_call": lambda: registry.__ray_call__.remote(lambda self: self._cap),
+        "progress_other": lambda: registry.report_progress.remote(victim, victim_node, 1, grant, 0.99, "forged"),
+        "stopping_other": lambda: registry.is_stopping.remote(victim, victim_node, 1, grant),
+        "cancelled_other": lambda: registry.is_cancelled.remote(victim, victim_node, 1, grant),
+        "audit_other": lambda: registry.audit_attempt.remote(victim, victim_node, 1, grant, "x", "a", "b", "forged"),
+        "progress_own": lambda: registry.report_progress.remote(me.submission_id, me.node_id, me.attempt, grant,
+                                                                0.5, "my own progress"),
+    }
+    if quota_team:
+        quota = ray.get_actor(f"fabric-quota:{quota_team}", namespace=NAMESPACE)
+        tries["quota_release"] = lambda: quota.release.remote("", ["anything"], 0.0)
+        tries["quota_sync"] = lambda: quota.sync.remote("", {"gpu": 1000}, {"day": "x", "running": {}}, 0.0)
+        tries["quota_ray_call"] = lambda: quota.__ray_call__.remote(lambda self: self._cap)
+    if sink:
+        head_sink = ray.get_actor(sink, namespace=NAMESPACE)
+        tries["sink_other_log"] = lambda: head_sink.append_log.remote(victim, victim_node, 1, grant, 0, b"forged\n")
+        tries["sink_own_log"] = lambda: head_sink.append_log.remote(me.submission_id, me.node_id, me.attempt, grant,
+                                                                     0, b"")
+    return {name: _outcome(lambda make=make: ray.get(make(), timeout=30)) for name, make in tries.items()}
+
+
+class Impostor:
+    """A detached actor a tenant starts under a fabric name: it answers like the real one, without the key."""
+
+    def ping(self) -> str:
+        return "ok"
+
+    def home_dir(self) -> str:
+        return "/tmp"
+
+    def prove(self, *args: Any) -> str:
+        return "0" * 64
+
+    def submit(self, *args: Any) -> dict[str, Any]:
+        return {"submission_id": "stolen", "created": True}
+
+
+def squat_registry() -> str:
+    """Kill the registry for good and take its name."""
+    import ray
+
+    ray.kill(ray.get_actor(REGISTRY, namespace=NAMESPACE), no_restart=True)
+    for _ in range(100):
+        try:
+            impostor = ray.remote(Impostor).options(name=REGISTRY, namespace=NAMESPACE, lifetime="detached",
+                                                    num_cpus=0).remote()
+            ray.get(impostor.ping.remote(), timeout=30)
+            return "squatted"
+        except ValueError:  # the dead actor's name is not free yet
+            import time
+
+            time.sleep(0.1)
+    return "could not squat"
