@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from functools import lru_cache
 from pathlib import Path
 
 from fabric.errors import ErrorCode, FabricError
@@ -60,8 +61,15 @@ def load_or_create_key(path: Path) -> bytes:
     return found
 
 
+@lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)  # the key schedule once per key, not per grant
+
+
 def derive(key: bytes, *parts: object) -> str:
-    return hmac.new(key, "\0".join(str(p) for p in parts).encode(), hashlib.sha256).hexdigest()
+    mac = _keyed(key).copy()
+    mac.update("\0".join(str(p) for p in parts).encode())
+    return mac.hexdigest()
 
 
 def control_cap(key: bytes) -> str:
