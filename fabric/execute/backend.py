@@ -132,7 +132,8 @@ class RayBackend:
         task); `on_done(outcomes)`, one per member in order, is called from a Ray thread when it ends."""
         first = chain.members[0]
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
-        key = ("chain", first.pipeline_id, unit.key(), chain.slots, env_key)
+        head = self._head_to_avoid()
+        key = ("chain", first.pipeline_id, unit.key(), chain.slots, env_key, head)
         cached = self._options.get(key)
         if cached is None:
             options: dict[str, Any] = {
@@ -141,10 +142,12 @@ class RayBackend:
             }
             if unit.memory:
                 options["memory"] = unit.memory
-            if unit.custom:
-                options["resources"] = dict(unit.custom)
+            if tenant_custom(unit.custom):  # Ray's node:* placement keys are fabric's to set
+                options["resources"] = tenant_custom(unit.custom)
             if runtime_env:
                 options["runtime_env"] = runtime_env
+            if head is not None:  # never on the head while there is another node (docs/security.md)
+                options["label_selector"] = {NODE_ID_LABEL: f"!{head}"}
             cached = self._options[key] = (options, self._chain.options(**options))
         options, remote = cached
         if placement is not None:  # where admission packed the chain's head
