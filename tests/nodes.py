@@ -183,3 +183,8 @@ def task_of(marker_dir: str, name: str, **inputs: object) -> str:
 
     _mark(marker_dir, name)
     return ray.get_runtime_context().get_task_id() or ""
+
+
+def flaky_step(marker_dir: str, failures: int, **inputs: object) -> str:
+    """`flaky` with inputs: a step in a chain that fails its first `failures` executions."""
+    return flaky(marker_dir, failures)
