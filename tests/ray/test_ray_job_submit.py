@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 def ray_job_submit(dashboard_port: int, env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess:
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    return subprocess.run(
-        [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", ".",
-         "--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", ".",
+             "--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+        # The dashboard answers before its job agent has registered (slow on a busy machine): Ray asks to retry.
+        if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
 
 
 def test_ray_job_submit_runs_a_dag_and_its_exit_code_tells(tmp_path):

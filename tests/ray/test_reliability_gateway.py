@@ -134,7 +134,9 @@ def test_load_200_submissions_of_10_nodes_from_8_clients(client, gateway, fabric
 def _replica_actors() -> list[str]:
     from ray.util.state import list_actors
 
-    return [a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # This module's cluster by its address: with no address the State API refuses when any other Ray runs here.
+    address = ray.get_runtime_context().gcs_address
+    return [a.name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
             if a.class_name.startswith("ServeReplica") and "Gateway" in a.class_name]
 
 
@@ -213,13 +215,15 @@ def test_a_canary_secret_passed_by_reference_never_leaks(client, gateway, fabric
 
     from ray.util.state import list_actors, list_jobs, list_tasks
 
+    address = ray.get_runtime_context().gcs_address
     http, admin = gateway.http, gateway.headers("admin")
     texts = {
         "status": str(used.status().to_dict()), "logs": used.logs("use"), "list": str(research.list(limit=1000)),
         "denied status": str(denied.to_dict()),
         "metrics": http.get("/metrics").text, "queues": http.get("/api/orch/queues", headers=admin).text,
-        "ray tasks (runtime_env, args)": str(list_tasks(detail=True, limit=10_000)),
-        "ray actors": str(list_actors(detail=True, limit=10_000)), "ray jobs": str(list_jobs(detail=True)),
+        "ray tasks (runtime_env, args)": str(list_tasks(address=address, detail=True, limit=10_000)),
+        "ray actors": str(list_actors(address=address, detail=True, limit=10_000)),
+        "ray jobs": str(list_jobs(address=address, detail=True)),
     }
     session = ray._private.worker._global_node.get_session_dir_path()
     secrets_dir = fabric_home / "secrets"
