@@ -8,11 +8,12 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
+from fabric.actors import served as served_names
 from fabric.actors.control import get_or_create_registry
 from fabric.actors.guard import verified
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME
@@ -36,6 +37,8 @@ from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.schedule.grants import TeamGrants
 from fabric.settings import Settings, settings
 from fabric.spec import RuntimeParams, read_spec
+from fabric.spec.policy import Principal
+from fabric.spec.teams import Role, TeamConfig
 from fabric.types import new_submission_id
 
 
@@ -181,35 +184,44 @@ class RayClient:
     capability that only drivers hold, docs/security.md.)"""
 
     def __init__(self, registry: Any, team: str | None = None, retry_for: float = REGISTRY_RESTART_WAIT_S,
-                 grants: TeamGrants | None = None, *, cap: str = "") -> None:
+                 grants: TeamGrants | None = None, *, cap: str = "", role: Role | str | None = None,
+                 config: TeamConfig | None = None, trusted_driver_env: bool = False) -> None:
         self._registry = registry
         self._cap = cap  # the control capability (fabric/capability.py): never handed to a task
         self._retry_for = retry_for  # how long a call waits for a restarting registry before it raises
         self.team = team
         self._grants = grants  # checked by the registry on every submit (fabric/schedule/grants.py)
+        # A team-scoped client submits under the code policy (fabric/spec/policy.py) as its role, a developer
+        # unless told otherwise; without a team (fabric run, the SDK on its own Ray) nothing is checked.
+        self._guard = None if team is None else served_names.Guard(
+            Principal(team, Role(role) if role else Role.DEVELOPER), config or TeamConfig(), trusted_driver_env)
 
-    def for_team(self, team: str, grants: TeamGrants | None = None) -> RayClient:
+    def for_team(self, team: str, grants: TeamGrants | None = None, *, role: Role | str | None = None,
+                 config: TeamConfig | None = None, trusted_driver_env: bool = False) -> RayClient:
         """The same connection, scoped to one team (the gateway makes one per authenticated request, with the
-        team's grants from its tokens file)."""
-        return RayClient(self._registry, team, self._retry_for, grants, cap=self._cap)
+        team's grants and config from its tokens file and its token's role; its own runtime_env is trusted)."""
+        return RayClient(self._registry, team, self._retry_for, grants, cap=self._cap, role=role, config=config,
+                         trusted_driver_env=trusted_driver_env)
 
     def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
-        reply = _call(self._registry.submit, self._cap, *self._submit_args(spec, runtime_params),
-                      retry_for=self._retry_for)
+        args, claims = self._submit_args(spec, runtime_params)
+        reply = served_names.guarded(self._guard, claims, lambda: _call(self._registry.submit, self._cap, *args,
+                                                                        retry_for=self._retry_for))
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
                              cap=self._cap)
 
     async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None) -> RaySubmission:
         """`submit()` for code that runs in an event loop."""
-        # YAML text (up to 1 MiB at the gateway) is parsed off the event loop: other requests go on meanwhile.
-        args = (await asyncio.to_thread(self._submit_args, spec, runtime_params) if isinstance(spec, str | bytes)
-                else self._submit_args(spec, runtime_params))
-        reply = await _acall(self._registry.submit, self._cap, *args, retry_for=self._retry_for)
+        # YAML text (up to 1 MiB at the gateway) is parsed, and the policy checked, off the event loop.
+        args, claims = (await asyncio.to_thread(self._submit_args, spec, runtime_params)
+                        if isinstance(spec, str | bytes) or self._guard else self._submit_args(spec, runtime_params))
+        reply = await served_names.guarded_async(self._guard, claims, lambda: _acall(
+            self._registry.submit, self._cap, *args, retry_for=self._retry_for))
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
                              cap=self._cap)
 
-    def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[Any, ...]:
+    def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[tuple[Any, ...], list[Any]]:
         code: dict[str, bytes] = {}
         if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
             code = spec.inline_code()
@@ -227,7 +239,9 @@ class RayClient:
             params["team"] = self.team
         # Always send an idempotency key, so a submit retried across a registry restart starts one run.
         params.setdefault("submission_id", new_submission_id())
-        return raw, params, _job_runtime_env(), code, self._grants
+        job_env = _job_runtime_env()  # what a guard refuses is refused here, before anything is stored
+        claims = self._guard.check(raw, params, code.keys(), job_env) if self._guard else []
+        return (raw, params, job_env, code, self._grants), claims
 
     def get(self, submission_id: str, *, check: bool = True) -> Submission:
         """A handle on a submission; `check=False` skips asking the registry whether it exists (and
@@ -288,8 +302,10 @@ class RayClient:
     def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
         """Register a spec as the pipeline's next version (the same again: the same version)."""
         options = {"max_active_runs": max_active_runs, "overlap": overlap}
-        return _call(self._registry.register_pipeline, self._cap, registrable_spec(spec), options, self.team,
-                     retry_for=self._retry_for)
+        raw = registrable_spec(spec)
+        if self._guard:  # what the team's runners could start by name later is checked now too
+            self._guard.check(raw, {"team": self.team})
+        return _call(self._registry.register_pipeline, self._cap, raw, options, self.team, retry_for=self._retry_for)
 
     def pipelines(self) -> Rows:
         """This team's registered pipelines, each at its latest version."""
@@ -311,8 +327,11 @@ class RayClient:
             raise FabricError(f"runtime_params.team {runtime['team']!r} is not this client's team {self.team!r}",
                               code=ErrorCode.FORBIDDEN, where="runtime_params.team",
                               fix="leave team out: it comes from your credentials")
-        return _call(self._registry.run_pipeline, self._cap, pipeline_id, version, runtime, self.team, self._grants,
-                     retry_for=self._retry_for)
+        claims = self._guard.check(served_names.pick_version(self.pipeline_versions(pipeline_id), version),
+                                   {**runtime, "team": self.team}) if self._guard else []  # what it would run
+        return cast(dict[str, Any], served_names.guarded(self._guard, claims, lambda: _call(
+            self._registry.run_pipeline, self._cap, pipeline_id, version, runtime, self.team, self._grants,
+            retry_for=self._retry_for)))
 
 
 def _job_runtime_env() -> dict[str, Any]:
@@ -326,7 +345,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             resources: dict[str, float] | None = None, home: str | None = None,
             runtime_env: dict[str, Any] | None = None, team: str | None = None, token: str | None = None,
             retry_for: float = REGISTRY_RESTART_WAIT_S, control_key_file: str | None = None,
-            **ray_init_kwargs: Any) -> Client:
+            role: str | None = None, team_config: TeamConfig | None = None, **ray_init_kwargs: Any) -> Client:
     """Start or join Ray and get a Client. `address=None` joins a running local cluster or starts one;
     `"local"` always starts a fresh one; `"auto"` or `"host:port"` joins an existing cluster.
 
@@ -334,7 +353,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     same Client and Submission methods over HTTP, no Ray on this side, the team from the token.
 
     `retry_for`: how long a call waits for a restarting registry before it raises. `control_key_file`: where the
-    head's control key is (default FABRIC_CONTROL_KEY_FILE, else `<home>/control.key`, made there if missing)."""
+    head's control key is (default FABRIC_CONTROL_KEY_FILE, else `<home>/control.key`, made there if missing).
+    `team=` scopes the client; its submissions pass the code policy as `role` (default developer) under
+    `team_config` (docs/security.md): a guard against mistakes, since a process with the key is trusted."""
+    if role is not None and team is None:
+        raise TypeError("role applies to a team-scoped client: give team= too")
     if address is not None and address.startswith(("http://", "https://")):
         from fabric.remote import HttpClient
 
@@ -364,7 +387,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     verified(registry, key, REGISTRY_NAME)  # a squatter under the registry's name is refused before it is told anything
     remember_home(registry, key)  # to start a new registry, on the same record, if this one dies for good
     _connected["key_file"] = key_file
-    return RayClient(registry, team, retry_for, cap=control_cap(key))
+    return RayClient(registry, team, retry_for, cap=control_cap(key), role=role, config=team_config)
 
 
 _connected: dict[str, str] = {}

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     UNAUTHORIZED = "UNAUTHORIZED"
     FORBIDDEN = "FORBIDDEN"
+    POLICY_DENIED = "POLICY_DENIED"  # the token's role may not submit this (fabric/spec/policy.py)
     TOO_LARGE = "TOO_LARGE"
     ADMISSION_CLOSED = "ADMISSION_CLOSED"
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"

@@ -12,6 +12,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -39,10 +40,10 @@ MAX_BODY_BYTES = 1 << 20
 REGISTRY_WAIT_S = 5.0
 
 STATUS_BY_CODE = {
-    ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403, ErrorCode.POLICY_DENIED: 403, ErrorCode.NOT_FOUND: 404,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409, ErrorCode.NOT_FINISHED: 409, ErrorCode.NODE_FAILED: 409,
     ErrorCode.TOO_LARGE: 413, ErrorCode.STORE_UNAVAILABLE: 503, ErrorCode.ADMISSION_CLOSED: 503,
-    ErrorCode.REGISTRY_UNAVAILABLE: 503,
+    ErrorCode.REGISTRY_UNAVAILABLE: 503, ErrorCode.SETTINGS_INVALID: 503,
     ErrorCode.TIMEOUT: 504,
 }
 
@@ -206,20 +207,32 @@ class Gateway(MlRoutes):
         self._client = client
 
     def _table(self) -> TokenTable:
-        # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart.
+        # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart. A file
+        # that no longer parses refuses every request (SETTINGS_INVALID names the field) until it is fixed.
         mtime = Path(self._tokens_file).stat().st_mtime if Path(self._tokens_file).exists() else 0.0
         if self._tokens is None or self._tokens[0] != mtime:
-            self._tokens = (mtime, TokenTable.load(self._tokens_file))
+            try:
+                table = TokenTable.load(self._tokens_file)
+            except (FabricError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+                self._tokens = None
+                # The details (team names, fields) go to the gateway's log, not to whoever asked.
+                logging.getLogger("fabric.gateway").error("the tokens file %s is invalid: %s", self._tokens_file, exc)
+                raise FabricError("the gateway's tokens file is invalid", code=ErrorCode.SETTINGS_INVALID,
+                                  where="tokens file", fix="an admin fixes it; the gateway's log names the field "
+                                  "(`fabric token` and docs/security.md show the format)") from None
+            self._tokens = (mtime, table)
         return self._tokens[1]
 
     def _who(self, request: Request) -> Principal:
         return self._table().authenticate(request.headers.get("authorization"))
 
     def _client_for(self, request: Request) -> RayClient:
-        """For submitting: scoped to the token's team, with the team's grants, which the registry checks."""
+        """For submitting: scoped to the token's team, with the team's grants, which the registry checks, and
+        under the code policy as the token's role with the team's config (fabric/spec/policy.py)."""
         table = self._table()
-        team = table.authenticate(request.headers.get("authorization")).team
-        return self._client.for_team(team, table.grants(team))
+        principal = table.authenticate(request.headers.get("authorization"))
+        return self._client.for_team(principal.team, table.grants(principal.team), role=principal.role,
+                                     config=table.teams.team(principal.team), trusted_driver_env=True)
 
     def _viewer_for(self, request: Request) -> RayClient:
         """For reading and cancelling: an admin token sees every team's work (and work run without the

@@ -8,6 +8,7 @@ A mixin the Gateway class inherits, so the routes share its auth (`_who`) and it
 # No `from __future__ import annotations`: FastAPI must see real types on Serve's wrapped methods.
 import asyncio
 import mimetypes
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from fabric.errors import ErrorCode, FabricError, NotFoundError
 
 router = APIRouter()
 PREDICT_TIMEOUT_S = 30.0
+OWNER_CACHE_S = 60.0
 
 
 class PredictBody(BaseModel):
@@ -27,16 +29,21 @@ class PredictBody(BaseModel):
     instances: list[Any] | dict[str, Any] = Field(description="the model's input rows")
 
 
+def _check_name(name: str) -> None:
+    from fabric.kinds.serve_kind import NAME_PATTERN
+
+    if not NAME_PATTERN.match(name):
+        raise FabricError(f"{name[:100]!r} is not a served name", code=ErrorCode.SPEC_FIELD, where="name",
+                          fix="a served name is a letter, then letters, digits, '_' or '-'")
+
+
 class MlRoutes:
     """Routes mixed into the Gateway deployment (which provides `_who` and `_client_for`)."""
 
     def _model(self, name: str, fresh: bool = False) -> Any:
-        from fabric.kinds.serve_kind import NAME_PATTERN
         from fabric.kinds.serving import router as model_router
 
-        if not NAME_PATTERN.match(name):
-            raise FabricError(f"{name[:100]!r} is not a served name", code=ErrorCode.SPEC_FIELD, where="name",
-                              fix="a served name is a letter, then letters, digits, '_' or '-'")
+        _check_name(name)
         handles = self.__dict__.setdefault("_model_handles", {})
         if fresh or name not in handles:
             handle = model_router(name)
@@ -47,12 +54,38 @@ class MlRoutes:
             handles[name] = handle
         return handles[name]
 
+    def _may_predict(self, principal: Any, name: str) -> None:
+        """A served name is its owning team's (and an admin's), and other teams' where its owner published it.
+        A name no team owns (deployed by `fabric run` or the SDK, outside the gateway) is an admin's only."""
+        from fabric.actors import served
+
+        if principal.admin:
+            return
+        # A name keeps its owner (a claim is withdrawn only when the registry refused its submission, within
+        # the same request): an owner is cached for a minute, no owner is never cached.
+        owners = self.__dict__.setdefault("_model_owners", {})
+        owner, seen = owners.get(name, (None, 0.0))
+        if owner is None or time.monotonic() - seen > OWNER_CACHE_S:
+            claim = served.owner(name)
+            owner = claim.owner if claim is not None else None
+            owners[name] = (owner, time.monotonic())
+        if owner is None:
+            raise NotFoundError(f"no model is served as {name!r} for team {principal.team!r}",
+                                code=ErrorCode.NOT_FOUND, where="name",
+                                fix="run a DAG whose serve (or promote) node has params.name: " + name)
+        if not self._table().teams.may_predict(owner, name, principal.team):  # type: ignore[attr-defined]
+            raise FabricError(f"the served name {name!r} belongs to another team, which has not published it to "
+                              f"team {principal.team!r}", code=ErrorCode.FORBIDDEN, where="name",
+                              fix="ask its team to list yours under teams.<owner>.serve.publish in the tokens file")
+
     @router.post("/api/predict/{name}")
     async def predict(self, request: Request, name: str, body: PredictBody) -> dict[str, Any]:
-        self._who(request)  # type: ignore[attr-defined]
+        principal = self._who(request)  # type: ignore[attr-defined]
         if not body.instances:
             raise FabricError("no instances to predict", code=ErrorCode.SPEC_FIELD, where="instances",
                               fix="send {\"instances\": [{...}, ...]}")
+        _check_name(name)
+        await asyncio.to_thread(self._may_predict, principal, name)
         handle = await asyncio.to_thread(self._model, name)
         try:
             reply = await asyncio.wait_for(handle.predict.remote(body.instances), PREDICT_TIMEOUT_S)

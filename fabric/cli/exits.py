@@ -28,7 +28,7 @@ _BAD_INPUT = {ErrorCode.KIND_NOT_RUNNABLE, ErrorCode.KIND_PARAMS, ErrorCode.RESO
               ErrorCode.RUNTIME_PARAMS, ErrorCode.TOO_LARGE}
 _UNREACHABLE = {ErrorCode.GATEWAY_UNREACHABLE, ErrorCode.RAY_UNREACHABLE, ErrorCode.REGISTRY_UNAVAILABLE,
                 ErrorCode.STORE_UNAVAILABLE}
-_DENIED = {ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN}
+_DENIED = {ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.POLICY_DENIED}
 
 
 def exit_code_for(error: FabricError) -> ExitCode:

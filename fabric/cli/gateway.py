@@ -31,11 +31,12 @@ def start_gateway(tokens_file: Path, port: int, host: str = "127.0.0.1", replica
     return f"http://{host}:{port}"
 
 
-def mint_token(tokens_file: Path, team: str, admin: bool = False) -> str:
-    """A new token for `team`, its hash added to the tokens file; the token itself is returned once."""
+def mint_token(tokens_file: Path, team: str, admin: bool = False, role: str | None = None) -> str:
+    """A new token for `team` (`role`: admin, developer or runner), its hash added to the tokens file; the token
+    itself is returned once."""
     from serve.auth import mint_token as mint
 
-    return mint(tokens_file, team, admin)
+    return mint(tokens_file, team, admin, role)
 
 
 def hold() -> None:

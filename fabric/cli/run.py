@@ -14,7 +14,7 @@ from rich.live import Live
 from fabric.cli.common import AddressOpt, DagArg, ParamsOpt, connect, params
 from fabric.cli.console import describe_value, err, error_text, metrics_table, out, status_table
 from fabric.cli.exits import ExitCode, failing
-from fabric.errors import ErrorCode, SpecError
+from fabric.errors import ErrorCode, FabricError, SpecError
 from fabric.spec import dag_json_schema, load_spec, runtime_params_json_schema
 
 
@@ -141,15 +141,23 @@ def submit(dag: DagArg, params_: ParamsOpt = None, address: AddressOpt = None,
 
 
 def token(team: Annotated[str, typer.Option(help="the team this token acts for")],
-          admin: Annotated[bool, typer.Option(help="may use the admin routes")] = False,
+          admin: Annotated[bool, typer.Option(help="may use the admin routes (the same as --role admin)")] = False,
+          role: Annotated[str | None, typer.Option(
+              help="admin | developer (ships its own code; the default) | runner (registered code only)")] = None,
           file: Annotated[Path | None, typer.Option(
               help="tokens file (default: FABRIC_TOKENS, else $FABRIC_HOME/tokens.yaml)")] = None,
           ) -> None:
     """Make a gateway token for a team: the file keeps only its hash, the token is printed once."""
     from fabric.cli.gateway import mint_token, tokens_path
+    from fabric.spec.teams import Role
 
     path = file or tokens_path()
-    sys.stdout.write(mint_token(path, team, admin) + "\n")
+    with failing():
+        if role is not None and role not in {r.value for r in Role}:
+            raise FabricError(f"unknown role {role!r}", code=ErrorCode.SPEC_FIELD, where="--role",
+                              fix=f"use one of: {', '.join(r.value for r in Role)}")
+        minted = mint_token(path, team, admin, role)
+    sys.stdout.write(minted + "\n")
     err.print(f"[dim]added to {path} (hashed)[/]")
 
 
