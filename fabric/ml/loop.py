@@ -141,7 +141,10 @@ def latest_checkpoint(storage: str) -> tuple[str, int] | None:
     if not found:
         return None
     epoch, directory = max(found)
-    return (directory if "://" not in storage else storage.split("://", 1)[0] + "://" + directory), epoch
+    if "://" not in storage:
+        return directory, epoch
+    query = storage.partition("?")[2]  # kept, so that the checkpoint is read through the same endpoint
+    return storage.split("://", 1)[0] + "://" + directory + (f"?{query}" if query else ""), epoch
 
 
 class _Heartbeat:

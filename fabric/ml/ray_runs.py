@@ -22,7 +22,8 @@ def checkpoint_storage(call: NodeCall, node_dir: Path) -> str:
     root = call.artifacts or str(node_dir.parent.parent.parent / "artifacts")
     if "://" not in root:
         root = str(Path(root).resolve())
-    return f"{root.rstrip('/')}/checkpoints/{call.submission_id}/{call.node_id}"
+    base, mark, query = root.partition("?")  # s3://bucket/x?endpoint_override=...: the path goes before the query
+    return f"{base.rstrip('/')}/checkpoints/{call.submission_id}/{call.node_id}{mark}{query}"
 
 
 def worker_unit(call: NodeCall) -> ResourceUnit:
