@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     POLICY_DENIED = "POLICY_DENIED"  # the token's role may not submit this (fabric/spec/policy.py)
     TOO_LARGE = "TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"  # gateway: the team is over its request rate (429, Retry-After)
     ADMISSION_CLOSED = "ADMISSION_CLOSED"
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
     NOT_FINISHED = "NOT_FINISHED"

@@ -9,7 +9,8 @@ cancel and the kill-switch are idempotent), so a request is repeated, with jitte
 `retry_for` seconds, when it did not reach fabric or fabric could not answer: a refused or dropped
 connection, a 502, 503 or 504, and the bare 500 of Ray Serve's proxy whose replica died. fabric's own
 answers are application/problem+json and are final, a 500 included; so is a 503 `ADMISSION_CLOSED`
-(the kill-switch is on: an answer, not an outage).
+(the kill-switch is on: an answer, not an outage). A 429 (the team is over its rate) is tried again after
+its Retry-After, within the same `retry_for`.
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ class HttpClient:
                 if response.is_success:
                     return response
                 delay = next(delays, None) if should_retry(response) else None
+                if delay is not None and response.status_code == 429:
+                    delay = max(delay, _retry_after(response))
                 if delay is None:
                     raise _error(response)
             time.sleep(delay)
@@ -252,7 +255,14 @@ def should_retry(response: httpx.Response) -> bool:
     problem = response.headers.get("content-type", "").split(";")[0].strip() == PROBLEM_JSON
     if response.status_code == 503:
         return not (problem and _problem_code(response) == str(ErrorCode.ADMISSION_CLOSED))
-    return response.status_code in (500, 502, 504) and not problem
+    return response.status_code == 429 or (response.status_code in (500, 502, 504) and not problem)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(float(response.headers.get("retry-after", "1")), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def _problem_code(response: httpx.Response) -> str | None:

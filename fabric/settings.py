@@ -86,6 +86,16 @@ def _int(least: int) -> Callable[[str], int]:
     return parse
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not number >= 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -142,6 +152,15 @@ class Settings:
     control_key_file: str = _var("FABRIC_CONTROL_KEY_FILE", "the control plane's secret key (made, mode 0600, by "
                                  "the first registry): drivers (gateway, CLI, SDK) read it; never give it to tasks",
                                  "path", _text, _under_home("control.key"), shown=f"{_HOME}/control.key")
+    gateway_rate: float = _var("FABRIC_GATEWAY_RATE", "requests per second a team may make to /api on one "
+                               "gateway replica (a token bucket per team; over it: 429 with Retry-After); 0: no "
+                               "limit", "float >= 0", _non_negative_float, 50.0, shown="50")
+    gateway_write_rate: float = _var("FABRIC_GATEWAY_WRITE_RATE", "of those, POSTs to /api/orch (submit, cancel, "
+                                     "runs, register) per second per team; 0: no limit", "float >= 0",
+                                     _non_negative_float, 10.0, shown="10")
+    gateway_burst_s: float = _var("FABRIC_GATEWAY_BURST_S", "a team's bucket holds this many seconds of its rates "
+                                  "(at least one request): the burst it may send at once", "float > 0",
+                                  _positive_float, 3.0, shown="3")
     store: str = _var("FABRIC_STORE", "the registry's record: `sqlite` ($FABRIC_HOME/fabric.db, durable, one "
                       "head), a `postgresql://user@host:port/db` URL (durable, shared; the `postgres` extra) or "
                       "`memory` (lost on restart)", "sqlite | memory | postgresql://...", _store, "sqlite")

@@ -7,12 +7,11 @@ the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
+import asyncio
 import logging
 import urllib.parse
-from pathlib import Path
 from typing import Annotated, Any, cast
 
-import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -28,14 +27,16 @@ from fabric.client import RayClient, RaySubmission
 from fabric.errors import ErrorCode, FabricError
 from fabric.logs import configure_logging
 from fabric.settings import settings
+from fabric.spec import load_spec, parse_runtime_params, read_document
 from serve.auth import Principal, TokenTable
 from serve.gateway_metrics import GatewayMetrics
+from serve.guard import Guard, GuardState, Limits, Tokens
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
 from serve.observe_api import router as observe_router
-from serve.openapi import document_problems
+from serve.openapi import document_problems, problem
 
-MAX_BODY_BYTES = 1 << 20
+MAX_LABEL_FILTERS = 16
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
 REGISTRY_WAIT_S = 5.0
 
@@ -88,20 +89,19 @@ class DrainBody(BaseModel):
     actor: str = Field("", max_length=100, description="who, recorded beside the token's team")
 
 
-def problem(status: int, error: FabricError) -> JSONResponse:
-    body = {"type": f"https://fabric.dev/errors/{error.code}", "title": error.message, "status": status,
-            "code": str(error.code), "where": error.where, "fix": error.fix,
-            "problems": [p.to_dict() for p in error.problems]}
-    headers = {"Retry-After": "5"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="fabric"'}  # RFC 6750: the scheme a client must use
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
-
-
 # Helpers the Gateway class calls are defined above it: Serve pickles the class where it is declared.
 def _actor(team: str, actor: str) -> str:
     """Who is recorded for an admin action: the token's team, and the name the caller gave, if any."""
     return f"{team}/{actor}" if actor else team
+
+
+def _checked(dag_spec: dict[str, Any] | str, runtime_params: dict[str, Any]) -> dict[str, Any]:
+    """The spec document, validated here, off the event loop and before the registry sees it: bad input
+    costs this replica a thread for a moment, never the registry. (A string is text, never a path.)"""
+    raw = read_document(dag_spec)
+    load_spec(raw)
+    parse_runtime_params(runtime_params)
+    return raw
 
 
 def _status_url(request: Request, submission_id: str) -> str:
@@ -116,6 +116,10 @@ gateway_metrics = GatewayMetrics()  # this replica's own series (serve/gateway_m
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
 api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 document_problems(api)  # every route's error answers in /openapi.json (serve/openapi.py)
+# Before FastAPI reads a byte: the token, the team's rate, the query and the streamed body's size (serve/guard.py).
+# Added before the metrics middleware below, so that one wraps it and counts its 401/413/429 answers too.
+GUARD = GuardState()
+api.add_middleware(Guard, state=GUARD)
 
 
 @api.exception_handler(FabricError)
@@ -147,7 +151,8 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
     """Starlette's own answers (an unparseable body, an unknown route, a wrong method) as problem+json too."""
     code = {404: ErrorCode.NOT_FOUND, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN}.get(
         error.status_code, ErrorCode.SPEC_INVALID)
-    response = problem(error.status_code, FabricError(str(error.detail), code=code, where="request",
+    where = "body" if error.status_code == 400 else "request"  # 400: FastAPI could not parse the body
+    response = problem(error.status_code, FabricError(str(error.detail), code=code, where=where,
                                                       fix="see /openapi.json for the routes and their shapes"))
     response.headers.update(error.headers or {})
     if error.status_code == 405:
@@ -177,14 +182,8 @@ async def _invalid_request(_: Request, error: RequestValidationError) -> JSONRes
 
 
 @api.middleware("http")
-async def _limits_and_metrics(request: Request, call_next: Any) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        response = problem(413, FabricError(f"the body is {length} bytes, over the {MAX_BODY_BYTES}-byte limit",
-                                            code=ErrorCode.TOO_LARGE, where="body",
-                                            fix="send a smaller DAG, or split it into several submissions"))
-    else:
-        response = await call_next(request)
+async def _metrics(request: Request, call_next: Any) -> Any:
+    response = await call_next(request)
     route = request.scope.get("route")
     gateway_metrics.request(getattr(route, "path", "unmatched"), response.status_code)
     return response
@@ -199,7 +198,10 @@ class Gateway(MlRoutes):
     def __init__(self, tokens_file: str | None = None, control_key_file: str | None = None) -> None:
         configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
         self._tokens_file = tokens_file or default_tokens_file()
-        self._tokens: tuple[float, TokenTable] | None = None
+        self._tokens = Tokens(self._tokens_file)
+        config = settings()
+        GUARD.configure(self._tokens, Limits(rate=config.gateway_rate, write_rate=config.gateway_write_rate,
+                                             burst_s=config.gateway_burst_s))
         # Inside Serve, Ray is up: this only finds the registry.
         client = fb.connect(retry_for=REGISTRY_WAIT_S, control_key_file=control_key_file)
         if not isinstance(client, RayClient):  # no http(s) address is passed: always the Ray client
@@ -207,21 +209,7 @@ class Gateway(MlRoutes):
         self._client = client
 
     def _table(self) -> TokenTable:
-        # Re-read the tokens file only when it changes: `fabric token` takes effect without a restart. A file
-        # that no longer parses refuses every request (SETTINGS_INVALID names the field) until it is fixed.
-        mtime = Path(self._tokens_file).stat().st_mtime if Path(self._tokens_file).exists() else 0.0
-        if self._tokens is None or self._tokens[0] != mtime:
-            try:
-                table = TokenTable.load(self._tokens_file)
-            except (FabricError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-                self._tokens = None
-                # The details (team names, fields) go to the gateway's log, not to whoever asked.
-                logging.getLogger("fabric.gateway").error("the tokens file %s is invalid: %s", self._tokens_file, exc)
-                raise FabricError("the gateway's tokens file is invalid", code=ErrorCode.SETTINGS_INVALID,
-                                  where="tokens file", fix="an admin fixes it; the gateway's log names the field "
-                                  "(`fabric token` and docs/security.md show the format)") from None
-            self._tokens = (mtime, table)
-        return self._tokens[1]
+        return self._tokens.table()  # re-read when the file changes: `fabric token` needs no restart
 
     def _who(self, request: Request) -> Principal:
         return self._table().authenticate(request.headers.get("authorization"))
@@ -287,7 +275,8 @@ class Gateway(MlRoutes):
         if body.refs:
             raise FabricError("refs are not supported in this build", code=ErrorCode.SPEC_FIELD, where="refs",
                               fix="pass data locations as node params")
-        submission = await client.submit_async(body.dag_spec, body.runtime_params)
+        spec = await asyncio.to_thread(_checked, body.dag_spec, body.runtime_params)
+        submission = await client.submit_async(spec, body.runtime_params)
         response.headers["Location"] = _status_url(request, submission.id)
         return {"submission_id": submission.id, "created": submission.created}
 
@@ -335,7 +324,8 @@ class Gateway(MlRoutes):
 
     @api.post("/api/orch/pipelines", status_code=201)
     def register_pipeline(self, request: Request, body: RegisterBody) -> dict[str, Any]:
-        return self._client_for(request).register(body.dag_spec, body.max_active_runs, body.overlap)
+        spec = read_document(body.dag_spec)  # text, never a path on this host
+        return self._client_for(request).register(spec, body.max_active_runs, body.overlap)
 
     @api.get("/api/orch/pipelines")
     def pipelines(self, request: Request) -> dict[str, Any]:
@@ -367,6 +357,9 @@ class Gateway(MlRoutes):
                     cursor: Annotated[str | None, Query(max_length=1000,
                                                         description="the previous page's next_cursor")] = None,
                     ) -> dict[str, Any]:
+        if len(label or []) > MAX_LABEL_FILTERS:
+            raise FabricError(f"{len(label or [])} label filters, more than {MAX_LABEL_FILTERS}",
+                              code=ErrorCode.SPEC_FIELD, where="label", fix="filter on fewer labels")
         labels = {}
         for item in label or []:
             key, sep, value = item.partition(":")

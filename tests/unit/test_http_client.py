@@ -199,3 +199,16 @@ def test_every_request_carries_the_token_and_the_list_query(scripted: Any) -> No
     path = server.seen[0]["path"]
     for part in ("limit=1", "state=RUNNING", "search=pipe", "cursor=abc", "label=k%3Av"):
         assert part in path
+
+
+def test_a_429_is_tried_again_after_its_retry_after(scripted: Any) -> None:
+    server, client = scripted(problem(429, "RATE_LIMITED"), OK)
+    assert client.list() == [] and len(server.seen) == 2
+    assert server.seen[1]["at"] - server.seen[0]["at"] >= 0.95  # no Retry-After header: a second
+
+
+def test_a_429_past_retry_for_is_the_answer(scripted: Any) -> None:
+    server, client = scripted(problem(429, "RATE_LIMITED"), retry_for=0.0)
+    with pytest.raises(FabricError) as caught:
+        client.list()
+    assert caught.value.code == ErrorCode.RATE_LIMITED and len(server.seen) == 1

@@ -1,0 +1,129 @@
+"""Fairness: team B's status latency while team A floods the gateway with submits (bounded in time).
+
+    python -m bench.fairness [--seconds 20] [--flooders 8]
+
+One local Ray (2 CPUs) and the gateway as `fabric up` starts it, with its default per-team rate limits
+(FABRIC_GATEWAY_RATE, FABRIC_GATEWAY_WRITE_RATE, FABRIC_GATEWAY_BURST_S: set them in the environment to
+try others). Team B polls the status of one of its submissions from one client, first alone (the
+baseline), then while team A's `--flooders` clients, in another process so that they do not share this
+one's interpreter, submit one-node DAGs as fast as the gateway answers. Prints B's status p50/p95 in both
+phases, the ratio of the p95s (target <= 2x), and what A's flood got: accepted submits and 429s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+SPEC = {"version": 1, "pipeline_id": "flood", "nodes": [
+    {"id": "a", "kind": "python_task", "entrypoint": "bench.nodes:noop", "resources": {"cpu": 0.1}}]}
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+def poll(base: str, headers: dict[str, str], submission_id: str, seconds: float, every_s: float = 0.02
+         ) -> list[float]:
+    """Sequential status reads, as a dashboard or `fabric status --watch` would make them."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            response = http.get(f"/api/orch/status/{submission_id}")
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+            time.sleep(every_s)
+    return latencies
+
+
+def flood(base: str, token: str, clients: int, seconds: float, counts: dict[str, int]) -> None:
+    """A's submit loop: `clients` threads, each submitting as soon as its last submit was answered."""
+    import threading
+
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            deadline, n = time.monotonic() + seconds, 0
+            while time.monotonic() < deadline:
+                n += 1
+                body = {"dag_spec": SPEC, "runtime_params": {"submission_id": f"flood-{index}-{n}"}}
+                status = http.post("/api/orch/submit", json=body).status_code
+                with lock:
+                    counts[str(status)] = counts.get(str(status), 0) + 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0, help="each phase's length")
+    parser.add_argument("--flooders", type=int, default=8, help="team A's concurrent submit loops")
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    import fabric as fb
+    from fabric.cli.gateway import start_gateway
+    from fabric.settings import ENV, settings
+    from serve.auth import mint_token
+
+    home = tempfile.mkdtemp(prefix="fabric-fair-bench-")
+    os.environ[ENV["home"]] = home
+    fb.connect("local", num_cpus=2, home=home)
+    tokens = Path(home) / "tokens.yaml"
+    team_a, team_b = mint_token(tokens, "team-a"), mint_token(tokens, "team-b")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = start_gateway(tokens, port)
+    b_headers = {"Authorization": f"Bearer {team_b}"}
+    with httpx.Client(base_url=base, headers=b_headers, timeout=60) as http:
+        submitted = http.post("/api/orch/submit", json={"dag_spec": SPEC, "runtime_params": {}})
+        submitted.raise_for_status()
+    watched = submitted.json()["submission_id"]
+    poll(base, b_headers, watched, 3.0)  # warm: connections, the worker, the registry's caches
+
+    baseline = poll(base, b_headers, watched, args.seconds)
+    counts = multiprocessing.Manager().dict()
+    flooder = multiprocessing.get_context("spawn").Process(
+        target=flood, args=(base, team_a, args.flooders, args.seconds + 2.0, counts))
+    flooder.start()
+    time.sleep(1.0)  # the flood under way before B measures
+    flooded = poll(base, b_headers, watched, args.seconds)
+    flooder.join()
+
+    config = settings()
+    print(f"gateway limits per team: {config.gateway_rate:g} requests/s, {config.gateway_write_rate:g} writes/s, "
+          f"bursts of {config.gateway_burst_s:g} s (0 = off)")
+    print(f"team B status alone:       p50 {pct(baseline, 50):6.1f} ms   p95 {pct(baseline, 95):6.1f} ms   "
+          f"max {max(baseline) * 1000:6.1f} ms   ({len(baseline)} reads)")
+    print(f"team B status under flood: p50 {pct(flooded, 50):6.1f} ms   p95 {pct(flooded, 95):6.1f} ms   "
+          f"max {max(flooded) * 1000:6.1f} ms   ({len(flooded)} reads)")
+    ratio = pct(flooded, 95) / pct(baseline, 95)
+    print(f"p95 ratio {ratio:.2f}x (target <= 2x)")
+    total = sum(counts.values())
+    print(f"team A's flood ({args.flooders} clients, {args.seconds + 2:g} s): {total} submits, "
+          f"{counts.get('202', 0)} accepted, {counts.get('429', 0)} answered 429, "
+          f"others {({k: v for k, v in counts.items() if k not in ('202', '429')})}")
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
