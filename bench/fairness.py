@@ -1,13 +1,15 @@
 """Fairness: team B's status latency while team A floods the gateway with submits (bounded in time).
 
-    python -m bench.fairness [--seconds 20] [--flooders 8]
+    python -m bench.fairness [--seconds 20] [--flooders 8] [--flood raw|sdk]
 
 One local Ray (2 CPUs) and the gateway as `fabric up` starts it, with its default per-team rate limits
 (FABRIC_GATEWAY_RATE, FABRIC_GATEWAY_WRITE_RATE, FABRIC_GATEWAY_BURST_S: set them in the environment to
 try others). Team B polls the status of one of its submissions from one client, first alone (the
 baseline), then while team A's `--flooders` clients, in another process so that they do not share this
-one's interpreter, submit one-node DAGs as fast as the gateway answers. Prints B's status p50/p95 in both
-phases, the ratio of the p95s (target <= 2x), and what A's flood got: accepted submits and 429s.
+one's interpreter, submit one-node DAGs as fast as the gateway answers: `raw` clients ignore Retry-After
+and ask again at once (a hostile loop), `sdk` ones are `fb.connect(url, token)`, which waits it out (a
+script's submit loop). Prints B's status p50/p95 in both phases, the ratio of the p95s (target <= 2x), and
+what A's flood got: accepted submits and 429s.
 """
 
 from __future__ import annotations
@@ -46,11 +48,27 @@ def poll(base: str, headers: dict[str, str], submission_id: str, seconds: float,
     return latencies
 
 
-def flood(base: str, token: str, clients: int, seconds: float, counts: dict[str, int]) -> None:
+def flood(base: str, token: str, clients: int, seconds: float, counts: dict[str, int], mode: str) -> None:
     """A's submit loop: `clients` threads, each submitting as soon as its last submit was answered."""
     import threading
 
     lock = threading.Lock()
+
+    def sdk(index: int) -> None:
+        import fabric as fb
+        from fabric.errors import FabricError
+
+        client = fb.connect(base, token=token)
+        deadline, n = time.monotonic() + seconds, 0
+        while time.monotonic() < deadline:
+            n += 1
+            try:
+                client.submit(SPEC, {"submission_id": f"flood-{index}-{n}"})
+                status = "202"
+            except FabricError as error:
+                status = str(error.code)
+            with lock:
+                counts[status] = counts.get(status, 0) + 1
 
     def one(index: int) -> None:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
@@ -62,7 +80,7 @@ def flood(base: str, token: str, clients: int, seconds: float, counts: dict[str,
                 with lock:
                     counts[str(status)] = counts.get(str(status), 0) + 1
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=sdk if mode == "sdk" else one, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -73,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="each phase's length")
     parser.add_argument("--flooders", type=int, default=8, help="team A's concurrent submit loops")
+    parser.add_argument("--flood", choices=("raw", "sdk"), default="raw",
+                        help="raw: ignore Retry-After (hostile); sdk: the HTTP client, which waits it out")
     args = parser.parse_args()
 
     import ray
@@ -102,7 +122,7 @@ def main() -> None:
     baseline = poll(base, b_headers, watched, args.seconds)
     counts = multiprocessing.Manager().dict()
     flooder = multiprocessing.get_context("spawn").Process(
-        target=flood, args=(base, team_a, args.flooders, args.seconds + 2.0, counts))
+        target=flood, args=(base, team_a, args.flooders, args.seconds + 2.0, counts, args.flood))
     flooder.start()
     time.sleep(1.0)  # the flood under way before B measures
     flooded = poll(base, b_headers, watched, args.seconds)
@@ -118,7 +138,7 @@ def main() -> None:
     ratio = pct(flooded, 95) / pct(baseline, 95)
     print(f"p95 ratio {ratio:.2f}x (target <= 2x)")
     total = sum(counts.values())
-    print(f"team A's flood ({args.flooders} clients, {args.seconds + 2:g} s): {total} submits, "
+    print(f"team A's {args.flood} flood ({args.flooders} clients, {args.seconds + 2:g} s): {total} submits, "
           f"{counts.get('202', 0)} accepted, {counts.get('429', 0)} answered 429, "
           f"others {({k: v for k, v in counts.items() if k not in ('202', '429')})}")
     serve.shutdown()
