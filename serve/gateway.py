@@ -107,7 +107,7 @@ def _checked(dag_spec: dict[str, Any] | str, runtime_params: dict[str, Any]) -> 
 def _status_url(request: Request, submission_id: str) -> str:
     """The `Location` of a 202: the submission's status route, under the app's route prefix."""
     root = request.scope.get("root_path", "").rstrip("/")
-    return f"{root}/api/orch/status/{urllib.parse.quote(submission_id, safe='')}"
+    return f"{root}/api/orch/status/{urllib.parse.quote(submission_id, safe=':')}"  # a team's id: `team:key`
 
 
 api = FastAPI(title="fabric gateway", version="1",

@@ -31,9 +31,8 @@ from fabric.execute.scheduler import engine_scheduler
 from fabric.kinds import kind_checks
 from fabric.logs import configure_logging
 from fabric.plan import compile_plan
-from fabric.plan.hashing import digest
 from fabric.record import Event, MemoryStore, SqliteStore, Store, SubmissionRecord
-from fabric.record.ids import claim_id, team_record
+from fabric.record.ids import claim_id, request_hashes, team_record
 from fabric.record.lease import LEASE_LOST, FencedStore, open_lease
 from fabric.record.postgres import PostgresStore, is_postgres_url
 from fabric.record.replay import status_from_events
@@ -121,8 +120,7 @@ class Registry:
         if plan.params:  # recorded resolved, defaults included: status, lineage and a resume read them back
             runtime = runtime.model_copy(update={"params": dict(plan.params)})
         runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
-        # "The same submission" means the same normalized spec and the same runtime params.
-        request_hash = digest({"spec": dag.to_dict(), "runtime": runtime_dump})
+        request_hash, *older = request_hashes(dag.to_dict(), runtime_dump)  # "the same submission" (record/ids.py)
         with self._submit_lock:  # lookup and start are one step: two racing submits start one run
             if self._kill_switch is not None:
                 raise FabricError(f"admission is closed: {self._kill_switch}", code=ErrorCode.ADMISSION_CLOSED,
@@ -130,7 +128,7 @@ class Registry:
             now = time.time()
             submission_id, existing = claim_id(self._store, runtime.submission_id, runtime.team, now)
             if existing is not None:
-                if existing.request_hash != request_hash:
+                if existing.request_hash not in (request_hash, *older):
                     raise ConflictError(
                         f"submission_id {runtime.submission_id!r} was already used for a different "
                         "DAG or runtime params",

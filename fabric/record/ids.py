@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fabric.errors import ConflictError, ErrorCode, FabricError
+from fabric.plan.hashing import digest
 from fabric.record.store import Store, SubmissionRecord
 from fabric.types import new_submission_id, team_submission_id
 
@@ -19,6 +22,17 @@ def team_record(store: Store, submission_id: str, team: str | None) -> Submissio
         if record is not None and record.team == team:
             return record
     return None
+
+
+def request_hashes(spec: dict[str, Any], runtime: dict[str, Any]) -> tuple[str, ...]:
+    """Digests of a request: the same submission is the same normalized spec and runtime params. A team's key
+    counts in its namespace, so `sub-1` sent again as the `research:sub-1` it came back as is the same request;
+    the digest of the key as given is accepted too, for records from before keys were per team."""
+    key, team = runtime.get("submission_id"), runtime.get("team")
+    if not key or team is None:
+        return (digest({"spec": spec, "runtime": runtime}),)
+    keyed = {**runtime, "submission_id": team_submission_id(team, key)}
+    return digest({"spec": spec, "runtime": keyed}), digest({"spec": spec, "runtime": runtime})
 
 
 def claim_id(store: Store, key: str | None, team: str | None, now: float) -> tuple[str, SubmissionRecord | None]:

@@ -205,3 +205,18 @@ def test_secret_values_are_never_shown_nor_pickled_with_the_call():
     from dataclasses import replace
 
     assert b"s3cr3t-value" not in pickle.dumps(replace(call, secret_values={}))  # as the backend sends it
+
+
+def test_a_key_sent_back_as_the_id_it_came_back_as_is_the_same_request():
+    from fabric.record.ids import request_hashes
+
+    spec = {"version": 1}
+    first, *_ = request_hashes(spec, {"submission_id": "sub-1", "team": "research"})
+    again = request_hashes(spec, {"submission_id": "research:sub-1", "team": "research"})
+    assert first in again
+    from fabric.plan.hashing import digest
+
+    as_given = digest({"spec": spec, "runtime": {"submission_id": "sub-1", "team": "research"}})
+    assert as_given in request_hashes(spec, {"submission_id": "sub-1", "team": "research"})  # a record from before
+    other_team = request_hashes(spec, {"submission_id": "sub-1", "team": "trading"})
+    assert first not in other_team
