@@ -50,7 +50,7 @@ def test_a_node_that_calls_the_control_plane_directly_is_refused(client, fabric_
     # Nothing happened to the victim or to the control plane.
     assert client.kill_switch() == {"on": False, "reason": ""}
     assert victim.status().state == "RUNNING" and victim.status().node("slow").message != "forged"
-    assert [s["pipeline_id"] for s in client.list(limit=10).items if s["pipeline_id"] == "forged"] == []
+    assert [s["pipeline_id"] for s in client.list(limit=10) if s["pipeline_id"] == "forged"] == []
     assert ray_get(quota.state.remote(time.time())) is None  # never synced: the forged sync did not land
     assert not (fabric_home / "logs" / victim.id).exists() or "forged" not in victim.logs("slow")
     victim.cancel()
@@ -70,7 +70,7 @@ def test_a_driver_without_the_key_is_refused_and_one_with_it_works(client):
     with pytest.raises(FabricError) as caught:
         forged.list()
     assert caught.value.code == ErrorCode.FORBIDDEN and "control capability" in caught.value.message
-    assert client.list(limit=1).items  # the real client goes on working
+    assert client.list(limit=1)  # the real client goes on working
 
 
 def test_a_squatter_under_a_quota_actors_name_holds_the_team_with_the_reason(client, fabric_home):
@@ -122,4 +122,4 @@ def test_a_squatter_under_the_registrys_name_is_refused_and_named(client, fabric
     assert caught.value.code == ErrorCode.CONTROL_IMPOSTOR
     ray.kill(handle)  # the operator removes the squatter: a new registry starts on the same record
     fresh = fb.connect(home=str(fabric_home))
-    assert any(s["submission_id"] == attack.id for s in fresh.list(limit=20).items)
+    assert any(s["submission_id"] == attack.id for s in fresh.list(limit=20))
