@@ -10,7 +10,7 @@ FROM ${BASE_IMAGE}
 # torch comes first and from its own index: the CPU image takes PyTorch's CPU wheel (PyPI's pulls gigabytes of
 # CUDA libraries it cannot use); the GPU image takes PyPI's CUDA build. Both are the release constraints.txt pins.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG EXTRAS=serve,train,mlflow,observe,k8s,postgres
+ARG EXTRAS=serve,train,mlflow,observe,k8s,postgres,schedule
 
 WORKDIR /home/ray/fabric
 COPY --chown=ray:users docker/constraints.txt docker/constraints.txt

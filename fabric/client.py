@@ -305,7 +305,8 @@ class RayClient:
         raw = registrable_spec(spec)
         if self._guard:  # what the team's runners could start by name later is checked now too
             self._guard.check(raw, {"team": self.team})
-        return _call(self._registry.register_pipeline, self._cap, raw, options, self.team, retry_for=self._retry_for)
+        return _call(self._registry.register_pipeline, self._cap, raw, options, self.team,
+                     self._grants, retry_for=self._retry_for)
 
     def pipelines(self) -> Rows:
         """This team's registered pipelines, each at its latest version."""
@@ -332,6 +333,32 @@ class RayClient:
         return cast(dict[str, Any], served_names.guarded(self._guard, claims, lambda: _call(
             self._registry.run_pipeline, self._cap, pipeline_id, version, runtime, self.team, self._grants,
             retry_for=self._retry_for)))
+
+    def rerun(self, submission_id: str, from_node: str | None = None) -> Submission:
+        """Re-run a finished submission, reusing its succeeded nodes' outputs; see `Client.rerun`."""
+        # The new id is made here, once: a call retried across a registry restart starts one re-run.
+        reply = self.rerun_reply(submission_id, from_node, new_submission_id())
+        return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
+                             cap=self._cap)
+
+    def rerun_reply(self, submission_id: str, from_node: str | None, new_id: str | None) -> dict[str, Any]:
+        """The registry's whole answer to a re-run: {submission_id, created, rerun_of, reused, rerun}."""
+        return _call(self._registry.rerun, self._cap, submission_id, from_node, new_id, self.team, self._grants,
+                     retry_for=self._retry_for)
+
+    def schedule(self, pipeline_id: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or change a schedule of a registered pipeline; see `Client.schedule`."""
+        return _call(self._registry.put_schedule, self._cap, pipeline_id, dict(schedule), self.team, self._grants,
+                     retry_for=self._retry_for)
+
+    def schedules(self, pipeline_id: str | None = None) -> Rows:
+        """This team's schedules, each with its last tick and next fire times."""
+        return _call(self._registry.schedules, self._cap, pipeline_id, self.team, retry_for=self._retry_for)
+
+    def pause_schedule(self, pipeline_id: str, name: str, paused: bool = True) -> dict[str, Any]:
+        """Pause a schedule, or resume it (ticks passed meanwhile are not fired)."""
+        return _call(self._registry.pause_schedule, self._cap, pipeline_id, name, paused, self.team,
+                     retry_for=self._retry_for)
 
 
 def _job_runtime_env() -> dict[str, Any]:

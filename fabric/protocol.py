@@ -148,6 +148,25 @@ class Client(Protocol):
         reached with overlap skip; `cancelled` the older runs that overlap cancel_older stopped."""
         ...
 
+    def rerun(self, submission_id: str, from_node: str | None = None) -> Submission:
+        """Re-run a finished submission as a new one (labelled `fabric.rerun_of`): nodes that SUCCEEDED there
+        keep their outputs (shown CACHED, the reason naming where from); `from_node` and every node below it,
+        and whatever did not succeed, run again."""
+        ...
+
+    def schedule(self, pipeline_id: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or change a schedule of a registered pipeline: {name, cron, timezone, params, version, start,
+        end, catch_up, max_catch_up, paused} (docs/pipelines.md); answers it with its next fire times."""
+        ...
+
+    def schedules(self, pipeline_id: str | None = None) -> Rows:
+        """This team's schedules (of one pipeline), each with its last tick and next fire times."""
+        ...
+
+    def pause_schedule(self, pipeline_id: str, name: str, paused: bool = True) -> dict[str, Any]:
+        """Pause a schedule, or resume it (`paused=False`): ticks that passed while paused are not fired."""
+        ...
+
 
 def registrable_spec(spec: SpecInput) -> dict[str, Any]:
     """The raw spec to register: a catalogue keeps specs, not notebook code, so an `fb.DAG` whose functions

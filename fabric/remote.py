@@ -205,6 +205,22 @@ class HttpClient:
         return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/runs", body={
             "version": version, "runtime_params": pipeline_run_params(params, runtime_params)})
 
+    def rerun(self, submission_id: str, from_node: str | None = None) -> Submission:
+        reply = self._json("POST", f"/api/orch/rerun/{_quote(submission_id)}",
+                           body={"from_node": from_node, "submission_id": new_submission_id()})
+        return HttpSubmission(self, reply["submission_id"], reply.get("created", True))
+
+    def schedule(self, pipeline_id: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/schedules", body=dict(schedule))
+
+    def schedules(self, pipeline_id: str | None = None) -> Rows:
+        path = "/api/orch/schedules" if pipeline_id is None else f"/api/orch/pipelines/{_quote(pipeline_id)}/schedules"
+        return self._json("GET", path)["items"]
+
+    def pause_schedule(self, pipeline_id: str, name: str, paused: bool = True) -> dict[str, Any]:
+        action = "pause" if paused else "resume"
+        return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/schedules/{_quote(name)}/{action}")
+
     def ping(self) -> bool:
         try:
             return self._json("GET", "/healthz", retry=False).get("registry") == "ok"

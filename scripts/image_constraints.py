@@ -23,7 +23,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docker" / "constraints.txt"
-IMAGE_EXTRAS = ("serve", "train", "mlflow", "observe", "k8s", "postgres")  # the Dockerfile installs these; never `dev`
+# The Dockerfile installs these; never `dev`.
+IMAGE_EXTRAS = ("serve", "train", "mlflow", "observe", "k8s", "postgres", "schedule")
 # The base image's platform: the lock must not depend on where it is generated.
 TARGET = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64",
           "python_version": "3.11", "python_full_version": "3.11.11", "implementation_name": "cpython",

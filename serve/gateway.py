@@ -76,6 +76,14 @@ class RunBody(BaseModel):
     runtime_params: dict[str, Any] = Field(default_factory=dict)
 
 
+class RerunBody(BaseModel):
+    """`POST /api/orch/rerun/{id}`: the node to re-run from (default: what did not succeed), and the new id."""
+
+    model_config = ConfigDict(extra="forbid")
+    from_node: str | None = None
+    submission_id: str | None = Field(None, description="the re-run's idempotency key (made when absent)")
+
+
 class KillSwitchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     on: bool
@@ -346,6 +354,32 @@ class Gateway(MlRoutes):
                                                         runtime_params=body.runtime_params)
         if reply.get("submission_id"):
             response.headers["Location"] = _status_url(request, reply["submission_id"])
+        return reply
+
+    @api.post("/api/orch/pipelines/{pipeline_id}/schedules", status_code=201)
+    def put_schedule(self, request: Request, pipeline_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._client_for(request).schedule(pipeline_id, body)  # validated by the registry: 422 naming fields
+
+    @api.get("/api/orch/schedules")
+    def all_schedules(self, request: Request) -> dict[str, Any]:
+        return {"items": self._client_for(request).schedules()}
+
+    @api.get("/api/orch/pipelines/{pipeline_id}/schedules")
+    def schedules(self, request: Request, pipeline_id: str) -> dict[str, Any]:
+        return {"items": self._client_for(request).schedules(pipeline_id)}
+
+    @api.post("/api/orch/pipelines/{pipeline_id}/schedules/{name}/pause")
+    def pause_schedule(self, request: Request, pipeline_id: str, name: str) -> dict[str, Any]:
+        return self._client_for(request).pause_schedule(pipeline_id, name, True)
+
+    @api.post("/api/orch/pipelines/{pipeline_id}/schedules/{name}/resume")
+    def resume_schedule(self, request: Request, pipeline_id: str, name: str) -> dict[str, Any]:
+        return self._client_for(request).pause_schedule(pipeline_id, name, False)
+
+    @api.post("/api/orch/rerun/{submission_id}", status_code=202)
+    def rerun(self, request: Request, response: Response, submission_id: str, body: RerunBody) -> dict[str, Any]:
+        reply = self._client_for(request).rerun_reply(submission_id, body.from_node, body.submission_id)
+        response.headers["Location"] = _status_url(request, reply["submission_id"])
         return reply
 
     @api.get("/api/orch/submissions")

@@ -188,3 +188,11 @@ def task_of(marker_dir: str, name: str, **inputs: object) -> str:
 def flaky_step(marker_dir: str, failures: int, **inputs: object) -> str:
     """`flaky` with inputs: a step in a chain that fails its first `failures` executions."""
     return flaky(marker_dir, failures)
+
+
+def fails_first(marker_dir: str, name: str, failures: int = 1, **inputs: object) -> str:
+    """Records each execution and fails the first `failures` of them; reads any inputs."""
+    count = _mark(marker_dir, name)
+    if count <= failures:
+        raise RuntimeError(f"{name}: planned failure {count} of {failures}")
+    return f"{name}({','.join(sorted(str(v) for v in inputs.values()))})"

@@ -14,7 +14,7 @@ from fabric.plan.hashing import digest
 from fabric.record import Store
 from fabric.record.catalogue import PipelineVersion
 from fabric.record.ids import team_record
-from fabric.schedule.grants import TeamGrants
+from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.overlap import decide
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, parse_pipeline_options
@@ -32,11 +32,15 @@ class Catalogue:
         self._cancel = cancel
         self._lock = threading.Lock()  # the count of active runs and the start are one step
 
-    def register(self, spec: dict[str, Any], options: dict[str, Any] | None, team: str | None) -> dict[str, Any]:
-        """Validate the spec as a submit would (kinds checked with the params' defaults) and record it as the
-        pipeline's next version; the same spec and options as the latest version return that version."""
+    def register(self, spec: dict[str, Any], options: dict[str, Any] | None, team: str | None,
+                 grants: TeamGrants | None = None) -> dict[str, Any]:
+        """Validate the spec as a submit would (kinds checked with the params' defaults; with `grants`, the
+        team's claims) and record it as the pipeline's next version; the same spec and options as the latest
+        version return that version."""
         dag = load_spec(spec)
         opts = parse_pipeline_options(options)
+        if grants is not None:  # a schedule fires its versions later, with no token: they are checked here
+            check_submission(grants, team or "", dag, parse_runtime_params(None))
         problems = kind_problems(dag, kind_checks())
         if problems:
             raise SpecError.from_problems(problems)
@@ -65,7 +69,7 @@ class Catalogue:
         """Start a run of a version (default: the latest) with runtime params (its `params` the pipeline's),
         unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled.
         `grants`: the team's, checked by the submit as for any other (fabric/schedule/grants.py)."""
-        chosen = self._version(pipeline_id, version, team)
+        chosen = self.version(pipeline_id, version, team)
         runtime = parse_runtime_params(runtime_params).model_dump(mode="json", exclude_none=True)
         runtime["labels"] = {**runtime.get("labels", {}), PIPELINE_LABEL: pipeline_id,
                              VERSION_LABEL: str(chosen.version)}
@@ -99,7 +103,8 @@ class Catalogue:
                                 fix="register it with `fabric register dag.yaml`; `fabric pipelines` lists them")
         return versions
 
-    def _version(self, pipeline_id: str, version: int | None, team: str | None) -> PipelineVersion:
+    def version(self, pipeline_id: str, version: int | None, team: str | None) -> PipelineVersion:
+        """One version of one of the team's pipelines (None: the latest); NOT_FOUND naming what is missing."""
         versions = self._versions(pipeline_id, team)
         if version is None:
             return versions[0]

@@ -19,6 +19,8 @@ import ray
 from fabric.actors import NAMESPACE, observe
 from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
+from fabric.actors.rerun import RerunMethods
+from fabric.actors.schedules import PipelineMethods, Scheduler
 from fabric.capability import attempt_grant, load_or_create_key
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 REGISTRY_NAME = "fabric-registry"
 
 
-class Registry:
+class Registry(PipelineMethods, RerunMethods):
     """The actor's body (kept a plain class so it can be tested and reused in-process)."""
 
     def __init__(self, home: str, check_feasibility: bool = True, config: Settings | None = None) -> None:
@@ -85,17 +87,26 @@ class Registry:
                               secrets_dir=config.secrets_dir, grant=partial(attempt_grant, self.key))
         # An autoscaler adds nodes that do not exist yet: FABRIC_SKIP_FEASIBILITY=1 lets such work queue.
         self._check_feasibility = check_feasibility and not config.skip_feasibility
+        self._stop_schedules = threading.Event()  # set when the lease is lost: another registry fires them
         if self._lease is not None:
-            self._lease.on_lost = lambda: self._engine.fence(LEASE_LOST)
+            self._lease.on_lost = self._lease_lost
         self._submit_lock = threading.Lock()
         switch = self._store.events(KILL_SWITCH)
         on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
         self._kill_switch: str | None = switch[-1].reason if on else None
         self._catalogue = Catalogue(self._store, self.submit, self._engine.cancel)
+        self._scheduler = Scheduler(self._store, self._catalogue, time.time)
         self.resumed = self._resume_interrupted()
+        # Schedules fire here, in the one registry that holds the store's lease, after the resume above.
+        threading.Thread(target=self._scheduler.run_forever, args=(self._stop_schedules,), name="fabric-schedules",
+                         daemon=True).start()
         self._sweeper = threading.Thread(target=self._sweep_forever, args=(config.sweep_interval_s,),
                                          name="fabric-sweep", daemon=True)
         self._sweeper.start()
+
+    def _lease_lost(self) -> None:
+        self._stop_schedules.set()
+        self._engine.fence(LEASE_LOST)
 
     def ping(self) -> str:
         return "ok"
@@ -156,25 +167,6 @@ class Registry:
             code_refs = {entry: ray.put(blob) for entry, blob in (code or {}).items()}
             self._engine.start(record, plan, env or None, code_refs)
         return {"submission_id": submission_id, "created": True}
-
-    # -- the pipeline catalogue (fabric/actors/catalogue.py) ---------------------------------------------
-
-    def register_pipeline(self, spec: dict[str, Any], options: dict[str, Any] | None = None,
-                          team: str | None = None) -> dict[str, Any]:
-        return self._catalogue.register(spec, options, team)
-
-    def pipelines(self, team: str | None = None) -> list[dict[str, Any]]:
-        return self._catalogue.pipelines(team)
-
-    def pipeline_versions(self, pipeline_id: str, team: str | None = None) -> list[dict[str, Any]]:
-        return self._catalogue.versions(pipeline_id, team)
-
-    def pipeline_runs(self, pipeline_id: str, limit: int = 20, team: str | None = None) -> list[dict[str, Any]]:
-        return self._catalogue.runs(pipeline_id, limit, team)
-
-    def run_pipeline(self, pipeline_id: str, version: int | None = None, runtime_params: dict[str, Any] | None = None,
-                     team: str | None = None, grants: TeamGrants | None = None) -> dict[str, Any]:
-        return self._catalogue.run(pipeline_id, version, runtime_params, team, grants)
 
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read, or turn on/off, the kill-switch: while on, nothing new is admitted; running work goes on."""

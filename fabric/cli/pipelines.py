@@ -1,4 +1,5 @@
-"""The catalogue's commands: `register` a spec as a pipeline version, list `pipelines`, `start` a run by name."""
+"""The catalogue's commands: `register` a spec as a pipeline version, list `pipelines`, `start` a run by name,
+`schedule` it and list `schedules` with their next fire times."""
 
 from __future__ import annotations
 
@@ -79,6 +80,57 @@ def start(pipeline_id: Annotated[str, typer.Argument(help="a registered pipeline
         emit(reply, output, lambda: f"skipped: {reply.get('reason', '')}")
         return
     emit(reply, output, lambda: reply["submission_id"])
+
+
+def schedule(pipeline_id: Annotated[str, typer.Argument(help="a registered pipeline")],
+             name: Annotated[str, typer.Argument(help="the schedule's name")],
+             cron: Annotated[str | None, typer.Option(help="five fields, e.g. '0 6 * * MON-FRI'")] = None,
+             timezone: Annotated[str, typer.Option(help="IANA time zone the cron reads in")] = "UTC",
+             param: ParamOpt = None,
+             version: Annotated[int | None, typer.Option(help="run this version (default: the latest)")] = None,
+             start: Annotated[str | None, typer.Option(help="no tick before this date/time")] = None,
+             end: Annotated[str | None, typer.Option(help="no tick after this date/time")] = None,
+             catch_up: Annotated[str, typer.Option(help="ticks missed while down: none, latest or all")] = "latest",
+             max_catch_up: Annotated[int, typer.Option(help="with --catch-up all: at most this many")] = 10,
+             pause: Annotated[bool, typer.Option("--pause", help="pause it (with --cron: create it paused)")] = False,
+             resume: Annotated[bool, typer.Option("--resume", help="resume it; missed ticks are not fired")] = False,
+             address: AddressOpt = None, output: OutputOpt = Output.TABLE) -> None:
+    """Create or change a pipeline's cron schedule (with --cron), or pause or resume it."""
+    with failing():
+        client = connect(address)
+        if cron is None:
+            if pause == resume:
+                raise FabricError("give --cron to create or change the schedule, or one of --pause and --resume",
+                                  code=ErrorCode.SPEC_FIELD, where="--cron",
+                                  fix=f"fabric schedule {pipeline_id} {name} --cron '0 6 * * *'")
+            row = client.pause_schedule(pipeline_id, name, pause)
+        else:
+            raw: dict[str, Any] = {"name": name, "cron": cron, "timezone": timezone, "catch_up": catch_up,
+                                   "max_catch_up": max_catch_up, "paused": pause,
+                                   "params": dict(parse_param(item) for item in param or [])}
+            for key, value in (("version", version), ("start", start), ("end", end)):
+                if value is not None:
+                    raw[key] = value
+            row = client.schedule(pipeline_id, raw)
+    emit(row, output, lambda: _schedules_table([row]))
+
+
+def schedules(pipeline_id: Annotated[str | None, typer.Argument(help="only this pipeline's")] = None,
+              address: AddressOpt = None, output: OutputOpt = Output.TABLE) -> None:
+    """List schedules with their last tick and next fire times."""
+    with failing():
+        items = connect(address).schedules(pipeline_id)
+    emit(items, output, lambda: _schedules_table(items))
+
+
+def _schedules_table(items: list[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False)
+    for column in ("pipeline", "schedule", "cron", "zone", "catch-up", "state", "next fires (local time)"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(item["pipeline_id"], item["name"], item["cron"], item["timezone"], item["catch_up"],
+                      "paused" if item["paused"] else "active", ", ".join(_when(t) for t in item["next_fires"]))
+    return table
 
 
 def _pipelines_table(items: list[dict[str, Any]]) -> Table:

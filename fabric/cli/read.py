@@ -65,6 +65,22 @@ def cancel(submission_id: str, address: AddressOpt = None) -> None:
     out.print(f"cancelling {submission_id}")
 
 
+def rerun(submission_id: str, from_node: Annotated[str | None, typer.Option(
+              "--from", help="re-run this node and every node below it (default: what did not succeed)")] = None,
+          address: AddressOpt = None,
+          wait: Annotated[bool, typer.Option(help="follow the re-run until it ends")] = False) -> None:
+    """Re-run a finished submission as a new one: succeeded nodes reuse their outputs; prints the new id."""
+    from fabric.cli.exits import ExitCode
+    from fabric.cli.run import follow
+
+    with failing():
+        submission = connect(address).rerun(submission_id, from_node)
+        out.print(submission.id)
+        if wait:
+            status = follow(submission, live=out.is_terminal, timeout=None)
+            raise typer.Exit(ExitCode.OK if status.state == "SUCCEEDED" else ExitCode.FAILED)
+
+
 def list_submissions(address: AddressOpt = None,
                      state: Annotated[str | None, typer.Option(help="only this state")] = None,
                      limit: Annotated[int, typer.Option(help="at most this many")] = 50,

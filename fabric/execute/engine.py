@@ -26,7 +26,7 @@ from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, in_fligh
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
-from fabric.execute.resume import restored_machine
+from fabric.execute.resume import Reruns, restored_machine
 from fabric.execute.scheduler import cost_events
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
@@ -44,7 +44,7 @@ MAX_WAKEUP_S = 0.5
 METRICS_FLUSH_S = 1.0
 
 
-class Engine:
+class Engine(Reruns):
     def __init__(self, store: Store, *, backend: Backend, home: str, artifacts: str,
                  control: tuple[str, str] | None = None, clock: Callable[[], float] = time.time,
                  use_images: bool = False, persist_outputs: bool = True, admission: AdmissionQueue | None = None,

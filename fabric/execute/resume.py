@@ -1,12 +1,17 @@
-"""Carrying on a submission an earlier registry left running: which nodes count as done, which run again."""
+"""Carrying on a submission an earlier registry left running, and re-running a finished one: which nodes count as
+done (their outputs reused), which run again."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from fabric.execute.live import LiveRun
 from fabric.execute.outputs import has_outputs
+from fabric.execute.ports import AttemptHandle, Backend, Start
 from fabric.plan import ExecutionPlan
-from fabric.record import Event, SubmissionRecord, SubmissionStatus
+from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import RunMachine
 from fabric.states import NodeState
 
@@ -42,4 +47,83 @@ def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: Subm
     return machine, events, rerun
 
 
-__all__ = ["restored_machine"]
+REUSED = "reused: the outputs of {source} (SUCCEEDED there, same content hash)"
+_REUSED = re.compile(r"^reused: the outputs of (\S+) ")
+
+
+def reusable(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapping[str, str], submission_id: str,
+             artifacts: str, from_node: str | None = None) -> dict[str, str]:
+    """For a re-run of `submission_id` (its node states and CACHED reasons given): node -> the submission whose
+    outputs it reuses. A node is reused when it SUCCEEDED there (or was itself reused by that run, from the
+    same source), its outputs that others read are in the artifact store, it is not `from_node` or below it,
+    and every node upstream of it is reused too; everything else runs again."""
+    again = set() if from_node is None else {from_node, *plan.descendants(from_node)}
+    consumed = plan.consumed_outs()
+    reuse: dict[str, str] = {}
+    for node_id in plan.order:
+        state = states.get(node_id)
+        source = submission_id
+        if state is NodeState.CACHED:
+            found = _REUSED.match(reasons.get(node_id, ""))
+            if found is None:
+                continue  # a cache hit: its outputs are the cache's; it runs again (and may hit the cache)
+            source = found.group(1)
+        elif state is not NodeState.SUCCEEDED:
+            continue
+        if node_id in again or any(u not in reuse for u in plan.nodes[node_id].upstream):
+            continue
+        if consumed[node_id] and not has_outputs(artifacts, source, node_id):
+            continue
+        reuse[node_id] = source
+    return reuse
+
+
+def reused_run(record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str, str],
+               runtime_env: dict[str, Any] | None, code: dict[str, Any] | None, backend: Backend, artifacts: str,
+               persist_outputs: bool, clock: Callable[[], float], *, gated: bool) -> tuple[LiveRun, list[Event]]:
+    """A new run (a re-run) whose nodes in `reuse` (node -> the submission whose outputs it takes) start
+    CACHED, their outputs loaded from the artifact store; and the events that say so. The rest start PENDING."""
+    states = dict.fromkeys(reuse, NodeState.CACHED)
+    machine = RunMachine.restore(plan, clock, submission_id=record.submission_id, created_at=record.created_at,
+                                 states=states, history={}, gated=gated)
+    events = [Event(record.submission_id, n, "PENDING", "CACHED", clock(), 0, REUSED.format(source=source))
+              for n, source in reuse.items()]
+    for event in events:  # the live status says it too, as the audit does
+        machine.nodes[event.node_id or ""].reason = event.reason
+    run = LiveRun(record, plan, machine, runtime_env, dict(code or {}), plan.persisted_outs(persist_outputs))
+    consumed = plan.consumed_outs()
+    for node_id, token in machine.restored_tokens().items():
+        if consumed[node_id]:
+            refs = backend.load(artifacts, reuse[node_id], node_id, consumed[node_id])
+            run.handles[(node_id, token)] = AttemptHandle(None, refs, 0)
+    return run, events
+
+
+class Reruns:
+    """The engine's `start_rerun` (its state is the engine's: store, backend, artifacts, runs, inbox)."""
+
+    if TYPE_CHECKING:
+        _store: Store
+        _backend: Backend
+        _artifacts: str
+        _persist_outputs: bool
+        _clock: Callable[[], float]
+        _scheduler: Any
+        _lock: Any
+        _runs: dict[str, LiveRun]
+        _inbox: Any
+
+    def start_rerun(self, record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str, str],
+                    runtime_env: dict[str, Any] | None, code: dict[str, Any] | None = None) -> None:
+        """Start a new submission that takes the outputs of the nodes in `reuse` (node -> the submission that
+        made them) from the artifact store, shown CACHED, and runs the rest."""
+        run, events = reused_run(record, plan, reuse, runtime_env, code, self._backend, self._artifacts,
+                                 self._persist_outputs, self._clock, gated=self._scheduler is not None)
+        self._store.add_submission(record)  # first: if the store cannot take it, nothing has started
+        self._store.append_events(events)
+        with self._lock:
+            self._runs[record.submission_id] = run
+        self._inbox.put(Start(record.submission_id))
+
+
+__all__ = ["Reruns", "REUSED", "restored_machine", "reusable", "reused_run"]

@@ -1,4 +1,5 @@
-"""The pipeline catalogue's record: immutable, numbered versions of registered specs, per team, on every store."""
+"""The pipeline catalogue's record: immutable, numbered versions of registered specs and their schedules (with
+the last tick each fired), per team, on every store."""
 
 from __future__ import annotations
 
@@ -29,6 +30,23 @@ class PipelineVersion:
         return {**data, "spec": self.spec} if with_spec else data
 
 
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """One schedule of a pipeline as stored: its spec (fabric.spec.schedules) and the last tick it handled."""
+
+    pipeline_id: str
+    name: str
+    spec: dict[str, Any]
+    created_at: float
+    team: str | None = None
+    last_tick: float | None = None
+
+
+_SCHEDULES = """CREATE TABLE schedules (
+        team TEXT NOT NULL, pipeline_id TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+        created_at {real} NOT NULL, last_tick {real}, PRIMARY KEY (team, pipeline_id, name))"""
+SQLITE_SCHEDULES = (_SCHEDULES.format(real="REAL"),)
+POSTGRES_SCHEDULES = (_SCHEDULES.format(real="DOUBLE PRECISION"),)
 SQLITE_TABLES = (
     """CREATE TABLE pipelines (
         team TEXT NOT NULL, pipeline_id TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
@@ -55,6 +73,15 @@ def _row(row: tuple[Any, ...] | Any) -> PipelineVersion:
     team, pipeline_id, version, spec, spec_hash, options, created_at = row
     return PipelineVersion(pipeline_id, int(version), json.loads(spec), spec_hash, float(created_at),
                            team or None, json.loads(options))
+
+
+_SCHEDULE_COLUMNS = "team, pipeline_id, name, spec, created_at, last_tick"
+
+
+def _schedule(row: tuple[Any, ...] | Any) -> ScheduleRecord:
+    team, pipeline_id, name, spec, created_at, last_tick = row
+    return ScheduleRecord(pipeline_id, name, json.loads(spec), float(created_at), team or None,
+                          None if last_tick is None else float(last_tick))
 
 
 def _same(a: PipelineVersion, b: PipelineVersion) -> bool:
@@ -105,12 +132,53 @@ class SqlCatalogue:
         return [_row(r) for r in rows]
 
 
+    def put_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        """Create a schedule, or change its spec (its creation time and last tick stay: changing a schedule
+        never fires a tick again)."""
+        p = self._P
+        with self._txn() as conn:
+            conn.execute(
+                f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}) VALUES ({', '.join([p] * 6)}) "
+                "ON CONFLICT (team, pipeline_id, name) DO UPDATE SET spec = excluded.spec",
+                (record.team or NO_TEAM, record.pipeline_id, record.name, json.dumps(record.spec), record.created_at,
+                 record.last_tick))
+            row = conn.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE team = {p} AND pipeline_id = {p} "
+                               f"AND name = {p}", (record.team or NO_TEAM, record.pipeline_id, record.name)).fetchone()
+        return _schedule(row)
+
+    def schedules(self, team: str | None, pipeline_id: str | None = None, *,
+                  every_team: bool = False) -> list[ScheduleRecord]:
+        """The team's schedules (of one pipeline), or every team's (the registry's scheduler)."""
+        p, where, args = self._P, [], []
+        if not every_team:
+            where.append(f"team = {p}")
+            args.append(team or NO_TEAM)
+        if pipeline_id is not None:
+            where.append(f"pipeline_id = {p}")
+            args.append(pipeline_id)
+        sql = f"SELECT {_SCHEDULE_COLUMNS} FROM schedules"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._txn() as conn:
+            rows = conn.execute(sql + " ORDER BY team, pipeline_id, name", tuple(args)).fetchall()
+        return [_schedule(r) for r in rows]
+
+    def mark_tick(self, team: str | None, pipeline_id: str, name: str, tick: float) -> None:
+        """Record the newest tick handled; it only moves forward."""
+        p = self._P
+        with self._txn() as conn:
+            conn.execute(f"UPDATE schedules SET last_tick = {p} WHERE team = {p} AND pipeline_id = {p} AND name = {p} "
+                         f"AND (last_tick IS NULL OR last_tick < {p})",
+                         (tick, team or NO_TEAM, pipeline_id, name, tick))
+
+
 class MemoryCatalogue:
     """The catalogue's methods in memory (MemoryStore)."""
 
     def __init__(self) -> None:
         self._catalogue_lock = threading.Lock()
         self._pipelines: dict[tuple[str, str], list[PipelineVersion]] = {}
+        self._schedules: dict[tuple[str, str, str], ScheduleRecord] = {}
 
     def add_pipeline_version(self, draft: PipelineVersion) -> tuple[PipelineVersion, bool]:
         with self._catalogue_lock:
@@ -129,4 +197,24 @@ class MemoryCatalogue:
         with self._catalogue_lock:
             found = [v[-1] for (t, _), v in self._pipelines.items() if t == (team or NO_TEAM) and v]
         return sorted(found, key=lambda v: v.pipeline_id)
+
+    def put_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        key = (record.team or NO_TEAM, record.pipeline_id, record.name)
+        with self._catalogue_lock:
+            old = self._schedules.get(key)
+            self._schedules[key] = record if old is None else replace(old, spec=record.spec)
+            return self._schedules[key]
+
+    def schedules(self, team: str | None, pipeline_id: str | None = None, *,
+                  every_team: bool = False) -> list[ScheduleRecord]:
+        with self._catalogue_lock:
+            return [r for k, r in sorted(self._schedules.items())
+                    if (every_team or k[0] == (team or NO_TEAM)) and pipeline_id in (None, k[1])]
+
+    def mark_tick(self, team: str | None, pipeline_id: str, name: str, tick: float) -> None:
+        key = (team or NO_TEAM, pipeline_id, name)
+        with self._catalogue_lock:
+            old = self._schedules.get(key)
+            if old is not None and (old.last_tick is None or old.last_tick < tick):
+                self._schedules[key] = replace(old, last_tick=tick)
 

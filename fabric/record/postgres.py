@@ -16,14 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
-from fabric.record.catalogue import POSTGRES_TABLES, SqlCatalogue
+from fabric.record.catalogue import POSTGRES_SCHEDULES, POSTGRES_TABLES, SqlCatalogue
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATION_LOCK = 0x46414252_4D494752  # "FABRMIGR": one opener migrates at a time (pg_advisory_xact_lock)
 
 # Each migration takes the schema from version n-1 to n; all statements of one open run in one transaction.
@@ -59,6 +59,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # v2: the pipeline catalogue's immutable versions (fabric/record/catalogue.py).
     2: POSTGRES_TABLES,
+    # v3: pipeline schedules and the last tick each handled (fabric/record/catalogue.py).
+    3: POSTGRES_SCHEDULES,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
-from fabric.record.catalogue import SQLITE_TABLES, SqlCatalogue
+from fabric.record.catalogue import SQLITE_SCHEDULES, SQLITE_TABLES, SqlCatalogue
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version n-1 to n; statements run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -47,6 +47,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE submissions ADD COLUMN runtime_env TEXT NOT NULL DEFAULT '{}'",),
     # v3: the pipeline catalogue's immutable versions (fabric/record/catalogue.py).
     3: SQLITE_TABLES,
+    # v4: pipeline schedules and the last tick each handled (fabric/record/catalogue.py).
+    4: SQLITE_SCHEDULES,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fabric.record.catalogue import MemoryCatalogue, PipelineVersion
+from fabric.record.catalogue import MemoryCatalogue, PipelineVersion, ScheduleRecord
 from fabric.record.page import Key, newest_first
 
 
@@ -64,6 +64,10 @@ class Store(Protocol):
     def add_pipeline_version(self, draft: PipelineVersion) -> tuple[PipelineVersion, bool]: ...
     def pipeline_versions(self, team: str | None, pipeline_id: str) -> list[PipelineVersion]: ...
     def latest_pipelines(self, team: str | None) -> list[PipelineVersion]: ...
+    def put_schedule(self, record: ScheduleRecord) -> ScheduleRecord: ...
+    def schedules(self, team: str | None, pipeline_id: str | None = None, *,
+                  every_team: bool = False) -> list[ScheduleRecord]: ...
+    def mark_tick(self, team: str | None, pipeline_id: str, name: str, tick: float) -> None: ...
 
 
 class MemoryStore(MemoryCatalogue):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -62,7 +63,7 @@ def test_register_and_run_by_name_with_params_recorded_everywhere(gateway):
                         json={"params": {"as_of": "2024-02-29", "seconds": 0.2}})
     assert started.status_code == 202, started.text
     sid = started.json()["submission_id"]
-    assert started.headers["location"] == f"/api/orch/status/{sid}"
+    assert started.headers["location"] == f"/api/orch/status/{urllib.parse.quote(sid, safe='')}"
     status = _wait(http, research, sid)
     assert status["state"] == "SUCCEEDED" and status["params"] == {"seconds": 0.2, "as_of": "2024-02-29"}
     runs = http.get("/api/orch/pipelines/nightly/runs", headers=research).json()["items"]
@@ -126,3 +127,89 @@ def test_the_same_methods_on_the_ray_client_and_the_http_client(gateway, client)
         assert side.pipeline_versions("sdk")[0]["spec"]["pipeline_id"] == "sdk"
         assert [r["submission_id"] for r in side.pipeline_runs("sdk")] == [reply["submission_id"]]
     remote.close()
+
+
+def test_a_schedule_fires_each_minute_exactly_once_across_a_registry_kill(gateway, client):
+    """Real minutes: a per-minute schedule fires, the registry is killed and restarts, and every tick since the
+    schedule was made has exactly one run (catch_up all), with the tick's own submission id."""
+    import ray
+
+    http, research, *_ = gateway
+    bad = http.post("/api/orch/pipelines/nightly/schedules", headers=research,
+                    json={"name": "x", "cron": "61 * * * *"})
+    assert bad.status_code == 422 and [p["where"] for p in bad.json()["problems"]] == ["cron"]
+    client.register({**SLEEPER, "pipeline_id": "ticking"})
+    made = client.schedule("ticking", {"name": "minutely", "cron": "* * * * *", "catch_up": "all",
+                                       "params": {"as_of": "2024-05-01"}})
+    assert len(made["next_fires"]) == 3 and made["next_fires"][0] > time.time()
+    assert [s["name"] for s in client.schedules("ticking")] == ["minutely"]
+
+    def runs() -> list[dict]:
+        return client.pipeline_runs("ticking", 100)
+
+    deadline = time.monotonic() + 90
+    while not runs():
+        assert time.monotonic() < deadline, "the first tick did not fire"
+        time.sleep(0.5)
+    first = runs()
+    ray.kill(client._registry, no_restart=False)
+    time.sleep(0.5)
+    deadline = time.monotonic() + 150
+    while len(runs()) < len(first) + 1:
+        assert time.monotonic() < deadline, "no tick fired after the registry restarted"
+        time.sleep(0.5)
+    fired = runs()
+    stamps = sorted(r["submission_id"].rsplit("-", 1)[1] for r in fired)
+    assert len(stamps) == len(set(stamps))  # one run per tick
+    minutes = [int(s[9:11]) * 60 + int(s[11:13]) for s in stamps]
+    assert minutes == list(range(minutes[0], minutes[0] + len(minutes)))  # and no tick missed across the kill
+    assert all(r["params"]["as_of"] == "2024-05-01" for r in fired)
+    paused = client.pause_schedule("ticking", "minutely")
+    assert paused["paused"] and paused["next_fires"] == []
+
+
+def _executions(marker_dir, name: str) -> int:
+    from pathlib import Path
+
+    return len(list(Path(marker_dir).glob(f"{name}.*")))
+
+
+def test_rerun_from_failure_reuses_succeeded_nodes_without_recomputing(gateway, client, tmp_path):
+    http, research, *_ = gateway
+    marks = str(tmp_path / "marks")
+    node = "tests.nodes:counted"
+    spec = {"version": 1, "pipeline_id": "factors", "nodes": [
+        {"id": "make_data", "kind": "python_task", "entrypoint": node, "outs": ["raw"],
+         "params": {"marker_dir": marks, "name": "make_data"}},
+        {"id": "features", "kind": "python_task", "entrypoint": node, "ins": ["raw"], "outs": ["table"],
+         "params": {"marker_dir": marks, "name": "features"}},
+        {"id": "fit", "kind": "python_task", "entrypoint": "tests.nodes:fails_first", "ins": ["table"],
+         "outs": ["model"], "params": {"marker_dir": marks, "name": "fit"}},
+        {"id": "report", "kind": "python_task", "entrypoint": node, "ins": ["model"],
+         "params": {"marker_dir": marks, "name": "report"}}]}
+    first = http.post("/api/orch/submit", headers=research, json={"dag_spec": spec}).json()["submission_id"]
+    failed = _wait(http, research, first)
+    assert failed["state"] == "FAILED"
+    assert {n["node_id"]: n["state"] for n in failed["nodes"]} == {
+        "make_data": "SUCCEEDED", "features": "SUCCEEDED", "fit": "FAILED", "report": "SKIPPED"}
+    ghost = http.post(f"/api/orch/rerun/{first}", headers=research, json={"from_node": "ghost"})
+    assert ghost.status_code == 422 and ghost.json()["problems"][0]["where"] == "from_node"
+    reply = http.post(f"/api/orch/rerun/{first}", headers=research, json={"from_node": "fit"})
+    assert reply.status_code == 202, reply.text
+    body = reply.json()
+    assert (body["reused"], body["rerun"], body["rerun_of"]) == (["features", "make_data"], ["fit", "report"], first)
+    status = _wait(http, research, body["submission_id"])
+    assert status["state"] == "SUCCEEDED", status
+    nodes = {n["node_id"]: n for n in status["nodes"]}
+    assert nodes["make_data"]["state"] == nodes["features"]["state"] == "CACHED"
+    assert first in nodes["features"]["reason"] and "reused" in nodes["features"]["reason"]
+    # The execution counters: make_data and features ran once in all; fit twice (failed, then re-run).
+    assert [_executions(marks, n) for n in ("make_data", "features", "fit", "report")] == [1, 1, 2, 1]
+    lineage = http.get(f"/api/orch/lineage/{body['submission_id']}", headers=research).json()["events"]
+    reused = [e for e in lineage if e["job"]["name"] == "factors.features" and e["eventType"] == "COMPLETE"]
+    assert reused and "reused" in str(reused[0]["run"]["facets"])
+    listed = http.get("/api/orch/submissions", params={"label": f"fabric.rerun_of:{first}"}, headers=research)
+    assert [i["submission_id"] for i in listed.json()["items"]] == [body["submission_id"]]
+    # Over the SDK: a re-run of the re-run has nothing left that failed.
+    with pytest.raises(Exception, match="nothing to re-run"):
+        client.rerun(body["submission_id"])

@@ -185,3 +185,137 @@ def test_a_run_by_name_is_held_to_the_teams_grants(harness):
     with pytest.raises(FabricError) as info:
         harness.catalogue.run(SPEC["pipeline_id"], None, None, "trading", TeamGrants())
     assert info.value.where == "slo.priority" and harness.store.list_submissions(limit=10) == []
+
+
+# --- schedules (fabric/actors/schedules.py) with an injected clock -----------------------------------------
+
+def _at(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+
+
+def test_a_schedule_fires_each_tick_once_with_its_params_and_across_a_restart(harness: Harness,
+                                                                              tmp_path: Path) -> None:
+    from fabric.actors.schedules import Scheduler
+
+    clock = [_at("2024-01-01T00:00:30")]
+    scheduler = Scheduler(harness.store, harness.catalogue, lambda: clock[0])
+    harness.catalogue.register(copy.deepcopy(SPEC), None, "quant")
+    row = scheduler.put("factors", {"name": "minutely", "cron": "* * * * *", "params": {"n": 9},
+                                    "catch_up": "all"}, "quant")
+    assert row["next_fires"][:2] == [_at("2024-01-01T00:01:00"), _at("2024-01-01T00:02:00")]
+    assert scheduler.fire_due() == []
+    clock[0] = _at("2024-01-01T00:01:05")
+    [fired] = scheduler.fire_due()
+    assert fired["created"] and fired["submission_id"].endswith("20240101T000100Z")
+    record = harness.store.get_submission(fired["submission_id"])
+    assert record is not None and record.runtime_params["params"]["n"] == 9 and record.team == "quant"
+    assert scheduler.fire_due() == []  # the same tick: never twice
+    # A registry that fired a tick but died before recording it: the next one fires it again, same id.
+    harness.store.close()
+    store = SqliteStore(tmp_path / "fabric.db")
+    harness.store = store
+    catalogue = Catalogue(store, harness.submit, harness.cancel)
+    clock[0] = _at("2024-01-01T00:02:10")
+    fired_again = Scheduler(store, catalogue, lambda: clock[0])
+    replies = fired_again._fire(_with_last(store.schedules("quant")[0], None), clock[0])
+    assert [r["created"] for r in replies] == [False, True]  # 00:01 again: the run already there; 00:02 new
+    assert len(store.list_submissions()) == 2
+
+
+def _with_last(record: Any, last: float | None) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(record, last_tick=last)
+
+
+def test_catch_up_pause_resume_and_bad_schedules(harness: Harness) -> None:
+    from fabric.actors.schedules import Scheduler
+
+    clock = [_at("2024-01-01T00:00:00")]
+    scheduler = Scheduler(harness.store, harness.catalogue, lambda: clock[0])
+    harness.catalogue.register(copy.deepcopy(SPEC), None, None)
+    scheduler.put("factors", {"name": "latest", "cron": "* * * * *", "catch_up": "latest"}, None)
+    scheduler.put("factors", {"name": "all", "cron": "* * * * *", "catch_up": "all", "max_catch_up": 2}, None)
+    clock[0] = _at("2024-01-01T00:03:30")  # three ticks passed while "down"
+    fired = scheduler.fire_due()
+    assert sorted((f["schedule"], f["tick"]) for f in fired) == [
+        ("all", _at("2024-01-01T00:02:00")), ("all", _at("2024-01-01T00:03:00")),
+        ("latest", _at("2024-01-01T00:03:00"))]
+    paused = scheduler.set_paused("factors", "latest", True, None)
+    assert paused["paused"] and paused["next_fires"] == []
+    clock[0] = _at("2024-01-01T00:06:30")
+    assert {f["schedule"] for f in scheduler.fire_due()} == {"all"}
+    resumed = scheduler.set_paused("factors", "latest", False, None)
+    assert resumed["last_tick"] == clock[0] and resumed["next_fires"][0] == _at("2024-01-01T00:07:00")
+    assert [f["schedule"] for f in scheduler.fire_due()] == []  # ticks passed while paused are not fired
+    for raw, where in (({"name": "x", "cron": "* * *"}, "cron"), ({"name": "x", "cron": "* * * * *",
+                                                                   "params": {"n": "nine"}}, "params.n"),
+                       ({"name": "x", "cron": "* * * * *", "params": {"ghost": 1}}, "params.ghost"),
+                       ({"name": "x", "cron": "* * * * *", "start": "2024-02-01", "end": "2024-01-01"}, "end")):
+        with pytest.raises(SpecError) as info:
+            scheduler.put("factors", raw, None)
+        assert [p.where for p in info.value.problems] == [where]
+    with pytest.raises(NotFoundError):
+        scheduler.put("ghost", {"name": "x", "cron": "* * * * *"}, None)
+    with pytest.raises(NotFoundError):
+        scheduler.set_paused("factors", "ghost", True, None)
+    assert [s["name"] for s in scheduler.rows("factors", None)] == ["all", "latest"]
+
+
+# --- which nodes a re-run reuses (fabric/execute/resume.py: reusable) ----------------------------------------
+
+def test_a_rerun_reuses_succeeded_nodes_with_stored_outputs_and_everything_above_them(tmp_path: Path) -> None:
+    from fabric.execute.outputs import MANIFEST, outputs_dir
+    from fabric.execute.resume import REUSED, reusable
+    from fabric.states import NodeState as S
+
+    plan = compile_plan(load_spec({"version": 1, "pipeline_id": "p", "nodes": [
+        {"id": "make", "kind": "python_task", "entrypoint": "m:f", "outs": ["raw"]},
+        {"id": "side", "kind": "python_task", "entrypoint": "m:f", "outs": ["aux"]},
+        {"id": "feat", "kind": "python_task", "entrypoint": "m:f", "ins": ["raw", "aux"], "outs": ["table"]},
+        {"id": "fit", "kind": "python_task", "entrypoint": "m:f", "ins": ["table"], "outs": ["model"]},
+        {"id": "report", "kind": "python_task", "entrypoint": "m:f", "ins": ["model"]}]}))
+    root = str(tmp_path / "artifacts")
+
+    def stored(sid: str, node: str) -> None:
+        path = Path(outputs_dir(root, sid, node))
+        path.mkdir(parents=True)
+        (path / MANIFEST).write_bytes(b"x")
+
+    for node in ("make", "feat"):
+        stored("old", node)
+    stored("older", "side")
+    states = {"make": S.SUCCEEDED, "side": S.CACHED, "feat": S.SUCCEEDED, "fit": S.FAILED, "report": S.SKIPPED}
+    reasons = {"side": REUSED.format(source="older")}
+    assert reusable(plan, states, reasons, "old", root) == {"make": "old", "side": "older", "feat": "old"}
+    assert reusable(plan, states, reasons, "old", root, "feat") == {"make": "old", "side": "older"}
+    # A cache hit (not a re-use) runs again, and so does everything below it.
+    assert reusable(plan, states, {"side": "cached: identical to x"}, "old", root) == {"make": "old"}
+    # Outputs that are not stored: it runs again, and so does what reads them.
+    assert reusable(plan, states, reasons, "elsewhere", root) == {"side": "older"}
+
+
+def test_the_scheduler_loop_outlives_a_store_error_and_stops_when_told(harness: Harness) -> None:
+    from fabric.actors.schedules import Scheduler
+
+    calls: list[float] = []
+
+    class Flaky(Scheduler):
+        def fire_due(self, now: float | None = None) -> list[dict[str, Any]]:
+            calls.append(1.0)
+            if len(calls) == 1:
+                raise FabricError("the store is away", code=ErrorCode.STORE_UNAVAILABLE)
+            return []
+
+    stop = threading.Event()
+    loop = threading.Thread(target=Flaky(harness.store, harness.catalogue, lambda: 0.0).run_forever,
+                            args=(stop, 0.01))
+    loop.start()
+    deadline = __import__("time").monotonic() + 10
+    while len(calls) < 3 and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    stop.set()
+    loop.join(5)
+    assert len(calls) >= 3 and not loop.is_alive()

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.timeout(60)
 
 # Methods one side has beyond the protocol, each for a reason: the gateway scopes one Ray connection per
 # request (for_team) and awaits the registry on its event loop (the *_async ones); an HttpClient holds
-# connections to close.
-EXTRAS = {RayClient: {"for_team", "submit_async"}, RaySubmission: {"status_async"},
+# connections to close; the gateway answers a re-run with the registry's whole reply (rerun_reply).
+EXTRAS = {RayClient: {"for_team", "submit_async", "rerun_reply"}, RaySubmission: {"status_async"},
           HttpClient: {"close"}, HttpSubmission: set()}
 
 

@@ -404,3 +404,21 @@ def test_catalogue_survives_reopen_and_versions_cannot_be_rewritten(backend: Bac
         assert (v.version, v.spec_hash, v.team) == (1, "h1", "ml")
     with pytest.raises(Exception, match="immutable"):
         backend.sql("UPDATE pipelines SET spec_hash = 'forged'")
+
+
+def test_schedules_keep_their_last_tick_which_only_moves_forward(store: Any) -> None:
+    from fabric.record.catalogue import ScheduleRecord
+
+    made = store.put_schedule(ScheduleRecord("factors", "nightly", {"cron": "0 6 * * *"}, 10.0, "quant"))
+    assert (made.last_tick, made.created_at, made.team) == (None, 10.0, "quant")
+    store.mark_tick("quant", "factors", "nightly", 100.0)
+    store.mark_tick("quant", "factors", "nightly", 50.0)  # an older tick never moves it back
+    changed = store.put_schedule(ScheduleRecord("factors", "nightly", {"cron": "0 7 * * *"}, 99.0, "quant"))
+    assert (changed.spec, changed.last_tick, changed.created_at) == ({"cron": "0 7 * * *"}, 100.0, 10.0)
+    store.put_schedule(ScheduleRecord("factors", "hourly", {"cron": "0 * * * *"}, 11.0, "quant"))
+    store.put_schedule(ScheduleRecord("other", "nightly", {"cron": "0 6 * * *"}, 12.0, None))
+    assert [s.name for s in store.schedules("quant", "factors")] == ["hourly", "nightly"]
+    assert [s.pipeline_id for s in store.schedules(None)] == ["other"]
+    assert len(store.schedules(None, every_team=True)) == 3
+    store.mark_tick("nobody", "factors", "nightly", 1.0)  # no such schedule: nothing happens
+    assert store.schedules("nobody") == []
