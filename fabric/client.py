@@ -339,9 +339,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         sizes: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
         ray.init(address=address, runtime_env=runtime_env,
                  **{k: v for k, v in sizes.items() if v is not None}, **ray_init_kwargs)
-    home = home or default_home()
     # The control key is read (or, on a fresh head, made) here: this process is a driver, and tasks never see it.
-    key_file = control_key_file or Settings.from_env(home=home).control_key_file
+    # A process that connected before, with no other home or key named now, keeps the key it connected with.
+    key_file = control_key_file or (_connected.get("key_file") if home is None else None)
+    home = home or default_home()
+    key_file = key_file or Settings.from_env(home=home).control_key_file
     key = load_or_create_key(Path(key_file))
     registry = get_or_create_registry(home)
     try:

@@ -339,7 +339,9 @@ def _execute(notebook: str, env: dict[str, str]) -> None:
 def test_quickstart_notebook_runs_top_to_bottom(stack):
     import ray
 
-    _execute("quickstart.ipynb", {"FABRIC_ADDRESS": ray.get_runtime_context().gcs_address})
+    # A driver on the head finds the control key in the registry's FABRIC_HOME, as `fabric up`'s users do.
+    _execute("quickstart.ipynb", {"FABRIC_ADDRESS": ray.get_runtime_context().gcs_address,
+                                  "FABRIC_HOME": str(stack["home"])})
 
 
 def test_gateway_notebook_runs_top_to_bottom(stack):

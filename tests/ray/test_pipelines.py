@@ -63,7 +63,7 @@ def test_register_and_run_by_name_with_params_recorded_everywhere(gateway):
                         json={"params": {"as_of": "2024-02-29", "seconds": 0.2}})
     assert started.status_code == 202, started.text
     sid = started.json()["submission_id"]
-    assert started.headers["location"] == f"/api/orch/status/{urllib.parse.quote(sid, safe='')}"
+    assert started.headers["location"] == f"/api/orch/status/{urllib.parse.quote(sid, safe=':')}"
     status = _wait(http, research, sid)
     assert status["state"] == "SUCCEEDED" and status["params"] == {"seconds": 0.2, "as_of": "2024-02-29"}
     runs = http.get("/api/orch/pipelines/nightly/runs", headers=research).json()["items"]

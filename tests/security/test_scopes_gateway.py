@@ -185,11 +185,16 @@ def test_a_team_cannot_out_prioritise_another(gateway):
     body = forbidden(submit(http, who["research"], node_claim, {"labels": {"attack": "priority"}}),
                      "nodes[0].slo.priority", "research")
     assert "max_priority is 'high'" in body["title"]
-    # A pipeline registered by name is no way around it: its runs are checked as any submit.
+    # A pipeline registered by name is no way around it: a version claiming more is refused when registered,
+    # and the runs of one registered within the grant are checked as any submit.
     urgent = {**dag, "pipeline_id": "urgent", "slo": {"priority": "critical"}}
-    assert http.post("/api/orch/pipelines", headers=who["trading"], json={"dag_spec": urgent}).status_code < 300
+    forbidden(http.post("/api/orch/pipelines", headers=who["trading"], json={"dag_spec": urgent}),
+              "slo.priority", "trading")
+    within = {**dag, "pipeline_id": "urgent"}
+    assert http.post("/api/orch/pipelines", headers=who["trading"], json={"dag_spec": within}).status_code < 300
     forbidden(http.post("/api/orch/pipelines/urgent/runs", headers=who["trading"],
-                        json={"runtime_params": {"labels": {"attack": "priority"}}}), "slo.priority", "trading")
+                        json={"runtime_params": {"priority": "critical", "labels": {"attack": "priority"}}}),
+              "runtime_params.priority", "trading")
     forbidden(http.post("/api/orch/pipelines/urgent/runs", headers=who["trading"], json={"runtime_params": {
         "priority": "critical", "secrets_scope": ["research-lake"], "labels": {"attack": "priority"}}}),
         "runtime_params.secrets_scope", "trading")
