@@ -77,5 +77,6 @@ def test_a_train_node_logs_to_the_tracking_server_and_its_model_lands_in_s3(clie
     assert not (fabric_home / "mlartifacts").exists(), "no MLflow artifact may land on a node's disk"
     import fabric.ml
 
-    loaded = fabric.ml.load_model(metrics["model_uri"], home=str(fabric_home))  # downloaded via the server
+    # Downloaded via the server (named: this process's settings were read before the test set FABRIC_MLFLOW_URI).
+    loaded = fabric.ml.load_model(metrics["model_uri"], uri=server.uri)
     assert loaded.metadata.run_id == run.info.run_id
