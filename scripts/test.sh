@@ -21,4 +21,10 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
 fi
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
 .venv/bin/python -m pytest -q -x tests/unit   # no Ray here (tests/unit/conftest.py); import-linter runs inside
-exec .venv/bin/python -m pytest -q tests/ray tests/security   # tests/security: the attack suite, on Ray too
+# tests/security: the attack suite, on Ray too. Its control-plane module (a squatter kills the registry for good and
+# takes its name) runs in a process of its own: it passes alone but its squat did not happen after other modules in
+# one process, a cross-module state not yet found.
+failed=0
+.venv/bin/python -m pytest -q tests/ray tests/security --ignore=tests/security/test_control_plane.py || failed=1
+.venv/bin/python -m pytest -q tests/security/test_control_plane.py || failed=1
+exit "$failed"
