@@ -97,8 +97,8 @@ def _finish(name: str, client, home: Path, tmp_path: Path, load: BackgroundLoad,
 
 @pytest.mark.xfail(strict=False, reason="known regression, found at the end of a session, not fixed yet: a SIGKILLed "
                    "worker's failure is seen only at max_runtime (Timeout) and the crash is recorded on the next "
-                   "attempt, so the node takes 3 attempts (or fails); it passed before this session's control-plane, "
-                   "secrets and fusion changes to fabric/execute/backend.py")
+                   "attempt, so the node takes 3 attempts (or fails); bisected to 1878b7f (the control-plane "
+                   "capability), not its keep-off-the-head label selector")
 def test_a_worker_sigkilled_mid_node_is_retried_elsewhere_and_nothing_is_lost(cluster, tmp_path):
     _, client, home = cluster
     with BackgroundLoad(client, str(tmp_path / "markers"), label="sigkill") as load:
