@@ -19,8 +19,15 @@ class Broken(mlflow.pyfunc.PythonModel):
 
 
 def log_model(tracking_uri: str, model: mlflow.pyfunc.PythonModel, artifacts_dir: str) -> str:
-    """Log `model` to a sqlite MLflow store and return its runs:/ URI."""
-    mlflow.set_tracking_uri(tracking_uri)
+    """Log `model` to a sqlite MLflow store and return its runs:/ URI (the process's MLflow settings and
+    environment are left as they were: a later module's Ray would inherit them)."""
+    from fabric.ml.tracking import _tracking
+
+    with _tracking(tracking_uri):
+        return _log(model, artifacts_dir)
+
+
+def _log(model: mlflow.pyfunc.PythonModel, artifacts_dir: str) -> str:
     experiment = mlflow.get_experiment_by_name("fabric-tests") or None
     experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(
         "fabric-tests", artifact_location=artifacts_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,7 @@ def node_run(call: NodeCall, experiment: str | None = None, *, nested_parent: st
 
     uri = tracking_uri(call.home)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # the model registers where the run is tracked, whatever the worker inherited
     client = ensure_store(uri)
     exp = experiment_id(client, experiment or call.pipeline_id, call.home)
     with mlflow.start_run(experiment_id=exp, run_name=f"{call.node_id}-{call.submission_id}-a{call.attempt}",
@@ -130,15 +132,23 @@ def log_torch_model(model: Any, registered_name: str, example: Any, tags: Mappin
 @contextmanager
 def _tracking(uri: str) -> Iterator[None]:
     import mlflow
+    from mlflow.tracking import _model_registry, _tracking_service
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI to os.environ, which every Ray this
+    # process starts later inherits: restore the raw settings and the environment exactly as they were.
+    previous = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri,
+                {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # `models:/` URIs resolve against the registry: the same store
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        _tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri, environment = previous
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_model(model_uri: str, *, home: str | None = None, uri: str | None = None) -> Any:

@@ -102,3 +102,21 @@ def test_a_real_server_stores_runs_beside_the_registry_and_uploaded_artifacts_in
                     os.environ[name] = value
     assert server.process.poll() is not None
     assert artifacts_destination("/x/") == "/x/mlflow"
+
+
+def test_a_temporary_tracking_store_leaves_the_process_and_its_environment_as_they_were(monkeypatch, tmp_path):
+    """mlflow.set_*_uri export MLFLOW_*_URI to os.environ; a Ray started later would inherit a stale store
+    (a train node then registered its model in another test's SQLite file)."""
+    import mlflow
+
+    from fabric.ml.tracking import _tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    store = f"sqlite:///{tmp_path}/m.db"
+    with _tracking(store):
+        assert mlflow.get_registry_uri() == store and os.environ["MLFLOW_REGISTRY_URI"] == store
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before
+    assert mlflow.MlflowClient(tracking_uri="http://127.0.0.1:9")._registry_uri == "http://127.0.0.1:9"
