@@ -79,7 +79,8 @@ class Registry(PipelineMethods, RerunMethods):
         quota_actor = partial(get_or_create_quota_actor, key_file=config.control_key_file)
         admission = (engine_scheduler(scheduling, time.time, self._store, quota_actor)
                      if scheduling is not None else None)
-        self._engine = Engine(self._store, backend=RayBackend(), home=home, artifacts=self._artifacts,
+        backend = RayBackend((home, self._artifacts, NAMESPACE))
+        self._engine = Engine(self._store, backend=backend, home=home, artifacts=self._artifacts,
                               control=(REGISTRY_NAME, NAMESPACE), use_images=config.use_images,
                               persist_outputs=config.persist_outputs != "none", admission=admission,
                               cache_index=open_cache_index(home, config.store),

@@ -20,7 +20,7 @@ from fabric.errors import ErrorCode, Problem
 from fabric.execute.chain import ChainCall, MemberOutcome, run_pickled_chain
 from fabric.execute.outputs import load_outputs
 from fabric.execute.ports import AttemptHandle, Outcome
-from fabric.execute.sink import HEAD_RESOURCE
+from fabric.execute.sink import HEAD_RESOURCE, start_head_sink
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
@@ -50,7 +50,11 @@ def tenant_custom(custom: Mapping[str, float]) -> dict[str, float]:
 class RayBackend:
     """Turns node attempts into Ray tasks. Retries are the fabric's (with backoff), so Ray's are off."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_sink: tuple[str, str, str] | None = None) -> None:
+        """`head_sink`: (home, artifacts, namespace) of the sink to start now if the cluster already has nodes
+        besides the head (execute/sink.py: nodes there write through it, and must not wait for it)."""
+        if head_sink is not None and head_to_avoid(ray.nodes()) is not None:
+            start_head_sink(*head_sink)
         self._remote = ray.remote(run_pickled_node)
         self._chain = ray.remote(run_pickled_chain)
         self._loader = ray.remote(load_outputs)
@@ -76,6 +80,8 @@ class RayBackend:
         slots = call.result_slots
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
         head = self._head_to_avoid()
+        if head is not None and call.control is not None:  # nodes elsewhere write through the head's sink
+            start_head_sink(call.home, call.artifacts, call.control[1])
         key = (call.pipeline_id, call.kind in SELF_PLACING_KINDS, unit.key(), len(slots), env_key, head)
         cached = self._options.get(key)
         if cached is None:
@@ -133,6 +139,8 @@ class RayBackend:
         first = chain.members[0]
         env_key = repr(sorted(runtime_env.items())) if runtime_env else ""
         head = self._head_to_avoid()
+        if head is not None and first.control is not None:
+            start_head_sink(first.home, first.artifacts, first.control[1])
         key = ("chain", first.pipeline_id, unit.key(), chain.slots, env_key, head)
         cached = self._options.get(key)
         if cached is None:

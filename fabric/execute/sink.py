@@ -41,6 +41,14 @@ def _sink(home: str, artifacts: str, namespace: str) -> Any:
     ).remote(home, artifacts)
 
 
+def start_head_sink(home: str, artifacts: str, namespace: str) -> None:
+    """Start the head's sink before the first node off the head needs it (the registry does at its start on a
+    multi-node cluster, the dispatcher at the first such node). Started by that node instead, it came up only
+    after every early node had blocked in its proof, each holding its CPU while Ray started worker after
+    worker: tens of seconds on a busy cluster, past a short max_runtime."""
+    _sink(home, artifacts, namespace)  # cached: one GCS call per sink and process
+
+
 _proven: set[Any] = set()  # sink actor ids this worker process has seen prove themselves
 
 
