@@ -25,6 +25,6 @@ if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
 # takes its name) runs in a process of its own: it passes alone but its squat did not happen after other modules in
 # one process, a cross-module state not yet found.
 failed=0
-.venv/bin/python -m pytest -q tests/ray tests/security --ignore=tests/security/test_control_plane.py || failed=1
+.venv/bin/python -m pytest -q --durations=30 tests/ray tests/security --ignore=tests/security/test_control_plane.py || failed=1
 .venv/bin/python -m pytest -q tests/security/test_control_plane.py || failed=1
 exit "$failed"

@@ -103,7 +103,7 @@ def test_train_runs_ddp_logs_to_mlflow_and_the_model_loads(client, fabric_home):
 def _ask_mlflow_ui(home: Path, run_id: str) -> dict[str, Any]:
     """Start `mlflow ui` on the default store (as docs/ml.md says), ask its REST API, stop it by PID."""
     port = free_port()
-    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--port", str(port),
+    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--port", str(port), "--workers", "1",
                            "--host", "127.0.0.1", "--backend-store-uri", f"sqlite:///{home.resolve() / 'mlflow.db'}"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"

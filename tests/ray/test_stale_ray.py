@@ -117,9 +117,9 @@ def test_doctor_names_the_stale_address_and_connect_starts_fresh_within_15_s(sta
     print(f"fb.connect(): {stale['seconds']:.1f}s with a stale address (probe {stale['probe_seconds']:.3f}s), "
           f"{clean['seconds']:.1f}s without")
     assert stale["probe_seconds"] < 2.0
-    # 15 s is the bound on an idle machine; on a loaded one the start with no stale file is the yardstick.
-    # Without the probe this takes minutes (Ray retries the dead GCS), far past either.
-    assert stale["seconds"] < max(15.0, clean["seconds"] + 5.0), (stale, clean)
+    # 15 s is the bound on an idle machine; on a loaded one the start with no stale file is the yardstick (a start
+    # varies by half on 2 busy cores). Without the probe this takes minutes (Ray retries the dead GCS), far past it.
+    assert stale["seconds"] < max(15.0, 1.5 * clean["seconds"] + 5.0), (stale, clean)
 
 
 def _connect(env: dict[str, str]) -> dict:
