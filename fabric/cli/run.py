@@ -183,7 +183,7 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
     with failing():
         admin_token = None if tokens.exists() else mint_token(tokens, "admin", admin=True)
         if mlflow_port:
-            tracking = start_server(config.home, config.artifacts, host=host, port=mlflow_port)
+            tracking = start_server(config.home, config.artifacts, host=host, port=mlflow_port, store=config.store)
             os.environ[ENV["mlflow_uri"]] = tracking.uri  # the local Ray (and so every node) inherits it
         try:
             client.connect("local", num_cpus=num_cpus)

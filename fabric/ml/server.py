@@ -11,13 +11,40 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 DEFAULT_PORT = 5000
 
 
-def backend_store(home: str) -> str:
-    """The server's backend store: a SQLite file beside the registry's store in FABRIC_HOME."""
-    return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+MLFLOW_SCHEMA = "mlflow"
+
+
+def backend_store(home: str, store: str = "sqlite") -> str:
+    """The server's backend store, beside the registry's record (FABRIC_STORE): a SQLite file in FABRIC_HOME, or,
+    with the record on PostgreSQL, the same database in a schema of its own (MLflow's tables never meet fabric's),
+    so a cluster whose workers share no disk keeps its runs and models in the database it already backs up."""
+    if not store.startswith(("postgresql://", "postgres://")):
+        return f"sqlite:///{Path(home).resolve() / 'mlflow.db'}"
+    parts = urlsplit(store)
+    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={MLFLOW_SCHEMA}")]
+    return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), ""))
+
+
+def prepare_backend(store: str) -> None:
+    """Create the PostgreSQL schema MLflow's own migrations then fill (nothing to do for SQLite)."""
+    if store.startswith(("postgresql://", "postgres://")):
+        from fabric.record.postgres import connect
+
+        with connect(store) as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
+
+
+def server_env(home: str, store: str) -> dict[str, str]:
+    """Environment for the server: a PostgreSQL backend URL carries a password, so it goes in MLflow's
+    MLFLOW_BACKEND_STORE_URI, never on the command line (which every user of the head can read in `ps`)."""
+    if store.startswith(("postgresql://", "postgres://")):
+        return {"MLFLOW_BACKEND_STORE_URI": backend_store(home, store)}
+    return {}
 
 
 def artifacts_destination(artifacts: str) -> str:
@@ -27,14 +54,15 @@ def artifacts_destination(artifacts: str) -> str:
 
 
 def server_command(home: str, artifacts: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                   allowed_hosts: str | None = None) -> list[str]:
+                   allowed_hosts: str | None = None, store: str = "sqlite") -> list[str]:
     """`mlflow server` with its backend store next to the registry's and its artifacts in the artifact store,
     served through the server (`--serve-artifacts`), so a node needs only the server's URL, never the store's
     credentials or disk. One worker process: it is a small head-side service."""
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow) if mlflow.exists() else "mlflow", "server", "--host", host, "--port", str(port),
-               "--workers", "1", "--backend-store-uri", backend_store(home), "--serve-artifacts",
-               "--artifacts-destination", artifacts_destination(artifacts)]
+               "--workers", "1", "--serve-artifacts", "--artifacts-destination", artifacts_destination(artifacts)]
+    if not server_env(home, store):  # PostgreSQL's URL goes in the environment (server_env)
+        command += ["--backend-store-uri", backend_store(home, store)]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
     return command
@@ -58,16 +86,18 @@ class TrackingServer:
 
 
 def start_server(home: str, artifacts: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 timeout: float = 60.0, log: Path | None = None) -> TrackingServer:
+                 timeout: float = 60.0, log: Path | None = None, store: str = "sqlite") -> TrackingServer:
     """Start the tracking server and wait until it answers /health; its output goes to `log`
     (default `<home>/mlflow-server.log`). Raises RuntimeError with the log's tail when it does not come up."""
     Path(home).mkdir(parents=True, exist_ok=True)
     log = log or Path(home) / "mlflow-server.log"
     if "://" not in artifacts:
         Path(artifacts_destination(artifacts)).mkdir(parents=True, exist_ok=True)
+    prepare_backend(store)
     with open(log, "ab") as out:
-        process = subprocess.Popen(server_command(home, artifacts, host, port), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(server_command(home, artifacts, host, port, store=store), stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, **server_env(home, store)})
     served = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     server = TrackingServer(process, f"http://{served}:{port}")
     deadline = time.monotonic() + timeout
@@ -100,8 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     config = settings()
     if "://" not in config.artifacts:
         Path(artifacts_destination(config.artifacts)).mkdir(parents=True, exist_ok=True)
-    command = server_command(config.home, config.artifacts, args.host, args.port, args.allowed_hosts)
-    os.execvp(command[0], command)
+    prepare_backend(config.store)
+    command = server_command(config.home, config.artifacts, args.host, args.port, args.allowed_hosts, config.store)
+    os.execvpe(command[0], command, {**os.environ, **server_env(config.home, config.store)})
 
 
 if __name__ == "__main__":

@@ -120,3 +120,67 @@ def test_a_temporary_tracking_store_leaves_the_process_and_its_environment_as_th
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert mlflow.get_tracking_uri() == before
     assert mlflow.MlflowClient(tracking_uri="http://127.0.0.1:9")._registry_uri == "http://127.0.0.1:9"
+
+
+def test_with_the_record_on_postgresql_the_backend_is_its_own_schema_and_the_password_stays_off_argv(tmp_path):
+    from fabric.ml.server import backend_store, server_env
+
+    url = "postgresql://fabric:s3cret@db.internal:5432/fabric?sslmode=require"
+    assert backend_store(str(tmp_path), url) == ("postgresql+psycopg://fabric:s3cret@db.internal:5432/fabric"
+                                                 "?sslmode=require&options=-csearch_path%3Dmlflow")
+    command = server_command(str(tmp_path), "/a", store=url)
+    assert "--backend-store-uri" not in command and not any("s3cret" in part for part in command)
+    assert server_env(str(tmp_path), url) == {"MLFLOW_BACKEND_STORE_URI": backend_store(str(tmp_path), url)}
+    assert server_env(str(tmp_path), "sqlite") == {}
+
+
+def test_a_real_server_on_the_registrys_postgresql_keeps_its_tables_in_schema_mlflow(tmp_path, postgres_url):
+    import mlflow
+
+    from fabric.record.postgres import connect
+
+    server = start_server(str(tmp_path / "home"), str(tmp_path / "artifacts"), port=free_port(), timeout=240,
+                          store=postgres_url)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        run = client.create_run(client.create_experiment("on-pg"))
+        client.log_metric(run.info.run_id, "sharpe", 1.5)
+        assert client.get_run(run.info.run_id).data.metrics == {"sharpe": 1.5}
+    finally:
+        server.stop()
+    assert not (tmp_path / "home" / "mlflow.db").exists()
+    with connect(postgres_url) as conn:
+        schemas = {row[0] for row in conn.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'runs'").fetchall()}
+        assert schemas == {"mlflow"}  # never beside fabric's tables in public
+        (count,) = conn.execute("SELECT count(*) FROM mlflow.metrics WHERE key = 'sharpe'").fetchone()
+        assert count == 1
+
+
+def test_the_secrets_of_a_k8s_head_are_a_mounted_secret_per_scope_under_fabric_secrets_dir_and_workers_get_none():
+    for manifest, pod_path in [("raycluster.yaml", ("spec",)), ("rayservice.yaml", ("spec", "rayClusterConfig"))]:
+        cluster = yaml.safe_load((REPO / "k8s" / "base" / manifest).read_text())
+        for key in pod_path:
+            cluster = cluster[key]
+        pod = cluster["headGroupSpec"]["template"]["spec"]
+        head, sidecar = pod["containers"]
+        secrets_dir = {e["name"]: e.get("value") for e in head["env"]}["FABRIC_SECRETS_DIR"]
+        mounts = {m["name"]: m for m in head["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        scoped = [m for m in mounts.values() if m["mountPath"].startswith(secrets_dir + "/")]
+        assert scoped, manifest
+        for mount in scoped:
+            assert mount["readOnly"] and "secret" in volumes[mount["name"]], manifest
+            assert volumes[mount["name"]]["secret"]["optional"] is True  # the head starts without it
+        assert "FABRIC_STORE" in {e["name"] for e in sidecar["env"]}  # MLflow beside the record on PostgreSQL
+        for group in cluster["workerGroupSpecs"]:
+            spec = group["template"]["spec"]
+            assert not any("secret" in v for v in spec.get("volumes", [])), (manifest, group["groupName"])
+
+
+def test_cluster_yamls_tracking_server_reads_the_same_store_url_as_the_registry():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    server = next(c for c in config["head_start_ray_commands"] if "fabric.ml.server" in c)
+    registry = next(c for c in config["head_start_ray_commands"] if "ray start --head" in c)
+    store = "FABRIC_STORE=$(cat /data/fabric/store-url 2>/dev/null || echo sqlite)"
+    assert store in server and store in registry
