@@ -20,7 +20,7 @@ from fabric.actors import NAMESPACE, observe
 from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
 from fabric.actors.rerun import RerunMethods
-from fabric.actors.schedules import PipelineMethods, Scheduler
+from fabric.actors.schedules import PipelineMethods, Scheduler, tokens_file_grants
 from fabric.capability import attempt_grant, load_or_create_key
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
@@ -96,7 +96,7 @@ class Registry(PipelineMethods, RerunMethods):
         on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
         self._kill_switch: str | None = switch[-1].reason if on else None
         self._catalogue = Catalogue(self._store, self.submit, self._engine.cancel)
-        self._scheduler = Scheduler(self._store, self._catalogue, time.time)
+        self._scheduler = Scheduler(self._store, self._catalogue, time.time, tokens_file_grants(config.tokens))
         self.resumed = self._resume_interrupted()
         # Schedules fire here, in the one registry that holds the store's lease, after the resume above.
         threading.Thread(target=self._scheduler.run_forever, args=(self._stop_schedules,), name="fabric-schedules",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fabric.actors.catalogue import Catalogue
-from fabric.errors import ConflictError, ErrorCode, NotFoundError, SpecError
+from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.record import Store
 from fabric.record.catalogue import ScheduleRecord
 from fabric.schedule.cron import due, next_fires, tick_submission_id
-from fabric.schedule.grants import TeamGrants, check_submission
+from fabric.schedule.grants import TeamGrants, check_submission, grants_for, parse_grants
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.params import resolve_params
 from fabric.spec.schedules import ScheduleSpec, parse_schedule
@@ -27,10 +30,14 @@ class Scheduler:
     last tick handled is recorded after firing: a registry that dies in between fires the tick again after
     its restart and gets the run already started, never a second one."""
 
-    def __init__(self, store: Store, catalogue: Catalogue, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, catalogue: Catalogue, clock: Callable[[], float],
+                 grants_of: Callable[[str], TeamGrants | None] = lambda team: None) -> None:
         self._store = store
         self._catalogue = catalogue
         self._clock = clock
+        # A team's grants as they are now (tokens_file_grants): a tick fires on them, not on the grants the
+        # schedule was registered under, so a scope or priority taken away from a team stops its schedules too.
+        self._grants_of = grants_of
         self._lock = threading.Lock()  # one firing pass at a time
 
     def put(self, pipeline_id: str, raw: dict[str, Any], team: str | None,
@@ -85,10 +92,14 @@ class Scheduler:
             runtime = {"submission_id": sid, "params": dict(spec.params),
                        "labels": {"fabric.schedule": record.name}}
             try:
-                reply = self._catalogue.run(record.pipeline_id, spec.version, runtime, record.team)
+                grants = self._grants_of(record.team) if record.team else None
+                reply = self._catalogue.run(record.pipeline_id, spec.version, runtime, record.team, grants)
             # The pipeline changed under the schedule (its params, a version gone, a tick re-fired after a new
-            # version was registered): the tick is logged and passed, never retried forever.
-            except (SpecError, NotFoundError, ConflictError) as exc:
+            # version was registered), or the team lost a grant its runs claim: the tick is logged and passed,
+            # never retried forever.
+            except FabricError as exc:
+                if not isinstance(exc, SpecError | NotFoundError | ConflictError) and exc.code != ErrorCode.FORBIDDEN:
+                    raise
                 log.error("schedule %s/%s tick %s not started: %s", record.pipeline_id, record.name, sid, exc)
                 reply = {"submission_id": None, "error": str(exc)}
             fired.append({**reply, "schedule": record.name, "tick": tick})
@@ -149,6 +160,19 @@ class PipelineMethods:
 
     def pause_schedule(self, pipeline_id: str, name: str, paused: bool, team: str | None = None) -> dict[str, Any]:
         return self._scheduler.set_paused(pipeline_id, name, paused, team)
+
+
+def tokens_file_grants(path: str) -> Callable[[str], TeamGrants | None]:
+    """A team's grants read afresh from the gateway's tokens file (its `grants:` section) at each call; None
+    when there is no tokens file: no gateway, so every schedule was put by a holder of the control key."""
+
+    def grants_of(team: str) -> TeamGrants | None:
+        file = Path(path)
+        if not file.exists():
+            return None
+        data = yaml.safe_load(file.read_text()) or {}
+        return grants_for(parse_grants(data.get("grants")), team)
+    return grants_of
 
 
 def _dump(spec: ScheduleSpec) -> dict[str, Any]:

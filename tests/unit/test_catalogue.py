@@ -319,3 +319,29 @@ def test_the_scheduler_loop_outlives_a_store_error_and_stops_when_told(harness: 
     stop.set()
     loop.join(5)
     assert len(calls) >= 3 and not loop.is_alive()
+
+
+def test_a_tick_fires_on_the_teams_grants_of_now_from_the_tokens_file(harness: Harness, tmp_path: Path) -> None:
+    """A schedule put while the team could claim high priority stops starting runs once an admin lowers it."""
+    import yaml
+
+    from fabric.actors.schedules import Scheduler, tokens_file_grants
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"tokens": [], "grants": {"quant": {"max_priority": "high"}}}))
+    urgent = {**copy.deepcopy(SPEC), "slo": {"priority": "high"}}
+    clock = [_at("2024-01-01T00:00:30")]
+    grants_of = tokens_file_grants(str(tokens))
+    scheduler = Scheduler(harness.store, harness.catalogue, lambda: clock[0], grants_of)
+    harness.catalogue.register(urgent, None, "quant", grants_of("quant"))
+    scheduler.put("factors", {"name": "m", "cron": "* * * * *"}, "quant", grants_of("quant"))
+    clock[0] = _at("2024-01-01T00:01:05")
+    [fired] = scheduler.fire_due()
+    assert fired["created"]  # granted now: the tick's run starts
+    tokens.write_text(yaml.safe_dump({"tokens": [], "grants": {"quant": {"max_priority": "normal"}}}))
+    clock[0] = _at("2024-01-01T00:02:05")
+    [refused] = scheduler.fire_due()
+    assert refused["submission_id"] is None and "max_priority is 'normal'" in refused["error"]
+    assert len(harness.store.list_submissions()) == 1  # nothing stored for the refused tick
+    assert scheduler.fire_due() == []  # the tick is passed, not retried for ever
+    assert tokens_file_grants(str(tmp_path / "absent.yaml"))("quant") is None  # no gateway: no tokens file
