@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import time
 from collections.abc import Mapping
@@ -28,12 +29,14 @@ from fabric.protocol import (
     Rows,
     SpecInput,
     Submission,
+    backfill_request,
     pipeline_run_params,
     registrable_spec,
 )
 from fabric.record import SubmissionStatus
 from fabric.record.page import decode_cursor, next_cursor
 from fabric.retry import REGISTRY_RESTART_WAIT_S
+from fabric.schedule.backfill import TRIGGER_LABEL, trigger_submission_id
 from fabric.schedule.grants import TeamGrants
 from fabric.settings import Settings, settings
 from fabric.spec import RuntimeParams, read_spec
@@ -298,6 +301,36 @@ class RayClient:
         """Pause a schedule, or resume it (ticks passed meanwhile are not fired)."""
         return _call(self._registry.pause_schedule, self._cap, pipeline_id, name, paused, self.team,
                      retry_for=self._retry_for)
+
+    def trigger(self, pipeline_id: str, key: str, params: Mapping[str, Any] | None = None, *,
+                version: int | None = None) -> dict[str, Any]:
+        """An event trigger: a run by name whose id derives from the key; see `Client.trigger`."""
+        sid = trigger_submission_id(pipeline_id, key)
+        return self.run_pipeline(pipeline_id, params, version=version, runtime_params={
+            "submission_id": sid, "labels": {TRIGGER_LABEL: key}})
+
+    def backfill(self, pipeline_id: str, start: str | dt.date, end: str | dt.date, *, step: str = "1d",
+                 params: Mapping[str, Any] | None = None, date_param: str = "as_of", max_active: int = 4,
+                 version: int | None = None, backfill_id: str | None = None) -> dict[str, Any]:
+        """One run per date, at most max_active at once; see `Client.backfill`."""
+        request = backfill_request(start, end, step, params, date_param, max_active, version, backfill_id)
+        if self._guard:  # the policy, on what its runs will run (they start later, in the registry)
+            spec = served_names.pick_version(self.pipeline_versions(pipeline_id), version)
+            if self._guard.check(spec, {"team": self.team, "params": {**request["params"],
+                                                                       date_param: request["start"]}}):
+                raise FabricError("a backfill cannot deploy served models", code=ErrorCode.SPEC_FIELD,
+                                  where="pipeline_id", fix="start runs of a serve or promote pipeline one by one")
+        return _call(self._registry.backfill, self._cap, pipeline_id, request, self.team, self._grants,
+                     retry_for=self._retry_for)
+
+    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
+        return _call(self._registry.backfill_status, self._cap, backfill_id, self.team, retry_for=self._retry_for)
+
+    def backfills(self, pipeline_id: str | None = None) -> Rows:
+        return _call(self._registry.backfills, self._cap, pipeline_id, self.team, retry_for=self._retry_for)
+
+    def cancel_backfill(self, backfill_id: str) -> dict[str, Any]:
+        return _call(self._registry.cancel_backfill, self._cap, backfill_id, self.team, retry_for=self._retry_for)
 
 
 def _job_runtime_env() -> dict[str, Any]:

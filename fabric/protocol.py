@@ -7,6 +7,7 @@ unchanged in the cluster and from a laptop through the gateway.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -167,6 +168,32 @@ class Client(Protocol):
         """Pause a schedule, or resume it (`paused=False`): ticks that passed while paused are not fired."""
         ...
 
+    def trigger(self, pipeline_id: str, key: str, params: Mapping[str, Any] | None = None, *,
+                version: int | None = None) -> dict[str, Any]:
+        """An event trigger: start a run by name whose submission id derives from the pipeline and the
+        idempotency `key`, so the same key again answers the same run (`created` false), never a second one."""
+        ...
+
+    def backfill(self, pipeline_id: str, start: str | dt.date, end: str | dt.date, *, step: str = "1d",
+                 params: Mapping[str, Any] | None = None, date_param: str = "as_of", max_active: int = 4,
+                 version: int | None = None, backfill_id: str | None = None) -> dict[str, Any]:
+        """Start a backfill: one run per date from start to end (included) every `step` (Nd, Nw, Nb), the date
+        in `date_param`, at most `max_active` at once; dates whose identical run already SUCCEEDED are
+        skipped. Answers its status: {backfill_id, state, total, counts, runs}."""
+        ...
+
+    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
+        """A backfill's state, its counts per state and each date's run."""
+        ...
+
+    def backfills(self, pipeline_id: str | None = None) -> Rows:
+        """This team's backfills (of one pipeline), newest first, with their counts."""
+        ...
+
+    def cancel_backfill(self, backfill_id: str) -> dict[str, Any]:
+        """Cancel a backfill as a whole: no more dates start and its running runs are cancelled."""
+        ...
+
 
 def registrable_spec(spec: SpecInput) -> dict[str, Any]:
     """The raw spec to register: a catalogue keeps specs, not notebook code, so an `fb.DAG` whose functions
@@ -199,5 +226,17 @@ def pipeline_run_params(params: Mapping[str, Any] | None, runtime_params: Params
     return runtime
 
 
-__all__ = ["Client", "Page", "ParamsInput", "Rows", "SpecInput", "Submission", "pipeline_run_params",
-           "registrable_spec"]
+def backfill_request(start: str | dt.date, end: str | dt.date, step: str, params: Mapping[str, Any] | None,
+                     date_param: str, max_active: int, version: int | None,
+                     backfill_id: str | None) -> dict[str, Any]:
+    """A backfill's request as both clients send it, with its backfill_id made once here (a retried call
+    makes one backfill)."""
+    from fabric.schedule.backfill import new_backfill_id
+
+    return {"start": str(start), "end": str(end), "step": step, "params": dict(params or {}),
+            "date_param": date_param, "max_active": max_active, "version": version,
+            "backfill_id": backfill_id or new_backfill_id()}
+
+
+__all__ = ["Client", "Page", "ParamsInput", "Rows", "SpecInput", "Submission", "backfill_request",
+           "pipeline_run_params", "registrable_spec"]

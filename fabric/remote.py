@@ -15,6 +15,7 @@ its Retry-After, within the same `retry_for`.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -23,7 +24,16 @@ from typing import Any
 import httpx
 
 from fabric.errors import ConflictError, ErrorCode, FabricError, NodeFailedError, NotFoundError, Problem, SpecError
-from fabric.protocol import Page, ParamsInput, Rows, SpecInput, Submission, pipeline_run_params, registrable_spec
+from fabric.protocol import (
+    Page,
+    ParamsInput,
+    Rows,
+    SpecInput,
+    Submission,
+    backfill_request,
+    pipeline_run_params,
+    registrable_spec,
+)
 from fabric.record import SubmissionStatus
 from fabric.retry import REGISTRY_RESTART_WAIT_S, backoff
 from fabric.spec import RuntimeParams, read_spec
@@ -221,6 +231,27 @@ class HttpClient:
         action = "pause" if paused else "resume"
         return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/schedules/{_quote(name)}/{action}")
 
+    def trigger(self, pipeline_id: str, key: str, params: Mapping[str, Any] | None = None, *,
+                version: int | None = None) -> dict[str, Any]:
+        return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/trigger",
+                          body={"params": dict(params or {}), "version": version}, headers={"Idempotency-Key": key})
+
+    def backfill(self, pipeline_id: str, start: str | dt.date, end: str | dt.date, *, step: str = "1d",
+                 params: Mapping[str, Any] | None = None, date_param: str = "as_of", max_active: int = 4,
+                 version: int | None = None, backfill_id: str | None = None) -> dict[str, Any]:
+        return self._json("POST", f"/api/orch/pipelines/{_quote(pipeline_id)}/backfills", body=backfill_request(
+            start, end, step, params, date_param, max_active, version, backfill_id))
+
+    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/orch/backfills/{_quote(backfill_id)}")
+
+    def backfills(self, pipeline_id: str | None = None) -> Rows:
+        return self._json("GET", "/api/orch/backfills", query={"pipeline_id": pipeline_id} if pipeline_id else None)[
+            "items"]
+
+    def cancel_backfill(self, backfill_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/orch/backfills/{_quote(backfill_id)}/cancel")
+
     def ping(self) -> bool:
         try:
             return self._json("GET", "/healthz", retry=False).get("registry") == "ok"
@@ -234,7 +265,8 @@ class HttpClient:
         return response.json() if response.content else None
 
     def _send(self, method: str, path: str, *, body: dict[str, Any] | None = None, query: dict[str, Any] | None = None,
-              retry: bool = True, timeout_s: float | None = None) -> httpx.Response:
+              retry: bool = True, timeout_s: float | None = None,
+              headers: dict[str, str] | None = None) -> httpx.Response:
         """One request, repeated (with the same body, so the same idempotency key) while fabric is not
         there to answer; fabric's own errors raised as FabricError."""
         delays = backoff(self._retry_for if retry else 0.0, first=FIRST_DELAY_S, longest=LONGEST_DELAY_S,
@@ -242,7 +274,8 @@ class HttpClient:
         timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         while True:
             try:
-                response = self._http.request(method, path, json=body, params=query, timeout=timeout)
+                response = self._http.request(method, path, json=body, params=query, timeout=timeout,
+                                              headers=headers)
             except RETRIED_ERRORS as exc:
                 delay = next(delays, None)
                 if delay is None:

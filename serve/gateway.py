@@ -35,6 +35,8 @@ from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
 from serve.observe_api import router as observe_router
 from serve.openapi import document_problems, problem
+from serve.pipeline_routes import PipelineRoutes
+from serve.pipeline_routes import router as pipeline_router
 
 MAX_LABEL_FILTERS = 16
 # While the registry restarts, a request waits this long for it, then answers 503 with Retry-After.
@@ -122,6 +124,7 @@ api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 gateway_metrics = GatewayMetrics()  # this replica's own series (serve/gateway_metrics.py)
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
+api.include_router(pipeline_router)  # triggers and backfills (serve/pipeline_routes.py)
 api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 document_problems(api)  # every route's error answers in /openapi.json (serve/openapi.py)
 # Before FastAPI reads a byte: the token, the team's rate, the query and the streamed body's size (serve/guard.py).
@@ -202,7 +205,7 @@ async def _metrics(request: Request, call_next: Any) -> Any:
 # On the head: it reads the tokens file and the control key there (docs/security.md).
 @serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}, max_ongoing_requests=256)
 @serve.ingress(api)
-class Gateway(MlRoutes):
+class Gateway(MlRoutes, PipelineRoutes):
     def __init__(self, tokens_file: str | None = None, control_key_file: str | None = None) -> None:
         configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
         self._tokens_file = tokens_file or default_tokens_file()

@@ -17,7 +17,7 @@ from fabric.record.ids import team_record
 from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.overlap import decide
 from fabric.spec import load_spec, parse_runtime_params
-from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, parse_pipeline_options
+from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, Overlap, parse_pipeline_options
 
 Submit = Callable[..., dict[str, Any]]  # Registry.submit: (spec, runtime_params, ..., grants=)
 MAX_ACTIVE_SCAN = 10_000
@@ -65,12 +65,17 @@ class Catalogue:
                 for r in rows if r.team == team]
 
     def run(self, pipeline_id: str, version: int | None, runtime_params: dict[str, Any] | None,
-            team: str | None, grants: TeamGrants | None = None) -> dict[str, Any]:
+            team: str | None, grants: TeamGrants | None = None, *, may_cancel: bool = True) -> dict[str, Any]:
         """Start a run of a version (default: the latest) with runtime params (its `params` the pipeline's),
-        unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled.
+        unless max_active_runs says skip; with overlap cancel_older, the oldest running runs are cancelled
+        (unless `may_cancel` is False: a backfill's run waits instead). A submission id already used by a run
+        of the pipeline (a retried start, a trigger's key again) answers that run, of the version it ran.
         `grants`: the team's, checked by the submit as for any other (fabric/schedule/grants.py)."""
-        chosen = self.version(pipeline_id, version, team)
         runtime = parse_runtime_params(runtime_params).model_dump(mode="json", exclude_none=True)
+        earlier = team_record(self._store, runtime["submission_id"], team) if runtime.get("submission_id") else None
+        if version is None and earlier is not None and earlier.labels.get(PIPELINE_LABEL) == pipeline_id:
+            version = int(earlier.labels.get(VERSION_LABEL, "0")) or None
+        chosen = self.version(pipeline_id, version, team)
         runtime["labels"] = {**runtime.get("labels", {}), PIPELINE_LABEL: pipeline_id,
                              VERSION_LABEL: str(chosen.version)}
         runtime.pop("team", None)  # a run is the catalogue's team's: its own pipelines, its own runs
@@ -85,7 +90,7 @@ class Catalogue:
                         "cancelled": []}
             active = [(r.created_at, r.submission_id) for r in self._store.list_submissions(
                 "RUNNING", MAX_ACTIVE_SCAN, labels={PIPELINE_LABEL: pipeline_id}, team=team) if r.team == team]
-            decision = decide(active, opts.max_active_runs, opts.overlap)
+            decision = decide(active, opts.max_active_runs, opts.overlap if may_cancel else Overlap.SKIP)
             if not decision.start:
                 return {**base, "submission_id": None, "created": False, "skipped": True,
                         "reason": decision.reason, "cancelled": []}

@@ -23,6 +23,7 @@ from fabric.states import PROMOTE_SUBJECT
 # Driver-only: submit and every read or change of any team's work, the kill-switch, drain, audit, retention.
 PRIVILEGED = ("submit", "register_pipeline", "pipelines", "pipeline_versions", "pipeline_runs", "run_pipeline",
               "rerun", "put_schedule", "schedules", "pause_schedule",
+              "backfill", "backfill_status", "backfills", "cancel_backfill",
               "kill_switch", "audit", "drain", "queues", "metrics_text", "kept", "workers", "sweep",
               "status", "wait", "cancel", "result_ref", "logs", "artifact", "artifacts", "graph", "lineage", "list")
 

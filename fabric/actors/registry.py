@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from fabric.actors import NAMESPACE, observe
+from fabric.actors.backfills import BackfillMethods, Backfills
 from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
 from fabric.actors.rerun import RerunMethods
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 REGISTRY_NAME = "fabric-registry"
 
 
-class Registry(PipelineMethods, RerunMethods):
+class Registry(PipelineMethods, RerunMethods, BackfillMethods):
     """The actor's body (kept a plain class so it can be tested and reused in-process)."""
 
     def __init__(self, home: str, check_feasibility: bool = True, config: Settings | None = None) -> None:
@@ -97,10 +98,14 @@ class Registry(PipelineMethods, RerunMethods):
         self._kill_switch: str | None = switch[-1].reason if on else None
         self._catalogue = Catalogue(self._store, self.submit, self._engine.cancel)
         self._scheduler = Scheduler(self._store, self._catalogue, time.time, tokens_file_grants(config.tokens))
+        self._backfills = Backfills(self._store, self._catalogue, self._engine.cancel, time.time,
+                                    tokens_file_grants(config.tokens))
         self.resumed = self._resume_interrupted()
-        # Schedules fire here, in the one registry that holds the store's lease, after the resume above.
-        threading.Thread(target=self._scheduler.run_forever, args=(self._stop_schedules,), name="fabric-schedules",
-                         daemon=True).start()
+        # Schedules fire, and backfills go on, here: in the one registry that holds the store's lease, after the
+        # resume above (a backfill's running dates are running again before it counts them).
+        for loop, name in ((self._scheduler.run_forever, "fabric-schedules"),
+                           (self._backfills.run_forever, "fabric-backfills")):
+            threading.Thread(target=loop, args=(self._stop_schedules,), name=name, daemon=True).start()
         self._sweeper = threading.Thread(target=self._sweep_forever, args=(config.sweep_interval_s,),
                                          name="fabric-sweep", daemon=True)
         self._sweeper.start()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fabric.cli import doctor, observe, pipelines, read, run
+from fabric.cli import backfills, doctor, observe, pipelines, read, run
 from fabric.cli.common import fabric_version
 from fabric.cli.k8s import k8s_app
 
@@ -40,5 +40,8 @@ app.command()(pipelines.pipelines)
 app.command()(pipelines.start)
 app.command()(pipelines.schedule)
 app.command()(pipelines.schedules)
+app.command()(backfills.backfill)
+app.command()(backfills.backfills)
+app.command()(backfills.trigger)
 app.add_typer(read.audit, name="audit")
 app.add_typer(k8s_app, name="k8s")

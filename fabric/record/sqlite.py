@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ErrorCode, FabricError
+from fabric.record.backfills import SQLITE_BACKFILLS, SqlBackfills
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
 from fabric.record.catalogue import SQLITE_SCHEDULES, SQLITE_TABLES, SqlCatalogue
 from fabric.record.page import Key
 from fabric.record.store import Event, Store, SubmissionRecord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each migration takes the schema from version n-1 to n; statements run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -49,6 +50,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: SQLITE_TABLES,
     # v4: pipeline schedules and the last tick each handled (fabric/record/catalogue.py).
     4: SQLITE_SCHEDULES,
+    # v5: backfills, each with its dates, params and state (fabric/record/backfills.py).
+    5: SQLITE_BACKFILLS,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
@@ -71,7 +74,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, json.loads(labels), state, json.loads(env))
 
 
-class SqliteStore(SqlCatalogue, BatchedStore):
+class SqliteStore(SqlCatalogue, SqlBackfills, BatchedStore):
     """A thread-safe, durable Store in one SQLite file (WAL mode, one connection owned by the store)."""
 
     def __init__(self, path: str | Path, *, flush_interval_s: float = 0.05, read_only: bool = False,

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fabric.record.backfills import BackfillRecord, MemoryBackfills
 from fabric.record.catalogue import MemoryCatalogue, PipelineVersion, ScheduleRecord
 from fabric.record.page import Key, newest_first
 
@@ -68,13 +69,18 @@ class Store(Protocol):
     def schedules(self, team: str | None, pipeline_id: str | None = None, *,
                   every_team: bool = False) -> list[ScheduleRecord]: ...
     def mark_tick(self, team: str | None, pipeline_id: str, name: str, tick: float) -> None: ...
+    def add_backfill(self, record: BackfillRecord) -> tuple[BackfillRecord, bool]: ...
+    def backfills(self, team: str | None, pipeline_id: str | None = None, *, every_team: bool = False,
+                  state: str | None = None) -> list[BackfillRecord]: ...
+    def set_backfill_state(self, team: str | None, backfill_id: str, state: str) -> bool: ...
 
 
-class MemoryStore(MemoryCatalogue):
+class MemoryStore(MemoryCatalogue, MemoryBackfills):
     """A thread-safe Store kept in memory (lost with the process)."""
 
     def __init__(self) -> None:
         super().__init__()
+        MemoryBackfills.__init__(self)
         self._lock = threading.Lock()
         self._submissions: dict[str, SubmissionRecord] = {}
         self._events: dict[str, list[Event]] = defaultdict(list)

@@ -422,3 +422,25 @@ def test_schedules_keep_their_last_tick_which_only_moves_forward(store: Any) -> 
     assert len(store.schedules(None, every_team=True)) == 3
     store.mark_tick("nobody", "factors", "nightly", 1.0)  # no such schedule: nothing happens
     assert store.schedules("nobody") == []
+
+
+def test_backfills_are_made_once_and_end_once(store: Any) -> None:
+    from fabric.record.backfills import BackfillRecord
+
+    made, created = store.add_backfill(BackfillRecord("bf-1", "factors", {"start": "2024-01-01"}, 10.0, "quant",
+                                                      request_hash="h1"))
+    assert created and (made.state, made.team, made.spec) == ("RUNNING", "quant", {"start": "2024-01-01"})
+    again, created = store.add_backfill(BackfillRecord("bf-1", "factors", {"start": "2099-01-01"}, 11.0, "quant",
+                                                       request_hash="h2"))
+    assert not created and (again.request_hash, again.created_at) == ("h1", 10.0)  # the first one stays
+    store.add_backfill(BackfillRecord("bf-1", "factors", {}, 12.0, None, request_hash="h3"))  # another team's key
+    store.add_backfill(BackfillRecord("bf-2", "other", {}, 13.0, "quant", request_hash="h4"))
+    assert [b.backfill_id for b in store.backfills("quant")] == ["bf-2", "bf-1"]  # newest first
+    assert [b.backfill_id for b in store.backfills("quant", "factors")] == ["bf-1"]
+    assert [b.team for b in store.backfills(None)] == [None]
+    assert len(store.backfills(None, every_team=True, state="RUNNING")) == 3
+    assert store.set_backfill_state("quant", "bf-1", "CANCELLED")
+    assert not store.set_backfill_state("quant", "bf-1", "SUCCEEDED")  # an ended backfill stays ended
+    assert not store.set_backfill_state("nobody", "bf-1", "CANCELLED")
+    assert [b.state for b in store.backfills("quant", "factors")] == ["CANCELLED"]
+    assert [b.backfill_id for b in store.backfills(None, every_team=True, state="RUNNING")] == ["bf-2", "bf-1"]
