@@ -53,7 +53,7 @@ class RayBackend:
     def __init__(self, head_sink: tuple[str, str, str] | None = None) -> None:
         """`head_sink`: (home, artifacts, namespace) of the sink to start now if the cluster already has nodes
         besides the head (execute/sink.py: nodes there write through it, and must not wait for it)."""
-        if head_sink is not None and head_to_avoid(ray.nodes()) is not None:
+        if head_sink is not None and ray.is_initialized() and head_to_avoid(ray.nodes()) is not None:
             start_head_sink(*head_sink)
         self._remote = ray.remote(run_pickled_node)
         self._chain = ray.remote(run_pickled_chain)

@@ -33,9 +33,9 @@ def backend_store(home: str, store: str = "sqlite") -> str:
 def prepare_backend(store: str) -> None:
     """Create the PostgreSQL schema MLflow's own migrations then fill (nothing to do for SQLite)."""
     if store.startswith(("postgresql://", "postgres://")):
-        from fabric.record.postgres import connect
+        import psycopg  # the `postgres` extra, as for the record itself
 
-        with connect(store) as conn:
+        with psycopg.connect(store, autocommit=True, connect_timeout=10) as conn:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
 
 

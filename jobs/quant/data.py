@@ -11,8 +11,12 @@ from fabric.context import context
 START_DATE = "2019-01-02"
 
 
-def business_days(n: int, start: str = START_DATE) -> np.ndarray:
-    """The first `n` weekdays from `start` as datetime64[D]."""
+def business_days(n: int, start: str = START_DATE, end: str | None = None) -> np.ndarray:
+    """The first `n` weekdays from `start` as datetime64[D]; with `end`, the last `n` weekdays up to it."""
+    if end is not None:
+        last = np.datetime64(end, "D")
+        days = np.arange(last - (n * 7 // 5 + 14), last + 1)
+        return days[np.is_busday(days)][-n:]
     first = np.datetime64(start, "D")
     days = np.arange(first, first + n * 7 // 5 + 14)
     return days[np.is_busday(days)][:n]
@@ -33,7 +37,7 @@ def _zscore_rows(x: np.ndarray) -> np.ndarray:
 
 
 def simulate_market(n_assets: int = 50, n_days: int = 750, seed: int = 7,
-                    signal_strength: float = 0.001) -> pa.Table:
+                    signal_strength: float = 0.001, as_of: str | None = None) -> pa.Table:
     """The synthetic panel as a pyarrow Table sorted by (date, asset).
 
     Next-day returns are `beta * market + signal_strength * xs_zscore(earnings_yield today) + idio noise`
@@ -43,7 +47,7 @@ def simulate_market(n_assets: int = 50, n_days: int = 750, seed: int = 7,
     if n_assets < 5 or n_days < 100:
         raise ValueError("need at least 5 assets and 100 days")
     rng = np.random.default_rng(seed)
-    dates = business_days(n_days)
+    dates = business_days(n_days, end=as_of)  # as_of: the panel's last day (the pipeline's `as_of` param)
 
     beta = rng.uniform(0.6, 1.4, n_assets)
     idio_vol = rng.uniform(0.012, 0.025, n_assets)
@@ -80,7 +84,7 @@ def simulate_market(n_assets: int = 50, n_days: int = 750, seed: int = 7,
 
 
 def generate_market_data(n_assets: int = 50, n_days: int = 750, seed: int = 7,
-                         signal_strength: float = 0.001) -> pa.Table:
+                         signal_strength: float = 0.001, as_of: str | None = None) -> pa.Table:
     """Node `make_data`: simulate the panel and return it as a table.
 
     The table is the output that the next node reads (through Ray's object store, so it reaches any
@@ -88,8 +92,9 @@ def generate_market_data(n_assets: int = 50, n_days: int = 750, seed: int = 7,
     moves to the durable record. A local path would not be readable on another worker.
     """
     ctx = context()
-    ctx.progress(0.05, f"simulating {n_assets} assets x {n_days} days (seed {seed})")
-    table = simulate_market(n_assets=n_assets, n_days=n_days, seed=seed, signal_strength=signal_strength)
+    ctx.progress(0.05, f"simulating {n_assets} assets x {n_days} days to {as_of or 'the default end'} (seed {seed})")
+    table = simulate_market(n_assets=n_assets, n_days=n_days, seed=seed, signal_strength=signal_strength,
+                            as_of=as_of)
     ctx.progress(0.8, "writing parquet")
     path = ctx.artifact_dir / "prices.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,16 @@ def load_dag(path: str | Path = DAG_PATH) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def node_params(dag: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each node's `params` (an empty dict when it has none), keyed by node id."""
-    return {node["id"]: dict(node.get("params") or {}) for node in dag["nodes"]}
+def node_params(dag: dict[str, Any], run_params: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Each node's `params` (an empty dict when it has none), keyed by node id, with the pipeline's
+    `{{ params.NAME }}` references resolved from `run_params` and the declared defaults, as a submission's."""
+    from fabric.spec import load_spec
+    from fabric.spec.params import resolve_params, substitute
+
+    resolved, problems = resolve_params(load_spec(dag).params, run_params)
+    if problems:
+        raise ValueError("; ".join(f"{p.where}: {p.message}" for p in problems))
+    return {node["id"]: substitute(dict(node.get("params") or {}), resolved) for node in dag["nodes"]}
 
 
 def _as_lazy(value: Any) -> pl.LazyFrame:
@@ -46,7 +53,8 @@ def run_sql(query: str, **tables: Any) -> pa.Table:
 
 
 def run_locally(workdir: str | Path, dag_path: str | Path = DAG_PATH,
-                overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                overrides: dict[str, dict[str, Any]] | None = None,
+                run_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every node of the quant_backtest DAG in this process and return the `metrics` out.
 
     Params (and the SQL query) come from the DAG YAML so the two cannot drift; `overrides` maps a node
@@ -54,7 +62,7 @@ def run_locally(workdir: str | Path, dag_path: str | Path = DAG_PATH,
     own `local_context` with artifact dir `workdir/<node id>`.
     """
     workdir = Path(workdir)
-    params = node_params(load_dag(dag_path))
+    params = node_params(load_dag(dag_path), run_params)
     for node_id, extra in (overrides or {}).items():
         params[node_id].update(extra)
 

@@ -17,7 +17,7 @@ import pytest
 
 from fabric.context import local_context
 from jobs.quant.backtest import run_backtest
-from jobs.quant.data import generate_market_data, simulate_market
+from jobs.quant.data import business_days, generate_market_data, simulate_market
 from jobs.quant.features import LABEL, build_features, model_feature_names, raw_feature_names
 from jobs.quant.model import fit_model, predict
 from jobs.quant.pipeline import load_dag, node_params, run_locally, run_sql
@@ -323,3 +323,18 @@ def test_run_locally_end_to_end(tmp_path: Path, fitted: dict, pnl: pa.Table) -> 
     small = run_locally(tmp_path / "small", overrides={"make_data": {"n_assets": 20, "n_days": 300}})
     assert small != metrics and small["days"] < metrics["days"]
 
+
+
+def test_the_run_params_as_of_and_n_assets_shape_the_panel(tmp_path: Path) -> None:
+    """`as_of` ends the simulated panel on the run's date and `n_assets` sizes the universe, as a backfill or a
+    schedule sets them; the defaults reproduce the panel of the reference run exactly."""
+    import pyarrow.parquet as pq
+
+    assert list(business_days(750, end="2021-11-16")) == list(business_days(750))  # the defaults: same data
+    metrics = run_locally(tmp_path / "dated", overrides={"make_data": {"n_days": 300}},
+                          run_params={"as_of": "2024-06-28", "n_assets": 20})
+    panel = pq.read_table(tmp_path / "dated" / "make_data" / "prices.parquet")
+    assert str(max(panel.column("date").to_pylist()))[:10] == "2024-06-28"
+    assert len(set(panel.column("asset").to_pylist())) == 20 and metrics["days"] > 0
+    with pytest.raises(ValueError, match="runtime_params.params.as_of"):
+        node_params(load_dag(), {"as_of": "not a date"})
