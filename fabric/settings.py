@@ -197,6 +197,9 @@ class Settings:
                             "head and sent to each attempt through Ray; a worker reads its own only for a scope "
                             "the head lacks", "path", _text, _under_home("secrets"),
                             shown=f"{_HOME}/secrets")
+    webhook_allow_private: bool = _var("FABRIC_WEBHOOK_ALLOW_PRIVATE", "let notify webhooks reach loopback, "
+                                       "link-local and private addresses (the head's own network; refused by "
+                                       "default against SSRF, docs/notify.md)", "bool", _bool, False)
     mlflow_uri: str = _var("FABRIC_MLFLOW_URI", "the MLflow tracking URI ML nodes log to, read on the node: "
                            "on a cluster the head's `mlflow server` (http://HEAD:5000, set by `fabric up`, "
                            "cluster.yaml and k8s/)",

@@ -125,16 +125,20 @@ class EventKind(StrEnum):
     KILL_SWITCH_ON = "on"  # subject KILL_SWITCH: admission closed
     KILL_SWITCH_OFF = "off"  # subject KILL_SWITCH: admission open again
     EXPIRED = "EXPIRED"  # the target when retention removed a finished submission's data
+    NOTIFY_DELIVERED = "delivered"  # subject NOTIFY_SUBJECT + submission: a webhook answered 2xx (source: the event)
+    NOTIFY_RETRY = "retry"  # a delivery attempt failed and will be tried again
+    NOTIFY_GAVE_UP = "gave-up"  # a delivery failed for good (attempts spent, refused address, 4xx, no secret)
 
 
 # The subjects (submission_id column) of audit rows that are not a submission's; they start with "_".
 KILL_SWITCH = "_admin:kill-switch"
 QUOTA_SUBJECT = "_quota:"  # + team
 PROMOTE_SUBJECT = "_promote:"  # + served name: each gate and traffic step of a promotion
+NOTIFY_SUBJECT = "_notify:"  # + submission id: each webhook delivery attempt of its notify section
 
 
 def is_admin_subject(submission_id: str) -> bool:
-    """Is this an audit row of the control plane (kill-switch, quota, promotion), not of a run?"""
+    """Is this an audit row of the control plane (kill-switch, quota, promotion, notify), not of a run?"""
     return submission_id.startswith("_")
 
 

@@ -29,6 +29,7 @@ from fabric.execute.backend import RayBackend
 from fabric.execute.cache import open_cache_index
 from fabric.execute.engine import Engine
 from fabric.execute.headsink import full_logs
+from fabric.execute.notify import notifying
 from fabric.execute.outputs import load_code, remove_tree, save_code
 from fabric.execute.scheduler import engine_scheduler
 from fabric.kinds import kind_checks
@@ -70,7 +71,9 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods):
         # Once that lease is lost (another registry took a PostgreSQL store while this one was cut off), writes
         # answer STORE_LEASED and the engine stops (fenced below).
         self._lease = open_lease(home, config.store, store)
-        self._store = observe.observed(FencedStore(store, self._lease), config)
+        # ... and reaches the runs' webhooks (notify:), sent off the engine's thread (fabric/execute/notify.py).
+        self._store = notifying(observe.observed(FencedStore(store, self._lease), config), config.secrets_dir,
+                                config.webhook_allow_private)
         # Node images run as Ray `image_uri` containers only where the cluster opted in (podman on nodes).
         # persist_outputs "needed" (default): outputs a downstream node reads are written on success, so a
         # resumed run reloads them; "none" trades that for speed: a resumed run recomputes them.

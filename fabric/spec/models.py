@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fabric.spec.kinds import KNOWN_KINDS
+from fabric.spec.notify import NotifySpec
 from fabric.spec.params import PARAM_NAME_PATTERN, ParamSpec
 from fabric.spec.quantities import Cpu, Duration, Gpu, Memory
 
@@ -37,8 +38,7 @@ _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 ENTRYPOINT_PATTERN = f"^{_DOTTED}:{_DOTTED}$"
 MAX_NODES = 10_000
 
-# The "skip the graph check" flag load_spec passes in the validation context: it checks the graph on
-# the raw input itself, so that graph problems are reported together with field problems.
+# load_spec's validation-context flag: it checks the graph on the raw input, to report it with field problems.
 SKIP_GRAPH_CHECK = "fabric.spec.skip_graph_check"
 
 
@@ -173,12 +173,13 @@ class Slo(_Model):
     retry: Retry | None = None
     priority: Priority | None = None
     qos: Qos | None = None
+    deadline: Duration | None = Field(None, description="DAG only: running this long is an SLA miss (notify.md).")
 
-    @field_validator("max_runtime")
+    @field_validator("max_runtime", "deadline")
     @classmethod
-    def _positive_runtime(cls, value: float | None) -> float | None:
+    def _positive_runtime(cls, value: float | None, info: ValidationInfo) -> float | None:
         if value is not None and value <= 0:
-            raise _fail("max_runtime must be positive", "use a duration like '2h' or '15m'", "spec_quantity")
+            raise _fail(f"{info.field_name} must be positive", "use a duration like '2h' or '15m'", "spec_quantity")
         return value
 
 
@@ -267,8 +268,7 @@ class NodeSpec(_Model):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         if kind not in KNOWN_KINDS:
-            # The did-you-mean hint costs more than the check: it is added where the error becomes a Problem
-            # (spec/problems.py), and only for the problems an error lists.
+            # The did-you-mean hint costs more than the check: spec/problems.py adds it, to listed problems only.
             raise PydanticCustomError("unknown_kind", f"unknown kind {kind[:200]!r}", {"kind": kind[:200]})
         return kind
 
@@ -311,6 +311,7 @@ class DagSpec(_Model):
                                           "'{{ params.NAME }}' and a run sets them in runtime_params.params.")
     nodes: list[NodeSpec] = Field(min_length=1, max_length=MAX_NODES)
     edges: list[Edge] = Field(default_factory=list, description="Omitted: derived from the nodes' ins and outs.")
+    notify: NotifySpec | None = Field(None, description="Webhooks on run and node events (docs/notify.md).")
 
     @model_validator(mode="before")
     @classmethod
@@ -400,6 +401,7 @@ class RuntimeParams(_Model):
     team: str | None = Field(None, min_length=1, max_length=128)
     params: dict[str, JsonValue] = Field(default_factory=dict,
                                          description="Values of the pipeline's declared params, by name.")
+    notify: NotifySpec | None = Field(None, description="This run's webhooks, besides the pipeline's.")
 
     @field_validator("env", mode="before")
     @classmethod

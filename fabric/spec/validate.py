@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import MAX_PROBLEMS, ErrorCode, Problem, SpecError
 from fabric.spec._text import Suggester
+from fabric.spec.notify import node_deadline_problems
 from fabric.spec.params import reference_problems
 
 if TYPE_CHECKING:
@@ -301,6 +302,7 @@ def graph_problems(raw: Mapping[str, Any] | DagSpec) -> list[Problem]:
     problems.extend(_cycle_problems(graph, components))
     problems.extend(_wiring_problems(graph, _ancestor_masks(graph, components)))
     problems.extend(reference_problems(raw))  # node params naming undeclared pipeline params
+    problems.extend(node_deadline_problems(raw))
     return problems
 
 
