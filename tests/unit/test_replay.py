@@ -83,7 +83,9 @@ def test_the_typed_vocabulary_keeps_the_strings_old_databases_hold():
     from fabric.states import TERMINAL_NODE_STATES, TERMINAL_SUBMISSION_STATES, EventKind, SubmissionState
 
     assert {k.name: k.value for k in EventKind} == {"COST": "cost", "QUOTA_USE": "usage", "KILL_SWITCH_ON": "on",
-                                                    "KILL_SWITCH_OFF": "off", "EXPIRED": "EXPIRED"}
+                                                    "KILL_SWITCH_OFF": "off", "EXPIRED": "EXPIRED",
+                                                    "NOTIFY_DELIVERED": "delivered", "NOTIFY_RETRY": "retry",
+                                                    "NOTIFY_GAVE_UP": "gave-up"}
     assert [p.value for p in Priority] == ["low", "normal", "high", "critical"]
     assert {str(s) for s in TERMINAL_NODE_STATES} == {"SUCCEEDED", "CACHED", "FAILED", "TIMED_OUT", "SKIPPED",
                                                        "CANCELLED"}
