@@ -40,6 +40,7 @@ from fabric.schedule.backfill import TRIGGER_LABEL, trigger_submission_id
 from fabric.schedule.grants import TeamGrants
 from fabric.settings import Settings, settings
 from fabric.spec import RuntimeParams, read_spec
+from fabric.spec.backfills import parse_backfill
 from fabric.spec.policy import Principal
 from fabric.spec.teams import Role, TeamConfig
 from fabric.types import new_submission_id
@@ -314,6 +315,7 @@ class RayClient:
                  version: int | None = None, backfill_id: str | None = None) -> dict[str, Any]:
         """One run per date, at most max_active at once; see `Client.backfill`."""
         request = backfill_request(start, end, step, params, date_param, max_active, version, backfill_id)
+        parse_backfill(request)  # a 422 naming the field before anything else is asked
         if self._guard:  # the policy, on what its runs will run (they start later, in the registry)
             spec = served_names.pick_version(self.pipeline_versions(pipeline_id), version)
             if self._guard.check(spec, {"team": self.team, "params": {**request["params"],

@@ -48,7 +48,8 @@ def _url(request: Request, path: str) -> str:
 class PipelineRoutes:
     """Routes mixed into the Gateway deployment (which provides `_client_for`)."""
 
-    @router.post("/api/orch/pipelines/{pipeline_id}/trigger", status_code=201)
+    @router.post("/api/orch/pipelines/{pipeline_id}/trigger", status_code=201, responses={
+        200: {"description": "the same key again: the run it started (`created: false`), or `skipped: true`"}})
     def trigger(self, request: Request, response: Response, pipeline_id: str, body: TriggerBody,
                 idempotency_key: Annotated[str | None, Header(
                     description="the event's id: the same key again answers the same run")] = None,
@@ -66,7 +67,8 @@ class PipelineRoutes:
             response.headers["Location"] = _url(request, f"/api/orch/status/{sid}")
         return reply
 
-    @router.post("/api/orch/pipelines/{pipeline_id}/backfills", status_code=201)
+    @router.post("/api/orch/pipelines/{pipeline_id}/backfills", status_code=201, responses={
+        200: {"description": "the same backfill_id and request again: that backfill (`created: false`)"}})
     def backfill(self, request: Request, response: Response, pipeline_id: str, body: BackfillBody) -> dict[str, Any]:
         client = self._client_for(request)  # type: ignore[attr-defined]
         reply: dict[str, Any] = client.backfill(

@@ -141,8 +141,9 @@ class Backfills:
         spec, key = _spec(record), (record.team or "", record.backfill_id)
         dates = spec.dates()
         with self._lock:
-            if self._get(record.backfill_id, record.team).state != RUNNING:  # cancelled meanwhile
-                return self._progress(record, spec)
+            if all(b.backfill_id != record.backfill_id for b in self._store.backfills(
+                    record.team, record.pipeline_id, state=RUNNING)):  # cancelled meanwhile
+                return self._progress(self._get(record.backfill_id, record.team), spec)
             done = self._done_elsewhere.get(key)
             if done is None:
                 done = self._done_elsewhere[key] = self._scan_identical(record, spec, dates)
