@@ -210,19 +210,20 @@ class Backfills:
                 found[day] = (r.submission_id, r.state)
         return found
 
-    def _progress(self, record: BackfillRecord, spec: BackfillSpec) -> Progress:
+    def _progress(self, record: BackfillRecord, spec: BackfillSpec,
+                  ids: dict[dt.date, tuple[str, str]] | None = None) -> Progress:
         key = (record.team or "", record.backfill_id)
         if key not in self._done_elsewhere:  # a backfill that ended before this registry started
             self._done_elsewhere[key] = self._scan_identical(record, spec, spec.dates())
-        own = {day: state for day, (_, state) in self._own(record).items()}
+        own = {day: state for day, (_, state) in (self._own(record) if ids is None else ids).items()}
         own.update({day: "FAILED" for day in self._unstartable.get(key, {})})
         return progress(spec.dates(), own, self._done_elsewhere.get(key, set()), spec.max_active,
                         cancelled=record.state == "CANCELLED")
 
     def view(self, record: BackfillRecord) -> dict[str, Any]:
         spec = _spec(record)
-        found = self._progress(record, spec)
         ids = self._own(record)
+        found = self._progress(record, spec, ids)
         errors = self._unstartable.get((record.team or "", record.backfill_id), {})
         # A backfill's stored state is final once ended; while running, the counts say how far it got.
         state = record.state if record.state != RUNNING else found.state
