@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from jobs.quant._util import as_polars, report_progress
+from jobs.quant._util import as_polars, maybe_context, report_progress
 from jobs.quant.features import LABEL
 from jobs.quant.model import daily_ic, predict
 
@@ -69,5 +71,31 @@ def run_backtest(feature_table: Any, model: dict[str, Any], top_frac: float = 0.
              .select("date", pl.col("n_assets", "n_long", "n_short").cast(pl.Int64),
                      "gross_ret", "turnover", "cost", "net_ret", "ic")
              .sort("date"))
+    ctx = maybe_context()
+    if ctx is not None:  # the run page draws it (docs/ui.md#charts); a plain call writes nothing
+        write_equity(daily, ctx.artifact_dir / EQUITY_FILE)
     report_progress(1.0, f"{daily.height} days, mean net {daily['net_ret'].mean():.5f}")
     return daily.to_arrow()
+
+
+EQUITY_FILE = "equity.chart.json"
+
+
+def equity_chart(daily: pl.DataFrame) -> dict[str, Any]:
+    """The equity curve as a chart file (docs/ui.md#charts): one point per PnL day, the cumulative product of
+    1 + the daily return, net and gross of costs; `pnl` carries the daily net returns themselves."""
+    net = np.cumprod(1.0 + daily["net_ret"].to_numpy().astype(np.float64))
+    gross = np.cumprod(1.0 + daily["gross_ret"].to_numpy().astype(np.float64))
+    return {"title": "equity curve (out of sample, from 1.0)", "x_label": "date", "y_label": "equity",
+            "x": [d.isoformat() for d in daily["date"].to_list()],
+            "series": [{"name": "net of costs", "y": _finite(net)}, {"name": "gross", "y": _finite(gross)}],
+            "pnl": _finite(daily["net_ret"].to_numpy())}
+
+
+def _finite(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values]  # JSON has no NaN: a gap in the line
+
+
+def write_equity(daily: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(equity_chart(daily), allow_nan=False) + "\n")

@@ -27,8 +27,32 @@ async function api(method, path) {
 }
 
 function show(section) {
-  for (const id of ["login", "list", "detail"]) $(id).hidden = id !== section;
-  $("logout").hidden = section === "login";
+  for (const id of ["login", "list", "pipelines", "detail"]) $(id).hidden = id !== section;
+  $("logout").hidden = $("nav").hidden = section === "login";
+  $("nav-runs").className = section === "list" ? "here" : "";
+  $("nav-pipelines").className = section === "pipelines" ? "here" : "";
+}
+
+// An HTML element whose children are nodes or strings. Strings become text nodes, never markup: names,
+// params and labels are tenant input, so nothing here goes through innerHTML.
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k === "onclick") node.addEventListener("click", v);
+    else node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+
+function when(seconds) { return new Date(seconds * 1000).toLocaleString(); }
+
+// A param or metric value as short text (objects as JSON, cut at 300 characters).
+function shown(value) {
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toPrecision(4);
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  return text.length > 300 ? text.slice(0, 299) + "…" : text;
 }
 
 function stopPolling() {
@@ -47,7 +71,9 @@ function route() {
   }
   if (!token()) { show("login"); return; }
   const match = location.hash.match(/^#\/s\/(.+)$/);
-  if (match) openSubmission(decodeURIComponent(match[1])); else openList();
+  if (match) openSubmission(decodeURIComponent(match[1]));
+  else if (location.hash === "#/p") openPipelines();
+  else openList();
 }
 
 // -- the list --------------------------------------------------------------------------------------
@@ -89,13 +115,96 @@ async function openList(page = 0) {
   } catch (error) { $("list-error").textContent = error.message; }
 }
 
+// -- the pipelines page -----------------------------------------------------------------------------
+
+const PIPELINES = "\u0000pipelines";  // view.id while the pipelines page is shown (never a submission id)
+
+async function openPipelines() {
+  show("pipelines");
+  stopPolling();
+  view = { id: PIPELINES, timer: null, graph: null, status: null, selected: null };
+  await refreshPipelines();
+}
+
+// One request per list, then each pipeline's versions and runs; polls (one poller, as a run page) while a
+// run or a backfill is live and this page is the one shown.
+async function refreshPipelines() {
+  stopPolling();
+  let live = false;
+  try {
+    const [pipes, schedules, backfills] = await Promise.all([
+      api("GET", "/api/orch/pipelines"), api("GET", "/api/orch/schedules"), api("GET", "/api/orch/backfills")]);
+    const details = await Promise.all(pipes.items.map((p) => {
+      const id = encodeURIComponent(p.pipeline_id);
+      return Promise.all([api("GET", `/api/orch/pipelines/${id}/versions`),
+                          api("GET", `/api/orch/pipelines/${id}/runs?limit=40`)]);
+    }));
+    if (view.id !== PIPELINES) return;
+    $("pipeline-cards").replaceChildren(...pipes.items.map((p, i) => pipelineCard(
+      p, details[i][0].items, details[i][1].items,
+      schedules.items.filter((s) => s.pipeline_id === p.pipeline_id),
+      backfills.items.filter((b) => b.pipeline_id === p.pipeline_id))));
+    live = details.some(([, runs]) => runs.items.some((r) => r.state === "RUNNING"))
+      || backfills.items.some((b) => b.state === "RUNNING");
+    $("pipelines-error").textContent = pipes.items.length ? "" : "no registered pipelines (fabric register dag.yaml)";
+  } catch (error) { $("pipelines-error").textContent = error.message; }
+  if (live && view.id === PIPELINES && view.timer === null) view.timer = setTimeout(refreshPipelines, 2000);
+}
+
+function paramsText(params) {
+  return Object.entries(params || {}).map(([k, v]) => `${k}=${shown(v)}`).join(" ");
+}
+
+function pipelineCard(latest, versions, runs, schedules, backfills) {
+  const limit = latest.max_active_runs ? `max ${latest.max_active_runs} active, overlap ${latest.overlap}` : "no run limit";
+  const card = h("div", { class: "card", dataset: { pipeline: latest.pipeline_id } },
+    h("h3", {}, latest.pipeline_id, " ", h("small", {}, `v${latest.version} · ${limit}`)));
+  card.append(h("div", { class: "meta versions" }, "versions: ", ...versions.slice(0, 10).flatMap((v, i) => [
+    i ? " · " : "", h("span", { dataset: { version: String(v.version) }, title: `spec ${v.spec_hash}` },
+                      `v${v.version} (${when(v.created_at)})`)])));
+  const strip = h("div", { class: "strip" }, ...runs.slice().reverse().map((r) => h("a", {
+    href: `#/s/${encodeURIComponent(r.submission_id)}`, style: `background:${COLORS[r.state] || "#6b7280"}`,
+    title: `${r.submission_id} · ${r.state} · v${r.version} · ${when(r.created_at)} ${paramsText(r.params)}`,
+    dataset: { submission: r.submission_id, state: r.state } })));
+  card.append(h("h4", {}, `recent runs (${runs.length})`), runs.length ? strip : h("p", { class: "meta" }, "none yet"));
+  if (schedules.length) {
+    card.append(h("h4", {}, "schedules"), h("table", { class: "kv schedules" },
+      h("thead", {}, h("tr", {}, ...["name", "cron", "params", "next fires"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, ...schedules.map((s) => h("tr", { dataset: { schedule: s.name } },
+        h("td", {}, s.name), h("td", {}, `${s.cron} (${s.timezone || "UTC"})`), h("td", {}, paramsText(s.params)),
+        h("td", { class: "next" }, s.paused ? "paused" : (s.next_fires || []).map(when).join(" · ") || "none"))))));
+  }
+  for (const b of backfills) card.append(backfillRow(b));
+  return card;
+}
+
+const BACKFILL_STATES = ["SUCCEEDED", "SKIPPED", "RUNNING", "PENDING", "FAILED", "CANCELLED"];
+
+function backfillRow(b) {
+  const total = Math.max(b.total, 1);
+  const bar = h("div", { class: "progress", title: `${b.backfill_id}: ${b.total} dates` },
+    ...BACKFILL_STATES.filter((s) => b.counts[s]).map((s) => h("span", {
+      class: `seg-${s}`, style: `width:${(100 * b.counts[s]) / total}%;background:${COLORS[s]}`,
+      title: `${b.counts[s]} ${s.toLowerCase()}` })));
+  const counts = BACKFILL_STATES.filter((s) => b.counts[s]).map((s) => `${b.counts[s]} ${s.toLowerCase()}`).join(", ");
+  return h("div", { class: "backfill", dataset: { backfill: b.backfill_id, state: b.state } },
+    h("h4", {}, `backfill ${b.backfill_id} `, h("span", { class: "state", style: `background:${COLORS[b.state] || "#6b7280"}` },
+                                                  b.state)),
+    h("div", { class: "meta" }, `${b.start} → ${b.end} every ${b.step}, ${b.max_active} at once ${paramsText(b.params)}`),
+    bar, h("div", { class: "meta counts" }, `${counts} of ${b.total}`));
+}
+
 // -- one submission --------------------------------------------------------------------------------
 
 async function openSubmission(id) {
   show("detail");
   stopPolling();
-  view = { id, timer: null, graph: null, status: null, selected: null };
+  view = { id, timer: null, graph: null, status: null, selected: null, reportAsked: false };
   $("d-title").textContent = id;
+  $("d-params").tBodies[0].replaceChildren();
+  $("d-metrics").tBodies[0].replaceChildren();
+  $("charts").replaceChildren();
+  $("charts-pane").hidden = true;
   $("log").textContent = "select a node";
   $("log-node").textContent = "";
   await refresh();
@@ -128,12 +237,116 @@ async function refresh() {
         note.append(link, " ");
       }
     }
-    drawDag(); drawGantt();
+    drawDag(); drawGantt(); drawParams(status.params);
     if (view.selected && status.state === "RUNNING") loadLog(view.selected);
     running = status.state === "RUNNING";
+    // The report (metrics.json) and the charts, once, when the run has ended (no more status polls for it).
+    if (!running && !view.reportAsked) { view.reportAsked = true; await loadReport(id); }
     $("detail-error").textContent = "";
   } catch (error) { $("detail-error").textContent = error.message; }
   if (running && id === view.id && view.timer === null) view.timer = setTimeout(refresh, 1000);
+}
+
+function kvRows(tbody, rows, empty) {
+  tbody.replaceChildren(...rows.map((cells) => h("tr", {}, ...cells.map((c, i) => h("td", {
+    class: i === cells.length - 1 && typeof c === "number" ? "num" : "" }, shown(c))))));
+  if (!rows.length) tbody.append(h("tr", {}, h("td", { class: "meta" }, empty)));
+}
+
+function drawParams(params) {
+  kvRows($("d-params").tBodies[0], Object.entries(params || {}).map(([k, v]) => [k, v]), "no params");
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+// The run's report is written just after it ends: a missing one is asked again twice, half a second apart.
+async function loadReport(id) {
+  let report = null, problem = null;
+  for (let attempt = 0; attempt < 3 && report === null; attempt++) {
+    if (attempt) await sleep(500);
+    if (id !== view.id) return;
+    try { report = await api("GET", `/api/orch/artifacts/${encodeURIComponent(id)}/metrics.json`); }
+    catch (error) { problem = error; }
+  }
+  if (id !== view.id) return;
+  if (report === null) { kvRows($("d-metrics").tBodies[0], [], `no report (${problem.message})`); return; }
+  const rows = [];
+  for (const [node, entry] of Object.entries(report.nodes || {})) {
+    const metrics = entry && entry.metrics;
+    if (metrics && typeof metrics === "object" && !Array.isArray(metrics)) {
+      for (const [k, v] of Object.entries(metrics)) rows.push([node, k, v]);
+    }
+  }
+  kvRows($("d-metrics").tBodies[0], rows, "no node wrote a metrics.json");
+  await loadCharts(id);
+}
+
+// Every node file named `*.chart.json` ({title, x, series: [{name, y}]}) drawn as a line chart.
+async function loadCharts(id) {
+  const index = await api("GET", `/api/orch/artifacts/${encodeURIComponent(id)}`).catch(() => ({ nodes: {} }));
+  const files = Object.entries(index.nodes || {}).flatMap(([node, names]) =>
+    names.filter((n) => n.endsWith(".chart.json")).map((n) => [node, n]));
+  const charts = [];
+  for (const [node, name] of files.slice(0, 8)) {
+    const path = name.split("/").map(encodeURIComponent).join("/");
+    try {
+      const chart = await api("GET", `/api/orch/artifacts/${encodeURIComponent(id)}/${encodeURIComponent(node)}/${path}`);
+      charts.push(drawChart(chart, node, name));
+    } catch (error) { charts.push(h("p", { class: "error" }, `${node}/${name}: ${error.message}`)); }
+  }
+  if (id !== view.id) return;
+  $("charts").replaceChildren(...charts);
+  $("charts-pane").hidden = !charts.length;
+}
+
+const SERIES_COLORS = ["#2563eb", "#9ca3af", "#16a34a", "#d97706", "#7c3aed"];
+
+// An inline SVG line chart: x is the points' order (labels shown at the ends), y scaled to the data's range.
+function drawChart(chart, node, name) {
+  const series = (Array.isArray(chart.series) ? chart.series : []).slice(0, SERIES_COLORS.length);
+  const x = Array.isArray(chart.x) ? chart.x : [];
+  const ys = series.map((s) => (Array.isArray(s.y) ? s.y : []).slice(0, 100_000));
+  const finite = ys.flat().filter((v) => typeof v === "number" && Number.isFinite(v));
+  const W = 900, H = 260, L = 64, R = 16, T = 12, B = 28;
+  const svg = fitted(`chart-${node}-${name}`, W, H);
+  svg.setAttribute("class", "chart-svg");
+  svg.dataset.node = node;
+  if (!finite.length) return h("div", { class: "chart" }, h("h4", {}, `${node} · ${shown(chart.title || name)}`), "no points");
+  let lo = finite.reduce((a, b) => Math.min(a, b)), hi = finite.reduce((a, b) => Math.max(a, b));
+  if (hi === lo) { lo -= 1; hi += 1; }
+  const n = Math.max(2, ...ys.map((y) => y.length));
+  const px = (i) => L + (i / (n - 1)) * (W - L - R);
+  const py = (v) => T + ((hi - v) / (hi - lo)) * (H - T - B);
+  for (let k = 0; k <= 4; k++) {
+    const v = lo + ((hi - lo) * k) / 4;
+    el("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), stroke: "#e5e7eb" }, svg);
+    el("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end", fill: "#6b7280" }, svg).textContent = v.toPrecision(4);
+  }
+  if (chart.y_label) el("text", { x: 4, y: T, fill: "#6b7280" }, svg).textContent = shown(chart.y_label);
+  if (chart.x_label) el("text", { x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle", fill: "#6b7280" }, svg)
+    .textContent = shown(chart.x_label);
+  if (x.length) {
+    el("text", { x: L, y: H - 8, fill: "#6b7280" }, svg).textContent = shown(x[0]);
+    el("text", { x: W - R, y: H - 8, "text-anchor": "end", fill: "#6b7280" }, svg).textContent = shown(x[x.length - 1]);
+  }
+  ys.forEach((y, k) => {
+    // A gap (null) ends a line; each run of numbers is one polyline.
+    let run = [];
+    const flush = () => {
+      if (run.length) el("polyline", { points: run.join(" "), fill: "none", stroke: SERIES_COLORS[k],
+                                       "stroke-width": k === 0 ? 2 : 1.2, class: "series", "data-series": k }, svg);
+      run = [];
+    };
+    y.forEach((v, i) => {
+      if (typeof v === "number" && Number.isFinite(v)) run.push(`${px(i).toFixed(1)},${py(v).toFixed(1)}`);
+      else flush();
+    });
+    flush();
+  });
+  const legend = h("div", { class: "legend" }, ...series.map((s, k) => h("span", {
+    style: `color:${SERIES_COLORS[k]}` }, `— ${shown(s.name ?? `series ${k + 1}`)}`)));
+  return h("div", { class: "chart", dataset: { node, file: name } },
+    h("h4", {}, `${node} · ${shown(chart.title || name)}`), legend, svg);
 }
 
 function nodeState(id) {

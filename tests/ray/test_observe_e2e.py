@@ -260,6 +260,92 @@ def test_the_ui_in_headless_chromium(stack, tmp_path):
         shutil.copy(shot, os.environ["FABRIC_UI_SCREENSHOT"])
 
 
+CELLS = "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+XSS = '<img src=x onerror="window.__xss=1">'
+TAGGED = {"version": 1, "pipeline_id": "ui_tagged", "params": {"note": {"type": "string", "default": "plain"}},
+          "nodes": [{"id": "only", "kind": "python_task", "entrypoint": "tests.nodes:noop",
+                     "params": {"note": "{{ params.note }}"}}]}
+
+
+@pytest.fixture(scope="module")
+def catalogued(stack):
+    """The quant example registered and run once by name (10 assets), a schedule on it, a two-date backfill of
+    it run to the end; and a pipeline whose run has markup in a param (tenant input the page must not run)."""
+    remote = stack["remote"]
+    remote.register(REPO / "jobs/dags/quant_backtest.yaml")
+    run = remote.run_pipeline("quant_backtest_v1", {"n_assets": 10})
+    remote.schedule("quant_backtest_v1", {"name": "nightly", "cron": "0 6 * * MON-FRI",
+                                          "timezone": "America/New_York", "params": {"n_assets": 10}})
+    fill = remote.backfill("quant_backtest_v1", "2021-11-10", "2021-11-11", step="1b", params={"n_assets": 10},
+                           max_active=2)
+    remote.register(TAGGED)
+    tagged = remote.run_pipeline("ui_tagged", {"note": XSS})
+    assert remote.get(run["submission_id"]).wait(120).state == "SUCCEEDED"
+    assert remote.get(tagged["submission_id"]).wait(60).state == "SUCCEEDED"
+    deadline = time.monotonic() + 120
+    while remote.backfill_status(fill["backfill_id"])["state"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert remote.backfill_status(fill["backfill_id"])["counts"]["SUCCEEDED"] == 2
+    return {"run": run["submission_id"], "tagged": tagged["submission_id"], "backfill": fill["backfill_id"]}
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack, catalogued, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    http = httpx.Client(base_url=stack["url"], headers=_auth(stack), timeout=30)
+    run = catalogued["run"]
+    report = http.get(f"/api/orch/artifacts/{run}/metrics.json").json()
+    days = report["nodes"]["report"]["metrics"]["days"]
+    chart = http.get(f"/api/orch/artifacts/{run}/backtest/equity.chart.json").json()
+    assert len(chart["x"]) == days == len(chart["series"][0]["y"]) and days > 100
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+            page.click("#nav-pipelines")
+            card = "div.card[data-pipeline='quant_backtest_v1']"
+            page.wait_for_selector(f"{card} .strip a[data-submission='{run}'][data-state='SUCCEEDED']")
+            assert page.locator(f"{card} .versions span[data-version='1']").count() == 1
+            # Its run by name and the backfill's two dates, each a coloured square.
+            assert page.locator(f"{card} .strip a[data-state='SUCCEEDED']").count() == 3
+            fires = page.locator(f"{card} tr[data-schedule='nightly'] td.next").inner_text()
+            assert fires.count("·") == 2, fires  # the next three fire times
+            backfill = page.locator(f"{card} div.backfill[data-backfill='{catalogued['backfill']}']")
+            assert backfill.get_attribute("data-state") == "SUCCEEDED"
+            assert "2 succeeded of 2" in backfill.locator(".counts").inner_text()
+            assert backfill.locator(".progress span.seg-SUCCEEDED").get_attribute("style").startswith("width:100%")
+            # The run page: its params, the report node's metrics, and the equity curve, one point a PnL day.
+            page.click(f"{card} .strip a[data-submission='{run}']")
+            page.wait_for_selector("#charts-pane:not([hidden]) polyline.series")
+            params = dict(page.eval_on_selector_all("#d-params tr", CELLS))
+            assert params == {"as_of": "2021-11-16", "n_assets": "10"}
+            rows = page.eval_on_selector_all("#d-metrics tr", CELLS)
+            metrics = {(node, key): value for node, key, value in rows}
+            assert metrics[("report", "days")] == str(days) and ("report", "sharpe") in metrics
+            assert ("report", "max_drawdown") in metrics
+            lines = page.eval_on_selector_all(
+                ".chart[data-node='backtest'] polyline.series",
+                "ls => ls.map(l => [l.dataset.series, l.getAttribute('points').trim().split(' ').length])")
+            assert lines == [["0", days], ["1", days]]
+            # Tenant input is shown as text, never run: the param's markup is in the table, and no image exists.
+            page.goto(f"{stack['url']}/ui/#/s/{catalogued['tagged']}")
+            page.wait_for_selector("#d-params td:has-text('onerror')")
+            assert page.locator("#d-params td").nth(1).text_content() == XSS
+            page.goto(f"{stack['url']}/ui/#/p")
+            page.wait_for_selector("div.card[data-pipeline='ui_tagged'] .strip a[data-state='SUCCEEDED']")
+            assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
+            shot = tmp_path / "pipelines.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    if os.environ.get("FABRIC_UI_SCREENSHOT"):
+        shutil.copy(shot, Path(os.environ["FABRIC_UI_SCREENSHOT"]).with_name("ui-pipelines.png"))
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_ui_cancel_button_leaves_no_poller_behind(stack, tmp_path):
     """Cancel a running submission from its page: the page polls until the run has ended, then stops;

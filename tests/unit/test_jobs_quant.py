@@ -338,3 +338,25 @@ def test_the_run_params_as_of_and_n_assets_shape_the_panel(tmp_path: Path) -> No
     assert len(set(panel.column("asset").to_pylist())) == 20 and metrics["days"] > 0
     with pytest.raises(ValueError, match="runtime_params.params.as_of"):
         node_params(load_dag(), {"as_of": "not a date"})
+
+
+def test_the_backtest_writes_its_equity_curve_as_a_chart_file(tmp_path: Path, features: pa.Table,
+                                                                fitted: dict, pnl: pa.Table) -> None:
+    """In a node, the backtest writes equity.chart.json, which the run page draws: one point per PnL day."""
+    with local_context(tmp_path / "backtest"):
+        daily = run_backtest(features, fitted["model"])
+    assert daily.equals(pnl)
+    chart = json.loads((tmp_path / "backtest" / "equity.chart.json").read_text())
+    frame = pl.from_arrow(pnl)
+    assert chart["x"] == [d.isoformat() for d in frame["date"].to_list()] and len(chart["x"]) == pnl.num_rows
+    net, gross = chart["series"]
+    assert net["name"] == "net of costs" and gross["name"] == "gross"
+    assert len(net["y"]) == len(gross["y"]) == pnl.num_rows
+    assert chart["pnl"] == pytest.approx(frame["net_ret"].to_list())
+    assert net["y"] == pytest.approx(np.cumprod(1.0 + frame["net_ret"].to_numpy()).tolist())
+    assert gross["y"] == pytest.approx(np.cumprod(1.0 + frame["gross_ret"].to_numpy()).tolist())
+    # The curve ends where the report's total return says; costs only lower it.
+    assert net["y"][-1] - 1.0 == pytest.approx(summarize(pnl)["total_return"])
+    assert all(n <= g + 1e-12 for n, g in zip(net["y"], gross["y"], strict=True))
+    # A plain call outside a node writes nothing.
+    assert not list(Path.cwd().glob("equity.chart.json"))
