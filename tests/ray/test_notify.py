@@ -137,3 +137,31 @@ def test_a_failing_receiver_gets_the_message_after_retries_recorded_in_the_audit
     assert json.loads(flaky.got[0][1])["node_id"] == "broken"
     for headers, body in flaky.got:
         assert verify(SECRET, headers["x-fabric-timestamp"], body, headers["x-fabric-signature"], now=time.time())
+
+
+def _delivered(home: Path, submission_id: str) -> int:
+    return sum(1 for _, target, _, _ in _audit(home, submission_id) if target == "delivered")
+
+
+def test_a_registry_restart_sends_nothing_twice(ray_client: Any, fabric_home: Path) -> None:
+    import ray
+
+    receiver = Receiver()
+    done = ray_client.submit(_spec("notify_before", {"id": "v", "kind": "python_task",
+                                                     "entrypoint": "tests.nodes:value"}, receiver.url, on=["success"]),
+                             {"secrets_scope": ["hooks"]})
+    assert done.wait(90).state == "SUCCEEDED"
+    _until(lambda: _delivered(fabric_home, done.id) == 1)
+    running = ray_client.submit(_spec("notify_across", {"id": "nap", "kind": "python_task",
+                                                        "entrypoint": "tests.nodes:sleeper", "params": {"seconds": 3}},
+                                      receiver.url, on=["success"]), {"secrets_scope": ["hooks"]})
+    time.sleep(1.0)
+    # Ray restarts the registry: it replays recent runs, finds `done`'s message delivered, and resumes `running`.
+    ray.kill(ray_client._registry, no_restart=False)
+    time.sleep(0.5)
+    assert running.wait(90).state == "SUCCEEDED"
+    _until(lambda: _delivered(fabric_home, running.id) == 1)
+    time.sleep(2.0)  # anything sent twice would have arrived by now
+    assert [m["event"] for m in receiver.messages(done.id)] == ["success"]
+    assert [m["event"] for m in receiver.messages(running.id)] == ["success"]
+    assert _delivered(fabric_home, done.id) == 1
