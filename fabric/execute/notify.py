@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.execute.webhook import Refused, post
-from fabric.record import Event, Store
+from fabric.record import Event, Store, SubmissionRecord
 from fabric.record.notify import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -31,6 +31,7 @@ from fabric.record.notify import (
     History,
     Notice,
     NoticeTracker,
+    RunNotify,
     audit_reason,
     delivery_history,
     retry_delay,
@@ -110,7 +111,7 @@ class Notifier:
 
     def _watch(self, submission_id: str) -> bool:
         record = self._store.get_submission(submission_id)
-        notify = run_notify(record) if record is not None else None
+        notify = _notify_of(record) if record is not None else None
         if notify is None:
             self._quiet[submission_id] = None
             while len(self._quiet) > 10_000:
@@ -127,7 +128,7 @@ class Notifier:
         records.update((r.submission_id, r) for r in self._store.non_terminal_submissions())
         for sid, record in records.items():
             if (record.state != "RUNNING" and record.created_at < now - 7 * RECOVER_WINDOW_S) \
-                    or (notify := run_notify(record)) is None:
+                    or (notify := _notify_of(record)) is None:
                 continue
             self._tracker.watch(notify)
             notices = [n for e in self._store.events(sid) for n in self._tracker.feed(e)]
@@ -207,6 +208,14 @@ class Notifier:
         self._store.append_events([Event(NOTIFY_SUBJECT + notice.submission_id, notice.node_id, str(notice.event),
                                          outcome, self._clock(), attempt, audit_reason(notice, **facts))])
         self._store.flush()  # delivered is durable at once: a restart must not send it again
+
+
+def _notify_of(record: SubmissionRecord) -> RunNotify | None:
+    try:
+        return run_notify(record)
+    except ValueError:  # validated at submit: only a record written by hand lands here
+        log.exception("fabric notify: the notify section of %s does not parse", record.submission_id)
+        return None
 
 
 class NotifyingStore:

@@ -237,7 +237,7 @@ class NoticeTracker:
         notify = run.notify
         out = []
         for hook in notify.webhooks:
-            if event not in hook.on:
+            if event not in hook.events:
                 continue
             delivery = delivery_id(notify.submission_id, event, key, hook)
             payload = {"delivery_id": delivery, "event": str(event), "submission_id": notify.submission_id,

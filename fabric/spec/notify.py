@@ -86,7 +86,7 @@ class Webhook(BaseModel):
     url: str = Field(min_length=1, description="http(s) URL that gets a signed JSON POST per event.")
     secret: str = Field(description="'<scope>/<key>' of a head secret (FABRIC_SECRETS_DIR) that signs the body; "
                                     "the scope must be listed in runtime_params.secrets_scope.")
-    on: list[NotifyEvent] = Field(default_factory=lambda: [NotifyEvent.SUCCESS, NotifyEvent.FAILURE],
+    events: list[NotifyEvent] = Field(default_factory=lambda: [NotifyEvent.SUCCESS, NotifyEvent.FAILURE],
                                   min_length=1, description="The events sent to this webhook.")
     max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts, with backoff, before giving up.")
 

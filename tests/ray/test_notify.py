@@ -76,7 +76,7 @@ def _spec(pipeline_id: str, node: dict[str, Any], url: str | None = None,
           on: list[str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"version": 1, "pipeline_id": pipeline_id, "nodes": [node]}
     if url:
-        spec["notify"] = {"webhooks": [{"url": url, "secret": "hooks/acme", "on": on or EVERYTHING}]}
+        spec["notify"] = {"webhooks": [{"url": url, "secret": "hooks/acme", "events": on or EVERYTHING}]}
     return spec
 
 
@@ -101,7 +101,7 @@ def test_one_signed_success_and_one_failure_message(ray_client: Any, fabric_home
     bad = ray_client.submit(_spec("notify_bad", {"id": "broken", "kind": "python_task",
                                                  "entrypoint": "tests.nodes:boom"}),
                             {"secrets_scope": ["hooks"], "notify": {"webhooks": [
-                                {"url": receiver.url, "secret": "hooks/acme", "on": ["failure"]}]}})
+                                {"url": receiver.url, "secret": "hooks/acme", "events": ["failure"]}]}})
     assert ok.wait(90).state == "SUCCEEDED" and bad.wait(90).state == "FAILED"
     _until(lambda: len(receiver.got) >= 2)
     time.sleep(1.5)  # anything sent twice would have arrived by now

@@ -32,7 +32,7 @@ from fabric.spec.notify import NotifyEvent, address_problem
 from fabric.states import NOTIFY_SUBJECT, EventKind
 
 HOOK = {"url": "https://hooks.example.com/fabric?token=abc", "secret": "hooks/acme",
-        "on": ["success", "failure", "node_failure", "sla_miss", "queue_wait"]}
+        "events": ["success", "failure", "node_failure", "sla_miss", "queue_wait"]}
 
 
 def _spec(**extra: Any) -> dict[str, Any]:
@@ -53,8 +53,16 @@ def _problems(spec: dict[str, Any]) -> dict[str, str]:
 def test_notify_is_a_validated_section() -> None:
     dag = load_spec(_spec(notify={"webhooks": [HOOK], "queue_wait": "10m"}, slo={"deadline": "30m"}))
     assert dag.notify is not None and dag.notify.queue_wait == 600 and dag.slo and dag.slo.deadline == 1800
-    assert dag.notify.webhooks[0].on == list(NotifyEvent)
+    assert dag.notify.webhooks[0].events == list(NotifyEvent)
     assert load_spec(dag.to_dict()) == dag  # round trip
+
+
+def test_the_yaml_of_the_docs_loads() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "notify.md").read_text().split("```yaml\n", 1)[1].split("```")[0]
+    text = text.replace("nodes: [...]", "nodes: [{id: a, kind: python_task, entrypoint: 'm:f'}]")
+    dag = load_spec(text)
+    assert dag.notify is not None and dag.notify.webhooks[0].events == list(NotifyEvent)
+    assert dag.slo is not None and dag.slo.deadline == 2700
 
 
 @pytest.mark.parametrize(("hook", "field"), [
@@ -62,7 +70,7 @@ def test_notify_is_a_validated_section() -> None:
     ({"url": "file:///etc/passwd"}, "notify.webhooks[0].url"),
     ({"url": "https://user:pw@h/x"}, "notify.webhooks[0].url"),
     ({"url": "https:///nohost"}, "notify.webhooks[0].url"),
-    ({"on": ["success", "exploded"]}, "notify.webhooks[0].on[1]"),
+    ({"events": ["success", "exploded"]}, "notify.webhooks[0].events[1]"),
     ({"secret": "s3cr3t-value-inline"}, "notify.webhooks[0].secret"),
     ({"secret": "../etc/passwd"}, "notify.webhooks[0].secret"),
     ({"headers": {"a": "b"}}, "notify.webhooks[0].headers"),
@@ -188,7 +196,7 @@ def test_replayed_events_find_what_the_clock_would_have() -> None:
 
 
 def test_webhooks_hear_only_their_events_and_ids_are_stable_across_restarts() -> None:
-    quiet = {**HOOK, "url": "https://other.example.com/", "on": ["failure"]}
+    quiet = {**HOOK, "url": "https://other.example.com/", "events": ["failure"]}
     runtime = {"notify": {"webhooks": [quiet]}}
     first = NoticeTracker()
     second = NoticeTracker()
