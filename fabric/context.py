@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fabric.errors import ErrorCode, FabricError
 
@@ -48,6 +49,9 @@ class NodeContext:
     secrets_root: Path | None = None  # this node's own mount of scopes the head does not hold
     # What the head sent for this attempt (fabric/secrets.py): in memory only, never shown by repr.
     secret_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    # Given the node's checkpoint storage path, a pyarrow filesystem that reaches it where this worker shares no
+    # disk with the head's artifact root (None, or an answer of None: the path is reachable as it is).
+    checkpoint_fs: Callable[[str], Any] | None = None
 
     @property
     def artifact_dir(self) -> Path:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.actors.observe_config import LineageConfig, lineage_config, lineage_namespace, trace_config
-from fabric.execute.outputs import MANIFEST, outputs_dir
+from fabric.execute.outputs import MANIFEST, files_dir, outputs_dir
 from fabric.kinds import kind_checks
 from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
@@ -35,7 +34,6 @@ from fabric.states import is_admin_subject
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = re.compile(r"attempt-\d+\.log")
 QUIET_S, MAX_DELAY_S = 0.1, 2.0  # events are sent after 0.1 s without new ones, or 2 s at the latest
 HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-256: hashing them costs too much
 
@@ -92,12 +90,13 @@ class Files:
         return None
 
     def artifacts(self, submission_id: str, node_id: str) -> list[StoredFile]:
-        root = Path(self._home) / "runs" / submission_id / node_id
-        if not root.is_dir():
+        """The node's files as the artifact root keeps them (`<root>/<sub>/<node>/files/`): its scratch dir
+        (`runs/`) is on the disk of whichever node ran it, and gone once the files are sent from off the head."""
+        base = files_dir(self._artifacts, submission_id, node_id)
+        root = Path(base)
+        if "://" in base or not root.is_dir():
             return []
-        # The node's own captured output (attempt-N.log, beside its files) is its log, not an output.
-        return [StoredFile(str(p), _sha256(p), p.stat().st_size) for p in sorted(root.rglob("*"))
-                if p.is_file() and not (p.parent == root and LOG_FILE.fullmatch(p.name))]
+        return [StoredFile(str(p), _sha256(p), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def lineage_view(record: SubmissionRecord, events: list[Event], config: Settings) -> list[dict[str, Any]]:

@@ -14,10 +14,12 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from fabric.capability import attempt_grant, attempt_proof, check, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
 from fabric.execute.artifacts import check_names
+from fabric.execute.headfiles import OPS, NodeFiles, checkpoint_space
 from fabric.settings import Settings
 
 MAX_CHUNK_BYTES = 8 << 20  # per call: a large file travels in several
@@ -87,6 +89,22 @@ class HeadSink:
         _data(offset, data)
         _pwrite(log_file(self.home, submission_id, node_id, _attempt(attempt)), offset, data)
         return offset + len(data)
+
+    def checkpoint_op(self, submission_id: str, node_id: str, attempt: int, grant: str, op: str,
+                      args: tuple[Any, ...]) -> Any:
+        """One file operation on the node's checkpoint space (fabric/execute/headfiles.py) for its Ray Train
+        workers elsewhere. Any attempt of the node reaches the whole space: a retry resumes from the last one."""
+        self._granted(submission_id, node_id, attempt, grant)
+        if "://" in self.artifacts:
+            raise FabricError("the artifact root is a URI: checkpoint to it directly", code=ErrorCode.SPEC_FIELD,
+                              where="artifacts")
+        if op not in OPS or not isinstance(args, tuple):
+            raise FabricError(f"no checkpoint operation {str(op)[:50]!r}", code=ErrorCode.SPEC_FIELD, where="op",
+                              fix=f"one of {sorted(OPS)}")
+        if op == "write":
+            _data(args[2] if len(args) > 2 else -1, args[3] if len(args) > 3 else b"")
+        files = NodeFiles(checkpoint_space(self.artifacts, submission_id, node_id))
+        return getattr(files, op)(*args)
 
     def _temp(self, submission_id: str, node_id: str, attempt: int, name: str) -> tuple[Path, Path]:
         if "://" in self.artifacts:

@@ -145,6 +145,17 @@ class HeadLink:
         self._send([item for item in encoded if not item[0].endswith(MANIFEST)])
         self._send([item for item in encoded if item[0].endswith(MANIFEST)])  # last: its presence means whole
 
+    def checkpoint_fs(self, root: str) -> Any:
+        """A pyarrow filesystem onto the node's checkpoint space on the head (its paths under `root`), where this
+        worker is off the head and the artifact root is the head's disk; None where the root is shared (this is
+        the head, or the root is a URI that every node reaches)."""
+        if self.sink is None or "://" in self.call.artifacts:
+            return None
+        from fabric.execute.headfs import head_filesystem
+
+        c = self.call
+        return head_filesystem(self.sink, c.submission_id, c.node_id, c.attempt, c.grant, root)
+
     def publish_files(self, local_dir: Path) -> None:
         c = self.call
         if self.sink is None or "://" in c.artifacts:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import shutil
 import sys
 import time
 import traceback
@@ -76,6 +78,13 @@ def node_dir(home: str, submission_id: str, node_id: str) -> Path:
     return Path(home) / "runs" / submission_id / node_id
 
 
+def remove_scratch(node_root: Path) -> None:
+    """A node's scratch directory, and its submission's when no other node of it still uses this disk."""
+    shutil.rmtree(node_root, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another node of the submission is here
+        node_root.parent.rmdir()
+
+
 def run_pickled_node(call: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...]:
     """The Ray task body; the NodeCall arrives pickled (see RayBackend.submit), and the secret values the head
     read for this attempt beside it (`sealed`, empty when none): they live in this process's memory only."""
@@ -112,7 +121,7 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
                       secrets_scope=call.secrets, secrets_root=secrets_root(call.home),
-                      secret_values=call.secret_values,
+                      secret_values=call.secret_values, checkpoint_fs=link.checkpoint_fs,
                       device=call.device or ("gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr
@@ -149,6 +158,8 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
         ctx.finish()
         if call.artifacts and ctx.artifact_root.is_dir():  # the node's files, into the artifact store
             link.publish_files(ctx.artifact_root)
+        if link.remote:  # off the head this disk is scratch, and what mattered of it went to the head above
+            remove_scratch(ctx.artifact_root)
         sys.stdout, sys.stderr = saved_streams
         capture.stop()
         link.wait_logs()

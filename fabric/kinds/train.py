@@ -107,16 +107,19 @@ class TrainKind:
         trainer = get_trainer(params["trainer"])
         unit = ray_runs.worker_unit(call)
         storage = ray_runs.checkpoint_storage(call, ctx.artifact_dir)
+        filesystem = ctx.checkpoint_fs(storage) if ctx.checkpoint_fs else None
         ctx.on_preempt(lambda: ctx.logger.info("preempted: the next attempt resumes from the newest checkpoint "
                                                "under %s", storage))
         data = trainer.prepare(inputs, params)
         ctx.logger.info("%s: %d training and %d validation samples, %d worker(s) of %s", trainer.name,
                         len(data.x_train), len(data.x_val), unit.workers, ray_runs.worker_resources(unit))
         with tracking.node_run(call, params.get("experiment")) as run:
-            fitted = ray_runs.fit(call, params, data, unit, storage, str(ctx.artifact_dir), ctx.progress)
+            # Off the head, the heartbeat goes beside the checkpoints on the head: this disk keeps nothing.
+            beats = storage if filesystem is not None else str(ctx.artifact_dir)
+            fitted = ray_runs.fit(call, params, data, unit, storage, beats, ctx.progress, filesystem)
             if fitted.resumed_from_epoch is not None:
                 ctx.logger.info("resumed from the checkpoint of epoch %d", fitted.resumed_from_epoch - 1)
-            model, state = load_trained(fitted.checkpoint)
+            model, state = load_trained(fitted.checkpoint, filesystem)
             history = state["history"]
             tracking.log_params({k: v for k, v in params.items() if k != "features" or v is not None})
             tracking.log_history(history)

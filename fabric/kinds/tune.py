@@ -76,11 +76,12 @@ class TuneKind:
         unit = ray_runs.worker_unit(call)
         data = trainer.prepare(inputs, params)
         storage = ray_runs.checkpoint_storage(call, ctx.artifact_dir)
+        filesystem = ctx.checkpoint_fs(storage) if ctx.checkpoint_fs else None
         with tracking.node_run(call, params.get("experiment")) as parent:
             tracking.log_params({k: v for k, v in fixed.items() if k != "features" or v is not None})
             tracking.log_params({"search_space": space})
             grid = ray_runs.sweep(call, fixed, to_tune(space), data, unit, storage, metric=metric, mode=mode,
-                                  num_samples=int(params["num_samples"]))
+                                  num_samples=int(params["num_samples"]), filesystem=filesystem)
             errors = [str(r.error) for r in grid if r.error is not None]
             ok = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
             if not ok:

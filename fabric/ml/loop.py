@@ -18,13 +18,14 @@ LOOP_DEFAULTS: Mapping[str, Any] = {"epochs": 5, "lr": 1e-3, "batch_size": 256, 
 STATE_FILE = "state.pt"
 MARKER_FILE = "fabric_state.json"  # written after STATE_FILE; says which epoch and how big the state is
 HEARTBEAT_EVERY_S = 0.2
+REMOTE_HEARTBEAT_EVERY_S = 1.0  # through the head's sink: two actor calls a beat
 
 Report = Callable[[dict[str, float], "str | None"], None]  # (metrics, checkpoint dir or None)
 
 
 def run_epochs(config: Mapping[str, Any], data: Prepared, *, rank: int, world: int, report: Report,
                resume: Path | None, heartbeat_dir: str | None, prepare_model: Callable[[Any], Any] | None = None,
-               device: Any = None) -> None:
+               device: Any = None, filesystem: Any = None) -> None:
     """Train `config["epochs"]` epochs from where `resume` (a checkpoint dir) left off; `report` every epoch.
 
     Rank 0 writes the checkpoint (model, optimizer, epoch, history); every rank reports metrics. The
@@ -53,7 +54,8 @@ def run_epochs(config: Mapping[str, Any], data: Prepared, *, rank: int, world: i
     x_val, y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
     scale = float(data.meta.get("y_std", 1.0)) ** 2  # loss 1.0 = as good as predicting the mean
     batch = int(params["batch_size"])
-    beat = _Heartbeat(heartbeat_dir, rank, resumed_from=start_epoch if resume is not None else None)
+    beat = _Heartbeat(heartbeat_dir, rank, resumed_from=start_epoch if resume is not None else None,
+                      filesystem=filesystem)
     for epoch in range(start_epoch, int(params["epochs"])):
         started = time.perf_counter()
         beat(epoch, 0, force=True)
@@ -96,16 +98,17 @@ def save_checkpoint(path: Path, model: Any, optimizer: Any, epoch: int, history:
     (path / MARKER_FILE).write_text(json.dumps({"epoch": epoch, "state_bytes": state.stat().st_size}))
 
 
-def load_trained(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The model a checkpoint holds, rebuilt by its trainer, and the checkpoint's state (history, params)."""
+def load_trained(path: str | Path, filesystem: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The model a checkpoint holds, rebuilt by its trainer, and the checkpoint's state (history, params); read
+    through `filesystem` when one is given."""
     import torch
 
-    if "://" in str(path):  # a checkpoint in an object store (FABRIC_ARTIFACTS=s3://…): read it from there
+    if "://" in str(path) or filesystem is not None:  # an object store (FABRIC_ARTIFACTS=s3://…), or the head
         import io
 
         from pyarrow import fs as pafs
 
-        fs, base = pafs.FileSystem.from_uri(str(path))
+        fs, base = (filesystem, str(path)) if filesystem is not None else pafs.FileSystem.from_uri(str(path))
         with fs.open_input_stream(f"{base}/{STATE_FILE}") as source:
             state = torch.load(io.BytesIO(source.read()), map_location="cpu", weights_only=False)
     else:
@@ -116,11 +119,15 @@ def load_trained(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return model, state
 
 
-def latest_checkpoint(storage: str) -> tuple[str, int] | None:
-    """The newest complete checkpoint under a storage path (any attempt's run), as (dir, epoch)."""
+def latest_checkpoint(storage: str, filesystem: Any = None) -> tuple[str, int] | None:
+    """The newest complete checkpoint under a storage path (any attempt's run), as (dir, epoch); read through
+    `filesystem` when one is given (the head's, for a node that shares no disk with it)."""
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+    if filesystem is not None:
+        fs, base = filesystem, storage
+    else:
+        fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except (FileNotFoundError, OSError):
@@ -141,27 +148,49 @@ def latest_checkpoint(storage: str) -> tuple[str, int] | None:
     if not found:
         return None
     epoch, directory = max(found)
-    if "://" not in storage:
+    if "://" not in storage or filesystem is not None:
         return directory, epoch
     query = storage.partition("?")[2]  # kept, so that the checkpoint is read through the same endpoint
     return storage.split("://", 1)[0] + "://" + directory + (f"?{query}" if query else ""), epoch
 
 
+def heartbeat_file(directory: str, rank: int) -> str:
+    return f"{directory.rstrip('/')}/train-worker-{rank}.json"
+
+
+def read_heartbeat(directory: str, rank: int = 0, filesystem: Any = None) -> dict[str, Any]:
+    """A worker's last heartbeat (OSError or ValueError when there is none yet)."""
+    path = heartbeat_file(directory, rank)
+    if filesystem is None:
+        return dict(json.loads(Path(path).read_text()))
+    with filesystem.open_input_stream(path) as source:
+        return dict(json.loads(source.read()))
+
+
 class _Heartbeat:
     """`train-worker-<rank>.json` in the node's artifact dir: pid, epoch, batch; rewritten atomically at
-    most every 0.2 s, so an operator (or a test) can see which process trains and how far it got."""
+    most every 0.2 s, so an operator (or a test) can see which process trains and how far it got. With a
+    `filesystem` (a node off the head, fabric/execute/headfs.py) it is written there, beside the checkpoints
+    on the head, at most every second: a worker's own disk keeps nothing."""
 
-    def __init__(self, directory: str | None, rank: int, resumed_from: int | None) -> None:
-        self.path = Path(directory) / f"train-worker-{rank}.json" if directory else None
-        self.resumed_from, self.last = resumed_from, 0.0
+    def __init__(self, directory: str | None, rank: int, resumed_from: int | None, filesystem: Any = None) -> None:
+        self.path = heartbeat_file(directory, rank) if directory else None
+        self.resumed_from, self.last, self.filesystem = resumed_from, 0.0, filesystem
+        self.every = HEARTBEAT_EVERY_S if filesystem is None else REMOTE_HEARTBEAT_EVERY_S
 
     def __call__(self, epoch: int, batch: int, *, force: bool = False, done: bool = False) -> None:
         now = time.monotonic()
-        if self.path is None or (not force and now - self.last < HEARTBEAT_EVERY_S):
+        if self.path is None or (not force and now - self.last < self.every):
             return
         self.last = now
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch, "done": done,
-                                   "resumed_from": self.resumed_from, "time": time.time()}))
-        tmp.replace(self.path)
+        text = json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch, "done": done,
+                           "resumed_from": self.resumed_from, "time": time.time()})
+        if self.filesystem is not None:  # the file appears whole when the stream closes
+            with self.filesystem.open_output_stream(self.path) as out:
+                out.write(text.encode())
+            return
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

@@ -3,7 +3,6 @@ under the artifact store keyed by submission and node, resume from the newest on
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.ml.base import Prepared
-from fabric.ml.loop import latest_checkpoint, run_epochs
+from fabric.ml.loop import latest_checkpoint, read_heartbeat, run_epochs
 from fabric.plan.call import NodeCall
 from fabric.plan.model import ResourceUnit
 
@@ -65,15 +64,17 @@ def train_worker(config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "storage")}
+    params = {k: v for k, v in config.items() if k not in ("data_ref", "heartbeat_dir", "storage", "filesystem")}
     kwargs = {"rank": context.get_world_rank(), "world": context.get_world_size(), "report": report,
               "heartbeat_dir": config["heartbeat_dir"], "device": ray.train.torch.get_device(),
+              "filesystem": config.get("filesystem"),
               "prepare_model": ray.train.torch.prepare_model if context.get_world_size() > 1 else None}
     # The newest checkpoint in storage, of this run or an earlier attempt. Not `ray.train.get_checkpoint()`
     # after an in-run restart (max_failures): a checkpoint reported just before a worker died is on
     # storage but may not have reached Ray Train's controller, which then restarts an epoch too early.
-    newest = latest_checkpoint(config["storage"])
-    checkpoint = ray.train.Checkpoint(newest[0]) if newest else None
+    filesystem = config.get("filesystem")
+    newest = latest_checkpoint(config["storage"], filesystem)
+    checkpoint = ray.train.Checkpoint(newest[0], filesystem=filesystem) if newest else None
     if checkpoint is None:
         run_epochs(params, data, resume=None, **kwargs)
         return
@@ -82,33 +83,35 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: ResourceUnit, storage: str,
-        heartbeat_dir: str, progress: Callable[[float, str], None]) -> Fitted:
-    """Train through Ray Train's TorchTrainer, resuming from the newest checkpoint of any earlier attempt."""
+        heartbeat_dir: str, progress: Callable[[float, str], None], filesystem: Any = None) -> Fitted:
+    """Train through Ray Train's TorchTrainer, resuming from the newest checkpoint of any earlier attempt.
+    `filesystem` (a pyarrow one) reaches `storage` where this node shares no disk with it (the head's)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     epochs = int(params["epochs"])
-    previous = latest_checkpoint(storage)
+    previous = latest_checkpoint(storage, filesystem)
     if previous is not None and previous[1] >= epochs - 1:  # trained to the end; a later step had failed
         return Fitted(previous[0], None)
     scaling = ScalingConfig(num_workers=unit.workers, use_gpu=unit.num_gpus > 0,
                             resources_per_worker=worker_resources(unit),
                             placement_strategy=unit.placement or "PACK")
-    run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
+    run = RunConfig(name=f"attempt-{call.attempt}", storage_path=storage, storage_filesystem=filesystem,
                     failure_config=FailureConfig(max_failures=int(params["max_failures"])))
-    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir, "storage": storage}
+    config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir, "storage": storage,
+              "filesystem": filesystem}
     trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
-    watcher = _ProgressWatch(Path(heartbeat_dir) / "train-worker-0.json", epochs, progress)
+    watcher = _ProgressWatch(heartbeat_dir, filesystem, epochs, progress)
     try:
         trainer.fit()
     finally:
         watcher.stop()
-    latest = latest_checkpoint(storage)
+    latest = latest_checkpoint(storage, filesystem)
     if latest is None or latest[1] < epochs - 1:
         raise RuntimeError(f"training ended without a checkpoint of the last epoch under {storage}")
     try:  # where the last worker group started (an in-run restart too), as rank 0 last said
-        resumed = json.loads((Path(heartbeat_dir) / "train-worker-0.json").read_text())["resumed_from"]
+        resumed = read_heartbeat(heartbeat_dir, 0, filesystem)["resumed_from"]
     except (OSError, ValueError, KeyError):  # rank 0 ran on another machine
         resumed = previous[1] + 1 if previous else None
     return Fitted(latest[0], resumed)
@@ -117,15 +120,15 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
 class _ProgressWatch:
     """Turns rank 0's heartbeat into the node's progress (the workers are other processes than the node's)."""
 
-    def __init__(self, path: Path, epochs: int, progress: Callable[[float, str], None]) -> None:
-        self.path, self.epochs, self.progress = path, epochs, progress
+    def __init__(self, directory: str, filesystem: Any, epochs: int, progress: Callable[[float, str], None]) -> None:
+        self.directory, self.filesystem, self.epochs, self.progress = directory, filesystem, epochs, progress
         self.stopped = threading.Event()
         threading.Thread(target=self._watch, name="fabric-train-progress", daemon=True).start()
 
     def _watch(self) -> None:
         while not self.stopped.wait(1.0):
             try:
-                beat = json.loads(self.path.read_text())
+                beat = read_heartbeat(self.directory, 0, self.filesystem)
             except (OSError, ValueError):
                 continue
             self.progress(min(beat["epoch"] / self.epochs, 0.99), f"epoch {beat['epoch'] + 1}/{self.epochs}")
@@ -142,7 +145,7 @@ def _tune_trial(config: dict[str, Any], data: Prepared) -> None:
 
 
 def sweep(call: NodeCall, params: Mapping[str, Any], space: Mapping[str, Any], data: Prepared, unit: ResourceUnit,
-          storage: str, *, metric: str, mode: str, num_samples: int) -> Any:
+          storage: str, *, metric: str, mode: str, num_samples: int, filesystem: Any = None) -> Any:
     """A Tune sweep: one trial per sample of `space` (params fixed elsewhere), `unit` per trial, at most
     `unit.workers` trials at once. Returns Tune's ResultGrid."""
     from ray import tune
@@ -156,5 +159,5 @@ def sweep(call: NodeCall, params: Mapping[str, Any], space: Mapping[str, Any], d
                        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
                                                    search_alg=search),
                        run_config=tune.RunConfig(name=f"attempt-{call.attempt}", storage_path=storage,
-                                                 verbose=0))
+                                                 storage_filesystem=filesystem, verbose=0))
     return tuner.fit()

@@ -200,3 +200,22 @@ def test_the_lineage_file_transport_rotates_by_the_configured_size(env, tmp_path
     read = [json.loads(line) for f in client.transport.lines.files() for line in f.read_text().splitlines()]
     assert [e["run"]["runId"] for e in read] == [e["run"]["runId"] for e in events]
     assert [e["eventType"] for e in read] == [e["eventType"] for e in events]
+
+
+def test_lineage_names_a_nodes_files_where_the_artifact_root_keeps_them_not_its_scratch(tmp_path) -> None:
+    """A node off the head leaves no scratch on the head (its files went to the artifact root): lineage lists
+    `<root>/<sub>/<node>/files/`, with each file's SHA-256, and a URI root lists nothing it cannot hash."""
+    import hashlib
+
+    from fabric.actors.observe import Files
+
+    home, root = tmp_path / "home", tmp_path / "art"
+    (home / "runs" / "s1" / "n").mkdir(parents=True)
+    (home / "runs" / "s1" / "n" / "scratch.tmp").write_bytes(b"scratch")  # never an output
+    kept = root / "s1" / "n" / "files" / "plots" / "a.png"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"png!")
+    found = Files(str(home), str(root)).artifacts("s1", "n")
+    assert [(f.uri, f.sha256, f.size) for f in found] == [(str(kept), hashlib.sha256(b"png!").hexdigest(), 4)]
+    assert Files(str(home), str(root)).artifacts("s1", "other") == []
+    assert Files(str(home), "s3://bucket/x").artifacts("s1", "n") == []
