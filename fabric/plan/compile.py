@@ -21,7 +21,6 @@ from fabric.spec import (
     split_input,
     topological_order,
 )
-from fabric.spec.notify import notify_problems
 from fabric.spec.params import references, resolve_params, substitute
 
 KindCheck = Callable[[NodeSpec, str], list[Problem]]
@@ -116,7 +115,6 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     Raises SpecError."""
     runtime = runtime or RuntimeParams()
     params, problems = resolve_params(spec.params, runtime.params)
-    problems += notify_problems(spec, runtime)
     if problems:
         raise SpecError.from_problems(problems, what="runtime params")
     if runnable is not None:

@@ -75,6 +75,13 @@ def check_submission(grants: TeamGrants, team: str, dag: DagSpec, runtime: Runti
                 ErrorCode.FORBIDDEN, "runtime_params.secrets_scope",
                 f"team {team!r} is not granted secrets scope {scope!r} (granted: "
                 f"{', '.join(grants.secrets_scopes) or 'none'})", f"remove {scope!r}, or {fix_config}"))
+    for where, section in (("notify", dag.notify), ("runtime_params.notify", runtime.notify)):
+        for i, hook in enumerate(section.webhooks if section else ()):  # the head signs with it: a claim too
+            if not grants.allows_scope(hook.scope):
+                problems.append(Problem(
+                    ErrorCode.FORBIDDEN, f"{where}.webhooks[{i}].secret",
+                    f"team {team!r} is not granted secrets scope {hook.scope!r}, which signs this webhook",
+                    f"sign with a granted scope, or {fix_config}"))
     limit = grants.max_priority
     claims: list[tuple[str, Priority | None]] = [("runtime_params.priority", runtime.priority)]
     if runtime.priority is None:  # a submission's priority overrides every one in the spec

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,9 +14,6 @@ from pydantic_core import PydanticCustomError
 
 from fabric.errors import ErrorCode, Problem
 from fabric.spec.quantities import Duration
-
-if TYPE_CHECKING:
-    from fabric.spec.models import DagSpec, RuntimeParams
 
 MAX_URL = 2048
 _SECRET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -85,7 +82,7 @@ class Webhook(BaseModel):
 
     url: str = Field(min_length=1, description="http(s) URL that gets a signed JSON POST per event.")
     secret: str = Field(description="'<scope>/<key>' of a head secret (FABRIC_SECRETS_DIR) that signs the body; "
-                                    "the scope must be listed in runtime_params.secrets_scope.")
+                                    "through the gateway, a scope granted to the team.")
     events: list[NotifyEvent] = Field(default_factory=lambda: [NotifyEvent.SUCCESS, NotifyEvent.FAILURE],
                                   min_length=1, description="The events sent to this webhook.")
     max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts, with backoff, before giving up.")
@@ -138,16 +135,3 @@ def node_deadline_problems(raw: Mapping[str, Any]) -> list[Problem]:
             for i, node in enumerate(nodes if isinstance(nodes, list) else [])
             if isinstance(node, Mapping) and isinstance(node.get("slo"), Mapping)
             and node["slo"].get("deadline") is not None]
-
-
-def notify_problems(dag: DagSpec, runtime: RuntimeParams) -> list[Problem]:
-    """A webhook's secret must come from a scope the submission lists (and so that its team was granted)."""
-    problems = []
-    for where, spec in (("notify", dag.notify), ("runtime_params.notify", runtime.notify)):
-        for i, hook in enumerate(spec.webhooks if spec else ()):
-            if hook.scope not in runtime.secrets_scope:
-                problems.append(Problem(
-                    ErrorCode.RUNTIME_PARAMS, f"{where}.webhooks[{i}].secret",
-                    f"the secrets scope {hook.scope!r} is not listed in runtime_params.secrets_scope",
-                    f"add {hook.scope!r} to runtime_params.secrets_scope (a team may list only its granted scopes)"))
-    return problems

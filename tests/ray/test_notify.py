@@ -97,10 +97,10 @@ def _until(check: Any, timeout: float = 30.0) -> None:
 def test_one_signed_success_and_one_failure_message(ray_client: Any, fabric_home: Path) -> None:
     receiver = Receiver()
     ok = ray_client.submit(_spec("notify_ok", {"id": "v", "kind": "python_task", "entrypoint": "tests.nodes:value"},
-                                 receiver.url), {"secrets_scope": ["hooks"]})
+                                 receiver.url), {})
     bad = ray_client.submit(_spec("notify_bad", {"id": "broken", "kind": "python_task",
                                                  "entrypoint": "tests.nodes:boom"}),
-                            {"secrets_scope": ["hooks"], "notify": {"webhooks": [
+                            {"notify": {"webhooks": [
                                 {"url": receiver.url, "secret": "hooks/acme", "events": ["failure"]}]}})
     assert ok.wait(90).state == "SUCCEEDED" and bad.wait(90).state == "FAILED"
     _until(lambda: len(receiver.got) >= 2)
@@ -125,7 +125,7 @@ def test_a_failing_receiver_gets_the_message_after_retries_recorded_in_the_audit
                                                                                   fabric_home: Path) -> None:
     flaky = Receiver(503, 500)
     node = {"id": "broken", "kind": "python_task", "entrypoint": "tests.nodes:boom"}
-    run = ray_client.submit(_spec("notify_flaky", node, flaky.url, on=["node_failure"]), {"secrets_scope": ["hooks"]})
+    run = ray_client.submit(_spec("notify_flaky", node, flaky.url, on=["node_failure"]), {})
     assert run.wait(90).state == "FAILED"
     _until(lambda: any(t == "delivered" for _, t, _, _ in _audit(fabric_home, run.id)))  # after 1 s, then 2 s
     audit = _audit(fabric_home, run.id)
@@ -149,12 +149,12 @@ def test_a_registry_restart_sends_nothing_twice(ray_client: Any, fabric_home: Pa
     receiver = Receiver()
     done = ray_client.submit(_spec("notify_before", {"id": "v", "kind": "python_task",
                                                      "entrypoint": "tests.nodes:value"}, receiver.url, on=["success"]),
-                             {"secrets_scope": ["hooks"]})
+                             {})
     assert done.wait(90).state == "SUCCEEDED"
     _until(lambda: _delivered(fabric_home, done.id) == 1)
     running = ray_client.submit(_spec("notify_across", {"id": "nap", "kind": "python_task",
                                                         "entrypoint": "tests.nodes:sleeper", "params": {"seconds": 3}},
-                                      receiver.url, on=["success"]), {"secrets_scope": ["hooks"]})
+                                      receiver.url, on=["success"]), {})
     time.sleep(1.0)
     # Ray restarts the registry: it replays recent runs, finds `done`'s message delivered, and resumes `running`.
     ray.kill(ray_client._registry, no_restart=False)

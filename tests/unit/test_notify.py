@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fabric.errors import SpecError
+from fabric.errors import ErrorCode, FabricError, SpecError
 from fabric.execute.notify import Notifier, NotifyingStore
 from fabric.execute.webhook import Refused, post
 from fabric.plan import compile_plan
@@ -27,6 +27,7 @@ from fabric.record.notify import (
     verify,
     worth_retrying,
 )
+from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.notify import NotifyEvent, address_problem
 from fabric.states import NOTIFY_SUBJECT, EventKind
@@ -87,16 +88,18 @@ def test_deadline_is_the_dags_and_positive() -> None:
     assert "slo.deadline" in _problems(_spec(slo={"deadline": "0s"}))
 
 
-def test_a_webhook_secret_scope_must_be_listed_for_the_submission() -> None:
+def test_a_webhook_secret_is_a_claim_held_to_the_teams_grants() -> None:
     dag = load_spec(_spec(notify={"webhooks": [HOOK]}))
-    with pytest.raises(SpecError) as caught:
-        compile_plan(dag, parse_runtime_params({}))
-    assert [p.where for p in caught.value.problems] == ["notify.webhooks[0].secret"]
-    compile_plan(dag, parse_runtime_params({"secrets_scope": ["hooks"]}))
-    with pytest.raises(SpecError) as caught:
-        compile_plan(dag, parse_runtime_params({"secrets_scope": ["hooks"], "notify": {"webhooks": [
-            {**HOOK, "secret": "other/k"}]}}))
-    assert [p.where for p in caught.value.problems] == ["runtime_params.notify.webhooks[0].secret"]
+    granted = TeamGrants(secrets_scopes=("hooks",))
+    check_submission(granted, "t", dag, parse_runtime_params({}))  # no need to hand the key to the nodes
+    with pytest.raises(FabricError) as caught:
+        check_submission(TeamGrants(secrets_scopes=("lake-*",)), "t", dag, parse_runtime_params({}))
+    assert caught.value.code == ErrorCode.FORBIDDEN and caught.value.where == "notify.webhooks[0].secret"
+    other = parse_runtime_params({"notify": {"webhooks": [{**HOOK, "secret": "other/k"}]}})
+    with pytest.raises(FabricError) as caught:
+        check_submission(granted, "t", dag, other)
+    assert caught.value.where == "runtime_params.notify.webhooks[0].secret"
+    compile_plan(dag, other)  # without grants (an admin, a local Ray client) any head scope signs
 
 
 def test_runtime_notify_validates_too() -> None:
@@ -239,7 +242,7 @@ def _store_with_run(tmp_path: Path) -> MemoryStore:
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "acme").write_text("k3y\n")
     store = MemoryStore()
-    store.add_submission(_record(runtime={"secrets_scope": ["hooks"]}, notify={"webhooks": [HOOK]}))
+    store.add_submission(_record(notify={"webhooks": [HOOK]}))
     return store
 
 
@@ -301,7 +304,7 @@ def test_refusals_and_missing_secrets_give_up_at_once(tmp_path: Path) -> None:
     assert [(e.target, e.attempt) for e in _audit(store)] == [("gave-up", 1), ("gave-up", 1)]
     (tmp_path / "hooks" / "acme").unlink()
     other = MemoryStore()
-    other.add_submission(_record(runtime={"secrets_scope": ["hooks"]}, notify={"webhooks": [HOOK]}))
+    other.add_submission(_record(notify={"webhooks": [HOOK]}))
     notifier = Notifier(other, str(tmp_path), sender=FakeSender())
     NotifyingStore(other, notifier).append_events([Event("s1", None, "RUNNING", "SUCCEEDED", 1002.0)])
     assert notifier.drain(10)
