@@ -322,7 +322,6 @@ function drawChart(chart, node, name) {
     el("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), stroke: "#e5e7eb" }, svg);
     el("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end", fill: "#6b7280" }, svg).textContent = v.toPrecision(4);
   }
-  if (chart.y_label) el("text", { x: 4, y: T, fill: "#6b7280" }, svg).textContent = shown(chart.y_label);
   if (chart.x_label) el("text", { x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle", fill: "#6b7280" }, svg)
     .textContent = shown(chart.x_label);
   if (x.length) {
@@ -343,7 +342,8 @@ function drawChart(chart, node, name) {
     });
     flush();
   });
-  const legend = h("div", { class: "legend" }, ...series.map((s, k) => h("span", {
+  const legend = h("div", { class: "legend" }, chart.y_label ? h("span", {}, `${shown(chart.y_label)}:`) : null,
+    ...series.map((s, k) => h("span", {
     style: `color:${SERIES_COLORS[k]}` }, `— ${shown(s.name ?? `series ${k + 1}`)}`)));
   return h("div", { class: "chart", dataset: { node, file: name } },
     h("h4", {}, `${node} · ${shown(chart.title || name)}`), legend, svg);

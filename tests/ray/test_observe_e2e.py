@@ -331,6 +331,7 @@ def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack,
                 ".chart[data-node='backtest'] polyline.series",
                 "ls => ls.map(l => [l.dataset.series, l.getAttribute('points').trim().split(' ').length])")
             assert lines == [["0", days], ["1", days]]
+            page.screenshot(path=str(tmp_path / "ui-run.png"), full_page=True)
             # Tenant input is shown as text, never run: the param's markup is in the table, and no image exists.
             page.goto(f"{stack['url']}/ui/#/s/{catalogued['tagged']}")
             page.wait_for_selector("#d-params td:has-text('onerror')")
@@ -338,12 +339,12 @@ def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack,
             page.goto(f"{stack['url']}/ui/#/p")
             page.wait_for_selector("div.card[data-pipeline='ui_tagged'] .strip a[data-state='SUCCEEDED']")
             assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
-            shot = tmp_path / "pipelines.png"
-            page.screenshot(path=str(shot), full_page=True)
+            page.screenshot(path=str(tmp_path / "ui-pipelines.png"), full_page=True)
         finally:
             browser.close()
-    if os.environ.get("FABRIC_UI_SCREENSHOT"):
-        shutil.copy(shot, Path(os.environ["FABRIC_UI_SCREENSHOT"]).with_name("ui-pipelines.png"))
+    if os.environ.get("FABRIC_UI_SCREENSHOT"):  # beside docs/ui.png: docs/ui-run.png, docs/ui-pipelines.png
+        for name in ("ui-run.png", "ui-pipelines.png"):
+            shutil.copy(tmp_path / name, Path(os.environ["FABRIC_UI_SCREENSHOT"]).with_name(name))
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
