@@ -196,3 +196,16 @@ def fails_first(marker_dir: str, name: str, failures: int = 1, **inputs: object)
     if count <= failures:
         raise RuntimeError(f"{name}: planned failure {count} of {failures}")
     return f"{name}({','.join(sorted(str(v) for v in inputs.values()))})"
+
+
+def ticking(marker_dir: str, name: str, release: str, hold_s: float = 60.0, every_s: float = 0.2,
+            **inputs: object) -> str:
+    """Records each execution, then prints a numbered line every `every_s` until `release` exists (or
+    `hold_s`): a running node whose log grows while it runs."""
+    count = _mark(marker_dir, name)
+    end, tick = time.time() + hold_s, 0
+    while time.time() < end and not Path(release).exists():
+        print(f"tick {tick} of execution {count}", flush=True)
+        tick += 1
+        time.sleep(every_s)
+    return f"{name} ticked {tick}"
