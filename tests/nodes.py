@@ -204,8 +204,9 @@ def ticking(marker_dir: str, name: str, release: str, hold_s: float = 60.0, ever
     `hold_s`): a running node whose log grows while it runs."""
     count = _mark(marker_dir, name)
     end, tick = time.time() + hold_s, 0
-    while time.time() < end and not Path(release).exists():
+    while True:  # one line at least, released or not: every execution has a log
         print(f"tick {tick} of execution {count}", flush=True)
         tick += 1
+        if time.time() >= end or Path(release).exists():
+            return f"{name} ticked {tick}"
         time.sleep(every_s)
-    return f"{name} ticked {tick}"
