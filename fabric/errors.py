@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     STORE_LEASED = "STORE_LEASED"
     CONTROL_IMPOSTOR = "CONTROL_IMPOSTOR"  # an actor under a fabric name that cannot prove it holds the key
+    UNSAFE_PAYLOAD = "UNSAFE_PAYLOAD"  # a worker sent the control plane bytes it does not open (not plain data)
     GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"
     RAY_UNREACHABLE = "RAY_UNREACHABLE"
     REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"

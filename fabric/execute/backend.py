@@ -11,16 +11,17 @@ from dataclasses import replace
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError, TaskCancelledError
+from ray.exceptions import RaySystemError, RayTaskError, TaskCancelledError, UnserializableException
 from ray.util.placement_group import NODE_ID_LABEL_KEY as NODE_ID_LABEL
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fabric.errors import ErrorCode, Problem
-from fabric.execute.chain import ChainCall, MemberOutcome, run_pickled_chain
-from fabric.execute.outputs import load_outputs
+from fabric.execute.chain import ChainCall, run_pickled_chain
+from fabric.execute.outputs import decode_outputs, load_outputs, read_output_files
 from fabric.execute.ports import AttemptHandle, Outcome
 from fabric.execute.sink import HEAD_RESOURCE, start_head_sink
+from fabric.execute.untrusted import ReportInvalid, UnsafePayload, decode_outcomes, decode_report, refused
 from fabric.execute.worker import NodeFailure, run_pickled_node
 from fabric.kinds import NodeCall
 from fabric.plan import ExecutionPlan, ResourceUnit
@@ -42,6 +43,25 @@ def head_to_avoid(nodes: Sequence[Mapping[str, Any]]) -> str | None:
     return heads[0] if heads and len(alive) > len(heads) else None
 
 
+_head_seen: tuple[float, str | None] = (-HEAD_LOOKUP_EVERY_S, None)
+
+
+def current_head_to_avoid() -> str | None:
+    """`head_to_avoid` of the cluster now, looked up at most every HEAD_LOOKUP_EVERY_S."""
+    global _head_seen
+    checked_at, head = _head_seen
+    if time.monotonic() - checked_at > HEAD_LOOKUP_EVERY_S:
+        head = head_to_avoid(ray.nodes())
+        _head_seen = (time.monotonic(), head)
+    return head
+
+
+def off_head(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` of a task that opens or runs what a tenant made, kept off the head while another node is alive."""
+    head = current_head_to_avoid()
+    return {**options, "label_selector": {NODE_ID_LABEL: f"!{head}"}} if head is not None else options
+
+
 def tenant_custom(custom: Mapping[str, float]) -> dict[str, float]:
     """A node's custom resources without Ray's `node:*` placement keys (`node:__internal_head__` pins to the head)."""
     return {key: value for key, value in custom.items() if not key.startswith("node:")}
@@ -58,10 +78,11 @@ class RayBackend:
         self._remote = ray.remote(run_pickled_node)
         self._chain = ray.remote(run_pickled_chain)
         self._loader = ray.remote(load_outputs)
-        self._loaders: dict[tuple[int, bool], Any] = {}
+        self._reader = ray.remote(read_output_files).options(num_cpus=0, max_retries=3,
+                                                              resources={HEAD_RESOURCE: 0.001})
+        self._decoder = ray.remote(decode_outputs)
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
         self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
-        self._head: tuple[float, str | None] = (-HEAD_LOOKUP_EVERY_S, None)
         self._groups_to_remove: queue.SimpleQueue[Any] | None = None
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
@@ -191,12 +212,9 @@ class RayBackend:
             on_done(result)
         return done
 
-    def _head_to_avoid(self) -> str | None:
-        checked_at, head = self._head
-        if time.monotonic() - checked_at > HEAD_LOOKUP_EVERY_S:
-            head = head_to_avoid(ray.nodes())
-            self._head = (time.monotonic(), head)
-        return head
+    @staticmethod
+    def _head_to_avoid() -> str | None:
+        return current_head_to_avoid()
 
     def _cluster_has_gpus(self) -> bool:
         """Without admission, GPU-first work falls back at once where the cluster has no GPU at all."""
@@ -207,16 +225,18 @@ class RayBackend:
         return has
 
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
-        """ObjectRefs of a finished node's persisted outputs, read by a small task near the data rather
-        than through the registry."""
-        # A local root is the head's disk (workers may have their own): read it there. A URI, anywhere.
-        on_head = "://" not in root
-        loader = self._loaders.get((len(outs), on_head))
-        if loader is None:
-            loader = self._loaders[(len(outs), on_head)] = self._loader.options(
-                num_cpus=0, max_retries=3, num_returns=len(outs), resources={HEAD_RESOURCE: 0.001} if on_head else {})
-        refs: Any = loader.remote(root, submission_id, node_id, list(outs))  # one ref, or a list of num_returns
-        return dict(zip(outs, [refs] if len(outs) == 1 else refs, strict=True))
+        """ObjectRefs of a finished node's persisted outputs, read by small tasks near the data rather than
+        through the registry. A local root is the head's disk: a task there reads its bytes, unopened, and
+        another task off the head unpickles them (a node's values are its code's pickles, and the head holds the
+        control key: docs/security.md). A URI is read and opened off the head in one task."""
+        names = list(outs)
+        options = off_head({"num_cpus": 0, "max_retries": 3, "num_returns": len(names)})
+        if "://" in root:
+            refs: Any = self._loader.options(**options).remote(root, submission_id, node_id, names)
+        else:
+            files = self._reader.remote(root, submission_id, node_id, names)
+            refs = self._decoder.options(**options).remote(files, names)
+        return dict(zip(names, [refs] if len(names) == 1 else refs, strict=True))  # one ref, or num_returns
 
     @staticmethod
     def cancel(handle: AttemptHandle, force: bool) -> None:
@@ -286,9 +306,16 @@ def node_runtime_env(base: dict[str, Any] | None, env: Mapping[str, str], image:
 
 
 def outcome(result: Any) -> Outcome:
-    """An attempt's report, and its error if it failed, from what Ray completed its report ref with."""
+    """An attempt's report, and its error if it failed, from what Ray completed its report ref with: plain data
+    only (execute/untrusted.py); anything else the worker sent fails the attempt as UNSAFE_PAYLOAD."""
     if isinstance(result, bytes):
-        return pickle.loads(result), None
+        try:
+            return decode_report(result), None
+        except ReportInvalid as exc:
+            return refused(str(exc))
+    unsafe = unsafe_cause(result)
+    if unsafe is not None:
+        return refused(unsafe)
     if isinstance(result, RayTaskError):
         cause = result.cause
         if isinstance(cause, NodeFailure):
@@ -305,9 +332,24 @@ def chain_outcomes(result: Any, members: int) -> list[Outcome]:
     """Each member's outcome from what a fused task's report ref completed with; an error of the task itself
     (cancelled, its worker lost) is every member's."""
     if isinstance(result, bytes):
-        reported: list[MemberOutcome] = pickle.loads(result)
-        return list(reported)
+        try:
+            return decode_outcomes(result, members)
+        except ReportInvalid as exc:
+            return [refused(str(exc))] * members
     return [outcome(result)] * members
+
+
+def unsafe_cause(result: Any) -> str | None:
+    """Why the registry's unpickler refused what a task sent (execute/untrusted.py), or None: Ray hands a refused
+    result over as a RaySystemError, and a refused task error as an UnserializableException."""
+    if isinstance(result, RaySystemError) and isinstance(getattr(result, "client_exc", None), UnsafePayload):
+        return str(result.client_exc)
+    if isinstance(result, UnserializableException):
+        return ("its error could not be opened by the registry (a class the control plane does not unpickle); "
+                f"as the worker printed it: {str(result)[-1500:]}")
+    if not isinstance(result, bytes | BaseException):
+        return f"the worker returned a {type(result).__name__}, not a report"
+    return None
 
 
 def _bundle(unit: ResourceUnit) -> dict[str, float]:

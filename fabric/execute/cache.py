@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from fabric.digests import module_digest
+from fabric.execute.backend import off_head
 from fabric.execute.outputs import copy_node_files, has_outputs
 from fabric.execute.ports import CacheHost, RunView
 from fabric.plan.hashing import node_content_hash
@@ -208,7 +209,8 @@ class NodeCache:
         inline = sorted({n.entrypoint for n in nodes if n.entrypoint in run.code})
         entrypoints = sorted({n.entrypoint for n in nodes if n.entrypoint and n.entrypoint not in run.code})
         kinds = sorted({n.kind for n in nodes})
-        options: dict[str, Any] = {"num_cpus": 0, "max_retries": 2}
+        # It imports the submission's modules, so it runs tenant code: never on the head (docs/security.md).
+        options: dict[str, Any] = off_head({"num_cpus": 0, "max_retries": 2})
         if run.runtime_env:
             options["runtime_env"] = run.runtime_env
         ref = self._probe.options(**options).remote(entrypoints, kinds, inline, *[run.code[e] for e in inline])
@@ -218,7 +220,8 @@ class NodeCache:
                 log.warning("fabric could not read the code versions of %s: %s", sid, result,
                             extra={"submission_id": sid})
                 result = {}
-            self._versions[sid] = dict(result)
+            # Plain strings only: the probe ran the submission's code, which may answer anything.
+            self._versions[sid] = {str(k): str(v) for k, v in result.items()} if isinstance(result, dict) else {}
             self._probes.pop(sid, None)
             engine.wake(sid)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fabric.execute.untrusted import encode_chain_items, encode_outcomes
 from fabric.execute.worker import NodeFailure, NotRun, attempt_node, registry_handle
 from fabric.kinds import NodeCall
 from fabric.types import AttemptReport, ErrorInfo
@@ -36,7 +37,7 @@ Reporter = Callable[[list[tuple[str, int, MemberOutcome]]], None]  # [(node id, 
 
 
 def run_pickled_chain(chain: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...]:
-    """The Ray task body of a fused chain: (pickled outcomes, one per member, then every member's values).
+    """The Ray task body of a fused chain: (the outcomes, one per member, as plain data, then every member's values).
 
     It never raises for a member's failure: the members before it succeeded and their values must reach their
     consumers (a retry of the failed member reads them). The failed member's values, and those of every member
@@ -46,7 +47,7 @@ def run_pickled_chain(chain: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, .
         values = pickle.loads(sealed)
         call = replace(call, members=tuple(replace(member, secret_values=values) for member in call.members))
     outcomes, values = run_chain(call, inputs, _reporter(call.members[0]))
-    return (pickle.dumps(outcomes, protocol=5), *values)
+    return (encode_outcomes(outcomes), *values)
 
 
 def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None = None
@@ -129,7 +130,7 @@ def _reporter(call: NodeCall) -> Reporter | None:
         try:
             # Signed by the chain head's attempt grant (fabric/capability.py): only this task reports for its chain.
             registry.chain_report.remote(call.submission_id, call.node_id, call.attempt, call.grant,
-                                         pickle.dumps(items, protocol=5))
+                                         encode_chain_items(items))
         except Exception:  # noqa: BLE001 - a lost report only delays the status until the task returns
             pass
     return send

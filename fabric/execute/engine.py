@@ -6,7 +6,6 @@ One loop thread owns all decisions; Ray completion callbacks only enqueue (submi
 from __future__ import annotations
 
 import logging
-import pickle
 import queue
 import threading
 import time
@@ -28,6 +27,7 @@ from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
 from fabric.execute.resume import Reruns, restored_machine
 from fabric.execute.scheduler import cost_events
+from fabric.execute.untrusted import decode_chain_items
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.record.cache import CacheIndex
@@ -165,11 +165,11 @@ class Engine(Reruns):
             if run and node_id in run.machine.nodes and len(run.machine.nodes[node_id].attempts) == attempt:
                 run.machine.on_progress(node_id, None, fraction, message)
 
-    def chain_report(self, submission_id: str, pickled: bytes) -> None:
-        """Members of a running fused task that succeeded, as pickled [(node, attempt, outcome)]: each becomes the
+    def chain_report(self, submission_id: str, items_bytes: bytes) -> None:
+        """Members of a running fused task that succeeded, as plain data [(node, attempt, outcome)]: each becomes the
         `Done` of its current dispatch, if that is the attempt reported (the task's return reports them again:
         the loop ignores the repeat)."""
-        items: list[tuple[str, int, Outcome]] = pickle.loads(pickled)
+        items: list[tuple[str, int, Outcome]] = decode_chain_items(items_bytes)  # ReportInvalid: the caller's error
         with self._lock:
             run = self._runs.get(submission_id)
             if run is None:

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fabric.execute.untrusted import safe_loads
+
 MANIFEST = "outputs.pkl"
 
 
@@ -115,18 +117,41 @@ def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
 
 
 def load_outputs(root: str, submission_id: str, node_id: str, names: Sequence[str]) -> tuple[Any, ...] | Any:
-    """The persisted values of `names`, in order (a single value when one name is asked for)."""
-    import pyarrow as pa
+    """The persisted values of `names`, in order (a single value when one name is asked for). It unpickles what a
+    node made: never on the head (RayBackend.load reads a local root there with `read_output_files`)."""
+    return decode_outputs(read_output_files(root, submission_id, node_id, names), names)
+
+
+def read_output_files(root: str, submission_id: str, node_id: str, names: Sequence[str]
+                      ) -> tuple[bytes, dict[str, bytes]]:
+    """The bytes behind `names`, unopened: the manifest and each name's Arrow file where there is one. This runs
+    on the head for a local root, beside the control key, so it reads and never unpickles."""
+    from pyarrow import fs as pafs
 
     fs, base = _fs(outputs_dir(root, submission_id, node_id))
     with fs.open_input_stream(f"{base}/{MANIFEST}") as source:
-        manifest = pickle.loads(source.read())
+        manifest = source.read()
+    tables: dict[str, bytes] = {}
+    for name in names:
+        path = f"{base}/{name}.arrow"
+        if "/" not in name and fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as source:
+                tables[name] = source.read()
+    return manifest, tables
+
+
+def decode_outputs(files: tuple[bytes, dict[str, bytes]], names: Sequence[str]) -> tuple[Any, ...] | Any:
+    """The values of `names` from `read_output_files`' bytes (a single value when one name is asked for): runs
+    where tenant code may run, since a value is a node's pickle."""
+    import pyarrow as pa
+
+    blob, tables = files
+    manifest = pickle.loads(blob)
     values = []
     for name in names:
         how, payload = manifest[name]
         if how == "arrow":
-            with fs.open_input_file(f"{base}/{payload}") as source:
-                values.append(pa.ipc.open_file(source).read_all())
+            values.append(pa.ipc.open_file(pa.BufferReader(tables[name])).read_all())
         else:
             values.append(payload)
     return values[0] if len(values) == 1 else tuple(values)
@@ -147,7 +172,11 @@ def load_code(root: str, submission_id: str) -> dict[str, bytes]:
     if fs.get_file_info(f"{base}/code.pkl").type != pafs.FileType.File:
         return {}
     with fs.open_input_stream(f"{base}/code.pkl") as source:
-        return pickle.loads(source.read())
+        # Read by the registry: entrypoint -> bytes, nothing else is built (a node may write to the artifact store).
+        code = safe_loads(source.read())
+    if not isinstance(code, dict) or not all(isinstance(k, str) and isinstance(v, bytes) for k, v in code.items()):
+        raise ValueError(f"{base}/code.pkl is not fabric's: entrypoint -> pickled function bytes")
+    return code
 
 
 def remove_tree(root: str, submission_id: str) -> int:

@@ -22,6 +22,7 @@ from fabric.digests import output_digests
 from fabric.execute.localpath import local_file_outputs, local_path_warning
 from fabric.execute.logcapture import TAIL_BYTES, CaptureStream, LogCapture
 from fabric.execute.sink import HeadLink
+from fabric.execute.untrusted import encode_report
 from fabric.kinds import NodeCall, get_kind
 from fabric.secrets import secrets_root
 from fabric.types import AttemptReport, ErrorInfo
@@ -97,8 +98,9 @@ def run_pickled_node(call: bytes, sealed: bytes, *inputs: Any) -> tuple[Any, ...
 def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     """The Ray task body: returns (AttemptReport, *values), one value per result slot."""
     report, values = attempt_node(call, *inputs)
-    # The report travels pickled: Ray's generic path for a dataclass costs far more than bytes.
-    return (pickle.dumps(report, protocol=5), *values)
+    # The report travels as msgpack of plain fields: the registry never unpickles what a worker made
+    # (execute/untrusted.py), and Ray's generic path for a dataclass costs far more than bytes.
+    return (encode_report(report), *values)
 
 
 def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]]:
@@ -219,8 +221,9 @@ def _progress_sink(call: NodeCall) -> Any:
     def send(fraction: float, message: str) -> None:
         # Fire and forget: progress must never slow the node down or fail it.
         try:
+            # Plain float and str: the registry unpickles no other type (a numpy float would be refused).
             _registry(call).report_progress.remote(call.submission_id, call.node_id, call.attempt, call.grant,
-                                                   fraction, message)
+                                                   float(fraction), str(message))
         except Exception:  # noqa: BLE001
             pass
 

@@ -57,7 +57,14 @@ def hit_registry(victim: str, victim_node: str, quota_team: str = "", sink: str 
         "status": lambda: registry.status.remote("", victim),
         "drain": lambda: registry.drain.remote("", 0.0, "tenant"),
         "audit": lambda: registry.audit.remote("", "_promote:x", "a", "b", "forged"),
+        # What the registry observes (lineage, the DAG view, metrics) is the capability holders' too.
+        "graph": lambda: registry.graph.remote("", victim),
+        "lineage": lambda: registry.lineage.remote(grant, victim),
+        "metrics": lambda: registry.metrics_text.remote(""),
+        # A function travels pickled by value, and the registry builds no function from a tenant's bytes ...
         "ray_call": lambda: registry.__ray_call__.remote(lambda self: self._cap),
+        # ... and one it does build (a builtin type) is refused by the sealed actor itself.
+        "ray_call_builtin": lambda: registry.__ray_call__.remote(frozenset),
         "progress_other": lambda: registry.report_progress.remote(victim, victim_node, 1, grant, 0.99, "forged"),
         "stopping_other": lambda: registry.is_stopping.remote(victim, victim_node, 1, grant),
         "cancelled_other": lambda: registry.is_cancelled.remote(victim, victim_node, 1, grant),
@@ -75,6 +82,80 @@ def hit_registry(victim: str, victim_node: str, quota_team: str = "", sink: str 
         tries["sink_other_log"] = lambda: head_sink.append_log.remote(victim, victim_node, 1, grant, 0, b"forged\n")
         tries["sink_own_log"] = lambda: head_sink.append_log.remote(me.submission_id, me.node_id, me.attempt, grant,
                                                                      0, b"")
+    return {name: _outcome(lambda make=make: ray.get(make(), timeout=30)) for name, make in tries.items()}
+
+
+class Payload:
+    """Unpickling it runs code: a file `pwned-<pid>` appears in `marker_dir`, named after the process that opened it."""
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = marker_dir
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        code = f"import os; open(os.path.join({self.marker_dir!r}, 'pwned-%d' % os.getpid()), 'w').write('x')"
+        return (exec, (code,))
+
+
+class PayloadError(BaseException):
+    """The payload as an error that escapes the worker's own handling (`except Exception`): Ray stores it pickled
+    for the registry, which opens the task's error to learn why the attempt failed."""
+
+    def __init__(self, marker_dir: str) -> None:
+        super().__init__(marker_dir)
+        self.marker_dir = marker_dir
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Payload(self.marker_dir).__reduce__()
+
+
+def evil_error(marker_dir: str) -> None:
+    raise PayloadError(marker_dir)
+
+
+def evil_report(marker_dir: str, raw: bool = False) -> int:
+    """This worker's report replaced by the payload: as the object (Ray pickles it, the registry's Ray unpickles
+    it) or, `raw`, as its pickle's bytes (what the registry once `pickle.loads`-ed as the report)."""
+    import pickle
+
+    import fabric.execute.worker as worker
+
+    original, payload = worker.encode_report, Payload(marker_dir)
+
+    def forged(report: Any) -> Any:
+        worker.encode_report = original  # once: later tasks in this worker process report honestly
+        return pickle.dumps(payload) if raw else payload
+
+    worker.encode_report = forged
+    return 1
+
+
+def evil_calls(marker_dir: str, quota_team: str = "", sink: str = "") -> dict[str, str]:
+    """The payload as an argument of control-plane calls (Ray unpickles arguments before a method checks its
+    capability), and as the pickled items of its own chain report."""
+    import pickle
+
+    import ray
+
+    from fabric.context import context
+
+    me = context()
+    grant = own_grant()
+    payload = Payload(marker_dir)
+    registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+    tries: dict[str, Any] = {
+        "status_arg": lambda: registry.status.remote(payload, "x"),
+        "progress_arg": lambda: registry.report_progress.remote(me.submission_id, me.node_id, me.attempt, grant,
+                                                                payload, "m"),
+        "chain_report_pickle": lambda: registry.chain_report.remote(
+            me.submission_id, me.node_id, me.attempt, grant, pickle.dumps([(me.node_id, me.attempt, payload)])),
+    }
+    if quota_team:
+        quota = ray.get_actor(f"fabric-quota:{quota_team}", namespace=NAMESPACE)
+        tries["quota_arg"] = lambda: quota.release.remote(payload, ["x"], 0.0)
+    if sink:
+        head_sink = ray.get_actor(sink, namespace=NAMESPACE)
+        tries["sink_arg"] = lambda: head_sink.append_log.remote(me.submission_id, me.node_id, me.attempt, grant, 0,
+                                                                 payload)
     return {name: _outcome(lambda make=make: ray.get(make(), timeout=30)) for name, make in tries.items()}
 
 

@@ -142,13 +142,14 @@ def test_the_ray_task_body_takes_the_pickled_chain_and_its_secrets_beside_it(tmp
     import pickle
 
     from fabric.execute.chain import run_pickled_chain
+    from fabric.execute.untrusted import decode_outcomes
 
     home = str(tmp_path)
     chain = ChainCall((call("a", "tests.unit.test_fuse:plus_one", home, "x"),
                        call("b", "tests.unit.test_fuse:plus_one", home, "x")), (((EXTERNAL, 0),), ((0, 0),)))
     pickled, a, b = run_pickled_chain(pickle.dumps(chain), pickle.dumps({"scope": {"KEY": "v"}}), 1)
     assert (a, b) == (2, 3)
-    assert [error for _, error in pickle.loads(pickled)] == [None, None]
+    assert [error for _, error in decode_outcomes(pickled, 2)] == [None, None]
 
 
 def test_successes_are_reported_while_the_task_runs_batched_and_the_last_only_in_its_return(tmp_path: Any) -> None:

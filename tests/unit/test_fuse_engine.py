@@ -4,7 +4,6 @@ twice retries on its own, with its backoff, and the members before it never run 
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -16,6 +15,7 @@ import pytest
 from fabric.execute.chain import ChainCall, run_chain
 from fabric.execute.engine import Engine
 from fabric.execute.ports import AttemptHandle, Outcome
+from fabric.execute.untrusted import encode_chain_items
 from fabric.execute.worker import NodeFailure, NotRun, attempt_node
 from fabric.plan import compile_plan
 from fabric.record import MemoryStore, SubmissionRecord
@@ -66,7 +66,7 @@ class ThreadBackend:
 
         def task() -> None:
             outcomes, values = run_chain(chain, [_value(ref) for ref in inputs],
-                                         lambda items: engine.chain_report(sid, pickle.dumps(items)))
+                                         lambda items: engine.chain_report(sid, encode_chain_items(items)))
             for future, value in zip(futures, values, strict=True):
                 future.set_result(value)
             on_done(list(outcomes))
