@@ -59,6 +59,14 @@ def test_a_node_that_calls_the_control_plane_directly_is_refused(client, fabric_
     assert victim.wait(60).state == "CANCELLED"
 
 
+def _seen(run: Any) -> str:
+    """What a submission looked like, for a failure's message (the registry may be gone)."""
+    try:
+        return repr([(n.node_id, n.state, n.error, n.message) for n in run.status().nodes]) + run.logs("squat")[-2000:]
+    except Exception as exc:  # noqa: BLE001
+        return f"(no status: {exc})"[:2000]
+
+
 def ray_get(ref: Any) -> Any:
     import ray
 
@@ -149,7 +157,7 @@ def test_a_squatter_under_the_registrys_name_is_refused_and_named(client, fabric
                 break
         except Exception:  # noqa: BLE001 - between the kill and the squat
             pass
-        assert time.monotonic() < deadline, "the squat did not happen"
+        assert time.monotonic() < deadline, f"the squat did not happen: {_seen(attack)}"
         time.sleep(0.2)
     with pytest.raises(FabricError) as caught:
         client.list(limit=1)  # the old handle is dead: the successor under the name must prove itself
