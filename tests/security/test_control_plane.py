@@ -1,6 +1,6 @@
 """Tenant code inside the cluster cannot reach the control plane: a node that calls the registry, a quota actor or
-the head sink directly is refused; it can report only its own progress; nothing it sends is unpickled beyond plain
-data; squatters under fabric's names are found.
+the head sink directly is refused; it can report only its own progress; squatters under fabric's names are found
+(what it sends is not unpickled beyond plain data: test_unpickle.py).
 Serialize with the other Ray tests: `flock /tmp/fabric-ray.lock pytest tests/security/test_control_plane.py`."""
 
 from __future__ import annotations
@@ -61,52 +61,22 @@ def test_a_node_that_calls_the_control_plane_directly_is_refused(client, fabric_
 
 def _seen(run: Any) -> str:
     """What a submission looked like, for a failure's message (the registry may be gone)."""
+    seen = ""
     try:
-        return repr([(n.node_id, n.state, n.error, n.message) for n in run.status().nodes]) + run.logs("squat")[-2000:]
+        seen = repr([(n.node_id, n.state, n.error, n.message) for n in run.status().nodes]) + run.logs("squat")[-2000:]
+        from ray.util.state import list_tasks
+
+        seen += repr([(t.name, t.state, t.node_id and t.node_id[:8], t.worker_id and t.worker_id[:8])
+                      for t in list_tasks(filters=[("state", "!=", "FINISHED")], raise_on_missing_output=False)])
     except Exception as exc:  # noqa: BLE001
-        return f"(no status: {exc})"[:2000]
+        seen += f"(no status: {exc})"
+    return seen[:6000]
 
 
 def ray_get(ref: Any) -> Any:
     import ray
 
     return ray.get(ref, timeout=60)
-
-
-def test_a_node_cannot_make_the_control_plane_unpickle_its_bytes(client, fabric_home, tmp_path):
-    """A payload whose unpickling writes a marker: as the node's error, as its report (object or pickle bytes), as
-    an argument of the registry's, a quota actor's and the head sink's methods, and as a chain report's items."""
-    from fabric.actors.quota import get_or_create_quota_actor
-    from fabric.execute.sink import _sink, sink_name
-
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    registry_pid = ray_get(client._registry.pid.remote())
-    get_or_create_quota_actor("victims", key_file=str(fabric_home / "control.key"))
-    artifacts = str(fabric_home / "artifacts")
-    _sink(str(fabric_home), artifacts, "fabric")
-    where = str(markers)
-    run = client.submit(dag("unpickle", [
-        node("error", "tests.security.attacks:evil_error", marker_dir=where),
-        node("report", "tests.security.attacks:evil_report", marker_dir=where),
-        node("report_bytes", "tests.security.attacks:evil_report", marker_dir=where, raw=True),
-        node("calls", "tests.security.attacks:evil_calls", marker_dir=where, quota_team="victims",
-             sink=sink_name(str(fabric_home), artifacts)),
-    ]), {"team": "attackers"})
-    status = run.wait(120)
-    assert sorted(p.name for p in markers.iterdir()) == [], "a control-plane process ran the node's payload"
-    for name in ("error", "report", "report_bytes"):
-        failed = status.node(name)
-        assert failed.state == "FAILED" and failed.error is not None, (name, failed)
-        assert failed.error.type == "UNSAFE_PAYLOAD" and "refused" in failed.error.message, (name, failed.error)
-    assert status.node("calls").state == "SUCCEEDED", run.logs("calls")
-    seen = run.result("calls")
-    assert set(seen) == {"status_arg", "progress_arg", "chain_report_pickle", "quota_arg", "sink_arg"}, seen
-    assert all(outcome.startswith("refused") for outcome in seen.values()), seen
-    assert "UnsafePayload" in seen["status_arg"] or "UNSAFE_PAYLOAD" in seen["status_arg"] \
-        or "RaySystemError" in seen["status_arg"], seen
-    assert ray_get(client._registry.pid.remote()) == registry_pid  # the same registry, alive and unharmed
-    assert client.list(limit=1) and not list(markers.iterdir())
 
 
 def test_a_driver_without_the_key_is_refused_and_one_with_it_works(client):
