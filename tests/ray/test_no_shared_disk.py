@@ -88,25 +88,6 @@ def _drive(address: str, home_dir: str, tmp_dir: str) -> None:
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     assert any(name.startswith("fabric-sink-") for name in names), names
     assert any(HEAD_RESOURCE in n["Resources"] for n in ray.nodes() if n["Alive"])
-
-    # A re-run reloads a's outputs: read on the head as bytes, unpickled by a task off the head (security.md).
-    again = client.rerun(sid, "b")
-    assert again.wait(120).state == "SUCCEEDED" and again.result("b") == sum(range(LINES))
-    assert again.status().node("a").state == "CACHED"
-    from ray.util.state import list_tasks
-
-    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and HEAD_RESOURCE in n["Resources"])
-    placed: dict[str, set[str]] = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and set(placed) != {"read_output_files", "decode_outputs"}:
-        time.sleep(1)  # task events reach the GCS in batches
-        placed = {}
-        for name in ("read_output_files", "decode_outputs"):
-            for task in list_tasks(filters=[("name", "=", name)], raise_on_missing_output=False):
-                if task.node_id:
-                    placed.setdefault(name, set()).add(task.node_id)
-    assert placed.get("read_output_files") == {head}, placed
-    assert placed.get("decode_outputs") and head not in placed["decode_outputs"], placed
     ray.shutdown()
     print("DRIVE-OK")
 
