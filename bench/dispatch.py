@@ -1,11 +1,14 @@
 """Dispatch overhead: the same DAG shapes through fabric and through hand-written raw Ray, same run.
 
     python -m bench.dispatch [--repeats 3] [--store sqlite --store postgresql://user@host:port/db]
-                             [--persist needed] [--shape chain] [--fuse on --fuse off]
+                             [--mode default --mode no-admission ...] [--shape chain]
 
 Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead per node, for each store
-(FABRIC_STORE: the embedded SQLite by default), each output-persistence mode and each chain-fusion setting
-(FABRIC_FUSE; on by default). `--shape` (repeatable) runs only those shapes.
+(FABRIC_STORE: the embedded SQLite by default) and each mode: `default` (the settings' defaults: admission
+on, the lineage file on, outputs a downstream node reads persisted), the default with one of those off
+(`no-admission`, `no-lineage`, `no-persistence`), and `fused` (FABRIC_FUSE=1, chain fusion). Each mode gets
+its own local cluster (the registry reads its settings when it starts) and its own raw-Ray figures, measured
+in that cluster just before; a table of the ratios closes the run. `--shape` (repeatable) runs only those.
 """
 
 from __future__ import annotations
@@ -144,29 +147,41 @@ def main() -> None:
     parser.add_argument("--store", action="append", default=None,
                         help="FABRIC_STORE for the registry: sqlite (default) or a postgresql:// URL; repeat to "
                              "compare (each database should be empty: the bench's submissions are added to it)")
-    parser.add_argument("--persist", action="append", choices=("none", "needed"), default=None,
-                        help="FABRIC_PERSIST_OUTPUTS mode(s) to measure (default: both)")
+    parser.add_argument("--mode", action="append", choices=tuple(MODES), default=None,
+                        help="what to measure (default: every mode)")
     parser.add_argument("--shape", action="append", choices=SHAPES, default=None,
                         help="run only these shapes (default: all)")
-    parser.add_argument("--fuse", action="append", choices=("on", "off"), default=None,
-                        help="FABRIC_FUSE setting(s) to measure (default: on)")
     args = parser.parse_args()
+    summary: dict[tuple[str, str], dict[str, float]] = {}
     for store in args.store or ["sqlite"]:
-        for persist in args.persist or ["none", "needed"]:
-            for fuse in args.fuse or ["on"]:
-                # Each mode gets its own local cluster: the registry reads the settings when it starts.
-                os.environ[ENV["store"]] = store
-                os.environ[ENV["persist_outputs"]] = persist
-                os.environ[ENV["fuse"]] = "1" if fuse == "on" else "0"
-                shown = store.split("@")[-1] if "://" in store else store  # no user (or password) in the output
-                print(f"\n== FABRIC_STORE={shown} FABRIC_PERSIST_OUTPUTS={persist} FABRIC_FUSE={fuse}"
-                      + (" (default: outputs a downstream node reads are written to the artifact store)"
-                         if persist == "needed" else " (no output persistence: a resumed run recomputes)"))
-                measure(args)
-                ray.shutdown()
+        for mode in args.mode or list(MODES):
+            # Each mode gets its own local cluster: the registry reads the settings when it starts.
+            os.environ[ENV["store"]] = store
+            settings = {**DEFAULTS, **MODES[mode]}
+            for key, value in settings.items():
+                os.environ[ENV[key]] = value
+            shown = store.split("@")[-1] if "://" in store else store  # no user (or password) in the output
+            print(f"\n== {mode}: FABRIC_STORE={shown} " + " ".join(f"{ENV[k]}={v}" for k, v in settings.items()))
+            summary[(shown, mode)] = measure(args)
+            ray.shutdown()
+    print("\n== fabric / raw Ray, per shape and mode (each against the raw Ray of its own cluster)")
+    shapes = list(next(iter(summary.values())))
+    print(f"{'store, mode':28} " + " ".join(f"{name:>22}" for name in shapes))
+    for (store, mode), ratios in summary.items():
+        print(f"{store + ', ' + mode:28} " + " ".join(f"{ratios[name]:22.2f}" for name in shapes))
 
 
-def measure(args: argparse.Namespace) -> None:
+DEFAULTS = {"admission": "1", "lineage": "file", "persist_outputs": "needed", "fuse": "0"}
+MODES: dict[str, dict[str, str]] = {
+    "default": {},
+    "no-admission": {"admission": "0"},
+    "no-lineage": {"lineage": "off"},
+    "no-persistence": {"persist_outputs": "none"},
+    "fused": {"fuse": "1"},
+}
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
     client = fb.connect("local", num_cpus=args.num_cpus, home=tempfile.mkdtemp(prefix="fabric-bench-"))
 
     wanted = args.shape or list(SHAPES)
@@ -174,6 +189,7 @@ def measure(args: argparse.Namespace) -> None:
               if key in wanted and key != "table"]
     print("fabric = submit (validate, plan, hand to the registry) + run + final status, end to end")
     print(f"{'shape':24} {'raw Ray':>9} {'fabric':>9} {'of which submit':>16} {'ratio':>6} {'overhead/node':>14}")
+    ratios: dict[str, float] = {}
     for name, spec, raw, count in shapes:
         raw_s, _ = timed(raw, args.repeats)
         SUBMIT_TIMES.clear()
@@ -181,18 +197,21 @@ def measure(args: argparse.Namespace) -> None:
         submit_s = statistics.median(SUBMIT_TIMES[1:])
         per_node_ms = (fabric_s - raw_s) / count * 1000
         print(f"{name:24} {raw_s:8.3f}s {fabric_s:8.3f}s {submit_s:15.3f}s {fabric_s / raw_s:6.2f}"
-              f" {per_node_ms:11.3f} ms")
+              f" {per_node_ms:11.3f} ms", flush=True)
+        ratios[name] = fabric_s / raw_s
 
     if "table" not in wanted:
-        return
+        return ratios
     raw_s, raw_results = timed(raw_table, args.repeats)
     fabric_s, submission = timed(lambda: run_fabric(client, table_spec()), args.repeats)
     results = [submission.result(f"r{i}") for i in range(8)]
     print(f"{'(d) 50 MB table x 8':24} {raw_s:8.3f}s {fabric_s:8.3f}s {'':>16} {fabric_s / raw_s:6.2f}")
+    ratios["(d) 50 MB table x 8"] = fabric_s / raw_s
     raw_added, fabric_added = table_footprint(client)
     print(f"    zero-copy reads: raw {sum(r['zero_copy'] for r in raw_results)}/8, "
           f"fabric {sum(r['zero_copy'] for r in results)}/8; object store added by one run while its "
-          f"table is held: raw {raw_added:.0f} MiB, fabric {fabric_added:.0f} MiB")
+          f"table is held: raw {raw_added:.0f} MiB, fabric {fabric_added:.0f} MiB", flush=True)
+    return ratios
 
 
 def table_footprint(client: Any) -> tuple[float, float]:

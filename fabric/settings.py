@@ -172,11 +172,11 @@ class Settings:
     persist_outputs: str = _var("FABRIC_PERSIST_OUTPUTS", "`needed`: outputs a downstream node reads are "
                                 "written on success, so a resumed run reloads them; `none`: recompute them",
                                 "needed | none", _choice("needed", "none"), "needed")
-    scheduling: str = _var("FABRIC_SCHEDULING", "the scheduling config (pools, quotas, priorities); admission "
-                           "is on when it exists", "path", _text, _under_home("scheduling.yaml"),
+    scheduling: str = _var("FABRIC_SCHEDULING", "the scheduling config (pools, quotas, priorities), read over "
+                           "the default one when it exists", "path", _text, _under_home("scheduling.yaml"),
                            shown=f"{_HOME}/scheduling.yaml")
-    admission: bool = _var("FABRIC_ADMISSION", "turn admission on with the default scheduling config when "
-                           "there is no scheduling file", "bool", _bool, False)
+    admission: bool = _var("FABRIC_ADMISSION", "admission (priorities, pools, quotas, packing); `0` turns it off "
+                           "and ready nodes go to Ray at once", "bool", _bool, True)
     fuse: bool = _var("FABRIC_FUSE", "run chains of small nodes with the same resources as one Ray task each "
                       "(members keep their own state, attempts and logs; see docs/spec.md, fused chains)", "bool",
                       _bool, False)

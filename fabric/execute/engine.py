@@ -76,6 +76,7 @@ class Engine(Reruns):
         self._cache = NodeCache(home, artifacts, cache_index)
         self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)
         self._force_kills: list[tuple[float, AttemptHandle]] = []
+        self._changed: set[str] = set()  # runs admission has not looked at since they changed
         self._stopping: set[tuple[str, str, int]] = set()  # preempted attempts in their grace period
         # Finished runs are kept compact: FABRIC_KEEP_RESULTS and FABRIC_KEEP_FINISHED (finished.bound_finished).
         self._keep_finished = keep_finished
@@ -267,7 +268,8 @@ class Engine(Reruns):
                         touched.add(submission_id)
                 # Recorded before admission too: the scheduler frees what ended before it books anew.
                 # Cache decisions first (execute/cache.py).
-                self._record_all(touched | self._cache.tick(self._cache_host))
+                self._changed |= touched | self._cache.tick(self._cache_host)  # admission looks at these
+                self._record_all(self._changed)
                 self._record_all(self._admit())
                 self._due_force_kills()
             if time.monotonic() - self._metrics_at >= METRICS_FLUSH_S:
@@ -332,13 +334,16 @@ class Engine(Reruns):
         return [run.record.submission_id]
 
     def _admit(self) -> set[str]:
+        changed, self._changed = self._changed, set()
         if self._scheduler is None:
             return set()
         try:
-            admitted = self._scheduler.admit((sid, r.machine, r.record.team) for sid, r in self._runs.items())
+            admitted = self._scheduler.admit((sid, run.machine if run else None, run.record.team if run else None)
+                                             for sid in changed for run in (self._runs.get(sid),))  # O(changes)
             victims = self._scheduler.victims()
         except Exception:  # noqa: BLE001 - a failed round is retried next loop; the loop must live
             log.exception("fabric admission round failed")
+            self._changed |= changed
             return set()
         for sid, node_id, placement in admitted:
             run = self._runs[sid]
@@ -349,7 +354,8 @@ class Engine(Reruns):
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
-        return {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted}
+        self._changed |= (touched := {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted})
+        return touched  # seen by the next round too: a preempted node waits again
 
     def _perform(self, run: LiveRun, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
         sid = run.record.submission_id

@@ -1,11 +1,14 @@
 """Admission's Ray side: the cluster as `ray.nodes()` reports it, held demand told to the Ray autoscaler, team
 budgets booked in the quota actors (whose factory the registry passes down), and each team's day of use kept
-in the store. The queue and its decisions are pure: `fabric.schedule.queue`."""
+in the store. The queue and its decisions are pure: `fabric.schedule.queue`. Every Ray call here runs on a
+thread of its own (`Watch`, the quota book's sync thread): the engine's lock is never held across one."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -20,7 +23,53 @@ from fabric.schedule.admission import Gpu, Node
 from fabric.schedule.queue import AdmissionQueue, Charge, SchedulingConfig
 from fabric.states import QUOTA_SUBJECT, EventKind
 
+log = logging.getLogger(__name__)
+
 DEFAULT_GPU_MEM_GB = 80.0
+NODES_EVERY_S = 2.0
+
+
+class Watch:
+    """`ray.nodes()` polled and the autoscaler told of held demand, from a daemon thread: the engine reads
+    the latest cluster and posts the latest demand, never waiting on Ray (a slow GCS stalls only this)."""
+
+    def __init__(self, nodes: Callable[[], list[Node]], demand: Callable[[list[dict[str, float]]], None]) -> None:
+        self._list, self._tell = nodes, demand
+        self._nodes: list[Node] = []
+        self._demand: list[dict[str, float]] | None = None
+        self._told: list[dict[str, float]] | None = None
+        self._wake = threading.Event()
+        self._refresh()  # the first look is taken by the registry as it starts, not under the engine's lock
+        threading.Thread(target=self._loop, name="fabric-cluster-watch", daemon=True).start()
+
+    def nodes(self) -> list[Node]:
+        return self._nodes
+
+    def demand(self, bundles: list[dict[str, float]]) -> None:
+        self._demand = bundles
+        self._wake.set()
+
+    def _refresh(self) -> None:
+        try:
+            self._nodes = self._list()
+        except Exception:  # noqa: BLE001 - the last view stands until Ray answers again
+            log.warning("fabric could not list Ray's nodes", exc_info=True)
+
+    def _loop(self) -> None:
+        next_at = time.monotonic() + NODES_EVERY_S
+        while True:
+            self._wake.wait(max(next_at - time.monotonic(), 0.0))
+            self._wake.clear()
+            if time.monotonic() >= next_at:
+                self._refresh()
+                next_at = time.monotonic() + NODES_EVERY_S
+            demand = self._demand
+            if demand is not None and demand != self._told:
+                try:
+                    self._tell(demand)
+                    self._told = demand
+                except Exception:  # noqa: BLE001 - no autoscaler here: nothing to tell
+                    log.debug("the demand hint failed", exc_info=True)
 
 
 class StoreQuotaJournal:
@@ -44,8 +93,9 @@ def engine_scheduler(config: SchedulingConfig, clock: Callable[[], float], store
                      quota_actor: Callable[[str], Any]) -> AdmissionQueue:
     """The registry's admission queue: Ray's nodes, quota use saved in the store, budgets booked in the
     per-team quota actors that `quota_actor(team)` finds or makes, held demand shown to the autoscaler."""
-    return AdmissionQueue(config, clock, nodes=ray_nodes, journal=StoreQuotaJournal(store),
-                          quotas=partial(ActorQuotaBook, actor=quota_actor), demand=request_demand)
+    watch = Watch(partial(ray_nodes, config.families), request_demand)
+    return AdmissionQueue(config, clock, nodes=watch.nodes, journal=StoreQuotaJournal(store),
+                          quotas=partial(ActorQuotaBook, actor=quota_actor), demand=watch.demand, refresh_s=0.0)
 
 
 def cost_events(submission_id: str, charges: Iterable[Charge]) -> list[Event]:
@@ -60,7 +110,9 @@ def request_demand(bundles: list[dict[str, float]]) -> None:
     request_resources(bundles=bundles)
 
 
-def ray_nodes() -> list[Node]:
+def ray_nodes(families: frozenset[str] = frozenset()) -> list[Node]:
+    """Ray's live nodes. A node's pool is its node type's (`pool:<type>`); the other pools it advertises are
+    the queue families it runs (`families`, from the config's `runs_on`)."""
     nodes = []
     everything = ray.nodes()
     head = head_to_avoid(everything)  # tenant work never goes to the head while another node is alive
@@ -70,13 +122,14 @@ def ray_nodes() -> list[Node]:
         total = info.get("Resources", {})
         gpus = int(math.floor(total.get("GPU", 0.0) + 1e-9))
         memory = total.get("gpu_mem_gb", DEFAULT_GPU_MEM_GB * gpus) / gpus if gpus else 0.0
-        pools = [key.split(":", 1)[1] for key in total if key.startswith("pool:")]
-        pool = pools[0] if pools else None
+        pools = sorted(key.split(":", 1)[1] for key in total if key.startswith("pool:"))
+        own = [p for p in pools if p not in families]
+        pool = own[0] if own else (pools[0] if pools else None)
         # Spot capacity advertises the resource `spot` (cluster.yaml, k8s/) or sits in a pool named *-spot.
         spot = total.get("spot", 0.0) > 0 or bool(pool and pool.endswith("-spot"))
         nodes.append(Node(info["NodeID"], total.get("CPU", 0.0), [Gpu(i, 1.0, memory) for i in range(gpus)], pool,
-                          spot))
+                          spot, frozenset(pools) - {pool} if pool else frozenset()))
     return nodes
 
 
-__all__ = ["StoreQuotaJournal", "cost_events", "engine_scheduler", "ray_nodes", "request_demand"]
+__all__ = ["StoreQuotaJournal", "Watch", "cost_events", "engine_scheduler", "ray_nodes", "request_demand"]

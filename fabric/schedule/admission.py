@@ -57,6 +57,7 @@ class Node:
     gpus: list[Gpu] = field(default_factory=list)
     pool: str | None = None
     spot: bool = False  # preemptible capacity (a spot pool)
+    families: frozenset[str] = frozenset()  # queue families it also runs (their pools' resources it advertises)
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,11 @@ class Cluster:
     def fit(self, request: Request) -> Placement | None:
         best: tuple[tuple[float, ...], Placement] | None = None
         for node in self.nodes.values():
-            if (request.pool is not None and node.pool != request.pool) or node.cpu_free + EPSILON < request.cpu:
+            if node.cpu_free + EPSILON < request.cpu or (
+                    request.pool is not None and node.pool != request.pool and request.pool not in node.families):
                 continue
-            if node.spot and not request.spot_ok and request.pool is None:
-                continue  # on_demand work never lands on spot capacity, unless it names a spot pool itself
+            if node.spot and not request.spot_ok and (request.pool is None or request.pool != node.pool):
+                continue  # on_demand work never lands on spot capacity, unless it names that spot pool itself
             found = _fit_on(node, request)
             if found is None:
                 continue
@@ -147,6 +149,13 @@ class Cluster:
         for index, fraction, memory in placement.gpu_shares:
             node.gpus[index].free += fraction
             node.gpus[index].free_mem_gb += memory
+
+    def full(self, cpu: float, gpu: float = 0.0) -> bool:
+        """No node has `cpu` CPUs and a GPU with `gpu` free (every request asks at least that much: none
+        can be placed)."""
+        return all(node.cpu_free + EPSILON < cpu
+                   or (gpu > 0 and not any(g.free + EPSILON >= min(gpu, 1.0) for g in node.gpus))
+                   for node in self.nodes.values())
 
     def emptied(self, running: Sequence[Running]) -> Cluster:
         """This cluster with every running item gone: what could ever fit."""
@@ -204,8 +213,13 @@ class AdmissionPolicy:
         self.aging_s = aging_s
 
     def decide(self, now: float, queue: Iterable[Request], cluster: Cluster, running: Sequence[Running],
-               quota: QuotaCheck | None = None) -> Decision:
-        """Admit what can go now; `cluster` is booked for what is admitted."""
+               quota: QuotaCheck | None = None, *, ordered: bool = False,
+               stop_below: tuple[float, float] | None = None) -> Decision:
+        """Admit what can go now; `cluster` is booked for what is admitted. `ordered`: `queue` is in queue order
+        already. `stop_below`: stop as soon as no node has this many CPUs free (the fewest any request asks):
+        nothing later could fit, nor backfill; the rest of the queue is left out of `waiting`."""
+        if stop_below is not None and cluster.full(*stop_below):
+            return Decision((), {}, None)
         in_pool: dict[str | None, int] = {}
         for item in running:
             in_pool[item.pool] = in_pool.get(item.pool, 0) + 1
@@ -218,7 +232,7 @@ class AdmissionPolicy:
         no_fit: set[tuple[str | None, float, float, float, bool]] = set()
         ever: dict[tuple[str | None, float, float, float, bool], bool] = {}
         empty: Cluster | None = None
-        for request in order(queue, now, self.aging_s):
+        for request in (queue if ordered else order(queue, now, self.aging_s)):
             limit = self.pools.get(request.pool or "")
             if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
                 reasons[request.key] = Wait(WaitReason.POOL_LIMIT,
@@ -244,6 +258,8 @@ class AdmissionPolicy:
                 cluster.take(request, placement)
                 admitted.append((request, placement))
                 in_pool[request.pool] = in_pool.get(request.pool, 0) + 1
+                if stop_below is not None and cluster.full(*stop_below):
+                    break
                 continue
             if not reservations or (request.priority.rank >= Priority.HIGH.rank
                                     and len(reservations) < MAX_RESERVATIONS):

@@ -3,12 +3,14 @@ and where, the team quota ledgers are charged, and what each attempt cost is wor
 quota book, the journal of the day's use and the autoscaler hint are injected: `fabric.execute.scheduler`
 passes Ray's (`ray.nodes()`, the quota actors, the store, `request_resources`).
 
-On when `$FABRIC_HOME/scheduling.yaml` (or `$FABRIC_SCHEDULING`) exists, or with FABRIC_ADMISSION=1:
+Always on (FABRIC_ADMISSION=0 turns it off): the default config is `default_scheduling.yaml` beside this module,
+and `$FABRIC_HOME/scheduling.yaml` (or `$FABRIC_SCHEDULING`), when it exists, is read over it:
 
     aging_s: 1800                      # a priority step up per this many seconds waited
     default_estimate_s: 3600           # EASY backfill's run time for nodes with no max_runtime
-    pools: {backtest: {max_concurrency: 20}, agents: {max_concurrency: 12}}
+    pools: {backtest: {max_concurrency: 20, runs_on: [cpu-spot]}, agents: {max_concurrency: 12}}
     quotas: {research: {cpu: 64, gpu: 8, gpu_hours_per_day: 24, burst_gpu: 2, burst_gpu_hours_per_day: 4}}
+    default_quota: {gpu: 8}            # every other team's budget
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from fabric.errors import ErrorCode, FabricError
 from fabric.plan import NodePlan
 from fabric.schedule.admission import (
     AdmissionPolicy,
@@ -32,14 +30,14 @@ from fabric.schedule.admission import (
     Gpu,
     Node,
     Placement,
-    PoolLimit,
     Request,
     Running,
-    Waiting,
     choose_victims,
 )
-from fabric.schedule.quota import Budget, QuotaBook, QuotaLedger
+from fabric.schedule.config import Rate, SchedulingConfig, load_config
+from fabric.schedule.quota import NO_TEAM, QuotaBook, QuotaLedger
 from fabric.schedule.run import RunMachine, Transition
+from fabric.schedule.waitlist import Entry, Waitlist, rank_of
 from fabric.spec import Priority
 from fabric.states import NodeState, WaitReason
 
@@ -47,54 +45,9 @@ log = logging.getLogger(__name__)
 
 CLUSTER_REFRESH_S = 2.0
 JOURNAL_EVERY_S = 60.0
-
-
-@dataclass(frozen=True)
-class Rate:
-    """What an hour of one CPU and of one GPU costs in a pool (any currency; the old workers sent theirs)."""
-
-    cpu_hour: float = 0.0
-    gpu_hour: float = 0.0
-
-    def cost(self, cpu: float, gpu: float, seconds: float) -> float:
-        return (cpu * self.cpu_hour + gpu * self.gpu_hour) * max(seconds, 0.0) / 3600
-
-
-@dataclass(frozen=True)
-class SchedulingConfig:
-    aging_s: float = 1800.0
-    default_estimate_s: float = 3600.0
-    pools: dict[str, PoolLimit] | None = None
-    quotas: dict[str, Budget] | None = None
-    preempt_after_s: float = 300.0  # a high or critical node waiting this long may preempt
-    preemptible: tuple[Priority, ...] = (Priority.LOW, Priority.NORMAL)  # whose spot_ok work may be preempted
-    gpu_fallback_after_s: float = 300.0  # GPU-first nodes with a CPU fallback wait this long for a GPU
-    cost: Rate = Rate()  # outside any pool
-    pool_costs: dict[str, Rate] | None = None
-
-
-def load_config(path: Path, admission: bool = False) -> SchedulingConfig | None:
-    """The scheduling config at `path` (FABRIC_SCHEDULING), the default one when there is no file and
-    `admission` (FABRIC_ADMISSION) is on, else None: admission is off."""
-    if not path.exists():
-        return SchedulingConfig() if admission else None
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        return SchedulingConfig(
-            aging_s=float(raw.get("aging_s", 1800.0)),
-            default_estimate_s=float(raw.get("default_estimate_s", 3600.0)),
-            preempt_after_s=float(raw.get("preempt_after_s", 300.0)),
-            preemptible=tuple(Priority(p) for p in raw.get("preemptible", ("low", "normal"))),
-            gpu_fallback_after_s=float(raw.get("gpu_fallback_after_s", 300.0)),
-            pools={name: PoolLimit(int(spec["max_concurrency"])) for name, spec in (raw.get("pools") or {}).items()
-                   if spec.get("max_concurrency") is not None},
-            cost=Rate(**raw.get("cost", {})),
-            pool_costs={name: Rate(**spec["cost"]) for name, spec in (raw.get("pools") or {}).items()
-                        if "cost" in spec},
-            quotas={team: Budget(**spec) for team, spec in (raw.get("quotas") or {}).items()})
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise FabricError(f"the scheduling config {path} is invalid: {exc}", code=ErrorCode.SPEC_FIELD,
-                          where=str(path), fix="see the format in docs/scheduling.md") from exc
+ROUND_EVERY_S = 1.0  # a full round (aging, reasons, positions, demand, preemption) at least this often
+MIN_EAGER_DEPTH = 8
+EAGER = ""  # the node id of an eager release's placement: Ray places it
 
 
 class QuotaJournal(Protocol):
@@ -121,23 +74,30 @@ Demand = Callable[[list[dict[str, float]]], None]  # held work as resource bundl
 class AdmissionQueue:
     def __init__(self, config: SchedulingConfig, clock: Callable[[], float], *, nodes: Callable[[], list[Node]],
                  journal: QuotaJournal | None = None, quotas: Callable[..., QuotaBook] = QuotaBook,
-                 demand: Demand | None = None) -> None:
+                 demand: Demand | None = None, refresh_s: float = CLUSTER_REFRESH_S) -> None:
+        """`refresh_s`: how often `nodes()` is asked (0: every round, for a `nodes` that answers from memory)."""
         self.config = config
+        self._refresh_s = refresh_s
         self._policy = AdmissionPolicy(config.pools, config.aging_s)
         self._clock = clock
         self._list_nodes = nodes
         self._journal = journal
         self._tell_demand = demand
         # The engine passes the book kept in per-team quota actors (fabric/execute/quotas.py).
-        self._quotas = quotas(config.quotas, clock, journal.load if journal is not None else None)
+        self._quotas = quotas(config.quotas, clock, journal.load if journal is not None else None,
+                              default=config.default_quota)
         self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
         self._nodes: list[Node] = []
         self._nodes_at = -math.inf
         self._demand: list[dict[str, float]] | None = None
         self.last: Decision | None = None
-        self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last round, in queue order
-        self._waiting_requests: dict[str, Request] = {}
-        self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last round
+        self.queue: list[dict[str, Any]] = []  # the waiting nodes as of the last full round, in queue order
+        self._waitlist = Waitlist(config.aging_s)
+        self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last full round
+        self._eager_keys: set[str] = set()  # released ahead of capacity (`_eager`), not placed by the policy
+        self._dirty = True
+        self._full_at = self._full_mono = -math.inf
+        self._look_for_victims = False
         self._saved_at: dict[str, float] = {}
 
     def request(self, key: str, plan: NodePlan, team: str | None, queued_at: float | None) -> Request:
@@ -145,7 +105,7 @@ class AdmissionQueue:
         gpus = max(unit.num_gpus, 1.0)
         preemptible = plan.qos == "spot_ok" and plan.priority in self.config.preemptible
         # Resources are per worker: a multi-worker node is booked whole (on one node: conservative for SPREAD).
-        return Request(key, team or "-", plan.priority, queued_at or self._clock(), unit.num_cpus * unit.workers,
+        return Request(key, team or NO_TEAM, plan.priority, queued_at or self._clock(), unit.num_cpus * unit.workers,
                        unit.num_gpus * unit.workers,
                        float(unit.custom.get("gpu_mem_gb", 0.0)) / gpus, plan.pool,
                        plan.max_runtime or self.config.default_estimate_s, preemptible, plan.qos == "spot_ok",
@@ -153,32 +113,98 @@ class AdmissionQueue:
                        unit.fallback_after_s if unit.fallback_after_s is not None
                        else self.config.gpu_fallback_after_s)
 
-    def admit(self, runs: Iterable[tuple[str, RunMachine, str | None]]) -> list[tuple[str, str, Placement]]:
-        """One round over every run's waiting nodes: (submission, node, placement) to release now. The
-        others are told why they wait and where they are in the queue (shown in their status)."""
-        queue, where = [], {}
-        for submission_id, machine, team in runs:
-            for node_id in machine.waiting():
-                key = f"{submission_id}/{node_id}"
-                node = machine.nodes[node_id]
-                queue.append(self.request(key, node.plan, team, node.queued_at))
-                where[key] = (submission_id, machine, node_id)
-        if not queue and not self._booked and not self._demand:
-            self.queue, self._waiting_requests, self._waits = [], {}, {}
-            return []
-        decision = self.decide(queue)
+    def admit(self, runs: Iterable[tuple[str, RunMachine | None, str | None]]
+              ) -> list[tuple[str, str, Placement | None]]:
+        """One round: (submission, node, placement) to release now. `runs` are the runs that changed since the
+        last round (a None machine: the run is gone); the queue keeps every other run's waiting nodes. A round
+        with nothing new, nothing released and no change of cluster is skipped; once a second (and when asked,
+        `full=`) every waiting node is looked at again, its aging applied and why it waits told."""
         now = self._clock()
-        requests = self._waiting_requests = {r.key: r for r in queue}
-        self.queue = []
-        self._waits = {key: waiting.why for key, waiting in decision.waiting.items()}
+        for submission_id, machine, team in runs:
+            if machine is None or machine.done:
+                self._waitlist.forget_run(submission_id)
+                continue
+            def make(node_id: str, sid: str = submission_id, m: RunMachine = machine, t: str | None = team) -> Entry:
+                node = m.nodes[node_id]
+                return Entry(self.request(f"{sid}/{node_id}", node.plan, t, node.queued_at), sid, node_id, m)
+            if self._waitlist.sync_run(submission_id, machine.waiting(), make, now):
+                self._dirty = True
+        if self._refresh_nodes():
+            self._dirty = True
+        full = now - self._full_at >= ROUND_EVERY_S or time.monotonic() - self._full_mono >= ROUND_EVERY_S
+        if not (self._dirty or full):
+            return []
+        self._dirty = False
+        if not self._waitlist and not self._booked and not self._demand:
+            self.queue, self._waits = [], {}
+            return []
+        if full:
+            self._full_at, self._full_mono = now, time.monotonic()
+            self._waitlist.reorder(now)
+        decision = self.decide(self._waitlist.requests(), full=full)
+        admitted = [(request, placement) for request, placement in decision.admit]
         for key, waiting in decision.waiting.items():
-            submission_id, machine, node_id = where[key]
-            machine.note_waiting(node_id, f"queue #{waiting.position}: {waiting.reason}")
-            r = requests[key]
-            self.queue.append({"position": waiting.position, "submission_id": submission_id, "node_id": node_id,
-                               "team": r.team, "priority": str(r.priority), "pool": r.pool, "gpu": r.gpu, "cpu": r.cpu,
-                               "waiting_s": round(now - r.ready_at, 3), "reason": waiting.reason})
-        return [(where[r.key][0], where[r.key][2], placement) for r, placement in decision.admit]
+            entry = self._waitlist.get(key)
+            if entry is not None:
+                entry.machine.note_waiting(entry.node_id, f"queue #{waiting.position}: {waiting.reason}")
+        if full:
+            self._waits = {key: waiting.why for key, waiting in decision.waiting.items()}
+            self._view(decision, now)
+            self._look_for_victims = True
+        admitted += self._eager(decision)
+        out = []
+        for request, placement in admitted:
+            entry = self._waitlist.remove(request.key)
+            if entry is not None:
+                out.append((entry.submission_id, entry.node_id, None if placement.node_id == EAGER else placement))
+        return out
+
+    def _eager(self, decision: Decision) -> list[tuple[Request, Placement]]:
+        """Released to Ray ahead of free capacity, so that Ray's own queue never runs dry between two of the
+        engine's rounds: only from the head of the queue (nothing that ranks before them is passed over),
+        only CPU work of a pool without a limit, booked in its team's quota like any admission, and at most
+        `eager_depth` at once. A more urgent node that comes later finds at most that many ahead of it in Ray."""
+        room = self._eager_depth() - len(self._eager_keys)
+        if room <= 0 or not self._waitlist:
+            return []
+        admitted = {request.key for request, _ in decision.admit}
+        out: list[tuple[Request, Placement]] = []
+        for key in self._waitlist.in_order():
+            if key in admitted:
+                continue
+            request = self._waitlist.get(key).request  # type: ignore[union-attr]
+            waits = decision.waiting.get(key)
+            if (len(out) >= room or request.gpu > 0 or request.fallback_cpu is not None
+                    or (request.pool or "") in self._policy.pools
+                    or (waits is not None and waits.why is not WaitReason.NO_CAPACITY)
+                    or self._quotas.check(request) is not None):
+                break
+            out.append((request, Placement(EAGER)))
+        if out:
+            self._quotas.commit(request for request, _ in out)
+            now = self._clock()
+            for request, placement in out:
+                self._booked[request.key] = (request, placement, now)
+                self._eager_keys.add(request.key)
+        return out
+
+    def _eager_depth(self) -> int:
+        if self.config.eager_depth is not None:
+            return self.config.eager_depth
+        return max(MIN_EAGER_DEPTH, int(sum(n.cpu_free for n in self._nodes)))
+
+    def _view(self, decision: Decision, now: float) -> None:
+        """The queue as `GET /api/orch/queues` shows it (as of the last full round)."""
+        self.queue = []
+        for key, waiting in decision.waiting.items():
+            entry = self._waitlist.get(key)
+            if entry is None:
+                continue
+            r = entry.request
+            self.queue.append({"position": waiting.position, "submission_id": entry.submission_id,
+                               "node_id": entry.node_id, "team": r.team, "priority": str(r.priority), "pool": r.pool,
+                               "gpu": r.gpu, "cpu": r.cpu, "waiting_s": round(now - r.ready_at, 3),
+                               "reason": waiting.reason})
 
     def on_transitions(self, submission_id: str, transitions: Iterable[Transition],
                        machine: RunMachine | None = None) -> list[Charge]:
@@ -193,40 +219,44 @@ class AdmissionQueue:
                     costs.append(Charge(t.node_id, t.attempt, t.at, cost))
         return costs
 
-    def decide(self, queue: list[Request]) -> Decision:
-        """What to admit now; the admitted are booked (capacity and quota) until `release`."""
+    def decide(self, queue: Iterable[Request], *, full: bool = True) -> Decision:
+        """What to admit now, `queue` in queue order; the admitted are booked (capacity and quota) until
+        `release`. Not `full`: the round stops where the cluster has no room left for any waiting node."""
         now = self._clock()
         cluster = self._cluster()
         running = [r for r in self._running() if r.placement.node_id in cluster.nodes]  # a vanished node's go
-        decision = self._policy.decide(now, queue, cluster, running, self._quotas.check)
-        refused = self._quotas.commit(request for request, _ in decision.admit) if decision.admit else {}
-        if refused:  # the team's quota actor said no (another admitter came first, or it is unreachable)
-            waiting = dict(decision.waiting)
-            for request, _ in decision.admit:
-                if request.key in refused:
-                    waiting[request.key] = Waiting(len(waiting) + 1, refused[request.key])
-            decision = Decision(tuple(item for item in decision.admit if item[0].key not in refused), waiting,
-                                decision.reservation)
+        decision = self._policy.decide(now, queue, cluster, running, self._quotas.check, ordered=True,
+                                       stop_below=None if full else self._waitlist.least)
+        if decision.admit:  # the actors hear of it off the engine's thread: nothing is refused here
+            self._quotas.commit(request for request, _ in decision.admit)
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
-        self._show_demand([r for r in queue if r.key in decision.waiting
-                           and decision.waiting[r.key].why is WaitReason.NO_CAPACITY])
+        if full:
+            held = [e.request for e in self._waitlist.entries() if e.request.key in decision.waiting
+                    and decision.waiting[e.request.key].why is WaitReason.NO_CAPACITY]
+            self._show_demand(sorted(held, key=lambda r: rank_of(r, now, self.config.aging_s)))
         self.last = decision
         return decision
 
     def _running(self) -> list[Running]:
         return [Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool,
-                        r.preemptible) for key, (r, p, started) in self._booked.items()]
+                        r.preemptible) for key, (r, p, started) in self._booked.items() if p.node_id != EAGER]
 
     def victims(self) -> list[tuple[str, str, str]]:
         """Running work to preempt for the most urgent node that has waited past `preempt_after_s` for
-        capacity: (submission, node, reason), the fewest GPU-seconds lost."""
+        capacity: (submission, node, reason), the fewest GPU-seconds lost. Looked for once per full round."""
+        if not self._look_for_victims:
+            return []
+        self._look_for_victims = False
         now = self._clock()
         cluster: Cluster | None = None
         running: list[Running] = []
         for item in self.queue:
             key = f"{item['submission_id']}/{item['node_id']}"
-            request = self._waiting_requests[key]
+            entry = self._waitlist.get(key)
+            if entry is None:  # admitted since the last full round
+                continue
+            request = entry.request
             urgent = request.priority.rank >= Priority.HIGH.rank and item["waiting_s"] >= self.config.preempt_after_s
             if not urgent or self._waits.get(key) is not WaitReason.NO_CAPACITY:
                 continue
@@ -247,6 +277,8 @@ class AdmissionQueue:
         booked = self._booked.pop(key, None)
         if booked is None:
             return 0.0
+        self._eager_keys.discard(key)
+        self._dirty = True  # capacity or quota came back: the next round looks again
         request, placement, started = booked
         if request.team in self._quotas.ledgers:
             self._quotas.release(request.team, key)
@@ -280,13 +312,21 @@ class AdmissionQueue:
     def quotas(self) -> list[dict[str, Any]]:
         return self._quotas.snapshot()
 
+    def _refresh_nodes(self) -> bool:
+        """Ask for Ray's nodes when due; True when the answer is a new one."""
+        now = time.monotonic()
+        if now - self._nodes_at < self._refresh_s:
+            return False
+        nodes, self._nodes_at = self._list_nodes(), now
+        changed = nodes is not self._nodes
+        self._nodes = nodes
+        return changed
+
     def _cluster(self) -> Cluster:
         """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end."""
-        now = time.monotonic()
-        if now - self._nodes_at > CLUSTER_REFRESH_S:
-            self._nodes, self._nodes_at = self._list_nodes(), now
+        self._refresh_nodes()
         cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool,
-                                n.spot) for n in self._nodes])
+                                n.spot, n.families) for n in self._nodes])
         for request, placement, _ in self._booked.values():
             if placement.node_id in cluster.nodes:
                 cluster.take(request, placement)

@@ -13,6 +13,8 @@ from fabric.schedule.admission import Request
 from fabric.spec import Priority
 from fabric.states import Wait, WaitReason
 
+NO_TEAM = "-"  # the team of work submitted without one
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -150,15 +152,29 @@ class QuotaBook:
     ledgers in per-team quota actors and these copies are its replicas."""
 
     def __init__(self, budgets: Mapping[str, Budget] | None, clock: Callable[[], float],
-                 saved: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 saved: Callable[[str], dict[str, Any] | None] | None = None, *,
+                 default: Budget | None = None) -> None:
+        """`default`: the budget of a team `budgets` does not name (its ledger is made when first seen)."""
         self._clock = clock
+        self._saved = saved
+        self._default = default
         self.ledgers = {team: QuotaLedger(team, budget, clock) for team, budget in (budgets or {}).items()}
         for team, ledger in self.ledgers.items():
             if saved is not None:
                 ledger.restore(saved(team))
 
+    def ledger(self, team: str) -> QuotaLedger | None:
+        """The team's ledger; made from the default budget the first time a team without its own is seen
+        (work of no team, a local SDK user's, has no default budget: whoever drives Ray directly owns it)."""
+        ledger = self.ledgers.get(team)
+        if ledger is None and self._default is not None and team != NO_TEAM:
+            ledger = self.ledgers[team] = QuotaLedger(team, self._default, self._clock)
+            if self._saved is not None:
+                ledger.restore(self._saved(team))
+        return ledger
+
     def check(self, request: Request) -> Wait | None:
-        ledger = self.ledgers.get(request.team)
+        ledger = self.ledger(request.team)
         if ledger is None:
             return None
         reason = ledger.check(request)
@@ -168,7 +184,7 @@ class QuotaBook:
 
     def holds(self, request: Request) -> Wait | None:
         """Why its own team's quota holds `request`, booking nothing."""
-        ledger = self.ledgers.get(request.team)
+        ledger = self.ledger(request.team)
         return ledger.check(request) if ledger is not None else None
 
     def commit(self, admitted: Iterable[Request]) -> dict[str, Wait]:
@@ -183,4 +199,4 @@ class QuotaBook:
         return [ledger.snapshot() for ledger in self.ledgers.values()]
 
 
-__all__ = ["Budget", "QuotaBook", "QuotaLedger"]
+__all__ = ["NO_TEAM", "Budget", "QuotaBook", "QuotaLedger"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fabric.schedule.config import DEFAULT_CONFIG
 from tests.conftest import ray_head_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +38,16 @@ def test_cluster_yaml_passes_rays_own_config_checks():
     validate_config(prepared)
     types = prepared["available_node_types"]
     workers = {name: spec for name, spec in types.items() if name != prepared["head_node_type"]}
-    assert set(workers) == {"cpu", "cpu-spot", "gpu-spot"}
+    assert set(workers) == {"cpu", "cpu-spot", "gpu-spot", "gpu"}  # the default scheduling config's node pools
+    pools = yaml.safe_load(DEFAULT_CONFIG.read_text())["pools"]
     for name, spec in workers.items():
         assert spec["min_workers"] == 0, f"{name} must scale to zero"
         assert spec["resources"].get(f"pool:{name}", 0) >= 1, f"{name} must advertise its pool resource"
+        families = {f for f, family in pools.items() if name in (family or {}).get("runs_on", [])}
+        assert {r.split(":", 1)[1] for r in spec["resources"] if r.startswith("pool:")} == {name, *families}
     assert types["head"]["resources"]["CPU"] == 0  # user work never lands on the head
     assert "MarketType" in str(types["gpu-spot"]["node_config"]) and "MarketType" not in str(types["cpu"])
+    assert "MarketType" not in str(types["gpu"]["node_config"]) and types["gpu"]["resources"]["GPU"] >= 1
 
     broken = copy.deepcopy(config)
     broken["available_node_types"]["cpu"]["max_worker"] = broken["available_node_types"]["cpu"].pop("max_workers")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 DAG = REPO / "jobs" / "dags" / "quant_backtest.yaml"
-POOLS = ["cpu", "cpu-spot", "gpu-spot"]
+POOLS = ["cpu", "cpu-spot", "gpu-spot", "gpu"]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,33 @@ def test_the_validator_fails_a_broken_copy(tmp_path):
     assert "FAIL" in result.stdout and 'did you mean "minReplicas"' in result.stdout
 
 
+def families_on(node_type: str) -> list[str]:
+    """The queue families the default scheduling config says run on `node_type`."""
+    import yaml
+
+    from fabric.schedule.config import DEFAULT_CONFIG
+
+    pools = yaml.safe_load(DEFAULT_CONFIG.read_text())["pools"]
+    return [name for name, spec in pools.items() if node_type in (spec or {}).get("runs_on", [])]
+
+
+def test_the_default_scheduling_config_has_a_pool_per_node_type_and_the_queue_families():
+    import yaml
+
+    from fabric.schedule.config import DEFAULT_CONFIG
+    from fabric.schedule.queue import load_config
+
+    pools = yaml.safe_load(DEFAULT_CONFIG.read_text())["pools"]
+    assert sorted(name for name, spec in pools.items() if not (spec or {}).get("runs_on")) == sorted(POOLS)
+    config = load_config(REPO / "no-such-scheduling.yaml")
+    assert config is not None and config.families == {"backtest", "training", "ml", "agents", "factors", "rag"}
+    assert {name: limit.max_concurrency for name, limit in (config.pools or {}).items()} == {"backtest": 20,
+                                                                                            "agents": 12}
+    assert config.default_quota is not None and config.default_quota.gpu == 8
+    assert all(set(spec["runs_on"]) <= set(POOLS) for spec in pools.values() if spec and "runs_on" in spec)
+    assert load_config(REPO / "no-such-scheduling.yaml", admission=False) is None
+
+
 @pytest.mark.parametrize(("what", "spec"), clusters())
 def test_cluster_head_pools_and_autoscaling(what, spec):
     from fabric.plan.compile import POOL_RESOURCE_PREFIX
@@ -93,7 +120,9 @@ def test_cluster_head_pools_and_autoscaling(what, spec):
         assert group["minReplicas"] == 0 and group["maxReplicas"] > 0
         # Parsed the way Ray's KubeRay autoscaler reads it: drop the outer quotes and the backslashes.
         raw = group["rayStartParams"]["resources"]
-        assert json.loads(raw[1:-1].replace("\\", "")) == {f"{POOL_RESOURCE_PREFIX}{pool}": 1000}
+        # its own pool, and the queue families the default scheduling config runs on it
+        assert json.loads(raw[1:-1].replace("\\", "")) == {f"{POOL_RESOURCE_PREFIX}{p}": 1000
+                                                            for p in [pool, *families_on(pool)]}
         assert group["labels"] == {"fabric.io/pool": pool}
         pod = group["template"]["spec"]
         limits = pod["containers"][0]["resources"]["limits"]

@@ -1,0 +1,74 @@
+"""A stuck quota actor costs other teams nothing: with research's quota actor suspended (SIGSTOP), trading's
+status answers keep coming and its work runs, while research's new work is held with the reason shown and
+runs once the actor answers again. Admission is the default here: the test writes no scheduling config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+
+def dag(name: str, seconds: float, gpu: float = 1.0) -> dict:
+    return {"version": 1, "pipeline_id": name, "nodes": [
+        {"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:sleeper", "params": {"seconds": seconds},
+         "resources": {"cpu": "100m", "gpu": gpu}}]}
+
+
+def status_times(submission, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        submission.status()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def p99(times: list[float]) -> float:
+    return statistics.quantiles(times, n=100)[-1]
+
+
+def test_a_suspended_quota_actor_holds_its_team_only(client):
+    import ray
+
+    from fabric.execute.quotas import QUOTA_CALL_TIMEOUT_S
+
+    research, trading = client.for_team("research"), client.for_team("trading")
+    # Each team's first work makes its quota actor (the default team budget applies to both).
+    assert research.submit(dag("warm-r", 0.1)).wait(60).state == "SUCCEEDED"
+    assert trading.submit(dag("warm-t", 0.1)).wait(60).state == "SUCCEEDED"
+    watched = trading.submit(dag("watched", 40, gpu=0.5))
+    baseline = status_times(watched, 60)
+
+    actor = ray.get_actor("fabric-quota:research", namespace="fabric")
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        first = research.submit(dag("r-during", 0.2))  # the mirror admits it; its booking goes unanswered
+        during = status_times(watched, 60)
+        other = trading.submit(dag("t-during", 0.2))
+        assert other.wait(60).state == "SUCCEEDED", "another team's work was held by research's quota actor"
+        time.sleep(max(stopped_at + QUOTA_CALL_TIMEOUT_S + 2 - time.monotonic(), 0))  # research is held now
+        deadline = time.monotonic() + 20
+        held = research.submit(dag("r-held", 0.2))
+        while "did not answer" not in (held.status().node("work").reason or ""):
+            assert time.monotonic() < deadline, held.status().node("work")
+            time.sleep(0.2)
+        during += status_times(watched, 60)
+        assert held.status().node("work").state == "QUEUED"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert held.wait(60).state == "SUCCEEDED", "research's work did not run once its actor answered again"
+    assert first.wait(60).state == "SUCCEEDED"
+    watched.cancel()
+    print(f"trading status with research's quota actor suspended: baseline p50 {statistics.median(baseline) * 1000:.1f}"
+          f" ms p99 {p99(baseline) * 1000:.1f} ms; suspended p50 {statistics.median(during) * 1000:.1f} ms "
+          f"p99 {p99(during) * 1000:.1f} ms ({len(during)} calls)")
+    # Every answer came, and none waited out a quota call's time-out (the engine never awaits a quota actor).
+    assert len(during) == 120 and max(during) < QUOTA_CALL_TIMEOUT_S
