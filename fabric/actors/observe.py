@@ -35,6 +35,7 @@ from fabric.states import is_admin_subject
 log = logging.getLogger(__name__)
 
 QUIET_S, MAX_DELAY_S = 0.1, 2.0  # events are sent after 0.1 s without new ones, or 2 s at the latest
+MAX_QUEUED = 20_000  # events waiting for the observer's thread; past this, a run's events are read back later
 HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-256: hashing them costs too much
 
 
@@ -209,18 +210,42 @@ class Observer:
     """Consumes recorded events off the engine's thread; a failing sink is logged, never felt by the run."""
 
     def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None,
-                 namespace: str = "fabric"):
+                 namespace: str = "fabric", max_queued: int = MAX_QUEUED):
         self._store, self._lineage, self._spans, self._namespace = store, lineage, spans, namespace
         self._files = Files(home, artifacts)
         self._builders: OrderedDict[str, tuple[LineageBuilder, dict[str, str | None]]] = OrderedDict()
-        self._queue: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
+        # A bounded queue: when it is full, a run's events are not queued but counted, and read back from the
+        # store once the queue has drained (its lineage comes late, never lost). `seq` numbers each run's
+        # events as they are recorded, `fed` says how many of them were observed.
+        self._queue: queue.SimpleQueue[tuple[int, list[Event]]] = queue.SimpleQueue()
+        self._max_queued, self._queued = max_queued, 0
+        self._lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        self._fed: dict[str, int] = {}
+        self._behind: set[str] = set()
+        self.deferred = 0  # events that found the queue full (read back later)
         self._idle = threading.Event()
         self._idle.set()
         threading.Thread(target=self._loop, name="fabric-observe", daemon=True).start()
 
     def put(self, events: list[Event]) -> None:
-        self._idle.clear()
-        self._queue.put(list(events))
+        """From the engine's thread: never blocks on a sink; at most `max_queued` events wait in memory."""
+        with self._lock:
+            self._idle.clear()
+            runs = {e.submission_id for e in events}
+            if self._queued + len(events) > self._max_queued or runs & self._behind:
+                if not self.deferred:
+                    log.warning("fabric lineage queue full (%d events): later events are read back from the store",
+                                self._queued)
+                self.deferred += len(events)
+                self._behind |= runs
+                for e in events:
+                    self._seq[e.submission_id] = self._seq.get(e.submission_id, 0) + 1
+                return
+            self._queued += len(events)
+            for e in events:
+                self._seq[e.submission_id] = self._seq.get(e.submission_id, 0) + 1
+                self._queue.put((self._seq[e.submission_id] - 1, [e]))
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every event handed over so far has been sent (tests, shutdown)."""
@@ -237,19 +262,43 @@ class Observer:
                     batches.append(self._queue.get(timeout=min(QUIET_S, left)))
                 except queue.Empty:
                     break
-            built: list[dict[str, Any]] = []
-            for event in (e for batch in batches for e in batch):
-                try:
-                    built += self._observe(event)
-                except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
-                    log.exception("fabric could not build lineage/trace for %s", event.submission_id,
-                                  extra={"submission_id": event.submission_id, "node_id": event.node_id})
+            with self._lock:
+                self._queued -= sum(len(batch) for _, batch in batches)
+            self._observe_all([(seq, e) for seq, batch in batches for e in batch])
+            with self._lock:
+                behind = self._queue.empty() and bool(self._behind)
+            if behind:
+                self._catch_up()
+            with self._lock:
+                if self._queue.empty() and not self._behind:
+                    self._idle.set()
+
+    def _observe_all(self, events: list[tuple[int, Event]]) -> None:
+        built: list[dict[str, Any]] = []
+        for seq, event in events:
+            if seq < self._fed.get(event.submission_id, 0):
+                continue  # read back from the store already
+            self._fed[event.submission_id] = seq + 1
             try:
-                self._send(built)
-            except Exception:  # noqa: BLE001
-                log.exception("fabric could not send %d lineage events", len(built))
-            if self._queue.empty():
-                self._idle.set()
+                built += self._observe(event)
+            except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
+                log.exception("fabric could not build lineage/trace for %s", event.submission_id,
+                              extra={"submission_id": event.submission_id, "node_id": event.node_id})
+        try:
+            self._send(built)
+        except Exception:  # noqa: BLE001
+            log.exception("fabric could not send %d lineage events", len(built))
+
+    def _catch_up(self) -> None:
+        """The queue has drained: the runs whose events found it full are read back from the store, from the
+        first event not observed yet (puts for them wait meanwhile, so none is observed twice or skipped)."""
+        with self._lock:
+            behind, self._behind = set(self._behind), set()
+            self._store.flush()
+            read = {sid: self._store.events(sid)[self._fed.get(sid, 0):self._seq.get(sid, 0)] for sid in behind}
+        for sid, events in read.items():
+            start = self._fed.get(sid, 0)
+            self._observe_all([(start + i, e) for i, e in enumerate(events)])
 
     def _builder(self, submission_id: str) -> tuple[LineageBuilder, dict[str, str | None]] | None:
         if submission_id not in self._builders:
@@ -299,10 +348,12 @@ class ObservedStore:
     def __init__(self, inner: Store, observer: Observer) -> None:
         self._inner = inner
         self.observer = observer
+        self._lock = threading.Lock()
 
     def append_events(self, events: list[Event]) -> None:
-        self._inner.append_events(events)
-        self.observer.put(events)
+        with self._lock:  # the store's order is the observer's: a run's events are read back by position
+            self._inner.append_events(events)
+            self.observer.put(events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

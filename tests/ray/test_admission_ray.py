@@ -1,5 +1,6 @@
-"""Admission on a real local Ray with 4 fake GPUs: priorities, backfill around a reservation, team
-quotas, the wait reason in status, and placement on the node the policy chose."""
+"""Admission on a real local Ray with 12 fake GPUs, as it is by default: the test writes no scheduling config.
+Priorities, backfill around a reservation, the default team budget (8 GPUs), the wait reason in status,
+preemption after the default `preempt_after_s`, and the CPU fallback of GPU-first work."""
 
 from __future__ import annotations
 
@@ -9,19 +10,22 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
-SCHEDULING = """
-aging_s: 3600
-preempt_after_s: 1
-quotas:
-  research: {gpu: 1}
-"""
+GPUS = 12
+PREEMPT_AFTER_S = 30  # the default config's preempt_after_s
 
 
 @pytest.fixture(scope="module")
-def fabric_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("fabric-home")
-    (home / "scheduling.yaml").write_text(SCHEDULING)  # read by the registry when it starts: admission on
-    return home
+def client(fabric_home):
+    import os
+
+    import ray
+
+    import fabric as fb
+    from tests.conftest import REPO
+
+    os.chdir(REPO)  # workers import `tests.nodes` from the driver's working directory
+    yield fb.connect("local", num_cpus=2, num_gpus=GPUS, home=str(fabric_home))
+    ray.shutdown()
 
 
 def gpu_dag(name: str, gpu: float, seconds: float, priority: str = "normal", max_runtime: str | None = None) -> dict:
@@ -44,11 +48,11 @@ def wait_running(submission, timeout: float = 30) -> None:
 
 
 def test_higher_priority_goes_first_when_capacity_frees(client):
-    hog = client.submit(gpu_dag("hog", 4, 3))
+    hog = client.submit(gpu_dag("hog", GPUS, 3))
     wait_running(hog)
-    low = client.submit(gpu_dag("low", 4, 0.5, "low"))
+    low = client.submit(gpu_dag("low", GPUS, 0.5, "low"))
     time.sleep(0.3)
-    high = client.submit(gpu_dag("high", 4, 0.5, "high"))
+    high = client.submit(gpu_dag("high", GPUS, 0.5, "high"))
     time.sleep(0.5)
     waiting = low.status().node("work")
     assert waiting.state == "QUEUED" and waiting.reason.startswith("queue #2: no capacity")
@@ -59,7 +63,7 @@ def test_higher_priority_goes_first_when_capacity_frees(client):
 def test_a_small_node_backfills_around_a_reserved_big_one_without_delaying_it(client):
     hog = client.submit(gpu_dag("hog", 2, 3, max_runtime="8s"))
     wait_running(hog)
-    big = client.submit(gpu_dag("big", 4, 0.5))
+    big = client.submit(gpu_dag("big", GPUS, 0.5))
     time.sleep(0.5)
     assert "reserved to start by" in big.status().node("work").reason
     short = client.submit(gpu_dag("short", 0.25, 0.2, max_runtime="4s"))
@@ -73,35 +77,36 @@ def test_a_small_node_backfills_around_a_reserved_big_one_without_delaying_it(cl
 
 def test_a_team_over_its_gpu_budget_waits_with_the_reason(client):
     research = client.for_team("research")
-    first = research.submit(gpu_dag("first", 1, 2))
+    first = research.submit(gpu_dag("first", 8, 4))  # the default team budget: 8 GPUs at once
     wait_running(first)
     second = research.submit(gpu_dag("second", 1, 0.2))
     time.sleep(0.5)
     node = second.status().node("work")
-    assert node.state == "QUEUED" and node.reason.endswith("quota: team research gpu 1/1 in use")
+    assert node.state == "QUEUED" and node.reason.endswith("quota: team research gpu 8/8 in use"), node
     view = research.queues()  # what GET /api/orch/queues and /quotas show the team
     assert view["admission"] and [(i["submission_id"], i["node_id"]) for i in view["queue"]] == [(second.id, "work")]
-    assert view["queue"][0]["reason"] == "quota: team research gpu 1/1 in use"
-    assert [(q["team"], q["gpu_in_use"], q["gpu_budget"]) for q in view["quotas"]] == [("research", 1.0, 1)]
+    assert view["queue"][0]["reason"] == "quota: team research gpu 8/8 in use"
+    assert [(q["team"], q["gpu_in_use"], q["gpu_budget"]) for q in view["quotas"]] == [("research", 8.0, 8)]
     assert client.for_team("trading").queues()["queue"] == []  # another team does not see research's nodes
     other = client.for_team("trading").submit(gpu_dag("other", 1, 0.2))  # another team is not held
     assert other.wait(30).state == "SUCCEEDED"
     assert started(second) >= first.wait(30).node("work").ended_at - 0.5
 
 
+@pytest.mark.timeout(240)
 def test_critical_work_preempts_low_spot_work_which_checkpoints_and_runs_again(client, tmp_path):
     victim_spec = {"version": 1, "pipeline_id": "spot", "slo": {"priority": "low", "qos": "spot_ok",
                                                                  "retry": {"max_attempts": 1}},
                    "nodes": [{"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:checkpointing_sleeper",
-                              "params": {"seconds": 4, "marker_dir": str(tmp_path)},
-                              "resources": {"cpu": "100m", "gpu": 4}}]}
+                              "params": {"seconds": PREEMPT_AFTER_S + 10, "marker_dir": str(tmp_path)},
+                              "resources": {"cpu": "100m", "gpu": GPUS}}]}
     victim = client.submit(victim_spec)
     wait_running(victim)
-    urgent = client.submit(gpu_dag("urgent", 4, 0.3, "critical"))
-    status = urgent.wait(30)
+    urgent = client.submit(gpu_dag("urgent", GPUS, 0.3, "critical"))
+    status = urgent.wait(PREEMPT_AFTER_S + 30)  # it waits the default preempt_after_s, then preempts
     assert status.state == "SUCCEEDED"
     assert (tmp_path / "checkpoint.1").exists(), "on_preempt ran before the attempt stopped"
-    done = victim.wait(60)
+    done = victim.wait(PREEMPT_AFTER_S + 60)
     node = done.node("work")
     assert done.state == "SUCCEEDED" and node.attempts == 2  # max_attempts 1: a preemption is not a failure
     assert node.history[0].outcome == "QUEUED" and node.history[0].ended_at <= status.node("work").started_at + 1
@@ -113,7 +118,7 @@ def test_critical_work_preempts_low_spot_work_which_checkpoints_and_runs_again(c
 
 
 def test_gpu_first_work_runs_on_cpu_once_no_gpu_freed_up_within_its_wait(client):
-    hog = client.submit(gpu_dag("hog", 4, 4))
+    hog = client.submit(gpu_dag("hog", GPUS, 4))
     wait_running(hog)
     node = {"id": "work", "kind": "python_task", "entrypoint": "tests.nodes:which_device",
             "resources": {"cpu": "100m", "gpu": 1, "fallback": {"cpu": "200m", "after": "1s"}}}
