@@ -74,8 +74,9 @@ Demand = Callable[[list[dict[str, float]]], None]  # held work as resource bundl
 class AdmissionQueue:
     def __init__(self, config: SchedulingConfig, clock: Callable[[], float], *, nodes: Callable[[], list[Node]],
                  journal: QuotaJournal | None = None, quotas: Callable[..., QuotaBook] = QuotaBook,
-                 demand: Demand | None = None, refresh_s: float = CLUSTER_REFRESH_S) -> None:
-        """`refresh_s`: how often `nodes()` is asked (0: every round, for a `nodes` that answers from memory)."""
+                 demand: Demand | None = None, refresh_s: float | None = None) -> None:
+        """`refresh_s`: how often `nodes()` is asked (0: every round, for a `nodes` that answers from memory;
+        None: CLUSTER_REFRESH_S)."""
         self.config = config
         self._refresh_s = refresh_s
         self._policy = AdmissionPolicy(config.pools, config.aging_s)
@@ -315,7 +316,7 @@ class AdmissionQueue:
     def _refresh_nodes(self) -> bool:
         """Ask for Ray's nodes when due; True when the answer is a new one."""
         now = time.monotonic()
-        if now - self._nodes_at < self._refresh_s:
+        if now - self._nodes_at < (CLUSTER_REFRESH_S if self._refresh_s is None else self._refresh_s):
             return False
         nodes, self._nodes_at = self._list_nodes(), now
         changed = nodes is not self._nodes
