@@ -55,8 +55,7 @@ class Engine(Reruns):
         (`execute.scheduler.engine_scheduler`; None: admission is off, ready nodes go to Ray at once).
         `secrets_dir`: the head's secrets, read at each dispatch of a submission that lists scopes."""
         self._store = store
-        # With admission, ready nodes wait in its queue (priorities, pools, quotas, packing).
-        self._scheduler = admission
+        self._scheduler = admission  # with admission, ready nodes wait in its queue (priorities, quotas, ...)
         self._artifacts = artifacts
         self._persist_outputs = persist_outputs
         self._use_images = use_images
@@ -230,8 +229,7 @@ class Engine(Reruns):
         return full_logs(self._home, submission_id, node_id, self._store.get_log(submission_id, node_id))
 
     def _lookup(self, submission_id: str) -> LiveRun | Finished:
-        # Live first: compaction adds the Finished before the run leaves the live set, so a run that
-        # ends meanwhile is always found in one of the two.
+        # Live first: compaction adds the Finished before the run leaves the live set (so it is in one of them).
         run = self._runs.get(submission_id) or self._finished.get(submission_id)
         if run is None:
             raise NotFoundError(f"no submission {submission_id!r}", code=ErrorCode.NOT_FOUND,
@@ -266,8 +264,7 @@ class Engine(Reruns):
                     if deadline is not None and deadline <= self._clock():
                         self._perform(run, run.machine.tick())
                         touched.add(submission_id)
-                # Recorded before admission too: the scheduler frees what ended before it books anew.
-                # Cache decisions first (execute/cache.py).
+                # Recorded before admission: it frees what ended before it books anew. Cache decisions first.
                 self._changed |= touched | self._cache.tick(self._cache_host)  # admission looks at these
                 self._record_all(self._changed)
                 self._record_all(self._admit())
@@ -377,10 +374,10 @@ class Engine(Reruns):
             sid = run.record.submission_id
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
-            if self._scheduler is not None:  # ended attempts give back their booking and say what they cost
-                costs = self._scheduler.on_transitions(sid, transitions, run.machine)
-                if costs:  # most rounds cost nothing: no empty write, no wake-up for the observer
-                    self._store.append_events(cost_events(sid, costs))
+            # Ended attempts give back their booking and say what they cost (most rounds cost nothing: no write).
+            costs = self._scheduler.on_transitions(sid, transitions, run.machine) if self._scheduler else []
+            if costs:
+                self._store.append_events(cost_events(sid, costs))
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)
             except Exception:  # noqa: BLE001 - metrics must never stop the work
@@ -410,9 +407,7 @@ class Engine(Reruns):
             times = [d for r in self._runs.values() if not r.machine.done
                      for d in (r.machine.next_deadline(),) if d is not None]
             times += [t for t, _ in self._force_kills]
-        if not times:
-            return MAX_WAKEUP_S
-        return min(max(min(times) - now, 0.001), MAX_WAKEUP_S)
+        return min(max(min(times) - now, 0.001), MAX_WAKEUP_S) if times else MAX_WAKEUP_S
 
     def _due_force_kills(self) -> None:
         now = self._clock()
