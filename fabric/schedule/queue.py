@@ -96,6 +96,7 @@ class AdmissionQueue:
         self._waitlist = Waitlist(config.aging_s)
         self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last full round
         self._eager_keys: set[str] = set()  # released ahead of capacity (`_eager`), not placed by the policy
+        self._runs: dict[str, tuple[RunMachine, str | None]] = {}  # every live run it was told of
         self._dirty = True
         self._full_at = self._full_mono = -math.inf
         self._look_for_victims = False
@@ -118,29 +119,31 @@ class AdmissionQueue:
               ) -> list[tuple[str, str, Placement | None]]:
         """One round: (submission, node, placement) to release now. `runs` are the runs that changed since the
         last round (a None machine: the run is gone); the queue keeps every other run's waiting nodes. A round
-        with nothing new, nothing released and no change of cluster is skipped; once a second (and when asked,
-        `full=`) every waiting node is looked at again, its aging applied and why it waits told."""
+        with nothing new, nothing released and no change of cluster is skipped; once a second a full round
+        looks at every run it knows and every waiting node again, applies aging and tells each why it waits."""
         now = self._clock()
+        full = now - self._full_at >= ROUND_EVERY_S or time.monotonic() - self._full_mono >= ROUND_EVERY_S
         for submission_id, machine, team in runs:
             if machine is None or machine.done:
                 self._waitlist.forget_run(submission_id)
-                continue
-            def make(node_id: str, sid: str = submission_id, m: RunMachine = machine, t: str | None = team) -> Entry:
-                node = m.nodes[node_id]
-                return Entry(self.request(f"{sid}/{node_id}", node.plan, t, node.queued_at), sid, node_id, m)
-            if self._waitlist.sync_run(submission_id, machine.waiting(), make, now):
-                self._dirty = True
+                self._runs.pop(submission_id, None)
+            else:
+                self._runs[submission_id] = (machine, team)
+                self._sync(submission_id, machine, team, now)
+        if full:  # a safety net: a run whose waiting nodes changed unseen is caught up within a second
+            for submission_id, (machine, team) in list(self._runs.items()):
+                self._sync(submission_id, machine, team, now)
         if self._refresh_nodes():
             self._dirty = True
-        full = now - self._full_at >= ROUND_EVERY_S or time.monotonic() - self._full_mono >= ROUND_EVERY_S
         if not (self._dirty or full):
             return []
         self._dirty = False
+        if full:
+            self._full_at, self._full_mono = now, time.monotonic()
         if not self._waitlist and not self._booked and not self._demand:
             self.queue, self._waits = [], {}
             return []
         if full:
-            self._full_at, self._full_mono = now, time.monotonic()
             self._waitlist.reorder(now)
         decision = self.decide(self._waitlist.requests(), full=full)
         admitted = [(request, placement) for request, placement in decision.admit]
@@ -159,6 +162,14 @@ class AdmissionQueue:
             if entry is not None:
                 out.append((entry.submission_id, entry.node_id, None if placement.node_id == EAGER else placement))
         return out
+
+    def _sync(self, submission_id: str, machine: RunMachine, team: str | None, now: float) -> None:
+        def make(node_id: str) -> Entry:
+            node = machine.nodes[node_id]
+            return Entry(self.request(f"{submission_id}/{node_id}", node.plan, team, node.queued_at),
+                         submission_id, node_id, machine)
+        if self._waitlist.sync_run(submission_id, machine.waiting(), make, now):
+            self._dirty = True
 
     def _eager(self, decision: Decision) -> list[tuple[Request, Placement]]:
         """Released to Ray ahead of free capacity, so that Ray's own queue never runs dry between two of the
