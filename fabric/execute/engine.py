@@ -343,11 +343,12 @@ class Engine(Reruns):
             self._changed |= changed
             return set()
         for sid, node_id, placement in admitted:
-            run = self._runs[sid]
-            actions = run.machine.admit(node_id)
-            if not actions:  # it stopped waiting meanwhile: give its booking back
+            if not (actions := self._runs[sid].machine.admit(node_id)):  # it stopped waiting: give its booking back
                 self._scheduler.release(f"{sid}/{node_id}")
-            self._perform(run, actions, placement)
+            try:
+                self._perform(self._runs[sid], actions, placement)
+            except Exception:  # noqa: BLE001 - as in the loop: one bad submission must not stop the engine
+                self._fail_run(Wake(sid))
         preempted = [(sid, node_id, why) for sid, node_id, why in victims if sid in self._runs]
         for sid, node_id, why in preempted:  # their bookings go with their RUNNING -> QUEUED transitions
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
@@ -374,9 +375,8 @@ class Engine(Reruns):
             sid = run.record.submission_id
             self._store.append_events([Event(sid, t.node_id, t.source, t.target, t.at, t.attempt, t.reason)
                                        for t in transitions])
-            # Ended attempts give back their booking and say what they cost (most rounds cost nothing: no write).
             costs = self._scheduler.on_transitions(sid, transitions, run.machine) if self._scheduler else []
-            if costs:
+            if costs:  # ended attempts gave back their booking; what they cost (most rounds: nothing, no write)
                 self._store.append_events(cost_events(sid, costs))
             try:
                 self.metrics.on_transitions(sid, run.record.team, run.plan.nodes, transitions)

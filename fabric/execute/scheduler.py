@@ -38,6 +38,7 @@ class Watch:
         self._nodes: list[Node] = []
         self._demand: list[dict[str, float]] | None = None
         self._told: list[dict[str, float]] | None = None
+        self._failing = False
         self._wake = threading.Event()
         self._refresh()  # the first look is taken by the registry as it starts, not under the engine's lock
         threading.Thread(target=self._loop, name="fabric-cluster-watch", daemon=True).start()
@@ -52,8 +53,12 @@ class Watch:
     def _refresh(self) -> None:
         try:
             self._nodes = self._list()
+            self._failing = False
         except Exception:  # noqa: BLE001 - the last view stands until Ray answers again
-            log.warning("fabric could not list Ray's nodes", exc_info=True)
+            # Said once per outage, not every poll.
+            log.log(logging.DEBUG if self._failing else logging.WARNING, "fabric could not list Ray's nodes",
+                    exc_info=True)
+            self._failing = True
 
     def _loop(self) -> None:
         next_at = time.monotonic() + NODES_EVERY_S
