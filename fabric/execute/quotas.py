@@ -42,19 +42,22 @@ class ActorQuotaBook(QuotaBook):
 
     # -- the engine's side: local and never blocking --------------------------------------------------
 
-    def _held(self, team: str) -> Wait | None:
-        if team in self._up or self.ledger(team) is None:
+    def _held(self, request: Request) -> Wait | None:
+        team, ledger = request.team, self.ledger(request.team)
+        if team in self._up or ledger is None:
             return None
+        if request.gpu <= 0 and ledger.budget.cpu is None:
+            return None  # nothing of its budget can hold it: no need to wait for the actor (it hears at its sync)
         self._sync.want(team)
         return Wait(WaitReason.QUOTA, f"team {team} {self._down.get(team, UNAVAILABLE)}")
 
     def check(self, request: Request) -> Wait | None:
         with self._lock:
-            return self._held(request.team) or super().check(request)
+            return self._held(request) or super().check(request)
 
     def holds(self, request: Request) -> Wait | None:
         with self._lock:
-            return self._held(request.team) or super().holds(request)
+            return self._held(request) or super().holds(request)
 
     def commit(self, admitted: Iterable[Request]) -> dict[str, Wait]:
         """The mirror booked them already: the actors hear of it from the sync thread. Nothing is refused here."""
