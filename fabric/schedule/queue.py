@@ -98,6 +98,7 @@ class AdmissionQueue:
         self._eager_keys: set[str] = set()  # released ahead of capacity (`_eager`), not placed by the policy
         self._runs: dict[str, tuple[RunMachine, str | None]] = {}  # every live run it was told of
         self._dirty = True
+        self._added = False
         self._full_at = self._full_mono = -math.inf
         self._look_for_victims = False
         self._saved_at: dict[str, float] = {}
@@ -135,6 +136,8 @@ class AdmissionQueue:
                 self._sync(submission_id, machine, team, now)
         if self._refresh_nodes():
             self._dirty = True
+        # New waiting nodes get their reason and position at once: a full round (arrivals come in batches).
+        full, self._added = full or self._added, False
         if not (self._dirty or full):
             return []
         self._dirty = False
@@ -169,7 +172,7 @@ class AdmissionQueue:
             return Entry(self.request(f"{submission_id}/{node_id}", node.plan, team, node.queued_at),
                          submission_id, node_id, machine)
         if self._waitlist.sync_run(submission_id, machine.waiting(), make, now):
-            self._dirty = True
+            self._dirty = self._added = True
 
     def _eager(self, decision: Decision) -> list[tuple[Request, Placement]]:
         """Released to Ray ahead of free capacity, so that Ray's own queue never runs dry between two of the
