@@ -175,8 +175,9 @@ class Settings:
     scheduling: str = _var("FABRIC_SCHEDULING", "the scheduling config (pools, quotas, priorities), read over "
                            "the default one when it exists", "path", _text, _under_home("scheduling.yaml"),
                            shown=f"{_HOME}/scheduling.yaml")
-    admission: bool = _var("FABRIC_ADMISSION", "admission (priorities, pools, quotas, packing); `0` turns it off "
-                           "and ready nodes go to Ray at once", "bool", _bool, True)
+    admission: bool = _var("FABRIC_ADMISSION", "admission (priorities, pools, quotas, packing) with the default "
+                           "scheduling config; on as well when a scheduling file exists; off: ready nodes go to Ray "
+                           "at once", "bool", _bool, False)
     fuse: bool = _var("FABRIC_FUSE", "run chains of small nodes with the same resources as one Ray task each "
                       "(members keep their own state, attempts and logs; see docs/spec.md, fused chains)", "bool",
                       _bool, False)

@@ -48,7 +48,7 @@ def test_defaults_follow_the_home():
     assert (config.store, config.persist_outputs, config.lineage) == ("sqlite", "needed", None)
     assert (config.lineage_file_max_bytes, config.lineage_file_backups, config.log_format) == (64 << 20, 5, "text")
     assert (config.keep_finished, config.keep_results, config.sweep_interval_s) == (1000, 100, 3600.0)
-    assert config.admission and not (config.skip_feasibility or config.use_images)  # admission is on by default
+    assert not (config.admission or config.skip_feasibility or config.use_images)
     assert config.token is None and config.otlp_endpoint is None
     assert Settings.from_env({}).home == str(Path.home() / ".fabric")
 
