@@ -1,4 +1,4 @@
-"""Admission by default, at O(changes): the waitlist keeps queue order as nodes come and go, a round looks only
+"""Admission at O(changes): the waitlist keeps queue order as nodes come and go, a round looks only
 at the runs that changed and stops where the cluster is full, the eager release never passes over a node that
 ranks before it, and the default scheduling config is read under a scheduling file."""
 
