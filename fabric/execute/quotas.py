@@ -106,6 +106,10 @@ class ActorQuotaBook(QuotaBook):
     def is_up(self, team: str) -> bool:
         return team in self._up
 
+    def close(self) -> None:
+        """Stop the sync thread (a book made outside the registry, as in a test, before its Ray goes)."""
+        self._sync.close()
+
 
 def _book(actor: Any, *, requests: list[Request], now: float) -> Any:
     return actor.book.remote(requests, now)
@@ -132,6 +136,11 @@ class _QuotaSync:
         self._calls: dict[Any, _Call] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._inbox.put(("", "wake", [], 0.0))
 
     def want(self, team: str) -> None:
         """A held team: sync it soon (called on the engine thread: only enqueues)."""
@@ -150,7 +159,10 @@ class _QuotaSync:
         self._inbox.put((team, kind, requests, now))
 
     def _loop(self) -> None:
-        while True:
+        while not self._closed.is_set():
+            if not ray.is_initialized():  # Ray went (a driver's shutdown): a call now would start a new one
+                time.sleep(RESYNC_EVERY_S)
+                continue
             try:
                 self._step()
             except Exception:  # noqa: BLE001 - the thread must live: a held team is asked again next step

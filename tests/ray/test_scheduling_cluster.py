@@ -238,11 +238,14 @@ def test_a_quota_actor_that_cannot_answer_admits_nothing(cluster, tmp_path):
     ray.kill(dead, no_restart=True)
     book = ActorQuotaBook({"gone": Budget(gpu=8)}, time.time, actor=lambda team: dead)
     request = Request("s/w", "gone", gpu=1)
-    # Never awaited: until its actor has answered, the team is held, and the book says why at once.
-    assert str(book.check(request)) == "quota: team gone quota actor unavailable (held until it answers)"
-    wait_for(lambda: "held until it answers: " in str(book.check(request)) or "did not answer" in str(
-        book.check(request)), timeout=30, what="the sync thread to find the actor dead")
-    assert book.snapshot()[0]["gpu_in_use"] == 0.0  # nothing was booked (fail closed)
+    try:
+        # Never awaited: until its actor has answered, the team is held, and the book says why at once.
+        assert str(book.check(request)) == "quota: team gone quota actor unavailable (held until it answers)"
+        wait_for(lambda: "held until it answers: " in str(book.check(request)) or "did not answer" in str(
+            book.check(request)), timeout=30, what="the sync thread to find the actor dead")
+        assert book.snapshot()[0]["gpu_in_use"] == 0.0  # nothing was booked (fail closed)
+    finally:
+        book.close()  # its sync thread lives in this driver: it must not call Ray once the module's Ray is gone
 
 
 def test_a_killed_quota_actor_fails_closed_and_comes_back(cluster):

@@ -106,9 +106,19 @@ def test_a_squatter_under_a_quota_actors_name_holds_the_team_with_the_reason(cli
     assert caught.value.code == ErrorCode.CONTROL_IMPOSTOR and "fabric-quota:squatted" in caught.value.message
     book = ActorQuotaBook({"squatted": Budget(gpu=8)}, time.time,
                           actor=lambda team: get_or_create_quota_actor(team, key_file=key_file))
-    refused = book.commit([Request("s/w", "squatted", gpu=1)])
-    assert "is not fabric's" in str(refused["s/w"]) and "squatted" in str(refused["s/w"])
-    assert book.snapshot()[0]["gpu_in_use"] == 0.0  # fail closed
+    request = Request("s/w", "squatted", gpu=1)
+    try:
+        # The engine's book never waits for an actor: its sync thread finds the squatter, and the team is held
+        # (fail closed) with the reason, while nothing is booked.
+        deadline = time.monotonic() + 30
+        while "is not fabric's" not in str(book.check(request)):
+            assert time.monotonic() < deadline, book.check(request)
+            time.sleep(0.1)
+        held = book.check(request)
+        assert held is not None and "squatted" in str(held) and "held" in str(held)
+        assert book.snapshot()[0]["gpu_in_use"] == 0.0  # fail closed
+    finally:
+        book.close()
     ray.kill(squatter)
 
 
