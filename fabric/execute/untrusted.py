@@ -98,9 +98,19 @@ def harden() -> None:
     global _hardened
     if _hardened:
         return
+    import types
+
+    import ray._private.function_manager
     import ray.cloudpickle
 
-    # ray._private.serialization and ray.exceptions call `ray.cloudpickle.loads` through the module at each use.
+    # Ray's function manager loads the actor classes and remote functions this process calls (its own code, and
+    # the classes behind the handles it gets, e.g. a team's quota actor) with the same module's `loads`: it keeps
+    # the real one, or a handle would come back without its methods' signatures (prove() then failed with
+    # "too many positional arguments" and the team was held for ever).
+    ray._private.function_manager.pickle = types.SimpleNamespace(  # type: ignore[assignment]
+        loads=ray.cloudpickle.loads, dumps=ray.cloudpickle.dumps)
+    # ray._private.serialization and ray.exceptions call `ray.cloudpickle.loads` through the module at each use:
+    # objects (arguments, results, errors) go through safe_loads.
     ray.cloudpickle.loads = safe_loads
     _hardened = True
 
