@@ -12,7 +12,7 @@ from typing import Any
 
 from fabric.errors import ErrorCode, FabricError, NotFoundError
 from fabric.execute.outputs import _fs, files_dir
-from fabric.spec.models import NODE_ID_PATTERN, SUBMISSION_ID_PATTERN
+from fabric.spec.names import NODE_ID_PATTERN, SUBMISSION_ID_PATTERN
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 MAX_ARTIFACT_BYTES = 64 << 20

@@ -12,88 +12,12 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 
-from fabric.plan import ExecutionPlan, NodePlan
+from fabric.plan import ExecutionPlan
+from fabric.schedule.actions import Action, Attempt, Clock, Dispatch, Kill, NodeRun, Outcome, Transition
 from fabric.states import KillCause, NodeState, SubmissionState, check_node_transition, check_submission_transition
 from fabric.types import AttemptReport, ErrorInfo
-
-Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """Submit attempt `attempt` of `node_id` under `token`, wired to the producers' tokens."""
-
-    node_id: str
-    attempt: int
-    token: int
-    input_tokens: tuple[tuple[str, int], ...]  # (producer node id, producer token)
-
-
-@dataclass(frozen=True)
-class Kill:
-    """Stop the Ray work of dispatch `token` of `node_id`; `cause.force` says whether at once."""
-
-    node_id: str
-    token: int
-    cause: KillCause
-    reason: str = ""
-
-
-Action = Dispatch | Kill
-
-
-@dataclass(frozen=True)
-class Transition:
-    node_id: str | None  # None: the submission itself
-    source: str
-    target: str
-    at: float
-    attempt: int = 0
-    reason: str = ""
-
-
-@dataclass
-class Attempt:
-    number: int
-    started_at: float  # when the fabric released it to run
-    ended_at: float | None = None
-    outcome: NodeState | None = None
-    error: ErrorInfo | None = None
-    report: AttemptReport | None = None
-
-
-@dataclass
-class _Outcome:
-    ok: bool
-    report: AttemptReport
-    error: ErrorInfo | None
-
-
-@dataclass
-class NodeRun:
-    plan: NodePlan
-    state: NodeState = NodeState.PENDING
-    token: int | None = None
-    input_tokens: dict[str, int] = field(default_factory=dict)
-    attempts: list[Attempt] = field(default_factory=list)
-    queued_at: float | None = None
-    deadline: float | None = None
-    retry_at: float | None = None
-    buffered: _Outcome | None = None
-    progress: float = 0.0
-    message: str = ""
-    reason: str = ""
-    uncounted: int = 0  # attempts not charged to the retry budget (interrupted by a registry restart)
-    ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
-    dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
-    cost: float = 0.0  # what its attempts cost so far: resource-seconds times the rates of where they ran
-
-    @property
-    def error(self) -> ErrorInfo | None:
-        return self.attempts[-1].error if self.attempts else None
 
 
 class RunMachine:
@@ -229,7 +153,7 @@ class RunMachine:
         node = self.nodes[node_id]
         if node.token != token or self.done:
             return []
-        outcome = _Outcome(ok=error is None, report=report, error=error)
+        outcome = Outcome(ok=error is None, report=report, error=error)
         if node.state is NodeState.RUNNING:
             self._finish_attempt(node, outcome)
         elif node.state in (NodeState.PENDING, NodeState.QUEUED):
@@ -256,7 +180,7 @@ class RunMachine:
             if node.state is NodeState.RUNNING and node.token is not None:
                 actions.append(Kill(node_id, node.token, KillCause.NODE_TIMEOUT, "max_runtime exceeded"))
                 error = ErrorInfo("Timeout", f"node exceeded max_runtime {node.plan.max_runtime or 0:g}s")
-                self._finish_attempt(node, _Outcome(False, AttemptReport(ended_at=now), error),
+                self._finish_attempt(node, Outcome(False, AttemptReport(ended_at=now), error),
                                      timed_out=True)
             elif node.state is NodeState.RETRYING:
                 node.retry_at = None
@@ -319,7 +243,7 @@ class RunMachine:
         self.state = target
         self.ended_at = now
 
-    def _finish_attempt(self, node: NodeRun, outcome: _Outcome, *, timed_out: bool = False) -> None:
+    def _finish_attempt(self, node: NodeRun, outcome: Outcome, *, timed_out: bool = False) -> None:
         now = self._clock()
         attempt = node.attempts[-1]
         attempt.ended_at = now

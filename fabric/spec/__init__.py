@@ -15,8 +15,8 @@ from fabric.spec.models import (
     RuntimeEnvSpec,
     RuntimeParams,
     Slo,
-    split_input,
 )
+from fabric.spec.names import split_input
 from fabric.spec.schema import dag_json_schema, runtime_params_json_schema
 from fabric.spec.validate import graph_problems, topological_order
 

@@ -22,7 +22,7 @@ from fabric.schedule.backfill import (
     trigger_submission_id,
 )
 from fabric.spec.backfills import MAX_DATES, parse_backfill, step_dates
-from fabric.spec.models import SUBMISSION_ID_PATTERN
+from fabric.spec.names import SUBMISSION_ID_PATTERN
 from tests.unit.test_catalogue import SPEC, Harness
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ import pytest
 
 from fabric.errors import SpecError
 from fabric.schedule.cron import due, next_fires, tick_submission_id
-from fabric.spec.models import SUBMISSION_ID_PATTERN
+from fabric.spec.names import SUBMISSION_ID_PATTERN
 from fabric.spec.schedules import parse_schedule
 
 pytestmark = pytest.mark.timeout(30)
