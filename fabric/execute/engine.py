@@ -25,7 +25,7 @@ from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, in_fligh
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
-from fabric.execute.resume import Reruns, restored_machine
+from fabric.execute.resume import Reruns
 from fabric.execute.scheduler import cost_events
 from fabric.execute.untrusted import decode_chain_items
 from fabric.plan import ExecutionPlan
@@ -98,27 +98,6 @@ class Engine(Reruns):
             persist = plan.persisted_outs(self._persist_outputs)
             self._runs[record.submission_id] = LiveRun(record, plan, machine, runtime_env, dict(code or {}), persist)
         self._inbox.put(Start(record.submission_id))
-
-    def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
-               code: dict[str, ray.ObjectRef] | None = None) -> list[str]:
-        """Carry on a submission an earlier registry left running. Nodes that SUCCEEDED are not run
-        again: the outputs their descendants need come back from the artifact store; every other
-        unfinished node gets a new attempt. Returns the succeeded nodes that must run again because
-        their outputs are not on record."""
-        consumed = plan.consumed_outs()
-        machine, recovered, rerun = restored_machine(record, plan, status, self._artifacts, self._clock,
-                                                     gated=self._scheduler is not None)
-        self._store.append_events(recovered)
-        run = LiveRun(record, plan, machine, record.runtime_env or None, dict(code or {}),
-                   plan.persisted_outs(self._persist_outputs))  # as `start`: a cache node keeps every out
-        for node_id, token in machine.restored_tokens().items():
-            if consumed[node_id]:
-                refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])
-                run.handles[(node_id, token)] = AttemptHandle(None, refs, len(machine.nodes[node_id].attempts))
-        with self._lock:
-            self._runs[record.submission_id] = run
-        self._inbox.put(Start(record.submission_id))
-        return rerun
 
     def cancel(self, submission_id: str) -> None:
         run = self._lookup(submission_id)

@@ -100,7 +100,7 @@ def reused_run(record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str
 
 
 class Reruns:
-    """The engine's `start_rerun` (its state is the engine's: store, backend, artifacts, runs, inbox)."""
+    """The engine's `resume` and `start_rerun` (its state is the engine's: store, backend, artifacts, runs, inbox)."""
 
     if TYPE_CHECKING:
         _store: Store
@@ -112,6 +112,27 @@ class Reruns:
         _lock: Any
         _runs: dict[str, LiveRun]
         _inbox: Any
+
+    def resume(self, record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus,
+               code: dict[str, Any] | None = None) -> list[str]:
+        """Carry on a submission an earlier registry left running. Nodes that SUCCEEDED are not run
+        again: the outputs their descendants need come back from the artifact store; every other
+        unfinished node gets a new attempt. Returns the succeeded nodes that must run again because
+        their outputs are not on record."""
+        consumed = plan.consumed_outs()
+        machine, recovered, rerun = restored_machine(record, plan, status, self._artifacts, self._clock,
+                                                     gated=self._scheduler is not None)
+        self._store.append_events(recovered)
+        run = LiveRun(record, plan, machine, record.runtime_env or None, dict(code or {}),
+                   plan.persisted_outs(self._persist_outputs))  # as `start`: a cache node keeps every out
+        for node_id, token in machine.restored_tokens().items():
+            if consumed[node_id]:
+                refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])
+                run.handles[(node_id, token)] = AttemptHandle(None, refs, len(machine.nodes[node_id].attempts))
+        with self._lock:
+            self._runs[record.submission_id] = run
+        self._inbox.put(Start(record.submission_id))
+        return rerun
 
     def start_rerun(self, record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str, str],
                     runtime_env: dict[str, Any] | None, code: dict[str, Any] | None = None) -> None:
