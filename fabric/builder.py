@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import json
@@ -12,8 +13,22 @@ from typing import Any
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.spec import DagSpec, load_spec
+from fabric.spec.expr import names, parse
 
 _current_dag: contextvars.ContextVar[DAG | None] = contextvars.ContextVar("fabric_dag", default=None)
+_conditions: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fabric_when", default=())
+
+
+@contextlib.contextmanager
+def when(condition: str) -> Iterator[None]:
+    """`with fb.when("best_sharpe > 0"):` gives the tasks called inside it this `when:` condition (docs/spec.md
+    #conditions-when); nested blocks are and-ed. A syntax error is raised here, at the line that wrote it."""
+    parse(condition)  # ExprError (a ValueError) now, rather than a SpecError at to_spec()
+    token = _conditions.set((*_conditions.get(), condition))
+    try:
+        yield
+    finally:
+        _conditions.reset(token)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,8 @@ class TaskOptions:
     cache: bool = False
     pool: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    when: str | None = None  # and-ed with the conditions of the `fb.when` blocks it is called in
+    on_skipped: str = "skip"
 
 
 class TaskFunction:
@@ -104,11 +121,13 @@ def task(function: Callable[..., Any] | None = None, *, id: str | None = None, c
          gpu: float | None = None, mem: str | int | None = None, gpu_mem: str | int | None = None,
          outs: list[str] | tuple[str, ...] = (), max_runtime: str | float | None = None,
          max_attempts: int | None = None, backoff_sec: float | None = None, cache: bool = False,
-         pool: str | None = None, env: Mapping[str, str] | None = None) -> Any:
+         pool: str | None = None, env: Mapping[str, str] | None = None, when: str | None = None,
+         on_skipped: str = "skip") -> Any:
     """Decorator: `@fb.task` or `@fb.task(cpu=1, gpu=0.5, outs=["model", "metrics"])`."""
     options = TaskOptions(id=id, cpu=cpu, gpu=gpu, mem=mem, gpu_mem=gpu_mem, outs=tuple(outs),
                           max_runtime=max_runtime, max_attempts=max_attempts, backoff_sec=backoff_sec,
-                          cache=cache, pool=pool, env=tuple(sorted((env or {}).items())))
+                          cache=cache, pool=pool, env=tuple(sorted((env or {}).items())), when=when,
+                          on_skipped=on_skipped)
     if function is not None:
         return TaskFunction(function, options)
     return lambda f: TaskFunction(f, options)
@@ -175,10 +194,24 @@ class DAG:
             node["pool"] = opts.pool
         if opts.env:
             node["env"] = dict(opts.env)
+        conditions = (*_conditions.get(), *((opts.when,) if opts.when else ()))
+        if conditions:
+            node["when"] = conditions[0] if len(conditions) == 1 else " and ".join(f"({c})" for c in conditions)
+            self._condition_edges(node_id, node["when"])
+        if opts.on_skipped != "skip":
+            node["on_skipped"] = opts.on_skipped
         self._nodes.append(node)
         if fn.is_inline:
             self._inline[fn.entrypoint] = fn.function
         return Output(node_id, outs[0]) if len(outs) == 1 else Outputs(node_id, outs)
+
+    def _condition_edges(self, node_id: str, condition: str) -> None:
+        """What a condition reads is a dependency: an edge from the node that produces it (or that it names)."""
+        for name in names(parse(condition)):
+            root = name.parts[0]
+            producers = [n["id"] for n in self._nodes if n["id"] == root or root in n.get("outs", ())]
+            if len(producers) == 1 and {"from": producers[0], "to": node_id} not in self._edges:
+                self._edges.append({"from": producers[0], "to": node_id})
 
     def _unique_id(self, base: str) -> str:
         taken = {n["id"] for n in self._nodes}

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     SPEC_QUANTITY = "SPEC_QUANTITY"
     SPEC_PARSE = "SPEC_PARSE"
     SPEC_TOO_LARGE = "SPEC_TOO_LARGE"
+    SPEC_CONDITION = "SPEC_CONDITION"  # a `when` that does not parse, or names what is not upstream or a param
     KIND_NOT_RUNNABLE = "KIND_NOT_RUNNABLE"
     KIND_PARAMS = "KIND_PARAMS"
     RESOURCES_INFEASIBLE = "RESOURCES_INFEASIBLE"

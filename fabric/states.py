@@ -19,7 +19,7 @@ class NodeState(StrEnum):
     CACHED = "CACHED"  # outputs reused from an identical finished node
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
-    SKIPPED = "SKIPPED"  # an upstream node did not succeed
+    SKIPPED = "SKIPPED"  # its `when` was false, an upstream node was SKIPPED, or one did not succeed
     CANCELLED = "CANCELLED"
 
     @property
@@ -29,6 +29,11 @@ class NodeState(StrEnum):
     @property
     def ok(self) -> bool:
         return self in OK_NODE_STATES
+
+    @property
+    def settled(self) -> bool:
+        """Done in a way that lets its downstream go on: ok, or SKIPPED (each child then follows its on_skipped)."""
+        return self in OK_NODE_STATES or self is NodeState.SKIPPED
 
 
 OK_NODE_STATES = frozenset({NodeState.SUCCEEDED, NodeState.CACHED})  # its outputs exist: downstream may read them

@@ -55,3 +55,4 @@ class AttemptReport:
     progress: float | None = None
     message: str = ""
     digests: dict[str, str] | None = None  # out -> digest of its value, for nodes a cache key reads
+    skipped: str = ""  # why the node did not run its code (its condition was false, an input was skipped)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from fabric.execute.backend import node_runtime_env
 from fabric.execute.chain import ChainCall
+from fabric.execute.conditions import Skipped
 from fabric.execute.fusion import fused_groups, wire_chain
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message, Outcome
@@ -46,7 +48,7 @@ class Dispatcher:
             if code is not None:
                 inputs.append(code)
             for wire in node.inputs:
-                inputs.append(run.handles[(wire.producer, tokens[wire.producer])].values[wire.out])
+                inputs.append(_input(run, wire.producer, tokens[wire.producer], wire.out))
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
@@ -67,13 +69,14 @@ class Dispatcher:
             declared_outs=node.outs, home=self._home, control=self._control, unit=node.unit, team=run.record.team,
             secrets=run.plan.secrets_scope, secret_values=secrets, inline_code=inline_code,
             grant=self._grant(run.record.submission_id, node.node_id, action.attempt) if self._grant else "",
-            persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts)
+            persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts,
+            when=node.when, when_params=node.when_params, on_skipped=node.on_skipped)
 
     def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None) -> None:
         """Members of a fused chain, dispatched together, as one Ray task; each keeps its own token and handle."""
         assert self._submit_chain is not None
         inputs, sources = wire_chain(run.plan, group, run.code,
-                                     lambda producer, token, out: run.handles[(producer, token)].values[out])
+                                     partial(_input, run))
         secrets = self._secrets(run)  # one submission's scopes: the same values for every member
         calls = [self._call(run, d, run.code.get(run.plan.nodes[d.node_id].entrypoint or "") is not None, secrets)
                  for d in group]
@@ -92,3 +95,11 @@ class Dispatcher:
         # In run order: a member's success reaches the machine before its successor's result.
         for (node_id, token), result in zip(members, outcomes, strict=True):
             self._inbox.put(Done(submission_id, node_id, token, result))
+
+
+def _input(run: LiveRun, producer: str, token: int | None, out: str) -> Any:
+    """The ref of a producer's out; `Skipped` when the producer was SKIPPED (no token): the node then skips
+    too, or runs without that input (`on_skipped: run`), in its worker (execute/conditions.py)."""
+    if token is None:
+        return Skipped(producer)
+    return run.handles[(producer, token)].values[out]

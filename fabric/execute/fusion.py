@@ -30,12 +30,12 @@ def fused_groups(plan: ExecutionPlan, actions: Sequence[Dispatch | Kill]) -> dic
 
 
 def wire_chain(plan: ExecutionPlan, group: Sequence[Dispatch], code: Mapping[str, Any],
-               ref: Callable[[str, int, str], Any]) -> tuple[list[Any], list[tuple[tuple[int, int], ...]]]:
+               ref: Callable[[str, int | None, str], Any]) -> tuple[list[Any], list[tuple[tuple[int, int], ...]]]:
     """The fused task's inputs (refs from outside it, each once) and, per member, where each of its inputs
     comes from: `(EXTERNAL, i)` or `(j, slot)` of an earlier member. `ref(producer, token, out)` is the ref of
     an outside producer's output; `code` maps an entrypoint to its notebook function's ref."""
     inputs: list[Any] = []
-    seen: dict[tuple[str, int, str], int] = {}
+    seen: dict[tuple[str, int | None, str], int] = {}
     member = {d.node_id: i for i, d in enumerate(group)}
     sources: list[tuple[tuple[int, int], ...]] = []
     for index, action in enumerate(group):

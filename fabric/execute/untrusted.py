@@ -124,7 +124,7 @@ class ReportInvalid(ValueError):
 def _report_fields(report: AttemptReport) -> list[Any]:
     digests = {str(k): str(v) for k, v in report.digests.items()} if report.digests is not None else None
     return [_num(report.started_at), _num(report.ended_at), str(report.log_tail), report.log_path and str(
-        report.log_path), _num(report.progress), str(report.message), digests]
+        report.log_path), _num(report.progress), str(report.message), digests, str(report.skipped)]
 
 
 def _num(value: Any) -> float | None:
@@ -184,9 +184,9 @@ def _str(value: Any, field: str) -> str:
 
 
 def _report(fields: Any) -> AttemptReport:
-    if not isinstance(fields, list) or len(fields) != 7:
-        raise ReportInvalid("a report is a list of 7 fields")
-    started, ended, tail, log_path, progress, message, digests = fields
+    if not isinstance(fields, list) or len(fields) not in (7, 8):
+        raise ReportInvalid("a report is a list of 8 fields")
+    started, ended, tail, log_path, progress, message, digests, *skipped = fields
     if digests is not None and not (isinstance(digests, Mapping) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in digests.items())):
         raise ReportInvalid("report.digests is not a map of strings")
@@ -194,7 +194,8 @@ def _report(fields: Any) -> AttemptReport:
                          log_tail=_str(tail, "log_tail"),
                          log_path=None if log_path is None else _str(log_path, "log_path"),
                          progress=_opt_num(progress, "progress"), message=_str(message, "message"),
-                         digests=dict(digests) if digests is not None else None)
+                         digests=dict(digests) if digests is not None else None,
+                         skipped=_str(skipped[0], "skipped") if skipped else "")
 
 
 def _outcome(fields: Any) -> Outcome:

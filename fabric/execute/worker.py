@@ -19,12 +19,14 @@ from typing import Any
 
 from fabric.context import NodeContext, use_context
 from fabric.digests import output_digests
+from fabric.execute.conditions import Skipped, gate
 from fabric.execute.localpath import local_file_outputs, local_path_warning
 from fabric.execute.logcapture import TAIL_BYTES, CaptureStream, LogCapture
 from fabric.execute.sink import HeadLink
 from fabric.execute.untrusted import encode_report
 from fabric.kinds import NodeCall, get_kind
 from fabric.secrets import secrets_root
+from fabric.spec.expr import ConditionError
 from fabric.types import AttemptReport, ErrorInfo
 
 LOG_TAIL_CHARS = TAIL_BYTES
@@ -112,6 +114,16 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
             error = ErrorInfo("NotRun", f"input from {value.node_id} was not produced: {value.reason}")
             raise NodeFailure(call.node_id, call.attempt, error, AttemptReport(started_at=started,
                                                                                ended_at=time.time()))
+    blob, args = (inputs[0], inputs[1:]) if call.inline_code else (None, inputs)
+    try:
+        named, skipped = gate(call, args)
+    except ConditionError as exc:  # the values have the wrong type or shape for the condition: the node fails
+        error = ErrorInfo("ConditionError", f"when {call.when!r}: {exc}")
+        raise NodeFailure(call.node_id, call.attempt, error, AttemptReport(started_at=started,
+                                                                           ended_at=time.time())) from None
+    if skipped:  # its code never runs: each out is a Skipped marker, which its consumers read as absent
+        return (AttemptReport(started_at=started, ended_at=time.time(), skipped=skipped),
+                [Skipped(call.node_id)] * len(call.result_slots))
     # The worker's disk is scratch: the log, the node's files and the resume outputs go to the head (or the
     # artifact store) through this link; the log live, in chunks, with fds 1 and 2 captured.
     link = HeadLink(call)
@@ -132,12 +144,9 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
     digests: dict[str, str] | None = None
     try:
         with use_context(ctx):
-            if call.inline_code:
-                blob, *values = inputs
-                named = dict(zip(call.input_names, values, strict=True))
+            if blob is not None:
                 value = _inline_function(blob)(**call.params, **named)
             else:
-                named = dict(zip(call.input_names, inputs, strict=True))
                 value = get_kind(call.kind).run(call, named)
             values = split_outputs(call, value)
             for slot, path in local_file_outputs(call.result_slots, values):

@@ -36,4 +36,7 @@ class NodeCall:
     # call, never inside it, and nothing records a NodeCall; never shown by repr.
     secret_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
     grant: str = ""  # this attempt's capability for its own progress, log and stop calls (fabric/capability.py)
+    when: str | None = None  # its condition: evaluated in the worker on the inputs named "?<key>" (spec/conditions)
+    when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params the condition reads
+    on_skipped: str = "skip"  # an input from a SKIPPED node: skip this node too, or "run" it without the input
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got

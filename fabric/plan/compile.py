@@ -21,6 +21,7 @@ from fabric.spec import (
     split_input,
     topological_order,
 )
+from fabric.spec.conditions import WHEN_INPUT, sources
 from fabric.spec.params import references, resolve_params, substitute
 
 KindCheck = Callable[[NodeSpec, str], list[Problem]]
@@ -134,6 +135,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         for out in node.outs:
             producers.setdefault(out, []).append(node.id)
     wiring = _Wiring(order, producers, upstream)
+    outs_of = {node.id: list(node.outs) for node in spec.nodes}
 
     default_res = spec.resources.default if spec.resources else None
     dag_slo = _merge_slo(spec.slo, None)
@@ -144,12 +146,17 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     for node_id in order:
         node = by_id[node_id]
         wires = tuple(wiring.wires(node))
+        when_params: dict[str, Any] = {}
+        if node.when:  # its condition's values arrive as inputs too, so Ray resolves them like any other
+            wires, when_params = condition_wires(node, wires, upstream, producers, outs_of, params)
         # Most nodes inherit the DAG's SLO and resources: merge only when a node overrides them.
         slo = dag_slo if node.slo is None else _merge_slo(spec.slo, node.slo)
         unit = dag_unit if node.resources is None else resource_unit(_merge_resources(default_res, node.resources))
         retry = slo.retry
         content = node_content_hash(
-            kind=node.kind, params=node.params, entrypoint=node.entrypoint, env=node.env,
+            kind=node.kind, params=node.params if node.when is None and node.on_skipped == "skip" else
+            {**node.params, "?when": node.when, "?params": when_params, "?on_skipped": node.on_skipped},
+            entrypoint=node.entrypoint, env=node.env,
             image=node.image, outs=tuple(node.outs),
             inputs={w.name: f"{hashes[w.producer]}:{w.out}" for w in wires})
         hashes[node_id] = content
@@ -170,6 +177,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             cache=bool(node.cache),
             cache_shared=node.cache == "shared",
             content_hash=content,
+            when=node.when, when_params=when_params, on_skipped=node.on_skipped,
         )
     # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).
     for node_id in order:
@@ -177,7 +185,9 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             for producer in {node_id, *(w.producer for w in plans[node_id].inputs)}:
                 plans[producer] = replace(plans[producer], digest_outputs=True)
     if fuse:
-        for node_id, previous in fused_predecessors(tuple(order), plans, {n.id: n.fuse for n in spec.nodes}).items():
+        # A condition, or a node run without a skipped input, decides in its own task (not inside a chain).
+        flags = {n.id: n.fuse and n.when is None and n.on_skipped == "skip" for n in spec.nodes}
+        for node_id, previous in fused_predecessors(tuple(order), plans, flags).items():
             plans[node_id] = replace(plans[node_id], fused_after=previous)
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
@@ -190,6 +200,28 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         secrets_scope=tuple(runtime.secrets_scope),
         params=params,
     )
+
+
+def condition_wires(node: NodeSpec, wires: tuple[InputWire, ...], upstream: Mapping[str, list[str]],
+                    producers: Mapping[str, list[str]], outs: Mapping[str, list[str]], params: Mapping[str, Any]
+                    ) -> tuple[tuple[InputWire, ...], dict[str, Any]]:
+    """A conditional node's wires plus one per upstream value its `when` reads, and the params it reads."""
+    assert node.when is not None
+    ancestors: set[str] = set()
+    stack = list(upstream[node.id])
+    while stack:
+        parent = stack.pop()
+        if parent not in ancestors:
+            ancestors.add(parent)
+            stack.extend(upstream[parent])
+    extra: list[InputWire] = []
+    read: dict[str, Any] = {}
+    for source in sources(node.when, ancestors, producers, outs, params):
+        if source.producer is None:
+            read[source.out] = params[source.out]
+        else:
+            extra.append(InputWire(name=WHEN_INPUT + source.key, producer=source.producer, out=source.out))
+    return (*wires, *extra), read
 
 
 class _Wiring:

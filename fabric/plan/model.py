@@ -84,6 +84,9 @@ class NodePlan:
     digest_outputs: bool = False  # a cache key reads its outputs (it is cached, or a consumer is)
     cache_shared: bool = False  # `cache: shared`: its entries are shared between teams (a grant), not its team's
     fused_after: str | None = None  # the member before it in its fused chain (plan/fuse.py): one Ray task for both
+    when: str | None = None  # its condition (spec/expr.py); the values it reads come as inputs named "?<key>"
+    when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params its condition reads
+    on_skipped: str = "skip"  # an upstream node SKIPPED: "skip" this one too, or "run" it without that input
 
     @property
     def result_slots(self) -> tuple[str, ...]:

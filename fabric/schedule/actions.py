@@ -19,7 +19,7 @@ class Dispatch:
     node_id: str
     attempt: int
     token: int
-    input_tokens: tuple[tuple[str, int], ...]  # (producer node id, producer token)
+    input_tokens: tuple[tuple[str, int | None], ...]  # (producer node id, its token; None: it was SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class NodeRun:
     plan: NodePlan
     state: NodeState = NodeState.PENDING
     token: int | None = None
-    input_tokens: dict[str, int] = field(default_factory=dict)
+    input_tokens: dict[str, int | None] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     queued_at: float | None = None
     deadline: float | None = None
@@ -77,7 +77,8 @@ class NodeRun:
     message: str = ""
     reason: str = ""
     uncounted: int = 0  # attempts not charged to the retry budget (interrupted by a registry restart)
-    ok_upstream: int = 0  # upstream nodes that SUCCEEDED or are CACHED
+    ok_upstream: int = 0  # upstream nodes that are settled: SUCCEEDED, CACHED or SKIPPED
+    skipped_upstream: list[str] = field(default_factory=list)  # upstream nodes that were SKIPPED
     dispatched_upstream: int = 0  # upstream nodes with a live dispatch (a token)
     cost: float = 0.0  # what its attempts cost so far: resource-seconds times the rates of where they ran
 

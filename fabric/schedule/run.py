@@ -68,7 +68,8 @@ class RunMachine:
                 if state.ok:
                     machine._set_token(node, next(machine._tokens))
         for node in machine.nodes.values():
-            node.ok_upstream = sum(machine.nodes[u].state.ok for u in node.plan.upstream)
+            node.ok_upstream = sum(machine.nodes[u].state.settled for u in node.plan.upstream)
+            node.skipped_upstream = [u for u in node.plan.upstream if machine.nodes[u].state is NodeState.SKIPPED]
         return machine
 
     def restored_tokens(self) -> dict[str, int]:  # nodes that had already succeeded when it was restored
@@ -200,11 +201,13 @@ class RunMachine:
         now = self._clock()
         self._pending_transitions.append(Transition(node.plan.node_id, node.state, target, now,
                                                     len(node.attempts), reason))
-        was_ok = node.state.ok
+        was_settled = node.state.settled
         node.state, node.reason = target, reason
-        if target.ok and not was_ok:
+        if target.settled and not was_settled:  # a SKIPPED parent is settled too: its children follow on_skipped
             for child in node.plan.downstream:
                 self.nodes[child].ok_upstream += 1
+                if target is NodeState.SKIPPED:
+                    self.nodes[child].skipped_upstream.append(node.plan.node_id)
         if target is NodeState.QUEUED:
             node.queued_at = now
             if self.gated or node.plan.cache:  # a cache node waits for its cache check, held from admission
@@ -253,6 +256,10 @@ class RunMachine:
             node.progress = outcome.report.progress
         if outcome.report.message:
             node.message = outcome.report.message
+        if outcome.ok and outcome.report.skipped:  # its condition was false (or an input skipped): no outputs
+            attempt.outcome = NodeState.SKIPPED
+            self._move(node, NodeState.SKIPPED, outcome.report.skipped[:300])
+            return
         if outcome.ok:
             attempt.outcome = NodeState.SUCCEEDED
             node.progress = 1.0
@@ -308,6 +315,9 @@ class RunMachine:
             node = self.nodes[work.popleft()]
             before = (node.state, node.token)
             upstream_ok = node.ok_upstream == len(node.plan.upstream)
+            if node.state is NodeState.PENDING and upstream_ok and node.skipped_upstream and \
+                    node.plan.on_skipped != "run":
+                actions.extend(self._skip_after(node))
             if node.state is NodeState.PENDING and upstream_ok:
                 self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
             if node.state is NodeState.QUEUED and not node.plan.cache and (not self.gated or node.token is not None):
@@ -323,16 +333,24 @@ class RunMachine:
             if (node.state, node.token) != before:
                 work.extend(node.plan.downstream)
         if not self.done and self._terminal == len(self.nodes):
-            ok = all(n.state.ok for n in self.nodes.values())
+            # SKIPPED by a condition is a success; SKIPPED after a failure comes with that FAILED node
+            ok = all(n.state.settled for n in self.nodes.values())
             self._end_submission(SubmissionState.SUCCEEDED if ok else SubmissionState.FAILED)
         return actions
+
+    def _skip_after(self, node: NodeRun) -> list[Action]:
+        """The default rule: a node with a SKIPPED parent is SKIPPED too (its eager dispatch, if any, stopped)."""
+        reason = f"upstream {', '.join(node.skipped_upstream[:3])} skipped"
+        kill: list[Action] = [Kill(node.plan.node_id, node.token, KillCause.CANCELLED, reason)] if node.token else []
+        self._move(node, NodeState.SKIPPED, reason)
+        return kill
 
     def _dispatch(self, node: NodeRun) -> Dispatch:
         self._set_token(node, next(self._tokens))
         # Inputs may come from any ancestor, not only a parent: wire to each producer's dispatch. Every producer
-        # was dispatched before this node (eager dispatch), so its token is set: mypy cannot know that.
+        # was dispatched before this node (eager dispatch), so its token is set, unless it was SKIPPED (None).
         producers = {*node.plan.upstream, *(wire.producer for wire in node.plan.inputs)}
-        node.input_tokens = {u: self.nodes[u].token for u in producers}  # type: ignore[misc]  # see above
+        node.input_tokens = {u: self.nodes[u].token for u in producers}
         assert node.token is not None
         return Dispatch(node.plan.node_id, len(node.attempts) + 1, node.token, tuple(node.input_tokens.items()))
 

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from fabric.spec.expr import MAX_LENGTH, ExprError, parse
 from fabric.spec.kinds import KNOWN_KINDS
 from fabric.spec.names import (
     CUSTOM_RESOURCE_PATTERN,
@@ -177,6 +178,22 @@ class NodeSpec(_Model):
     fuse: bool = Field(True, description="May the planner run it in one Ray task with its chain neighbours "
                                          "(fabric/plan/fuse.py); false keeps it a Ray task of its own.")
     description: str | None = None
+    when: str | None = Field(None, min_length=1, max_length=MAX_LENGTH,
+                             description="Run only if this condition over upstream outs and params is true, "
+                                         "else SKIPPED (docs/spec.md#conditions-when).")
+    on_skipped: Literal["skip", "run"] = Field(
+        "skip", description="When an upstream node was SKIPPED: skip this node too, or run it without that input.")
+
+    @field_validator("when")
+    @classmethod
+    def _parses(cls, when: str | None) -> str | None:
+        if when is not None:
+            try:
+                parse(when)
+            except ExprError as exc:
+                raise _fail(f"not a condition: {exc}", "write e.g. `best_sharpe > 0 and params.mode == \"full\"` "
+                            "(the grammar: docs/spec.md#conditions-when)", "spec_condition") from None
+        return when
 
     @field_validator("kind")
     @classmethod

@@ -124,6 +124,8 @@ def problems_from_validation_error(exc: ValidationError, model: type[BaseModel],
         elif isinstance(cause, QuantityError) or kind == "spec_quantity":
             problem_code = ErrorCode.SPEC_QUANTITY
             fix = fix or getattr(cause, "fix", "")
+        elif kind == "spec_condition":
+            problem_code = ErrorCode.SPEC_CONDITION
         elif kind == "unknown_kind":
             problem_code = ErrorCode.SPEC_UNKNOWN_KIND
             hint = did_you_mean(str(ctx.get("kind", "")), KNOWN_KINDS) if listed else ""

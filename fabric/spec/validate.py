@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import MAX_PROBLEMS, ErrorCode, Problem, SpecError
 from fabric.spec._text import Suggester
+from fabric.spec.conditions import condition_problems, when_roots
 from fabric.spec.notify import node_deadline_problems
 from fabric.spec.params import reference_problems
 
@@ -54,7 +55,7 @@ class _Graph:
         self.reported: set[tuple[str, int]] = set()  # ins entries whose problem derivation already reported
         if self.derived:
             for node_id, k, producer in _data_dependencies(self, problems):
-                self._add(producer, node_id, f"nodes[{node_id}].ins[{k}]")
+                self._add(producer, node_id, f"nodes[{node_id}].ins[{k}]" if k >= 0 else f"nodes[{node_id}].when")
             return
         edges = raw.get("edges")
         for j, edge in enumerate(edges if isinstance(edges, list) else []):
@@ -215,6 +216,12 @@ def _data_dependencies(graph: _Graph, problems: list[Problem]) -> list[tuple[str
                     "has no edges to tell which one it reads",
                     "rename the output so that one node produces it, or give edges (then each input is read "
                     "from its one upstream producer)"))
+        for root in when_roots(graph.nodes[node_id]):  # a condition's reads are data dependencies too
+            candidates = producers.get(root, 0) & ~itself_bit
+            first, _ = _ids(graph, candidates, 2)
+            producer = first[0] if len(first) == 1 else root if root in graph.pos and root != node_id else None
+            if producer is not None:
+                found.append((node_id, -1, producer))
     return found
 
 
@@ -300,7 +307,9 @@ def graph_problems(raw: Mapping[str, Any] | DagSpec) -> list[Problem]:
     graph = _Graph(raw, problems)
     components = graph.components()
     problems.extend(_cycle_problems(graph, components))
-    problems.extend(_wiring_problems(graph, _ancestor_masks(graph, components)))
+    ancestors = _ancestor_masks(graph, components)
+    problems.extend(_wiring_problems(graph, ancestors))
+    problems.extend(condition_problems(raw, lambda n: _ids(graph, ancestors.get(n, 0), len(graph.order))[0]))
     problems.extend(reference_problems(raw))  # node params naming undeclared pipeline params
     problems.extend(node_deadline_problems(raw))
     return problems

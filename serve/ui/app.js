@@ -410,7 +410,8 @@ function drawDag() {
     const sub = el("text", { x: 8, y: 32, fill: "#fff" }, g);
     sub.textContent = `${node.kind} · ${state.toLowerCase()}`;
     const title = el("title", {}, g);
-    title.textContent = `${node.id} (${state})`;
+    const reason = (view.status.nodes.find((n) => n.node_id === node.id) || {}).reason;
+    title.textContent = `${node.id} (${state})${reason ? ": " + reason : ""}`;  // e.g. why it was SKIPPED
     g.addEventListener("click", () => selectNode(node.id));
   }
   $("dag").replaceChildren(svg);
@@ -469,7 +470,8 @@ async function loadLog(id) {
     const body = await api("GET", `/api/orch/logs/${encodeURIComponent(view.id)}?node=${encodeURIComponent(id)}&tail=2000`);
     if (view.selected !== id) return;
     const node = view.status.nodes.find((n) => n.node_id === id);
-    const error = node && node.error ? `\n--- ${node.error.type}: ${node.error.message}\n${node.error.traceback || ""}` : "";
+    const error = node && node.error ? `\n--- ${node.error.type}: ${node.error.message}\n${node.error.traceback || ""}`
+      : node && node.state === "SKIPPED" ? `\n--- SKIPPED: ${node.reason}` : "";
     $("log").textContent = (body.text || "(no output)") + error;
   } catch (error) { $("log").textContent = error.message; }
 }
