@@ -116,6 +116,24 @@ class TaskFunction:
             return self.function(*args, **kwargs)
         return dag._add(self, self._signature.bind(*args, **kwargs).arguments)
 
+    def map(self, items: Any, *, over: str | None = None, max_parallel: int | None = None,
+            min_success_ratio: float | None = None, batch_size: int | None = None, **kwargs: Any) -> Any:
+        """Inside a DAG: a `map` node, one child per item of `items` (an upstream output) passed as parameter
+        `over` (default: the first), the other parameters as keywords; its output is the children's outputs in
+        item order. Outside a DAG: the plain function applied to each item."""
+        name = over or next(iter(self._signature.parameters))
+        dag = _current_dag.get()
+        if dag is None:
+            return [self.function(**{name: item}, **kwargs) for item in items]
+        if not isinstance(items, Output):
+            raise FabricError(f"{self.__name__}.map() fans out over an upstream task's output, not a "
+                              f"{type(items).__name__}", code=ErrorCode.SPEC_FIELD, where=f"{self.__name__}.map",
+                              fix="pass another task's output: a list, or a table whose rows are the items")
+        arguments = self._signature.bind(**{name: items}, **kwargs).arguments
+        spec = {"over": name, "max_parallel": max_parallel, "min_success_ratio": min_success_ratio,
+                "batch_size": batch_size}
+        return dag._add(self, arguments, {k: v for k, v in spec.items() if v is not None})
+
 
 def task(function: Callable[..., Any] | None = None, *, id: str | None = None, cpu: float | str | None = None,
          gpu: float | None = None, mem: str | int | None = None, gpu_mem: str | int | None = None,
@@ -155,7 +173,8 @@ class DAG:
         assert self._token is not None
         _current_dag.reset(self._token)
 
-    def _add(self, fn: TaskFunction, arguments: Mapping[str, Any]) -> Output | Outputs:
+    def _add(self, fn: TaskFunction, arguments: Mapping[str, Any], mapped: Mapping[str, Any] | None = None
+             ) -> Output | Outputs:
         opts = fn.options
         node_id = self._unique_id(opts.id or fn.__name__)
         outs = opts.outs or (node_id,)
@@ -200,6 +219,8 @@ class DAG:
             self._condition_edges(node_id, node["when"])
         if opts.on_skipped != "skip":
             node["on_skipped"] = opts.on_skipped
+        if mapped:
+            node["map"] = dict(mapped)
         self._nodes.append(node)
         if fn.is_inline:
             self._inline[fn.entrypoint] = fn.function

@@ -2,6 +2,7 @@
 
 from fabric.spec.kinds import KNOWN_KINDS
 from fabric.spec.load import load_spec, parse_runtime_params, read_document, read_spec
+from fabric.spec.mapping import MapSpec
 from fabric.spec.models import (
     Affinity,
     DagResources,
@@ -26,6 +27,7 @@ __all__ = [
     "DagResources",
     "DagSpec",
     "Edge",
+    "MapSpec",
     "NodeSpec",
     "Priority",
     "Qos",

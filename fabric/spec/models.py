@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from fabric.spec.expr import MAX_LENGTH, ExprError, parse
 from fabric.spec.kinds import KNOWN_KINDS
+from fabric.spec.mapping import MapSpec
 from fabric.spec.names import (
     CUSTOM_RESOURCE_PATTERN,
     Entrypoint,
@@ -194,6 +195,8 @@ class NodeSpec(_Model):
                 raise _fail(f"not a condition: {exc}", "write e.g. `best_sharpe > 0 and params.mode == \"full\"` "
                             "(the grammar: docs/spec.md#conditions-when)", "spec_condition") from None
         return when
+    map: MapSpec | None = Field(None, description="Fan out over an input known at run time: one child per item "
+                                                  "(docs/spec.md#map).")
 
     @field_validator("kind")
     @classmethod
