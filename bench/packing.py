@@ -26,6 +26,7 @@ import time
 from fabric.schedule.admission import (
     PRIORITIES,
     AdmissionPolicy,
+    Booked,
     Cluster,
     Gpu,
     Node,
@@ -153,21 +154,23 @@ def time_decisions(queued: int, nodes: int, seed: int, events: int = 20) -> tupl
     queue = order([Request(f"q{i}", "t", rng.choice(PRIORITIES), rng.uniform(0, 1000), 1.0, rng.choice(SIZES),
                            estimate_s=600) for i in range(queued + nodes * 16)], 1000.0, 1800.0)
     policy = AdmissionPolicy()
-    first = policy.decide(1000.0, queue, cluster, [], ordered=True)
-    running = [Running(r.key, r.team, r.priority, p, r.cpu, r.gpu, 1000.0, 1600.0) for r, p in first.admit]
+    booked = Booked(cluster)  # the cluster and its running work, kept in step as the engine keeps them
+    first = policy.decide(1000.0, queue, booked, ordered=True)
+    for r, p in first.admit:
+        booked.add(Running(r.key, r.team, r.priority, p, r.cpu, r.gpu, 1000.0, 1600.0))
     gone = {r.key for r, _ in first.admit}
     queue = [r for r in queue if r.key not in gone][:queued]  # 10,000 still queued behind a full cluster
     least = (min(r.cpu for r in queue), min(r.gpu for r in queue))
     took, admitted = [], 0
     for _ in range(events):
-        ended = running.pop(rng.randrange(len(running)))
-        cluster.give(ended.cpu, ended.placement)
+        booked.end(rng.choice(list(booked)).key)  # one running node ends (not timed)
         started = time.perf_counter()
-        decision = policy.decide(1000.0, queue, cluster, running, ordered=True, stop_below=least)
+        decision = policy.decide(1000.0, queue, booked, ordered=True, stop_below=least)
         took.append(time.perf_counter() - started)
         gone = {r.key for r, _ in decision.admit}
         queue = [r for r in queue if r.key not in gone]  # the engine's waitlist removes them (not timed)
-        running += [Running(r.key, r.team, r.priority, p, r.cpu, r.gpu, 1000.0, 1600.0) for r, p in decision.admit]
+        for r, p in decision.admit:
+            booked.add(Running(r.key, r.team, r.priority, p, r.cpu, r.gpu, 1000.0, 1600.0))
         admitted += len(decision.admit)
     return statistics.median(took), max(took), admitted
 

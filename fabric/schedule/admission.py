@@ -9,79 +9,15 @@ per-GPU fractions and memory hints; pool concurrency limits; a quota hook; preem
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
+from fabric.schedule.booked import Booked, Running, give_freed
+from fabric.schedule.capacity import EPSILON, Cluster, Gpu, Node, Placement, Request, score
 from fabric.spec import Priority
 from fabric.states import Wait, WaitReason
 
 PRIORITIES = tuple(Priority)  # low, normal, high, critical: in rank order
 MAX_RESERVATIONS = 8  # urgent nodes holding a reservation at once (each costs a cluster copy)
-EPSILON = 1e-9
-
-
-@dataclass(frozen=True)
-class Request:
-    """A ready node asking to run."""
-
-    key: str
-    team: str
-    priority: Priority = Priority.NORMAL
-    ready_at: float = 0.0
-    cpu: float = 1.0
-    gpu: float = 0.0  # a fraction (< 1) shares one GPU; a whole number needs that many free GPUs on one node
-    gpu_mem_gb: float = 0.0  # per GPU: never two shares on one GPU whose hints exceed its memory
-    pool: str | None = None
-    estimate_s: float = 3600.0  # the declared max_runtime: EASY backfill's run-time estimate
-    preemptible: bool = False  # may be stopped and requeued for more urgent work once running
-    spot_ok: bool = False  # qos spot_ok: may run on spot capacity, and prefers it; otherwise never there
-    fallback_cpu: float | None = None  # GPU first; after `fallback_after_s` waiting, this many CPUs will do
-    fallback_after_s: float = 300.0
-
-    def __post_init__(self) -> None:  # the boundary: a plain string from a caller becomes the enum once
-        if not isinstance(self.priority, Priority):
-            object.__setattr__(self, "priority", Priority(self.priority))
-
-
-@dataclass
-class Gpu:
-    index: int
-    free: float = 1.0
-    free_mem_gb: float = 80.0
-
-
-@dataclass
-class Node:
-    node_id: str
-    cpu_free: float
-    gpus: list[Gpu] = field(default_factory=list)
-    pool: str | None = None
-    spot: bool = False  # preemptible capacity (a spot pool)
-    families: frozenset[str] = frozenset()  # queue families it also runs (their pools' resources it advertises)
-
-
-@dataclass(frozen=True)
-class Placement:
-    node_id: str
-    gpu_shares: tuple[tuple[int, float, float], ...] = ()  # (gpu index, fraction, memory GiB)
-    cpu_fallback: bool = False  # it waited too long for a GPU: it runs on CPUs only
-
-
-@dataclass(frozen=True)
-class Running:
-    key: str
-    team: str
-    priority: Priority
-    placement: Placement
-    cpu: float
-    gpu: float
-    started_at: float
-    ends_at: float  # started_at + its estimate
-    pool: str | None = None
-    preemptible: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.priority, Priority):
-            object.__setattr__(self, "priority", Priority(self.priority))
 
 
 @dataclass(frozen=True)
@@ -103,91 +39,6 @@ class Decision:
     admit: tuple[tuple[Request, Placement], ...]
     waiting: Mapping[str, Waiting]
     reservation: tuple[str, float] | None  # (key, the time it is guaranteed to start by)
-
-
-class Cluster:
-    """Free capacity per node and per GPU; `fit` chooses best-fit, `take`/`give` book it."""
-
-    def __init__(self, nodes: Iterable[Node]) -> None:
-        self.nodes = {n.node_id: n for n in nodes}
-
-    def copy(self) -> Cluster:
-        # By hand: deepcopy took 300 ms for 1,000 nodes of 8 GPUs, this takes a few.
-        return Cluster(Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool,
-                            n.spot, n.families) for n in self.nodes.values())
-
-    def fit(self, request: Request) -> Placement | None:
-        best: tuple[tuple[float, ...], Placement] | None = None
-        for node in self.nodes.values():
-            if node.cpu_free + EPSILON < request.cpu or (
-                    request.pool is not None and node.pool != request.pool and request.pool not in node.families):
-                continue
-            if node.spot and not request.spot_ok and (request.pool is None or request.pool != node.pool):
-                continue  # on_demand work never lands on spot capacity, unless it names that spot pool itself
-            found = _fit_on(node, request)
-            if found is None:
-                continue
-            # spot_ok batch work prefers spot nodes, keeping on-demand capacity for latency-bound work
-            score = (float(request.spot_ok and not node.spot), *found[0])
-            if best is None or score < best[0]:
-                best = (score, found[1])
-                if score[0] == 0 and found[0][0] <= EPSILON:  # nothing fits tighter than a perfect fit
-                    break
-        return best[1] if best else None
-
-    def take(self, request: Request, placement: Placement) -> None:
-        node = self.nodes[placement.node_id]
-        node.cpu_free -= request.cpu
-        for index, fraction, memory in placement.gpu_shares:
-            node.gpus[index].free -= fraction
-            node.gpus[index].free_mem_gb -= memory
-
-    def give(self, cpu: float, placement: Placement) -> None:
-        node = self.nodes.get(placement.node_id)
-        if node is None:  # the node is gone (a spot reclaim): nothing comes back
-            return
-        node.cpu_free += cpu
-        for index, fraction, memory in placement.gpu_shares:
-            node.gpus[index].free += fraction
-            node.gpus[index].free_mem_gb += memory
-
-    def full(self, cpu: float, gpu: float = 0.0) -> bool:
-        """No node has `cpu` CPUs and a GPU with `gpu` free (every request asks at least that much: none
-        can be placed)."""
-        return all(node.cpu_free + EPSILON < cpu
-                   or (gpu > 0 and not any(g.free + EPSILON >= min(gpu, 1.0) for g in node.gpus))
-                   for node in self.nodes.values())
-
-    def emptied(self, running: Sequence[Running]) -> Cluster:
-        """This cluster with every running item gone: what could ever fit."""
-        empty = self.copy()
-        for item in running:
-            empty.give(item.cpu, item.placement)
-        return empty
-
-
-def _fit_on(node: Node, request: Request) -> tuple[tuple[float, ...], Placement] | None:
-    """Best fit on one node, with a score (lower is better) that packs: the tightest GPU for a share,
-    the node with the fewest whole free GPUs for whole GPUs, GPU-less nodes first for CPU work."""
-    if request.gpu <= 0:
-        return (float(len(node.gpus) > 0), node.cpu_free - request.cpu), Placement(node.node_id)
-    if request.gpu < 1:
-        best: tuple[float, int] | None = None
-        for gpu in node.gpus:
-            if gpu.free + EPSILON >= request.gpu and gpu.free_mem_gb + EPSILON >= request.gpu_mem_gb:
-                leftover = gpu.free - request.gpu
-                if best is None or leftover < best[0]:
-                    best = (leftover, gpu.index)
-        if best is None:
-            return None
-        share = ((best[1], request.gpu, request.gpu_mem_gb),)
-        return (best[0], node.cpu_free), Placement(node.node_id, share)
-    whole = [g for g in node.gpus if g.free >= 1 - EPSILON and g.free_mem_gb + EPSILON >= request.gpu_mem_gb]
-    count = int(round(request.gpu))
-    if len(whole) < count:
-        return None
-    shares = tuple((g.index, 1.0, request.gpu_mem_gb) for g in whole[:count])
-    return (float(len(whole) - count), node.cpu_free), Placement(node.node_id, shares)
 
 
 def order(queue: Iterable[Request], now: float, aging_s: float) -> list[Request]:
@@ -213,17 +64,20 @@ class AdmissionPolicy:
         self.pools = dict(pools or {})
         self.aging_s = aging_s
 
-    def decide(self, now: float, queue: Iterable[Request], cluster: Cluster, running: Sequence[Running],
-               quota: QuotaCheck | None = None, *, ordered: bool = False,
+    def decide(self, now: float, queue: Iterable[Request], cluster: Cluster | Booked,
+               running: Sequence[Running] = (), quota: QuotaCheck | None = None, *, ordered: bool = False,
                stop_below: tuple[float, float] | None = None) -> Decision:
-        """Admit what can go now; `cluster` is booked for what is admitted. `ordered`: `queue` is in queue order
-        already. `stop_below`: stop as soon as no node has this many CPUs free (the fewest any request asks):
-        nothing later could fit, nor backfill; the rest of the queue is left out of `waiting`."""
+        """Admit what can go now; the cluster is booked for what is admitted. `cluster`: free capacity, with
+        `running` the work that holds the rest; or a `Booked` (both, kept in step by the caller, who `add`s
+        what is admitted here: a decision then costs what changed, not the size of the cluster).
+        `ordered`: `queue` is in queue order already. `stop_below`: stop as soon as no node has this many CPUs
+        free (the fewest any request asks): nothing later could fit, nor backfill; the rest of the queue is
+        left out of `waiting`."""
+        booked = cluster if isinstance(cluster, Booked) else Booked(cluster, running)
+        cluster = booked.cluster
         if stop_below is not None and cluster.full(*stop_below):
             return Decision((), {}, None)
-        in_pool: dict[str | None, int] = {}
-        for item in running:
-            in_pool[item.pool] = in_pool.get(item.pool, 0) + 1
+        in_pool = dict(booked.in_pool)
         admitted: list[tuple[Request, Placement]] = []
         reasons: dict[str, Wait] = {}
         # EASY backfill's reservation for the head of the queue, and one more for each urgent (high or
@@ -232,14 +86,14 @@ class AdmissionPolicy:
         # The cluster only fills up while deciding: a shape that did not fit will not fit later in this call.
         no_fit: set[tuple[str | None, float, float, float, bool]] = set()
         ever: dict[tuple[str | None, float, float, float, bool], bool] = {}
-        empty: Cluster | None = None
+        taken_then: list[tuple[Request, Placement]] | None = None  # admitted when `ever` was first asked
         for request in (queue if ordered else order(queue, now, self.aging_s)):
             limit = self.pools.get(request.pool or "")
             if limit is not None and in_pool.get(request.pool, 0) >= limit.max_concurrency:
                 reasons[request.key] = Wait(WaitReason.POOL_LIMIT,
-                                            f"{request.pool} {in_pool[request.pool]}/{limit.max_concurrency}")
+                                            f"{request.pool} {in_pool.get(request.pool, 0)}/{limit.max_concurrency}")
                 continue
-            shape = (request.pool, request.cpu, request.gpu, request.gpu_mem_gb, request.spot_ok)
+            shape = request.shape
             placement = None if shape in no_fit else cluster.fit(request)
             if placement is None:
                 no_fit.add(shape)
@@ -264,20 +118,42 @@ class AdmissionPolicy:
                 continue
             if not reservations or (request.priority.rank >= Priority.HIGH.rank
                                     and len(reservations) < MAX_RESERVATIONS):
-                shadow = _shadow(request, cluster, running, admitted, now, reservations)
+                shadow = _shadow(request, booked, admitted, now, reservations)
                 if shadow is not None:
                     reservations.append((request, *shadow))
                     reasons[request.key] = Wait(WaitReason.NO_CAPACITY,
                                                 f"reserved to start by {shadow[0]:.0f}{_fallback_at(request)}")
                     continue
             if shape not in ever:
-                empty = empty or cluster.emptied(running)
-                ever[shape] = empty.fit(request) is not None
+                taken_then = list(admitted) if taken_then is None else taken_then
+                ever[shape] = _ever(request, booked, taken_then)
             detail = ("" if ever[shape] else "no node of its pool can hold it yet") + _fallback_at(request)
             reasons[request.key] = Wait(WaitReason.NO_CAPACITY, detail)
         waiting = {key: Waiting(position, reason) for position, (key, reason) in enumerate(reasons.items(), 1)}
         return Decision(tuple(admitted), waiting,
                         (reservations[0][0].key, reservations[0][1]) if reservations else None)
+
+
+def _ever(request: Request, booked: Booked, taken: Sequence[tuple[Request, Placement]]) -> bool:
+    """Whether `request` fits on the cluster with nothing running but what this decision had admitted by
+    then (`taken`): on a node it took from, look at that node; elsewhere, the empty cluster answers."""
+    empty = booked.empty((r.cpu, p) for r, p in taken)
+    where = empty.where(request)
+    touched = {p.node_id for _, p in taken}
+    if len(where) > sum(1 for node_id in touched if node_id in where):
+        return True
+    for node_id in touched:
+        if node_id in empty.nodes:
+            node = empty.nodes[node_id].clone()
+            for r, p in taken:
+                if p.node_id == node_id:
+                    node.cpu_free -= r.cpu
+                    for index, fraction, memory in p.gpu_shares:
+                        node.gpus[index].free -= fraction
+                        node.gpus[index].free_mem_gb -= memory
+            if score(node, request) is not None:
+                return True
+    return False
 
 
 def _fallback_at(request: Request) -> str:
@@ -295,34 +171,81 @@ def _on_cpu(request: Request, cluster: Cluster) -> tuple[Request, Placement | No
     return on_cpu, replace(placement, cpu_fallback=True)
 
 
-def _shadow(request: Request, cluster: Cluster, running: Sequence[Running],
-            admitted: Sequence[tuple[Request, Placement]], now: float,
+def _shadow(request: Request, booked: Booked, admitted: Sequence[tuple[Request, Placement]], now: float,
             reserved: Sequence[tuple[Request, float, Cluster]] = ()) -> tuple[float, Cluster] | None:
     """When `request` could start if running work ended at its estimates (EASY's shadow time), and the
-    cluster as it would be then. Earlier reservations are booked at their starts, until their estimates."""
-    future = cluster.copy()
-    events = sorted([(r.ends_at, 0, r.cpu, r.placement, None) for r in running]
-                    + [(now + a.estimate_s, 0, a.cpu, p, None) for a, p in admitted]
-                    + [(start, 1, head.cpu, None, head) for head, start, _ in reserved], key=lambda item: item[:2])
+    cluster as it would be then. Earlier reservations are booked at their starts, until their estimates.
+    `request` fits nowhere now (and neither does a reserved head): only a node where something ended
+    since can hold it, so each instant looks at the nodes that changed then, not at the whole cluster.
+    Once less is left running than ends at the next instant, the cluster then is the empty cluster less
+    what still runs: built from `booked.empty()` (and its indexes) instead of giving every node back."""
+    future: Cluster | None = None  # copied when first written (copy-on-write: costs the nodes it writes)
+    ends_of_admitted = sorted(((now + a.estimate_s, a.cpu, p) for a, p in admitted), key=lambda item: item[0])
+    starts = sorted(((start, head) for head, start, _ in reserved), key=lambda item: item[0])
+    instants, i, j, k = booked.instants, 0, 0, 0
+    left = len(booked)  # running items that have not ended yet in this walk
     ends: list[tuple[float, float, Placement]] = []
-    for index, (at, _, cpu, placement, head) in enumerate(events):
-        if placement is not None:  # a running or admitted node ends: its CPUs come back
-            future.give(cpu, placement)
-        elif head is not None:  # a reservation starts
-            booked = future.fit(head)
-            if booked is None:
+    heads: list[tuple[Request, Placement]] = []
+    whole = False  # the future is built from the empty cluster: look at every node, by index
+    inf = float("inf")
+    while True:
+        at = min(instants[i] if i < len(instants) else inf,
+                 ends_of_admitted[j][0] if j < len(ends_of_admitted) else inf, starts[k][0] if k < len(starts) else inf)
+        if at == inf:
+            break
+        changed: set[str] = set()
+        if i < len(instants) and instants[i] == at:  # running work ends: what it holds comes back
+            here = booked.ending(at)
+            left -= here
+            if not whole and left + len(ends_of_admitted) + len(heads) < here:
+                future, whole = _from_empty(booked, instants[i + 1:], ends_of_admitted, heads, at), True
+            else:
+                future = future or booked.cluster.copy()
+                for node_id, freed in booked.freed(at).items():
+                    give_freed(future, node_id, freed)
+                    changed.add(node_id)
+            i += 1
+        future = future or booked.cluster.copy()
+        while j < len(ends_of_admitted) and ends_of_admitted[j][0] == at:  # so does work admitted just now
+            future.give(ends_of_admitted[j][1], ends_of_admitted[j][2])
+            changed.add(ends_of_admitted[j][2].node_id)
+            j += 1
+        while k < len(starts) and starts[k][0] == at:  # a reservation starts (after what ends at that instant)
+            head = starts[k][1]
+            placement = future.fit(head)
+            if placement is None:
                 return None  # an earlier reservation does not fit where it was planned: no promise for this one
-            future.take(head, booked)
-            ends.append((at + head.estimate_s, head.cpu, booked))
-        if index + 1 < len(events) and events[index + 1][0] <= at:
-            continue  # everything that happens at this instant first (a reserved start takes what ends then)
-        if future.fit(request) is not None:  # reserved work that ended by now still counts: a safe promise
+            future.take(head, placement)
+            ends.append((at + head.estimate_s, head.cpu, placement))
+            heads.append((head, placement))
+            changed.add(placement.node_id)
+            k += 1
+        # reserved work that ended by now still counts: a safe promise
+        if whole and future.fit(request) is not None or not whole and any(
+                node_id in future.nodes and score(future.nodes[node_id], request) is not None for node_id in changed):
             return max(at, now), future
     for at, cpu, placement in sorted(ends, key=lambda item: item[0]):
+        assert future is not None  # a reservation started in it
         future.give(cpu, placement)
-        if future.fit(request) is not None:
+        if score(future.nodes[placement.node_id], request) is not None:
             return max(at, now), future
     return None
+
+
+def _from_empty(booked: Booked, later: Sequence[float], admitted: Sequence[tuple[float, float, Placement]],
+                heads: Sequence[tuple[Request, Placement]], at: float) -> Cluster:
+    """The cluster after instant `at`'s ends: nothing running (`booked.empty()`), less what ends later and
+    the reservations started by then."""
+    future = booked.empty((cpu, placement) for _, cpu, placement in admitted).copy()  # `admitted`: all of them
+    for instant in later:
+        for node_id, freed in booked.freed(instant).items():
+            give_freed(future, node_id, freed, -1.0)
+    for end, cpu, placement in admitted:
+        if end > at:
+            future.give(-cpu, replace(placement, gpu_shares=tuple((g, -f, -m) for g, f, m in placement.gpu_shares)))
+    for head, placement in heads:
+        future.take(head, placement)
+    return future
 
 
 def _blocking(request: Request, placement: Placement, now: float,
@@ -367,5 +290,5 @@ def choose_victims(request: Request, cluster: Cluster, running: Sequence[Running
     return best[1] if best else None
 
 
-__all__ = ["PRIORITIES", "AdmissionPolicy", "Cluster", "Decision", "Gpu", "Node", "Placement", "PoolLimit",
+__all__ = ["PRIORITIES", "AdmissionPolicy", "Booked", "Cluster", "Decision", "Gpu", "Node", "Placement", "PoolLimit",
            "Request", "Running", "Waiting", "choose_victims", "order"]

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 from fabric.plan import NodePlan
 from fabric.schedule.admission import (
     AdmissionPolicy,
+    Booked,
     Cluster,
     Decision,
-    Gpu,
     Node,
     Placement,
     Request,
@@ -89,6 +89,8 @@ class AdmissionQueue:
                               default=config.default_quota)
         self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
         self._nodes: list[Node] = []
+        self._pool_of: dict[str, str | None] = {}  # node id -> its pool
+        self._book: Booked | None = None  # Ray's nodes less what is booked on them, kept in step (None: rebuild)
         self._nodes_at = -math.inf
         self._demand: list[dict[str, float]] | None = None
         self.last: Decision | None = None
@@ -238,14 +240,14 @@ class AdmissionQueue:
         """What to admit now, `queue` in queue order; the admitted are booked (capacity and quota) until
         `release`. Not `full`: the round stops where the cluster has no room left for any waiting node."""
         now = self._clock()
-        cluster = self._cluster()
-        running = [r for r in self._running() if r.placement.node_id in cluster.nodes]  # a vanished node's go
-        decision = self._policy.decide(now, queue, cluster, running, self._quotas.check, ordered=True,
+        book = self._booked_now()
+        decision = self._policy.decide(now, queue, book, (), self._quotas.check, ordered=True,
                                        stop_below=None if full else self._waitlist.least)
         if decision.admit:  # the actors hear of it off the engine's thread: nothing is refused here
             self._quotas.commit(request for request, _ in decision.admit)
         for request, placement in decision.admit:
             self._booked[request.key] = (request, placement, now)
+            book.add(self._running_item(request.key, request, placement, now))
         if full:
             held = [e.request for e in self._waitlist.entries() if e.request.key in decision.waiting
                     and decision.waiting[e.request.key].why is WaitReason.NO_CAPACITY]
@@ -253,9 +255,9 @@ class AdmissionQueue:
         self.last = decision
         return decision
 
-    def _running(self) -> list[Running]:
-        return [Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool,
-                        r.preemptible) for key, (r, p, started) in self._booked.items() if p.node_id != EAGER]
+    @staticmethod
+    def _running_item(key: str, r: Request, p: Placement, started: float) -> Running:
+        return Running(key, r.team, r.priority, p, r.cpu, r.gpu, started, started + r.estimate_s, r.pool, r.preemptible)
 
     def victims(self) -> list[tuple[str, str, str]]:
         """Running work to preempt for the most urgent node that has waited past `preempt_after_s` for
@@ -278,9 +280,10 @@ class AdmissionQueue:
             if self._quotas.holds(request):  # its own quota holds it: freeing room won't help
                 continue
             if cluster is None:
-                cluster = self._cluster()
+                book = self._booked_now()
+                cluster = book.cluster
                 # Work admitted this very round has lost nothing yet, but stopping it gains nothing either.
-                running = [r for r in self._running() if r.placement.node_id in cluster.nodes and r.started_at < now]
+                running = [r for r in book if r.started_at < now]
             chosen = choose_victims(request, cluster, running, now)
             if chosen:
                 why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
@@ -294,6 +297,8 @@ class AdmissionQueue:
             return 0.0
         self._eager_keys.discard(key)
         self._dirty = True  # capacity or quota came back: the next round looks again
+        if self._book is not None:
+            self._book.end(key)
         request, placement, started = booked
         if request.team in self._quotas.ledgers:
             self._quotas.release(request.team, key)
@@ -302,8 +307,7 @@ class AdmissionQueue:
 
     def _rate(self, placement: Placement, request: Request) -> Rate:
         """The rate of the pool where it ran (a *-spot node is cheaper), else of the pool it asked for."""
-        node = next((n for n in self._nodes if n.node_id == placement.node_id), None)
-        pool = (node.pool if node is not None else None) or request.pool
+        pool = self._pool_of.get(placement.node_id) or request.pool
         return (self.config.pool_costs or {}).get(pool or "", self.config.cost)
 
     def _save_usage(self, ledger: QuotaLedger) -> None:
@@ -334,18 +338,24 @@ class AdmissionQueue:
             return False
         nodes, self._nodes_at = self._list_nodes(), now
         changed = nodes is not self._nodes
-        self._nodes = nodes
+        if changed:
+            self._nodes, self._book = nodes, None
+            self._pool_of = {n.node_id: n.pool for n in nodes}
         return changed
 
-    def _cluster(self) -> Cluster:
-        """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end."""
+    def _booked_now(self) -> Booked:
+        """Ray's nodes as the policy sees them: totals, less what the fabric has admitted and not seen end; kept
+        in step with each admission and release, built again only when Ray's nodes change."""
         self._refresh_nodes()
-        cluster = Cluster([Node(n.node_id, n.cpu_free, [Gpu(g.index, g.free, g.free_mem_gb) for g in n.gpus], n.pool,
-                                n.spot, n.families) for n in self._nodes])
-        for request, placement, _ in self._booked.values():
-            if placement.node_id in cluster.nodes:
-                cluster.take(request, placement)
-        return cluster
+        if self._book is None:
+            cluster = Cluster(n.clone() for n in self._nodes)
+            running = []
+            for key, (request, placement, started) in self._booked.items():
+                if placement.node_id in cluster.nodes:  # a vanished node's go (and an eager release: Ray's)
+                    cluster.take(request, placement)
+                    running.append(self._running_item(key, request, placement, started))
+            self._book = Booked(cluster, running)
+        return self._book
 
     def _show_demand(self, held: list[Request]) -> None:
         """Work held for lack of capacity is not running yet: tell the autoscaler (a `ray up` or KubeRay
