@@ -90,6 +90,7 @@ class AdmissionQueue:
         self._booked: dict[str, tuple[Request, Placement, float]] = {}  # key -> request, placement, started_at
         self._nodes: list[Node] = []
         self._pool_of: dict[str, str | None] = {}  # node id -> its pool
+        self._cpus = 0.0  # the CPUs of Ray's nodes
         self._book: Booked | None = None  # Ray's nodes less what is booked on them, kept in step (None: rebuild)
         self._nodes_at = -math.inf
         self._demand: list[dict[str, float]] | None = None
@@ -186,7 +187,7 @@ class AdmissionQueue:
             return []
         admitted = {request.key for request, _ in decision.admit}
         out: list[tuple[Request, Placement]] = []
-        for key in self._waitlist.in_order():
+        for key in self._waitlist.head():  # nothing leaves the waitlist while this reads it
             if key in admitted:
                 continue
             request = self._waitlist.get(key).request  # type: ignore[union-attr]
@@ -208,7 +209,7 @@ class AdmissionQueue:
     def _eager_depth(self) -> int:
         if self.config.eager_depth is not None:
             return self.config.eager_depth
-        return max(MIN_EAGER_DEPTH, int(sum(n.cpu_free for n in self._nodes)))
+        return max(MIN_EAGER_DEPTH, int(self._cpus))
 
     def _view(self, decision: Decision, now: float) -> None:
         """The queue as `GET /api/orch/queues` shows it (as of the last full round)."""
@@ -341,6 +342,7 @@ class AdmissionQueue:
         if changed:
             self._nodes, self._book = nodes, None
             self._pool_of = {n.node_id: n.pool for n in nodes}
+            self._cpus = sum(n.cpu_free for n in nodes)
         return changed
 
     def _booked_now(self) -> Booked:

@@ -115,7 +115,13 @@ class Waitlist:
         return (rank[2] for rank in list(self._order))
 
     def requests(self) -> Iterator[Request]:
-        return (self._entries[rank[2]].request for rank in list(self._order))
+        """In queue order, lazily (a round stops early: no copy of the whole queue); the list must not change
+        while it is read."""
+        return (self._entries[rank[2]].request for rank in self._order)
+
+    def head(self) -> Iterator[str]:
+        """Keys in queue order, lazily (as `requests`)."""
+        return (rank[2] for rank in self._order)
 
     def entries(self) -> Iterable[Entry]:
         return self._entries.values()
