@@ -146,7 +146,7 @@ class NodeCache:
                 return False
             self._inflight[key] = (sid, node_id)
         if machine.gated:  # admission decides when it runs
-            machine.held.discard(node_id)
+            machine.unhold(node_id)
             return False
         engine.perform(sid, machine.admit(node_id))
         return True

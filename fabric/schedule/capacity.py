@@ -298,7 +298,9 @@ class Cluster:
         if source._writes != writes:
             return None
         parent = source._index(key, evaluate)
-        if source.frozen and isinstance(parent, _Index):
+        if isinstance(parent, _Overlay):  # a copy of a copy of a frozen cluster: scored afresh
+            return None
+        if source.frozen:
             return _Overlay(evaluate, set(self._written), parent)
         index = _Index(evaluate, set(self._written))
         index.current, index.heap, index.perfect = dict(parent.current), list(parent.heap), list(parent.perfect)

@@ -132,11 +132,12 @@ class AdmissionQueue:
                 self._waitlist.forget_run(submission_id)
                 self._runs.pop(submission_id, None)
             else:
+                known = submission_id in self._runs
                 self._runs[submission_id] = (machine, team)
-                self._sync(submission_id, machine, team, now)
+                self._sync(submission_id, machine, team, now, whole=not known)
         if full:  # a safety net: a run whose waiting nodes changed unseen is caught up within a second
             for submission_id, (machine, team) in list(self._runs.items()):
-                self._sync(submission_id, machine, team, now)
+                self._sync(submission_id, machine, team, now, whole=True)
         if self._refresh_nodes():
             self._dirty = True
         # New waiting nodes get their reason and position at once: a full round (arrivals come in batches).
@@ -169,12 +170,18 @@ class AdmissionQueue:
                 out.append((entry.submission_id, entry.node_id, None if placement.node_id == EAGER else placement))
         return out
 
-    def _sync(self, submission_id: str, machine: RunMachine, team: str | None, now: float) -> None:
+    def _sync(self, submission_id: str, machine: RunMachine, team: str | None, now: float, whole: bool) -> None:
+        """The waitlist follows the run: its changes (O(changes)), or `whole`: all its waiting nodes."""
         def make(node_id: str) -> Entry:
             node = machine.nodes[node_id]
             return Entry(self.request(f"{submission_id}/{node_id}", node.plan, team, node.queued_at),
                          submission_id, node_id, machine)
-        if self._waitlist.sync_run(submission_id, machine.waiting(), make, now):
+        if whole:  # all its waiting nodes (the changes so far are in them)
+            machine.waiting_changes()
+            added = self._waitlist.sync_run(submission_id, machine.waiting(), make, now)
+        else:
+            added = self._waitlist.apply(submission_id, machine.waiting_changes(), make, now)
+        if added:
             self._dirty = self._added = True
 
     def _eager(self, decision: Decision) -> list[tuple[Request, Placement]]:

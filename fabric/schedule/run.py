@@ -31,6 +31,7 @@ class RunMachine:
         self.gated = gated
         self._waiting: dict[str, None] = {}  # gated: QUEUED nodes not yet admitted, in the order they got ready
         self.held: set[str] = set()  # `cache: true` nodes admission skips: before their cache check, or coalesced
+        self._unsynced: set[str] = set()  # nodes whose waiting (for admission) may have changed since last asked
         self.submission_id = submission_id
         self._clock = clock
         self._tokens = itertools.count(1)
@@ -98,13 +99,25 @@ class RunMachine:
         """Gated: the nodes that are ready and wait for admission, oldest first."""
         return [n for n in self._waiting if n not in self.held] if self.held else list(self._waiting)
 
+    def waiting_changes(self) -> list[tuple[str, bool]]:
+        """The nodes whose waiting for admission may have changed since the last call, each with whether it
+        waits now: the admission queue follows a run in O(what changed), not O(its waiting nodes)."""
+        changes = [(n, n in self._waiting and n not in self.held) for n in self._unsynced]
+        self._unsynced.clear()
+        return changes
+
     def ready_cached(self) -> list[str]:  # `cache: true` nodes that wait for their cache check
         return [n for n in self._waiting if self.nodes[n].plan.cache]
 
     def hold(self, node_id: str, reason: str) -> None:  # coalesced: admission skips it until it leaves QUEUED
         if node_id in self._waiting:
             self.held.add(node_id)
+            self._unsynced.add(node_id)
             self.nodes[node_id].reason = reason
+
+    def unhold(self, node_id: str) -> None:  # its cache check is done: admission may take it now
+        self.held.discard(node_id)
+        self._unsynced.add(node_id)
 
     def cache_hit(self, node_id: str, reason: str) -> list[Action]:
         """A ready cache node reuses an identical finished node's outputs: CACHED, with a token for them."""
@@ -140,6 +153,7 @@ class RunMachine:
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
         del self._waiting[node_id]
+        self._unsynced.add(node_id)
         action = self._dispatch(node)
         self._run(node)
         return [action, *self._settle(node.plan.downstream)]  # its fused chain goes in its Ray task (plan/fuse)
@@ -212,10 +226,12 @@ class RunMachine:
             node.queued_at = now
             if self.gated or node.plan.cache:  # a cache node waits for its cache check, held from admission
                 self._waiting[node.plan.node_id] = None
+                self._unsynced.add(node.plan.node_id)
                 if node.plan.cache:
                     self.held.add(node.plan.node_id)
         else:
-            self._waiting.pop(node.plan.node_id, None)
+            if self._waiting.pop(node.plan.node_id, 0) is None:  # it waited
+                self._unsynced.add(node.plan.node_id)
             self.held.discard(node.plan.node_id)
         if target.terminal:
             self._terminal += 1

@@ -71,6 +71,19 @@ class Waitlist:
                 added = True
         return added
 
+    def apply(self, submission_id: str, changes: list[tuple[str, bool]], make: Callable[[str], Entry],
+              now: float) -> bool:
+        """Follow the run's changes (node, waits now); True when one was added. O(changes)."""
+        added = False
+        for node_id, waits in changes:
+            key = f"{submission_id}/{node_id}"
+            if not waits:
+                self.remove(key)
+            elif key not in self._entries:
+                self.add(make(node_id), now)
+                added = True
+        return added
+
     def forget_run(self, submission_id: str) -> None:
         for key in list(self._by_run.get(submission_id, ())):
             self.remove(key)

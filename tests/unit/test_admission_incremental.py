@@ -123,3 +123,24 @@ def test_the_default_config_is_read_under_a_scheduling_file(tmp_path):
     path.write_text("pools: [oops]\n")
     with pytest.raises(Exception, match="scheduling config"):
         load_config(path)
+
+
+def test_a_run_tells_the_queue_only_what_changed_in_its_waiting_nodes():
+    now = [1000.0]
+    machine = run("wide", lambda: now[0], 5)
+    assert sorted(machine.waiting_changes()) == [(f"n{i}", True) for i in range(5)]
+    assert machine.waiting_changes() == []  # nothing since
+    machine.admit("n1")
+    machine.hold("n3", "coalesced")
+    assert sorted(machine.waiting_changes()) == [("n1", False), ("n3", False)]
+    machine.unhold("n3")
+    assert machine.waiting_changes() == [("n3", True)]
+    # The queue follows the run by its changes: admitted and held nodes leave the waitlist, no rescan.
+    queue = AdmissionQueue(SchedulingConfig(eager_depth=0), lambda: now[0], nodes=lambda: [Node("c", 0.0)],
+                           refresh_s=0.0)
+    other = run("other", lambda: now[0], 4)
+    queue.admit([("other", other, None)])
+    other.admit("n0")
+    other.hold("n2", "coalesced")
+    queue.admit([("other", other, None)])
+    assert [e.node_id for e in queue._waitlist.entries()] == ["n1", "n3"]
