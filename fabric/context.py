@@ -52,6 +52,8 @@ class NodeContext:
     # Given the node's checkpoint storage path, a pyarrow filesystem that reaches it where this worker shares no
     # disk with the head's artifact root (None, or an answer of None: the path is reachable as it is).
     checkpoint_fs: Callable[[str], Any] | None = None
+    # An exit hook's (`on_exit`): the run's state before its hooks and every other node's (None for other nodes).
+    run_outcome: Mapping[str, Any] | None = None
 
     @property
     def artifact_dir(self) -> Path:

@@ -16,6 +16,7 @@ from fabric.execute.ports import AttemptHandle, Backend, Done, Message, Outcome
 from fabric.kinds import NodeCall
 from fabric.schedule import Dispatch, Kill
 from fabric.schedule.admission import Placement
+from fabric.schedule.exits import run_outcome
 from fabric.secrets import head_secrets
 
 
@@ -70,7 +71,9 @@ class Dispatcher:
             secrets=run.plan.secrets_scope, secret_values=secrets, inline_code=inline_code,
             grant=self._grant(run.record.submission_id, node.node_id, action.attempt) if self._grant else "",
             persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts,
-            when=node.when, when_params=node.when_params, on_skipped=node.on_skipped)
+            when=node.when, when_params=node.when_params, on_skipped=node.on_skipped,
+            run_outcome=run_outcome(run.record.submission_id, run.plan.pipeline_id, run.machine.nodes)
+            if node.on_exit else None)
 
     def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None) -> None:
         """Members of a fused chain, dispatched together, as one Ray task; each keeps its own token and handle."""

@@ -72,6 +72,8 @@ def reusable(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapp
             continue
         if node_id in again or any(u not in reuse for u in plan.nodes[node_id].upstream):
             continue
+        if plan.nodes[node_id].on_exit:
+            continue  # an exit hook runs for the re-run's own outcome
         if consumed[node_id] and not has_outputs(artifacts, source, node_id):
             continue
         reuse[node_id] = source

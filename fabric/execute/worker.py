@@ -135,7 +135,7 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
                       logger=_node_logger(), progress_sink=_progress_sink(call),
                       cancel_probe=_cancel_probe(call), stop_probe=_stop_probe(call),
                       secrets_scope=call.secrets, secrets_root=secrets_root(call.home),
-                      secret_values=call.secret_values, checkpoint_fs=link.checkpoint_fs,
+                      secret_values=call.secret_values, checkpoint_fs=link.checkpoint_fs, run_outcome=call.run_outcome,
                       device=call.device or ("gpu" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"))
     # One task at a time runs in a Ray worker process, so swapping the process's streams is safe.
     saved_streams = sys.stdout, sys.stderr

@@ -40,3 +40,4 @@ class NodeCall:
     when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params the condition reads
     on_skipped: str = "skip"  # an input from a SKIPPED node: skip this node too, or "run" it without the input
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
+    run_outcome: Mapping[str, Any] | None = None  # an exit hook's: the run's outcome (schedule/exits.run_outcome)

@@ -178,6 +178,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             cache_shared=node.cache == "shared",
             content_hash=content,
             when=node.when, when_params=when_params, on_skipped=node.on_skipped,
+            on_exit=str(node.on_exit) if node.on_exit else None,
         )
     # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).
     for node_id in order:

@@ -87,6 +87,7 @@ class NodePlan:
     when: str | None = None  # its condition (spec/expr.py); the values it reads come as inputs named "?<key>"
     when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params its condition reads
     on_skipped: str = "skip"  # an upstream node SKIPPED: "skip" this one too, or "run" it without that input
+    on_exit: str | None = None  # an exit hook: "always", "success" or "failure" (schedule/exits.py runs it)
 
     @property
     def result_slots(self) -> tuple[str, ...]:
@@ -97,8 +98,8 @@ class NodePlan:
     def dispatch_early(self) -> bool:
         """May it go to Ray before its upstream ends (its task waits there on their outputs)? Not a cache
         node, which waits for its cache check, nor a gang, whose placement group would hold its resources
-        all that time, perhaps the very ones its upstream needs."""
-        return not self.cache and self.unit.group_strategy is None
+        all that time, perhaps the very ones its upstream needs. Nor an exit hook: it waits for the run's end."""
+        return not self.cache and self.unit.group_strategy is None and self.on_exit is None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from fabric.spec.exits import OnExit
 from fabric.spec.expr import MAX_LENGTH, ExprError, parse
 from fabric.spec.kinds import KNOWN_KINDS
 from fabric.spec.mapping import MapSpec
@@ -178,6 +179,8 @@ class NodeSpec(_Model):
                            "teams (a grant, see docs/gateway.md#grants)")
     fuse: bool = Field(True, description="May the planner run it in one Ray task with its chain neighbours "
                                          "(fabric/plan/fuse.py); false keeps it a Ray task of its own.")
+    on_exit: OnExit | None = Field(None, description="An exit hook: runs once every other node has ended, "
+                                   "always, or on the run's success or failure (docs/spec.md#exit-hooks).")
     description: str | None = None
     when: str | None = Field(None, min_length=1, max_length=MAX_LENGTH,
                              description="Run only if this condition over upstream outs and params is true, "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fabric.errors import MAX_PROBLEMS, ErrorCode, Problem, SpecError
 from fabric.spec._text import Suggester
 from fabric.spec.conditions import condition_problems, when_roots
+from fabric.spec.exits import exit_problems
 from fabric.spec.mapping import map_problems
 from fabric.spec.notify import node_deadline_problems
 from fabric.spec.params import reference_problems
@@ -314,6 +315,7 @@ def graph_problems(raw: Mapping[str, Any] | DagSpec) -> list[Problem]:
     problems.extend(reference_problems(raw))  # node params naming undeclared pipeline params
     problems.extend(node_deadline_problems(raw))
     problems.extend(map_problems(raw))  # map.over names one of the node's inputs
+    problems.extend(exit_problems(raw, graph.edge_where))
     return problems
 
 
