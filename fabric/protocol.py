@@ -126,8 +126,8 @@ class Client(Protocol):
 
     def register(self, spec: SpecInput, max_active_runs: int | None = None, overlap: str = "skip") -> dict[str, Any]:
         """Register a spec under its pipeline_id as a new immutable version (the same spec and options as the
-        latest version return that one, `created` false); `max_active_runs` and `overlap` (skip or
-        cancel_older) govern runs started by name."""
+        latest version return that one, `created` false); `max_active_runs` and `overlap` (skip,
+        cancel_older or queue) govern runs started by name."""
         ...
 
     def pipelines(self) -> Rows:
@@ -146,7 +146,8 @@ class Client(Protocol):
                      runtime_params: ParamsInput = None) -> dict[str, Any]:
         """Start a run of a registered pipeline (default: its latest version) with these pipeline params.
         Answers {submission_id, created, version, skipped, cancelled}: `skipped` when max_active_runs is
-        reached with overlap skip; `cancelled` the older runs that overlap cancel_older stopped."""
+        reached with overlap skip; `cancelled` the older runs that overlap cancel_older stopped; `queued`
+        and `position` when overlap queue holds it until a run ends."""
         ...
 
     def rerun(self, submission_id: str, from_node: str | None = None) -> Submission:

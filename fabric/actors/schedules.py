@@ -110,6 +110,7 @@ class Scheduler:
     def run_forever(self, stop: threading.Event, interval: float = SCHEDULE_INTERVAL_S) -> None:
         while not stop.wait(interval):
             try:
+                self._catalogue.start_queued()  # before new ticks: what waited longest starts first
                 self.fire_due()
             except Exception as exc:  # noqa: BLE001 - the store away for a moment: try again next interval
                 log.warning("schedules not checked: %s", exc)

@@ -40,7 +40,7 @@ def register(dag: DagArg, address: AddressOpt = None,
              max_active_runs: Annotated[int | None, typer.Option(
                  help="at most this many runs by name at once (default: no limit)")] = None,
              overlap: Annotated[str, typer.Option(
-                 help="at the limit: skip the new run, or cancel_older runs to make room")] = "skip",
+                 help="at the limit: skip the new run, cancel_older runs to make room, or queue it")] = "skip",
              output: OutputOpt = Output.TABLE) -> None:
     """Register a DAG spec under its pipeline_id as a new immutable version."""
     with failing():

@@ -50,22 +50,21 @@ class ExitHooks:
         return run, skip
 
     def succeeded(self, nodes: Mapping[str, NodeRun]) -> bool:
-        """The submission's outcome once every node has ended: the other nodes all ok, and no hook that ran
-        failed (a hook skipped by its condition counts for nothing)."""
-        return main_succeeded(nodes, self.hooks) and all(
-            nodes[h].state.ok or nodes[h].state is NodeState.SKIPPED for h in self.hooks)
+        """The submission's outcome once every node has ended: the other nodes all settled (ok, or SKIPPED by a
+        condition: a SKIPPED after a failure comes with that FAILED node), and no hook that ran failed."""
+        return all(run.state.settled for run in nodes.values())
 
 
 def main_succeeded(nodes: Mapping[str, NodeRun], hooks: tuple[str, ...]) -> bool:
     skip = set(hooks)
-    return all(run.state.ok for n, run in nodes.items() if n not in skip)
+    return all(run.state.settled for n, run in nodes.items() if n not in skip)
 
 
 def run_outcome(submission_id: str, pipeline_id: str, nodes: Mapping[str, NodeRun]) -> dict[str, Any]:
     """What an exit hook is told (`fabric.context().run_outcome`): the run's state before its hooks, and every
     other node's state; `failed` lists the nodes that FAILED or TIMED_OUT."""
     others = {n: run for n, run in nodes.items() if run.plan.on_exit is None}
-    ok = all(run.state.ok for run in others.values())
+    ok = all(run.state.settled for run in others.values())
     return {"submission_id": submission_id, "pipeline_id": pipeline_id, "state": "SUCCEEDED" if ok else "FAILED",
             "nodes": {n: run.state.value for n, run in others.items()},
             "failed": [n for n, run in others.items() if run.state in (NodeState.FAILED, NodeState.TIMED_OUT)]}

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from fabric.plan import ExecutionPlan
 from fabric.schedule.actions import Action, Attempt, Clock, Dispatch, Kill, NodeRun, Outcome, Transition
+from fabric.schedule.exits import ExitHooks
 from fabric.states import KillCause, NodeState, SubmissionState, check_node_transition, check_submission_transition
 from fabric.types import AttemptReport, ErrorInfo
 
@@ -43,6 +44,7 @@ class RunMachine:
         self._pending_transitions: list[Transition] = []
         self._timers: dict[str, float] = {}  # node id -> its running deadline or retry time
         self._terminal = 0
+        self.exits = ExitHooks(plan)  # exit hooks: held until every other node has ended (schedule/exits.py)
 
     @classmethod
     def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
@@ -334,7 +336,7 @@ class RunMachine:
             if node.state is NodeState.PENDING and upstream_ok and node.skipped_upstream and \
                     node.plan.on_skipped != "run":
                 actions.extend(self._skip_after(node))
-            if node.state is NodeState.PENDING and upstream_ok:
+            if node.state is NodeState.PENDING and upstream_ok and self.exits.may_start(node):
                 self._move(node, NodeState.QUEUED, "upstream done" if node.plan.upstream else "")
             if node.state is NodeState.QUEUED and not node.plan.cache and (not self.gated or node.token is not None):
                 if node.token is None:
@@ -348,9 +350,14 @@ class RunMachine:
                 actions.append(self._dispatch(node))
             if (node.state, node.token) != before:
                 work.extend(node.plan.downstream)
+        if not self.done and self.exits.due(self._terminal, self.nodes):
+            run, skip = self.exits.release(self.nodes)
+            for node_id, why in skip:
+                self._move(self.nodes[node_id], NodeState.SKIPPED, why)
+            return actions + self._settle(run)
         if not self.done and self._terminal == len(self.nodes):
-            # SKIPPED by a condition is a success; SKIPPED after a failure comes with that FAILED node
-            ok = all(n.state.settled for n in self.nodes.values())
+            # SKIPPED by a condition is a success; SKIPPED after a failure comes with that FAILED node (exits.py)
+            ok = self.exits.succeeded(self.nodes)
             self._end_submission(SubmissionState.SUCCEEDED if ok else SubmissionState.FAILED)
         return actions
 

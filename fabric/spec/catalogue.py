@@ -20,6 +20,7 @@ class Overlap(StrEnum):
 
     SKIP = "skip"  # start nothing, and say so
     CANCEL_OLDER = "cancel_older"  # cancel the oldest running ones to make room, then start
+    QUEUE = "queue"  # wait for a run to end, then start (at most schedule/startqueue.MAX_QUEUED wait)
 
 
 class PipelineOptions(BaseModel):
@@ -29,8 +30,8 @@ class PipelineOptions(BaseModel):
 
     max_active_runs: int | None = Field(None, ge=1, le=10_000, description="At most this many runs of the "
                                                                           "pipeline at once (None: no limit).")
-    overlap: Overlap = Field(Overlap.SKIP, description="When the limit is reached: skip the new run, or cancel "
-                                                       "the oldest running one(s).")
+    overlap: Overlap = Field(Overlap.SKIP, description="When the limit is reached: skip the new run, cancel "
+                                                       "the oldest running one(s), or queue it (bounded).")
 
 
 def parse_pipeline_options(raw: Mapping[str, Any] | PipelineOptions | None) -> PipelineOptions:

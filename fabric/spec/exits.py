@@ -13,7 +13,7 @@ class OnExit(StrEnum):
     """When an exit hook runs, once every other node of the run has ended."""
 
     ALWAYS = "always"
-    SUCCESS = "success"  # every other node SUCCEEDED (or was CACHED)
+    SUCCESS = "success"  # every other node SUCCEEDED (or was CACHED, or SKIPPED by its condition)
     FAILURE = "failure"  # some other node did not
 
     def runs_after(self, succeeded: bool) -> bool:
