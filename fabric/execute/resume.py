@@ -19,13 +19,18 @@ INTERRUPTED = "interrupted: the registry restarted; it runs again, not charged t
 
 
 def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: SubmissionStatus, artifacts: str,
-                     clock: Callable[[], float], *, gated: bool) -> tuple[RunMachine, list[Event], list[str]]:
+                     clock: Callable[[], float], *, gated: bool
+                     ) -> tuple[RunMachine, list[Event], list[str], dict[str, str]]:
     """The run's state machine as the record left it; the events of successes recovered from stored
-    outputs; and the succeeded nodes that must run again because their outputs are not on record."""
+    outputs; the succeeded nodes that must run again because their outputs are not on record; and where the
+    outputs of each node that keeps them are (its own submission, or for a re-run's reused node, the source)."""
     sid = record.submission_id
     consumed = plan.consumed_outs()
     states = {n.node_id: n.state for n in status.nodes}
-    stored = {n for n in states if consumed[n] and has_outputs(artifacts, sid, n)}
+    # A re-run's reused node (CACHED, "reused: the outputs of <source> ...") keeps reading them from its source.
+    sources = {n.node_id: _reused_from(n.reason) or sid if n.state is NodeState.CACHED else sid
+               for n in status.nodes}
+    stored = {n for n in states if consumed[n] and has_outputs(artifacts, sources[n], n)}
     # Outputs are written only by a successful attempt: they prove a success whose event was lost.
     recovered = [n for n in stored if not states[n].terminal]
     for node_id in recovered:
@@ -44,11 +49,19 @@ def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: Subm
     history = {n.node_id: [(a.started_at, a.ended_at, a.outcome) for a in n.history] for n in status.nodes}
     machine = RunMachine.restore(plan, clock, submission_id=sid, created_at=record.created_at, states=states,
                                  history=history, gated=gated)
-    return machine, events, rerun
+    for node in status.nodes:  # the status keeps saying where a reused node's outputs came from
+        if node.state is NodeState.CACHED and states[node.node_id] is NodeState.CACHED:
+            machine.nodes[node.node_id].reason = node.reason
+    return machine, events, rerun, {n: sources[n] for n in stored}
 
 
 REUSED = "reused: the outputs of {source} (SUCCEEDED there, same content hash)"
 _REUSED = re.compile(r"^reused: the outputs of (\S+) ")
+
+
+def _reused_from(reason: str | None) -> str | None:
+    found = _REUSED.match(reason or "")
+    return found.group(1) if found else None
 
 
 def reusable(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapping[str, str], submission_id: str,
@@ -64,10 +77,10 @@ def reusable(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapp
         state = states.get(node_id)
         source = submission_id
         if state is NodeState.CACHED:
-            found = _REUSED.match(reasons.get(node_id, ""))
-            if found is None:
+            reused_from = _reused_from(reasons.get(node_id))
+            if reused_from is None:
                 continue  # a cache hit: its outputs are the cache's; it runs again (and may hit the cache)
-            source = found.group(1)
+            source = reused_from
         elif state is not NodeState.SUCCEEDED:
             continue
         if node_id in again or any(u not in reuse for u in plan.nodes[node_id].upstream):
@@ -122,14 +135,14 @@ class Reruns:
         unfinished node gets a new attempt. Returns the succeeded nodes that must run again because
         their outputs are not on record."""
         consumed = plan.consumed_outs()
-        machine, recovered, rerun = restored_machine(record, plan, status, self._artifacts, self._clock,
+        machine, recovered, rerun, sources = restored_machine(record, plan, status, self._artifacts, self._clock,
                                                      gated=self._scheduler is not None)
         self._store.append_events(recovered)
         run = LiveRun(record, plan, machine, record.runtime_env or None, dict(code or {}),
                    plan.persisted_outs(self._persist_outputs))  # as `start`: a cache node keeps every out
         for node_id, token in machine.restored_tokens().items():
             if consumed[node_id]:
-                refs = self._backend.load(self._artifacts, record.submission_id, node_id, consumed[node_id])
+                refs = self._backend.load(self._artifacts, sources[node_id], node_id, consumed[node_id])
                 run.handles[(node_id, token)] = AttemptHandle(None, refs, len(machine.nodes[node_id].attempts))
         with self._lock:
             self._runs[record.submission_id] = run

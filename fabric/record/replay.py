@@ -54,7 +54,9 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
             node_id=node_id, kind=node["kind"], state=final, attempts=len(history),
             queued_at=node["queued_at"], started_at=history[0].started_at if history else None,
             ended_at=history[-1].ended_at if history and final.terminal else None,
-            progress=1.0 if final.ok else 0.0, message="", reason=node["reason"] if not final.ok else "",
+            progress=1.0 if final.ok else 0.0, message="",
+            # CACHED keeps why (a re-run's "reused: the outputs of <id>": a restarted registry reads them there)
+            reason=node["reason"] if not final.ok or final is NodeState.CACHED else "",
             error=history[-1].error if history and not final.ok else None, history=history,
             cost=node.get("cost", 0.0)))
     return SubmissionStatus(
