@@ -42,7 +42,7 @@ class ExitHooks:
             node = nodes[hook]
             if node.state is not NodeState.PENDING:
                 continue  # ended before a registry restart: as it ended
-            when = OnExit(node.plan.on_exit)
+            when = OnExit(node.plan.on_exit or OnExit.ALWAYS)  # set on every hook
             if when.runs_after(succeeded):
                 run.append(hook)
             else:
