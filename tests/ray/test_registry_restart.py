@@ -82,6 +82,37 @@ def test_finished_work_answers_from_the_record_after_a_restart(client, fabric_ho
     assert again.id == "kept-001" and not again.created  # idempotency survives the restart too
 
 
+def test_a_rerun_across_registry_restarts_recomputes_nothing_it_reused(client, tmp_path):
+    """A run fails at fit; the registry restarts; the re-run from fit reuses make_data and features exactly as it
+    would have before; the registry restarts again while the re-run's report runs, and still nothing reused (nor
+    fit, which had succeeded) is computed again: the execution counters prove it."""
+    marks = str(tmp_path)
+    failing = dag("rerun_restart", [
+        py("make_data", "counted", params={"marker_dir": marks, "name": "make_data"}, outs=["raw"]),
+        py("features", "counted", params={"marker_dir": marks, "name": "features"}, ins=["x=raw"], outs=["t"]),
+        py("fit", "fails_first", params={"marker_dir": marks, "name": "fit"}, ins=["x=t"], outs=["m"]),
+        py("report", "counted", params={"marker_dir": marks, "name": "report", "seconds": 4}, ins=["x=m"]),
+    ], edges=[("make_data", "features"), ("features", "fit"), ("fit", "report")])
+    first = client.submit(failing)
+    assert first.wait(60).state == "FAILED"
+    _restart_registry(client)
+    from fabric.types import new_submission_id
+
+    reply = client.rerun_reply(first.id, "fit", new_submission_id())
+    assert (reply["reused"], reply["rerun"]) == (["features", "make_data"], ["fit", "report"])
+    again = client.get(reply["submission_id"])
+    deadline = time.monotonic() + 30
+    while again.status().node("report").state != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert again.status().node("fit").state == "SUCCEEDED"
+    _restart_registry(client)  # while report runs
+    status = again.wait(60)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.reason) for n in status.nodes]
+    assert status.node("features").state == "CACHED" and first.id in status.node("features").reason
+    assert [runs(tmp_path, n) for n in ("make_data", "features", "fit")] == [1, 1, 2]  # fit: failed, then ok
+    assert runs(tmp_path, "report") == 2  # interrupted, then run again
+
+
 def test_the_kill_switch_survives_a_restart_and_is_audited(client):
     from fabric.errors import ErrorCode, FabricError
 
