@@ -18,11 +18,17 @@ let pages = { cursors: [null], next: null };
 
 function token() { return sessionStorage.getItem("fabric-token"); }
 
-async function api(method, path) {
-  const response = await fetch(path, { method, headers: { Authorization: `Bearer ${token()}` } });
+async function api(method, path, payload) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers,
+                                       body: payload === undefined ? undefined : JSON.stringify(payload) });
   const body = await response.json().catch(() => ({}));
   if (response.status === 401) { sessionStorage.removeItem("fabric-token"); route(); throw new Error("sign in again"); }
-  if (!response.ok) throw new Error(`${body.title || response.statusText}${body.fix ? " — " + body.fix : ""}`);
+  if (!response.ok) {
+    const named = (body.problems || []).map((p) => `${p.where}: ${p.message}`).join("; ");
+    throw new Error(`${body.title || response.statusText}${named ? " — " + named : ""}${body.fix ? " — " + body.fix : ""}`);
+  }
   return body;
 }
 
@@ -40,6 +46,7 @@ function h(tag, attrs = {}, ...children) {
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "dataset") Object.assign(node.dataset, v);
     else if (k === "onclick") node.addEventListener("click", v);
+    else if (k === "oninput") node.addEventListener("input", v);
     else node.setAttribute(k, v);
   }
   node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
@@ -155,6 +162,71 @@ function paramsText(params) {
   return Object.entries(params || {}).map(([k, v]) => `${k}=${shown(v)}`).join(" ");
 }
 
+// What was typed in a card's forms, by pipeline and field: a refresh rebuilds the cards, not what you typed.
+const drafts = {};
+
+function field(pipeline, name, attrs) {
+  const key = `${pipeline}\u0000${name}`;
+  const input = h("input", { ...attrs, name, oninput: (e) => { drafts[key] = e.target.value; } });
+  if (key in drafts) input.value = drafts[key];
+  return input;
+}
+
+// `k=v k=v` as params: each value JSON when it parses (10, true, [1,2]), else the text, as the CLI's -P.
+function parseParams(text) {
+  const params = {};
+  for (const pair of (text || "").split(/\s+/).filter(Boolean)) {
+    const at = pair.indexOf("=");
+    if (at < 1) throw new Error(`${pair}: write params as name=value`);
+    const raw = pair.slice(at + 1);
+    try { params[pair.slice(0, at)] = JSON.parse(raw); } catch { params[pair.slice(0, at)] = raw; }
+  }
+  return params;
+}
+
+// What the last button of each card did (kept across refreshes, as drafts are).
+const said = {};
+
+// A button's action: POST with the token, then refresh the page, which says in the card what happened.
+async function act(pipeline, what, call) {
+  try {
+    said[pipeline] = { cls: "said meta", text: what(await call()) };
+  } catch (error) {
+    said[pipeline] = { cls: "said error", text: error.message };
+  }
+  await refreshPipelines();
+}
+
+function forms(card, id, declaredParams) {
+  const draftKey = id;
+  const path = `/api/orch/pipelines/${encodeURIComponent(id)}`;
+  const declared = Object.keys(declaredParams || {}).map((k) => `${k}=`).join(" ");
+  const value = (name) => card.querySelector(`input[name='${name}']`).value;
+  const run = h("div", { class: "actions run" },
+    field(draftKey, "run-params", { placeholder: declared || "name=value …", size: 40 }),
+    h("button", { class: "run", onclick: () => act(id, (r) => r.skipped ? `skipped: ${r.reason}`
+      : r.queued ? `queued (${r.position}): ${r.submission_id}` : `started ${r.submission_id}`,
+    () => api("POST", `${path}/runs`, { params: parseParams(value("run-params")) })) }, "run"));
+  const fill = h("div", { class: "actions backfill-form" },
+    field(draftKey, "bf-start", { type: "date" }), " → ", field(draftKey, "bf-end", { type: "date" }),
+    " every ", field(draftKey, "bf-step", { value: "1d", size: 4 }),
+    " at most ", field(draftKey, "bf-max", { type: "number", value: "4", min: "1", max: "100" }),
+    field(draftKey, "bf-params", { placeholder: "other params: name=value …", size: 30 }),
+    h("button", { class: "backfill", onclick: () => act(id, (r) => `backfill ${r.backfill_id}: ${r.total} dates`,
+      () => api("POST", `${path}/backfills`, { start: value("bf-start"), end: value("bf-end"),
+        step: value("bf-step"), max_active: Number(value("bf-max")), params: parseParams(value("bf-params")) })) },
+    "backfill"));
+  const note = said[id] || { cls: "said meta", text: "" };
+  return [h("h4", {}, "run now"), run, h("h4", {}, "backfill"), fill, h("p", { class: note.cls }, note.text)];
+}
+
+function pauseButton(id, s) {
+  const verb = s.paused ? "resume" : "pause";
+  return h("button", { class: verb, onclick: () => act(id, () => `schedule ${s.name}: ${verb}d`,
+    () => api("POST", `/api/orch/pipelines/${encodeURIComponent(id)}/schedules/${encodeURIComponent(s.name)}/${verb}`)) },
+  verb);
+}
+
 function pipelineCard(latest, versions, runs, schedules, backfills) {
   const limit = latest.max_active_runs ? `max ${latest.max_active_runs} active, overlap ${latest.overlap}` : "no run limit";
   const card = h("div", { class: "card", dataset: { pipeline: latest.pipeline_id } },
@@ -169,12 +241,14 @@ function pipelineCard(latest, versions, runs, schedules, backfills) {
   card.append(h("h4", {}, `recent runs (${runs.length})`), runs.length ? strip : h("p", { class: "meta" }, "none yet"));
   if (schedules.length) {
     card.append(h("h4", {}, "schedules"), h("table", { class: "kv schedules" },
-      h("thead", {}, h("tr", {}, ...["name", "cron", "params", "next fires"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["name", "cron", "params", "next fires", ""].map((t) => h("th", {}, t)))),
       h("tbody", {}, ...schedules.map((s) => h("tr", { dataset: { schedule: s.name } },
         h("td", {}, s.name), h("td", {}, `${s.cron} (${s.timezone || "UTC"})`), h("td", {}, paramsText(s.params)),
-        h("td", { class: "next" }, s.paused ? "paused" : (s.next_fires || []).map(when).join(" · ") || "none"))))));
+        h("td", { class: "next" }, s.paused ? "paused" : (s.next_fires || []).map(when).join(" · ") || "none"),
+        h("td", {}, pauseButton(latest.pipeline_id, s)))))));
   }
   for (const b of backfills) card.append(backfillRow(b));
+  card.append(...forms(card, latest.pipeline_id, versions.length ? (versions[0].spec || {}).params : {}));
   return card;
 }
 

@@ -347,6 +347,62 @@ def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack,
             shutil.copy(tmp_path / name, Path(os.environ["FABRIC_UI_SCREENSHOT"]).with_name(name))
 
 
+BUTTONS = {"version": 1, "pipeline_id": "ui_buttons",
+           "params": {"as_of": {"type": "date", "default": "2024-01-02"}, "note": {"type": "string", "default": "x"}},
+           "nodes": [{"id": "only", "kind": "python_task", "entrypoint": "tests.nodes:noop",
+                      "params": {"note": "{{ params.note }}", "as_of": "{{ params.as_of }}"}}]}
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_pipelines_page_buttons_run_pause_resume_and_backfill(stack, tmp_path):
+    """The Pipelines page's buttons, with the page's token: a run with params, a schedule paused and resumed, a
+    backfill started, and a bad backfill answered in the card with the field it names."""
+    from playwright.sync_api import sync_playwright
+
+    remote = stack["remote"]
+    remote.register(BUTTONS)
+    remote.schedule("ui_buttons", {"name": "hourly", "cron": "0 * * * *"})
+    card = "div.card[data-pipeline='ui_buttons']"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+            page.click("#nav-pipelines")
+            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
+            page.fill(f"{card} input[name='run-params']", f"note={XSS} as_of=2024-02-29")
+            page.click(f"{card} button.run")
+            page.wait_for_selector(f"{card} p.said:has-text('started')")
+            [run] = remote.pipeline_runs("ui_buttons")
+            assert run["params"] == {"note": XSS, "as_of": "2024-02-29"}
+            assert remote.get(run["submission_id"]).wait(60).state == "SUCCEEDED"
+            page.wait_for_selector(f"{card} .strip a[data-submission='{run['submission_id']}'][data-state='SUCCEEDED']")
+            page.click(f"{card} tr[data-schedule='hourly'] button.pause")
+            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] td.next:has-text('paused')")
+            assert [s["paused"] for s in remote.schedules("ui_buttons")] == [True]
+            page.click(f"{card} tr[data-schedule='hourly'] button.resume")
+            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
+            assert [s["paused"] for s in remote.schedules("ui_buttons")] == [False]
+            # A backfill whose end is before its start: the card names the field, nothing is made.
+            page.fill(f"{card} input[name='bf-start']", "2024-01-03")
+            page.fill(f"{card} input[name='bf-end']", "2024-01-01")
+            page.click(f"{card} button.backfill")
+            page.wait_for_selector(f"{card} p.said.error:has-text('end')")
+            assert [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"] == []
+            page.fill(f"{card} input[name='bf-end']", "2024-01-05")
+            page.fill(f"{card} input[name='bf-max']", "2")
+            page.click(f"{card} button.backfill")
+            page.wait_for_selector(f"{card} p.said:has-text('3 dates')")
+            [fill] = [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"]
+            assert fill["max_active"] == 2 and fill["total"] == 3
+            page.wait_for_selector(f"{card} div.backfill[data-state='SUCCEEDED']", timeout=90_000)
+            assert "3 succeeded of 3" in page.locator(f"{card} div.backfill .counts").inner_text()
+            assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_ui_cancel_button_leaves_no_poller_behind(stack, tmp_path):
     """Cancel a running submission from its page: the page polls until the run has ended, then stops;
@@ -433,3 +489,7 @@ def test_quickstart_notebook_runs_top_to_bottom(stack):
 
 def test_gateway_notebook_runs_top_to_bottom(stack):
     _execute("gateway.ipynb", {"FABRIC_GATEWAY_URL": stack["url"], "FABRIC_TOKEN": stack["token"]})
+
+
+def test_pipelines_notebook_runs_top_to_bottom(stack):
+    _execute("pipelines.ipynb", {"FABRIC_GATEWAY_URL": stack["url"], "FABRIC_TOKEN": stack["token"]})
