@@ -388,7 +388,7 @@ def test_the_pipelines_page_buttons_run_pause_resume_and_backfill(stack, tmp_pat
             page.fill(f"{card} input[name='bf-start']", "2024-01-03")
             page.fill(f"{card} input[name='bf-end']", "2024-01-01")
             page.click(f"{card} button.backfill")
-            page.wait_for_selector(f"{card} p.said.error:has-text('end')")
+            page.wait_for_selector(f"{card} p.said.error:has-text('end: end 2024-01-01 is before start')")
             assert [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"] == []
             page.fill(f"{card} input[name='bf-end']", "2024-01-05")
             page.fill(f"{card} input[name='bf-max']", "2")
