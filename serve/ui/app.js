@@ -172,8 +172,14 @@ function field(pipeline, name, attrs) {
   return input;
 }
 
-// `k=v k=v` as params: each value JSON when it parses (10, true, [1,2]), else the text, as the CLI's -P.
+// `k=v k=v` as params: each value JSON when it parses (10, true, [1,2]), else the text, as the CLI's -P; or a
+// JSON object (`{"note": "two words"}`) for values with spaces.
 function parseParams(text) {
+  if ((text || "").trim().startsWith("{")) {
+    const parsed = JSON.parse(text);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("params: a JSON object");
+    return parsed;
+  }
   const params = {};
   for (const pair of (text || "").split(/\s+/).filter(Boolean)) {
     const at = pair.indexOf("=");

@@ -371,7 +371,11 @@ def test_the_pipelines_page_buttons_run_pause_resume_and_backfill(stack, tmp_pat
             page.goto(f"{stack['url']}/ui/#token={stack['token']}")
             page.click("#nav-pipelines")
             page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
-            page.fill(f"{card} input[name='run-params']", f"note={XSS} as_of=2024-02-29")
+            page.fill(f"{card} input[name='run-params']", "note=x as_of=2024-13-01")  # no 13th month
+            page.click(f"{card} button.run")
+            page.wait_for_selector(f"{card} p.said.error:has-text('as_of')")
+            assert remote.pipeline_runs("ui_buttons") == []
+            page.fill(f"{card} input[name='run-params']", json.dumps({"note": XSS, "as_of": "2024-02-29"}))
             page.click(f"{card} button.run")
             page.wait_for_selector(f"{card} p.said:has-text('started')")
             [run] = remote.pipeline_runs("ui_buttons")
