@@ -20,6 +20,7 @@ from fabric.schedule.overlap import OverlapDecision, decide
 from fabric.schedule.startqueue import MAX_QUEUED, StartQueue
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.catalogue import PIPELINE_LABEL, VERSION_LABEL, Overlap, parse_pipeline_options
+from fabric.spec.subdags import expand
 from fabric.types import new_submission_id
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ class Catalogue:
         """Validate the spec as a submit would (kinds checked with the params' defaults; with `grants`, the
         team's claims) and record it as the pipeline's next version; the same spec and options as the latest
         version return that version."""
-        dag = load_spec(spec)
+        normal = load_spec(spec).to_dict()  # recorded as written: a `pipeline` node runs its child's latest version
+        # checked expanded: a missing child, or a cycle through registered pipelines, is refused
+        dag = load_spec(expand(normal, self.resolver(team), name=normal["pipeline_id"]))
         opts = parse_pipeline_options(options)
         if grants is not None:  # a schedule fires its versions later, with no token: they are checked here
             check_submission(grants, team or "", dag, parse_runtime_params(None))
         problems = kind_problems(dag, kind_checks())
         if problems:
             raise SpecError.from_problems(problems)
-        normal = dag.to_dict()
         draft = PipelineVersion(dag.pipeline_id, 0, normal, digest(normal), time.time(), team,
                                 opts.model_dump(mode="json"))
         made, created = self._store.add_pipeline_version(draft)
@@ -166,6 +168,10 @@ class Catalogue:
             raise NotFoundError(f"no pipeline {pipeline_id!r}", code=ErrorCode.NOT_FOUND, where="pipeline_id",
                                 fix="register it with `fabric register dag.yaml`; `fabric pipelines` lists them")
         return versions
+
+    def resolver(self, team: str | None) -> Callable[[str, int | None], dict[str, Any]]:
+        """How a `pipeline` node of this team's finds its child: only among the team's own pipelines."""
+        return lambda pipeline_id, version: self.version(pipeline_id, version, team).spec
 
     def version(self, pipeline_id: str, version: int | None, team: str | None) -> PipelineVersion:
         """One version of one of the team's pipelines (None: the latest); NOT_FOUND naming what is missing."""

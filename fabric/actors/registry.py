@@ -44,6 +44,7 @@ from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.queue import load_config
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params, read_document
+from fabric.spec.subdags import expand
 from fabric.states import KILL_SWITCH, EventKind
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,10 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods):
         """Validate, plan and start a submission; the same submission_id again returns the same one.
         `grants`: the team's (the gateway passes them): a claim beyond them is FORBIDDEN, and nothing is stored.
         A team's ids are its own: `team:key` (fabric/types.py), so keys never meet across teams."""
-        dag = load_spec(spec := read_document(spec))  # never a path; checked off the engine thread
         runtime = parse_runtime_params(runtime_params)
+        # never a path; checked off the engine thread; `pipeline` nodes become their child's nodes, found among
+        # the team's own registered pipelines (recorded expanded, so a resume needs no catalogue)
+        dag = load_spec(spec := expand(read_document(spec), self._catalogue.resolver(runtime.team)))
         if grants is not None:
             check_submission(grants, runtime.team or "", dag, runtime)
         plan = compile_plan(dag, runtime, kind_checks(), fuse=self._config.fuse)

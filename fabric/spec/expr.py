@@ -391,3 +391,30 @@ def _kind(value: Any) -> str:
         return "true" if value else "false"
     shown = repr(value)
     return f"{type(value).__name__} {shown[:40] + '...' if len(shown) > 40 else shown}"
+
+
+def unparse(tree: Expr) -> str:
+    """The condition as text that parses back to `tree` (fully parenthesised where it nests)."""
+    if isinstance(tree, Lit):
+        return _literal(tree.value)
+    if isinstance(tree, Name):
+        return tree.dotted
+    if isinstance(tree, ListOf):
+        return "[" + ", ".join(unparse(item) for item in tree.items) + "]"
+    if isinstance(tree, Not):
+        return f"not ({unparse(tree.operand)})"
+    if isinstance(tree, BoolOp):
+        return f" {tree.op} ".join(f"({unparse(operand)})" for operand in tree.operands)
+    return f"{unparse(tree.left)} {tree.op} {unparse(tree.right)}"
+
+
+def _literal(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(item) for item in value) + "]"
+    raise ExprError(f"a {type(value).__name__} cannot be written in a condition", 0)

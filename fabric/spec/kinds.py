@@ -15,4 +15,5 @@ KNOWN_KINDS: frozenset[str] = frozenset({
     "tune",
     "serve",
     "promote",
+    "pipeline",  # another pipeline as a child DAG, expanded at submit (fabric/spec/subdags.py)
 })

@@ -11,7 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from fabric.spec.params import PARAM_NAME_PATTERN
 
-NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z][A-Za-z0-9_-]{0,63}){0,7}$"  # "." nests: sub.node
 IO_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 PIPELINE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$"
 SUBMISSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -43,7 +43,8 @@ def _schema(pattern: str) -> WithJsonSchema:
 
 
 NodeId = Annotated[str, _matching(NODE_ID_PATTERN, "node id",
-                                  "it must start with a letter, then letters, digits, '_' or '-' (at most 64)",
+                                  "it must start with a letter, then letters, digits, '_' or '-' (at most 64); "
+                                  "'.' only separates a sub-pipeline's node from its pipeline node (sub.node)",
                                   "compute_features"), _schema(NODE_ID_PATTERN)]
 PipelineId = Annotated[str, _matching(PIPELINE_ID_PATTERN, "pipeline id",
                                       "it must start with a letter, then letters, digits, '_', '.' or '-' "

@@ -347,3 +347,32 @@ def test_finished_runs_are_kept_compact_then_released_then_paged_out(client, tmp
             engine.logs(ids[2], "nope")
     finally:
         engine.shutdown()
+
+
+def test_when_false_skips_with_the_reason_and_a_join_runs_with_the_branch_that_ran(client, tmp_path):
+    marks = str(tmp_path)
+    spec = dag("branch", [
+        py("pick", "value", params={"x": 3.0}, outs=["v"]),
+        py("fast", "add", params={"b": 1.0}, ins=["a=v"], outs=["fast_out"], when="v > 2 and params.mode == 'auto'"),
+        py("slow", "add", params={"b": 100.0}, ins=["a=v"], outs=["slow_out"], when="v <= 2"),
+        py("after_slow", "counted", params={"marker_dir": marks, "name": "after_slow"}, ins=["slow_out"]),
+        py("join", "total", ins=["fast=fast_out", "slow=slow_out"], on_skipped="run"),
+    ], edges=[("pick", "fast"), ("pick", "slow"), ("slow", "after_slow"), ("fast", "join"), ("slow", "join")],
+        params={"mode": {"type": "string", "default": "auto"}})
+    submission = client.submit(spec)
+    status = submission.wait(60)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.reason, n.error) for n in status.nodes]
+    assert (status.node("slow").state, status.node("slow").reason) == ("SKIPPED", "when is false: v <= 2")
+    assert (status.node("after_slow").state, status.node("after_slow").reason) == ("SKIPPED", "upstream slow skipped")
+    assert not list(tmp_path.glob("after_slow.*"))  # its code never ran
+    assert status.node("fast").state == "SUCCEEDED" and submission.result("join") == 4.0  # fast=4, slow absent
+    # A value of the wrong type for its condition fails the node at run time, clearly.
+    bad = dag("bad_when", [py("pick", "value", params={"x": 3.0}, outs=["v"]),
+                           py("check", "noop", ins=["v"], when="v > 'high'")], edges=[("pick", "check")])
+    failed = client.submit(bad).wait(60)
+    check = failed.node("check")
+    assert failed.state == "FAILED" and check.state == "FAILED"
+    assert check.error.type == "ConditionError" and "compares two numbers or two strings" in check.error.message
+    with pytest.raises(SpecError) as raised:  # an unknown name is refused at submit, naming the field
+        client.submit(dag("unknown", [py("check", "noop", when="nope > 0")]))
+    assert [(p.code, p.where) for p in raised.value.problems] == [(ErrorCode.SPEC_CONDITION, "nodes[0].when")]

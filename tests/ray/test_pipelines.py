@@ -213,3 +213,41 @@ def test_rerun_from_failure_reuses_succeeded_nodes_without_recomputing(gateway, 
     # Over the SDK: a re-run of the re-run has nothing left that failed.
     with pytest.raises(Exception, match="nothing to re-run"):
         client.rerun(body["submission_id"])
+
+
+def test_a_pipeline_node_runs_the_teams_registered_pipeline_nested_and_cycles_are_refused(gateway):
+    import fabric as fb
+
+    http, research, trading, token = gateway
+    child = {"version": 1, "pipeline_id": "child_sum", "params": {"x": {"type": "float", "default": 1.0}},
+             "nodes": [{"id": "make", "kind": "python_task", "entrypoint": "tests.nodes:value",
+                        "params": {"x": "{{ params.x }}"}, "outs": ["made"]},
+                       {"id": "plus", "kind": "python_task", "entrypoint": "tests.nodes:add", "params": {"b": 10.0},
+                        "ins": ["a=made"], "outs": ["total"]}]}
+    assert http.post("/api/orch/pipelines", headers=research, json={"dag_spec": child}).status_code == 201
+    parent = {"version": 1, "pipeline_id": "outer", "nodes": [
+        {"id": "sub", "kind": "pipeline", "params": {"pipeline": "child_sum", "params": {"x": 2.0}}, "outs": ["total"]},
+        {"id": "report", "kind": "python_task", "entrypoint": "tests.nodes:add", "params": {"b": 0.5},
+         "ins": ["a=total"], "when": "total > 0"}]}
+    remote = fb.connect(str(http.base_url), token=token)
+    run = remote.submit(parent)
+    status = run.wait(90)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
+    assert [(n.node_id, n.state) for n in status.nodes] == [
+        ("sub.make", "SUCCEEDED"), ("sub.plus", "SUCCEEDED"), ("report", "SUCCEEDED")]
+    assert run.result("sub.plus") == 12.0 and run.result("report") == 12.5
+    remote.close()
+    # Another team's catalogue does not have it: a team runs only its own pipelines.
+    denied = http.post("/api/orch/submit", headers=trading, json={"dag_spec": parent})
+    assert denied.status_code == 422, denied.text
+    assert [p["where"] for p in denied.json()["problems"]] == ["nodes[0].params.pipeline"]
+    # A cycle through registered pipelines is refused when the version that closes it is registered.
+    loop_b = {"version": 1, "pipeline_id": "loop_b",
+              "nodes": [{"id": "inner", "kind": "pipeline", "params": {"pipeline": "child_sum"}}]}
+    assert http.post("/api/orch/pipelines", headers=research, json={"dag_spec": loop_b}).status_code == 201
+    back = {"id": "back", "kind": "pipeline", "params": {"pipeline": "loop_b"}}
+    closing = {**child, "nodes": [*child["nodes"], back]}
+    refused = http.post("/api/orch/pipelines", headers=research, json={"dag_spec": closing})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["problems"][0]["code"] == "SPEC_CYCLE"
+    assert "child_sum -> loop_b -> child_sum" in refused.json()["problems"][0]["message"]

@@ -1,0 +1,103 @@
+"""Kind `pipeline`, pure: a child DAG (registered or inline) expanded into `<node>.<child>` nodes at submit, its
+params and declared outs, conditions carried over, and what is refused (cycles, unknown pipelines, bad fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric.errors import ErrorCode, NotFoundError, SpecError
+from fabric.plan import compile_plan
+from fabric.spec import load_spec
+from fabric.spec.subdags import MAX_NESTING, expand
+
+pytestmark = pytest.mark.timeout(30)
+
+CHILD = {"version": 1, "pipeline_id": "sweep", "params": {"k": {"type": "int", "default": 2}},
+         "nodes": [{"id": "grid", "kind": "python_task", "entrypoint": "m:g", "params": {"n": "{{ params.k }}"},
+                    "ins": ["seed"], "outs": ["grid"]},
+                   {"id": "pick", "kind": "python_task", "entrypoint": "m:p", "ins": ["grid"],
+                    "outs": ["best_sharpe"], "when": "params.k > 1 and grid.n != null"}]}
+
+
+def _parent(**sub: Any) -> dict[str, Any]:
+    return {"version": 1, "pipeline_id": "outer", "nodes": [
+        {"id": "seed", "kind": "python_task", "entrypoint": "m:s", "outs": ["seed"]},
+        {"id": "sub", "kind": "pipeline", "ins": ["seed"], "outs": ["best_sharpe"],
+         "params": {"pipeline": "sweep", "params": {"k": 3}}, **sub},
+        {"id": "report", "kind": "python_task", "entrypoint": "m:r", "ins": ["best_sharpe"],
+         "when": "best_sharpe > 0"}]}
+
+
+def _resolver(registry: dict[str, dict[str, Any]]):
+    def resolve(name: str, version: int | None) -> dict[str, Any]:
+        if name not in registry:
+            raise NotFoundError(f"no pipeline {name!r}")
+        return registry[name]
+    return resolve
+
+
+def test_a_registered_pipeline_becomes_nested_nodes_wired_to_the_parent():
+    spec = load_spec(expand(_parent(), _resolver({"sweep": CHILD})))
+    assert [n.id for n in spec.nodes] == ["seed", "sub.grid", "sub.pick", "report"]
+    assert {(e.from_, e.to) for e in spec.edges} == {("seed", "sub.grid"), ("sub.grid", "sub.pick"),
+                                                     ("sub.pick", "report")}
+    assert spec.node("sub.grid").params == {"n": 3}  # the child's params, as the pipeline node set them
+    assert spec.node("sub.pick").when == "(3 > 1) and (grid.n != null)"  # its params are values in the parent
+    plan = compile_plan(spec)
+    assert [(w.name, w.producer) for w in plan.nodes["report"].inputs] == [
+        ("best_sharpe", "sub.pick"), ("?best_sharpe", "sub.pick")]
+    assert [(w.name, w.producer) for w in plan.nodes["sub.grid"].inputs] == [("seed", "seed")]
+
+
+def test_an_inline_sub_spec_and_the_pipeline_nodes_condition_guarding_its_roots():
+    inline = _parent(when="seed != null", params={"spec": CHILD})
+    spec = load_spec(expand(inline, None))
+    assert spec.node("sub.grid").when == "seed != null"
+    assert spec.node("sub.pick").when == "(2 > 1) and (grid.n != null)"  # the child's default k
+
+
+@pytest.mark.parametrize("sub, where, code, message", [
+    ({"params": {"pipeline": "ghost"}}, "nodes[1].params.pipeline", ErrorCode.KIND_PARAMS, "no registered pipeline"),
+    ({"params": {}}, "nodes[1].params", ErrorCode.KIND_PARAMS, "exactly one"),
+    ({"params": {"pipeline": "sweep", "spec": CHILD}}, "nodes[1].params", ErrorCode.KIND_PARAMS, "exactly one"),
+    ({"entrypoint": "m:f"}, "nodes[1].entrypoint", ErrorCode.SPEC_UNKNOWN_FIELD, "takes no 'entrypoint'"),
+    ({"outs": ["nope"]}, "nodes[1].outs[0]", ErrorCode.SPEC_UNWIRED_INPUT, "produces no out 'nope'"),
+    ({"params": {"pipeline": "sweep", "params": {"k": "x"}}}, "nodes[1].params.params.k", ErrorCode.PARAM_TYPE,
+     "is a int"),
+])
+def test_what_a_pipeline_node_gets_wrong_is_a_problem_at_its_field(sub, where, code, message):
+    with pytest.raises(SpecError) as raised:
+        expand(_parent(**sub), _resolver({"sweep": CHILD}))
+    assert [(p.where, p.code) for p in raised.value.problems] == [(where, code)]
+    assert message in raised.value.problems[0].message
+
+
+def test_an_invalid_child_is_reported_inside_it():
+    broken = {**CHILD, "nodes": [{**CHILD["nodes"][0], "kind": "nope"}, CHILD["nodes"][1]]}
+    with pytest.raises(SpecError) as raised:
+        expand(_parent(), _resolver({"sweep": broken}))
+    assert raised.value.problems[0].where.startswith("nodes[1].pipeline[sweep].nodes[0].kind")
+
+
+def test_cycles_through_registered_pipelines_and_depth_are_refused():
+    loop_a = {"version": 1, "pipeline_id": "a", "nodes": [{"id": "x", "kind": "pipeline", "params": {"pipeline": "b"}}]}
+    loop_b = {"version": 1, "pipeline_id": "b", "nodes": [{"id": "y", "kind": "pipeline", "params": {"pipeline": "a"}}]}
+    with pytest.raises(SpecError) as raised:
+        expand(loop_a, _resolver({"a": loop_a, "b": loop_b}), name="a")
+    problem = raised.value.problems[0]
+    assert problem.code == ErrorCode.SPEC_CYCLE and "a -> b -> a" in problem.message
+    leaf = {"version": 1, "pipeline_id": "leaf", "nodes": [{"id": "n", "kind": "python_task", "entrypoint": "m:f"}]}
+    deep = leaf
+    for level in range(MAX_NESTING + 1):
+        deep = {"version": 1, "pipeline_id": f"p{level}",
+                "nodes": [{"id": f"l{level}", "kind": "pipeline", "params": {"spec": deep}}]}
+    with pytest.raises(SpecError, match="nest deeper"):
+        expand(deep, None)
+
+
+def test_a_spec_without_pipeline_nodes_is_unchanged_and_registered_ones_need_a_registry():
+    assert expand(CHILD, None) == CHILD
+    with pytest.raises(SpecError, match="cannot be looked up here"):
+        expand(_parent(), None)
