@@ -5,7 +5,7 @@ Importing fabric starts nothing and does not import Ray; `fb.connect()` does.
 
 from __future__ import annotations
 
-from fabric.builder import DAG, task, when
+from fabric.builder import DAG, dag, task, when
 from fabric.connection import connect
 from fabric.context import context, local_context
 from fabric.errors import ErrorCode, FabricError, SpecError
@@ -15,5 +15,5 @@ from fabric.spec import DagSpec, RuntimeParams, load_spec
 from fabric.states import NodeState, SubmissionState
 
 __all__ = ["DAG", "Client", "DagSpec", "ErrorCode", "FabricError", "NodeState", "RuntimeParams", "SpecError",
-           "Submission", "SubmissionState", "SubmissionStatus", "connect", "context", "load_spec",
+           "Submission", "SubmissionState", "SubmissionStatus", "connect", "context", "dag", "load_spec",
            "local_context", "task", "when"]

@@ -17,6 +17,7 @@ from fabric.spec.expr import names, parse
 
 _current_dag: contextvars.ContextVar[DAG | None] = contextvars.ContextVar("fabric_dag", default=None)
 _conditions: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fabric_when", default=())
+_scope: contextvars.ContextVar[str] = contextvars.ContextVar("fabric_dag_scope", default="")  # "<step>." prefix
 
 
 @contextlib.contextmanager
@@ -151,6 +152,36 @@ def task(function: Callable[..., Any] | None = None, *, id: str | None = None, c
     return lambda f: TaskFunction(f, options)
 
 
+class DagFunction:
+    """A `@fb.dag` function: called inside another DAG it is one step, its tasks nested as `<name>.<task>` (as a
+    `pipeline` node's are); called outside any DAG it builds and returns its own `fb.DAG`."""
+
+    def __init__(self, function: Callable[..., Any], name: str | None = None) -> None:
+        self.function = function
+        self.name: str = name or str(getattr(function, "__name__", "dag"))
+        self.__name__, self.__doc__ = self.name, function.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        parent = _current_dag.get()
+        if parent is None:
+            with DAG(self.name) as built:
+                self.function(*args, **kwargs)
+            return built
+        step = parent._unique_id(_scope.get() + self.name)  # a second call of the same step: "<name>_2"
+        token = _scope.set(step + ".")
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            _scope.reset(token)
+
+
+def dag(function: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Decorator: `@fb.dag` or `@fb.dag(name="sweep")`, a DAG usable as a step of another DAG."""
+    if function is not None:
+        return DagFunction(function, name)
+    return lambda f: DagFunction(f, name)
+
+
 class DAG:
     """`with fb.DAG("my_pipeline") as dag:` then call tasks; `dag.to_spec()` is a validated DagSpec."""
 
@@ -176,8 +207,10 @@ class DAG:
     def _add(self, fn: TaskFunction, arguments: Mapping[str, Any], mapped: Mapping[str, Any] | None = None
              ) -> Output | Outputs:
         opts = fn.options
-        node_id = self._unique_id(opts.id or fn.__name__)
-        outs = opts.outs or (node_id,)
+        base = opts.id or fn.__name__
+        node_id = self._unique_id(_scope.get() + base)  # inside a @fb.dag step: "<step>.<task>"
+        # a step's outs are its own (two calls of one step must not produce the same out): "<step>_<out>"
+        outs = tuple(_scope.get().replace(".", "_") + out for out in opts.outs) or (node_id.replace(".", "_"),)
         node: dict[str, Any] = {"id": node_id, "kind": "python_task", "entrypoint": fn.entrypoint}
         params, ins = {}, []
         for name, value in arguments.items():
@@ -235,7 +268,9 @@ class DAG:
                 self._edges.append({"from": producers[0], "to": node_id})
 
     def _unique_id(self, base: str) -> str:
-        taken = {n["id"] for n in self._nodes}
+        # every dotted prefix is taken too: a step's name ("sweep" of "sweep.grid") is not reused
+        taken = {".".join(parts[:k]) for n in self._nodes for parts in (n["id"].split("."),)
+                 for k in range(1, len(parts) + 1)}
         if base not in taken:
             return base
         n = 2

@@ -93,7 +93,7 @@ def expand(raw: Mapping[str, Any], resolve: Resolve | None, *, name: str | None 
         ends[node["id"]] = ([prefix + r for r in roots], [prefix + s for s in sinks])
     if problems:
         raise SpecError.from_problems(problems)
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[Any, Any]] = []  # the parent's edges as written: load_spec reports a malformed one
     for src, dst in edge_pairs:
         sources = ends[src][1] if src in ends else [src]
         targets = ends[dst][0] if dst in ends else [dst]
@@ -110,7 +110,8 @@ def _with_inputs(child: Mapping[str, Any], ins: list[Any]) -> dict[str, Any]:
     outs = list(dict.fromkeys(str(i).partition("=")[2] or str(i) for i in ins))
     if not outs:
         return dict(child)
-    nodes = child.get("nodes") if isinstance(child.get("nodes"), list) else []
+    given = child.get("nodes")
+    nodes: list[Any] = given if isinstance(given, list) else []
     stand_in = {"id": _INPUTS, "kind": "python_task", "entrypoint": "fabric:inputs", "outs": outs}
     edges = child.get("edges")
     if isinstance(edges, list):

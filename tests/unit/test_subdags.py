@@ -101,3 +101,28 @@ def test_a_spec_without_pipeline_nodes_is_unchanged_and_registered_ones_need_a_r
     assert expand(CHILD, None) == CHILD
     with pytest.raises(SpecError, match="cannot be looked up here"):
         expand(_parent(), None)
+
+
+def test_a_fb_dag_function_is_a_step_of_another_dag_with_nested_node_ids():
+    import fabric as fb
+    from tests import nodes
+
+    value = fb.task(nodes.value)
+    add = fb.task(nodes.add)
+
+    @fb.dag
+    def plus_one(x):
+        return add(value(x), 1.0)
+
+    with fb.DAG("outer") as dag:
+        first = plus_one(2.0)
+        second = plus_one(3.0)
+        add(first, second)
+    spec = dag.to_spec()
+    assert [n.id for n in spec.nodes] == ["plus_one.value", "plus_one.add", "plus_one_2.value", "plus_one_2.add",
+                                          "add"]
+    assert spec.node("add").ins == ["a=plus_one_add", "b=plus_one_2_add"]  # a step's outs are its own
+    plan = compile_plan(spec)
+    assert [w.producer for w in plan.nodes["add"].inputs] == ["plus_one.add", "plus_one_2.add"]
+    standalone = plus_one(5.0)  # outside any DAG: its own DAG
+    assert isinstance(standalone, fb.DAG) and [n.id for n in standalone.to_spec().nodes] == ["value", "add"]
