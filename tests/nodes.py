@@ -210,3 +210,10 @@ def ticking(marker_dir: str, name: str, release: str, hold_s: float = 60.0, ever
         if time.time() >= end or Path(release).exists():
             return f"{name} ticked {tick}"
         time.sleep(every_s)
+
+
+def echo(**inputs: object) -> str:
+    """Prints what it read (a test reads it back from the node's log, where results do not travel over HTTP)."""
+    shown = " ".join(f"{k}={v}" for k, v in sorted(inputs.items()))
+    print(f"echo {shown}")
+    return shown
