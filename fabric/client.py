@@ -12,15 +12,17 @@ from typing import Any, cast
 
 import ray
 
-from fabric.actors import served as served_names
+from fabric.actors import served as owned
 from fabric.actors.calls import acall_registry as _acall
 from fabric.actors.calls import call_registry as _call
 from fabric.actors.control import get_or_create_registry
 from fabric.actors.guard import verified
+from fabric.actors.owners import ServedClient
 from fabric.actors.registry import NAMESPACE, REGISTRY_NAME
 from fabric.actors.revive import remember_home
 from fabric.capability import control_cap, impostor, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
+from fabric.execute.foreign import foreign_value
 from fabric.local_ray import init_address
 from fabric.protocol import (
     Client,
@@ -55,9 +57,10 @@ class RaySubmission:
     """A `Submission` through Ray: every method asks the registry actor; nothing is cached or hidden."""
 
     def __init__(self, registry: Any, submission_id: str, created: bool = True, team: str | None = None,
-                 retry_for: float = REGISTRY_RESTART_WAIT_S, *, cap: str = "") -> None:
+                 retry_for: float = REGISTRY_RESTART_WAIT_S, *, cap: str = "", own: bool = False) -> None:
         self._registry = registry
         self._cap = cap  # the control capability (fabric/capability.py): shown on every call
+        self._own = own  # submitted by this driver (its own code): its values are opened as they are
         self._retry_for = retry_for
         self.id = submission_id
         self.created = created
@@ -90,9 +93,13 @@ class RaySubmission:
                                   fix="wait longer, or check `fabric status` for a stuck node")
 
     def result(self, node: str, out: str | None = None, timeout: float | None = None) -> Any:
-        """The value of `out` (default: the node's only out) of a finished node, from the object store."""
-        [ref] = _call(self._registry.result_ref, self._cap, self.id, node, out, self._team, retry_for=self._retry_for)
-        return ray.get(ref, timeout=timeout)
+        """The value of `out` (default: the node's only out) of a finished node, from the object store. A value is
+        its code's pickle and this process holds the control key: one of a submission neither this client's team's
+        nor this driver's is opened as plain data only, else UNSAFE_PAYLOAD (docs/security.md)."""
+        ref, *team = _call(self._registry.result_ref, self._cap, self.id, node, out, self._team,
+                           retry_for=self._retry_for)
+        own = self._own or (team and team[0] == self._team)
+        return ray.get(ref, timeout=timeout) if own else foreign_value(ref, f"{self.id}.{node}", team[:1], timeout)
 
     def logs(self, node: str, tail: int | None = None) -> str:
         """The node's captured stdout, stderr and `fabric.context().logger` lines, every attempt."""
@@ -119,7 +126,7 @@ class RaySubmission:
         return _call(self._registry.lineage, self._cap, self.id, self._team, retry_for=self._retry_for)
 
 
-class RayClient:
+class RayClient(ServedClient):
     """A `Client` on a Ray cluster: submit DAGs to the registry actor and follow them.
 
     A client scoped to a `team` stamps the team on what it submits and sees only that team's work.
@@ -136,8 +143,8 @@ class RayClient:
         self._grants = grants  # checked by the registry on every submit (fabric/schedule/grants.py)
         # A team-scoped client submits under the code policy (fabric/spec/policy.py) as its role, a developer
         # unless told otherwise; without a team (fabric run, the SDK on its own Ray) nothing is checked.
-        self._guard = None if team is None else served_names.Guard(
-            Principal(team, Role(role) if role else Role.DEVELOPER), config or TeamConfig(), trusted_driver_env)
+        self._guard = None if team is None else owned.Guard(
+            Principal(team, Role(role) if role else Role.DEVELOPER), config or TeamConfig(), self, trusted_driver_env)
 
     def for_team(self, team: str, grants: TeamGrants | None = None, *, role: Role | str | None = None,
                  config: TeamConfig | None = None, trusted_driver_env: bool = False) -> RayClient:
@@ -149,20 +156,20 @@ class RayClient:
     def submit(self, spec: SpecInput, runtime_params: ParamsInput = None) -> Submission:
         """Submit a spec (object, dict, YAML/JSON text or path, or an `fb.DAG`); returns at once."""
         args, claims = self._submit_args(spec, runtime_params)
-        reply = served_names.guarded(self._guard, claims, lambda: _call(self._registry.submit, self._cap, *args,
+        reply = owned.guarded(self._guard, claims, lambda: _call(self._registry.submit, self._cap, *args,
                                                                         retry_for=self._retry_for))
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
-                             cap=self._cap)
+                             cap=self._cap, own=True)
 
     async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None) -> RaySubmission:
         """`submit()` for code that runs in an event loop."""
         # YAML text (up to 1 MiB at the gateway) is parsed, and the policy checked, off the event loop.
         args, claims = (await asyncio.to_thread(self._submit_args, spec, runtime_params)
                         if isinstance(spec, str | bytes) or self._guard else self._submit_args(spec, runtime_params))
-        reply = await served_names.guarded_async(self._guard, claims, lambda: _acall(
+        reply = await owned.guarded_async(self._guard, claims, lambda: _acall(
             self._registry.submit, self._cap, *args, retry_for=self._retry_for))
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
-                             cap=self._cap)
+                             cap=self._cap, own=True)
 
     def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[tuple[Any, ...], list[Any]]:
         code: dict[str, bytes] = {}
@@ -271,9 +278,9 @@ class RayClient:
             raise FabricError(f"runtime_params.team {runtime['team']!r} is not this client's team {self.team!r}",
                               code=ErrorCode.FORBIDDEN, where="runtime_params.team",
                               fix="leave team out: it comes from your credentials")
-        claims = self._guard.check(served_names.pick_version(self.pipeline_versions(pipeline_id), version),
+        claims = self._guard.check(owned.pick_version(self.pipeline_versions(pipeline_id), version),
                                    {**runtime, "team": self.team}) if self._guard else []  # what it would run
-        return cast(dict[str, Any], served_names.guarded(self._guard, claims, lambda: _call(
+        return cast(dict[str, Any], owned.guarded(self._guard, claims, lambda: _call(
             self._registry.run_pipeline, self._cap, pipeline_id, version, runtime, self.team, self._grants,
             retry_for=self._retry_for)))
 
@@ -282,7 +289,7 @@ class RayClient:
         # The new id is made here, once: a call retried across a registry restart starts one re-run.
         reply = self.rerun_reply(submission_id, from_node, new_submission_id())
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
-                             cap=self._cap)
+                             cap=self._cap, own=True)
 
     def rerun_reply(self, submission_id: str, from_node: str | None, new_id: str | None) -> dict[str, Any]:
         """The registry's whole answer to a re-run: {submission_id, created, rerun_of, reused, rerun}."""
@@ -317,7 +324,7 @@ class RayClient:
         request = backfill_request(start, end, step, params, date_param, max_active, version, backfill_id)
         parse_backfill(request)  # a 422 naming the field before anything else is asked
         if self._guard:  # the policy, on what its runs will run (they start later, in the registry)
-            spec = served_names.pick_version(self.pipeline_versions(pipeline_id), version)
+            spec = owned.pick_version(self.pipeline_versions(pipeline_id), version)
             if self._guard.check(spec, {"team": self.team, "params": {**request["params"],
                                                                        date_param: request["start"]}}):
                 raise FabricError("a backfill cannot deploy served models", code=ErrorCode.SPEC_FIELD,

@@ -25,6 +25,7 @@ import fabric as fb
 from fabric.actors import HEAD_RESOURCE
 from fabric.client import RayClient, RaySubmission
 from fabric.errors import ErrorCode, FabricError
+from fabric.execute.sealed import require_sealed, sealing_runtime_env
 from fabric.logs import configure_logging
 from fabric.settings import settings
 from fabric.spec import load_spec, parse_runtime_params, read_document
@@ -203,11 +204,14 @@ async def _metrics(request: Request, call_next: Any) -> Any:
 # The gateway only waits on the registry: it takes no CPU from the work, and one replica holds many
 # requests at once (Serve's default of 5 in flight would queue 16 clients at the proxy).
 # On the head: it reads the tokens file and the control key there (docs/security.md).
-@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}, max_ongoing_requests=256)
+# Sealed (fabric/execute/sealed.py): Ray's `__ray_call__` on a replica would run a tenant's function beside the key.
+@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001},
+                                     "runtime_env": sealing_runtime_env()}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Gateway(MlRoutes, PipelineRoutes):
     def __init__(self, tokens_file: str | None = None, control_key_file: str | None = None) -> None:
         configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
+        require_sealed("the gateway")  # before the control key is read: never in a process tenant code can call
         self._tokens_file = tokens_file or default_tokens_file()
         self._tokens = Tokens(self._tokens_file)
         config = settings()

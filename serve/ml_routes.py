@@ -57,8 +57,6 @@ class MlRoutes:
     def _may_predict(self, principal: Any, name: str) -> None:
         """A served name is its owning team's (and an admin's), and other teams' where its owner published it.
         A name no team owns (deployed by `fabric run` or the SDK, outside the gateway) is an admin's only."""
-        from fabric.actors import served
-
         if principal.admin:
             return
         # A name keeps its owner (a claim is withdrawn only when the registry refused its submission, within
@@ -66,7 +64,7 @@ class MlRoutes:
         owners = self.__dict__.setdefault("_model_owners", {})
         owner, seen = owners.get(name, (None, 0.0))
         if owner is None or time.monotonic() - seen > OWNER_CACHE_S:
-            claim = served.owner(name)
+            claim = self._client.served_names([name]).get(name)  # type: ignore[attr-defined]
             owner = claim.owner if claim is not None else None
             owners[name] = (owner, time.monotonic())
         if owner is None:

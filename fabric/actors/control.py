@@ -20,10 +20,12 @@ from fabric.capability import attempt_grant, check, control_cap, load_or_create_
 from fabric.execute.sealed import sealed
 from fabric.states import PROMOTE_SUBJECT
 
-# Driver-only: submit and every read or change of any team's work, the kill-switch, drain, audit, retention.
+# Driver-only: submit and every read or change of any team's work, the kill-switch, drain, audit, retention,
+# and who owns each served name.
 PRIVILEGED = ("submit", "register_pipeline", "pipelines", "pipeline_versions", "pipeline_runs", "run_pipeline",
               "rerun", "put_schedule", "schedules", "pause_schedule",
               "backfill", "backfill_status", "backfills", "cancel_backfill",
+              "served_names", "claim_served", "update_served", "release_served",
               "kill_switch", "audit", "drain", "queues", "metrics_text", "kept", "workers", "sweep",
               "status", "wait", "cancel", "result_ref", "logs", "artifact", "artifacts", "graph", "lineage", "list")
 

@@ -22,6 +22,7 @@ from fabric.actors.catalogue import Catalogue
 from fabric.actors.quota import get_or_create_quota_actor
 from fabric.actors.rerun import RerunMethods
 from fabric.actors.schedules import PipelineMethods, Scheduler, tokens_file_grants
+from fabric.actors.served import ServedMethods
 from fabric.capability import attempt_grant, load_or_create_key
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
@@ -46,13 +47,14 @@ from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params, read_document
 from fabric.spec.subdags import expand
 from fabric.states import KILL_SWITCH, EventKind
+from fabric.types import team_submission_id
 
 log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "fabric-registry"
 
 
-class Registry(PipelineMethods, RerunMethods, BackfillMethods):
+class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
     """The actor's body (kept a plain class so it can be tested and reused in-process)."""
 
     def __init__(self, home: str, check_feasibility: bool = True, config: Settings | None = None) -> None:
@@ -299,9 +301,18 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods):
                                 where="submission_id", fix="list submissions with `fabric ls`")
         return record
 
+    def _scoped(self, submission_id: str, team: str | None) -> str:
+        """The id of `team`'s submission (`team_record`'s rules), from the engine's memory where it holds it: a
+        team's status reads then never wait on the store, whose lock another team's writes hold (fairness)."""
+        if team is None:
+            return submission_id
+        for sid in dict.fromkeys((team_submission_id(team, submission_id), submission_id)):
+            if self._engine.team_of(sid) == (True, team):
+                return sid
+        return self._recorded(submission_id, team).submission_id
+
     def status(self, submission_id: str, team: str | None = None) -> dict[str, Any]:
-        if team is not None:
-            submission_id = self._recorded(submission_id, team).submission_id
+        submission_id = self._scoped(submission_id, team)
         if self._engine.has(submission_id):
             return self._engine.status(submission_id).to_dict()
         # Not run by this registry (it restarted since): the record and its events tell the story.
@@ -309,15 +320,13 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods):
         return status_from_events(record, self._store.events(submission_id)).to_dict()
 
     def wait(self, submission_id: str, timeout: float | None, team: str | None = None) -> bool:
-        if team is not None:
-            submission_id = self._recorded(submission_id, team).submission_id
+        submission_id = self._scoped(submission_id, team)
         if self._engine.has(submission_id):
             return self._engine.wait(submission_id, timeout)
         return self._recorded(submission_id).state != "RUNNING"
 
     def cancel(self, submission_id: str, team: str | None = None) -> None:
-        if team is not None:
-            submission_id = self._recorded(submission_id, team).submission_id
+        submission_id = self._scoped(submission_id, team)
         if self._engine.has(submission_id):
             self._engine.cancel(submission_id)
         else:
@@ -336,17 +345,19 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods):
         self._engine.chain_report(submission_id, items)
 
     def result_ref(self, submission_id: str, node_id: str, out: str | None,
-                   team: str | None = None) -> list[ray.ObjectRef]:
-        if team is not None:
-            submission_id = self._recorded(submission_id, team).submission_id
-        if not self._engine.has(submission_id):
+                   team: str | None = None) -> list[Any]:
+        """[the output's reference, the submission's team]: a driver opens another team's value as plain data only
+        (client.py, RaySubmission.result)."""
+        submission_id = self._scoped(submission_id, team)
+        held, owner = self._engine.team_of(submission_id)
+        if not held:
             self._recorded(submission_id)
             raise NotFoundError(
                 f"the outputs of {submission_id} are gone: they lived in Ray's object store of an earlier "
                 "registry", code=ErrorCode.NOT_FOUND, where=f"{submission_id}.{node_id}",
                 fix="read what the node wrote to its artifact dir, or run the DAG again")
         # Wrapped in a list so that Ray hands the caller the reference, not the (maybe large) value.
-        return [self._engine.result_ref(submission_id, node_id, out)]
+        return [self._engine.result_ref(submission_id, node_id, out), owner]
 
     def logs(self, submission_id: str, node_id: str, team: str | None = None) -> list[tuple[int, str, str | None]]:
         if team is not None:

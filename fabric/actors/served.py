@@ -1,21 +1,26 @@
-"""Who owns each served model name: claims in Ray's GCS key-value store, made atomically at submit time.
+"""Who owns each served model name: the gateway's checks against the registry's record, claimed at submit time.
 
 A name belongs to the team whose submission first deployed it (through the gateway or a team-scoped client).
 The claim is made before the registry stores the submission and withdrawn if the registry refuses it, so two
-teams racing for one name get one owner. The value also keeps the capacity that name's last accepted
-deployment asked for, which the code policy sums against a team's serve limits (fabric/spec/policy.py).
-Tenant code with Ray access could rewrite these keys, as it could anything on its cluster (docs/security.md).
+teams racing for one name get one owner. The claim also keeps the capacity that name's last accepted deployment
+asked for, which the code policy sums against a team's serve limits (fabric/spec/policy.py).
+
+The claims are rows of the registry's store (fabric/record/served.py), read and written only through the
+registry's privileged methods (`ServedMethods`, behind the control capability): tenant code on the cluster
+can neither read nor forge them. (They were keys in Ray's GCS key-value store, which any Ray task may write;
+those keys are no longer read.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from fabric.errors import ErrorCode, NotFoundError, Problem
+from fabric.errors import ErrorCode, FabricError, NotFoundError, Problem
+from fabric.kinds.serve_kind import NAME_PATTERN
 from fabric.spec import load_spec, parse_runtime_params
 from fabric.spec.policy import (
     MODEL_KINDS,
@@ -29,71 +34,53 @@ from fabric.spec.policy import (
 )
 from fabric.spec.teams import TeamConfig
 
-NAMESPACE = "fabric"
-PREFIX = "served:"
 T = TypeVar("T")
 
 
-def _kv() -> Any:
-    from ray.experimental import internal_kv
+class ServedBook(Protocol):
+    """Where the claims are: a driver's RayClient (fabric/actors/owners.py: the registry, with the control
+    capability)."""
 
-    return internal_kv
-
-
-def _decode(value: bytes | None) -> ServedName | None:
-    if value is None:
-        return None
-    data = json.loads(value)
-    return ServedName(str(data["owner"]), float(data.get("cpus", 0.0)), int(data.get("replicas", 0)))
+    def served_names(self, names: Sequence[str] | None = None) -> dict[str, ServedName]: ...
+    def claim_served(self, name: str, served: ServedName) -> tuple[ServedName, bool]: ...
+    def update_served(self, name: str, served: ServedName) -> bool: ...
+    def release_served(self, name: str, owner: str) -> bool: ...
 
 
-def _encode(served: ServedName) -> bytes:
-    return json.dumps({"owner": served.owner, "cpus": served.cpus, "replicas": served.replicas}).encode()
+def _checked(name: Any, served: Any = None) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise FabricError(f"{str(name)[:100]!r} is not a served name", code=ErrorCode.SPEC_FIELD, where="name",
+                          fix="a served name is a letter, then letters, digits, '_' or '-'")
+    if served is not None and not (isinstance(served, ServedName) and isinstance(served.owner, str)
+                                   and served.owner):
+        raise FabricError("a served name's claim names its owning team", code=ErrorCode.SPEC_FIELD, where="owner",
+                          fix="claim with the submitting team")
 
 
-def owner(name: str) -> ServedName | None:
-    """The served name's claim, or None when no team has claimed it."""
-    return _decode(_kv()._internal_kv_get(PREFIX + name, namespace=NAMESPACE))
+class ServedMethods:
+    """The registry's side (a mixin of fabric.actors.registry.Registry, privileged on its face): the record's
+    served-name rows, the one authority for who owns a name."""
 
+    _store: Any
 
-def served_names() -> dict[str, ServedName]:
-    """Every claimed name (a few hundred at most: one GCS call, then one per name)."""
-    kv = _kv()
-    found: dict[str, ServedName] = {}
-    for key in kv._internal_kv_list(PREFIX, namespace=NAMESPACE):
-        key = key.decode() if isinstance(key, bytes) else key
-        served = _decode(kv._internal_kv_get(key, namespace=NAMESPACE))
-        if served is not None:
-            found[key.removeprefix(PREFIX)] = served
-    return found
+    def served_names(self, names: list[str] | None = None) -> dict[str, ServedName]:
+        if names is not None:
+            for name in names:
+                _checked(name)
+        return dict(self._store.served_names(None if names is None else list(names)))
 
+    def claim_served(self, name: str, served: ServedName) -> tuple[ServedName, bool]:
+        _checked(name, served)
+        claim, created = self._store.claim_served(name, served, time.time())
+        return claim, bool(created)
 
-def claim(name: str, served: ServedName) -> bool:
-    """Claim an unclaimed name for `served.owner`; False when another claim was there first (it is kept)."""
-    already = _kv()._internal_kv_put(PREFIX + name, _encode(served), False, namespace=NAMESPACE)
-    return not already
+    def update_served(self, name: str, served: ServedName) -> bool:
+        _checked(name, served)
+        return bool(self._store.update_served(name, served))
 
-
-def update(name: str, served: ServedName) -> None:
-    """Record a new capacity for a name its owner redeployed."""
-    _kv()._internal_kv_put(PREFIX + name, _encode(served), True, namespace=NAMESPACE)
-
-
-def release(name: str) -> None:
-    """Withdraw a claim whose submission the registry refused."""
-    _kv()._internal_kv_del(PREFIX + name, namespace=NAMESPACE)
-
-
-def release_all(names: list[str]) -> None:
-    for name in names:
-        release(name)
-
-
-def settle(claims: list[Claim]) -> None:
-    """After the registry took the submission: names the team already owned get its new capacity."""
-    for name, served, new in claims:
-        if not new:
-            update(name, served)
+    def release_served(self, name: str, owner: str) -> bool:
+        _checked(name)
+        return bool(self._store.release_served(name, str(owner)))
 
 
 @dataclass(frozen=True)
@@ -103,6 +90,7 @@ class Guard:
 
     who: Principal
     config: TeamConfig
+    book: ServedBook
     trust_driver_env: bool = False
 
     def check(self, raw: Any, params: Mapping[str, Any], inline_code: Iterable[str] = (),
@@ -111,7 +99,7 @@ class Guard:
         POLICY_DENIED with every violation, else return the served names to claim or update."""
         dag, runtime = load_spec(raw), parse_runtime_params(dict(params))  # the registry's own errors, sooner
         nodes = resolved_nodes(dag, runtime)
-        served = served_names() if any(n.kind in MODEL_KINDS for n in nodes) else {}
+        served = self.book.served_names() if any(n.kind in MODEL_KINDS for n in nodes) else {}
         problems = violations(dag, runtime, self.who, self.config, inline_code=inline_code, served=served,
                               job_runtime_env=None if self.trust_driver_env else job_runtime_env)
         if problems:
@@ -125,16 +113,27 @@ class Guard:
         for name, served, new in claims:
             if not new:
                 continue
-            if claim(name, served):
+            now, created = self.book.claim_served(name, served)
+            if created:
                 claimed.append(name)
                 continue
-            now = owner(name)
-            if now is not None and now.owner != served.owner and not self.who.admin:
-                release_all(claimed)
+            if now.owner != served.owner and not self.who.admin:
+                self.release_all(claimed)
                 raise refusal(self.who, [Problem(ErrorCode.POLICY_DENIED, "params.name",
                                                  f"the served name {name!r} belongs to another team (rule "
                                                  f"serve.owner, role {self.who.role})", "choose another name")])
         return claimed
+
+    def release_all(self, names: list[str]) -> None:
+        """Withdraw this team's claims of a submission the registry refused."""
+        for name in names:
+            self.book.release_served(name, self.who.team)
+
+    def settle(self, claims: list[Claim]) -> None:
+        """After the registry took the submission: names the team already owned get its new capacity."""
+        for name, served, new in claims:
+            if not new:
+                self.book.update_served(name, served)
 
 
 def guarded(guard: Guard | None, claims: list[Claim], call: Callable[[], T]) -> T:
@@ -146,23 +145,23 @@ def guarded(guard: Guard | None, claims: list[Claim], call: Callable[[], T]) -> 
     try:
         reply = call()
     except BaseException:
-        release_all(claimed)
+        guard.release_all(claimed)
         raise
-    release_all(claimed) if isinstance(reply, dict) and reply.get("skipped") else settle(claims)
+    guard.release_all(claimed) if isinstance(reply, dict) and reply.get("skipped") else guard.settle(claims)
     return reply
 
 
 async def guarded_async(guard: Guard | None, claims: list[Claim], call: Callable[[], Awaitable[T]]) -> T:
-    """`guarded` for event loops: the GCS calls run in a thread."""
+    """`guarded` for event loops: the registry's claim calls run in a thread."""
     if guard is None or not claims:
         return await call()
     claimed = await asyncio.to_thread(guard.claim_all, claims)
     try:
         reply = await call()
     except BaseException:
-        await asyncio.to_thread(release_all, claimed)
+        await asyncio.to_thread(guard.release_all, claimed)
         raise
-    await asyncio.to_thread(settle, claims)
+    await asyncio.to_thread(guard.settle, claims)
     return reply
 
 

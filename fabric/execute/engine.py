@@ -1,7 +1,6 @@
 """The engine: drives every live submission's RunMachine, turning its actions into Ray work.
 
-One loop thread owns all decisions; Ray completion callbacks only enqueue (submission, node, token).
-"""
+One loop thread owns all decisions; Ray completion callbacks only enqueue (submission, node, token)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from fabric.execute.cache import NodeCache
 from fabric.execute.dispatcher import Dispatcher
 from fabric.execute.finished import Finished, bound_finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.headsink import full_logs
-from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, in_flight
+from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, held_team, in_flight
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
@@ -129,6 +128,9 @@ class Engine(Reruns):
     def has(self, submission_id: str) -> bool:
         return submission_id in self._runs or submission_id in self._finished
 
+    def team_of(self, submission_id: str) -> tuple[bool, str | None]:  # the registry scopes reads with no store read
+        return held_team(self._runs.get(submission_id) or self._finished.get(submission_id))
+
     def is_stopping(self, submission_id: str, node_id: str, attempt: int) -> bool:
         """Is this attempt being stopped (its submission cancelled, or it preempted)?"""
         return self.is_cancelled(submission_id) or (submission_id, node_id, attempt) in self._stopping
@@ -182,8 +184,8 @@ class Engine(Reruns):
         run = self._lookup(submission_id)
         if isinstance(run, Finished):  # flushed before it was compacted
             return run.status()
-        # What a caller sees is on disk first (group commit makes this one fsync for everything pending).
-        self._store.flush()
+        # What a caller sees is on disk first: this run's events (never a wait behind other teams' writes).
+        self._store.flush_submission(submission_id)
         with self._lock:
             return status_of(run.machine, run.record.submission_id)
 

@@ -29,6 +29,7 @@ class Finished:
 
     status_json: bytes
     results: dict[str, dict[str, ray.ObjectRef]] | None  # node -> out -> ref; None once released
+    team: str | None = None  # the submission's, so that a team's reads are scoped without the store
 
     def nbytes(self) -> int:
         """Memory held: the status bytes, this entry, and each output ref (Ray's own entry per ref incl.)."""
@@ -134,6 +135,6 @@ def bound_finished(finished: OrderedDict[str, Finished], keep_results: int, keep
     if len(finished) > keep_results:
         older = list(finished)[-keep_results - 1] if keep_results else next(reversed(finished))
         if finished[older].results is not None:  # release its outputs to the object store
-            finished[older] = Finished(finished[older].status_json, None)
+            finished[older] = Finished(finished[older].status_json, None, finished[older].team)
     while len(finished) > keep_finished:
         finished.popitem(last=False)

@@ -78,9 +78,16 @@ def in_flight(runs: Iterable[LiveRun]) -> list[AttemptHandle]:
             and not run.machine.nodes[node_id].state.terminal]
 
 
+def held_team(run: LiveRun | Finished | None) -> tuple[bool, str | None]:
+    """(held in the engine's memory, its team): a team's status reads are scoped without the store."""
+    if run is None:
+        return False, None
+    return True, run.record.team if isinstance(run, LiveRun) else run.team
+
+
 def finished_run(run: LiveRun) -> Finished:
     """What is kept of a run once it ended: its status, and the output refs of the nodes that succeeded."""
     results = {node_id: dict(run.handles[(node_id, node.token)].values) for node_id, node in run.machine.nodes.items()
                if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
     status = status_of(run.machine, run.record.submission_id).to_dict()
-    return Finished(json.dumps(status, separators=(",", ":")).encode(), results)
+    return Finished(json.dumps(status, separators=(",", ":")).encode(), results, run.record.team)

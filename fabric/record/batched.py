@@ -118,6 +118,16 @@ class BatchedStore(ABC):
         with self._queue_lock:
             self._bg_error = None
 
+    def flush_submission(self, submission_id: str) -> None:
+        """Commit what is queued if some of it is this submission's; else return at once. Queued items leave the
+        queue only once committed, so none of its own queued means all of it is on disk: a status read never
+        waits behind another submission's (another team's) group commit."""
+        with self._queue_lock:
+            mine = (any(e.submission_id == submission_id for e in self._events)
+                    or any(item[0] == submission_id for item in self._logs))
+        if mine:
+            self.flush()
+
     def _write_queued(self) -> None:
         with self._db_lock:
             with self._queue_lock:

@@ -213,7 +213,8 @@ LEASE_WAIT_S = 15.0  # a restarted or new registry waits this long for the old h
 LEASE_LOST = "its lease was taken by another registry while this one was cut off from the store"
 # What changes the record; every other Store method only reads it.
 WRITES = frozenset({"add_submission", "set_state", "append_events", "put_log", "delete_submission_data",
-                    "add_pipeline_version", "add_backfill", "set_backfill_state"})
+                    "add_pipeline_version", "add_backfill", "set_backfill_state", "claim_served",
+                    "update_served", "release_served"})
 
 
 def open_lease(home: str, kind: str = "sqlite", store: Any = None, wait_s: float = LEASE_WAIT_S) -> Lease | None:

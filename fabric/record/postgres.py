@@ -19,12 +19,13 @@ from fabric.record.backfills import POSTGRES_BACKFILLS, SqlBackfills
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
 from fabric.record.catalogue import POSTGRES_SCHEDULES, POSTGRES_TABLES, SqlCatalogue
 from fabric.record.page import Key
+from fabric.record.served import POSTGRES_SERVED, SqlServed
 from fabric.record.store import Event, Store, SubmissionRecord
 
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATION_LOCK = 0x46414252_4D494752  # "FABRMIGR": one opener migrates at a time (pg_advisory_xact_lock)
 
 # Each migration takes the schema from version n-1 to n; all statements of one open run in one transaction.
@@ -64,6 +65,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: POSTGRES_SCHEDULES,
     # v4: backfills, each with its dates, params and state (fabric/record/backfills.py).
     4: POSTGRES_BACKFILLS,
+    # v5: who owns each served model name (fabric/record/served.py).
+    5: POSTGRES_SERVED,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
@@ -120,7 +123,7 @@ def _record(row: tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, dict(labels), state, json.loads(env))
 
 
-class PostgresStore(SqlCatalogue, SqlBackfills, BatchedStore):
+class PostgresStore(SqlCatalogue, SqlBackfills, SqlServed, BatchedStore):
     """A thread-safe, durable Store in one PostgreSQL database (one connection owned by the store, reopened
     after it breaks)."""
 

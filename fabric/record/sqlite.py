@@ -18,9 +18,10 @@ from fabric.record.backfills import SQLITE_BACKFILLS, SqlBackfills
 from fabric.record.batched import EVENT_COLUMNS, BatchedStore, LogItem, event_row
 from fabric.record.catalogue import SQLITE_SCHEDULES, SQLITE_TABLES, SqlCatalogue
 from fabric.record.page import Key
+from fabric.record.served import SQLITE_SERVED, SqlServed
 from fabric.record.store import Event, Store, SubmissionRecord
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each migration takes the schema from version n-1 to n; statements run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -52,6 +53,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: SQLITE_SCHEDULES,
     # v5: backfills, each with its dates, params and state (fabric/record/backfills.py).
     5: SQLITE_BACKFILLS,
+    # v6: who owns each served model name (fabric/record/served.py).
+    6: SQLITE_SERVED,
 }
 
 _SUBMISSION_COLUMNS = ("submission_id, pipeline_id, spec, runtime_params, plan_hash, request_hash, created_at, "
@@ -74,7 +77,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> SubmissionRecord:
                             created_at, team, json.loads(labels), state, json.loads(env))
 
 
-class SqliteStore(SqlCatalogue, SqlBackfills, BatchedStore):
+class SqliteStore(SqlCatalogue, SqlBackfills, SqlServed, BatchedStore):
     """A thread-safe, durable Store in one SQLite file (WAL mode, one connection owned by the store)."""
 
     def __init__(self, path: str | Path, *, flush_interval_s: float = 0.05, read_only: bool = False,

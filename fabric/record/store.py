@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fabric.record.backfills import BackfillRecord, MemoryBackfills
 from fabric.record.catalogue import MemoryCatalogue, PipelineVersion, ScheduleRecord
 from fabric.record.page import Key, newest_first
+from fabric.record.served import MemoryServed
+from fabric.spec.policy import ServedName
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Store(Protocol):
     def get_log(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]: ...
     def non_terminal_submissions(self) -> list[SubmissionRecord]: ...
     def flush(self) -> None: ...
+    def flush_submission(self, submission_id: str) -> None: ...
     def delete_submission_data(self, submission_id: str) -> dict[str, int]: ...
     # The pipeline catalogue (fabric/record/catalogue.py): immutable numbered versions per team.
     def add_pipeline_version(self, draft: PipelineVersion) -> tuple[PipelineVersion, bool]: ...
@@ -73,14 +76,20 @@ class Store(Protocol):
     def backfills(self, team: str | None, pipeline_id: str | None = None, *, every_team: bool = False,
                   state: str | None = None) -> list[BackfillRecord]: ...
     def set_backfill_state(self, team: str | None, backfill_id: str, state: str) -> bool: ...
+    # Who owns each served model name (fabric/record/served.py): the gateway's authority, through the registry.
+    def claim_served(self, name: str, served: ServedName, at: float) -> tuple[ServedName, bool]: ...
+    def update_served(self, name: str, served: ServedName) -> bool: ...
+    def release_served(self, name: str, owner: str) -> bool: ...
+    def served_names(self, names: list[str] | None = None) -> dict[str, ServedName]: ...
 
 
-class MemoryStore(MemoryCatalogue, MemoryBackfills):
+class MemoryStore(MemoryCatalogue, MemoryBackfills, MemoryServed):
     """A thread-safe Store kept in memory (lost with the process)."""
 
     def __init__(self) -> None:
         super().__init__()
         MemoryBackfills.__init__(self)
+        MemoryServed.__init__(self)
         self._lock = threading.Lock()
         self._submissions: dict[str, SubmissionRecord] = {}
         self._events: dict[str, list[Event]] = defaultdict(list)
@@ -123,6 +132,9 @@ class MemoryStore(MemoryCatalogue, MemoryBackfills):
 
     def flush(self) -> None:
         """Nothing to write: memory is as durable as this store gets."""
+
+    def flush_submission(self, submission_id: str) -> None:
+        """Nothing to write, as `flush`."""
 
     def put_log(self, submission_id: str, node_id: str, attempt: int, text: str, path: str | None) -> None:
         with self._lock:

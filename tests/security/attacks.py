@@ -191,3 +191,50 @@ def squat_registry() -> str:
 
             time.sleep(0.1)
     return "could not squat"
+
+
+def forge_served_claim(name: str, team: str) -> dict[str, str]:
+    """Take a served name over for `team` the ways a tenant can reach: the GCS key-value key where claims were once
+    kept (any Ray task may write it), and the registry's own claim methods without the control capability."""
+    import json
+
+    import ray
+    from ray.experimental import internal_kv
+
+    from fabric.spec.policy import ServedName
+
+    registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+    forged = json.dumps({"owner": team, "cpus": 0.0, "replicas": 0}).encode()
+    tries: dict[str, Any] = {
+        "kv_put": lambda: internal_kv._internal_kv_put("served:" + name, forged, True, namespace=NAMESPACE),
+        "claim": lambda: ray.get(registry.claim_served.remote("", name, ServedName(team)), timeout=30),
+        "release": lambda: ray.get(registry.release_served.remote("", name, "a"), timeout=30),
+        "read": lambda: ray.get(registry.served_names.remote("", None), timeout=30),
+    }
+    return {what: _outcome(make) for what, make in tries.items()}
+
+
+def hit_gateway(marker_dir: str) -> dict[str, str]:
+    """Run a function in the gateway's Serve replicas (they hold the control key) through Ray's built-in
+    `__ray_call__`, and send one a pickle that runs code when opened (`payload_arg`: see docs/security.md)."""
+    import os
+
+    import ray
+    from ray._private.state import actors
+
+    # Ray's GCS actor table, which any driver can read (no dashboard needed); Serve's actors are in "serve".
+    replicas = sorted(a["Name"] for a in actors(actor_state_name="ALIVE").values()
+                      if "fabric-gateway" in a["ActorClassName"] and a["Name"])
+    tries: dict[str, Any] = {"found": lambda: len(replicas)}
+    for i, name in enumerate(replicas):
+        handle = ray.get_actor(name, namespace="serve")
+        tries[f"ray_call_builtin_{i}"] = lambda h=handle: ray.get(h.__ray_call__.remote(frozenset), timeout=30)
+        tries[f"ray_call_fn_{i}"] = lambda h=handle: ray.get(h.__ray_call__.remote(lambda self: os.getpid()),
+                                                             timeout=30)
+        tries[f"payload_arg_{i}"] = lambda h=handle: ray.get(h.check_health.remote(Payload(marker_dir)), timeout=30)
+    return {what: _outcome(make) for what, make in tries.items()}
+
+
+def evil_value(marker_dir: str) -> Any:
+    """A node value that runs code where it is opened: what a driver of another team must not unpickle."""
+    return {"looks": "plain", "but": Payload(marker_dir)}

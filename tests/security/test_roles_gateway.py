@@ -234,6 +234,47 @@ def test_a_served_name_belongs_to_its_first_team(gw, mlflow_store):
         _write_teams(tokens_file, TEAMS)
 
 
+def test_tenant_code_cannot_take_a_served_name_over(gw, client, mlflow_store):
+    """Who owns a name is the registry's record: a developer's node that writes the GCS key where claims were once
+    kept, or calls the registry's claim methods itself, still cannot redeploy, promote or call another team's name."""
+    http, h, _ = gw
+    if _predict(http, h["dev_a"], "owned").status_code != 200:  # owned by a (the test above), or made so here
+        made = _submit(http, h["dev_a"], _model_dag(mlflow_store, "owned"))
+        assert _wait(http, h["dev_a"], made.json()["submission_id"])["state"] == "SUCCEEDED"
+    attack = _submit(http, h["dev_b"], _dag(_task("tests.security.attacks:forge_served_claim", "forge",
+                                                  params={"name": "owned", "team": "b"})))
+    assert attack.status_code == 202, attack.text
+    sid = attack.json()["submission_id"]
+    assert _wait(http, h["dev_b"], sid)["state"] == "SUCCEEDED"
+    seen = client.get(sid).result("forge")
+    assert seen["kv_put"].startswith("ok"), seen  # Ray lets any task write GCS keys: fabric no longer reads them
+    assert {seen[k] for k in ("claim", "release", "read")} == {"refused: FORBIDDEN"}, seen
+    before = _stored(http, h["admin"])
+    _refused(_submit(http, h["dev_b"], _model_dag(mlflow_store, "owned")), "nodes[1].params.name",
+             "serve.owner", "developer")
+    assert _stored(http, h["admin"]) == before
+    assert _predict(http, h["dev_b"], "owned").status_code == 403
+    assert _predict(http, h["dev_a"], "owned").status_code == 200
+    assert client.served_names(["owned"])["owned"].owner == "a"
+
+
+def test_a_developer_node_cannot_call_into_the_gateway_replicas(gw, client, tmp_path):
+    """The gateway's replicas hold the control key: Ray's `__ray_call__` on them is refused (sealed at the process's
+    start, fabric/execute/sealed.py), so a developer's node cannot run a function there."""
+    http, h, _ = gw
+    attack = _submit(http, h["dev_b"], _dag(_task("tests.security.attacks:hit_gateway", "hit",
+                                                  params={"marker_dir": str(tmp_path)})))
+    assert attack.status_code == 202, attack.text
+    status = _wait(http, h["dev_b"], attack.json()["submission_id"])
+    assert status["state"] == "SUCCEEDED", (status, client.get(attack.json()["submission_id"]).logs("hit")[-3000:])
+    seen = client.get(attack.json()["submission_id"]).result("hit")
+    print("gateway attack:", seen, "markers:", sorted(p.name for p in tmp_path.iterdir()))
+    assert seen["found"] == "ok: 1", seen
+    assert seen["ray_call_builtin_0"] == "refused: PermissionError", seen
+    assert seen["ray_call_fn_0"] == "refused: PermissionError", seen
+    assert http.get("/api/orch/submissions", headers=h["dev_a"]).status_code == 200  # the gateway is still up
+
+
 def test_serve_capacity_is_bounded_per_team(gw, mlflow_store):
     http, h, _ = gw
     before = _stored(http, h["admin"])

@@ -60,3 +60,27 @@ def test_a_node_cannot_make_the_control_plane_unpickle_its_bytes(client, fabric_
         or "RaySystemError" in seen["status_arg"], seen
     assert ray_get(client._registry.pid.remote()) == registry_pid  # the same registry, alive and unharmed
     assert client.list(limit=1) and not list(markers.iterdir())
+
+
+def test_a_driver_opens_another_teams_values_as_plain_data_only(client, tmp_path):
+    """`result()` of a submission that is neither this driver's nor its team's is opened in a worker and rebuilt here
+    as plain data: a value that runs code when unpickled is refused (UNSAFE_PAYLOAD), and runs nowhere here."""
+    import os
+
+    from fabric.errors import ErrorCode, FabricError
+
+    markers = tmp_path / "values"
+    markers.mkdir()
+    run = client.submit(dag("values", [node("evil", "tests.security.attacks:evil_value", marker_dir=str(markers)),
+                                       node("plain", "tests.nodes:value", x=2.0)]), {"team": "attackers"})
+    assert run.wait(120).state == "SUCCEEDED", run.logs("evil")
+    foreign = client.get(run.id)  # this driver did not submit it (as far as the handle knows): another team's
+    assert foreign.result("plain") == 2.0
+    with pytest.raises(FabricError) as refused:
+        foreign.result("evil")
+    assert refused.value.code is ErrorCode.UNSAFE_PAYLOAD and "attackers" in refused.value.message
+    assert f"pwned-{os.getpid()}" not in [p.name for p in markers.iterdir()]  # opened in a worker, never here
+    with pytest.raises(FabricError) as hidden:
+        client.for_team("others").get(run.id)
+    assert hidden.value.code is ErrorCode.NOT_FOUND
+    assert client.for_team("attackers").get(run.id).result("plain") == 2.0  # its own team's: as it is

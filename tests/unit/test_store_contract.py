@@ -444,3 +444,18 @@ def test_backfills_are_made_once_and_end_once(store: Any) -> None:
     assert not store.set_backfill_state("nobody", "bf-1", "CANCELLED")
     assert [b.state for b in store.backfills("quant", "factors")] == ["CANCELLED"]
     assert [b.backfill_id for b in store.backfills(None, every_team=True, state="RUNNING")] == ["bf-2", "bf-1"]
+
+
+def test_a_served_name_has_one_owner_on_every_store(store: Any) -> None:
+    from fabric.spec.policy import ServedName
+
+    assert store.claim_served("xs", ServedName("a", 1.0, 2), 1.0) == (ServedName("a", 1.0, 2), True)
+    assert store.claim_served("xs", ServedName("b", 9.0, 9), 2.0) == (ServedName("a", 1.0, 2), False)  # the first
+    assert not store.update_served("xs", ServedName("b", 0.5, 1))  # not b's: unchanged
+    assert not store.release_served("xs", "b")
+    assert store.served_names() == {"xs": ServedName("a", 1.0, 2)}
+    assert store.update_served("xs", ServedName("a", 0.5, 1))
+    store.claim_served("ys", ServedName("b"), 3.0)
+    assert store.served_names(["xs", "zz"]) == {"xs": ServedName("a", 0.5, 1)} and store.served_names([]) == {}
+    assert store.release_served("xs", "a")
+    assert store.served_names() == {"ys": ServedName("b", 0.0, 0)}

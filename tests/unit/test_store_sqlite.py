@@ -37,9 +37,9 @@ def test_wal_mode_and_synchronous_full(tmp_path: Path) -> None:
 def test_schema_version_recorded_and_newer_rejected(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     with SqliteStore(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 5
+        assert s.schema_version() == SCHEMA_VERSION == 6
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
