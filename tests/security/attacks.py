@@ -231,10 +231,21 @@ def hit_gateway(marker_dir: str) -> dict[str, str]:
         tries[f"ray_call_builtin_{i}"] = lambda h=handle: ray.get(h.__ray_call__.remote(frozenset), timeout=30)
         tries[f"ray_call_fn_{i}"] = lambda h=handle: ray.get(h.__ray_call__.remote(lambda self: os.getpid()),
                                                              timeout=30)
-        tries[f"payload_arg_{i}"] = lambda h=handle: ray.get(h.check_health.remote(Payload(marker_dir)), timeout=30)
+        tries[f"payload_arg_{i}"] = lambda h=handle: ray.get(h.reconfigure.remote(Payload(marker_dir), None),
+                                                             timeout=30)
     return {what: _outcome(make) for what, make in tries.items()}
+
+
+class Nested:
+    """Opened once (in a worker) it becomes a Payload, which runs code wherever it is opened next."""
+
+    def __init__(self, marker_dir: str) -> None:
+        self.marker_dir = marker_dir
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Payload, (self.marker_dir,))
 
 
 def evil_value(marker_dir: str) -> Any:
     """A node value that runs code where it is opened: what a driver of another team must not unpickle."""
-    return {"looks": "plain", "but": Payload(marker_dir)}
+    return {"looks": "plain", "but": Nested(marker_dir)}
