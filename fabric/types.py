@@ -56,3 +56,15 @@ class AttemptReport:
     message: str = ""
     digests: dict[str, str] | None = None  # out -> digest of its value, for nodes a cache key reads
     skipped: str = ""  # why the node did not run its code (its condition was false, an input was skipped)
+
+
+class MapResults(list[Any]):
+    """What a map node's reader gets: its children's outputs in item order. With `min_success_ratio`, only the
+    successes: `missing` holds the indices of the items whose child failed."""
+
+    def __init__(self, values: Any = (), missing: tuple[int, ...] = ()) -> None:
+        super().__init__(values)
+        self.missing = tuple(missing)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MapResults, (list(self), self.missing))

@@ -19,6 +19,7 @@ from fabric.record.ids import claim_id
 from fabric.record.replay import status_from_events
 from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.spec import load_spec, parse_runtime_params
+from fabric.spec.mapping import parent_of
 from fabric.states import NodeState
 from fabric.types import new_submission_id
 
@@ -69,8 +70,9 @@ class RerunMethods:
         reasons = {e.node_id: e.reason for e in events if e.node_id and e.target == NodeState.CACHED}
         reuse = {n: source for n, source in reusable(plan, states, reasons, submission_id, self._artifacts,
                                                      from_node).items()
-                 if before.nodes[n].content_hash == plan.nodes[n].content_hash}
-        if len(reuse) == len(plan.order):
+                 for key in ((parent_of(n) or (n,))[0],)  # a map's child: as its map node
+                 if before.nodes[key].content_hash == plan.nodes[key].content_hash}
+        if all(n in reuse for n in plan.order):
             raise ConflictError(f"every node of {submission_id} succeeded: nothing to re-run",
                                 code=ErrorCode.NOT_FINISHED, where="from_node",
                                 fix="name the node to re-run from (fabric rerun ID --from NODE)")

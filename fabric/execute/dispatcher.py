@@ -14,7 +14,7 @@ from fabric.execute.fusion import fused_groups, wire_chain
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message, Outcome
 from fabric.kinds import NodeCall
-from fabric.schedule import Dispatch, Kill
+from fabric.schedule import Action, Dispatch
 from fabric.schedule.admission import Placement
 from fabric.schedule.exits import run_outcome
 from fabric.secrets import head_secrets
@@ -32,7 +32,7 @@ class Dispatcher:
         # Fused chains go as one task where the backend can run them (RayBackend); otherwise one task per node.
         self._submit_chain: Callable[..., list[AttemptHandle]] | None = getattr(backend, "submit_chain", None)
 
-    def dispatch(self, run: LiveRun, actions: Sequence[Dispatch | Kill], placement: Placement | None) -> None:
+    def dispatch(self, run: LiveRun, actions: Sequence[Action], placement: Placement | None) -> None:
         chains = fused_groups(run.plan, actions) if self._submit_chain is not None else {}
         riders = {d.node_id for group in chains.values() for d in group[1:]}
         for action in actions:
@@ -73,7 +73,7 @@ class Dispatcher:
             persist=run.persist.get(node.node_id, ()), artifacts=self._artifacts,
             when=node.when, when_params=node.when_params, on_skipped=node.on_skipped,
             run_outcome=run_outcome(run.record.submission_id, run.plan.pipeline_id, run.machine.nodes)
-            if node.on_exit else None)
+            if node.on_exit else None, batch_over=node.batch_over)
 
     def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None) -> None:
         """Members of a fused chain, dispatched together, as one Ray task; each keeps its own token and handle."""

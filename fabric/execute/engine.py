@@ -21,6 +21,7 @@ from fabric.execute.dispatcher import Dispatcher
 from fabric.execute.finished import Finished, bound_finished, finished_result, kept_summary, live_result, status_of
 from fabric.execute.headsink import full_logs
 from fabric.execute.live import EngineCacheHost, LiveRun, finished_run, held_team, in_flight
+from fabric.execute.mapping import MapTasks
 from fabric.execute.metrics import ray_metrics
 from fabric.execute.outputs import start_report
 from fabric.execute.ports import AttemptHandle, Backend, Cancel, Done, Message, Outcome, Start, Stop, Wake
@@ -31,7 +32,7 @@ from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.record.cache import CacheIndex
 from fabric.record.metrics import FabricMetrics
-from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.schedule import Action, Kill, RunMachine
 from fabric.schedule.admission import Placement
 from fabric.schedule.queue import AdmissionQueue
 from fabric.states import KillCause
@@ -72,6 +73,7 @@ class Engine(Reruns):
                                       use_images=use_images, secrets_dir=secrets_dir, grant=grant)
         # `cache: true` nodes: reuse and coalescing (execute/cache.py), through a narrow seam
         self._cache = NodeCache(home, artifacts, cache_index)
+        self._maps = MapTasks(backend, self._inbox, artifacts, persist_outputs, self._perform)  # map nodes' Ray work
         self._cache_host = EngineCacheHost(self._runs, self._perform, backend, artifacts, self._inbox)
         self._force_kills: list[tuple[float, AttemptHandle]] = []
         self._changed: set[str] = set()  # runs admission has not looked at since they changed
@@ -304,6 +306,9 @@ class Engine(Reruns):
             if report.log_tail:
                 self._store.put_log(run.record.submission_id, node_id, handle.attempt, report.log_tail,
                                     report.log_path)
+            if error is None and run.plan.nodes[node_id].map is not None:  # its items were counted: expand
+                self._maps.expand(run, node_id, token, report)
+                return [run.record.submission_id]
             self._perform(run, run.machine.on_result(node_id, token, report, error))
             if run.machine.nodes[node_id].token != token:
                 run.handles.pop((node_id, token), None)
@@ -336,8 +341,8 @@ class Engine(Reruns):
         self._changed |= (touched := {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted})
         return touched  # seen by the next round too: a preempted node waits again
 
-    def _perform(self, run: LiveRun, actions: list[Dispatch | Kill], placement: Placement | None = None) -> None:
-        sid = run.record.submission_id
+    def _perform(self, run: LiveRun, actions: list[Action], placement: Placement | None = None) -> None:
+        sid, actions = run.record.submission_id, self._maps.intercept(run, actions)  # a map's count, split, gather
         for action in actions:
             if isinstance(action, Kill):
                 handle = run.handles.get((action.node_id, action.token))

@@ -73,7 +73,7 @@ def status_of(machine: RunMachine, submission_id: str) -> SubmissionStatus:
     plan = machine.plan
     nodes = []
     counts: dict[str, int] = {}
-    for node_id in plan.order:
+    for node_id in machine.node_order():  # a map's children `node[i]` right after it
         node = machine.nodes[node_id]
         counts[str(node.state)] = counts.get(str(node.state), 0) + 1
         history = tuple(

@@ -8,10 +8,10 @@ from typing import Any
 
 from fabric.execute.chain import EXTERNAL
 from fabric.plan import ExecutionPlan
-from fabric.schedule import Dispatch, Kill
+from fabric.schedule import Action, Dispatch
 
 
-def fused_groups(plan: ExecutionPlan, actions: Sequence[Dispatch | Kill]) -> dict[str, list[Dispatch]]:
+def fused_groups(plan: ExecutionPlan, actions: Sequence[Action]) -> dict[str, list[Dispatch]]:
     """Head node -> the dispatches (head first) that go as one Ray task: a member joins its predecessor's group
     only when both are dispatched in this batch and it is wired to that very dispatch. O(actions)."""
     last_of: dict[str, list[Dispatch]] = {}  # node id -> the group it is the last member of so far

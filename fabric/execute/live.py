@@ -14,7 +14,7 @@ from fabric.execute.finished import Finished, status_of
 from fabric.execute.ports import AttemptHandle, Backend, Message, Wake
 from fabric.plan import ExecutionPlan
 from fabric.record import SubmissionRecord
-from fabric.schedule import Dispatch, Kill, RunMachine
+from fabric.schedule import Action, RunMachine
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LiveRun:
 class EngineCacheHost:
     """`ports.CacheHost` over the engine's live runs: what the cache may see and do, and nothing more."""
 
-    def __init__(self, runs: dict[str, LiveRun], perform: Callable[[LiveRun, list[Dispatch | Kill]], None],
+    def __init__(self, runs: dict[str, LiveRun], perform: Callable[[LiveRun, list[Action]], None],
                  backend: Backend, artifacts: str, inbox: queue.SimpleQueue[Message]) -> None:
         self._runs = runs
         self._perform = perform
@@ -55,7 +55,7 @@ class EngineCacheHost:
     def run_of(self, submission_id: str) -> LiveRun | None:
         return self._runs.get(submission_id)
 
-    def perform(self, submission_id: str, actions: list[Dispatch | Kill]) -> None:
+    def perform(self, submission_id: str, actions: list[Action]) -> None:
         self._perform(self._runs[submission_id], actions)
 
     def adopt_outputs(self, submission_id: str, node_id: str, token: int, values: dict[str, Any]) -> None:

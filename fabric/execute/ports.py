@@ -12,7 +12,7 @@ from fabric.types import AttemptReport, ErrorInfo
 if TYPE_CHECKING:
     from fabric.kinds import NodeCall
     from fabric.plan import ExecutionPlan, ResourceUnit
-    from fabric.schedule import Dispatch, Kill, RunMachine
+    from fabric.schedule import Action, RunMachine
     from fabric.schedule.admission import Placement
 
 Outcome = tuple[AttemptReport, ErrorInfo | None]  # how an attempt ended: its report, and its error if it failed
@@ -115,7 +115,7 @@ class CacheHost(Protocol):
 
     def run_of(self, submission_id: str) -> RunView | None: ...
 
-    def perform(self, submission_id: str, actions: list[Dispatch | Kill]) -> None:
+    def perform(self, submission_id: str, actions: list[Action]) -> None:
         """Carry out a machine's actions (dispatch, kill) for this submission."""
         ...
 

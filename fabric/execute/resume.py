@@ -13,6 +13,7 @@ from fabric.execute.ports import AttemptHandle, Backend, Start
 from fabric.plan import ExecutionPlan
 from fabric.record import Event, Store, SubmissionRecord, SubmissionStatus
 from fabric.schedule import RunMachine
+from fabric.spec.mapping import parent_of
 from fabric.states import NodeState
 
 INTERRUPTED = "interrupted: the registry restarted; it runs again, not charged to its retries"
@@ -90,7 +91,32 @@ def reusable(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapp
         if consumed[node_id] and not has_outputs(artifacts, source, node_id):
             continue
         reuse[node_id] = source
+    reuse.update(reusable_children(plan, states, reasons, submission_id, artifacts, reuse, again))
     return reuse
+
+
+def reusable_children(plan: ExecutionPlan, states: Mapping[str, NodeState], reasons: Mapping[str, str],
+                      submission_id: str, artifacts: str, reuse: Mapping[str, str], again: set[str]) -> dict[str, str]:
+    """The children of map nodes that run again, on the same items (everything upstream reused), whose own run
+    SUCCEEDED (or reused) with its outputs on record: a re-run runs only the children that did not."""
+    children: dict[str, str] = {}
+    for child, state in states.items():
+        found = parent_of(child)
+        if found is None or found[0] in reuse or found[0] in again or found[0] not in plan.nodes:
+            continue
+        if any(u not in reuse for u in plan.nodes[found[0]].upstream):
+            continue
+        source = submission_id
+        if state is NodeState.CACHED:
+            match = _REUSED.match(reasons.get(child, ""))
+            if match is None:
+                continue
+            source = match.group(1)
+        elif state is not NodeState.SUCCEEDED:
+            continue
+        if has_outputs(artifacts, source, child):
+            children[child] = source
+    return children
 
 
 def reused_run(record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str, str],
@@ -103,8 +129,10 @@ def reused_run(record: SubmissionRecord, plan: ExecutionPlan, reuse: Mapping[str
                                  states=states, history={}, gated=gated)
     events = [Event(record.submission_id, n, "PENDING", "CACHED", clock(), 0, REUSED.format(source=source))
               for n, source in reuse.items()]
-    for event in events:  # the live status says it too, as the audit does
-        machine.nodes[event.node_id or ""].reason = event.reason
+    for event in events:  # the live status says it too, as the audit does (a map's children once they exist)
+        if event.node_id in machine.nodes:
+            machine.nodes[event.node_id].reason = event.reason
+    machine.stash_reasons({e.node_id: e.reason for e in events if e.node_id and e.node_id not in machine.nodes})
     run = LiveRun(record, plan, machine, runtime_env, dict(code or {}), plan.persisted_outs(persist_outputs))
     consumed = plan.consumed_outs()
     for node_id, token in machine.restored_tokens().items():

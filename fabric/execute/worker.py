@@ -144,11 +144,15 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
     digests: dict[str, str] | None = None
     try:
         with use_context(ctx):
-            if blob is not None:
-                value = _inline_function(blob)(**call.params, **named)
+            def run(kwargs: dict[str, Any]) -> Any:
+                if blob is not None:
+                    return _inline_function(blob)(**call.params, **kwargs)
+                return get_kind(call.kind).run(call, kwargs)
+            if call.batch_over:  # a map child with a batch of items: once per item, one list per out
+                rows = [split_outputs(call, run({**named, call.batch_over: item})) for item in named[call.batch_over]]
+                values = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in call.result_slots]
             else:
-                value = get_kind(call.kind).run(call, named)
-            values = split_outputs(call, value)
+                values = split_outputs(call, run(named))
             for slot, path in local_file_outputs(call.result_slots, values):
                 ctx.logger.warning(local_path_warning(call.node_id, slot, path))
             if call.digest:  # a cache key reads them: what the data is, not what it is called

@@ -39,5 +39,6 @@ class NodeCall:
     when: str | None = None  # its condition: evaluated in the worker on the inputs named "?<key>" (spec/conditions)
     when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params the condition reads
     on_skipped: str = "skip"  # an input from a SKIPPED node: skip this node too, or "run" it without the input
+    batch_over: str | None = None  # a map child with a batch: this input is a list, and the code runs once per item
     device: str = ""  # "gpu" or "cpu" for GPU-first work with a CPU fallback: which one it got
     run_outcome: Mapping[str, Any] | None = None  # an exit hook's: the run's outcome (schedule/exits.run_outcome)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
+from fabric.plan.expand import map_node
 from fabric.plan.fuse import fused_predecessors
 from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
@@ -180,11 +181,17 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             when=node.when, when_params=when_params, on_skipped=node.on_skipped,
             on_exit=str(node.on_exit) if node.on_exit else None,
         )
+        if node.map is not None:  # the map node only expands; its timeout and retries are each child's
+            plans[node_id] = map_node(plans[node_id], node.map)
     # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).
     for node_id in order:
         if plans[node_id].cache:
             for producer in {node_id, *(w.producer for w in plans[node_id].inputs)}:
                 plans[producer] = replace(plans[producer], digest_outputs=True)
+    for node_id in order:  # a map node's outputs are gathered when its children end: its readers never go early
+        if plans[node_id].map is not None or any(plans[w.producer].map is not None for w in plans[node_id].inputs):
+            for reader in (plans[node_id].downstream if plans[node_id].map is not None else (node_id,)):
+                plans[reader] = replace(plans[reader], after_map=True)
     if fuse:
         # A condition, or a node run without a skipped input, decides in its own task (not inside a chain).
         flags = {n.id: n.fuse and n.when is None and n.on_skipped == "skip" for n in spec.nodes}

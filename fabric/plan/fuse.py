@@ -23,7 +23,7 @@ def fusible(node: NodePlan, fuse: bool = True) -> bool:
     unit = node.unit
     return (fuse and not node.cache and unit.num_gpus == 0 and unit.workers == 1 and unit.group_strategy is None
             and unit.fallback_cpus is None and node.max_runtime is None and node.qos != "spot_ok"
-            and node.kind not in NEVER_FUSED_KINDS)
+            and node.kind not in NEVER_FUSED_KINDS and node.map is None and node.map_parent is None)
 
 
 def same_task(a: NodePlan, b: NodePlan) -> bool:

@@ -62,6 +62,18 @@ class InputWire:
 
 
 @dataclass(frozen=True)
+class MapPlan:
+    """A map node's fan-out (spec `map:`), and what each of its children gets: timeout and retries are theirs."""
+
+    over: str
+    max_parallel: int | None
+    min_success_ratio: float | None
+    batch_size: int | None
+    max_runtime: float | None
+    retry: RetryPolicy
+
+
+@dataclass(frozen=True)
 class NodePlan:
     node_id: str
     kind: str
@@ -88,6 +100,10 @@ class NodePlan:
     when_params: Mapping[str, Any] = field(default_factory=dict)  # the pipeline params its condition reads
     on_skipped: str = "skip"  # an upstream node SKIPPED: "skip" this one too, or "run" it without that input
     on_exit: str | None = None  # an exit hook: "always", "success" or "failure" (schedule/exits.py runs it)
+    map: MapPlan | None = None  # a map node: it expands into children at run time (plan/expand.py)
+    map_parent: str | None = None  # a map's child: its map node; it joins plan.nodes (never plan.order) when expanded
+    batch_over: str | None = None  # a batched child: its input of this name is a list, the function runs per item
+    after_map: bool = False  # it reads a map node's outputs: they exist only once every child ended (no early dispatch)
 
     @property
     def result_slots(self) -> tuple[str, ...]:
@@ -99,7 +115,8 @@ class NodePlan:
         """May it go to Ray before its upstream ends (its task waits there on their outputs)? Not a cache
         node, which waits for its cache check, nor a gang, whose placement group would hold its resources
         all that time, perhaps the very ones its upstream needs. Nor an exit hook: it waits for the run's end."""
-        return not self.cache and self.unit.group_strategy is None and self.on_exit is None
+        return (not self.cache and self.unit.group_strategy is None and self.on_exit is None and self.map is None
+                and not self.after_map)  # a map node counts its items first; its readers wait for its gather
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from fabric.record.store import Event, SubmissionRecord
+from fabric.spec.mapping import parent_of
 
 PRODUCER = "https://fabric.dev/lineage"
 SCHEMA_URL = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
@@ -81,6 +82,7 @@ class LineageBuilder:
     _attempts: dict[str, int] = field(default_factory=dict)
     _running: set[str] = field(default_factory=set)
     _started: bool = False
+    _children: dict[str, NodeIO] = field(default_factory=dict)  # a map's children, made as their events come
 
     def start(self) -> list[dict[str, Any]]:
         """The submission's START (at its creation); `feed` sends it first if nobody asked."""
@@ -96,7 +98,10 @@ class LineageBuilder:
             if kind is not None and event.source == "RUNNING":
                 out.append(self._submission_event(kind, event.at, event.reason))
             return out
-        node = self.nodes.get(event.node_id)
+        node = self.nodes.get(event.node_id) or self._children.get(event.node_id)
+        parent = parent_of(event.node_id) if node is None else None
+        if parent is not None and parent[0] in self.nodes:  # a map's child: a job of its own, its map's inputs
+            node = self._children[event.node_id] = replace(self.nodes[parent[0]], node_id=event.node_id)
         if node is None:
             return out
         if event.target == "RUNNING":

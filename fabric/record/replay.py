@@ -7,6 +7,7 @@ from typing import Any
 
 from fabric.record.status import AttemptStatus, NodeStatus, SubmissionStatus
 from fabric.record.store import Event, SubmissionRecord
+from fabric.spec.mapping import parent_of
 from fabric.states import EventKind, NodeState, SubmissionState
 from fabric.types import ErrorInfo
 
@@ -25,7 +26,11 @@ def status_from_events(record: SubmissionRecord, events: Iterable[Event]) -> Sub
             continue
         node = nodes.get(event.node_id)
         if node is None:
-            continue
+            parent = parent_of(event.node_id)  # a map's child `node[i]`: it exists once its map expanded
+            if parent is None or parent[0] not in nodes:
+                continue
+            node = nodes[event.node_id] = {**nodes[parent[0]], "state": NodeState.PENDING, "attempts": [],
+                                           "queued_at": None, "reason": ""}
         if event.source == EventKind.COST:  # not a transition: what an ended attempt cost
             node["cost"] = node.get("cost", 0.0) + float(event.reason or 0.0)
             continue

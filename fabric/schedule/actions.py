@@ -32,7 +32,18 @@ class Kill:
     reason: str = ""
 
 
-Action = Dispatch | Kill
+@dataclass(frozen=True)
+class Gather:
+    """Map node `node_id` ended well: its outputs are its succeeded children's (in item order), gathered."""
+
+    node_id: str
+    token: int
+    children: tuple[tuple[str, int], ...]  # (child, its token), succeeded ones only, in item order
+    missing: tuple[int, ...]  # the indices of the items without an output (their child failed)
+    batched: bool  # each child's outputs are lists (one value per item of its batch)
+
+
+Action = Dispatch | Kill | Gather
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,12 @@ class ExitHooks:
     def succeeded(self, nodes: Mapping[str, NodeRun]) -> bool:
         """The submission's outcome once every node has ended: the other nodes all settled (ok, or SKIPPED by a
         condition: a SKIPPED after a failure comes with that FAILED node), and no hook that ran failed."""
-        return all(run.state.settled for run in nodes.values())
+        return all(run.state.settled for run in nodes.values() if run.plan.map_parent is None)  # children: via their map
 
 
 def main_succeeded(nodes: Mapping[str, NodeRun], hooks: tuple[str, ...]) -> bool:
     skip = set(hooks)
-    return all(run.state.settled for n, run in nodes.items() if n not in skip)
+    return all(run.state.settled for n, run in nodes.items() if n not in skip and run.plan.map_parent is None)
 
 
 def run_outcome(submission_id: str, pipeline_id: str, nodes: Mapping[str, NodeRun]) -> dict[str, Any]:

@@ -17,11 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from fabric.plan import ExecutionPlan
 from fabric.schedule.actions import Action, Attempt, Clock, Dispatch, Kill, NodeRun, Outcome, Transition
 from fabric.schedule.exits import ExitHooks
+from fabric.schedule.mapping import MapSteps
 from fabric.states import KillCause, NodeState, SubmissionState, check_node_transition, check_submission_transition
 from fabric.types import AttemptReport, ErrorInfo
 
 
-class RunMachine:
+class RunMachine(MapSteps):
     """All decisions about one submission's nodes. Feed it results and ticks; it returns actions.
 
     Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and deadlines
@@ -45,6 +46,7 @@ class RunMachine:
         self._timers: dict[str, float] = {}  # node id -> its running deadline or retry time
         self._terminal = 0
         self.exits = ExitHooks(plan)  # exit hooks: held until every other node has ended (schedule/exits.py)
+        self._fans = {}  # map nodes expanded, by id (schedule/mapping.py)
 
     @classmethod
     def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
@@ -70,6 +72,7 @@ class RunMachine:
                 machine._terminal += 1
                 if state.ok:
                     machine._set_token(node, next(machine._tokens))
+        machine._stash_children(states, history)  # a map's children come back when it expands again
         for node in machine.nodes.values():
             node.ok_upstream = sum(machine.nodes[u].state.settled for u in node.plan.upstream)
             node.skipped_upstream = [u for u in node.plan.upstream if machine.nodes[u].state is NodeState.SKIPPED]
@@ -348,6 +351,8 @@ class RunMachine:
             if ((not self.gated or node.plan.fused_after) and node.state is NodeState.PENDING and node.token is None
                     and node.plan.dispatch_early and node.dispatched_upstream == len(node.plan.upstream)):
                 actions.append(self._dispatch(node))
+            if node.plan.map is not None or (node.plan.map_parent and node.state.terminal):
+                actions.extend(self._map_step(node, work))  # schedule/mapping.py
             if (node.state, node.token) != before:
                 work.extend(node.plan.downstream)
         if not self.done and self.exits.due(self._terminal, self.nodes):
@@ -356,7 +361,8 @@ class RunMachine:
                 self._move(self.nodes[node_id], NodeState.SKIPPED, why)
             return actions + self._settle(run)
         if not self.done and self._terminal == len(self.nodes):
-            # SKIPPED by a condition is a success; SKIPPED after a failure comes with that FAILED node (exits.py)
+            # SKIPPED by a condition is a success; SKIPPED after a failure comes with that FAILED node (exits.py);
+            # a map's failed children count through their map (its min_success_ratio)
             ok = self.exits.succeeded(self.nodes)
             self._end_submission(SubmissionState.SUCCEEDED if ok else SubmissionState.FAILED)
         return actions

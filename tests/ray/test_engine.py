@@ -376,3 +376,37 @@ def test_when_false_skips_with_the_reason_and_a_join_runs_with_the_branch_that_r
     with pytest.raises(SpecError) as raised:  # an unknown name is refused at submit, naming the field
         client.submit(dag("unknown", [py("check", "noop", when="nope > 0")]))
     assert [(p.code, p.where) for p in raised.value.problems] == [(ErrorCode.SPEC_CONDITION, "nodes[0].when")]
+
+
+def test_param_sweep_map_retries_its_children_and_a_rerun_runs_only_the_failed_ones(client, tmp_path):
+    """jobs/dags/param_sweep.yaml: 48 grid points, two of which fail once; then three that fail for good, and a
+    re-run (after the fix) that runs only those three children."""
+    params = {"fail_once": [3, 17], "marker_dir": str(tmp_path / "once")}
+    submission = client.submit("jobs/dags/param_sweep.yaml", runtime_params={"params": params})
+    status = submission.wait(120)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.reason) for n in status.nodes if n.state != "SUCCEEDED"]
+    children = {n.node_id: n for n in status.nodes if n.node_id.startswith("backtest[")}
+    assert sorted(children) == sorted(f"backtest[{i}]" for i in range(48))
+    assert all(n.state == "SUCCEEDED" for n in children.values())
+    assert {i for i in range(48) if children[f"backtest[{i}]"].attempts == 2} == {3, 17}
+    assert [a.outcome for a in children["backtest[3]"].history] == ["RETRYING", "SUCCEEDED"]
+    assert "injected failure" in (children["backtest[17]"].history[0].error.message or "")
+    assert submission.result("pick", "n_points") == 48 and submission.result("pick", "missing") == []
+    assert status.node("report").state == "SUCCEEDED"  # when: best_sharpe > 0
+    assert submission.logs("backtest[3]") is not None
+
+    broken = tmp_path / "perm"
+    broken.mkdir()
+    (broken / "broken").touch()
+    params = {"fail_while_broken": [5, 6, 7], "marker_dir": str(broken)}
+    first = client.submit("jobs/dags/param_sweep.yaml", runtime_params={"params": params})
+    status = first.wait(120)
+    assert status.state == "FAILED" and status.node("backtest").state == "FAILED"
+    assert "3 of 48 items failed (items 5, 6, 7)" in status.node("backtest").error.message
+    assert status.node("pick").state == "SKIPPED"
+    (broken / "broken").unlink()
+    again = client.rerun(first.id).wait(120)
+    assert again.state == "SUCCEEDED", [(n.node_id, n.state, n.reason) for n in again.nodes]
+    ran = {n.node_id for n in again.nodes if n.node_id.startswith("backtest[") and n.state == "SUCCEEDED"}
+    reused = {n.node_id for n in again.nodes if n.node_id.startswith("backtest[") and n.state == "CACHED"}
+    assert ran == {"backtest[5]", "backtest[6]", "backtest[7]"} and len(reused) == 45
