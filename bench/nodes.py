@@ -30,3 +30,16 @@ def sleep_for(seconds: float) -> tuple[float, float]:
     started = time.time()
     time.sleep(seconds)
     return started, time.time()
+
+
+def items(n: int = 10_000) -> list[int]:
+    """The list a map fans out over (bench/map.py)."""
+    return list(range(n))
+
+
+def noop_item(item: Any) -> None:
+    """One map child's work: nothing."""
+
+
+def count(results: list[Any]) -> int:
+    return len(results)
