@@ -52,7 +52,7 @@ class ExitHooks:
     def succeeded(self, nodes: Mapping[str, NodeRun]) -> bool:
         """The submission's outcome once every node has ended: the other nodes all settled (ok, or SKIPPED by a
         condition: a SKIPPED after a failure comes with that FAILED node), and no hook that ran failed."""
-        return all(run.state.settled for run in nodes.values() if run.plan.map_parent is None)  # children: via their map
+        return all(run.state.settled for run in nodes.values() if run.plan.map_parent is None)  # a child: its map
 
 
 def main_succeeded(nodes: Mapping[str, NodeRun], hooks: tuple[str, ...]) -> bool:
