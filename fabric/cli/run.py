@@ -107,8 +107,13 @@ def validate(dag: DagArg, params_: ParamsOpt = None) -> None:
         params(params_)
     from fabric.kinds import kind_checks
     from fabric.plan import kind_problems
+    from fabric.spec.subdags import expand, has_pipelines
 
-    problems = kind_problems(spec, kind_checks())
+    try:  # inline sub-pipelines are checked expanded; a registered one needs its registry
+        spec = load_spec(expand(spec.to_dict(), None)) if has_pipelines(spec.to_dict()) else spec
+        problems = kind_problems(spec, kind_checks())
+    except SpecError as exc:
+        problems = list(exc.problems)
     summary = f"{spec.pipeline_id}: {len(spec.nodes)} nodes, {len(spec.edges)} edges"
     if problems:
         out.print(f"[yellow]the spec is valid[/] ({summary}), [bold]but it cannot run here:[/]")
