@@ -138,7 +138,8 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
         runtime = parse_runtime_params(runtime_params)
         # never a path; checked off the engine thread; `pipeline` nodes become their child's nodes, found among
         # the team's own registered pipelines (recorded expanded, so a resume needs no catalogue)
-        dag = load_spec(spec := expand(read_document(spec), self._catalogue.resolver(runtime.team)))
+        dag = load_spec(spec := expand(read_document(spec), self._catalogue.resolver(runtime.team),
+                                       given=runtime.params))
         if grants is not None:
             check_submission(grants, runtime.team or "", dag, runtime)
         plan = compile_plan(dag, runtime, kind_checks(), fuse=self._config.fuse)

@@ -11,7 +11,7 @@ from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.spec.expr import BoolOp, Compare, Expr, ExprError, ListOf, Lit, Name, Not, parse, unparse
 from fabric.spec.load import load_spec
 from fabric.spec.models import DagSpec
-from fabric.spec.params import resolve_params, substitute
+from fabric.spec.params import ParamSpec, resolve_params, substitute
 from fabric.spec.validate import derive_edges
 
 PIPELINE_KIND = "pipeline"
@@ -28,15 +28,18 @@ def has_pipelines(raw: Mapping[str, Any]) -> bool:
 
 
 def expand(raw: Mapping[str, Any], resolve: Resolve | None, *, name: str | None = None,
-           _stack: tuple[str, ...] = ()) -> dict[str, Any]:
+           given: Mapping[str, Any] | None = None, _stack: tuple[str, ...] = ()) -> dict[str, Any]:
     """The spec with every `pipeline` node replaced by its child's nodes (ids `<node>.<child>`), with explicit
     edges; a spec without one is returned as is. `name`: the registered pipeline this spec is a version of (when
-    registering it), so that a child running it is a cycle. SpecError: a child that is missing, invalid, or runs
-    one of its own ancestors (a cycle through registered pipelines), or nesting deeper than MAX_NESTING."""
+    registering it), so that a child running it is a cycle; `given`: the run's values of its params (a pipeline
+    node may pass them on: `params: {params: {k: "{{ params.k }}"}}`). SpecError: a child that is missing,
+    invalid, or runs one of its own ancestors (a cycle through registered pipelines), or nesting deeper than
+    MAX_NESTING."""
     if name is not None and not _stack:
         _stack = (name,)
     if not has_pipelines(raw):
         return dict(raw)
+    values = _values(raw, given)  # this spec's params, resolved (problems: reported by its own validation)
     nodes: list[Any] = raw["nodes"]
     edges = raw.get("edges")
     edge_pairs = [(e.get("from"), e.get("to")) for e in (derive_edges(raw) if edges is None else edges)
@@ -55,16 +58,19 @@ def expand(raw: Mapping[str, Any], resolve: Resolve | None, *, name: str | None 
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
+        params = node.get("params") or {}
+        passed = params.get("params")
+        passed = substitute(passed, values) if values and isinstance(passed, Mapping) else passed
         try:
-            child = _without_inputs(load_spec(_with_inputs(expand(child_raw, resolve, _stack=(*_stack, label)),
-                                                           node.get("ins") or [])))
+            inner = expand(child_raw, resolve, given=passed if isinstance(passed, Mapping) else None,
+                           _stack=(*_stack, label))
+            child = _without_inputs(load_spec(_with_inputs(inner, node.get("ins") or [])))
         except SpecError as exc:  # located inside the child: `nodes[1].pipeline[daily].nodes[0].kind`
             problems.extend(Problem(p.code, f"{where}.pipeline[{label}].{p.where}", p.message, p.fix)
                             for p in exc.problems)
             continue
         prefix = f"{node['id']}."
-        params = node.get("params") or {}
-        values, param_problems = resolve_params(child.params, params.get("params"), f"{where}.params.params")
+        child_values, param_problems = resolve_params(child.params, passed, f"{where}.params.params")
         problems.extend(param_problems)
         produced = {out for child_node in child.nodes for out in child_node.outs}
         for k, out in enumerate(node.get("outs") or []):
@@ -79,9 +85,9 @@ def expand(raw: Mapping[str, Any], resolve: Resolve | None, *, name: str | None 
         for child_node in child.nodes:
             entry = child_node.model_dump(mode="json", by_alias=True, exclude_defaults=True)
             entry["id"] = prefix + child_node.id
-            if child_node.params and values:
-                entry["params"] = substitute(child_node.params, values)
-            condition = child_node.when and _rewrite(child_node.when, values, ids, child)
+            if child_node.params and child_values:
+                entry["params"] = substitute(child_node.params, child_values)
+            condition = child_node.when and _rewrite(child_node.when, child_values, ids, child)
             if child_node.id in roots and node.get("when"):  # the pipeline node's condition guards its roots
                 condition = f"({node['when']}) and ({condition})" if condition else node["when"]
             if condition:
@@ -100,6 +106,18 @@ def expand(raw: Mapping[str, Any], resolve: Resolve | None, *, name: str | None 
         pairs.extend((s, t) for s in sources for t in targets)
     pairs.extend(inner_edges)
     return {**raw, "nodes": out_nodes, "edges": [{"from": s, "to": t} for s, t in dict.fromkeys(pairs)]}
+
+
+def _values(raw: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A raw spec's params resolved with `given` as far as they are valid (its validation reports the rest)."""
+    declared: dict[str, ParamSpec] = {}
+    for param, spec in (raw.get("params") or {}).items() if isinstance(raw.get("params"), Mapping) else ():
+        try:
+            declared[param] = ParamSpec.model_validate(spec)
+        except ValueError:
+            continue
+    values, _ = resolve_params(declared, {k: v for k, v in (given or {}).items() if k in declared})
+    return values
 
 
 _INPUTS = "fabric-inputs"  # a stand-in for the parent's nodes while a child is validated: it makes the node's ins

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from fabric.errors import ErrorCode, NotFoundError, SpecError
 from fabric.plan import compile_plan
@@ -126,3 +127,30 @@ def test_a_fb_dag_function_is_a_step_of_another_dag_with_nested_node_ids():
     assert [w.producer for w in plan.nodes["add"].inputs] == ["plus_one.add", "plus_one_2.add"]
     standalone = plus_one(5.0)  # outside any DAG: its own DAG
     assert isinstance(standalone, fb.DAG) and [n.id for n in standalone.to_spec().nodes] == ["value", "add"]
+
+
+def test_fabric_validate_checks_an_inline_sub_pipeline_and_says_a_registered_one_needs_a_registry(tmp_path):
+    from typer.testing import CliRunner
+
+    from fabric.cli import app
+    from fabric.cli.exits import ExitCode
+
+    inline = {**_parent(params={"spec": CHILD, "params": {"k": 3}}), "pipeline_id": "inline"}
+    path = tmp_path / "inline.yaml"
+    path.write_text(yaml.safe_dump(inline))
+    ok = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "200"})
+    assert ok.exit_code == ExitCode.OK and "4 nodes" in ok.output, ok.output
+    path.write_text(yaml.safe_dump(_parent()))
+    refused = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "200"})
+    assert refused.exit_code == ExitCode.BAD_INPUT and "cannot be looked up here" in refused.output
+
+
+def test_a_pipeline_node_passes_the_runs_params_on_to_its_child():
+    parent = {**_parent(params={"pipeline": "sweep", "params": {"k": "{{ params.depth }}"}}),
+              "params": {"depth": {"type": "int", "default": 4}}}
+    resolve = _resolver({"sweep": CHILD})
+    assert load_spec(expand(parent, resolve, given={"depth": 7})).node("sub.grid").params == {"n": 7}
+    assert load_spec(expand(parent, resolve)).node("sub.grid").params == {"n": 4}  # the parent's default
+    with pytest.raises(SpecError) as raised:  # a value the child's type refuses, at the field that passed it
+        expand({**parent, "params": {"depth": {"type": "string", "default": "deep"}}}, resolve)
+    assert [(p.code, p.where) for p in raised.value.problems] == [(ErrorCode.PARAM_TYPE, "nodes[1].params.params.k")]
