@@ -341,3 +341,10 @@ edges:
     assert load_spec(yaml.safe_load(dag.to_yaml())) == from_yaml
     with pytest.raises(ExprError), fb.when("low >"):
         pass
+
+
+def test_the_param_sweep_example_guards_its_report_with_a_condition():
+    plan = compile_plan(load_spec("jobs/dags/param_sweep.yaml"))
+    report = plan.nodes["report"]
+    assert report.when == "best_sharpe > 0"
+    assert ("?best_sharpe", "pick", "best_sharpe") in [(w.name, w.producer, w.out) for w in report.inputs]
