@@ -217,3 +217,13 @@ def echo(**inputs: object) -> str:
     shown = " ".join(f"{k}={v}" for k, v in sorted(inputs.items()))
     print(f"echo {shown}")
     return shown
+
+
+def exit_hook(marker_dir: str, name: str) -> dict:
+    """An exit hook (`on_exit`): records each execution and writes the run's outcome it was told, as JSON."""
+    import json
+
+    count = _mark(marker_dir, name)
+    outcome = context().run_outcome
+    (Path(marker_dir) / f"{name}-outcome.{count}.json").write_text(json.dumps(outcome))
+    return dict(outcome or {})

@@ -106,6 +106,30 @@ def test_failure_reports_error_traceback_logs_and_skips(client):
         submission.result("bad")
 
 
+def test_exit_hooks_run_after_the_dag_told_its_outcome(client, tmp_path):
+    import json
+
+    marks = {"marker_dir": str(tmp_path)}
+    spec = dag("hooked", [py("a", "value", outs=["x"]), py("bad", "boom", params={"message": "no rows"}, ins=["x"]),
+                          py("page", "exit_hook", params={**marks, "name": "page"}, on_exit="failure"),
+                          py("publish", "exit_hook", params={**marks, "name": "publish"}, on_exit="success"),
+                          py("cleanup", "exit_hook", params={**marks, "name": "cleanup"}, on_exit="always")],
+               edges=[("a", "bad")])
+    submission = client.submit(spec)
+    status = submission.wait(60)
+    assert status.state == "FAILED"
+    states = {n.node_id: n.state for n in status.nodes}
+    assert states == {"a": "SUCCEEDED", "bad": "FAILED", "page": "SUCCEEDED", "publish": "SKIPPED",
+                      "cleanup": "SUCCEEDED"}
+    assert status.node("publish").reason == "on_exit success: the run failed"
+    told = json.loads((tmp_path / "page-outcome.1.json").read_text())
+    assert told == {"submission_id": submission.id, "pipeline_id": "hooked", "state": "FAILED",
+                    "nodes": {"a": "SUCCEEDED", "bad": "FAILED"}, "failed": ["bad"]}
+    assert (tmp_path / "cleanup-outcome.1.json").exists() and not list(tmp_path.glob("publish*"))
+    # The hooks started only once the DAG had ended.
+    assert min(status.node(h).started_at for h in ("page", "cleanup")) >= status.node("bad").ended_at
+
+
 def test_outputs_flow_through_the_object_store(client):
     fan = [py(f"v{i}", "value", params={"x": float(i)}, outs=[f"v{i}"]) for i in range(8)]
     spec = dag("flow", [
