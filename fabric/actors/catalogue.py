@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fabric.errors import ErrorCode, FabricError, NotFoundError, SpecError
+from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.kinds import kind_checks
 from fabric.plan import compile_plan, kind_problems
 from fabric.plan.hashing import digest
@@ -132,6 +132,12 @@ class Catalogue:
         if grants is not None:
             check_submission(grants, team or "", dag, checked)
         runtime["submission_id"] = runtime.get("submission_id") or new_submission_id()
+        for waiting in self._queue.waiting((team, pipeline_id)):  # a retried start: the same request, or a 409
+            if waiting.submission_id == runtime["submission_id"] and (
+                    waiting.version != chosen.version or waiting.request[0] != runtime):
+                raise ConflictError(f"submission_id {runtime['submission_id']!r} is queued for another request",
+                                    code=ErrorCode.IDEMPOTENCY_CONFLICT, where="submission_id",
+                                    fix="use a new submission_id (or Idempotency-Key)")
         place = self._queue.offer((team, pipeline_id), runtime["submission_id"], chosen.version, (runtime, grants))
         if place is None:
             return {**base, "submission_id": None, "created": False, "skipped": True, "cancelled": [],

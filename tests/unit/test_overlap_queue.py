@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fabric.actors.schedules import Scheduler
-from fabric.errors import SpecError
+from fabric.errors import ErrorCode, FabricError, SpecError
 from fabric.schedule.overlap import decide
 from fabric.schedule.startqueue import MAX_QUEUED, StartQueue
 from fabric.spec.catalogue import Overlap
@@ -61,6 +61,9 @@ def test_a_start_at_the_limit_waits_and_starts_when_the_run_ends(harness: Harnes
     assert [(r["submission_id"], r["state"]) for r in cat.runs("factors", 10, None)][:2] == [
         ("r2", "QUEUED"), ("r1", "RUNNING")]
     assert cat.run("factors", None, {"submission_id": "r2", "params": {"n": 7}}, None)["position"] == 1
+    with pytest.raises(FabricError) as conflict:  # the same key with other params: as for a started run
+        cat.run("factors", None, {"submission_id": "r2", "params": {"n": 8}}, None)
+    assert conflict.value.code == ErrorCode.IDEMPOTENCY_CONFLICT and conflict.value.where == "submission_id"
     with pytest.raises(SpecError):  # a bad start is a 422 now, not a queued failure later
         cat.run("factors", None, {"submission_id": "r3", "params": {"n": "many"}}, None)
     assert cat.start_queued() == []  # r1 still runs
