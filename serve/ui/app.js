@@ -489,6 +489,13 @@ function drawDag() {
     label.textContent = node.id.length > 22 ? node.id.slice(0, 21) + "…" : node.id;
     const sub = el("text", { x: 8, y: 32, fill: "#fff" }, g);
     sub.textContent = `${node.kind} · ${state.toLowerCase()}`;
+    const kids = view.status.nodes.filter((n) => n.node_id.startsWith(node.id + "["));  // a map's children node[i]
+    if (kids.length) {  // collapsed into their map: counts and a progress bar
+      const ok = kids.filter((n) => n.state === "SUCCEEDED" || n.state === "CACHED").length;
+      const bad = kids.filter((n) => n.state === "FAILED" || n.state === "TIMED_OUT").length;
+      sub.textContent = `map · ${ok}/${kids.length} ok${bad ? ` · ${bad} failed` : ""}`;
+      el("rect", { x: 0, y: H - 4, width: (W * ok) / kids.length, height: 4, fill: "#fff", "data-map-progress": ok }, g);
+    }
     const title = el("title", {}, g);
     const reason = (view.status.nodes.find((n) => n.node_id === node.id) || {}).reason;
     title.textContent = `${node.id} (${state})${reason ? ": " + reason : ""}`;  // e.g. why it was SKIPPED

@@ -74,3 +74,12 @@ def test_child_ids():
     assert child_id("sweep", 41) == "sweep[41]"
     assert parent_of("sweep[41]") == ("sweep", 41)
     assert parent_of("sweep") is None and parent_of("sweep[01]") is None and parent_of("a[1][2]") is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("when", "a > 0"), ("cache", True)])
+def test_a_map_node_refuses_a_condition_and_the_cache(field, value):
+    raw = fb.load_spec(YAML).to_dict()
+    raw["nodes"][1][field] = value
+    with pytest.raises(SpecError) as caught:
+        fb.load_spec(raw)
+    assert f"nodes[1].{field}" in [p.where for p in caught.value.problems]
