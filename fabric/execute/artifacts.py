@@ -12,6 +12,7 @@ from typing import Any
 
 from fabric.errors import ErrorCode, FabricError, NotFoundError
 from fabric.execute.outputs import _fs, files_dir
+from fabric.spec.mapping import CHILD_ID_RE  # a map's child `node[i]`
 from fabric.spec.names import NODE_ID_PATTERN, SUBMISSION_ID_PATTERN
 
 SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
@@ -28,7 +29,7 @@ def check_names(submission_id: str, node_id: str | None, name: str | None) -> li
     """The path segments of an artifact name, or a SPEC_FIELD error (a 422) naming what is wrong."""
     if not re.match(SUBMISSION_ID_PATTERN, submission_id):
         raise _bad("submission_id", submission_id, "not a submission id")
-    if node_id is not None and not re.match(NODE_ID_PATTERN, node_id):
+    if node_id is not None and not re.match(NODE_ID_PATTERN, node_id) and not CHILD_ID_RE.match(node_id):
         raise _bad("node", node_id, "not a node id")
     if name is None:
         return []

@@ -204,7 +204,7 @@ class Engine(Reruns):
 
     def logs(self, submission_id: str, node_id: str) -> list[tuple[int, str, str | None]]:
         run = self._lookup(submission_id)
-        order = [n.node_id for n in run.status().nodes] if isinstance(run, Finished) else list(run.plan.order)
+        order = [n.node_id for n in run.status().nodes] if isinstance(run, Finished) else list(run.machine.nodes)
         if node_id not in order:
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}",
                                 code=ErrorCode.NOT_FOUND, where=node_id, fix=f"nodes are: {', '.join(order)}")

@@ -20,9 +20,10 @@ def test_escaping_names_are_refused_before_any_lookup(name):
 
 
 def test_bad_ids_are_refused_and_good_names_read(tmp_path):
-    for sid, node in (("../sub", "n"), ("sub-1", "../n"), ("sub-1", "a/b")):
+    for sid, node in (("../sub", "n"), ("sub-1", "../n"), ("sub-1", "a/b"), ("sub-1", "n[../x]"), ("sub-1", "n[1]/..")):
         with pytest.raises(FabricError):
             check_names(sid, node, "x.txt")
+    assert check_names("sub-1", "sweep[41]", "x.txt") == ["x.txt"]  # a map's child
     files = tmp_path / "sub-1" / "n" / "files" / "sub"
     files.mkdir(parents=True)
     (files / "notes.txt").write_text("hello")
