@@ -227,3 +227,15 @@ def exit_hook(marker_dir: str, name: str) -> dict:
     outcome = context().run_outcome
     (Path(marker_dir) / f"{name}-outcome.{count}.json").write_text(json.dumps(outcome))
     return dict(outcome or {})
+
+
+def int_list(n: int) -> list[int]:
+    return list(range(n))
+
+
+def item_step(marker_dir: str, item: int, slow_from: int = 3, seconds: float = 4.0) -> int:
+    """A map child: records each execution per item, sleeps for the items from `slow_from` on."""
+    _mark(marker_dir, f"item{item}")
+    if item >= slow_from:
+        time.sleep(seconds)
+    return item * 10

@@ -27,7 +27,11 @@ def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: Subm
     outputs of each node that keeps them are (its own submission, or for a re-run's reused node, the source)."""
     sid = record.submission_id
     consumed = plan.consumed_outs()
-    states = {n.node_id: n.state for n in status.nodes}
+    for node in status.nodes:  # a map's child persists every out of its map (execute/mapping.py)
+        found = parent_of(node.node_id)
+        if found is not None and found[0] in plan.nodes:
+            consumed[node.node_id] = plan.nodes[found[0]].result_slots
+    states = {n.node_id: n.state for n in status.nodes if n.node_id in consumed}
     # A re-run's reused node (CACHED, "reused: the outputs of <source> ...") keeps reading them from its source.
     sources = {n.node_id: _reused_from(n.reason) or sid if n.state is NodeState.CACHED else sid
                for n in status.nodes}
@@ -51,8 +55,11 @@ def restored_machine(record: SubmissionRecord, plan: ExecutionPlan, status: Subm
     machine = RunMachine.restore(plan, clock, submission_id=sid, created_at=record.created_at, states=states,
                                  history=history, gated=gated)
     for node in status.nodes:  # the status keeps saying where a reused node's outputs came from
-        if node.state is NodeState.CACHED and states[node.node_id] is NodeState.CACHED:
+        if (node.state is NodeState.CACHED and states.get(node.node_id) is NodeState.CACHED
+                and node.node_id in machine.nodes):
             machine.nodes[node.node_id].reason = node.reason
+    machine.stash_reasons({n.node_id: n.reason for n in status.nodes  # a map's reused children, once expanded
+                           if n.state is NodeState.CACHED and n.node_id not in machine.nodes})
     return machine, events, rerun, {n: sources[n] for n in stored}
 
 

@@ -173,3 +173,25 @@ def second_registry_is_refused(client, where: str) -> None:
 
 def test_a_second_registry_on_the_same_home_refuses_naming_the_first(client, fabric_home):
     second_registry_is_refused(client, str(fabric_home / "fabric.db"))
+
+
+def test_a_map_resumes_without_running_its_succeeded_children_again(client, tmp_path):
+    spec = dag("map_resume", [
+        py("xs", "int_list", params={"n": 6}, outs=["xs"]),
+        py("m", "item_step", params={"marker_dir": str(tmp_path)}, ins=["item=xs"], outs=["ys"],
+           map={"over": "item"}),
+    ], edges=[("xs", "m")])
+    submission = client.submit(spec)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = {n.node_id for n in submission.status().nodes if n.state == "SUCCEEDED"}
+        if {"m[0]", "m[1]", "m[2]"} <= done:
+            break
+        time.sleep(0.1)
+    assert "m[5]" not in done  # the slow children were still running
+    _restart_registry(client)
+    status = submission.wait(60)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
+    assert [runs(tmp_path, f"item{i}") for i in range(3)] == [1, 1, 1], "SUCCEEDED children ran again"
+    assert all(runs(tmp_path, f"item{i}") >= 1 for i in range(3, 6))
+    assert submission.result("m", "ys") == [0, 10, 20, 30, 40, 50]  # the gather read the first three back
