@@ -2,7 +2,7 @@
 # The tests: set up, lint, then the pure unit tier (seconds; stops at its first failure), then the Ray tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,serve,train,observe,postgres,schedule
+bash scripts/setup.sh dev,serve,train,observe,postgres,schedule,genai
 .venv/bin/ruff check .
 .venv/bin/mypy fabric   # types: the [tool.mypy] section of pyproject.toml
 # The web UI's end-to-end test drives Debian's chromium; without apt (or root) that one test skips, saying why.

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.genai_models"]  # the tiny LLM and encoder fixtures (no download)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

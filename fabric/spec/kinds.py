@@ -16,4 +16,8 @@ KNOWN_KINDS: frozenset[str] = frozenset({
     "serve",
     "promote",
     "pipeline",  # another pipeline as a child DAG, expanded at submit (fabric/spec/subdags.py)
+    "llm_generate",
+    "embed",
+    "rag_index",
+    "rag_query",
 })
