@@ -35,6 +35,7 @@ def _tokenizer(vocab_size: int, seed: int):  # noqa: ANN202 - a transformers tok
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def causal_lm(path: str | Path, seed: int = 0, vocab_size: int = 320, width: int = 32) -> Path:

@@ -212,3 +212,54 @@ def test_tune_sweeps_a_search_space_and_logs_every_trial(client, fabric_home):
     best_trial = trials[int(np.argmin(trial_losses))]
     assert int(best_trial.data.params["hidden"]) == best_config["hidden"]
     assert parent.data.params["best.hidden"] == str(best_config["hidden"])
+
+
+def test_llm_generate_and_rag_on_ray_data_with_tiny_models(client, fabric_home, tiny_lm, tiny_encoder):
+    """llm_generate on an actor pool of 2 (merges counted, the same completions as one local generator over
+    the same batches with the same seed), then embed -> rag_index -> rag_query with generation."""
+    import pyarrow as pa
+
+    from fabric.ml.genai.generate import Generator
+    from fabric.ml.genai.pipeline import blocks
+    from jobs.genai import data
+
+    sampling = {"max_new_tokens": 5, "temperature": 1.2, "seed": 3}
+    nodes = [
+        {"id": "prompts", "kind": "python_task", "entrypoint": "jobs.genai.data:prompts", "outs": ["prompts"],
+         "params": {"n": 24, "distinct": 6}},
+        {"id": "gen", "kind": "llm_generate", "ins": ["prompts"], "outs": ["completions"],
+         "resources": {"cpu": "500m", "workers": 2},
+         "params": {"model": str(tiny_lm), "batch_size": 4, "sampling": sampling}},
+        {"id": "docs", "kind": "python_task", "entrypoint": "jobs.genai.data:documents", "outs": ["documents"]},
+        {"id": "embed", "kind": "embed", "ins": ["documents"], "outs": ["chunks"],
+         "params": {"model": str(tiny_encoder), "chunk_size": 400, "chunk_overlap": 0}},
+        {"id": "index", "kind": "rag_index", "ins": ["chunks"], "outs": ["index"]},
+        {"id": "questions", "kind": "python_task", "entrypoint": "jobs.genai.data:questions", "ins": ["documents"],
+         "outs": ["questions"]},
+        {"id": "ask", "kind": "rag_query", "ins": ["index", "questions"], "outs": ["answers"],
+         "params": {"model": str(tiny_encoder), "top_k": 3,
+                    "generate": {"model": str(tiny_lm), "sampling": {"max_new_tokens": 4}}}}]
+    edges = [{"from": "prompts", "to": "gen"}, {"from": "docs", "to": "embed"}, {"from": "embed", "to": "index"},
+             {"from": "docs", "to": "questions"}, {"from": "index", "to": "ask"}, {"from": "questions", "to": "ask"}]
+    started = time.monotonic()
+    submission = client.submit({"version": 1, "pipeline_id": "genai_e2e", "nodes": nodes, "edges": edges})
+    status = submission.wait(200)
+    assert status.state == "SUCCEEDED", {n["id"]: (status.node(n["id"]).state, status.node(n["id"]).error,
+                                                   submission.logs(n["id"])[-2000:]) for n in nodes
+                                         if status.node(n["id"]).state != "SUCCEEDED"}
+    print(f"genai e2e: {time.monotonic() - started:.1f} s", {n["id"]: status.node(n["id"]).duration for n in nodes})
+    out = submission.result("gen", "completions")
+    prompts = data.prompts(24, 6)
+    assert out.num_rows == 24 and out.column("id").to_pylist() == list(range(24))
+    local = Generator(str(tiny_lm), sampling)
+    expected = pa.concat_tables([local(batch.slice(i, 4)) for batch in blocks(prompts, 4, 2)
+                                 for i in range(0, batch.num_rows, 4)])
+    assert out.column("completion").to_pylist() == expected.column("completion").to_pylist()
+    assert out.column("merged").to_pylist() == expected.column("merged").to_pylist()
+    metrics = json.loads(client.artifact(submission.id, "gen", "metrics.json"))
+    assert metrics["merged"] == sum(expected.column("merged").to_pylist()) > 0
+    assert metrics["generations"] + metrics["merged"] == 24 and metrics["replicas"] == 2
+    answers = submission.result("ask", "answers")
+    assert answers.num_rows == 4 and all(len(hit) == 3 for hit in answers.column("doc_ids").to_pylist())
+    assert data.recall(answers)["recall_at_k"] == 1.0
+    assert set(answers.column("finish_reason").to_pylist()) <= {"stop", "length"}

@@ -86,6 +86,8 @@ def test_duplicate_prompts_are_generated_once_and_fanned_out(tiny_lm, tmp_path):
     assert out.column("id").to_pylist() == list(range(6))  # the other columns pass through, in order
     plain = Generator(str(tiny_lm), {"max_new_tokens": 6}, dedup=False)(pa.table({"prompt": prompts}))
     assert plain.column("completion").to_pylist() == completions and not any(plain.column("merged").to_pylist())
+    long = generator(pa.table({"prompt": ["alpha " * 400]}))  # past the model's 256 positions: its end is kept
+    assert long.column("prompt_tokens").to_pylist()[0] == 256 - 6
     write_responses(out, "prompt", tmp_path / "responses.json")
     responses = json.loads((tmp_path / "responses.json").read_text())
     assert [r["index"] for r in responses] == list(range(6)) and responses[2]["merged"] is True

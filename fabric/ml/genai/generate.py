@@ -52,7 +52,12 @@ class Generator:
         import torch
 
         s = self.sampling
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        # A prompt longer than the model's context keeps its end (the question comes last in a RAG prompt).
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
+                                                                                        "n_positions", None)
+        fit = {"truncation": True, "max_length": max(1, limit - s.max_new_tokens)} if limit else {}
+        self.tokenizer.truncation_side = "left"
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, **fit).to(self.device)
         width = encoded["input_ids"].shape[1]
         if s.temperature > 0:
             torch.manual_seed(batch_seed(s.seed, prompts))
