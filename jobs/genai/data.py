@@ -39,3 +39,10 @@ def recall(answers: pa.Table) -> dict[str, float]:
     if "completion_tokens" in answers.column_names:
         report["completion_tokens"] = float(sum(answers.column("completion_tokens").to_pylist()))
     return report
+
+
+def report(answers: pa.Table) -> str:
+    """The run's report as JSON: recall at k and token counts."""
+    import json
+
+    return json.dumps(recall(answers))

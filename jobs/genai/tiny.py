@@ -73,3 +73,9 @@ def encoder(path: str | Path, seed: int = 0, vocab_size: int = 320, width: int =
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def ensure(models_dir: str = "~/.fabric/genai/tiny") -> dict[str, str]:
+    """The example's first node: build the tiny LM and encoder under `models_dir` unless they are there."""
+    root = Path(models_dir).expanduser()
+    return {"lm": str(causal_lm(root / "lm")), "encoder": str(encoder(root / "encoder"))}
