@@ -39,6 +39,7 @@ class Harness:
         self.store = SqliteStore(path)
         self.cancelled: list[str] = []
         self.catalogue = Catalogue(self.store, self.submit, self.cancel)
+        self._submit_lock = threading.Lock()  # as the registry's: lookup and record are one step
 
     def submit(self, spec: dict[str, Any], runtime_params: dict[str, Any] | None,
                grants: TeamGrants | None = None) -> dict[str, Any]:
@@ -47,12 +48,14 @@ class Harness:
             check_submission(grants, runtime.team or "", load_spec(spec), runtime)
         plan = compile_plan(load_spec(spec), runtime)
         sid = runtime.submission_id or new_submission_id()
-        if self.store.get_submission(sid) is not None:
-            return {"submission_id": sid, "created": False}
-        dump = runtime.model_copy(update={"params": dict(plan.params)}).model_dump(mode="json", exclude_none=True)
-        self.store.add_submission(SubmissionRecord(sid, plan.pipeline_id, spec, dump, plan.plan_hash, "h",
-                                                   float(len(self.store.list_submissions(limit=10_000))),
-                                                   runtime.team, dict(runtime.labels)))
+        with self._submit_lock:
+            if self.store.get_submission(sid) is not None:
+                return {"submission_id": sid, "created": False}
+            dump = runtime.model_copy(update={"params": dict(plan.params)}).model_dump(mode="json",
+                                                                                      exclude_none=True)
+            self.store.add_submission(SubmissionRecord(sid, plan.pipeline_id, spec, dump, plan.plan_hash, "h",
+                                                       float(len(self.store.list_submissions(limit=10_000))),
+                                                       runtime.team, dict(runtime.labels)))
         return {"submission_id": sid, "created": True}
 
     def cancel(self, submission_id: str) -> None:

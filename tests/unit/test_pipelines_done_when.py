@@ -66,7 +66,8 @@ def test_every_minute_exactly_once_per_tick_across_a_restart_and_a_racing_firer(
     [again] = restarted._fire(before, clock[0])  # the tick's mark was lost with the registry: fired again
     assert fired["created"] is True
     assert again["created"] is False and again["submission_id"].endswith("20240301T090400Z")
-    # Two firers at once over the same due tick (two processes: one run, by the tick's submission id).
+    # Two firers at once over the same due tick (one store has one registry, by its lease: they share its
+    # submit path, and the tick's submission id makes one run).
     clock[0] = _at("2024-03-01T09:05:01")
     racer = Scheduler(quant.store, Catalogue(quant.store, quant.submit, quant.cancel), lambda: clock[0])
     replies: list[dict[str, Any]] = []
