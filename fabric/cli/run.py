@@ -14,6 +14,7 @@ from rich.live import Live
 from fabric.cli.common import AddressOpt, DagArg, ParamsOpt, connect, params
 from fabric.cli.console import describe_value, err, error_text, metrics_table, out, status_table
 from fabric.cli.exits import ExitCode, failing
+from fabric.cli.pipelines import ParamOpt, parse_param
 from fabric.errors import ErrorCode, FabricError, SpecError
 from fabric.spec import dag_json_schema, load_spec, runtime_params_json_schema
 
@@ -60,7 +61,7 @@ def _print_failures(submission: Any, status: Any) -> None:
                 err.print("[dim]" + "\n".join(logs.splitlines()[-10:]) + "[/]")
 
 
-def run(dag: DagArg, params_: ParamsOpt = None,
+def run(dag: DagArg, params_: ParamsOpt = None, param: ParamOpt = None,
         num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
         num_gpus: Annotated[int | None, typer.Option(help="GPUs of the local Ray")] = None,
         timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
@@ -75,6 +76,8 @@ def run(dag: DagArg, params_: ParamsOpt = None,
     with failing():
         spec = load_spec(dag)
         runtime = params(params_)
+        if param:  # -P NAME=VALUE over -p's params, as `fabric start` takes them
+            runtime["params"] = {**runtime.get("params", {}), **dict(parse_param(item) for item in param)}
         started = time.monotonic()
         with out.status("starting a local Ray…", spinner="dots"):
             fabric_client = client.connect("local", num_cpus=num_cpus, num_gpus=num_gpus)
