@@ -393,6 +393,8 @@ class Engine(Reruns):
             times = [d for r in self._runs.values() if not r.machine.done
                      for d in (r.machine.next_deadline(),) if d is not None]
             times += [t for t, _ in self._force_kills]
+            due = self._scheduler.due_in() if self._scheduler is not None else None  # new waiting nodes' round
+            times += [now + due] if due is not None else []
         return min(max(min(times) - now, 0.001), MAX_WAKEUP_S) if times else MAX_WAKEUP_S
 
     def _due_force_kills(self) -> None:

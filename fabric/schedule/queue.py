@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CLUSTER_REFRESH_S = 2.0
 JOURNAL_EVERY_S = 60.0
 ROUND_EVERY_S = 1.0  # a full round (aging, reasons, positions, demand, preemption) at least this often
+ARRIVALS_EVERY_S = 0.1  # new waiting nodes get their reason and position within this (a full round; O(queue))
 MIN_EAGER_DEPTH = 8
 EAGER = ""  # the node id of an eager release's placement: Ray places it
 
@@ -140,8 +141,12 @@ class AdmissionQueue:
                 self._sync(submission_id, machine, team, now, whole=True)
         if self._refresh_nodes():
             self._dirty = True
-        # New waiting nodes get their reason and position at once: a full round (arrivals come in batches).
-        full, self._added = full or self._added, False
+        # New waiting nodes get their reason and position soon: a full round, at most every ARRIVALS_EVERY_S
+        # (nodes that get ready one by one would otherwise cost a look at the whole queue each); in between,
+        # a round stops where the cluster is full as usual.
+        full = full or self._added and time.monotonic() - self._full_mono >= ARRIVALS_EVERY_S
+        if full:
+            self._added = False
         if not (self._dirty or full):
             return []
         self._dirty = False
@@ -169,6 +174,10 @@ class AdmissionQueue:
             if entry is not None:
                 out.append((entry.submission_id, entry.node_id, None if placement.node_id == EAGER else placement))
         return out
+
+    def due_in(self) -> float | None:
+        """Seconds until the full round that new waiting nodes wait for (None: none waits for one)."""
+        return max(ARRIVALS_EVERY_S - (time.monotonic() - self._full_mono), 0.0) if self._added else None
 
     def _sync(self, submission_id: str, machine: RunMachine, team: str | None, now: float, whole: bool) -> None:
         """The waitlist follows the run: its changes (O(changes)), or `whole`: all its waiting nodes."""
