@@ -143,12 +143,12 @@ class RayBackend:
             on_done = self._removing(group, on_done)
         elif on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
             pinned_key = (*key, on_node)  # admission places most nodes: `.options()` once per shape and node
-            if (pinned := self._options.get(pinned_key)) is None:
+            if (affine := self._options.get(pinned_key)) is None:
                 if len(self._options) >= MAX_CACHED_OPTIONS:  # many pipelines on many nodes: start again
                     self._options.clear()
-                pinned = self._options[pinned_key] = (options, self._remote.options(
+                affine = self._options[pinned_key] = (options, self._remote.options(
                     **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False)))
-            remote = pinned[1]
+            remote = affine[1]
         # A NodeCall travels pre-pickled: Ray's generic path costs ~60 us for a dataclass, bytes ~3 us.
         # Secret values go beside the call, as their own small inline argument, and only to this attempt.
         sealed = b""
