@@ -42,9 +42,12 @@ def prepare_backend(store: str) -> None:
 def server_env(home: str, store: str) -> dict[str, str]:
     """Environment for the server: a PostgreSQL backend URL carries a password, so it goes in MLflow's
     MLFLOW_BACKEND_STORE_URI, never on the command line (which every user of the head can read in `ps`)."""
+    # MLflow's job runner (GenAI evaluation and trace roll-ups, unused here) starts eight consumer processes of
+    # ~270 MB each in sessions of their own, which outlive the server's process group when it is stopped.
+    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     if store.startswith(("postgresql://", "postgres://")):
-        return {"MLFLOW_BACKEND_STORE_URI": backend_store(home, store)}
-    return {}
+        return {**no_jobs, "MLFLOW_BACKEND_STORE_URI": backend_store(home, store)}
+    return no_jobs
 
 
 def artifacts_destination(artifacts: str) -> str:
@@ -61,7 +64,7 @@ def server_command(home: str, artifacts: str, host: str = "127.0.0.1", port: int
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow) if mlflow.exists() else "mlflow", "server", "--host", host, "--port", str(port),
                "--workers", "1", "--serve-artifacts", "--artifacts-destination", artifacts_destination(artifacts)]
-    if not server_env(home, store):  # PostgreSQL's URL goes in the environment (server_env)
+    if "MLFLOW_BACKEND_STORE_URI" not in server_env(home, store):  # PostgreSQL's URL goes in the environment
         command += ["--backend-store-uri", backend_store(home, store)]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]

@@ -130,8 +130,9 @@ def test_with_the_record_on_postgresql_the_backend_is_its_own_schema_and_the_pas
                                                  "?sslmode=require&options=-csearch_path%3Dmlflow")
     command = server_command(str(tmp_path), "/a", store=url)
     assert "--backend-store-uri" not in command and not any("s3cret" in part for part in command)
-    assert server_env(str(tmp_path), url) == {"MLFLOW_BACKEND_STORE_URI": backend_store(str(tmp_path), url)}
-    assert server_env(str(tmp_path), "sqlite") == {}
+    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    assert server_env(str(tmp_path), url) == {**no_jobs, "MLFLOW_BACKEND_STORE_URI": backend_store(str(tmp_path), url)}
+    assert server_env(str(tmp_path), "sqlite") == no_jobs
 
 
 def test_a_real_server_on_the_registrys_postgresql_keeps_its_tables_in_schema_mlflow(tmp_path, postgres_url):
