@@ -132,7 +132,12 @@ def test_a_team_neither_reuses_nor_waits_for_nor_poisons_another_teams_cache(gat
     again = submit(http, who["trading"], cache_dag(seconds=2.0)).json()["submission_id"]
     reused = finished(http, who["trading"], again)["nodes"][0]
     assert reused["state"] == "CACHED" and mine in reused["reason"] and theirs not in reused["reason"]
-    assert http.get(f"/api/orch/artifacts/{again}/work/made_by.txt", headers=who["trading"]).text == mine
+    # A CACHED node's files are copied from the node it reuses by a task of their own, just after it ends.
+    deadline = time.monotonic() + 20
+    while (copied := http.get(f"/api/orch/artifacts/{again}/work/made_by.txt", headers=who["trading"])).status_code \
+            == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert copied.text == mine
     # The shared cache is a grant: trading has none; research and ops both opted in, and share.
     refused = submit(http, who["trading"], cache_dag(shared=True), {"labels": {"attack": "shared-cache"}})
     forbidden(refused, "nodes[0].cache", "trading")
