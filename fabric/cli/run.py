@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -190,6 +191,9 @@ def up(port: Annotated[int, typer.Option(help="HTTP port of the gateway")] = 800
     tracking = None
     with failing():
         admin_token = None if tokens.exists() else mint_token(tokens, "admin", admin=True)
+        if mlflow_port and importlib.util.find_spec("mlflow") is None:
+            err.print("MLflow is not installed (the `train` or `mlflow` extra): no tracking server is started")
+            mlflow_port = 0
         if mlflow_port:
             tracking = start_server(config.home, config.artifacts, host=host, port=mlflow_port, store=config.store)
             os.environ[ENV["mlflow_uri"]] = tracking.uri  # the local Ray (and so every node) inherits it
