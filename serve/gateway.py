@@ -32,6 +32,8 @@ from fabric.spec import load_spec, parse_runtime_params, read_document
 from serve.auth import Principal, TokenTable
 from serve.gateway_metrics import GatewayMetrics
 from serve.guard import Guard, GuardState, Limits, Tokens
+from serve.llm_routes import LlmRoutes
+from serve.llm_routes import router as llm_router
 from serve.ml_routes import MlRoutes
 from serve.ml_routes import router as ml_router
 from serve.observe_api import router as observe_router
@@ -125,6 +127,7 @@ api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
 gateway_metrics = GatewayMetrics()  # this replica's own series (serve/gateway_metrics.py)
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
+api.include_router(llm_router)  # /v1/completions, /v1/chat/completions (serve/llm_routes.py)
 api.include_router(pipeline_router)  # triggers and backfills (serve/pipeline_routes.py)
 api.include_router(observe_router)  # the DAG view, lineage and the web UI at /ui (serve/observe_api.py)
 document_problems(api)  # every route's error answers in /openapi.json (serve/openapi.py)
@@ -208,7 +211,7 @@ async def _metrics(request: Request, call_next: Any) -> Any:
 @serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001},
                                      "runtime_env": sealing_runtime_env()}, max_ongoing_requests=256)
 @serve.ingress(api)
-class Gateway(MlRoutes, PipelineRoutes):
+class Gateway(MlRoutes, LlmRoutes, PipelineRoutes):
     def __init__(self, tokens_file: str | None = None, control_key_file: str | None = None) -> None:
         configure_logging(settings().log_format)  # json: this replica's records as JSON lines (fabric/logs.py)
         require_sealed("the gateway")  # before the control key is read: never in a process tenant code can call

@@ -146,7 +146,7 @@ class Guard:
 
     def _check_request(self, scope: Scope) -> Any:
         """Who, how often, how many query parameters: all from the request line and headers."""
-        if scope["path"].startswith("/api/"):
+        if scope["path"].startswith(("/api/", "/v1/")):  # /v1/: the OpenAI-compatible routes
             try:
                 principal = self._authenticate(scope)
             except FabricError as error:

@@ -20,4 +20,5 @@ KNOWN_KINDS: frozenset[str] = frozenset({
     "embed",
     "rag_index",
     "rag_query",
+    "llm_serve",
 })

@@ -21,7 +21,7 @@ HEAD_RESOURCE = "node:__internal_head__"
 NODE_RESOURCE_PREFIX = "node:"
 POOL_RESOURCE_PREFIX = "pool:"  # as fabric.plan.compile names a pool's resource
 BUILTIN_KINDS = frozenset({"sql", "train", "ray_job", "tune", "serve", "promote"})  # registered code, not shipped
-MODEL_KINDS = frozenset({"serve", "promote"})
+MODEL_KINDS = frozenset({"serve", "promote", "llm_serve"})  # each claims its params.name
 # Runtime-env keys that bring code to the workers (the spec's RuntimeEnvSpec allows the first two; a Ray
 # client's own job runtime_env may carry any of them).
 CODE_ENV_KEYS = ("working_dir", "py_modules", "pip", "conda", "uv", "container", "image_uri", "java_jars",
@@ -132,7 +132,8 @@ def serve_capacity(node: NodeSpec) -> tuple[float, int]:
     scaling = params.get("autoscaling")
     replicas = _number(scaling.get("max_replicas", 1) if isinstance(scaling, dict) else params.get("num_replicas", 1),
                        1.0)
-    cpus = _number(params.get("replica_cpus", 0.1), 0.1)
+    default = 1.0 if node.kind == "llm_serve" else 0.1  # an llm_serve replica takes a whole CPU by default
+    cpus = _number(params.get("replica_cpus", default), default)
     arms = 2 if node.kind == "promote" else 1
     return replicas * cpus * arms, int(replicas) * arms
 

@@ -3,6 +3,7 @@ predict route, promotion gates, canary steps and rollback (every decision audite
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,58 @@ def test_artifact_routes_serve_reports_and_files_and_refuse_escapes(client, gate
     assert http.get(f"/api/orch/artifacts/{sid}/write/missing.txt", headers=research).status_code == 404
     assert http.get(f"/api/orch/artifacts/{sid}/metrics.json", headers=trading).status_code == 404  # not theirs
     assert http.get(f"/api/orch/artifacts/{sid}/metrics.json").status_code == 401
+
+
+def _sse(http, headers, body) -> list[Any]:
+    """The events of a streamed completion: each `data:` payload, parsed (the last one is "[DONE]")."""
+    events: list[Any] = []
+    with http.stream("POST", "/v1/completions", headers=headers, json={**body, "stream": True}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                payload = line[len("data: "):]
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def test_llm_serve_answers_openai_completions_streams_and_merges_identical_requests(client, gateway, tiny_lm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    http, research, trading = gateway
+    # batch_wait_ms holds a batch open for its twins: the 16 identical requests below land while it is in flight.
+    node = {"id": "llm", "kind": "llm_serve", "outs": ["endpoint"], "resources": {"cpu": "100m"},
+            "params": {"name": "tiny_llm", "model": str(tiny_lm), "replica_cpus": 0.5, "batch_wait_ms": 300,
+                       "max_batch_size": 32}}
+    status = _submit(http, research, {"version": 1, "pipeline_id": "llm_v1", "nodes": [node]})
+    assert status["state"] == "SUCCEEDED", status
+    body = {"model": "tiny_llm", "prompt": "alpha beta", "max_tokens": 8, "temperature": 0}
+    one = http.post("/v1/completions", headers=research, json=body)
+    assert one.status_code == 200, one.text
+    reply = one.json()
+    assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] <= 8
+    text = reply["choices"][0]["text"]
+    events = _sse(http, research, body)
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == text  # greedy: the same tokens, streamed
+    chat = http.post("/v1/chat/completions", headers=research,
+                     json={"model": "tiny_llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
+
+    before = http.get("/api/llm/tiny_llm/stats", headers=research).json()["merging"]
+    same = {**body, "max_tokens": 64}
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: http.post("/v1/completions", headers=research, json=same), range(16)))
+    assert [r.status_code for r in replies] == [200] * 16
+    assert len({r.json()["choices"][0]["text"] for r in replies}) == 1
+    after = http.get("/api/llm/tiny_llm/stats", headers=research).json()["merging"]
+    assert after["generated"] - before["generated"] == 1 and after["merged"] - before["merged"] == 15, after
+    assert sum(r.json()["fabric"]["merged"] for r in replies) == 15
+
+    refused = http.post("/v1/completions", headers=trading, json=body)  # another team's token
+    assert refused.status_code == 403 and refused.json()["where"] == "name"
+    assert http.get("/api/llm/tiny_llm/stats", headers=trading).status_code == 403
+    assert http.post("/v1/completions", json=body).status_code == 401
+    unknown = http.post("/v1/completions", headers=research, json={**body, "logit_bias": {}})
+    assert unknown.status_code == 422 and unknown.json()["problems"][0]["where"] == "body.logit_bias"
+    too_long = http.post("/v1/completions", headers=research, json={**body, "max_tokens": 4000})
+    assert too_long.status_code == 422 and too_long.json()["where"] == "max_tokens"

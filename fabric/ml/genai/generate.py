@@ -47,11 +47,11 @@ class Generator:
         self.device = device_for(num_gpus)
         self.model, self.tokenizer = causal_lm(str(resolve(model)), self.device)
 
-    def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
-        """One result per prompt, in order (no merging here)."""
+    def generate(self, prompts: list[str], sampling: SamplingParams | None = None) -> list[dict[str, Any]]:
+        """One result per prompt, in order (no merging here), with this replica's sampling or `sampling`."""
         import torch
 
-        s = self.sampling
+        s = sampling or self.sampling
         # A prompt longer than the model's context keeps its end (the question comes last in a RAG prompt).
         limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
                                                                                         "n_positions", None)
