@@ -176,8 +176,8 @@ class Settings:
                            "the default one when it exists", "path", _text, _under_home("scheduling.yaml"),
                            shown=f"{_HOME}/scheduling.yaml")
     admission: bool = _var("FABRIC_ADMISSION", "admission (priorities, pools, quotas, packing) with the default "
-                           "scheduling config; on as well when a scheduling file exists; off: ready nodes go to Ray "
-                           "at once", "bool", _bool, False)
+                           "scheduling config and the scheduling file read over it; off (0): no admission, not even "
+                           "with a scheduling file, ready nodes go to Ray at once", "bool", _bool, True)
     fuse: bool = _var("FABRIC_FUSE", "run chains of small nodes with the same resources as one Ray task each "
                       "(members keep their own state, attempts and logs; see docs/spec.md, fused chains)", "bool",
                       _bool, False)

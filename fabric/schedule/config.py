@@ -48,8 +48,8 @@ _MERGED = ("pools", "quotas")  # merged by name over the defaults; every other k
 
 def load_config(path: Path, admission: bool = True) -> SchedulingConfig | None:
     """The default scheduling config, with the file at `path` (FABRIC_SCHEDULING) read over it when it exists;
-    None when `admission` (FABRIC_ADMISSION) is off and there is no file: ready nodes then go to Ray at once."""
-    if not admission and not path.exists():
+    None when `admission` (FABRIC_ADMISSION, on by default) is off, file or not: ready nodes go to Ray at once."""
+    if not admission:
         return None
     raw = _read(DEFAULT_CONFIG)
     try:

@@ -1,5 +1,5 @@
-"""Admission on a real local Ray with 12 fake GPUs, turned on by FABRIC_ADMISSION=1 alone: the test writes no
-scheduling config, so the shipped default one applies.
+"""Admission on a real local Ray with 12 fake GPUs, as fabric ships it: admission is on by default and the test
+writes no scheduling config, so the shipped default one applies.
 Priorities, backfill around a reservation, the default team budget (8 GPUs), the wait reason in status,
 preemption after the default `preempt_after_s`, and the CPU fallback of GPU-first work."""
 
@@ -25,16 +25,8 @@ def client(fabric_home):
     from tests.conftest import REPO
 
     os.chdir(REPO)  # workers import `tests.nodes` from the driver's working directory
-    saved = os.environ.get("FABRIC_ADMISSION")
-    os.environ["FABRIC_ADMISSION"] = "1"  # before Ray starts: the registry's worker inherits it
-    try:
-        yield fb.connect("local", num_cpus=2, num_gpus=GPUS, home=str(fabric_home))
-        ray.shutdown()
-    finally:
-        if saved is None:
-            os.environ.pop("FABRIC_ADMISSION", None)
-        else:
-            os.environ["FABRIC_ADMISSION"] = saved
+    yield fb.connect("local", num_cpus=2, num_gpus=GPUS, home=str(fabric_home))
+    ray.shutdown()
 
 
 def gpu_dag(name: str, gpu: float, seconds: float, priority: str = "normal", max_runtime: str | None = None) -> dict:

@@ -143,6 +143,7 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
     port, mlflow_port = _free_port(), _free_port()
     env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric")}
     env.pop("RAY_ADDRESS", None)
+    env.pop("FABRIC_ADMISSION", None)  # the default: admission on, over the shipped scheduling config
     up = subprocess.Popen([*FABRIC, "up", "--port", str(port), "--num-cpus", "2", "--mlflow-port", str(mlflow_port)],
                           cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -159,6 +160,7 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             assert http.get("/healthz").status_code == 200
+            assert http.get("/api/orch/queues", headers=headers).json()["admission"] is True
             spec = (REPO / "jobs/dags/quant_backtest.yaml").read_text()
             response = http.post("/api/orch/submit", headers=headers, json={"dag_spec": spec})
             assert response.status_code == 202, response.text

@@ -75,10 +75,12 @@ def test_health_metrics_and_openapi(gateway):
     assert "fabric_gateway_requests_total" in http.get("/metrics").text
 
 
-def test_queues_and_quotas_routes_answer_even_with_admission_off(gateway):
+def test_queues_and_quotas_routes_answer_with_admission_on_by_default(gateway):
     http, research, *_ = gateway
-    assert http.get("/api/orch/queues", headers=research).json() == {"admission": False, "queue": [], "depth": {}}
-    assert http.get("/api/orch/quotas", headers=research).json() == {"admission": False, "quotas": []}
+    queues = http.get("/api/orch/queues", headers=research).json()
+    assert queues["admission"] is True and isinstance(queues["queue"], list)  # the shipped default config
+    quotas = http.get("/api/orch/quotas", headers=research).json()
+    assert quotas["admission"] is True and isinstance(quotas["quotas"], list)
     assert http.get("/api/orch/quotas").status_code == 401
 
 

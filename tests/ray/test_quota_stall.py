@@ -1,6 +1,6 @@
 """A stuck quota actor costs other teams nothing: with research's quota actor suspended (SIGSTOP), trading's
 status answers keep coming and its work runs, while research's new work is held with the reason shown and
-runs once the actor answers again. FABRIC_ADMISSION=1 with no scheduling file: the shipped default config."""
+runs once the actor answers again. Admission as shipped (on by default), no scheduling file: the default config."""
 
 from __future__ import annotations
 
@@ -22,16 +22,8 @@ def client(fabric_home):
     from tests.conftest import REPO
 
     os.chdir(REPO)  # workers import `tests.nodes` from the driver's working directory
-    saved = os.environ.get("FABRIC_ADMISSION")
-    os.environ["FABRIC_ADMISSION"] = "1"  # before Ray starts: the registry's worker inherits it
-    try:
-        yield fb.connect("local", num_cpus=2, num_gpus=4, home=str(fabric_home))
-        ray.shutdown()
-    finally:
-        if saved is None:
-            os.environ.pop("FABRIC_ADMISSION", None)
-        else:
-            os.environ["FABRIC_ADMISSION"] = saved
+    yield fb.connect("local", num_cpus=2, num_gpus=4, home=str(fabric_home))
+    ray.shutdown()
 
 
 def dag(name: str, seconds: float, gpu: float = 1.0) -> dict:

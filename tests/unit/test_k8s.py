@@ -97,6 +97,7 @@ def test_the_default_scheduling_config_has_a_pool_per_node_type_and_the_queue_fa
     assert config.default_quota is not None and config.default_quota.gpu == 8
     assert all(set(spec["runs_on"]) <= set(POOLS) for spec in pools.values() if spec and "runs_on" in spec)
     assert load_config(REPO / "no-such-scheduling.yaml", admission=False) is None
+    assert load_config(DEFAULT_CONFIG, admission=False) is None  # FABRIC_ADMISSION=0 wins over a file
 
 
 @pytest.mark.parametrize(("what", "spec"), clusters())

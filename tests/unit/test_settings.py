@@ -48,7 +48,8 @@ def test_defaults_follow_the_home():
     assert (config.store, config.persist_outputs, config.lineage) == ("sqlite", "needed", None)
     assert (config.lineage_file_max_bytes, config.lineage_file_backups, config.log_format) == (64 << 20, 5, "text")
     assert (config.keep_finished, config.keep_results, config.sweep_interval_s) == (1000, 100, 3600.0)
-    assert not (config.admission or config.skip_feasibility or config.use_images)
+    assert config.admission is True  # admission is the default; FABRIC_ADMISSION=0 turns it off
+    assert not (config.skip_feasibility or config.use_images)
     assert config.token is None and config.otlp_endpoint is None
     assert Settings.from_env({}).home == str(Path.home() / ".fabric")
 
@@ -56,11 +57,11 @@ def test_defaults_follow_the_home():
 def test_values_are_parsed_to_their_types_and_an_empty_value_is_unset():
     config = Settings.from_env({
         "FABRIC_HOME": "/h", "FABRIC_KEEP_RESULTS": "7", "FABRIC_SWEEP_INTERVAL_S": "0.5",
-        "FABRIC_ADMISSION": "true", "FABRIC_SKIP_FEASIBILITY": "1", "FABRIC_USE_IMAGES": "off",
+        "FABRIC_ADMISSION": "off", "FABRIC_SKIP_FEASIBILITY": "1", "FABRIC_USE_IMAGES": "off",
         "FABRIC_STORE": "MEMORY", "FABRIC_LINEAGE": "none", "FABRIC_ARTIFACTS": "s3://b/x",
         "FABRIC_MLFLOW_URI": "", "MLFLOW_TRACKING_URI": "http://mlflow:5000", "FABRIC_OTLP_ENDPOINT": ""})
     assert (config.keep_results, config.sweep_interval_s) == (7, 0.5)
-    assert config.admission is True and config.skip_feasibility is True and config.use_images is False
+    assert config.admission is False and config.skip_feasibility is True and config.use_images is False
     assert (config.store, config.lineage, config.artifacts) == ("memory", "off", "s3://b/x")
     assert config.scheduling == "/h/scheduling.yaml"  # paths follow FABRIC_HOME from the same environment
     assert config.mlflow_uri == "http://mlflow:5000" and config.otlp_endpoint is None
