@@ -1,9 +1,11 @@
 """A node attempt's log while it runs: Python writes and file descriptors 1 and 2, shipped in chunks.
 
-File descriptors 1 and 2 are pointed at a pipe for the attempt (`os.dup2`), so the output of subprocesses
-and C extensions is captured too, not only `sys.stdout`; a reader thread drains the pipe and ships what
-arrived every `interval` seconds or `chunk` bytes (to the head: fabric/execute/sink.py), so a running node
-can be followed. Only the last `tail_bytes` stay in memory, for the attempt's report.
+File descriptors 1 and 2 are pointed at an in-memory file for the attempt (`memfd`, `os.dup2`), so the output
+of subprocesses and C extensions is captured too, not only `sys.stdout`. No writer ever blocks on the capture.
+One pump thread per process (started once, not per attempt: a thread start and join cost more than a no-op
+node) reads what arrived and ships it every `interval` seconds or `chunk` bytes (to the head:
+fabric/execute/sink.py), so a running node can be followed; `stop` reads the rest in the caller's thread.
+Shipped bytes are released from the in-memory file; only the last `tail_bytes` stay, for the attempt's report.
 """
 
 from __future__ import annotations
@@ -11,24 +13,87 @@ from __future__ import annotations
 import ctypes
 import io
 import os
-import select
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
 
 CHUNK_BYTES = 64 * 1024
 INTERVAL_S = 1.0
 TAIL_BYTES = 64 * 1024
-DRAIN_S = 0.5  # after the attempt: how long to wait for a child that still holds the pipe
+READ_BYTES = 4 << 20  # at most this much read from the file per pass (a large burst comes in several)
+RELEASE_BYTES = 1 << 20  # shipped bytes are given back to memory once this many have gathered
+_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
 Ship = Callable[[int, bytes], None]  # (offset in the attempt's log, bytes)
 
 
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
 def _flush_c_stdio() -> None:
     try:  # C's own stdout buffer, so a C extension's last printf lands in this attempt's log
-        ctypes.CDLL(None).fflush(None)
+        _libc().fflush(None)
     except (OSError, AttributeError):
         pass
+
+
+def _release(fd: int, length: int) -> None:
+    """Free the first `length` bytes of the in-memory file (reads there become zeros; nothing reads them again)."""
+    try:
+        _libc().fallocate(fd, _PUNCH_HOLE, ctypes.c_long(0), ctypes.c_long(length))
+    except (OSError, AttributeError, ctypes.ArgumentError):
+        pass
+
+
+def _memory_file() -> int:
+    try:
+        return os.memfd_create("fabric-log", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd here: an unlinked temporary file does the same
+        with tempfile.TemporaryFile() as handle:
+            return os.dup(handle.fileno())
+
+
+class _Pump:
+    """The process's one thread that polls every started capture."""
+
+    def __init__(self) -> None:
+        self._captures: set[LogCapture] = set()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, capture: LogCapture) -> None:
+        with self._wake:
+            self._captures.add(capture)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fabric-log", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def remove(self, capture: LogCapture) -> None:
+        with self._wake:
+            self._captures.discard(capture)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._captures:
+                    self._wake.wait()
+                captures = list(self._captures)
+                self._wake.wait(min(c.interval for c in captures))
+                captures = list(self._captures)
+            for capture in captures:
+                capture.poll()
+
+
+_PUMP = _Pump()
 
 
 class LogCapture:
@@ -36,20 +101,29 @@ class LogCapture:
 
     def __init__(self, ship: Ship | None, *, fds: tuple[int, ...] = (1, 2), chunk: int = CHUNK_BYTES,
                  interval: float = INTERVAL_S, tail_bytes: int = TAIL_BYTES) -> None:
-        self._ship, self._fds, self._chunk, self._interval, self._tail_bytes = ship, fds, chunk, interval, tail_bytes
-        self._lock = threading.Lock()
+        self._ship, self._fds, self._chunk, self.interval, self._tail_bytes = ship, fds, chunk, interval, tail_bytes
+        self._lock = threading.Lock()  # the pending bytes and the tail
+        self._reading = threading.Lock()  # one reader of the file at a time: the pump or `stop`
         self._pending = bytearray()
         self._tail = bytearray()
         self._shipped = 0  # offset of the first pending byte
+        self._last_ship = time.monotonic()
         self.total = 0
         self.ship_errors = 0
         self._saved: list[tuple[int, int]] = []
-        self._read_fd: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._file: int | None = None  # the in-memory file behind fds 1 and 2
+        self._read = 0  # how far it is read
+        self._released = 0  # how much of it is given back
 
     def write(self, text: str) -> int:
-        self._add(text.encode("utf-8", "replace"))
+        data = text.encode("utf-8", "replace")
+        file = self._file
+        if file is not None:  # into the same file as fds 1 and 2, so Python and C output stay in order
+            view = memoryview(data)
+            while view:
+                view = view[os.write(file, view):]
+        else:
+            self._add(data)
         return len(text)
 
     def _add(self, data: bytes) -> None:
@@ -62,7 +136,7 @@ class LogCapture:
                 del self._tail[:-self._tail_bytes]
             self.total += len(data)
             burst = len(self._pending) >= 4 * self._chunk
-        if burst:  # a writer far ahead of the thread: ship from here rather than hold it all
+        if burst:  # a writer far ahead of the pump: ship from here rather than hold it all
             self.flush()
 
     def flush(self) -> None:
@@ -72,6 +146,7 @@ class LogCapture:
             offset, data = self._shipped, bytes(self._pending)
             self._shipped += len(data)
             self._pending.clear()
+            self._last_ship = time.monotonic()
         if self._ship is None:
             return
         try:
@@ -80,6 +155,9 @@ class LogCapture:
             self.ship_errors += 1
 
     def tail(self) -> str:
+        """The last `tail_bytes` written so far (what is in the file too: `total` then counts it)."""
+        if self._file is not None:
+            self.poll()
         with self._lock:
             return bytes(self._tail[-self._tail_bytes:]).decode("utf-8", "replace")
 
@@ -87,16 +165,14 @@ class LogCapture:
         if self._fds:
             try:
                 _flush_c_stdio()
-                read_fd, write_fd = os.pipe()
+                self._file = _memory_file()
                 for fd in self._fds:
                     self._saved.append((fd, os.dup(fd)))
-                    os.dup2(write_fd, fd)
-                os.close(write_fd)
-                self._read_fd = read_fd
+                    os.dup2(self._file, fd)
             except OSError:  # no fd 1/2 to take over: capture Python's writes only
                 self._restore()
-        self._thread = threading.Thread(target=self._run, name="fabric-log", daemon=True)
-        self._thread.start()
+                self._close_file()
+        _PUMP.add(self)
         return self
 
     def _restore(self) -> None:
@@ -105,44 +181,40 @@ class LogCapture:
             os.close(saved)
         self._saved.clear()
 
-    def _run(self) -> None:
-        last = time.monotonic()
-        drain_until: float | None = None
-        while True:
-            now = time.monotonic()
-            if self._stop.is_set() and drain_until is None:
-                drain_until = now + DRAIN_S
-            if self._read_fd is None:
-                if self._stop.wait(max(0.0, self._interval - (now - last))):
+    def _close_file(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def poll(self, *, final: bool = False) -> None:
+        """Read what arrived in the file; ship when a chunk is full or the interval has passed (always if final)."""
+        with self._reading:
+            file = self._file
+            while file is not None:
+                size = os.fstat(file).st_size
+                if size <= self._read:
                     break
-            else:
-                wait = max(0.0, self._interval - (now - last))
-                if drain_until is not None:
-                    wait = min(wait, max(0.0, drain_until - now), 0.05)
-                ready, _, _ = select.select([self._read_fd], [], [], wait)
-                if ready:
-                    data = os.read(self._read_fd, 1 << 16)
-                    if not data:
-                        break  # every writer closed: the attempt's output is all here
-                    self._add(data)
-                elif drain_until is not None and time.monotonic() >= drain_until:
+                data = os.pread(file, min(size - self._read, READ_BYTES), self._read)
+                if not data:
                     break
+                self._read += len(data)
+                self._add(data)
             with self._lock:
-                due = len(self._pending) >= self._chunk
-            if due or time.monotonic() - last >= self._interval:
+                due = final or len(self._pending) >= self._chunk or time.monotonic() - self._last_ship >= self.interval
+            if due:
                 self.flush()
-                last = time.monotonic()
+            if file is not None and self._read - self._released >= RELEASE_BYTES:
+                _release(file, self._read)
+                self._released = self._read
 
     def stop(self) -> None:
-        """Give fds 1 and 2 back, read what is left in the pipe, ship the rest."""
+        """Give fds 1 and 2 back, read what is left, ship the rest."""
         _flush_c_stdio()
         self._restore()
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=DRAIN_S + 5)
-        if self._read_fd is not None:
-            os.close(self._read_fd)
-            self._read_fd = None
+        _PUMP.remove(self)
+        self.poll(final=True)
+        with self._reading:
+            self._close_file()
         self.flush()
 
 

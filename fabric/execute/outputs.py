@@ -10,6 +10,7 @@ Layout under the artifact root (a local dir or any pyarrow.fs URI: s3://, gs://,
 
 from __future__ import annotations
 
+import os
 import pickle
 import uuid
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,9 @@ def encode_outputs(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping[str, Any]) -> None:
     """Write `values`; the manifest goes last (atomically where the filesystem can rename)."""
+    if "://" not in root:
+        _persist_local(outputs_dir(root, submission_id, node_id), encode_outputs(values))
+        return
     fs, base = _fs(outputs_dir(root, submission_id, node_id))
     fs.create_dir(base, recursive=True)
     for name, data in encode_outputs(values):
@@ -70,6 +74,18 @@ def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping
         with fs.open_output_stream(temp) as out:
             out.write(data)
         fs.move(temp, f"{base}/{MANIFEST}")
+
+
+def _persist_local(base: str, files: list[tuple[str, Any]]) -> None:
+    # Plain os calls: pyarrow's local filesystem costs more than a no-op node (a map's child persists too).
+    os.makedirs(base, exist_ok=True)
+    for name, data in files:
+        final = f"{base}/{name}"
+        temp = final if name != MANIFEST else f"{base}/.{MANIFEST}.{uuid.uuid4().hex}"
+        with open(temp, "wb") as out:
+            out.write(data)
+        if temp != final:
+            os.replace(temp, final)
 
 
 def files_dir(root: str, submission_id: str, node_id: str) -> str:

@@ -98,3 +98,32 @@ def test_python_stdout_swap_works_with_print() -> None:
         sys.stdout = saved
     capture.stop()
     assert ship.text() == "printed 42\n"
+
+
+def test_megabytes_on_fd_1_arrive_whole_in_order_with_python_writes_between() -> None:
+    import os
+
+    ship = Collector()
+    capture = LogCapture(ship, interval=0.05).start()
+    stream = CaptureStream(capture)
+    expected = []
+    for i in range(40):  # ~3.2 MB through the fd, more than the release threshold, with Python lines between
+        block = f"{i:03d}".encode() * 27_000 + b"\n"
+        os.write(1, block)
+        stream.write(f"python {i}\n")
+        expected += [block.decode(), f"python {i}\n"]
+    capture.stop()
+    assert ship.text() == "".join(expected)
+    assert capture.total == len("".join(expected))
+
+
+def test_attempts_after_the_first_start_no_thread_of_their_own() -> None:
+    LogCapture(Collector()).start().stop()  # the process's pump thread, once
+    before = threading.active_count()
+    for _ in range(20):
+        ship = Collector()
+        capture = LogCapture(ship).start()
+        CaptureStream(capture).write("x\n")
+        capture.stop()
+        assert ship.text() == "x\n"
+    assert threading.active_count() == before
