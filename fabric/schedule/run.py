@@ -32,6 +32,7 @@ class RunMachine(MapSteps):
         self.plan = plan
         self.gated = gated
         self._waiting: dict[str, None] = {}  # gated: QUEUED nodes not yet admitted, in the order they got ready
+        self._waiting_cached: dict[str, None] = {}  # the `cache: true` ones among them (asked for every loop)
         self.held: set[str] = set()  # `cache: true` nodes admission skips: before their cache check, or coalesced
         self._unsynced: set[str] = set()  # nodes whose waiting (for admission) may have changed since last asked
         self.submission_id = submission_id
@@ -112,7 +113,7 @@ class RunMachine(MapSteps):
         return changes
 
     def ready_cached(self) -> list[str]:  # `cache: true` nodes that wait for their cache check
-        return [n for n in self._waiting if self.nodes[n].plan.cache]
+        return list(self._waiting_cached)  # O(those), not O(every waiting node): the engine asks each loop
 
     def hold(self, node_id: str, reason: str) -> None:  # coalesced: admission skips it until it leaves QUEUED
         if node_id in self._waiting:
@@ -158,6 +159,7 @@ class RunMachine(MapSteps):
         if node_id not in self._waiting or node.state is not NodeState.QUEUED or self.done:
             return []
         del self._waiting[node_id]
+        self._waiting_cached.pop(node_id, None)
         self._unsynced.add(node_id)
         action = self._dispatch(node)
         self._run(node)
@@ -234,9 +236,11 @@ class RunMachine(MapSteps):
                 self._unsynced.add(node.plan.node_id)
                 if node.plan.cache:
                     self.held.add(node.plan.node_id)
+                    self._waiting_cached[node.plan.node_id] = None
         else:
             if self._waiting.pop(node.plan.node_id, 0) is None:  # it waited
                 self._unsynced.add(node.plan.node_id)
+                self._waiting_cached.pop(node.plan.node_id, None)
             self.held.discard(node.plan.node_id)
         if target.terminal:
             self._terminal += 1

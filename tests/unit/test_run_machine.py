@@ -147,6 +147,7 @@ def test_with_admission_a_cache_node_is_held_until_its_cache_check_lets_it_go() 
     m.held.discard("c")  # the cache decided it runs (a miss, and no identical node running)
     assert m.waiting() == ["c"]
     assert [a.node_id for a in m.admit("c")] == ["c"] and m.held == set()
+    assert m.ready_cached() == []  # admitted: no longer waiting for a cache check
 
 
 def test_early_result_is_buffered_until_upstream_succeeds() -> None:
