@@ -30,7 +30,7 @@ from fabric.types import AttemptReport, ErrorInfo
 
 # Kinds that start their own Ray workers (Ray Train, Tune) with the node's resources: their driver task
 # asks for almost nothing, or it would hold what its own workers need.
-SELF_PLACING_KINDS = frozenset({"train", "ray_job", "tune", "llm_generate"})
+SELF_PLACING_KINDS = frozenset({"train", "ray_job", "tune", "llm_generate", "finetune"})
 GPU_LOOKUP_EVERY_S = 5.0
 HEAD_LOOKUP_EVERY_S = 5.0
 

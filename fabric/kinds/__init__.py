@@ -7,6 +7,7 @@ from importlib.metadata import entry_points
 
 from fabric.errors import ErrorCode, FabricError
 from fabric.kinds.base import Kind, NodeCall
+from fabric.kinds.finetune import FinetuneKind
 from fabric.kinds.llm import LlmGenerateKind
 from fabric.kinds.llm_serve import LlmServeKind
 from fabric.kinds.promote import PromoteKind
@@ -32,7 +33,8 @@ def register_kind(kind: Kind) -> None:
 @lru_cache(maxsize=1)
 def available_kinds() -> dict[str, Kind]:
     builtin = (PythonTask(), SqlTask(), TrainKind("train"), TrainKind("ray_job"), TuneKind(), ServeKind(),
-               PromoteKind(), LlmGenerateKind(), EmbedKind(), RagIndexKind(), RagQueryKind(), LlmServeKind())
+               PromoteKind(), LlmGenerateKind(), EmbedKind(), RagIndexKind(), RagQueryKind(), LlmServeKind(),
+               FinetuneKind())
     kinds: dict[str, Kind] = {k.name: k for k in builtin}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         kind = entry.load()

@@ -71,12 +71,12 @@ class LlmGenerateKind:
 
         ctx = context()
         params = GenerateParams.model_validate(dict(call.params))
-        models.resolve(params.model)  # a missing model fails here, naming it, before any replica starts
+        models.resolve(params.model, home=call.home)  # a missing model fails here, naming it, before any replica starts
         table = input_table(next(iter(inputs.values())), call.input_names[0], (params.prompt_column,))
         unit = worker_unit(call)
         ctx.logger.info("llm_generate: %d prompts, %d replica(s) of %s CPU / %s GPU, batch %d", table.num_rows,
                         max(1, unit.workers), unit.num_cpus, unit.num_gpus, params.batch_size)
-        out = generate_table(table, params, unit)
+        out = generate_table(table, params, unit, call.home)
         generate.write_responses(out, params.prompt_column, ctx.artifact_dir / "responses.json")
         metrics = {**generate.summary(out), "replicas": max(1, unit.workers), "batch_size": params.batch_size,
                    "device": "gpu" if unit.num_gpus else "cpu", "model": params.model}

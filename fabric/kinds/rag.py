@@ -44,7 +44,7 @@ class EmbedKind:
 
         ctx = context()
         p = EmbedParams.model_validate(dict(call.params))
-        path = models.resolve(p.model)
+        path = models.resolve(p.model, home=call.home)
         docs = input_table(next(iter(inputs.values())), call.input_names[0], (p.id_column, p.text_column))
         chunks = rag.chunk_table(docs, p.id_column, p.text_column, p.chunk_size, p.chunk_overlap)
         model_hash = models.content_hash(path)
@@ -119,7 +119,7 @@ class RagQueryKind:
         index, index_hash, index_model = rag.index_of(index_value)
         chunks = index_value
         questions = input_table(question_value, call.input_names[1], (p.question_column,))
-        path = models.resolve(p.model)
+        path = models.resolve(p.model, home=call.home)
         if index_model and index_model != models.content_hash(path):
             raise ValueError(f"model {p.model!r} is not the model the index was embedded with (hash {index_model})")
         device = models.device_for(call.unit.num_gpus if call.unit else 0)
@@ -141,7 +141,7 @@ class RagQueryKind:
                        zip(asked, out.column("context").to_pylist(), strict=True)]
             out = out.append_column("prompt", pa.array(prompts, pa.string()))
             generator = generate.Generator(g.model, g.sampling.model_dump(), "prompt", g.dedup,
-                                           call.unit.num_gpus if call.unit else 0)
+                                           call.unit.num_gpus if call.unit else 0, home=call.home)
             parts = [generator(out.slice(i, g.batch_size)) for i in range(0, out.num_rows, g.batch_size)]
             out = pa.concat_tables(parts) if parts else out
             generate.write_responses(out, "prompt", ctx.artifact_dir / "responses.json")

@@ -54,7 +54,7 @@ def run_epochs(config: Mapping[str, Any], data: Prepared, *, rank: int, world: i
     x_val, y_val = torch.from_numpy(data.x_val).to(device), torch.from_numpy(data.y_val).to(device)
     scale = float(data.meta.get("y_std", 1.0)) ** 2  # loss 1.0 = as good as predicting the mean
     batch = int(params["batch_size"])
-    beat = _Heartbeat(heartbeat_dir, rank, resumed_from=start_epoch if resume is not None else None,
+    beat = Heartbeat(heartbeat_dir, rank, resumed_from=start_epoch if resume is not None else None,
                       filesystem=filesystem)
     for epoch in range(start_epoch, int(params["epochs"])):
         started = time.perf_counter()
@@ -167,7 +167,7 @@ def read_heartbeat(directory: str, rank: int = 0, filesystem: Any = None) -> dic
         return dict(json.loads(source.read()))
 
 
-class _Heartbeat:
+class Heartbeat:
     """`train-worker-<rank>.json` in the node's artifact dir: pid, epoch, batch; rewritten atomically at
     most every 0.2 s, so an operator (or a test) can see which process trains and how far it got. With a
     `filesystem` (a node off the head, fabric/execute/headfs.py) it is written there, beside the checkpoints
@@ -178,13 +178,17 @@ class _Heartbeat:
         self.resumed_from, self.last, self.filesystem = resumed_from, 0.0, filesystem
         self.every = HEARTBEAT_EVERY_S if filesystem is None else REMOTE_HEARTBEAT_EVERY_S
 
-    def __call__(self, epoch: int, batch: int, *, force: bool = False, done: bool = False) -> None:
+    def __call__(self, epoch: int, batch: int, *, step: int | None = None, force: bool = False,
+                 done: bool = False) -> None:
         now = time.monotonic()
         if self.path is None or (not force and now - self.last < self.every):
             return
         self.last = now
-        text = json.dumps({"pid": os.getpid(), "epoch": epoch, "batch": batch, "done": done,
-                           "resumed_from": self.resumed_from, "time": time.time()})
+        beat = {"pid": os.getpid(), "epoch": epoch, "batch": batch, "done": done, "resumed_from": self.resumed_from,
+                "time": time.time()}
+        if step is not None:  # finetune: the optimizer step (and resumed_from is a step)
+            beat["step"] = step
+        text = json.dumps(beat)
         if self.filesystem is not None:  # the file appears whole when the stream closes
             with self.filesystem.open_output_stream(self.path) as out:
                 out.write(text.encode())

@@ -102,7 +102,7 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
     config = {**params, "data_ref": ray.put(data), "heartbeat_dir": heartbeat_dir, "storage": storage,
               "filesystem": filesystem}
     trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=scaling, run_config=run)
-    watcher = _ProgressWatch(heartbeat_dir, filesystem, epochs, progress)
+    watcher = ProgressWatch(heartbeat_dir, filesystem, epochs, progress)
     try:
         trainer.fit()
     finally:
@@ -117,7 +117,7 @@ def fit(call: NodeCall, params: Mapping[str, Any], data: Prepared, unit: Resourc
     return Fitted(latest[0], resumed)
 
 
-class _ProgressWatch:
+class ProgressWatch:
     """Turns rank 0's heartbeat into the node's progress (the workers are other processes than the node's)."""
 
     def __init__(self, directory: str, filesystem: Any, epochs: int, progress: Callable[[float, str], None]) -> None:

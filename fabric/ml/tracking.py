@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,59 @@ def log_torch_model(model: Any, registered_name: str, example: Any, tags: Mappin
     for key, value in tags.items():
         client.set_model_version_tag(registered_name, str(version), key, value)
     return f"models:/{registered_name}/{version}"
+
+
+def register_directory(local: Path, registered_name: str, tags: Mapping[str, str]) -> str:
+    """Log a save_pretrained directory as the active run's `model` artifacts and register a new version whose
+    source is them (the files, not an MLflow flavour: `llm_generate` loads them with transformers); the
+    `models:/name/version` URI."""
+    import mlflow
+
+    mlflow.log_artifacts(str(local), "model")
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(registered_name)
+    except mlflow.exceptions.MlflowException:  # it exists (an earlier run, or another node meanwhile)
+        pass
+    run = mlflow.active_run()
+    version = client.create_model_version(registered_name, mlflow.get_artifact_uri("model"),
+                                          run_id=run.info.run_id if run else None, tags=dict(tags))
+    return f"models:/{registered_name}/{version.version}"
+
+
+def download_registered(model_uri: str, target: str, *, home: str | None = None) -> str:
+    """The files of a registered version (`models:/name/version`) copied to `target`, read from the fabric's
+    tracking store; the local directory."""
+    import mlflow
+
+    with _tracking(tracking_uri(home)):
+        return str(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=target))
+
+
+def registered_version(model_uri: str, *, home: str | None = None) -> str:
+    """`models:/name/version` for a `models:/name/<version|latest>` or `models:/name@alias` URI (a fixed version
+    names fixed files, so it keys a cache); MlflowException when the registry has no such model."""
+    import mlflow
+
+    rest = model_uri.removeprefix("models:/")
+    with _tracking(tracking_uri(home)):
+        client = mlflow.MlflowClient()
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
+        name, _, version = rest.rpartition("/")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}", name):
+            raise mlflow.exceptions.MlflowException(f"{model_uri!r} does not name a registered model")
+        if version.isdigit():
+            client.get_model_version(name, version)  # raises when it is not there
+            return f"models:/{name}/{version}"
+        if version != "latest" or not name:
+            raise mlflow.exceptions.MlflowException(f"{model_uri!r} is not models:/NAME/VERSION, "
+                                                    "models:/NAME/latest or models:/NAME@ALIAS")
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise mlflow.exceptions.MlflowException(f"registered model {name!r} has no version")
+        return f"models:/{name}/{max(int(v.version) for v in versions)}"
 
 
 @contextmanager

@@ -114,9 +114,13 @@ class NodePlan:
     def dispatch_early(self) -> bool:
         """May it go to Ray before its upstream ends (its task waits there on their outputs)? Not a cache
         node, which waits for its cache check, nor a gang, whose placement group would hold its resources
-        all that time, perhaps the very ones its upstream needs. Nor an exit hook: it waits for the run's end."""
+        all that time, perhaps the very ones its upstream needs. Nor an exit hook: it waits for the run's end. Nor
+        a node with an edge that carries no data (only its data makes its Ray task wait): it runs after that
+        upstream succeeded, as the edge says (a fused chain's members run in order in one task anyway)."""
+        ordered_only = self.fused_after is None and not set(self.upstream) <= {w.producer for w in self.inputs}
         return (not self.cache and self.unit.group_strategy is None and self.on_exit is None and self.map is None
-                and not self.after_map)  # a map node counts its items first; its readers wait for its gather
+                and not self.after_map  # a map node counts its items first; its readers wait for its gather
+                and not ordered_only)
 
 
 @dataclass(frozen=True)

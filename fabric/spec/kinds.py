@@ -21,4 +21,5 @@ KNOWN_KINDS: frozenset[str] = frozenset({
     "rag_index",
     "rag_query",
     "llm_serve",
+    "finetune",
 })

@@ -46,3 +46,18 @@ def report(answers: pa.Table) -> str:
     import json
 
     return json.dumps(recall(answers))
+
+
+def sft_pairs(n: int = 16, repeat: int = 1) -> pa.Table:
+    """A memorisable fine-tuning set (`prompt`, `completion`): `n` fixed prompts, each with one fixed answer,
+    the whole set `repeat` times."""
+    prompts = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 3 + 1) % len(WORDS)]} ?" for i in range(n)]
+    answers = [f" {WORDS[(i * 5 + 2) % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]}" for i in range(n)]
+    return pa.table({"prompt": prompts * repeat, "completion": answers * repeat})
+
+
+def dpo_pairs(n: int = 16) -> pa.Table:
+    """Preference pairs (`prompt`, `chosen`, `rejected`): the SFT answer is chosen, a shifted one rejected."""
+    pairs = sft_pairs(n)
+    answers = pairs.column("completion").to_pylist()
+    return pa.table({"prompt": pairs.column("prompt"), "chosen": answers, "rejected": answers[1:] + answers[:1]})

@@ -263,3 +263,56 @@ def test_llm_generate_and_rag_on_ray_data_with_tiny_models(client, fabric_home, 
     assert answers.num_rows == 4 and all(len(hit) == 3 for hit in answers.column("doc_ids").to_pylist())
     assert data.recall(answers)["recall_at_k"] == 1.0
     assert set(answers.column("finish_reason").to_pylist()) <= {"stop", "length"}
+
+
+def test_finetune_sft_on_two_workers_resumes_after_a_killed_worker(client, fabric_home, tiny_lm):
+    """SFT with TRL on 2 Ray Train workers (gloo, a placement group): a worker SIGKILLed after a checkpoint makes
+    Ray Train restart the group (max_failures 1), which resumes at that checkpoint's step; the loss falls on a
+    memorisable set; the model is saved for llm_generate and registered in MLflow (unit tests load it)."""
+    nodes = [
+        {"id": "pairs", "kind": "python_task", "entrypoint": "jobs.genai.data:sft_pairs", "outs": ["pairs"],
+         "params": {"n": 8, "repeat": 2}, "resources": {"cpu": "500m"}},
+        {"id": "tune", "kind": "finetune", "ins": ["pairs"], "outs": ["model_uri", "metrics_json"],
+         "params": {"model": str(tiny_lm), "method": "sft", "epochs": 4, "lr": 3e-3, "batch_size": 2,
+                    "checkpoint_every": 4, "lr_scheduler": "constant", "max_failures": 1},
+         "resources": {"cpu": "1", "workers": 2}}]
+    started = time.monotonic()
+    submission = client.submit({"version": 1, "pipeline_id": "ft_sft", "nodes": nodes})
+    heartbeat = fabric_home / "runs" / submission.id / "tune" / "train-worker-1.json"
+    deadline = time.monotonic() + 150
+    beat: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # wait until rank 1 is past the first checkpoint (step 4)
+        try:
+            beat = json.loads(heartbeat.read_text())
+        except (OSError, ValueError):
+            beat = {}
+        if beat.get("step", 0) >= 5 and not beat.get("done"):
+            break
+        assert submission.status().state == "RUNNING", submission.status()
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"fine-tuning never reached step 5; last heartbeat {beat}")
+    os.kill(beat["pid"], signal.SIGKILL)
+
+    status = submission.wait(200)
+    print(f"finetune e2e: {time.monotonic() - started:.1f} s", {n["id"]: status.node(n["id"]).duration for n in nodes})
+    node_status = status.node("tune")
+    assert status.state == "SUCCEEDED", (node_status.error, submission.logs("tune")[-3000:])
+    assert node_status.attempts == 1  # Ray Train's restart stays inside the attempt
+    metrics = json.loads(submission.result("tune", "metrics_json"))
+    storage = fabric_home / "artifacts" / "checkpoints" / submission.id / "tune"
+    markers = [json.loads(p.read_text()) for p in storage.rglob("fabric_checkpoint.json")]
+    resumed = metrics["resumed_from_step"]  # the newest checkpoint complete before the kill
+    assert resumed is not None and resumed % 4 == 0 and 4 <= resumed <= beat["step"]
+    assert sorted(m["step"] for m in markers)[-2:] == [12, 16]  # the newest two are kept
+    final_beat = json.loads(heartbeat.read_text())
+    assert final_beat["resumed_from"] == resumed and final_beat["pid"] != beat["pid"] and final_beat["done"]
+    assert f"resumed from the checkpoint of step {resumed}" in submission.logs("tune")
+    assert [row["step"] for row in metrics["history"]] == list(range(1, 17)) and metrics["steps"] == 16
+    assert metrics["final_loss"] < 0.8 * metrics["first_loss"]  # a memorisable set: the loss falls
+    assert metrics["model_uri"] == submission.result("tune", "model_uri") == "models:/ft_sft.tune/1"
+    saved = fabric_home / "artifacts" / "models" / submission.id / "tune"
+    assert (saved / "model.safetensors").is_file() and not (saved / "optimizer.pt").exists()
+    store = mlflow_client(fabric_home)
+    version = store.get_model_version("ft_sft.tune", "1")
+    assert version.tags["submission_id"] == submission.id and version.run_id == metrics["mlflow_run_id"]

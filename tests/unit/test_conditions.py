@@ -284,7 +284,9 @@ def test_a_failure_still_fails_the_submission_beside_skips():
     plan = _branch_plan()
     machine = RunMachine(plan, lambda: 0.0, submission_id="s")
     dispatches = {a.node_id: a for a in machine.start() if isinstance(a, Dispatch)}
-    machine.on_result("decide", dispatches["decide"].token, AttemptReport())
+    assert "slow" not in dispatches  # its edge from decide carries no data: it waits for decide to succeed
+    after = machine.on_result("decide", dispatches["decide"].token, AttemptReport())
+    dispatches.update({a.node_id: a for a in after if isinstance(a, Dispatch)})
     machine.on_result("slow", dispatches["slow"].token, AttemptReport(skipped="when is false: x"))
     machine.on_result("fast", dispatches["fast"].token, AttemptReport(), ErrorInfo("ValueError", "boom"))
     assert machine.nodes["join"].state is NodeState.SKIPPED

@@ -20,7 +20,7 @@ from fabric.execute.headfiles import NodeFiles, checkpoint_space
 from fabric.execute.headfs import HeadFiles
 from fabric.execute.headsink import HeadSink
 from fabric.execute.worker import remove_scratch
-from fabric.ml.loop import MARKER_FILE, STATE_FILE, _Heartbeat, latest_checkpoint, read_heartbeat
+from fabric.ml.loop import MARKER_FILE, STATE_FILE, Heartbeat, latest_checkpoint, read_heartbeat
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,7 +154,7 @@ def test_the_filesystem_pickles_for_ray_trains_controller_and_workers(tmp_path: 
 
 def test_the_heartbeat_goes_beside_the_checkpoints_on_the_head(tmp_path: Path) -> None:
     fs, _ = _fs(tmp_path)
-    beat = _Heartbeat(ROOT, 0, resumed_from=2, filesystem=fs)
+    beat = Heartbeat(ROOT, 0, resumed_from=2, filesystem=fs)
     beat(3, 7, force=True)
     head = json.loads((tmp_path / "art/checkpoints/s1/train/train-worker-0.json").read_text())
     assert head["epoch"] == 3 and head["batch"] == 7 and head["resumed_from"] == 2

@@ -29,11 +29,14 @@ N, S = NodeState, SubmissionState
 
 def _plan(nodes: list[str | tuple[str, dict[str, Any]]], edges: Sequence[tuple[str, str]] = (),
           dag_slo: dict[str, Any] | None = None, fuse: bool = True) -> ExecutionPlan:
-    """Nodes are ids or (id, node slo); the machine never runs the entrypoint."""
+    """Nodes are ids or (id, node slo); the machine never runs the entrypoint. Each edge carries data (every
+    node makes an out named after itself), so a node may go to Ray before its upstream ends."""
     specs = []
     for entry in nodes:
         node_id, slo = (entry, None) if isinstance(entry, str) else entry
-        specs.append({"id": node_id, "kind": "python_task", "entrypoint": "m:f", **({"slo": slo} if slo else {})})
+        ins = [a for a, b in edges if b == node_id]
+        specs.append({"id": node_id, "kind": "python_task", "entrypoint": "m:f", "outs": [node_id],
+                      **({"ins": ins} if ins else {}), **({"slo": slo} if slo else {})})
     doc: dict[str, Any] = {"version": 1, "pipeline_id": "p", "nodes": specs,
                            "edges": [{"from": a, "to": b} for a, b in edges]}
     if dag_slo:
@@ -161,6 +164,19 @@ def test_early_result_is_buffered_until_upstream_succeeds() -> None:
     r.ok("c")
     assert r.m.state is S.SUCCEEDED and len(r.dispatches) == 3
     r.assert_legal()
+
+
+def test_an_edge_without_data_holds_its_target_until_the_source_succeeded() -> None:
+    """Only data makes a Ray task wait: a node whose edge carries none is dispatched once that upstream ended
+    (a `finetune` then an `llm_generate` of the model it registered: an order, not a value)."""
+    plan = compile_plan(load_spec({"version": 1, "pipeline_id": "p", "nodes": [
+        {"id": "a", "kind": "python_task", "entrypoint": "m:f", "outs": ["x"]},
+        {"id": "b", "kind": "python_task", "entrypoint": "m:f"},
+        {"id": "c", "kind": "python_task", "entrypoint": "m:f", "ins": ["x"]}],
+        "edges": [{"from": "a", "to": "b"}, {"from": "a", "to": "c"}]}), fuse=False)
+    r = Run(plan)
+    assert {a.node_id for a in r.start() if isinstance(a, Dispatch)} == {"a", "c"}  # c waits on x in Ray
+    assert {a.node_id for a in r.ok("a") if isinstance(a, Dispatch)} == {"b"}
 
 
 def test_early_failure_is_buffered_then_applied() -> None:

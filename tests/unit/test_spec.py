@@ -168,7 +168,7 @@ def test_unknown_kind_suggests_a_known_kind() -> None:
     problem = _find(_problems(raw), ErrorCode.SPEC_UNKNOWN_KIND, "nodes[0].kind")
     assert "did you mean 'python_task'?" in problem.message
     assert "known kinds:" in problem.fix and "trino_sql" in problem.fix and "did you mean" in problem.fix
-    assert len(KNOWN_KINDS) == 18  # with `pipeline` (fabric/spec/subdags.py) and the five genai kinds
+    assert len(KNOWN_KINDS) == 19  # with `pipeline` (fabric/spec/subdags.py) and the six genai kinds
 
 
 def test_self_edge_and_dangling_from_with_suggestion() -> None:

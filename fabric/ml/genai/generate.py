@@ -40,12 +40,12 @@ class Generator:
     OUT_COLUMNS added; `merged` is true on rows served by an earlier identical prompt of the same batch."""
 
     def __init__(self, model: str, sampling: Mapping[str, Any], prompt_column: str = "prompt",
-                 dedup: bool = True, num_gpus: float = 0.0) -> None:
+                 dedup: bool = True, num_gpus: float = 0.0, home: str | None = None) -> None:
         self.sampling = SamplingParams.model_validate(sampling)
         self.prompt_column = prompt_column
         self.dedup = dedup
         self.device = device_for(num_gpus)
-        self.model, self.tokenizer = causal_lm(str(resolve(model)), self.device)
+        self.model, self.tokenizer = causal_lm(str(resolve(model, home=home)), self.device, home)
 
     def generate(self, prompts: list[str], sampling: SamplingParams | None = None) -> list[dict[str, Any]]:
         """One result per prompt, in order (no merging here), with this replica's sampling or `sampling`."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class _Strict(BaseModel):
@@ -61,6 +61,53 @@ class RagQueryParams(_Strict):
     question_column: str = "question"
     top_k: int = Field(4, ge=1, le=1000)
     generate: GenerateParams | None = None
+
+
+class LoraParams(_Strict):
+    """A LoRA adapter (peft) instead of training every weight: rank `r`, scale `alpha`, `dropout`, and the module
+    names it wraps (peft's choice for the architecture when absent)."""
+
+    r: int = Field(8, ge=1, le=1024)
+    alpha: int = Field(16, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, min_length=1, max_length=64)
+
+
+# The columns each method trains on (docs/genai.md#finetune).
+FINETUNE_COLUMNS: dict[str, tuple[str, ...]] = {"sft": ("prompt", "completion"),
+                                                "dpo": ("prompt", "chosen", "rejected")}
+
+
+class FinetuneParams(_Strict):
+    """Params of `finetune`: the base model, the method (TRL's SFT or DPO), optional LoRA, the loop, checkpoints
+    (each epoch, or every `checkpoint_every` optimizer steps), and where it is logged and registered."""
+
+    model: str = Field(min_length=1)
+    method: Literal["sft", "dpo"]
+    lora: LoraParams | None = None
+    epochs: int = Field(1, ge=1, le=10_000)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=4096)  # per worker
+    max_length: int = Field(512, ge=8, le=131_072)  # tokens of prompt and answer together
+    beta: float | None = Field(None, gt=0.0, le=100.0)  # dpo only: the strength of the KL penalty (0.1)
+    checkpoint_every: int | None = Field(None, ge=1, le=10_000_000)  # optimizer steps; none: each epoch
+    seed: int = Field(0, ge=0)
+    experiment: str | None = Field(None, min_length=1, max_length=256)
+    registered_model: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    max_failures: int = Field(0, ge=-1, le=100)  # Ray Train's in-run restarts (0: the fabric's retry decides)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_is_dpo(cls, beta: float | None, info: ValidationInfo) -> float | None:
+        if beta is not None and info.data.get("method", "dpo") != "dpo":
+            raise ValueError("beta applies to method dpo only")
+        return beta
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return FINETUNE_COLUMNS[self.method]
 
 
 class IndexParams(_Strict):
