@@ -71,10 +71,10 @@ class LlmServeKind:
 
         params = LlmServeParams.model_validate(dict(call.params))
         model = params.model or model_of(next(iter(inputs.values())))
-        models.resolve(model)  # a missing model fails here, naming it, before any replica starts
+        models.resolve(model, home=call.home)  # a missing model fails here, naming it, before any replica starts
         deploy(params.name, model, autoscaling=params.autoscaling, num_replicas=params.num_replicas,
                replica_cpus=params.replica_cpus, replica_gpus=params.replica_gpus,
-               max_batch_size=params.max_batch_size, batch_wait_ms=params.batch_wait_ms)
+               max_batch_size=params.max_batch_size, batch_wait_ms=params.batch_wait_ms, home=call.home)
         context().logger.info("serving %s as %r at /v1/completions and /v1/chat/completions", model, params.name)
         return {"name": params.name, "model": model, "routes": ["/v1/completions", "/v1/chat/completions"],
                 "stats": f"/api/llm/{params.name}/stats"}

@@ -33,10 +33,10 @@ class LlmServer:
     """One model, loaded once per replica; requests reach it batched (`generate_batch`) or streamed."""
 
     def __init__(self, model: str, num_gpus: float = 0.0, max_batch_size: int = 8,
-                 batch_wait_ms: float = 10.0) -> None:
+                 batch_wait_ms: float = 10.0, home: str | None = None) -> None:
         from fabric.ml.genai.engine import LlmEngine
 
-        self.engine = LlmEngine(model, num_gpus)
+        self.engine = LlmEngine(model, num_gpus, home)
         batched: Any = self.generate_batch  # serve.batch's wrapper: mypy sees the plain method
         batched.set_max_batch_size(max_batch_size)
         batched.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -186,15 +186,16 @@ class LlmRouter:
 def deploy(name: str, stable_uri: str, *, canary_uri: str | None = None, weight: float = 0.0,
            autoscaling: dict[str, Any] | None = None, num_replicas: int | None = None, replica_cpus: float = 1.0,
            replica_gpus: float = 0.0, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
-           tracking_uri: str | None = None) -> Any:
+           tracking_uri: str | None = None, home: str | None = None) -> Any:
     """(Re)deploy the LLM application of `name`; Serve updates in place what changed. Returns the router handle.
-    (`tracking_uri` is taken for promote's sake and unused: an LLM is a save_pretrained directory.)"""
+    (`tracking_uri` is taken for promote's sake and unused: an LLM is a save_pretrained directory, or a registered
+    version (models:/) read from the tracking store of `home`.)"""
     _ensure_serve()
     scale: dict[str, Any] = {"autoscaling_config": dict(autoscaling)} if autoscaling else {
         "num_replicas": num_replicas or 1}
     actor: dict[str, Any] = {"num_cpus": replica_cpus, **({"num_gpus": replica_gpus} if replica_gpus else {})}
     server = LlmServer.options(ray_actor_options=actor, **scale)  # type: ignore[attr-defined]  # a Deployment
-    args = (replica_gpus, max_batch_size, batch_wait_ms)
+    args = (replica_gpus, max_batch_size, batch_wait_ms, home)
     stable = server.options(name="stable").bind(stable_uri, *args)
     canary = server.options(name="canary").bind(canary_uri, *args) if canary_uri else None
     app = LlmRouter.options(name="router").bind(  # type: ignore[attr-defined]  # a Deployment too

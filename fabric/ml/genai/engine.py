@@ -19,8 +19,8 @@ class ContextTooLong(ValueError):
 
 
 class LlmEngine:
-    def __init__(self, model: str, num_gpus: float = 0.0) -> None:
-        self.generator = Generator(model, {}, num_gpus=num_gpus)
+    def __init__(self, model: str, num_gpus: float = 0.0, home: str | None = None) -> None:
+        self.generator = Generator(model, {}, num_gpus=num_gpus, home=home)  # home: where models:/ URIs are read
         self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
         config = self.model.config
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
