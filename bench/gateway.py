@@ -100,6 +100,7 @@ def main() -> None:
     # One team's raw throughput: its per-team rate limits (bench/fairness.py measures those) are off.
     os.environ.setdefault(ENV["gateway_rate"], "0")
     os.environ.setdefault(ENV["gateway_write_rate"], "0")
+    os.environ.setdefault(ENV["gateway_team_writes"], "0")
     client = fb.connect("local", num_cpus=2, home=home)
     token = mint_token(Path(home) / "tokens.yaml", "bench")
     with socket.socket() as sock:

@@ -158,6 +158,10 @@ class Settings:
     gateway_write_rate: float = _var("FABRIC_GATEWAY_WRITE_RATE", "of those, POSTs to /api/orch (submit, cancel, "
                                      "runs, register) per second per team; 0: no limit", "float >= 0",
                                      _non_negative_float, 10.0, shown="10")
+    gateway_team_writes: int = _var("FABRIC_GATEWAY_TEAM_WRITES", "of those POSTs, how many one team may have in "
+                                    "flight at once on one gateway replica (over it: 429, Retry-After 1), so that "
+                                    "its queued submits never hold the replica or the registry for others; 0: no "
+                                    "limit", "int >= 0", _int(0), 2)
     gateway_burst_s: float = _var("FABRIC_GATEWAY_BURST_S", "a team's bucket holds this many seconds of its rates "
                                   "(at least one request): the burst it may send at once", "float > 0",
                                   _positive_float, 3.0, shown="3")

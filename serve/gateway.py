@@ -219,7 +219,8 @@ class Gateway(MlRoutes, LlmRoutes, PipelineRoutes):
         self._tokens = Tokens(self._tokens_file)
         config = settings()
         GUARD.configure(self._tokens, Limits(rate=config.gateway_rate, write_rate=config.gateway_write_rate,
-                                             burst_s=config.gateway_burst_s))
+                                             burst_s=config.gateway_burst_s,
+                                             team_writes=config.gateway_team_writes))
         # Inside Serve, Ray is up: this only finds the registry.
         client = fb.connect(retry_for=REGISTRY_WAIT_S, control_key_file=control_key_file)
         if not isinstance(client, RayClient):  # no http(s) address is passed: always the Ray client

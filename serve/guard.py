@@ -41,12 +41,13 @@ _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 @dataclass(frozen=True)
 class Limits:
     """Per team, per gateway replica: `rate` requests per second to /api, of which `write_rate` may change
-    something (a POST under /api/orch: submit, cancel, runs...); a bucket holds `burst_s` seconds of its rate.
-    A rate of 0 turns that limit off."""
+    something (a POST under /api/orch: submit, cancel, runs...); a bucket holds `burst_s` seconds of its rate;
+    at most `team_writes` of a team's writes are in flight at once. A limit of 0 turns it off."""
 
     rate: float = 50.0
     write_rate: float = 10.0
     burst_s: float = 3.0
+    team_writes: int = 2  # a team's writes in flight at once (0: no limit)
     max_body_bytes: int = MAX_BODY_BYTES
     max_query_params: int = MAX_QUERY_PARAMS
 
@@ -74,6 +75,29 @@ class TokenBuckets:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+
+class InFlight:
+    """How many requests each key (a team) has in flight: `enter` admits one unless the key is at `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: Counter[str] = Counter()
+
+    def enter(self, key: str) -> bool:
+        """True when admitted (then `leave` once it is answered); False when `key` has `limit` in flight."""
+        if self.limit > 0 and self._counts[key] >= self.limit:
+            return False
+        self._counts[key] += 1
+        return True
+
+    def leave(self, key: str) -> None:
+        self._counts[key] -= 1
+        if self._counts[key] <= 0:
+            del self._counts[key]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
 
 
 class Tokens:
@@ -109,11 +133,13 @@ class GuardState:
         self.limits = Limits()
         self.requests = TokenBuckets(self.limits.rate, self.limits.burst_s)
         self.writes = TokenBuckets(self.limits.write_rate, self.limits.burst_s)
+        self.in_flight = InFlight(self.limits.team_writes)
 
     def configure(self, tokens: Tokens, limits: Limits) -> None:
         self.tokens, self.limits = tokens, limits
         self.requests = TokenBuckets(limits.rate, limits.burst_s)
         self.writes = TokenBuckets(limits.write_rate, limits.burst_s)
+        self.in_flight = InFlight(limits.team_writes)
 
 
 def _rejected(status: int, message: str, code: ErrorCode, where: str, fix: str,
@@ -134,27 +160,36 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rejected = self._check_request(scope)
-        if rejected is not None:
-            await rejected(scope, receive, send)
-            return
-        body, rejected = await self._read_body(scope, receive)
-        if rejected is not None:
-            await rejected(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive), send)
+        writer, rejected = self._check_request(scope)
+        if rejected is None and writer is not None and not self.state.in_flight.enter(writer):
+            writer, rejected = None, _busy(writer, self.state.limits.team_writes)
+        body: list[Message] = []
+        try:
+            if rejected is None:
+                body, rejected = await self._read_body(scope, receive)
+            if rejected is not None:
+                await rejected(scope, receive, send)
+                return
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            if writer is not None:
+                self.state.in_flight.leave(writer)
 
-    def _check_request(self, scope: Scope) -> Any:
-        """Who, how often, how many query parameters: all from the request line and headers."""
+    def _check_request(self, scope: Scope) -> tuple[str | None, Any]:
+        """Who, how often, how many query parameters: all from the request line and headers. With no answer
+        yet, the team of a write (its in-flight count is the caller's to take)."""
+        writer = None
         if scope["path"].startswith(("/api/", "/v1/")):  # /v1/: the OpenAI-compatible routes
             try:
                 principal = self._authenticate(scope)
             except FabricError as error:
-                return problem(503 if error.code == ErrorCode.SETTINGS_INVALID else 401, error)
-            waited = self._spend(principal, scope["method"] in _WRITES and scope["path"].startswith("/api/orch/"))
+                return None, problem(503 if error.code == ErrorCode.SETTINGS_INVALID else 401, error)
+            write = scope["method"] in _WRITES and scope["path"].startswith("/api/orch/")
+            waited = self._spend(principal, write)
             if waited is not None:
-                return waited
-        return self._check_query(scope)
+                return None, waited
+            writer = principal.team if write else None
+        return writer, self._check_query(scope)
 
     def _authenticate(self, scope: Scope) -> Principal:
         if self.state.tokens is None:
@@ -211,6 +246,14 @@ class Guard:
                 return [], _too_large(f"the body passed {limit} bytes as it arrived", limit)
             if not message.get("more_body", False):
                 return messages, None
+
+
+def _busy(team: str, limit: int) -> Any:
+    """A team at its writes in flight: the others' requests go on; this one is tried again in a second."""
+    return _rejected(429, f"team {team!r} already has {limit} writes in flight on this gateway replica",
+                     ErrorCode.RATE_LIMITED, "Authorization",
+                     "retry after 1 s (Retry-After), or wait for your earlier requests' answers; the gateway's "
+                     "operator sets the limit with FABRIC_GATEWAY_TEAM_WRITES", {"Retry-After": "1"})
 
 
 def _too_large(what: str, limit: int) -> Any:

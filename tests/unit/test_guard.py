@@ -101,3 +101,47 @@ def test_too_many_query_parameters_name_the_parameter(app):
     answer = client.get("/api/orch/submissions?" + "&".join(f"label=k{i}:v" for i in range(1000)), headers=auth)
     assert answer.status_code == 422 and answer.json()["where"] == "label"
     assert client.get("/api/orch/submissions?label=a:b&limit=5", headers=auth).status_code == 200
+
+
+def test_a_team_at_its_writes_in_flight_gets_429_and_other_teams_and_reads_go_on(tmp_path):
+    """A team's queued writes never hold the replica for others: its third concurrent POST is a 429 (Retry-After 1)
+    while its first two wait; another team's POST and the team's own reads are answered; a slot frees on answer."""
+    import asyncio
+
+    import httpx
+
+    tokens = tmp_path / "tokens.yaml"
+    mine, theirs = mint_token(tokens, "flood"), mint_token(tokens, "victim")
+    release = asyncio.Event()
+    api = FastAPI()
+
+    @api.post("/api/orch/submit")
+    async def submit() -> dict[str, int]:
+        await release.wait()
+        return {"ok": 1}
+
+    @api.get("/api/orch/submissions")
+    async def submissions() -> dict[str, int]:
+        return {"ok": 1}
+
+    state = GuardState()
+    state.configure(Tokens(tokens), Limits(rate=0.0, write_rate=0.0, team_writes=2))
+    api.add_middleware(Guard, state=state)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://gw") as http:
+            flood = {"Authorization": f"Bearer {mine}"}
+            held = [asyncio.create_task(http.post("/api/orch/submit", headers=flood)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            third = await http.post("/api/orch/submit", headers=flood)
+            assert third.status_code == 429 and third.headers["retry-after"] == "1"
+            assert third.json()["code"] == "RATE_LIMITED" and "2 writes in flight" in third.json()["title"]
+            assert (await http.get("/api/orch/submissions", headers=flood)).status_code == 200
+            other = asyncio.create_task(http.post("/api/orch/submit", headers={"Authorization": f"Bearer {theirs}"}))
+            await asyncio.sleep(0.05)
+            release.set()
+            assert [r.status_code for r in await asyncio.gather(*held, other)] == [200, 200, 200]
+            assert (await http.post("/api/orch/submit", headers=flood)).status_code == 200  # slots given back
+
+    asyncio.run(scenario())
+    assert state.in_flight.counts() == {}
