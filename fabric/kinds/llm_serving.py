@@ -159,7 +159,11 @@ class LlmRouter:
             raise ValueError("an LLM's instances are a list of prompts (or of completion bodies)")
         bodies = [{"max_tokens": 16, "temperature": 0.0, **(i if isinstance(i, dict) else {"prompt": str(i)}),
                    "model": self.name} for i in instances]
-        replies = await asyncio.gather(*(self.complete("completion", body, arm) for body in bodies))
+        for body in bodies:
+            parse("completion", body)  # a bad instance is the caller's error, never an arm's
+        # Never merged: each probe of a promotion is a request the arm must answer itself.
+        self.counts["requests"] += len(bodies)
+        replies = await asyncio.gather(*(self._forward("completion", body, arm) for body in bodies))
         for reply in replies:
             if "error" in reply["result"]:
                 raise ValueError(reply["result"]["error"])

@@ -19,7 +19,9 @@ from fabric.kinds.base import NodeCall, params_problem
 from fabric.kinds.serve_kind import SERVE_PARAMS, check_model_node
 from fabric.spec import NodeSpec
 
-PROMOTE_PARAMS = SERVE_PARAMS | {"thresholds", "max_drawdown", "steps", "canary", "card_fields", "probe"}
+LLM_PARAMS = {"replica_gpus", "max_batch_size", "batch_wait_ms"}  # llm_serve's deployment knobs, with `llm: true`
+PROMOTE_PARAMS = SERVE_PARAMS | LLM_PARAMS | {"thresholds", "max_drawdown", "steps", "canary", "card_fields", "probe",
+                                              "llm"}
 CANARY_DEFAULTS = {"max_error_rate": 0.05, "max_p99_ms": 2000.0, "requests_per_step": 20, "shadow_per_step": 10}
 DEFAULT_CARD_FIELDS = ("name", "intended_use", "training_data", "artifact_hash")
 
@@ -49,6 +51,9 @@ class PromoteKind:
         if len(node.outs) > 1 and set(node.outs) != {"model_uri", "promotion"}:
             problems.append(params_problem(f"{where}.outs", "promote's outs are [model_uri] or [model_uri, promotion]",
                                            "declare `outs: [model_uri]` (the promoted model) and maybe `promotion`"))
+        if not node.params.get("llm") and set(node.params) & LLM_PARAMS:
+            problems.append(params_problem(f"{where}.params", f"{sorted(set(node.params) & LLM_PARAMS)} are for "
+                                           "promoting a language model", "set llm: true, or remove them"))
         unknown = sorted(set(node.params.get("canary", {})) - set(CANARY_DEFAULTS))
         if unknown:
             problems.append(params_problem(f"{where}.params.canary", f"unknown canary settings {unknown}",
@@ -71,6 +76,7 @@ class Promotion:
         self.tracking_uri = call.params.get("tracking_uri") or tracking_uri(call.home)
         self.log = context().logger
         self.record: list[dict[str, Any]] = []
+        self.llm = bool(call.params.get("llm"))  # an llm_serve application: a save_pretrained model, no MLflow
 
     # -- audit --------------------------------------------------------------------------------
 
@@ -137,13 +143,18 @@ class Promotion:
         recorded = (self._card() or {}).get("artifact_hash")
         if not recorded:
             return "no recorded artifact hash (the model card's artifact_hash)"
-        actual = artifact_hash(self.model_uri, uri=self.tracking_uri)
+        if self.llm:
+            from fabric.ml.genai.models import content_hash, resolve
+
+            actual = content_hash(resolve(self.model_uri, home=self.call.home))
+        else:
+            actual = artifact_hash(self.model_uri, uri=self.tracking_uri)
         return "" if actual == recorded else f"the stored model hashes to {actual}, not the recorded {recorded}"
 
     # -- rollout ------------------------------------------------------------------------------
 
     def run(self) -> Any:
-        from fabric.kinds import serving
+        from fabric.kinds import llm_serving, serving
 
         failures = self.gates()
         if failures:
@@ -152,15 +163,23 @@ class Promotion:
         deploy: dict[str, Any] = {"tracking_uri": self.tracking_uri, "autoscaling": self.params.get("autoscaling"),
                   "num_replicas": self.params.get("num_replicas"),
                   "replica_cpus": float(self.params.get("replica_cpus", 0.1))}
+        if self.llm:  # a models:/ reference is read from this home's tracking store
+            deploy.update({k: v for k, v in self.params.items() if k in LLM_PARAMS}, home=self.call.home)
         current = serving.router(self.name)
-        stable_uri = None if current is None else current.describe.remote().result()["uris"]["stable"]
+        view = None if current is None else current.describe.remote().result()
+        if view is not None and (view.get("kind") == "llm") != self.llm:
+            served = "a language model (llm_serve)" if view.get("kind") == "llm" else "an MLflow model (serve)"
+            raise PromotionError(f"{self.name!r} serves {served}; this promotion is of the other kind "
+                                 f"({'llm: true' if self.llm else 'no llm'}): a name keeps one kind")
+        stable_uri = None if view is None else view["uris"]["stable"]
+        deployer = llm_serving if self.llm else serving
         if stable_uri is None:
-            serving.deploy(self.name, self.model_uri, **deploy)
+            deployer.deploy(self.name, self.model_uri, **deploy)
             self.audit("staging", "prod", "first deployment of this name: stable at 100 % (no canary to compare)")
         elif stable_uri == self.model_uri:
             self.audit("prod", "prod", "this model is already the stable one")
         else:
-            self._canary(serving, stable_uri, deploy)
+            self._canary(deployer, stable_uri, deploy)
         values = {"model_uri": self.model_uri, "promotion": {"name": self.name, "decisions": self.record}}
         outs = self.call.declared_outs
         return values["model_uri"] if len(outs) <= 1 else {out: values[out] for out in outs}

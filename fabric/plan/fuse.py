@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from fabric.plan.model import NodePlan
 
 # Kinds that place their own Ray workers (Train, Tune, Ray jobs) or register preemption handlers: never fused.
-NEVER_FUSED_KINDS = frozenset({"train", "ray_job", "tune", "serve", "llm_generate", "finetune"})
+NEVER_FUSED_KINDS = frozenset({"train", "ray_job", "tune", "serve", "llm_generate", "finetune", "llm_serve"})
 MAX_CHAIN = 1000  # members per fused task: its return values are one per member's out
 
 

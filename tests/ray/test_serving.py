@@ -4,6 +4,7 @@ predict route, promotion gates, canary steps and rollback (every decision audite
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,26 @@ def test_llm_serve_answers_openai_completions_streams_and_merges_identical_reque
     assert unknown.status_code == 422 and unknown.json()["problems"][0]["where"] == "body.logit_bias"
     too_long = http.post("/v1/completions", headers=research, json={**body, "max_tokens": 4000})
     assert too_long.status_code == 422 and too_long.json()["where"] == "max_tokens"
+
+
+@pytest.mark.skipif(not os.environ.get("FABRIC_TEST_LLM_PROMOTE"),
+                    reason="about 50 s (two more model loads): opt in with FABRIC_TEST_LLM_PROMOTE=1")
+def test_promote_rolls_an_llm_canary_forward(client, gateway, tiny_lm):
+    """After the test above: a second tiny LM goes canary beside it (50 %, then 100 %) and becomes the stable one."""
+    from fabric.ml.genai.models import content_hash
+    from jobs.genai.tiny import causal_lm
+
+    lm2 = causal_lm(Path(tiny_lm).parent / "lm_v2", seed=1)
+    card = {"name": "tiny_llm", "intended_use": "tests", "training_data": "none", "artifact_hash": content_hash(lm2)}
+    promote = {"id": "promote", "kind": "promote", "ins": ["model_uri", "metrics", "model_card"],
+               "outs": ["model_uri"], "params": {
+                   "name": "tiny_llm", "llm": True, "thresholds": {"sharpe": 0.5}, "probe": ["alpha beta"],
+                   "steps": [50, 100], "canary": {"requests_per_step": 3, "shadow_per_step": 3},
+                   "replica_cpus": 0.5, "batch_wait_ms": 300, "max_batch_size": 32}}  # stable's: kept as it is
+    http, research, _ = gateway
+    status = _submit(http, research, _model_dag("llm_v2", str(lm2), promote, [_metrics_node(1.2, -0.1, card)]))
+    assert status["state"] == "SUCCEEDED", status
+    assert [(s, t) for s, t, _ in _audit(client, "tiny_llm")][-2:] == [("canary 100 %", "prod")] * 2
+    body = {"model": "tiny_llm", "prompt": "alpha beta", "max_tokens": 8, "temperature": 0}
+    served = http.post("/v1/completions", headers=research, json=body).json()
+    assert served["fabric"]["model_uri"] == str(lm2) and served["fabric"]["arm"] == "stable"

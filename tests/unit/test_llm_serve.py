@@ -106,6 +106,21 @@ def test_the_kind_checks_its_params_at_submit():
     assert [p.where for p in _problems({**_node(), "ins": ["model"]})] == ["nodes[0].ins"]  # not both
 
 
+def test_promote_takes_llm_serve_knobs_only_for_a_language_model():
+    from fabric.kinds.promote import PromoteKind
+
+    node = {"id": "promote", "kind": "promote", "ins": ["model_uri", "metrics"], "outs": ["model_uri"],
+            "params": {"name": "tiny", "max_batch_size": 4}}
+    src = {"id": "src", "kind": "python_task", "entrypoint": "m:f", "outs": ["model_uri", "metrics"]}
+
+    def problems(params: dict[str, Any]) -> list[str]:
+        spec = load_spec({"version": 1, "pipeline_id": "p", "nodes": [src, {**node, "params": params}]})
+        return [p.where for p in PromoteKind().check(spec.nodes[1], "nodes[1]")]
+
+    assert problems({"name": "tiny", "max_batch_size": 4}) == ["nodes[1].params"]
+    assert problems({"name": "tiny", "llm": True, "max_batch_size": 4, "replica_gpus": 1}) == []
+
+
 def test_the_model_input_names_its_model():
     from fabric.kinds.llm_serve import model_of
 
