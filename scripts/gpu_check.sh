@@ -2,7 +2,7 @@
 # The GPU paths of the genai kinds, on a machine with a GPU (issue 19, item 7). Not part of scripts/test.sh.
 # It needs only what the genai extra installs (bash scripts/setup.sh genai) and prints what it saw:
 #   1. llm_generate on one GPU (resources: {gpu: 1}): the node's metrics (device) and a probe of the GPU it got;
-#   2. finetune with 2 workers when 2 GPUs exist and the finetune kind is installed (skipped otherwise, saying why);
+#   2. finetune (SFT, 2 workers of gpu: 1) when 2 GPUs exist and the finetune kind is here (else skipped, saying why);
 #   3. fractional packing: two inference nodes of gpu: 0.5 at once, on the same GPU, their hold times overlapping.
 # It starts its own local Ray (and stops it), with FABRIC_HOME in a temp dir; the tiny models are built there.
 #   bash scripts/gpu_check.sh            # exit 0: every check that could run passed; 1: one failed
@@ -82,24 +82,20 @@ if status.state == "SUCCEEDED":
     if m.get("device") != "gpu" or seen["device"] != "cuda":
         failed.append("llm_generate did not run on CUDA")
 
-# 2. finetune with 2 workers (another part of issue 19: skipped when it is not here)
+# 2. finetune (SFT) with 2 GPU workers, when 2 GPUs exist and the kind is in this build
 if "finetune" not in available_kinds():
     print("\n== finetune: skipped: the finetune kind is not installed in this build")
 elif gpus < 2:
     print(f"\n== finetune: skipped: it needs 2 GPUs, {gpus} here")
-elif not Path("jobs/dags/sft_small.yaml").is_file():
-    print("\n== finetune: skipped: jobs/dags/sft_small.yaml is not here")
 else:
-    from fabric.spec import read_document
-
-    raw = read_document(Path("jobs/dags/sft_small.yaml").read_text())
-    for node in raw["nodes"]:
-        if node.get("kind") == "finetune":
-            node["resources"] = {**node.get("resources", {}), "gpu": 1, "workers": 2}
-    submission, status = run(raw, "finetune with 2 GPU workers (jobs/dags/sft_small.yaml)", timeout=1200)
-    for node in raw["nodes"]:
-        if node.get("kind") == "finetune":
-            print(f"  {node['id']} metrics: {json.dumps(metrics(submission, node['id']))[:800]}")
+    spec = {"version": 1, "pipeline_id": "gpu_finetune", "nodes": [
+        {"id": "pairs", "kind": "python_task", "entrypoint": "jobs.genai.data:sft_pairs", "outs": ["pairs"]},
+        {"id": "tune", "kind": "finetune", "ins": ["pairs"], "outs": ["model_uri", "metrics_json"],
+         "resources": {"cpu": 1, "gpu": 1, "workers": 2},
+         "params": {"model": lm, "method": "sft", "epochs": 1, "batch_size": 4, "max_length": 64}}],
+        "edges": [{"from": "pairs", "to": "tune"}]}
+    submission, status = run(spec, "finetune (sft) with 2 GPU workers", timeout=1200)
+    print(f"  tune metrics: {json.dumps(metrics(submission, 'tune'))[:800]}")
 
 # 3. two 0.5-GPU inference nodes, packed on one GPU at once
 probe = {"kind": "python_task", "entrypoint": "jobs.genai.gpu:probe", "resources": {"cpu": 0.5, "gpu": 0.5},
