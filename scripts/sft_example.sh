@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The fine-tuning example end to end, as a new user runs it: `fabric run jobs/dags/sft_small.yaml --gateway PORT`
+# (tiny base model -> SFT with a LoRA adapter on 2 Ray Train workers -> registered in MLflow -> llm_serve -> one
+# completion through the served app), then one completion over HTTP with curl through the gateway's
+# OpenAI-compatible POST /v1/completions. Env: PORT (default 8000), KEEP_UP=1 to leave the gateway up afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,serve,train,genai
+port="${PORT:-8000}"
+log="$(mktemp -t fabric-sft-example.XXXXXX)"
+COLUMNS="${COLUMNS:-160}" .venv/bin/fabric run jobs/dags/sft_small.yaml --gateway "$port" >"$log" 2>&1 &
+run=$!
+trap 'kill -TERM $run 2>/dev/null; wait $run 2>/dev/null || true' EXIT
+until grep -q "the gateway stays up" "$log"; do
+  if ! kill -0 $run 2>/dev/null; then cat "$log"; echo "the run failed" >&2; exit 1; fi
+  sleep 2
+done
+cat "$log"
+token="$(sed -n 's/.*token (shown once): \([^ ]*\).*/\1/p' "$log" | head -1)"
+echo "curl -X POST http://127.0.0.1:$port/v1/completions (the fine-tuned model, served as sft_small):"
+curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+  -d '{"model": "sft_small", "prompt": "alpha beta ?", "max_tokens": 4, "temperature": 0}' \
+  "http://127.0.0.1:$port/v1/completions"
+echo
+if [ "${KEEP_UP:-0}" = 1 ]; then echo "gateway up at http://127.0.0.1:$port (token $token); Ctrl-C stops it"; wait $run; fi
