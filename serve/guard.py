@@ -162,7 +162,7 @@ class Guard:
             return
         writer, rejected = self._check_request(scope)
         if rejected is None and writer is not None and not self.state.in_flight.enter(writer):
-            writer, rejected = None, _busy(writer, self.state.limits.team_writes)
+            rejected, writer = _busy(writer, self.state.limits.team_writes), None
         body: list[Message] = []
         try:
             if rejected is None:
