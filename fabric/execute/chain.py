@@ -1,4 +1,5 @@
-"""A fused chain inside one Ray worker: its members run one after another, each its own attempt (plan/fuse.py)."""
+"""A fused chain, or a pack of map children, inside one Ray worker: its members run one after another, each its
+own attempt (plan/fuse.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ChainCall:
 
     members: tuple[NodeCall, ...]
     sources: tuple[tuple[tuple[int, int], ...], ...]  # per member, per input (a notebook function's blob first)
+    independent: bool = False  # a pack of map children (plan/fuse.py packable): a failure stops no other member
 
     @property
     def slots(self) -> int:
@@ -68,7 +70,7 @@ def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None =
         try:
             report_, values = attempt_node(member, *args)
         except NodeFailure as exc:
-            failed = member.node_id
+            failed = None if chain.independent else member.node_id
             outcomes.append((exc.report, exc.error))
             produced.append([NotRun(member.node_id, f"{exc.error.type}: {exc.error.message}"[:300])]
                             * len(member.result_slots))

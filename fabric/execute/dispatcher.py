@@ -10,7 +10,7 @@ from typing import Any
 from fabric.execute.backend import node_runtime_env
 from fabric.execute.chain import ChainCall
 from fabric.execute.conditions import Skipped
-from fabric.execute.fusion import fused_groups, wire_chain
+from fabric.execute.fusion import fused_groups, map_packs, wire_chain
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message, Outcome
 from fabric.kinds import NodeCall
@@ -34,13 +34,18 @@ class Dispatcher:
 
     def dispatch(self, run: LiveRun, actions: Sequence[Action], placement: Placement | None) -> None:
         chains = fused_groups(run.plan, actions) if self._submit_chain is not None else {}
-        riders = {d.node_id for group in chains.values() for d in group[1:]}
+        packs = map_packs(run.plan, actions) if self._submit_chain is not None else {}
+        riders = {d.node_id for group in (*chains.values(), *packs.values()) for d in group[1:]}
         for action in actions:
             if not isinstance(action, Dispatch) or action.node_id in riders:
                 continue  # a rider runs in its chain head's Ray task
             group = chains.get(action.node_id)
             if group is not None:
                 self._chain(run, group, placement)
+                continue
+            pack = packs.get(action.node_id)
+            if pack is not None:
+                self._chain(run, pack, placement, independent=True)
                 continue
             node = run.plan.nodes[action.node_id]
             inputs = []
@@ -75,8 +80,10 @@ class Dispatcher:
             run_outcome=run_outcome(run.record.submission_id, run.plan.pipeline_id, run.machine.nodes)
             if node.on_exit else None, batch_over=node.batch_over)
 
-    def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None) -> None:
-        """Members of a fused chain, dispatched together, as one Ray task; each keeps its own token and handle."""
+    def _chain(self, run: LiveRun, group: list[Dispatch], placement: Placement | None, *,
+               independent: bool = False) -> None:
+        """Members of a fused chain (or a pack of map children: `independent`), dispatched together, as one Ray
+        task; each keeps its own token and handle."""
         assert self._submit_chain is not None
         inputs, sources = wire_chain(run.plan, group, run.code,
                                      partial(_input, run))
@@ -86,8 +93,8 @@ class Dispatcher:
         head = run.plan.nodes[group[0].node_id]
         env = node_runtime_env(run.runtime_env, head.env, head.image if self._use_images else None)
         members = [(d.node_id, d.token) for d in group]
-        handles = self._submit_chain(ChainCall(tuple(calls), tuple(sources)), head.unit, inputs, env, placement,
-                                     partial(self._on_chain_done, run.record.submission_id, members))
+        handles = self._submit_chain(ChainCall(tuple(calls), tuple(sources), independent), head.unit, inputs, env,
+                                     placement, partial(self._on_chain_done, run.record.submission_id, members))
         for (node_id, token), handle in zip(members, handles, strict=True):
             run.handles[(node_id, token)] = handle
 

@@ -1,5 +1,5 @@
-"""The engine's side of fused chains (plan/fuse.py): which dispatches of one batch share a Ray task, and how
-each member's inputs are wired inside it."""
+"""The engine's side of fused chains and packed map children (plan/fuse.py): which dispatches of one batch share
+a Ray task, and how each member's inputs are wired inside it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from fabric.execute.chain import EXTERNAL
 from fabric.plan import ExecutionPlan
+from fabric.plan.fuse import packable
 from fabric.schedule import Action, Dispatch
 
 
@@ -27,6 +28,31 @@ def fused_groups(plan: ExecutionPlan, actions: Sequence[Action]) -> dict[str, li
             group = groups[action.node_id] = [action]
         last_of[action.node_id] = group
     return {head: group for head, group in groups.items() if len(group) > 1}
+
+
+PACK_SPREAD = 32  # a batch of map children goes as at least this many Ray tasks (when it has that many children)
+MAX_PACK = 64  # children per Ray task at most
+
+
+def map_packs(plan: ExecutionPlan, actions: Sequence[Action], spread: int = PACK_SPREAD,
+              most: int = MAX_PACK) -> dict[str, list[Dispatch]]:
+    """First child -> the packable children of one map (dispatched in this batch) that go as one Ray task: a map of
+    thousands of tiny items costs Ray's per-task price once per pack, not per item. Packs of one are left out."""
+    by_map: dict[str, list[Dispatch]] = {}
+    for action in actions:
+        if isinstance(action, Dispatch):
+            node = plan.nodes[action.node_id]
+            if node.map_parent is not None and packable(node):
+                by_map.setdefault(node.map_parent, []).append(action)
+    packs: dict[str, list[Dispatch]] = {}
+    for children in by_map.values():
+        size = min(most, len(children) // spread)
+        if size > 1:
+            for start in range(0, len(children), size):
+                pack = children[start:start + size]
+                if len(pack) > 1:
+                    packs[pack[0].node_id] = pack
+    return packs
 
 
 def wire_chain(plan: ExecutionPlan, group: Sequence[Dispatch], code: Mapping[str, Any],

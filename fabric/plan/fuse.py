@@ -20,10 +20,20 @@ def fusible(node: NodePlan, fuse: bool = True) -> bool:
     its own: a cache check (before it runs), a GPU or gang of workers, GPU-first work, its own deadline (a
     timeout kills the Ray task), preemptible work (`qos: spot_ok`: preemption stops the task) or a self-placing
     kind."""
+    return fuse and _shareable(node) and node.map is None and node.map_parent is None
+
+
+def packable(node: NodePlan) -> bool:
+    """May this map child share a Ray task with its siblings (each still its own attempt, log and outputs)? On
+    the same terms as fusion: no cache check, GPU, gang, deadline, preemption or self-placing kind."""
+    return node.map_parent is not None and _shareable(node)
+
+
+def _shareable(node: NodePlan) -> bool:
     unit = node.unit
-    return (fuse and not node.cache and unit.num_gpus == 0 and unit.workers == 1 and unit.group_strategy is None
+    return (not node.cache and unit.num_gpus == 0 and unit.workers == 1 and unit.group_strategy is None
             and unit.fallback_cpus is None and node.max_runtime is None and node.qos != "spot_ok"
-            and node.kind not in NEVER_FUSED_KINDS and node.map is None and node.map_parent is None)
+            and node.kind not in NEVER_FUSED_KINDS)
 
 
 def same_task(a: NodePlan, b: NodePlan) -> bool:
