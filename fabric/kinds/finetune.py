@@ -13,7 +13,7 @@ from typing import Any
 
 from fabric.errors import Problem
 from fabric.kinds.base import NodeCall, params_problem
-from fabric.kinds.llm import input_table
+from fabric.kinds.llm import extra_and_param_problems, input_table
 from fabric.kinds.train import outputs
 from fabric.spec import NodeSpec
 
@@ -35,16 +35,9 @@ class FinetuneKind:
     name = "finetune"
 
     def check(self, node: NodeSpec, where: str) -> list[Problem]:
-        from fabric.ml.genai.params import FinetuneParams, param_errors
+        from fabric.ml.genai.params import FinetuneParams
 
-        problems = []
-        missing = [name for name in FINETUNE_PACKAGES if importlib.util.find_spec(name) is None]
-        if missing:
-            problems.append(params_problem(f"{where}.kind", f"kind 'finetune' needs {missing} installed here",
-                                           "install the genai extra: pip install -e '.[genai]' (fabric-ray)"))
-        for loc, message in param_errors(FinetuneParams, dict(node.params)):
-            problems.append(params_problem(f"{where}.params.{loc}" if loc else f"{where}.params",
-                                           f"finetune: {message}", "see docs/genai.md#finetune for the params"))
+        problems = extra_and_param_problems(node, where, FinetuneParams, FINETUNE_PACKAGES, "docs/genai.md#finetune")
         if len(node.ins) != 1:
             problems.append(params_problem(f"{where}.ins", f"finetune takes 1 input (the training table), not "
                                            f"{len(node.ins)}", "wire one table in: ins: [pairs]"))

@@ -15,19 +15,26 @@ from fabric.spec import NodeSpec
 GENAI_PACKAGES = ("torch", "transformers", "sentence_transformers", "faiss")
 
 
-def genai_problems(node: NodeSpec, where: str, model: Any, ins: int) -> list[Problem]:
-    """The params against their pydantic model (each unknown key or bad value named), the extra installed,
-    the number of inputs, at most one out."""
+def extra_and_param_problems(node: NodeSpec, where: str, model: Any, packages: tuple[str, ...] = GENAI_PACKAGES,
+                             docs: str = "docs/genai.md") -> list[Problem]:
+    """The genai extra's `packages` installed here, and the params against their pydantic model (each unknown key
+    or bad value named)."""
     from fabric.ml.genai.params import param_errors
 
     problems = []
-    missing = [name for name in GENAI_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
     if missing:
         problems.append(params_problem(f"{where}.kind", f"kind {node.kind!r} needs {missing} installed here",
                                        "install the genai extra: pip install -e '.[genai]' (fabric-ray)"))
     for loc, message in param_errors(model, dict(node.params)):
         problems.append(params_problem(f"{where}.params.{loc}" if loc else f"{where}.params",
-                                       f"{node.kind}: {message}", "see docs/genai.md for the params"))
+                                       f"{node.kind}: {message}", f"see {docs} for the params"))
+    return problems
+
+
+def genai_problems(node: NodeSpec, where: str, model: Any, ins: int) -> list[Problem]:
+    """The extra and the params (`extra_and_param_problems`), the number of inputs, at most one out."""
+    problems = extra_and_param_problems(node, where, model)
     if len(node.ins) != ins:
         problems.append(params_problem(f"{where}.ins", f"{node.kind} takes {ins} input(s), not {len(node.ins)}",
                                        "see docs/genai.md for the inputs"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.ml.base import Prepared
+from fabric.ml.storage import found_at, list_storage
 from fabric.ml.trainers import get_trainer
 
 LOOP_DEFAULTS: Mapping[str, Any] = {"epochs": 5, "lr": 1e-3, "batch_size": 256, "weight_decay": 0.0, "seed": 0}
@@ -124,14 +125,10 @@ def latest_checkpoint(storage: str, filesystem: Any = None) -> tuple[str, int] |
     `filesystem` when one is given (the head's, for a node that shares no disk with it)."""
     import pyarrow.fs as pafs
 
-    if filesystem is not None:
-        fs, base = filesystem, storage
-    else:
-        fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except (FileNotFoundError, OSError):
+    listed = list_storage(storage, filesystem)
+    if listed is None:
         return None
+    fs, infos = listed
     found: list[tuple[int, str]] = []
     for info in infos:
         if info.base_name != MARKER_FILE:
@@ -148,10 +145,7 @@ def latest_checkpoint(storage: str, filesystem: Any = None) -> tuple[str, int] |
     if not found:
         return None
     epoch, directory = max(found)
-    if "://" not in storage or filesystem is not None:
-        return directory, epoch
-    query = storage.partition("?")[2]  # kept, so that the checkpoint is read through the same endpoint
-    return storage.split("://", 1)[0] + "://" + directory + (f"?{query}" if query else ""), epoch
+    return found_at(storage, directory, filesystem), epoch
 
 
 def heartbeat_file(directory: str, rank: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fabric.ml.genai.models import offline
 from fabric.ml.genai.params import FinetuneParams
+from fabric.ml.storage import found_at, list_storage, open_storage
 
 MARKER_FILE = "fabric_checkpoint.json"  # written last: step, epoch, and every file of the checkpoint with its size
 # Files of a Trainer checkpoint that are training state, not the model: never exported. training_args.bin is a
@@ -130,14 +131,10 @@ def latest_checkpoint(storage: str, filesystem: Any = None) -> tuple[str, dict[s
     marker lists must be there with its size. Read through `filesystem` (a pyarrow one) when given."""
     import pyarrow.fs as pafs
 
-    if filesystem is not None:
-        fs, base = filesystem, storage
-    else:
-        fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except (FileNotFoundError, OSError):
+    listed = list_storage(storage, filesystem)
+    if listed is None:
         return None
+    fs, infos = listed
     sizes = {info.path: info.size for info in infos if info.type == pafs.FileType.File}
     found: list[tuple[int, str, dict[str, Any]]] = []
     for path in sizes:
@@ -154,23 +151,15 @@ def latest_checkpoint(storage: str, filesystem: Any = None) -> tuple[str, dict[s
     if not found:
         return None
     _, directory, marker = max(found, key=lambda item: item[0])
-    if "://" in storage and filesystem is None:
-        query = storage.partition("?")[2]
-        directory = storage.split("://", 1)[0] + "://" + directory + (f"?{query}" if query else "")
-    return directory, marker
+    return found_at(storage, directory, filesystem), marker
 
 
 def copy_tree(source: str, target: str, *, source_fs: Any = None, skip: tuple[str, ...] = ()) -> None:
     """Copy a directory between local paths and pyarrow.fs URIs (or through `source_fs`), leaving out `skip`."""
     import pyarrow.fs as pafs
 
-    def open_fs(where: str, given: Any = None) -> tuple[Any, str]:
-        if given is not None:
-            return given, where
-        return pafs.FileSystem.from_uri(where) if "://" in where else (pafs.LocalFileSystem(), where)
-
-    src_fs, src = open_fs(source, source_fs)
-    dst_fs, dst = open_fs(target)
+    src_fs, src = open_storage(source, source_fs)
+    dst_fs, dst = open_storage(target)
     dst_fs.create_dir(dst, recursive=True)
     for info in src_fs.get_file_info(pafs.FileSelector(src, recursive=True)):
         relative = info.path[len(src.rstrip("/")) + 1:]
