@@ -67,6 +67,18 @@ def tenant_custom(custom: Mapping[str, float]) -> dict[str, float]:
     return {key: value for key, value in custom.items() if not key.startswith("node:")}
 
 
+ADMISSION_MODELLED = frozenset({"gpu_mem_gb"})  # the custom resources admission books per node (schedule/queue.py)
+
+
+def pinned_node(placement: Placement | None, unit: ResourceUnit) -> str | None:
+    """The node admission placed this work on, or None where Ray should place it: no placement, or a custom
+    resource admission does not book per node (a node type's or a machine's own label, `{w2: 1}`), which the
+    node admission chose may lack: pinned there, Ray would refuse the task as infeasible."""
+    if placement is None or any(key not in ADMISSION_MODELLED for key in tenant_custom(unit.custom)):
+        return None
+    return placement.node_id
+
+
 MAX_CACHED_OPTIONS = 4096  # `.options()` results kept (per pipeline, shape and, when pinned, node)
 
 
@@ -128,7 +140,7 @@ class RayBackend:
             # named after their pipeline; the node is in the fabric's own status.
             cached = self._options[key] = (options, self._remote.options(**options))
         options, remote = cached
-        on_node = placement.node_id if placement is not None else None
+        on_node = pinned_node(placement, unit)
         strategy = None if call.kind in SELF_PLACING_KINDS else unit.group_strategy
         if strategy is not None:  # gang-scheduled: every worker's bundle or none; the node runs in bundle 0
             # Packed work goes where admission booked it, as a hard rule: a soft target lands elsewhere
@@ -188,9 +200,9 @@ class RayBackend:
                 options["label_selector"] = {NODE_ID_LABEL: f"!{head}"}
             cached = self._options[key] = (options, self._chain.options(**options))
         options, remote = cached
-        if placement is not None:  # where admission packed the chain's head
+        if (on_node := pinned_node(placement, unit)) is not None:  # where admission packed the chain's head
             remote = self._chain.options(
-                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(placement.node_id, False))
+                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False))
         # As for one node: the secret values (one submission's, the same for every member) go beside the call.
         secrets = first.secret_values
         sealed = pickle.dumps({k: dict(v) for k, v in secrets.items()}, protocol=5) if secrets else b""
