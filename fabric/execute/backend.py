@@ -153,13 +153,14 @@ class RayBackend:
             remote = self._remote.options(**in_group, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=0))
             on_done = self._removing(group, on_done)
-        elif on_node is not None:  # where the admission policy packed it; a node that died fails it (and it retries)
+        elif on_node is not None:  # where the admission policy packed it: soft, so a node that died (the cluster
+            # view admission placed by is seconds old) sends it elsewhere instead of failing it; a live node holds it
             pinned_key = (*key, on_node)  # admission places most nodes: `.options()` once per shape and node
             if (affine := self._options.get(pinned_key)) is None:
                 if len(self._options) >= MAX_CACHED_OPTIONS:  # many pipelines on many nodes: start again
                     self._options.clear()
                 affine = self._options[pinned_key] = (options, self._remote.options(
-                    **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False)))
+                    **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, soft=True)))
             remote = affine[1]
         # A NodeCall travels pre-pickled: Ray's generic path costs ~60 us for a dataclass, bytes ~3 us.
         # Secret values go beside the call, as their own small inline argument, and only to this attempt.
@@ -202,7 +203,7 @@ class RayBackend:
         options, remote = cached
         if (on_node := pinned_node(placement, unit)) is not None:  # where admission packed the chain's head
             remote = self._chain.options(
-                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, False))
+                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, soft=True))
         # As for one node: the secret values (one submission's, the same for every member) go beside the call.
         secrets = first.secret_values
         sealed = pickle.dumps({k: dict(v) for k, v in secrets.items()}, protocol=5) if secrets else b""
