@@ -7,16 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train
 port="${PORT:-8000}"
-log="$(mktemp -t fabric-ml-example.XXXXXX)"
-COLUMNS="${COLUMNS:-160}" .venv/bin/fabric run jobs/dags/bt_xs_bilstm.yaml --gateway "$port" >"$log" 2>&1 &
-run=$!
-trap 'kill -TERM $run 2>/dev/null; wait $run 2>/dev/null || true' EXIT
-until grep -q "the gateway stays up" "$log"; do
-  if ! kill -0 $run 2>/dev/null; then cat "$log"; echo "the run failed" >&2; exit 1; fi
-  sleep 2
-done
-cat "$log"
-token="$(sed -n 's/.*token (shown once): \([^ ]*\).*/\1/p' "$log" | head -1)"
+source scripts/gateway_run.sh
+run_with_gateway jobs/dags/bt_xs_bilstm.yaml ml-example
 sid="$(grep -o 'sub-[0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{6\}' "$log" | tail -1)"
 auth=(-H "Authorization: Bearer $token")
 probe="$(mktemp -t fabric-probe.XXXXXX)"

@@ -7,16 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,serve,train,genai
 port="${PORT:-8000}"
-log="$(mktemp -t fabric-sft-example.XXXXXX)"
-COLUMNS="${COLUMNS:-160}" .venv/bin/fabric run jobs/dags/sft_small.yaml --gateway "$port" >"$log" 2>&1 &
-run=$!
-trap 'kill -TERM $run 2>/dev/null; wait $run 2>/dev/null || true' EXIT
-until grep -q "the gateway stays up" "$log"; do
-  if ! kill -0 $run 2>/dev/null; then cat "$log"; echo "the run failed" >&2; exit 1; fi
-  sleep 2
-done
-cat "$log"
-token="$(sed -n 's/.*token (shown once): \([^ ]*\).*/\1/p' "$log" | head -1)"
+source scripts/gateway_run.sh
+run_with_gateway jobs/dags/sft_small.yaml sft-example
 echo "curl -X POST http://127.0.0.1:$port/v1/completions (the fine-tuned model, served as sft_small):"
 curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' \
   -d '{"model": "sft_small", "prompt": "alpha beta ?", "max_tokens": 4, "temperature": 0}' \
