@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from fabric.errors import ErrorCode, Problem
 from fabric.execute.chain import ChainCall, run_pickled_chain
 from fabric.execute.outputs import decode_outputs, load_outputs, read_output_files
+from fabric.execute.pinning import is_plain, pinned_node, tenant_custom
 from fabric.execute.ports import AttemptHandle, Outcome
 from fabric.execute.sink import HEAD_RESOURCE, start_head_sink
 from fabric.execute.untrusted import ReportInvalid, UnsafePayload, decode_outcomes, decode_report, refused
@@ -62,23 +63,6 @@ def off_head(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "label_selector": {NODE_ID_LABEL: f"!{head}"}} if head is not None else options
 
 
-def tenant_custom(custom: Mapping[str, float]) -> dict[str, float]:
-    """A node's custom resources without Ray's `node:*` placement keys (`node:__internal_head__` pins to the head)."""
-    return {key: value for key, value in custom.items() if not key.startswith("node:")}
-
-
-ADMISSION_MODELLED = frozenset({"gpu_mem_gb"})  # the custom resources admission books per node (schedule/queue.py)
-
-
-def pinned_node(placement: Placement | None, unit: ResourceUnit) -> str | None:
-    """The node admission placed this work on, or None where Ray should place it: no placement, or a custom
-    resource admission does not book per node (a node type's or a machine's own label, `{w2: 1}`), which the
-    node admission chose may lack: pinned there, Ray would refuse the task as infeasible."""
-    if placement is None or any(key not in ADMISSION_MODELLED for key in tenant_custom(unit.custom)):
-        return None
-    return placement.node_id
-
-
 MAX_CACHED_OPTIONS = 4096  # `.options()` results kept (per pipeline, shape and, when pinned, node)
 
 
@@ -98,6 +82,7 @@ class RayBackend:
         self._decoder = ray.remote(decode_outputs)
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
         self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
+        self._plain: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
         self._groups_to_remove: queue.SimpleQueue[Any] | None = None
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
@@ -140,7 +125,7 @@ class RayBackend:
             # named after their pipeline; the node is in the fabric's own status.
             cached = self._options[key] = (options, self._remote.options(**options))
         options, remote = cached
-        on_node = pinned_node(placement, unit)
+        on_node = pinned_node(placement, unit, placement is not None and self._cluster_is_plain())
         strategy = None if call.kind in SELF_PLACING_KINDS else unit.group_strategy
         if strategy is not None:  # gang-scheduled: every worker's bundle or none; the node runs in bundle 0
             # Packed work goes where admission booked it, as a hard rule: a soft target lands elsewhere
@@ -201,7 +186,8 @@ class RayBackend:
                 options["label_selector"] = {NODE_ID_LABEL: f"!{head}"}
             cached = self._options[key] = (options, self._chain.options(**options))
         options, remote = cached
-        if (on_node := pinned_node(placement, unit)) is not None:  # where admission packed the chain's head
+        plain = placement is not None and self._cluster_is_plain()
+        if (on_node := pinned_node(placement, unit, plain)) is not None:  # where admission packed the chain's head
             remote = self._chain.options(
                 **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, soft=True))
         # As for one node: the secret values (one submission's, the same for every member) go beside the call.
@@ -245,6 +231,14 @@ class RayBackend:
             has = ray.cluster_resources().get("GPU", 0.0) > 0
             self._has_gpus = (time.monotonic(), has)
         return has
+
+    def _cluster_is_plain(self) -> bool:
+        """Whether admission's placement of CPU work may be left to Ray (pinned_node); looked up every few seconds."""
+        checked_at, plain = self._plain
+        if time.monotonic() - checked_at > GPU_LOOKUP_EVERY_S:
+            plain = is_plain(ray.nodes())
+            self._plain = (time.monotonic(), plain)
+        return plain
 
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
         """ObjectRefs of a finished node's persisted outputs, read by small tasks near the data rather than

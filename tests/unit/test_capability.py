@@ -18,7 +18,8 @@ from fabric.capability import (
     read_key,
 )
 from fabric.errors import ErrorCode, FabricError
-from fabric.execute.backend import head_to_avoid, tenant_custom
+from fabric.execute.backend import head_to_avoid
+from fabric.execute.pinning import tenant_custom
 
 pytestmark = pytest.mark.timeout(30)
 

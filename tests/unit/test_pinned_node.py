@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fabric.execute.backend import pinned_node
+from fabric.execute.pinning import is_plain, pinned_node
 from fabric.plan import ResourceUnit
 from fabric.schedule.admission import Placement
 
@@ -20,3 +20,18 @@ def test_admission_pins_plain_and_gpu_memory_work_and_leaves_other_custom_resour
     assert pinned_node(placed, ResourceUnit(num_cpus=1, custom={"w2": 1})) is None
     assert pinned_node(placed, ResourceUnit(num_cpus=1, custom={"gpu_mem_gb": 40, "accelerator_x": 1})) is None
     assert pinned_node(None, ResourceUnit(num_cpus=1)) is None
+
+
+def test_cpu_work_on_a_plain_cluster_is_left_to_ray_and_gpu_work_stays_pinned() -> None:
+    placed = Placement("node-a")
+    assert pinned_node(placed, ResourceUnit(num_cpus=1), plain_cluster=True) is None
+    assert pinned_node(placed, ResourceUnit(num_cpus=1, num_gpus=0.25), plain_cluster=True) == "node-a"
+    assert pinned_node(placed, ResourceUnit(num_cpus=1, custom={"gpu_mem_gb": 8}), plain_cluster=True) == "node-a"
+
+
+def test_a_cluster_with_a_pool_or_spot_node_is_not_plain() -> None:
+    cpu = {"Alive": True, "Resources": {"CPU": 4.0, "node:10.0.0.1": 1.0}}
+    assert is_plain([cpu, {**cpu, "Resources": {"CPU": 2.0, "GPU": 4.0}}])
+    assert not is_plain([cpu, {"Alive": True, "Resources": {"CPU": 2.0, "pool:cpu-spot": 1000.0}}])
+    assert not is_plain([cpu, {"Alive": True, "Resources": {"CPU": 2.0, "spot": 1.0}}])
+    assert is_plain([cpu, {"Alive": False, "Resources": {"CPU": 2.0, "spot": 1.0}}])
