@@ -18,14 +18,21 @@ import ray
 _lock = threading.Lock()
 _homes: dict[Any, tuple[str, bytes]] = {}  # registry actor id -> its FABRIC_HOME (asked once) and the control key
 _successors: dict[Any, Any] = {}  # a dead registry's actor id -> the handle that replaced it
+_cluster: list[str] = []  # the GCS these were learnt on: actor ids repeat across clusters (job id + counter)
 
 
 def remember_home(handle: Any, key: bytes) -> None:
-    """Ask a live registry where its record is, so that a successor can be started on the same one."""
-    if handle._actor_id not in _homes:
-        home = ray.get(handle.home_dir.remote(), timeout=60)
-        with _lock:
-            _homes[handle._actor_id] = (home, key)
+    """Ask a live registry where its record is, so that a successor can be started on the same one. What was
+    learnt on another cluster is forgotten: a fresh cluster's registry can have a dead one's actor id."""
+    home = ray.get(handle.home_dir.remote(), timeout=60)
+    gcs = ray.get_runtime_context().gcs_address
+    with _lock:
+        if _cluster != [gcs]:
+            _homes.clear()
+            _successors.clear()
+            _cluster[:] = [gcs]
+        _successors.pop(handle._actor_id, None)
+        _homes[handle._actor_id] = (home, key)
 
 
 def current_method(method: Any) -> Any:

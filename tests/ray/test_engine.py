@@ -10,6 +10,7 @@ import pytest
 
 import fabric as fb
 from fabric.errors import ConflictError, ErrorCode, NodeFailedError, NotFoundError, SpecError
+from fabric.execute.engine import CANCEL_GRACE_S
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -173,10 +174,18 @@ def test_cancel_stops_running_ray_tasks(client, tmp_path):
     status = submission.wait(20)
     assert status.state == "CANCELLED"
     assert status.node("long").state == "CANCELLED" and status.node("next").state == "CANCELLED"
-    time.sleep(0.5)
+    # The contract (execute/engine.py CANCEL_GRACE_S): a KeyboardInterrupt first, the worker killed after the
+    # grace. Ray sometimes does not deliver the interrupt (twice in full runs, never alone), so the tick file
+    # must stop growing by the grace plus a margin, not within a second of the cancel.
+    deadline = time.monotonic() + CANCEL_GRACE_S + 8
     stopped_at = ticks.stat().st_size
-    time.sleep(1.0)
-    assert ticks.stat().st_size == stopped_at, "the cancelled Ray task is still running"
+    while True:
+        time.sleep(1.0)
+        size = ticks.stat().st_size
+        if size == stopped_at:
+            break
+        assert time.monotonic() < deadline, "the cancelled Ray task is still running past the cancel's grace"
+        stopped_at = size
     from tests.reliability.results import record
 
     record("fault", "cancel a running DAG", cancelled_s=round(status.ended_at - cancelled_at, 2),
