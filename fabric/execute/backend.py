@@ -44,17 +44,26 @@ def head_to_avoid(nodes: Sequence[Mapping[str, Any]]) -> str | None:
     return heads[0] if heads and len(alive) > len(heads) else None
 
 
-_head_seen: tuple[float, str | None] = (-HEAD_LOOKUP_EVERY_S, None)
+_cluster_seen: tuple[float, str | None, bool] = (-HEAD_LOOKUP_EVERY_S, None, False)  # when, head to avoid, plain
+
+
+def _cluster_now() -> tuple[float, str | None, bool]:
+    """One `ray.nodes()` at most every HEAD_LOOKUP_EVERY_S, for both things read from it."""
+    global _cluster_seen
+    if time.monotonic() - _cluster_seen[0] > HEAD_LOOKUP_EVERY_S:
+        nodes = ray.nodes()
+        _cluster_seen = (time.monotonic(), head_to_avoid(nodes), is_plain(nodes))
+    return _cluster_seen
 
 
 def current_head_to_avoid() -> str | None:
     """`head_to_avoid` of the cluster now, looked up at most every HEAD_LOOKUP_EVERY_S."""
-    global _head_seen
-    checked_at, head = _head_seen
-    if time.monotonic() - checked_at > HEAD_LOOKUP_EVERY_S:
-        head = head_to_avoid(ray.nodes())
-        _head_seen = (time.monotonic(), head)
-    return head
+    return _cluster_now()[1]
+
+
+def current_cluster_is_plain() -> bool:
+    """Whether admission's placement of CPU work may be left to Ray (pinning.pinned_node), as of the same look."""
+    return _cluster_now()[2]
 
 
 def off_head(options: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +91,6 @@ class RayBackend:
         self._decoder = ray.remote(decode_outputs)
         self._options: dict[tuple[Any, ...], tuple[dict[str, Any], Any]] = {}
         self._has_gpus: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
-        self._plain: tuple[float, bool] = (-GPU_LOOKUP_EVERY_S, False)
         self._groups_to_remove: queue.SimpleQueue[Any] | None = None
 
     def submit(self, call: NodeCall, unit: ResourceUnit, inputs: Sequence[ray.ObjectRef],
@@ -125,7 +133,7 @@ class RayBackend:
             # named after their pipeline; the node is in the fabric's own status.
             cached = self._options[key] = (options, self._remote.options(**options))
         options, remote = cached
-        on_node = pinned_node(placement, unit, placement is not None and self._cluster_is_plain())
+        on_node = pinned_node(placement, unit, placement is not None and current_cluster_is_plain())
         strategy = None if call.kind in SELF_PLACING_KINDS else unit.group_strategy
         if strategy is not None:  # gang-scheduled: every worker's bundle or none; the node runs in bundle 0
             # Packed work goes where admission booked it, as a hard rule: a soft target lands elsewhere
@@ -186,7 +194,7 @@ class RayBackend:
                 options["label_selector"] = {NODE_ID_LABEL: f"!{head}"}
             cached = self._options[key] = (options, self._chain.options(**options))
         options, remote = cached
-        plain = placement is not None and self._cluster_is_plain()
+        plain = placement is not None and current_cluster_is_plain()
         if (on_node := pinned_node(placement, unit, plain)) is not None:  # where admission packed the chain's head
             remote = self._chain.options(
                 **options, scheduling_strategy=NodeAffinitySchedulingStrategy(on_node, soft=True))
@@ -231,14 +239,6 @@ class RayBackend:
             has = ray.cluster_resources().get("GPU", 0.0) > 0
             self._has_gpus = (time.monotonic(), has)
         return has
-
-    def _cluster_is_plain(self) -> bool:
-        """Whether admission's placement of CPU work may be left to Ray (pinned_node); looked up every few seconds."""
-        checked_at, plain = self._plain
-        if time.monotonic() - checked_at > GPU_LOOKUP_EVERY_S:
-            plain = is_plain(ray.nodes())
-            self._plain = (time.monotonic(), plain)
-        return plain
 
     def load(self, root: str, submission_id: str, node_id: str, outs: Sequence[str]) -> dict[str, ray.ObjectRef]:
         """ObjectRefs of a finished node's persisted outputs, read by small tasks near the data rather than

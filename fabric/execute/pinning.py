@@ -33,5 +33,6 @@ def pinned_node(placement: Placement | None, unit: ResourceUnit, plain_cluster: 
 
 def is_plain(nodes: Sequence[Mapping[str, Any]]) -> bool:
     """No live node in a pool or on spot capacity (how scheduler.ray_nodes tells them): all CPUs are alike."""
-    return not any(n.get("Alive") and any(k == "spot" or k.startswith("pool:") for k in n.get("Resources", {}))
+    return not any(n.get("Alive") and (n.get("Resources", {}).get("spot", 0.0) > 0
+                                       or any(k.startswith("pool:") for k in n.get("Resources", {})))
                    for n in nodes)
