@@ -33,14 +33,22 @@ def cluster(tmp_path_factory):
 
     os.chdir(REPO)
     home = tmp_path_factory.mktemp("fabric-home")
+    # Ray starts a worker process per concurrent task (ten of the load's 100m tasks a node) and, past one per CPU,
+    # kills the idle ones after 1 s. On 2 cores a cold start of ~30 workers (~1 CPU-s of imports each) took longer
+    # than the load's 20 s max_runtime: the timed-out attempts were force-cancelled, which kills their workers, and
+    # the churn kept the cluster starved (a retry's fresh worker was seen importing for 20 s). So the fixture starts
+    # the workers once, with a DAG as wide as the cluster, and Ray keeps idle workers for the module's length.
     ray_cluster = Cluster(initialize_head=True, connect=False,
-                          head_node_args={"num_cpus": 0, "include_dashboard": False})
+                          head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                          "_system_config": {"idle_worker_killing_time_threshold_ms": 600_000}})
     # Three workers, one for each removal test to take away. No node is added mid-module: Cluster's nodes
     # share one socket directory, and a node added after a removal can reuse the removed one's socket name.
     for _ in range(3):
         ray_cluster.add_node(num_cpus=1)
     ray_cluster.wait_for_nodes()
     client = fb.connect(ray_cluster.address, home=str(home))
+    warm = client.submit(marked_dag("warm", 31, str(home / "warm-markers"), seconds=3)).wait(240)
+    assert warm.state == "SUCCEEDED", [(n.node_id, n.state) for n in warm.nodes]
     yield ray_cluster, client, home
     ray.shutdown()
     ray_cluster.shutdown()
@@ -103,10 +111,6 @@ def _finish(name: str, client, home: Path, tmp_path: Path, load: BackgroundLoad,
     return {"background_submissions": len(load.result.acknowledged), "lost": figures["lost"]}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flaky, cause not found (2026-12-03): in about 1 run of 3 the first retry after the SIGKILL gets no Ray worker "
-    "within its 20 s max_runtime (worker_started_at unset), while the third attempt starts in 0.1 s; seen with "
-    "admission on, with and without a node pin, at 500m and 100m"))
 def test_a_worker_sigkilled_mid_node_is_retried_elsewhere_and_nothing_is_lost(cluster, tmp_path):
     _, client, home = cluster
     with BackgroundLoad(client, str(tmp_path / "markers"), label="sigkill") as load:
