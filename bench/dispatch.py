@@ -5,9 +5,10 @@
 
 Prints wall times, the fabric/raw ratio per shape, and the fabric's own overhead per node, for each store
 (FABRIC_STORE: the embedded SQLite by default) and each mode: `default` (the settings' defaults: admission
-on with the shipped scheduling config, the lineage file on and outputs a downstream node reads persisted),
+on with the shipped scheduling config, chains fused, the lineage file on and outputs a downstream node reads
+persisted),
 `no-admission` (FABRIC_ADMISSION=0: eager dispatch), the default with lineage or persistence off
-(`no-lineage`, `no-persistence`), and `fused` (FABRIC_FUSE=1, chain fusion). Each mode gets
+(`no-lineage`, `no-persistence`), and `no-fusion` (FABRIC_FUSE=0: one Ray task per chain member). Each mode gets
 its own local cluster (the registry reads its settings when it starts) and its own raw-Ray figures, measured
 in that cluster just before; a table of the ratios closes the run. `--shape` (repeatable) runs only those.
 """
@@ -172,13 +173,13 @@ def main() -> None:
         print(f"{store + ', ' + mode:28} " + " ".join(f"{ratios[name]:22.2f}" for name in shapes))
 
 
-DEFAULTS = {"admission": "1", "lineage": "file", "persist_outputs": "needed", "fuse": "0"}
+DEFAULTS = {"admission": "1", "lineage": "file", "persist_outputs": "needed", "fuse": "1"}
 MODES: dict[str, dict[str, str]] = {
     "default": {},
     "no-admission": {"admission": "0"},
     "no-lineage": {"lineage": "off"},
     "no-persistence": {"persist_outputs": "none"},
-    "fused": {"fuse": "1"},
+    "no-fusion": {"fuse": "0"},
 }
 
 

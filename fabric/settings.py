@@ -183,8 +183,8 @@ class Settings:
                            "scheduling config and the scheduling file read over it; off (0): no admission, not even "
                            "with a scheduling file, ready nodes go to Ray at once", "bool", _bool, True)
     fuse: bool = _var("FABRIC_FUSE", "run chains of small nodes with the same resources as one Ray task each "
-                      "(members keep their own state, attempts and logs; see docs/spec.md, fused chains)", "bool",
-                      _bool, False)
+                      "(members keep their own state, attempts and logs; see docs/spec.md, fused chains); "
+                      "0: one Ray task per node", "bool", _bool, True)
     skip_feasibility: bool = _var("FABRIC_SKIP_FEASIBILITY", "accept nodes no current Ray node can hold "
                                   "(an autoscaler will add one) instead of refusing them", "bool", _bool, False)
     use_images: bool = _var("FABRIC_USE_IMAGES", "run a node's `image` as Ray's image_uri container (needs "
