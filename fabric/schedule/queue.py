@@ -39,7 +39,7 @@ from fabric.schedule.quota import NO_TEAM, QuotaBook, QuotaLedger
 from fabric.schedule.run import RunMachine, Transition
 from fabric.schedule.waitlist import Entry, Waitlist, rank_of
 from fabric.spec import Priority
-from fabric.states import NodeState, WaitReason
+from fabric.states import TERMINAL_NODE_STATES, NodeState, WaitReason
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class AdmissionQueue:
         self._waitlist = Waitlist(config.aging_s)
         self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last full round
         self._eager_keys: set[str] = set()  # released ahead of capacity (`_eager`), not placed by the policy
+        # A fused chain's booking passes to the member running in its Ray task: rider key -> (booked key, part since)
+        self._carried: dict[str, tuple[str, float | None]] = {}
         self._runs: dict[str, tuple[RunMachine, str | None]] = {}  # every live run it was told of
         self._dirty = True
         self._added = False
@@ -246,8 +248,17 @@ class AdmissionQueue:
         added to its node and returned, for the record."""
         costs = []
         for t in transitions:
-            if t.node_id is not None and t.source == NodeState.RUNNING:
-                cost = self.release(f"{submission_id}/{t.node_id}")
+            key = f"{submission_id}/{t.node_id}"
+            # A rider stopped before it ran (the run ended under it) gives the chain's booking back too.
+            if t.node_id is not None and (t.source == NodeState.RUNNING or (
+                    key in self._carried and t.target in TERMINAL_NODE_STATES)):
+                held, since = self._carried.pop(key, (key, None))
+                cost = self._cost(held, since)
+                rider = machine.fused_next(t.node_id) if machine and t.target == NodeState.SUCCEEDED else None
+                if rider is not None and held in self._booked:  # the chain's task goes on: so does its booking
+                    self._carried[f"{submission_id}/{rider}"] = (held, self._clock())
+                else:
+                    self.release(held)
                 if cost and machine is not None:
                     machine.add_cost(t.node_id, cost)
                     costs.append(Charge(t.node_id, t.attempt, t.at, cost))
@@ -304,7 +315,9 @@ class AdmissionQueue:
             chosen = choose_victims(request, cluster, running, now)
             if chosen:
                 why = f"preempted for {request.key} ({request.priority}, waited {item['waiting_s']:.0f}s)"
-                return [(sid, node_id, why) for sid, _, node_id in (victim.key.partition("/") for victim in chosen)]
+                rider_of = {held: rider for rider, (held, _) in self._carried.items()}  # a chain's running member
+                return [(sid, node_id, why) for sid, _, node_id in (rider_of.get(victim.key, victim.key).partition("/")
+                                                                    for victim in chosen)]
         return []
 
     def release(self, key: str) -> float:
@@ -316,11 +329,19 @@ class AdmissionQueue:
         self._dirty = True  # capacity or quota came back: the next round looks again
         if self._book is not None:
             self._book.end(key)
-        request, placement, started = booked
-        if request.team in self._quotas.ledgers:
-            self._quotas.release(request.team, key)
-            self._save_usage(self._quotas.ledgers[request.team])
-        return self._rate(placement, request).cost(request.cpu, request.gpu, self._clock() - started)
+        cost = self._cost(key, None, booked)
+        if booked[0].team in self._quotas.ledgers:
+            self._quotas.release(booked[0].team, key)
+            self._save_usage(self._quotas.ledgers[booked[0].team])
+        return cost
+
+    def _cost(self, key: str, since: float | None, booked: tuple[Request, Placement, float] | None = None) -> float:
+        """What `key`'s booking cost from `since` (its start when None) until now; 0 when it holds nothing."""
+        request, placement, started = booked or self._booked.get(key) or (None, None, 0.0)
+        if request is None or placement is None:
+            return 0.0
+        begun = started if since is None else since
+        return self._rate(placement, request).cost(request.cpu, request.gpu, self._clock() - begun)
 
     def _rate(self, placement: Placement, request: Request) -> Rate:
         """The rate of the pool where it ran (a *-spot node is cheaper), else of the pool it asked for."""

@@ -147,6 +147,11 @@ class RunMachine(MapSteps):
         self._move(node, NodeState.QUEUED, reason)
         return [kill, *([] if self.gated else self._settle([node_id]))]
 
+    def fused_next(self, node_id: str) -> str | None:
+        """The member after `node_id` in its fused chain when it was dispatched into the same Ray task."""
+        return next((d for d in self.nodes[node_id].plan.downstream
+                     if self.nodes[d].plan.fused_after == node_id and self.nodes[d].token is not None), None)
+
     def add_cost(self, node_id: str, amount: float) -> None:
         self.nodes[node_id].cost += amount
     def note_waiting(self, node_id: str, reason: str) -> None:  # gated: why it waits (the scheduler's words)

@@ -153,3 +153,75 @@ def test_an_attempt_costs_its_resource_seconds_at_the_rates_of_the_pool_it_ran_i
     record = SubmissionRecord("s1", "p", spec, {}, "plan", "request", DAY, team="research")
     events = [Event("s1", t.node_id, t.source, t.target, t.at, t.attempt, t.reason) for t in transitions]
     assert status_from_events(record, [*events, event]).cost == pytest.approx(0.46)  # it survives a restart
+
+
+def chain_run(submission_id: str, clock, members: int) -> RunMachine:
+    nodes = [{"id": f"m{i}", "kind": "python_task", "entrypoint": "m:f", "resources": {"cpu": 1}}
+             for i in range(members)]
+    edges = [{"from": f"m{i}", "to": f"m{i + 1}"} for i in range(members - 1)]
+    plan = compile_plan(load_spec({"version": 1, "pipeline_id": "chain", "nodes": nodes, "edges": edges}))
+    assert [plan.nodes[f"m{i}"].fused_after for i in range(members)] == [None, *(f"m{i}" for i in range(members - 1))]
+    machine = RunMachine(plan, clock, submission_id=submission_id, gated=True)
+    machine.start()
+    return machine
+
+
+def test_a_fused_chain_holds_its_booking_until_its_last_member_ends_and_pays_for_each():
+    """A fused chain runs as one Ray task, admitted through its first member: the booking (capacity and quota)
+    passes from member to member, so other work does not take the slot the task still holds and a team's long
+    chain is charged for all of it, each member for its own part."""
+    from fabric.schedule.queue import Rate
+
+    now = [DAY]
+    config = SchedulingConfig(quotas={"research": Budget(cpu=1)}, cost=Rate(cpu_hour=1.0, gpu_hour=0.0))
+    scheduler = Scheduler(config, lambda: now[0], nodes=lambda: [Node("n", 2.0, [])])
+    chain = chain_run("chain", lambda: now[0], 3)
+    other = spec_run("other", lambda: now[0], gpu=0)
+    runs = {"chain": chain}
+    [(_, head, _)] = scheduler.admit((sid, m, "research") for sid, m in runs.items())
+    assert head == "m0"
+    chain.admit(head)
+    runs["other"] = other  # the same team: its one-CPU budget is held by the chain's task
+    charges = []
+    for member in ("m0", "m1", "m2"):
+        assert scheduler.admit((sid, m, "research") for sid, m in runs.items()) == []
+        assert scheduler.quotas()[0]["cpu_in_use"] == 1.0
+        now[0] += 3600  # each member runs an hour
+        chain.on_result(member, chain.nodes[member].token, AttemptReport())
+        charges += scheduler.on_transitions("chain", chain.drain_transitions(), chain)
+    assert chain.done and chain.nodes["m2"].state.value == "SUCCEEDED"
+    assert [(c.node_id, round(c.amount, 6)) for c in charges] == [("m0", 1.0), ("m1", 1.0), ("m2", 1.0)]
+    assert scheduler.quotas()[0]["cpu_in_use"] == 0.0
+    assert [sid for sid, _, _ in scheduler.admit((sid, m, "research") for sid, m in runs.items())] == ["other"]
+
+
+def test_a_fused_member_that_fails_gives_the_chains_booking_back_and_its_retry_is_admitted_anew():
+    from fabric.types import ErrorInfo
+
+    now = [DAY]
+    scheduler = Scheduler(SchedulingConfig(quotas={"research": Budget(cpu=1)}), lambda: now[0],
+                          nodes=lambda: [Node("n", 2.0, [])])
+    nodes = [{"id": f"m{i}", "kind": "python_task", "entrypoint": "m:f", "resources": {"cpu": 1}} for i in range(3)]
+    spec = {"version": 1, "pipeline_id": "chain", "nodes": nodes,
+            "slo": {"retry": {"max_attempts": 2, "backoff_sec": 0}},
+            "edges": [{"from": "m0", "to": "m1"}, {"from": "m1", "to": "m2"}]}
+    chain = RunMachine(compile_plan(load_spec(spec)), lambda: now[0], submission_id="chain", gated=True)
+    chain.start()
+    [(_, head, _)] = scheduler.admit([("chain", chain, "research")])
+    chain.admit(head)
+    chain.on_result("m0", chain.nodes["m0"].token, AttemptReport())
+    scheduler.on_transitions("chain", chain.drain_transitions(), chain)
+    assert scheduler.quotas()[0]["cpu_in_use"] == 1.0  # m1 runs in the chain's task
+    chain.on_result("m1", chain.nodes["m1"].token, AttemptReport(), ErrorInfo("ValueError", "boom"))
+    now[0] += 1
+    scheduler.on_transitions("chain", chain.drain_transitions(), chain)
+    assert scheduler.quotas()[0]["cpu_in_use"] == 0.0
+    admitted = []
+    for _ in range(3):  # its backoff ends, it waits again, it is admitted through its own booking
+        now[0] += 1
+        chain.tick()
+        for _, node_id, _ in scheduler.admit([("chain", chain, "research")]):
+            chain.admit(node_id)
+            admitted.append(node_id)
+        scheduler.on_transitions("chain", chain.drain_transitions(), chain)
+    assert admitted == ["m1"] and scheduler.quotas()[0]["cpu_in_use"] == 1.0
