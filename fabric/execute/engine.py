@@ -34,7 +34,7 @@ from fabric.record.cache import CacheIndex
 from fabric.record.metrics import FabricMetrics
 from fabric.schedule import Action, Kill, RunMachine
 from fabric.schedule.admission import Placement
-from fabric.schedule.queue import AdmissionQueue
+from fabric.schedule.queue import AdmissionQueue, Charge
 from fabric.states import KillCause
 
 log = logging.getLogger(__name__)
@@ -307,6 +307,7 @@ class Engine(Reruns):
                 self._store.put_log(run.record.submission_id, node_id, handle.attempt, report.log_tail,
                                     report.log_path)
             if error is None and run.plan.nodes[node_id].map is not None:  # its items were counted: expand
+                self._split_done(run, node_id, handle.attempt)
                 self._maps.expand(run, node_id, token, report)
                 return [run.record.submission_id]
             self._perform(run, run.machine.on_result(node_id, token, report, error))
@@ -340,6 +341,14 @@ class Engine(Reruns):
             self._perform(self._runs[sid], self._runs[sid].machine.preempt(node_id, why))
         self._changed |= (touched := {sid for sid, _, _ in admitted} | {sid for sid, _, _ in preempted})
         return touched  # seen by the next round too: a preempted node waits again
+
+    def _split_done(self, run: LiveRun, node_id: str, attempt: int) -> None:
+        """A map's count task ended: the map stays RUNNING while its children run on bookings of their own, so its
+        own booking (capacity and quota) goes back now, charged to it; held, it took a slot from its children."""
+        if self._scheduler is not None and (cost := self._scheduler.release(f"{run.record.submission_id}/{node_id}")):
+            run.machine.add_cost(node_id, cost)
+            self._store.append_events(cost_events(run.record.submission_id, [Charge(node_id, attempt, self._clock(),
+                                                                                     cost)]))
 
     def _perform(self, run: LiveRun, actions: list[Action], placement: Placement | None = None) -> None:
         sid, actions = run.record.submission_id, self._maps.intercept(run, actions)  # a map's count, split, gather

@@ -8,7 +8,7 @@ from typing import Any
 
 from fabric.execute.chain import EXTERNAL
 from fabric.plan import ExecutionPlan
-from fabric.plan.fuse import packable
+from fabric.plan.fuse import MAX_PACK, PACK_SPREAD, packable
 from fabric.schedule import Action, Dispatch
 
 
@@ -28,10 +28,6 @@ def fused_groups(plan: ExecutionPlan, actions: Sequence[Action]) -> dict[str, li
             group = groups[action.node_id] = [action]
         last_of[action.node_id] = group
     return {head: group for head, group in groups.items() if len(group) > 1}
-
-
-PACK_SPREAD = 32  # a batch of map children goes as at least this many Ray tasks (when it has that many children)
-MAX_PACK = 64  # children per Ray task at most
 
 
 def map_packs(plan: ExecutionPlan, actions: Sequence[Action], spread: int = PACK_SPREAD,

@@ -23,6 +23,10 @@ def fusible(node: NodePlan, fuse: bool = True) -> bool:
     return fuse and _shareable(node) and node.map is None and node.map_parent is None
 
 
+PACK_SPREAD = 32  # a batch of map children goes as at least this many Ray tasks (when it has that many children)
+MAX_PACK = 64  # children per Ray task at most
+
+
 def packable(node: NodePlan) -> bool:
     """May this map child share a Ray task with its siblings (each still its own attempt, log and outputs)? On
     the same terms as fusion: no cache check, GPU, gang, deadline, preemption or self-placing kind."""

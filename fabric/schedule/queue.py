@@ -254,7 +254,7 @@ class AdmissionQueue:
                     key in self._carried and t.target in TERMINAL_NODE_STATES)):
                 held, since = self._carried.pop(key, (key, None))
                 cost = self._cost(held, since)
-                rider = machine.fused_next(t.node_id) if machine and t.target == NodeState.SUCCEEDED else None
+                rider = machine.carried_next(t.node_id, t.target == NodeState.SUCCEEDED) if machine else None
                 if rider is not None and held in self._booked:  # the chain's task goes on: so does its booking
                     self._carried[f"{submission_id}/{rider}"] = (held, self._clock())
                 else:

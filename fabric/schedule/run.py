@@ -48,6 +48,7 @@ class RunMachine(MapSteps):
         self._terminal = 0
         self.exits = ExitHooks(plan)  # exit hooks: held until every other node has ended (schedule/exits.py)
         self._fans = {}  # map nodes expanded, by id (schedule/mapping.py)
+        self._pack_next = {}
 
     @classmethod
     def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
@@ -147,10 +148,15 @@ class RunMachine(MapSteps):
         self._move(node, NodeState.QUEUED, reason)
         return [kill, *([] if self.gated else self._settle([node_id]))]
 
-    def fused_next(self, node_id: str) -> str | None:
-        """The member after `node_id` in its fused chain when it was dispatched into the same Ray task."""
-        return next((d for d in self.nodes[node_id].plan.downstream
-                     if self.nodes[d].plan.fused_after == node_id and self.nodes[d].token is not None), None)
+    def carried_next(self, node_id: str, succeeded: bool) -> str | None:
+        """The member after `node_id` in its Ray task that has not ended, the task's admission booking passes to
+        it: its pack's next child (a failure stops no other), or its fused chain's next member after a success."""
+        following = self._pack_next.pop(node_id, None) or next(
+            (d for d in self.nodes[node_id].plan.downstream if succeeded
+             and self.nodes[d].plan.fused_after == node_id and self.nodes[d].token is not None), None)
+        while following is not None and self.nodes[following].state.terminal:
+            following = self._pack_next.pop(following, None)
+        return following
 
     def add_cost(self, node_id: str, amount: float) -> None:
         self.nodes[node_id].cost += amount
@@ -166,9 +172,14 @@ class RunMachine(MapSteps):
         del self._waiting[node_id]
         self._waiting_cached.pop(node_id, None)
         self._unsynced.add(node_id)
-        action = self._dispatch(node)
+        actions = [self._dispatch(node)]
         self._run(node)
-        return [action, *self._settle(node.plan.downstream)]  # its fused chain goes in its Ray task (plan/fuse)
+        for rider in self._pack_riders(node):  # a pack of map children runs in its Ray task (schedule/mapping.py)
+            del self._waiting[rider.plan.node_id]
+            self._unsynced.add(rider.plan.node_id)
+            actions.append(self._dispatch(rider))
+            self._run(rider)
+        return [*actions, *self._settle(node.plan.downstream)]  # its fused chain goes in its Ray task (plan/fuse)
 
     # -- inputs --------------------------------------------------------------------------------
 
