@@ -239,3 +239,12 @@ def item_step(marker_dir: str, item: int, slow_from: int = 3, seconds: float = 4
     if item >= slow_from:
         time.sleep(seconds)
     return item * 10
+
+
+def item_task(marker_dir: str, item: int, fail_once: int = -1) -> str:
+    """A map child: the Ray task it ran in (children of one pack share one); `fail_once` fails the first time."""
+    import ray
+
+    if _mark(marker_dir, f"item{item}") == 1 and item == fail_once:
+        raise ValueError(f"item {item} fails once")
+    return ray.get_runtime_context().get_task_id() or ""

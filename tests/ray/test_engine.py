@@ -411,6 +411,26 @@ def test_when_false_skips_with_the_reason_and_a_join_runs_with_the_branch_that_r
     assert [(p.code, p.where) for p in raised.value.problems] == [(ErrorCode.SPEC_CONDITION, "nodes[0].when")]
 
 
+def test_with_admission_a_large_maps_children_share_ray_tasks_and_each_keeps_its_own_attempts(client, tmp_path):
+    """Admission is on (the default): each admitted child takes waiting siblings into its Ray task, so 256 children
+    need far fewer tasks; a child that fails once is retried alone and every result comes back in item order."""
+    spec = dag("packed_map", [
+        py("xs", "int_list", params={"n": 256}, outs=["xs"]),
+        py("m", "item_task", params={"marker_dir": str(tmp_path), "fail_once": 7}, ins=["item=xs"], outs=["t"],
+           map={"over": "item"}),
+    ], edges=[("xs", "m")], slo={"retry": {"max_attempts": 2, "backoff_sec": 0.1}})
+    submission = client.submit(spec)
+    status = submission.wait(120)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes if n.state != "SUCCEEDED"]
+    children = {n.node_id: n for n in status.nodes if n.node_id.startswith("m[")}
+    assert len(children) == 256 and all(n.state == "SUCCEEDED" for n in children.values())
+    assert {c for c, n in children.items() if n.attempts != 1} == {"m[7]"}
+    assert "fails once" in (children["m[7]"].history[0].error.message or "")
+    tasks = submission.result("m", "t")
+    assert len(tasks) == 256 and all(tasks)
+    assert len(set(tasks)) <= 256 // 4, f"{len(set(tasks))} Ray tasks for 256 children"  # packs of 8 (256 // 32)
+
+
 def test_param_sweep_map_retries_its_children_and_a_rerun_runs_only_the_failed_ones(client, tmp_path):
     """jobs/dags/param_sweep.yaml: 48 grid points, two of which fail once; then three that fail for good, and a
     re-run (after the fix) that runs only those three children."""
