@@ -100,7 +100,7 @@ class AdmissionQueue:
         self._waitlist = Waitlist(config.aging_s)
         self._waits: dict[str, WaitReason] = {}  # key -> why it waits, as of the last full round
         self._eager_keys: set[str] = set()  # released ahead of capacity (`_eager`), not placed by the policy
-        # A fused chain's booking passes to the member running in its Ray task: rider key -> (booked key, part since)
+        # A Ray task's booking (fused chain or map pack) follows its running member: rider key -> (booked key, since)
         self._carried: dict[str, tuple[str, float | None]] = {}
         self._runs: dict[str, tuple[RunMachine, str | None]] = {}  # every live run it was told of
         self._dirty = True
