@@ -286,6 +286,7 @@ async function openSubmission(id) {
   $("charts").replaceChildren();
   $("charts-pane").hidden = true;
   $("log").textContent = "select a node";
+  $("children-pane").hidden = true;
   $("log-node").textContent = "";
   await refresh();
 }
@@ -317,7 +318,7 @@ async function refresh() {
         note.append(link, " ");
       }
     }
-    drawDag(); drawGantt(); drawParams(status.params);
+    drawDag(); drawChildren(); drawGantt(); drawParams(status.params);
     if (view.selected && status.state === "RUNNING") loadLog(view.selected);
     running = status.state === "RUNNING";
     // The report (metrics.json) and the charts, once, when the run has ended (no more status polls for it).
@@ -481,7 +482,8 @@ function drawDag() {
   for (const node of nodes) {
     const [x, y] = xy(node.id);
     const state = nodeState(node.id);
-    const g = el("g", { class: `node${view.selected === node.id ? " selected" : ""}`, "data-node": node.id,
+    const selected = view.selected === node.id || mapOf(view.selected) === node.id;  // a child selects its map
+    const g = el("g", { class: `node${selected ? " selected" : ""}`, "data-node": node.id,
                         "data-state": state, transform: `translate(${x},${y})` }, svg);
     el("rect", { width: W, height: H, rx: 6, fill: COLORS[state] || "#9ca3af",
                  stroke: onPath.has(node.id) ? "#d4a017" : "#374151", "stroke-width": onPath.has(node.id) ? 3 : 1 }, g);
@@ -489,7 +491,7 @@ function drawDag() {
     label.textContent = node.id.length > 22 ? node.id.slice(0, 21) + "…" : node.id;
     const sub = el("text", { x: 8, y: 32, fill: "#fff" }, g);
     sub.textContent = `${node.kind} · ${state.toLowerCase()}`;
-    const kids = view.status.nodes.filter((n) => n.node_id.startsWith(node.id + "["));  // a map's children node[i]
+    const kids = childrenOf(node.id);
     if (kids.length) {  // collapsed into their map: counts and a progress bar
       const ok = kids.filter((n) => n.state === "SUCCEEDED" || n.state === "CACHED").length;
       const bad = kids.filter((n) => n.state === "FAILED" || n.state === "TIMED_OUT").length;
@@ -548,7 +550,40 @@ function drawGantt() {
 function selectNode(id) {
   view.selected = id;
   drawDag();
+  drawChildren();
   loadLog(id);
+}
+
+// A map's children are `node[i]` in the status (not in the graph): the map node's id, or null for any other id.
+function mapOf(id) {
+  const match = /^(.*)\[\d+\]$/.exec(id || "");
+  return match && view.graph.nodes.some((n) => n.id === match[1]) ? match[1] : null;
+}
+
+function childrenOf(id) {
+  return view.status.nodes.filter((n) => n.node_id.startsWith(id + "[") && mapOf(n.node_id) === id);
+}
+
+// The children of the selected map node (or of the selected child's map): each one's state, attempts and
+// error, a click away from its log. The graph keeps the map as one node; this is where `node[i]` is reached.
+const CHILD_ROWS = 1000;
+function drawChildren() {
+  const map = mapOf(view.selected) || view.selected;
+  const kids = map ? childrenOf(map) : [];
+  $("children-pane").hidden = !kids.length;
+  if (!kids.length) return;
+  $("children-of").textContent = map;
+  $("d-children").tBodies[0].replaceChildren(...kids.slice(0, CHILD_ROWS).map((n) => {
+    const outcomes = n.history.map((a) => a.outcome || "running").join(" → ");
+    const failed = [...n.history].reverse().find((a) => a.error);
+    const error = n.error || (failed && failed.error);
+    return h("tr", { dataset: { node: n.node_id, state: n.state }, class: n.node_id === view.selected ? "here" : "",
+                     onclick: () => selectNode(n.node_id) },
+      h("td", {}, n.node_id), h("td", { class: "state-text", style: `color:${COLORS[n.state] || ""}` }, n.state),
+      h("td", { class: "attempts" }, `${n.attempts}${outcomes ? ` (${outcomes})` : ""}`),
+      h("td", { class: "meta" }, error ? `${error.type}: ${error.message}` : ""));
+  }));
+  $("children-more").textContent = kids.length > CHILD_ROWS ? `the first ${CHILD_ROWS} of ${kids.length}` : "";
 }
 
 async function loadLog(id) {
