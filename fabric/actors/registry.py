@@ -45,6 +45,7 @@ from fabric.schedule.grants import TeamGrants, check_submission
 from fabric.schedule.queue import load_config
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params, read_document
+from fabric.spec.mapping import parent_of
 from fabric.spec.subdags import expand
 from fabric.states import KILL_SWITCH, EventKind
 from fabric.types import team_submission_id
@@ -366,7 +367,9 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
         if self._engine.has(submission_id):
             return self._engine.logs(submission_id, node_id)
         record = self._recorded(submission_id)
-        if node_id not in {n["id"] for n in record.spec.get("nodes", [])}:
+        nodes = {n["id"]: n for n in record.spec.get("nodes", [])}
+        child = parent_of(node_id)  # a map's child `m[i]` is in no spec, only its map node `m` is
+        if node_id not in nodes and not (child and nodes.get(child[0], {}).get("map")):
             raise NotFoundError(f"submission {submission_id} has no node {node_id!r}", code=ErrorCode.NOT_FOUND,
                                 where=node_id, fix="see the node ids in `fabric status`")
         return full_logs(self.home, submission_id, node_id, self._store.get_log(submission_id, node_id))
