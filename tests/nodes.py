@@ -241,6 +241,15 @@ def item_step(marker_dir: str, item: int, slow_from: int = 3, seconds: float = 4
     return item * 10
 
 
+def item_said(marker_dir: str, item: int, fail_once: int = -1) -> int:
+    """A map child that prints its item and execution (its log tells whose it is); `fail_once` fails once."""
+    count = _mark(marker_dir, f"item{item}")
+    print(f"item {item} execution {count}")
+    if item == fail_once and count == 1:
+        raise ValueError(f"item {item} fails once")
+    return item * 10
+
+
 def item_task(marker_dir: str, item: int, fail_once: int = -1) -> str:
     """A map child: the Ray task it ran in (children of one pack share one); `fail_once` fails the first time."""
     import ray

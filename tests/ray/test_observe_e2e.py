@@ -450,6 +450,69 @@ def test_the_ui_cancel_button_leaves_no_poller_behind(stack, tmp_path):
     assert running.wait(30).state == "CANCELLED"
 
 
+def map_of_six(marker_dir: str) -> dict:
+    """A map over 6 items whose child m[2] fails once and is retried, and a reader of all six values."""
+    return {"version": 1, "pipeline_id": "ui_map",
+            "nodes": [{"id": "xs", "kind": "python_task", "entrypoint": "tests.nodes:int_list", "params": {"n": 6},
+                       "outs": ["xs"]},
+                      {"id": "m", "kind": "python_task", "entrypoint": "tests.nodes:item_said",
+                       "params": {"marker_dir": marker_dir, "fail_once": 2}, "ins": ["item=xs"], "outs": ["ys"],
+                       "map": {"over": "item"}, "slo": {"retry": {"max_attempts": 2, "backoff_sec": 0.2}}},
+                      {"id": "total", "kind": "python_task", "entrypoint": "tests.nodes:echo", "ins": ["ys"]}],
+            "edges": [{"from": "xs", "to": "m"}, {"from": "m", "to": "total"}]}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_ui_shows_a_map_as_one_node_and_each_child_with_its_attempts_and_log(stack, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    submission = stack["remote"].submit(map_of_six(str(tmp_path / "markers")))
+    status = submission.wait(90)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+            page.goto(f"{stack['url']}/ui/#/s/{submission.id}")
+            page.wait_for_selector("g.node[data-node='total'][data-state='SUCCEEDED']")
+            # One node for the map (no child drawn in the graph), with its counts and a full progress bar.
+            assert page.eval_on_selector_all("g.node", "els => els.map(e => e.dataset.node)") == ["xs", "m", "total"]
+            node = page.locator("g.node[data-node='m']")
+            assert node.get_attribute("data-state") == "SUCCEEDED"
+            assert node.locator("text").nth(1).text_content() == "map · 6/6 ok"
+            bar = node.locator("rect[data-map-progress]")
+            assert bar.get_attribute("data-map-progress") == "6" and float(bar.get_attribute("width")) == 170.0
+            assert page.locator("#children-pane").is_hidden()
+            # Its children, node[i], from a click on the map: each one's state and attempts.
+            page.click("g.node[data-node='m']")
+            page.wait_for_selector("#children-pane:not([hidden]) #d-children tr[data-node='m[5]']")
+            assert page.locator("#children-of").text_content() == "m"
+            rows = page.eval_on_selector_all("#d-children tbody tr", CELLS)
+            assert [row[:3] for row in rows] == [
+                [f"m[{i}]", "SUCCEEDED", "2 (RETRYING → SUCCEEDED)" if i == 2 else "1 (SUCCEEDED)"] for i in range(6)]
+            assert rows[2][3] == "ValueError: item 2 fails once" and [row[3] for row in rows[:2]] == ["", ""]
+            # A child's log, every attempt of it and nothing of its siblings'.
+            page.click("#d-children tr[data-node='m[2]']")
+            page.wait_for_selector("#log:has-text('item 2 execution 2')")
+            log = page.locator("#log").text_content()
+            assert "item 2 execution 1" in log and "--- attempt 2" in log and "item 4" not in log, log
+            assert page.locator("#log-node").text_content() == "· m[2]"
+            assert page.locator("#d-children tr.here").get_attribute("data-node") == "m[2]"
+            assert "selected" in (node.get_attribute("class") or "")  # the child's map stays marked in the graph
+            page.click("#d-children tr[data-node='m[4]']")
+            page.wait_for_selector("#log:has-text('item 4 execution 1')")
+            assert "item 2" not in page.locator("#log").text_content()
+            # Another node hides the children again.
+            page.click("g.node[data-node='total']")
+            page.wait_for_selector("#children-pane", state="hidden")
+        finally:
+            browser.close()
+    assert stack["remote"].get(submission.id).logs("m[2]").count("--- attempt") == 2
+
+
 def test_cli_graph_and_logs_follow(stack, tmp_path, capfd):
     from typer.testing import CliRunner
 
