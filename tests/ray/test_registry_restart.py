@@ -195,3 +195,25 @@ def test_a_map_resumes_without_running_its_succeeded_children_again(client, tmp_
     assert [runs(tmp_path, f"item{i}") for i in range(3)] == [1, 1, 1], "SUCCEEDED children ran again"
     assert all(runs(tmp_path, f"item{i}") >= 1 for i in range(3, 6))
     assert submission.result("m", "ys") == [0, 10, 20, 30, 40, 50]  # the gather read the first three back
+
+
+def test_a_finished_maps_children_keep_their_attempts_and_logs_after_a_restart(client, tmp_path):
+    """A registry that did not run the submission answers from the record: `m[i]` is no node of the spec,
+    but its status and its log (each attempt) are still there."""
+    spec = dag("map_logs", [
+        py("xs", "int_list", params={"n": 3}, outs=["xs"]),
+        py("m", "item_said", params={"marker_dir": str(tmp_path), "fail_once": 1}, ins=["item=xs"], outs=["ys"],
+           map={"over": "item"}, slo={"retry": {"max_attempts": 2, "backoff_sec": 0.1}}),
+    ], edges=[("xs", "m")])
+    submission = client.submit(spec)
+    assert submission.wait(60).state == "SUCCEEDED"
+    _restart_registry(client)
+    status = submission.status()
+    assert [(n.node_id, n.state, n.attempts) for n in status.nodes if n.node_id.startswith("m[")] == [
+        ("m[0]", "SUCCEEDED", 1), ("m[1]", "SUCCEEDED", 2), ("m[2]", "SUCCEEDED", 1)]
+    log = submission.logs("m[1]")
+    assert log.count("--- attempt") == 2 and "item 1 execution 2" in log and "item 0" not in log, log
+    with pytest.raises(NotFoundError):
+        submission.logs("m[x]")
+    with pytest.raises(NotFoundError):
+        submission.logs("xs[0]")  # not a map node: it has no children
