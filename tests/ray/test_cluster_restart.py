@@ -1,4 +1,5 @@
-"""Recovery across a whole Ray cluster stopping mid-DAG: a new cluster on the same FABRIC_HOME finishes it."""
+"""Recovery across a whole Ray cluster stopping mid-DAG (and mid-map): a new cluster on the same FABRIC_HOME
+finishes it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ray
 
 import fabric as fb
 from tests.conftest import REPO
+from tests.ray.test_engine import dag, py
 from tests.ray.test_registry_restart import runs, three_step
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
@@ -39,5 +41,53 @@ def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_
 
         record("fault", "whole Ray cluster stopped and started", recovered_s=round(status.ended_at - stopped_at, 2),
                reruns_of_succeeded_nodes=0, outcome="a new cluster on the same FABRIC_HOME finished the DAG")
+    finally:
+        ray.shutdown()
+
+
+def map_of_ten(marker_dir: str) -> dict:
+    """10 children: items 0-3 quick, 4-9 slow (so the cluster can stop between them), then a reader of them all."""
+    return dag("map_survivor", [
+        py("xs", "int_list", params={"n": 10}, outs=["xs"]),
+        py("m", "item_step", params={"marker_dir": marker_dir, "slow_from": 4, "seconds": 5}, ins=["item=xs"],
+           outs=["ys"], map={"over": "item"}),
+        py("after", "counted", params={"marker_dir": marker_dir, "name": "after"}, ins=["ys"]),
+    ], edges=[("xs", "m"), ("m", "after")])
+
+
+def test_a_map_finishes_on_a_new_cluster_and_its_succeeded_children_do_not_rerun(tmp_path):
+    os.chdir(REPO)
+    home, markers = tmp_path / "home", tmp_path / "markers"
+    client = fb.connect("local", num_cpus=2, home=str(home))
+    try:
+        submission = client.submit(map_of_ten(str(markers)), {"submission_id": "map-survivor-001"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # `status` flushes the record before it answers: what it shows SUCCEEDED is on disk.
+            done = {n.node_id for n in submission.status().nodes if n.state == "SUCCEEDED"}
+            if {f"m[{i}]" for i in range(4)} <= done:
+                break
+            time.sleep(0.1)
+        assert {f"m[{i}]" for i in range(4)} <= done, done
+        assert "m" not in done and "after" not in done  # the slow children were still to come
+    finally:
+        ray.shutdown()  # the whole local cluster goes: registry, workers (children mid-run), object store
+    finished = sorted(int(n[2:-1]) for n in done if n.startswith("m["))
+    assert len(finished) < 10
+
+    client = fb.connect("local", num_cpus=2, home=str(home))  # a new cluster, the same FABRIC_HOME
+    try:
+        submission = client.get("map-survivor-001")
+        status = submission.wait(90)
+        assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
+        children = {n.node_id: n.state for n in status.nodes if n.node_id.startswith("m[")}
+        assert children == {f"m[{i}]": "SUCCEEDED" for i in range(10)}
+        # One execution each for the children that had SUCCEEDED before the stop: the marker files survive it.
+        again = {i: runs(markers, f"item{i}") for i in finished}
+        assert again == {i: 1 for i in finished}, "SUCCEEDED children ran again"
+        assert all(runs(markers, f"item{i}") >= 1 for i in range(10))
+        assert runs(markers, "after") == 1
+        assert submission.result("m", "ys") == [i * 10 for i in range(10)]  # item order, the first ones read back
+        assert submission.result("after") == f"after({[i * 10 for i in range(10)]})"
     finally:
         ray.shutdown()
