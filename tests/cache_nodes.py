@@ -35,3 +35,17 @@ def slow_double(x: float, seconds: float, marker_dir: str) -> float:
     _mark(marker_dir, "slow")
     time.sleep(seconds)
     return 2 * x
+
+
+def listed(values: list, offset: int) -> dict:
+    """Not cached: the map's items, and its other input."""
+    return {"values": list(values), "offset": offset}
+
+
+def square_item(item: int, offset: int, marker_dir: str) -> int:
+    _mark(marker_dir, f"square{item}")
+    return item * item + offset
+
+
+def collect(squares: list) -> list:
+    return list(squares)

@@ -6,6 +6,8 @@ The key is the node's spec (kind, params, entrypoint, env, image, outs), the ver
 source of the entrypoint's module and of the kind's implementation, read where the nodes run) and the
 digests of the *values* of its inputs, which the producers report when they finish
 (`NodeCall.digest`). Two runs over different data never share an entry, even under the same names.
+A cached map's child is such a node: its `over` input's digest is its item's (or batch's) content hash, from
+the map's count task (plan/expand.py `item_digest`); its other inputs are the map node's.
 Keys are per team (`cache_namespace`): team A's node never reuses, waits for or overwrites team B's entry,
 and so never gets B's files copied into its submission, unless both nodes say `cache: shared` (a grant).
 
@@ -30,6 +32,7 @@ from fabric.execute.outputs import copy_node_files, has_outputs
 from fabric.execute.ports import CacheHost, RunView
 from fabric.plan.hashing import node_content_hash
 from fabric.record.cache import CacheEntry, CacheIndex, MemoryCacheIndex, PostgresCacheIndex, SqliteCacheIndex
+from fabric.schedule.actions import Action
 from fabric.states import NodeState, Wait, WaitReason
 
 log = logging.getLogger(__name__)
@@ -120,11 +123,22 @@ class NodeCache:
             if run.machine.done:
                 self._forget(run.submission_id, run)
                 continue
-            for node_id in run.machine.ready_cached():
-                if self._decide(engine, run, node_id):
-                    touched.add(run.submission_id)
+            # One batch per run: a cached map's misses dispatched together go as packs (execute/fusion.py).
+            actions: list[Action] = []
+            seen: set[str] = set()
+            try:
+                # Until none is new: a hit may release more (a map's next children under max_parallel, a
+                # downstream cache node), decided now rather than on the loop's next wake-up. Each once a tick.
+                while fresh := [n for n in run.machine.ready_cached() if n not in seen]:
+                    seen.update(fresh)
+                    for node_id in fresh:
+                        if self._decide(engine, run, node_id, actions):
+                            touched.add(run.submission_id)
+            finally:  # what was decided is carried out even if a later decision raised
+                if actions:
+                    engine.perform(run.submission_id, actions)
 
-    def _decide(self, engine: CacheHost, run: RunView, node_id: str) -> bool:
+    def _decide(self, engine: CacheHost, run: RunView, node_id: str, actions: list[Action]) -> bool:
         sid, machine = run.submission_id, run.machine
         key = self._keys.get((sid, node_id)) or self._key(engine, run, node_id)
         if key == _PENDING:
@@ -134,7 +148,7 @@ class NodeCache:
             entry = self._index.get(key)
             if entry is not None and (entry.submission_id, entry.node_id) != (sid, node_id):
                 if has_outputs(self._artifacts, entry.submission_id, entry.node_id):
-                    return self._hit(engine, run, node_id, entry)
+                    return self._hit(engine, run, node_id, entry, actions)
                 self._index.drop(key)  # its outputs were swept: the entry is stale
             leader = self._inflight.get(key)
             if leader is not None and leader != (sid, node_id):
@@ -148,13 +162,13 @@ class NodeCache:
         if machine.gated:  # admission decides when it runs
             machine.unhold(node_id)
             return False
-        engine.perform(sid, machine.admit(node_id))
+        actions.extend(machine.admit(node_id))
         return True
 
-    def _hit(self, engine: CacheHost, run: RunView, node_id: str, entry: CacheEntry) -> bool:
+    def _hit(self, engine: CacheHost, run: RunView, node_id: str, entry: CacheEntry, actions: list[Action]) -> bool:
         machine = run.machine
         outs = machine.nodes[node_id].plan.result_slots
-        actions = machine.cache_hit(node_id, f"cached: reuses {entry.node_id} of {entry.submission_id}")
+        hit = machine.cache_hit(node_id, f"cached: reuses {entry.node_id} of {entry.submission_id}")
         if machine.nodes[node_id].state is not NodeState.CACHED:
             return False
         token = machine.nodes[node_id].token
@@ -165,7 +179,7 @@ class NodeCache:
         # Its artifact dir too (fire and forget: a task runs whether or not its ref is kept).
         self._copy.remote(self._artifacts, (entry.submission_id, entry.node_id), (sid, node_id))
         self.hits += 1
-        engine.perform(sid, actions)
+        actions.extend(hit)
         return True
 
     def _key(self, engine: CacheHost, run: RunView, node_id: str) -> str | None:
@@ -176,6 +190,9 @@ class NodeCache:
         plan = run.plan.nodes[node_id]
         inputs = {}
         for wire in plan.inputs:
+            if plan.item_digest is not None and wire.producer == plan.map_parent:  # a cached map's child: its item
+                inputs[wire.name] = plan.item_digest
+                continue
             digest = self._output_digests(run, wire.producer).get(wire.out)
             if digest is None:
                 return None
@@ -205,7 +222,8 @@ class NodeCache:
         if sid in self._versions:
             return self._versions[sid]
         self._versions[sid] = None
-        nodes = [run.plan.nodes[n] for n in run.plan.order if run.plan.nodes[n].cache]
+        nodes = [node for n in run.plan.order for node in (run.plan.nodes[n],)  # a cached map: its children's code
+                 if node.cache or (node.map is not None and node.map.cache)]
         inline = sorted({n.entrypoint for n in nodes if n.entrypoint in run.code})
         entrypoints = sorted({n.entrypoint for n in nodes if n.entrypoint and n.entrypoint not in run.code})
         kinds = sorted({n.kind for n in nodes})
@@ -232,6 +250,6 @@ class NodeCache:
     def _forget(self, sid: str, run: RunView) -> None:
         self._versions.pop(sid, None)
         self._probes.pop(sid, None)
-        for node_id in run.plan.order:
+        for node_id in run.machine.nodes:  # a map's children too
             self._keys.pop((sid, node_id), None)
             self._digests.pop((sid, node_id), None)

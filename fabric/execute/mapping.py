@@ -158,7 +158,8 @@ class MapTasks:
                 handle.values[item_slot(index)] = ref
         actions = run.machine.expand(node_id, token, hashes)
         for index in range(children):  # a child writes its outputs: a resumed run reloads them, never reruns it
-            run.persist[f"{node_id}[{index}]"] = node.result_slots if self._persist else ()
+            # (a cached map's child always: a later hit reads them, as for any cache node: ExecutionPlan.persisted_outs)
+            run.persist[f"{node_id}[{index}]"] = node.result_slots if self._persist or node.map.cache else ()
         for child, child_token in run.machine.restored_children(node_id).items():  # tokens are set: restored ok
             reused = REUSED_FROM.match(run.machine.nodes[child].reason)  # a re-run's: from the run it re-runs
             source = reused.group(1) if reused else run.record.submission_id

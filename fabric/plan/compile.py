@@ -188,6 +188,10 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         if plans[node_id].cache:
             for producer in {node_id, *(w.producer for w in plans[node_id].inputs)}:
                 plans[producer] = replace(plans[producer], digest_outputs=True)
+        fan = plans[node_id].map
+        if fan is not None and fan.cache:  # a cached map's children: their items come hashed by the count task
+            for producer in {w.producer for w in plans[node_id].inputs if w.name != fan.over}:
+                plans[producer] = replace(plans[producer], digest_outputs=True)
     for node_id in order:  # a map node's outputs are gathered when its children end: its readers never go early
         if plans[node_id].map is not None or any(plans[w.producer].map is not None for w in plans[node_id].inputs):
             for reader in (plans[node_id].downstream if plans[node_id].map is not None else (node_id,)):

@@ -29,15 +29,16 @@ MAX_PACK = 64  # children per Ray task at most
 
 def packable(node: NodePlan) -> bool:
     """May this map child share a Ray task with its siblings (each still its own attempt, log and outputs)? On
-    the same terms as fusion: no cache check, GPU, gang, deadline, preemption or self-placing kind."""
-    return node.map_parent is not None and _shareable(node)
+    the same terms as fusion: no GPU, gang, deadline, preemption or self-placing kind. A cached map's child may:
+    it is dispatched only after its cache check missed (run.py never dispatches a held cache node)."""
+    return node.map_parent is not None and _shareable(node, cache_checked=True)
 
 
-def _shareable(node: NodePlan) -> bool:
+def _shareable(node: NodePlan, cache_checked: bool = False) -> bool:
     unit = node.unit
-    return (not node.cache and unit.num_gpus == 0 and unit.workers == 1 and unit.group_strategy is None
-            and unit.fallback_cpus is None and node.max_runtime is None and node.qos != "spot_ok"
-            and node.kind not in NEVER_FUSED_KINDS)
+    return ((cache_checked or not node.cache) and unit.num_gpus == 0 and unit.workers == 1
+            and unit.group_strategy is None and unit.fallback_cpus is None and node.max_runtime is None
+            and node.qos != "spot_ok" and node.kind not in NEVER_FUSED_KINDS)
 
 
 def same_task(a: NodePlan, b: NodePlan) -> bool:

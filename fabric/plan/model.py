@@ -71,6 +71,8 @@ class MapPlan:
     batch_size: int | None
     max_runtime: float | None
     retry: RetryPolicy
+    cache: bool = False  # `cache: true` on the map node: each child is a cache node (the map node never is)
+    cache_shared: bool = False  # `cache: shared`: the children's entries are shared between teams (a grant)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class NodePlan:
     map: MapPlan | None = None  # a map node: it expands into children at run time (plan/expand.py)
     map_parent: str | None = None  # a map's child: its map node; it joins plan.nodes (never plan.order) when expanded
     batch_over: str | None = None  # a batched child: its input of this name is a list, the function runs per item
+    item_digest: str | None = None  # a map child: its item's (or batch's) content hash, its cache key's input `over`
     after_map: bool = False  # it reads a map node's outputs: they exist only once every child ended (no early dispatch)
 
     @property

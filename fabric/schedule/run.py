@@ -125,6 +125,7 @@ class RunMachine(MapSteps):
     def unhold(self, node_id: str) -> None:  # its cache check is done: admission may take it now
         self.held.discard(node_id)
         self._unsynced.add(node_id)
+        self._waiting_cached.pop(node_id, None)  # decided (it runs): not asked again each loop (maps of thousands)
 
     def cache_hit(self, node_id: str, reason: str) -> list[Action]:
         """A ready cache node reuses an identical finished node's outputs: CACHED, with a token for them."""
@@ -133,7 +134,7 @@ class RunMachine(MapSteps):
             return []
         self._set_token(node, next(self._tokens))
         self._move(node, NodeState.CACHED, reason)
-        return self._settle(node.plan.downstream)
+        return self._settle([node_id, *node.plan.downstream])  # itself: a map's child tells its map it ended
 
     def preempt(self, node_id: str, reason: str) -> list[Action]:
         """Stop a RUNNING attempt for more urgent work and requeue the node (not charged to its retry budget)."""
@@ -176,6 +177,7 @@ class RunMachine(MapSteps):
         self._run(node)
         for rider in self._pack_riders(node):  # a pack of map children runs in its Ray task (schedule/mapping.py)
             del self._waiting[rider.plan.node_id]
+            self._waiting_cached.pop(rider.plan.node_id, None)  # a cached map's child whose check missed
             self._unsynced.add(rider.plan.node_id)
             actions.append(self._dispatch(rider))
             self._run(rider)

@@ -55,9 +55,6 @@ def map_problems(raw: Mapping[str, Any]) -> list[Problem]:
         if node.get("when") is not None:  # a map node only splits and gathers: no worker of its own to decide in
             problems.append(Problem(ErrorCode.SPEC_FIELD, f"nodes[{i}].when", "a map node cannot have a condition",
                                     "put `when` on a node before the map (the map is skipped with it)"))
-        if node.get("cache"):  # refused rather than ignored: a child's cache key exists, its lookup does not yet
-            problems.append(Problem(ErrorCode.SPEC_FIELD, f"nodes[{i}].cache", "a map node cannot be cached yet",
-                                    "remove cache from the map node (its children are not looked up in the cache)"))
         ins = node.get("ins") if isinstance(node.get("ins"), list) else []
         names = [entry.partition("=")[0] for entry in ins if isinstance(entry, str)]
         if over not in names:

@@ -134,3 +134,41 @@ def test_a_cache_node_waits_for_its_check_then_a_hit_releases_its_consumers(gate
     assert [a.node_id for a in actions] == ([] if gated else ["b"])
     assert machine.nodes["b"].state == ("QUEUED" if gated else "RUNNING")
     assert machine.cache_hit("a", "again") == []  # only a waiting node can hit
+
+
+def _map_dag(values: list[int], marks: Path) -> dict[str, Any]:
+    node = {"kind": "python_task", "resources": {"cpu": "250m"}}
+    return {"version": 1, "pipeline_id": "cache_map", "nodes": [
+        {**node, "id": "items", "entrypoint": "tests.cache_nodes:listed", "params": {"values": values, "offset": 100},
+         "outs": ["values", "offset"]},
+        {**node, "id": "square", "entrypoint": "tests.cache_nodes:square_item", "cache": True,
+         "ins": ["item=values", "offset"], "params": {"marker_dir": str(marks)}, "outs": ["squares"],
+         "map": {"over": "item"}},
+        {**node, "id": "total", "entrypoint": "tests.cache_nodes:collect", "ins": ["squares"]},
+    ], "edges": [{"from": "items", "to": "square"}, {"from": "square", "to": "total"}]}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_cached_map_runs_only_the_children_whose_items_changed(client, tmp_path):
+    marks = tmp_path / "marks"
+    values = list(range(12))
+    first = client.submit(_map_dag(values, marks))
+    assert first.wait(120).state == "SUCCEEDED"
+    assert _runs(marks, "square*") == 12
+    assert first.result("total") == [v * v + 100 for v in values]
+
+    changed = [0, 1, 2, 103, 4, 5, 106, 7, 8, 9, 110, 11]  # the nightly refresh: 3 of 12 items changed
+    second = client.submit(_map_dag(changed, marks))
+    status = second.wait(120)
+    assert status.state == "SUCCEEDED", status
+    assert _runs(marks, "square*") == 15  # exactly 3 more executions: the changed items'
+    assert [_runs(marks, f"square{v}") for v in (103, 106, 110)] == [1, 1, 1]
+    children = {n.node_id: n for n in status.nodes if n.node_id.startswith("square[")}
+    assert sorted(children) == sorted(f"square[{i}]" for i in range(12))
+    ran = {i for i in range(12) if children[f"square[{i}]"].state == "SUCCEEDED"}
+    assert ran == {3, 6, 10}
+    for i in set(range(12)) - ran:
+        assert children[f"square[{i}]"].state == "CACHED"
+        assert children[f"square[{i}]"].reason == f"cached: reuses square[{i}] of {first.id}"
+    assert second.result("total") == [v * v + 100 for v in changed]  # every value, in item order
