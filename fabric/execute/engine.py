@@ -306,7 +306,9 @@ class Engine(Reruns):
             if report.log_tail:
                 self._store.put_log(run.record.submission_id, node_id, handle.attempt, report.log_tail,
                                     report.log_path)
-            if error is None and run.plan.nodes[node_id].map is not None:  # its items were counted: expand
+            if error is None and report.skipped and run.plan.nodes[node_id].map is not None:
+                self._maps.skipped(run, node_id, token)  # its condition was false: SKIPPED as any node
+            elif error is None and run.plan.nodes[node_id].map is not None:  # its items were counted: expand
                 self._split_done(run, node_id, handle.attempt)
                 self._maps.expand(run, node_id, token, report)
                 return [run.record.submission_id]

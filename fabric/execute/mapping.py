@@ -1,9 +1,10 @@
 """The Ray side of map nodes: count and hash the items (off the head), split them into one object per child, and
 gather the children's outputs in item order. The registry never opens an item: it sees counts and hashes only.
 
-A map node's own dispatch is its count task; its completion carries the items' hashes in the report's `digests`
-(plain strings), and the engine then splits and expands (schedule/mapping.py). Its `Gather` becomes one small
-task whose outputs are the map node's outs."""
+A map node's own dispatch is its count task, which first decides its `when` (false: the node is SKIPPED and
+never expands); its completion carries the items' hashes in the report's `digests` (plain strings), and the
+engine then splits and expands (schedule/mapping.py). Its `Gather` becomes one small task whose outputs are the
+map node's outs."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import ray
 
 from fabric.digests import value_digest
 from fabric.execute.backend import off_head, outcome
+from fabric.execute.conditions import Condition, Skipped, decide
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message
 from fabric.execute.untrusted import encode_report
 from fabric.execute.worker import NodeFailure
 from fabric.plan.expand import batches, item_slot
 from fabric.schedule.actions import Action, Dispatch, Gather
+from fabric.spec.conditions import WHEN_INPUT
+from fabric.spec.expr import ConditionError
 from fabric.spec.mapping import MAX_MAP_ITEMS
 from fabric.types import AttemptReport, ErrorInfo, MapResults
 
@@ -42,10 +46,27 @@ def _items(node_id: str, over: str, value: Any) -> list[Any]:
                      "or a table")
 
 
-def count_items(node_id: str, attempt: int, over: str, value: Any) -> bytes:
-    """The count task: how many items, and each one's content hash (a child's cache key is its item's)."""
+def count_items(node_id: str, attempt: int, over: str, value: Any, *when_values: Any,
+                condition: Condition | None = None, when_names: tuple[str, ...] = ()) -> bytes:
+    """The count task: how many items, and each one's content hash (a child's cache key is its item's). A map node
+    decides its `condition` here first, as an ordinary node does in its worker (execute/conditions.py), its values
+    `when_values` coming as inputs `when_names`: a false one or a skipped input (under `on_skipped: skip`) reports
+    the node skipped, and it never expands."""
     started = time.time()
+    if condition is not None:
+        try:
+            _, skipped = decide(condition, (over, *when_names), (value, *when_values))
+        except ConditionError as exc:  # the same failure as an ordinary node's worker reports
+            error = ErrorInfo("ConditionError", f"when {condition.when!r}: {exc}")
+            raise NodeFailure(node_id, attempt, error, AttemptReport(started_at=started,
+                                                                     ended_at=time.time())) from None
+        if skipped:
+            return encode_report(AttemptReport(started_at=started, ended_at=time.time(), skipped=skipped))
     try:
+        # `on_skipped: run` (or no condition given) with the list's producer SKIPPED: a map without items
+        if isinstance(value, Skipped):
+            raise ValueError(f"map node {node_id!r} fans out over input {over!r}, whose producer {value.node_id!r} "
+                             "was SKIPPED: there are no items")
         items = _items(node_id, over, value)
         if len(items) > MAX_MAP_ITEMS:
             raise ValueError(f"map node {node_id!r}: input {over!r} has {len(items)} items, more than "
@@ -126,19 +147,32 @@ class MapTasks:
         node = run.plan.nodes[node_id]
         assert node.map is not None
         wire = next(w for w in node.inputs if w.name == node.map.over)
-        token = run.machine.nodes[node_id].input_tokens[wire.producer]
-        if token is None:  # its producer was SKIPPED (on_skipped: run): the count task fails the map, saying so
-            return None
-        return run.handles[(wire.producer, token)].values[wire.out]
+        return self._ref(run, node_id, wire.producer, wire.out)
+
+    @staticmethod
+    def _ref(run: LiveRun, node_id: str, producer: str, out: str) -> Any:
+        """As the dispatcher wires a node's input: a Skipped marker when its producer was SKIPPED (no token)."""
+        token = run.machine.nodes[node_id].input_tokens[producer]
+        return Skipped(producer) if token is None else run.handles[(producer, token)].values[out]
 
     def _count_items(self, run: LiveRun, action: Dispatch) -> None:
         node = run.plan.nodes[action.node_id]
         assert node.map is not None
+        when = [w for w in node.inputs if w.name.startswith(WHEN_INPUT)]  # compile's condition wires
         ref = self._tasks[0].options(**off_head({"num_cpus": 0, "max_retries": 0})).remote(
-            action.node_id, action.attempt, node.map.over, self._over_ref(run, action.node_id))
+            action.node_id, action.attempt, node.map.over, self._over_ref(run, action.node_id),
+            *(self._ref(run, action.node_id, w.producer, w.out) for w in when),
+            condition=Condition(node.when, node.when_params, node.on_skipped),
+            when_names=tuple(w.name for w in when))
         run.handles[(action.node_id, action.token)] = AttemptHandle(ref, {}, action.attempt)
         done = partial(_done, self._inbox, run.record.submission_id, action.node_id, action.token)
         ref._on_completed(lambda result: done(outcome(result)))
+
+    def skipped(self, run: LiveRun, node_id: str, token: int) -> None:
+        """Its count task said the map node is skipped: each out reads as a SKIPPED node's (for `on_skipped: run`
+        readers), as an ordinary skipped node's worker returns them."""
+        handle = run.handles[(node_id, token)]
+        handle.values.update(dict.fromkeys(run.plan.nodes[node_id].result_slots, Skipped(node_id)))
 
     def expand(self, run: LiveRun, node_id: str, token: int, report: AttemptReport) -> None:
         """The count task of map `node_id` succeeded: split its items into one object per child, make the children

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fabric.plan.model import InputWire, MapPlan, NodePlan, RetryPolicy
+from fabric.spec.conditions import WHEN_INPUT
 
 if TYPE_CHECKING:
     from fabric.spec import MapSpec
@@ -47,8 +48,9 @@ def child_plans(node: NodePlan, item_hashes: list[str]) -> list[NodePlan]:
     assert fan is not None, f"{node.node_id} is not a map node"
     children = []
     for index, items in enumerate(batches(len(item_hashes), fan.batch_size)):
+        # The map's condition was decided in its count task (execute/mapping.py): a child runs, and never reads it.
         inputs = tuple(InputWire(w.name, node.node_id, item_slot(index)) if w.name == fan.over else w
-                       for w in node.inputs)
+                       for w in node.inputs if not w.name.startswith(WHEN_INPUT))
         joined = ','.join(item_hashes[i] for i in items)
         digest = hashlib.sha256(f"{node.content_hash}:{joined}".encode())
         item = None
@@ -58,5 +60,5 @@ def child_plans(node: NodePlan, item_hashes: list[str]) -> list[NodePlan]:
             node, node_id=child_id(node.node_id, index), inputs=inputs, upstream=(), downstream=(),
             max_runtime=fan.max_runtime, retry=fan.retry, content_hash=digest.hexdigest(), map=None,
             map_parent=node.node_id, batch_over=fan.over if fan.batch_size else None, fused_after=None,
-            cache=fan.cache, cache_shared=fan.cache_shared, item_digest=item))
+            cache=fan.cache, cache_shared=fan.cache_shared, item_digest=item, when=None, when_params={}))
     return children

@@ -52,9 +52,6 @@ def map_problems(raw: Mapping[str, Any]) -> list[Problem]:
         over = spec.get("over") if isinstance(spec, Mapping) else None
         if not isinstance(over, str):
             continue
-        if node.get("when") is not None:  # a map node only splits and gathers: no worker of its own to decide in
-            problems.append(Problem(ErrorCode.SPEC_FIELD, f"nodes[{i}].when", "a map node cannot have a condition",
-                                    "put `when` on a node before the map (the map is skipped with it)"))
         ins = node.get("ins") if isinstance(node.get("ins"), list) else []
         names = [entry.partition("=")[0] for entry in ins if isinstance(entry, str)]
         if over not in names:

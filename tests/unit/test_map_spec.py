@@ -76,12 +76,14 @@ def test_child_ids():
     assert parent_of("sweep") is None and parent_of("sweep[01]") is None and parent_of("a[1][2]") is None
 
 
-def test_a_map_node_refuses_a_condition_but_not_the_cache():
+def test_a_map_node_takes_a_condition_and_the_cache():
     raw = fb.load_spec(YAML).to_dict()
-    raw["nodes"][1]["when"] = "a > 0"
+    raw["nodes"][1]["when"] = "table != null"  # decided in its count task, before it expands (test_map_machine.py)
+    assert fb.load_spec(raw).node("add").when == "table != null"
+    raw["nodes"][1]["when"] = "a > 0"  # a condition reads upstream outs and params, not the node's own inputs
     with pytest.raises(SpecError) as caught:
         fb.load_spec(raw)
-    assert "nodes[1].when" in [p.where for p in caught.value.problems]
+    assert [(p.code, p.where) for p in caught.value.problems] == [(ErrorCode.SPEC_CONDITION, "nodes[1].when")]
     raw["nodes"][1].pop("when")
     raw["nodes"][1]["cache"] = True  # each child is a cache node (tests/unit/test_map_cache.py)
     assert fb.load_spec(raw).node("add").cache is True
