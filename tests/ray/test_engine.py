@@ -463,3 +463,32 @@ def test_param_sweep_map_retries_its_children_and_a_rerun_runs_only_the_failed_o
     ran = {n.node_id for n in again.nodes if n.node_id.startswith("backtest[") and n.state == "SUCCEEDED"}
     reused = {n.node_id for n in again.nodes if n.node_id.startswith("backtest[") and n.state == "CACHED"}
     assert ran == {"backtest[5]", "backtest[6]", "backtest[7]"} and len(reused) == 45
+
+
+@pytest.mark.timeout(120)
+def test_when_on_a_map_node_is_decided_before_it_expands(client, tmp_path):
+    """False: the map node is SKIPPED with the reason, no child exists or ran, its reader follows (SKIPPED);
+    true: it expands and every child runs once."""
+    def spec(x: float, marks: str) -> dict[str, Any]:
+        return dag("map_when", [
+            py("n", "value", params={"x": x}, outs=["v"]),
+            py("xs", "int_list", params={"n": 4}, outs=["xs"]),
+            py("m", "item_step", params={"marker_dir": marks, "slow_from": 1000}, ins=["item=xs"], outs=["y"],
+               map={"over": "item"}, when="v > 0"),
+            py("r", "counted", params={"marker_dir": marks, "name": "reader"}, ins=["ys=y"]),
+        ], edges=[("n", "m"), ("xs", "m"), ("m", "r")])
+
+    skipped = client.submit(spec(0.0, str(tmp_path / "false"))).wait(60)
+    assert skipped.state == "SUCCEEDED", [(n.node_id, n.state, n.reason, n.error) for n in skipped.nodes]
+    assert (skipped.node("m").state, skipped.node("m").reason) == ("SKIPPED", "when is false: v > 0")
+    assert (skipped.node("r").state, skipped.node("r").reason) == ("SKIPPED", "upstream m skipped")
+    assert not [n.node_id for n in skipped.nodes if n.node_id.startswith("m[")]
+    assert not list((tmp_path / "false").glob("*"))  # no child ran, nor the reader
+
+    ran = client.submit(spec(2.0, str(tmp_path / "true")))
+    status = ran.wait(60)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.reason, n.error) for n in status.nodes]
+    children = {n.node_id: n.state for n in status.nodes if n.node_id.startswith("m[")}
+    assert children == {f"m[{i}]": "SUCCEEDED" for i in range(4)}
+    assert sorted(p.name for p in (tmp_path / "true").glob("*")) == [*(f"item{i}.1" for i in range(4)), "reader.1"]
+    assert ran.result("m", "y") == [0, 10, 20, 30]
