@@ -4,13 +4,16 @@ file transport), OTLP traces, the graph route, the web UI in headless Chromium, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +25,21 @@ from tests.conftest import REPO, free_port
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def browser_page(**page_options: Any) -> Iterator[Any]:
+    """A page of headless Debian chromium, closed whatever the test did."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser.new_page(**page_options)
+        finally:
+            browser.close()
+
 FAILING = {
     "version": 1, "pipeline_id": "ui_failing",
     "nodes": [
@@ -292,7 +310,6 @@ def catalogued(stack):
 @pytest.mark.timeout(420)
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack, catalogued, tmp_path):
-    from playwright.sync_api import sync_playwright
 
     http = httpx.Client(base_url=stack["url"], headers=_auth(stack), timeout=30)
     run = catalogued["run"]
@@ -300,48 +317,42 @@ def test_the_ui_pipelines_page_and_a_runs_params_metrics_and_equity_curve(stack,
     days = report["nodes"]["report"]["metrics"]["days"]
     chart = http.get(f"/api/orch/artifacts/{run}/backtest/equity.chart.json").json()
     assert len(chart["x"]) == days == len(chart["series"][0]["y"]) and days > 100
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
-            page.click("#nav-pipelines")
-            card = "div.card[data-pipeline='quant_backtest_v1']"
-            page.wait_for_selector(f"{card} .strip a[data-submission='{run}'][data-state='SUCCEEDED']")
-            assert page.locator(f"{card} .versions span[data-version='1']").count() == 1
-            # Its run by name and the backfill's two dates, each a coloured square.
-            assert page.locator(f"{card} .strip a[data-state='SUCCEEDED']").count() == 3
-            fires = page.locator(f"{card} tr[data-schedule='nightly'] td.next").inner_text()
-            assert fires.count("·") == 2, fires  # the next three fire times
-            backfill = page.locator(f"{card} div.backfill[data-backfill='{catalogued['backfill']}']")
-            assert backfill.get_attribute("data-state") == "SUCCEEDED"
-            assert "2 succeeded of 2" in backfill.locator(".counts").inner_text()
-            assert backfill.locator(".progress span.seg-SUCCEEDED").get_attribute("style").startswith("width:100%")
-            # The run page: its params, the report node's metrics, and the equity curve, one point a PnL day.
-            page.click(f"{card} .strip a[data-submission='{run}']")
-            page.wait_for_selector("#charts-pane:not([hidden]) polyline.series")
-            params = dict(page.eval_on_selector_all("#d-params tr", CELLS))
-            assert params == {"as_of": "2021-11-16", "n_assets": "10"}
-            rows = page.eval_on_selector_all("#d-metrics tr", CELLS)
-            metrics = {(node, key): value for node, key, value in rows}
-            assert metrics[("report", "days")] == str(days) and ("report", "sharpe") in metrics
-            assert ("report", "max_drawdown") in metrics
-            lines = page.eval_on_selector_all(
-                ".chart[data-node='backtest'] polyline.series",
-                "ls => ls.map(l => [l.dataset.series, l.getAttribute('points').trim().split(' ').length])")
-            assert lines == [["0", days], ["1", days]]
-            page.screenshot(path=str(tmp_path / "ui-run.png"), full_page=True)
-            # Tenant input is shown as text, never run: the param's markup is in the table, and no image exists.
-            page.goto(f"{stack['url']}/ui/#/s/{catalogued['tagged']}")
-            page.wait_for_selector("#d-params td:has-text('onerror')")
-            assert page.locator("#d-params td").nth(1).text_content() == XSS
-            page.goto(f"{stack['url']}/ui/#/p")
-            page.wait_for_selector("div.card[data-pipeline='ui_tagged'] .strip a[data-state='SUCCEEDED']")
-            assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
-            page.screenshot(path=str(tmp_path / "ui-pipelines.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(viewport={"width": 1400, "height": 900}) as page:
+        page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+        page.click("#nav-pipelines")
+        card = "div.card[data-pipeline='quant_backtest_v1']"
+        page.wait_for_selector(f"{card} .strip a[data-submission='{run}'][data-state='SUCCEEDED']")
+        assert page.locator(f"{card} .versions span[data-version='1']").count() == 1
+        # Its run by name and the backfill's two dates, each a coloured square.
+        assert page.locator(f"{card} .strip a[data-state='SUCCEEDED']").count() == 3
+        fires = page.locator(f"{card} tr[data-schedule='nightly'] td.next").inner_text()
+        assert fires.count("·") == 2, fires  # the next three fire times
+        backfill = page.locator(f"{card} div.backfill[data-backfill='{catalogued['backfill']}']")
+        assert backfill.get_attribute("data-state") == "SUCCEEDED"
+        assert "2 succeeded of 2" in backfill.locator(".counts").inner_text()
+        assert backfill.locator(".progress span.seg-SUCCEEDED").get_attribute("style").startswith("width:100%")
+        # The run page: its params, the report node's metrics, and the equity curve, one point a PnL day.
+        page.click(f"{card} .strip a[data-submission='{run}']")
+        page.wait_for_selector("#charts-pane:not([hidden]) polyline.series")
+        params = dict(page.eval_on_selector_all("#d-params tr", CELLS))
+        assert params == {"as_of": "2021-11-16", "n_assets": "10"}
+        rows = page.eval_on_selector_all("#d-metrics tr", CELLS)
+        metrics = {(node, key): value for node, key, value in rows}
+        assert metrics[("report", "days")] == str(days) and ("report", "sharpe") in metrics
+        assert ("report", "max_drawdown") in metrics
+        lines = page.eval_on_selector_all(
+            ".chart[data-node='backtest'] polyline.series",
+            "ls => ls.map(l => [l.dataset.series, l.getAttribute('points').trim().split(' ').length])")
+        assert lines == [["0", days], ["1", days]]
+        page.screenshot(path=str(tmp_path / "ui-run.png"), full_page=True)
+        # Tenant input is shown as text, never run: the param's markup is in the table, and no image exists.
+        page.goto(f"{stack['url']}/ui/#/s/{catalogued['tagged']}")
+        page.wait_for_selector("#d-params td:has-text('onerror')")
+        assert page.locator("#d-params td").nth(1).text_content() == XSS
+        page.goto(f"{stack['url']}/ui/#/p")
+        page.wait_for_selector("div.card[data-pipeline='ui_tagged'] .strip a[data-state='SUCCEEDED']")
+        assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
+        page.screenshot(path=str(tmp_path / "ui-pipelines.png"), full_page=True)
     if os.environ.get("FABRIC_UI_SCREENSHOT"):  # beside docs/ui.png: docs/ui-run.png, docs/ui-pipelines.png
         for name in ("ui-run.png", "ui-pipelines.png"):
             shutil.copy(tmp_path / name, Path(os.environ["FABRIC_UI_SCREENSHOT"]).with_name(name))
@@ -357,96 +368,82 @@ BUTTONS = {"version": 1, "pipeline_id": "ui_buttons",
 def test_the_pipelines_page_buttons_run_pause_resume_and_backfill(stack, tmp_path):
     """The Pipelines page's buttons, with the page's token: a run with params, a schedule paused and resumed, a
     backfill started, and a bad backfill answered in the card with the field it names."""
-    from playwright.sync_api import sync_playwright
 
     remote = stack["remote"]
     remote.register(BUTTONS)
     remote.schedule("ui_buttons", {"name": "hourly", "cron": "0 * * * *"})
     card = "div.card[data-pipeline='ui_buttons']"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
-            page.click("#nav-pipelines")
-            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
-            page.fill(f"{card} input[name='run-params']", "note=x as_of=2024-13-01")  # no 13th month
-            page.click(f"{card} button.run")
-            page.wait_for_selector(f"{card} p.said.error:has-text('as_of')")
-            assert remote.pipeline_runs("ui_buttons") == []
-            page.fill(f"{card} input[name='run-params']", json.dumps({"note": XSS, "as_of": "2024-02-29"}))
-            page.click(f"{card} button.run")
-            page.wait_for_selector(f"{card} p.said:has-text('started')")
-            [run] = remote.pipeline_runs("ui_buttons")
-            assert run["params"] == {"note": XSS, "as_of": "2024-02-29"}
-            assert remote.get(run["submission_id"]).wait(60).state == "SUCCEEDED"
-            page.wait_for_selector(f"{card} .strip a[data-submission='{run['submission_id']}'][data-state='SUCCEEDED']")
-            page.click(f"{card} tr[data-schedule='hourly'] button.pause")
-            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] td.next:has-text('paused')")
-            assert [s["paused"] for s in remote.schedules("ui_buttons")] == [True]
-            page.click(f"{card} tr[data-schedule='hourly'] button.resume")
-            page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
-            assert [s["paused"] for s in remote.schedules("ui_buttons")] == [False]
-            # A backfill whose end is before its start: the card names the field, nothing is made.
-            page.fill(f"{card} input[name='bf-start']", "2024-01-03")
-            page.fill(f"{card} input[name='bf-end']", "2024-01-01")
-            page.click(f"{card} button.backfill")
-            page.wait_for_selector(f"{card} p.said.error:has-text('end: end 2024-01-01 is before start')")
-            assert [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"] == []
-            page.fill(f"{card} input[name='bf-end']", "2024-01-05")
-            page.fill(f"{card} input[name='bf-max']", "2")
-            page.click(f"{card} button.backfill")
-            page.wait_for_selector(f"{card} p.said:has-text('3 dates')")
-            [fill] = [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"]
-            assert fill["max_active"] == 2 and fill["total"] == 3
-            page.wait_for_selector(f"{card} div.backfill[data-state='SUCCEEDED']", timeout=90_000)
-            assert "3 succeeded of 3" in page.locator(f"{card} div.backfill .counts").inner_text()
-            assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
-        finally:
-            browser.close()
+    with browser_page(viewport={"width": 1400, "height": 900}) as page:
+        page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+        page.click("#nav-pipelines")
+        page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
+        page.fill(f"{card} input[name='run-params']", "note=x as_of=2024-13-01")  # no 13th month
+        page.click(f"{card} button.run")
+        page.wait_for_selector(f"{card} p.said.error:has-text('as_of')")
+        assert remote.pipeline_runs("ui_buttons") == []
+        page.fill(f"{card} input[name='run-params']", json.dumps({"note": XSS, "as_of": "2024-02-29"}))
+        page.click(f"{card} button.run")
+        page.wait_for_selector(f"{card} p.said:has-text('started')")
+        [run] = remote.pipeline_runs("ui_buttons")
+        assert run["params"] == {"note": XSS, "as_of": "2024-02-29"}
+        assert remote.get(run["submission_id"]).wait(60).state == "SUCCEEDED"
+        page.wait_for_selector(f"{card} .strip a[data-submission='{run['submission_id']}'][data-state='SUCCEEDED']")
+        page.click(f"{card} tr[data-schedule='hourly'] button.pause")
+        page.wait_for_selector(f"{card} tr[data-schedule='hourly'] td.next:has-text('paused')")
+        assert [s["paused"] for s in remote.schedules("ui_buttons")] == [True]
+        page.click(f"{card} tr[data-schedule='hourly'] button.resume")
+        page.wait_for_selector(f"{card} tr[data-schedule='hourly'] button.pause")
+        assert [s["paused"] for s in remote.schedules("ui_buttons")] == [False]
+        # A backfill whose end is before its start: the card names the field, nothing is made.
+        page.fill(f"{card} input[name='bf-start']", "2024-01-03")
+        page.fill(f"{card} input[name='bf-end']", "2024-01-01")
+        page.click(f"{card} button.backfill")
+        page.wait_for_selector(f"{card} p.said.error:has-text('end: end 2024-01-01 is before start')")
+        assert [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"] == []
+        page.fill(f"{card} input[name='bf-end']", "2024-01-05")
+        page.fill(f"{card} input[name='bf-max']", "2")
+        page.click(f"{card} button.backfill")
+        page.wait_for_selector(f"{card} p.said:has-text('3 dates')")
+        [fill] = [b for b in remote.backfills() if b["pipeline_id"] == "ui_buttons"]
+        assert fill["max_active"] == 2 and fill["total"] == 3
+        page.wait_for_selector(f"{card} div.backfill[data-state='SUCCEEDED']", timeout=90_000)
+        assert "3 succeeded of 3" in page.locator(f"{card} div.backfill .counts").inner_text()
+        assert page.locator("img").count() == 0 and page.evaluate("window.__xss") is None
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_ui_cancel_button_leaves_no_poller_behind(stack, tmp_path):
     """Cancel a running submission from its page: the page polls until the run has ended, then stops;
     leaving the page stops it too. (The old page started a second poller on cancel and never stopped it.)"""
-    from playwright.sync_api import sync_playwright
 
     slow = {"version": 1, "pipeline_id": "ui_slow",
             "nodes": [{"id": "wait", "kind": "python_task", "entrypoint": "tests.nodes:sleeper",
                        "params": {"seconds": 60}}]}
     running = stack["remote"].submit(slow)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            polls: list[float] = []
-            page.on("request", lambda r: polls.append(time.monotonic()) if "/api/orch/status/" in r.url else None)
-            page.on("dialog", lambda dialog: dialog.accept())
-            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
-            page.goto(f"{stack['url']}/ui/#/s/{running.id}")
-            page.wait_for_selector("#d-state:has-text('RUNNING')")
-            page.wait_for_timeout(1500)
-            assert len(polls) >= 2  # it polls while the run runs
-            page.click("#cancel")
-            page.wait_for_selector("#d-state:has-text('CANCELLED')", timeout=30_000)
-            ended = len(polls)
-            page.wait_for_timeout(2500)
-            assert len(polls) == ended and page.evaluate("view.timer") is None  # no poller after the end
-            # Leaving a running submission's page stops its poller as well.
-            again = stack["remote"].submit(slow)
-            page.goto(f"{stack['url']}/ui/#/s/{again.id}")
-            page.wait_for_selector("#d-state:has-text('RUNNING')")
-            page.goto(f"{stack['url']}/ui/#/")
-            page.wait_for_selector("#list:not([hidden])")
-            left = len(polls)
-            page.wait_for_timeout(2500)
-            assert len(polls) == left and page.evaluate("view.timer") is None
-            again.cancel()
-        finally:
-            browser.close()
+    with browser_page() as page:
+        polls: list[float] = []
+        page.on("request", lambda r: polls.append(time.monotonic()) if "/api/orch/status/" in r.url else None)
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+        page.goto(f"{stack['url']}/ui/#/s/{running.id}")
+        page.wait_for_selector("#d-state:has-text('RUNNING')")
+        page.wait_for_timeout(1500)
+        assert len(polls) >= 2  # it polls while the run runs
+        page.click("#cancel")
+        page.wait_for_selector("#d-state:has-text('CANCELLED')", timeout=30_000)
+        ended = len(polls)
+        page.wait_for_timeout(2500)
+        assert len(polls) == ended and page.evaluate("view.timer") is None  # no poller after the end
+        # Leaving a running submission's page stops its poller as well.
+        again = stack["remote"].submit(slow)
+        page.goto(f"{stack['url']}/ui/#/s/{again.id}")
+        page.wait_for_selector("#d-state:has-text('RUNNING')")
+        page.goto(f"{stack['url']}/ui/#/")
+        page.wait_for_selector("#list:not([hidden])")
+        left = len(polls)
+        page.wait_for_timeout(2500)
+        assert len(polls) == left and page.evaluate("view.timer") is None
+        again.cancel()
     assert running.wait(30).state == "CANCELLED"
 
 
@@ -465,51 +462,44 @@ def map_of_six(marker_dir: str) -> dict:
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_ui_shows_a_map_as_one_node_and_each_child_with_its_attempts_and_log(stack, tmp_path):
-    from playwright.sync_api import sync_playwright
 
     submission = stack["remote"].submit(map_of_six(str(tmp_path / "markers")))
     status = submission.wait(90)
     assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{stack['url']}/ui/#token={stack['token']}")
-            page.goto(f"{stack['url']}/ui/#/s/{submission.id}")
-            page.wait_for_selector("g.node[data-node='total'][data-state='SUCCEEDED']")
-            # One node for the map (no child drawn in the graph), with its counts and a full progress bar.
-            assert page.eval_on_selector_all("g.node", "els => els.map(e => e.dataset.node)") == ["xs", "m", "total"]
-            node = page.locator("g.node[data-node='m']")
-            assert node.get_attribute("data-state") == "SUCCEEDED"
-            assert node.locator("text").nth(1).text_content() == "map · 6/6 ok"
-            bar = node.locator("rect[data-map-progress]")
-            assert bar.get_attribute("data-map-progress") == "6" and float(bar.get_attribute("width")) == 170.0
-            assert page.locator("#children-pane").is_hidden()
-            # Its children, node[i], from a click on the map: each one's state and attempts.
-            page.click("g.node[data-node='m']")
-            page.wait_for_selector("#children-pane:not([hidden]) #d-children tr[data-node='m[5]']")
-            assert page.locator("#children-of").text_content() == "m"
-            rows = page.eval_on_selector_all("#d-children tbody tr", CELLS)
-            assert [row[:3] for row in rows] == [
-                [f"m[{i}]", "SUCCEEDED", "2 (RETRYING → SUCCEEDED)" if i == 2 else "1 (SUCCEEDED)"] for i in range(6)]
-            assert rows[2][3] == "ValueError: item 2 fails once" and [row[3] for row in rows[:2]] == ["", ""]
-            # A child's log, every attempt of it and nothing of its siblings'.
-            page.click("#d-children tr[data-node='m[2]']")
-            page.wait_for_selector("#log:has-text('item 2 execution 2')")
-            log = page.locator("#log").text_content()
-            assert "item 2 execution 1" in log and "--- attempt 2" in log and "item 4" not in log, log
-            assert page.locator("#log-node").text_content() == "· m[2]"
-            assert page.locator("#d-children tr.here").get_attribute("data-node") == "m[2]"
-            assert "selected" in (node.get_attribute("class") or "")  # the child's map stays marked in the graph
-            page.click("#d-children tr[data-node='m[4]']")
-            page.wait_for_selector("#log:has-text('item 4 execution 1')")
-            assert "item 2" not in page.locator("#log").text_content()
-            # Another node hides the children again.
-            page.click("g.node[data-node='total']")
-            page.wait_for_selector("#children-pane", state="hidden")
-        finally:
-            browser.close()
+    with browser_page(viewport={"width": 1400, "height": 900}) as page:
+        page.goto(f"{stack['url']}/ui/#token={stack['token']}")
+        page.goto(f"{stack['url']}/ui/#/s/{submission.id}")
+        page.wait_for_selector("g.node[data-node='total'][data-state='SUCCEEDED']")
+        # One node for the map (no child drawn in the graph), with its counts and a full progress bar.
+        assert page.eval_on_selector_all("g.node", "els => els.map(e => e.dataset.node)") == ["xs", "m", "total"]
+        node = page.locator("g.node[data-node='m']")
+        assert node.get_attribute("data-state") == "SUCCEEDED"
+        assert node.locator("text").nth(1).text_content() == "map · 6/6 ok"
+        bar = node.locator("rect[data-map-progress]")
+        assert bar.get_attribute("data-map-progress") == "6" and float(bar.get_attribute("width")) == 170.0
+        assert page.locator("#children-pane").is_hidden()
+        # Its children, node[i], from a click on the map: each one's state and attempts.
+        page.click("g.node[data-node='m']")
+        page.wait_for_selector("#children-pane:not([hidden]) #d-children tr[data-node='m[5]']")
+        assert page.locator("#children-of").text_content() == "m"
+        rows = page.eval_on_selector_all("#d-children tbody tr", CELLS)
+        assert [row[:3] for row in rows] == [
+            [f"m[{i}]", "SUCCEEDED", "2 (RETRYING → SUCCEEDED)" if i == 2 else "1 (SUCCEEDED)"] for i in range(6)]
+        assert rows[2][3] == "ValueError: item 2 fails once" and [row[3] for row in rows[:2]] == ["", ""]
+        # A child's log, every attempt of it and nothing of its siblings'.
+        page.click("#d-children tr[data-node='m[2]']")
+        page.wait_for_selector("#log:has-text('item 2 execution 2')")
+        log = page.locator("#log").text_content()
+        assert "item 2 execution 1" in log and "--- attempt 2" in log and "item 4" not in log, log
+        assert page.locator("#log-node").text_content() == "· m[2]"
+        assert page.locator("#d-children tr.here").get_attribute("data-node") == "m[2]"
+        assert "selected" in (node.get_attribute("class") or "")  # the child's map stays marked in the graph
+        page.click("#d-children tr[data-node='m[4]']")
+        page.wait_for_selector("#log:has-text('item 4 execution 1')")
+        assert "item 2" not in page.locator("#log").text_content()
+        # Another node hides the children again.
+        page.click("g.node[data-node='total']")
+        page.wait_for_selector("#children-pane", state="hidden")
     assert stack["remote"].get(submission.id).logs("m[2]").count("--- attempt") == 2
 
 
