@@ -57,7 +57,7 @@ class Dispatcher:
             if code is not None:
                 inputs.append(code)
             for wire in node.inputs:
-                inputs.append(_input(run, wire.producer, tokens[wire.producer], wire.out))
+                inputs.append(input_ref(run, wire.producer, tokens[wire.producer], wire.out))
             env = node_runtime_env(run.runtime_env, node.env, node.image if self._use_images else None)
             token = action.token
             run.handles[(node.node_id, token)] = self._backend.submit(
@@ -89,7 +89,7 @@ class Dispatcher:
         task; each keeps its own token and handle."""
         assert self._submit_chain is not None
         inputs, sources = wire_chain(run.plan, group, run.code,
-                                     partial(_input, run))
+                                     partial(input_ref, run))
         secrets = self._secrets(run)  # one submission's scopes: the same values for every member
         calls = [self._call(run, d, run.code.get(run.plan.nodes[d.node_id].entrypoint or "") is not None, secrets)
                  for d in group]
@@ -110,7 +110,7 @@ class Dispatcher:
             self._inbox.put(Done(submission_id, node_id, token, result))
 
 
-def _input(run: LiveRun, producer: str, token: int | None, out: str) -> Any:
+def input_ref(run: LiveRun, producer: str, token: int | None, out: str) -> Any:
     """The ref of a producer's out; `Skipped` when the producer was SKIPPED (no token): the node then skips
     too, or runs without that input (`on_skipped: run`), in its worker (execute/conditions.py)."""
     if token is None:

@@ -19,6 +19,7 @@ import ray
 from fabric.digests import value_digest
 from fabric.execute.backend import off_head, outcome
 from fabric.execute.conditions import Condition, Skipped, decide
+from fabric.execute.dispatcher import input_ref
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message
 from fabric.execute.untrusted import encode_report
@@ -147,21 +148,16 @@ class MapTasks:
         node = run.plan.nodes[node_id]
         assert node.map is not None
         wire = next(w for w in node.inputs if w.name == node.map.over)
-        return self._ref(run, node_id, wire.producer, wire.out)
-
-    @staticmethod
-    def _ref(run: LiveRun, node_id: str, producer: str, out: str) -> Any:
-        """As the dispatcher wires a node's input: a Skipped marker when its producer was SKIPPED (no token)."""
-        token = run.machine.nodes[node_id].input_tokens[producer]
-        return Skipped(producer) if token is None else run.handles[(producer, token)].values[out]
+        return input_ref(run, wire.producer, run.machine.nodes[node_id].input_tokens[wire.producer], wire.out)
 
     def _count_items(self, run: LiveRun, action: Dispatch) -> None:
         node = run.plan.nodes[action.node_id]
         assert node.map is not None
         when = [w for w in node.inputs if w.name.startswith(WHEN_INPUT)]  # compile's condition wires
+        tokens = run.machine.nodes[action.node_id].input_tokens
         ref = self._tasks[0].options(**off_head({"num_cpus": 0, "max_retries": 0})).remote(
             action.node_id, action.attempt, node.map.over, self._over_ref(run, action.node_id),
-            *(self._ref(run, action.node_id, w.producer, w.out) for w in when),
+            *(input_ref(run, w.producer, tokens[w.producer], w.out) for w in when),
             condition=Condition(node.when, node.when_params, node.on_skipped),
             when_names=tuple(w.name for w in when))
         run.handles[(action.node_id, action.token)] = AttemptHandle(ref, {}, action.attempt)

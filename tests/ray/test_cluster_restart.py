@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -17,18 +20,30 @@ from tests.ray.test_registry_restart import runs, three_step
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 
 
-def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_path):
+def submit_then_stop_the_cluster(home: Path, spec: dict, submission_id: str,
+                                 ready: Callable[[Any], bool], timeout: float) -> Any:
+    """Submit on a fresh local cluster, poll its status until `ready` (or `timeout`), then stop the whole cluster
+    (registry, workers mid-run, object store): the last status seen. `status` flushes the record before it
+    answers, so what it shows SUCCEEDED is on disk."""
     os.chdir(REPO)
-    home, markers = tmp_path / "home", tmp_path / "markers"
     client = fb.connect("local", num_cpus=2, home=str(home))
     try:
-        submission = client.submit(three_step(str(markers)), {"submission_id": "survivor-001"})
-        deadline = time.monotonic() + 30
-        while submission.status().node("b").state != "RUNNING" and time.monotonic() < deadline:
+        submission = client.submit(spec, {"submission_id": submission_id})
+        deadline = time.monotonic() + timeout
+        status = submission.status()
+        while not ready(status) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert submission.status().node("a").state == "SUCCEEDED"
+            status = submission.status()
+        return status
     finally:
-        ray.shutdown()  # the whole local cluster goes: registry, workers, object store
+        ray.shutdown()
+
+
+def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_path):
+    home, markers = tmp_path / "home", tmp_path / "markers"
+    status = submit_then_stop_the_cluster(home, three_step(str(markers)), "survivor-001",
+                                          lambda s: s.node("b").state == "RUNNING", 30)
+    assert status.node("a").state == "SUCCEEDED"
     stopped_at = time.time()
 
     client = fb.connect("local", num_cpus=2, home=str(home))  # a new cluster, the same FABRIC_HOME
@@ -45,6 +60,10 @@ def test_the_dag_finishes_on_a_new_cluster_and_succeeded_nodes_do_not_rerun(tmp_
         ray.shutdown()
 
 
+def succeeded(status: Any) -> set[str]:
+    return {n.node_id for n in status.nodes if n.state == "SUCCEEDED"}
+
+
 def map_of_ten(marker_dir: str) -> dict:
     """10 children: items 0-3 quick, 4-9 slow (so the cluster can stop between them), then a reader of them all."""
     return dag("map_survivor", [
@@ -56,22 +75,13 @@ def map_of_ten(marker_dir: str) -> dict:
 
 
 def test_a_map_finishes_on_a_new_cluster_and_its_succeeded_children_do_not_rerun(tmp_path):
-    os.chdir(REPO)
     home, markers = tmp_path / "home", tmp_path / "markers"
-    client = fb.connect("local", num_cpus=2, home=str(home))
-    try:
-        submission = client.submit(map_of_ten(str(markers)), {"submission_id": "map-survivor-001"})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # `status` flushes the record before it answers: what it shows SUCCEEDED is on disk.
-            done = {n.node_id for n in submission.status().nodes if n.state == "SUCCEEDED"}
-            if {f"m[{i}]" for i in range(4)} <= done:
-                break
-            time.sleep(0.1)
-        assert {f"m[{i}]" for i in range(4)} <= done, done
-        assert "m" not in done and "after" not in done  # the slow children were still to come
-    finally:
-        ray.shutdown()  # the whole local cluster goes: registry, workers (children mid-run), object store
+    quick = {f"m[{i}]" for i in range(4)}
+    status = submit_then_stop_the_cluster(home, map_of_ten(str(markers)), "map-survivor-001",
+                                          lambda s: quick <= succeeded(s), 60)
+    done = succeeded(status)
+    assert quick <= done, done
+    assert "m" not in done and "after" not in done  # the slow children were still to come
     finished = sorted(int(n[2:-1]) for n in done if n.startswith("m["))
     assert len(finished) < 10
 
