@@ -87,7 +87,10 @@ def held_team(run: LiveRun | Finished | None) -> tuple[bool, str | None]:
 
 def finished_run(run: LiveRun) -> Finished:
     """What is kept of a run once it ended: its status, and the output refs of the nodes that succeeded."""
-    results = {node_id: dict(run.handles[(node_id, node.token)].values) for node_id, node in run.machine.nodes.items()
+    # Its outs only: a map node's handle also holds each item it handed a child (execute/mapping.py), not an out.
+    results = {node_id: {slot: ref for slot, ref in run.handles[(node_id, node.token)].values.items()
+                         if slot in node.plan.result_slots}
+               for node_id, node in run.machine.nodes.items()
                if node.state.ok and node.token is not None and (node_id, node.token) in run.handles}
     status = status_of(run.machine, run.record.submission_id).to_dict()
     return Finished(json.dumps(status, separators=(",", ":")).encode(), results, run.record.team)
