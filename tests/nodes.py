@@ -257,3 +257,11 @@ def item_task(marker_dir: str, item: int, fail_once: int = -1) -> str:
     if _mark(marker_dir, f"item{item}") == 1 and item == fail_once:
         raise ValueError(f"item {item} fails once")
     return ray.get_runtime_context().get_task_id() or ""
+
+
+def item_unless_broken(marker_dir: str, item: int, broken: list[int]) -> int:
+    """A map child that fails for the items in `broken` while `<marker_dir>/broken` exists."""
+    _mark(marker_dir, f"item{item}")
+    if item in broken and (Path(marker_dir) / "broken").exists():
+        raise ValueError(f"item {item} is broken")
+    return item * 10

@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fabric.execute.outputs import encode_outputs
+from fabric.execute.packs import pack_bytes, pack_name
+from fabric.execute.sink import HeadLink
 from fabric.execute.untrusted import encode_chain_items, encode_outcomes
 from fabric.execute.worker import NodeFailure, NotRun, attempt_node, registry_handle
 from fabric.kinds import NodeCall
@@ -57,7 +60,8 @@ def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None =
     """Run the members in order; `report` gets each success while the task runs (the status shows members
     finish one by one, and a registry that restarts meanwhile finds them SUCCEEDED in its record)."""
     produced: list[list[Any]] = []
-    batch = _Batch(report) if report is not None else None
+    packer = _Packer(chain.members[0]) if chain.independent and any(m.persist for m in chain.members) else None
+    batch = _Batch(_written_first(report, packer)) if report is not None else None
     outcomes: list[MemberOutcome] = []
     failed: str | None = None
     for member, sources in zip(chain.members, chain.sources, strict=True):
@@ -68,7 +72,7 @@ def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None =
             continue
         args = [inputs[i] if j == EXTERNAL else produced[j][i] for j, i in sources]
         try:
-            report_, values = attempt_node(member, *args)
+            report_, values = attempt_node(member, *args, persist_with=packer.keep if packer else None)
         except NodeFailure as exc:
             failed = None if chain.independent else member.node_id
             outcomes.append((exc.report, exc.error))
@@ -81,7 +85,69 @@ def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None =
             batch.add((member.node_id, member.attempt, (report_, None)))
     if batch is not None:
         batch.close()
+    if packer is not None:  # what no report carried yet: durable before the task returns its outcomes
+        packer.write()
+        for k, member in enumerate(chain.members):
+            error = packer.failed.get(member.node_id)
+            if error is not None and outcomes[k][1] is None:
+                outcomes[k] = (outcomes[k][0], error)
+                produced[k] = [NotRun(member.node_id, error.message[:300])] * len(member.result_slots)
     return outcomes, [value for values in produced for value in values]
+
+
+class _Packer:
+    """A pack's outputs, kept until its next report and then written as one file (fabric/execute/packs.py): a
+    success is reported only once its outputs are on record, as a child alone does."""
+
+    def __init__(self, head: NodeCall) -> None:
+        self._head = head
+        self._link: HeadLink | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[NodeCall, dict[str, Any]]] = []
+        self.failed: dict[str, ErrorInfo] = {}  # members whose outputs could not be written: they failed
+
+    def keep(self, call: NodeCall, values: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending.append((call, values))
+
+    def write(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        blobs: list[tuple[str, bytes]] = []
+        for call, values in pending:
+            try:
+                files = encode_outputs(values)
+                if len(files) > 1:  # a table has its own Arrow file: that child persists alone, as ever
+                    HeadLink(call).persist_outputs(values)
+                else:
+                    blobs.append((call.node_id, files[0][1]))
+            except Exception as exc:  # noqa: BLE001 - as in attempt_node: that member fails, the others go on
+                self.failed[call.node_id] = _not_persisted(exc)
+        if not blobs:
+            return
+        try:
+            if self._link is None:
+                self._link = HeadLink(self._head)
+            self._link.persist_pack(pack_name(), pack_bytes(blobs))
+        except Exception as exc:  # noqa: BLE001 - every member of this pack failed to keep its outputs
+            self.failed.update((child, _not_persisted(exc)) for child, _ in blobs)
+
+
+def _not_persisted(exc: Exception) -> ErrorInfo:
+    return ErrorInfo(type(exc).__name__, f"its outputs could not be persisted: {exc}")
+
+
+def _written_first(report: Reporter, packer: _Packer | None) -> Reporter:
+    """`report`, once the pack's outputs so far are written; a member whose outputs were not is left out."""
+    if packer is None:
+        return report
+
+    def send(items: list[tuple[str, int, MemberOutcome]]) -> None:
+        packer.write()
+        kept = [item for item in items if item[0] not in packer.failed]
+        if kept:
+            report(kept)
+    return send
 
 
 class _Batch:

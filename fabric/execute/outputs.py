@@ -6,6 +6,8 @@ Layout under the artifact root (a local dir or any pyarrow.fs URI: s3://, gs://,
     <root>/<submission>/<node>/outputs/<out>.arrow   one Arrow IPC file per table output
     <root>/<submission>/<node>/outputs/outputs.pkl   every other value, written last: its presence
                                                       means the node's outputs are complete
+    <root>/<submission>/<child>/outputs/pack-*.pack  the manifests of many map children that ran in one
+                                                      Ray task (fabric/execute/packs.py)
 """
 
 from __future__ import annotations
@@ -16,17 +18,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fabric.execute.packs import forget, packed, read_packed
+from fabric.execute.storefs import filesystem as _fs
 from fabric.execute.untrusted import safe_loads
 
 MANIFEST = "outputs.pkl"
-
-
-def _fs(root: str) -> tuple[Any, str]:
-    from pyarrow import fs as pafs
-
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), root
 
 
 def outputs_dir(root: str, submission_id: str, node_id: str) -> str:
@@ -74,6 +70,24 @@ def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping
         with fs.open_output_stream(temp) as out:
             out.write(data)
         fs.move(temp, f"{base}/{MANIFEST}")
+
+
+def write_output_file(root: str, submission_id: str, node_id: str, name: str, data: Any) -> None:
+    """One whole file under the node's outputs/, moved into place at once (a pack: fabric/execute/packs.py)."""
+    if "://" not in root:
+        base = outputs_dir(root, submission_id, node_id)
+        os.makedirs(base, exist_ok=True)
+        temp = f"{base}/.{name}.{uuid.uuid4().hex}"
+        with open(temp, "wb") as out:
+            out.write(data)
+        os.replace(temp, f"{base}/{name}")
+        return
+    fs, base = _fs(outputs_dir(root, submission_id, node_id))
+    fs.create_dir(base, recursive=True)
+    temp = f"{base}/.{name}.{uuid.uuid4().hex}"
+    with fs.open_output_stream(temp) as out:
+        out.write(data)
+    fs.move(temp, f"{base}/{name}")
 
 
 def _persist_local(base: str, files: list[tuple[str, Any]]) -> None:
@@ -126,10 +140,17 @@ def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str])
 
 
 def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
-    from pyarrow import fs as pafs
+    """Whether a node's outputs are on record: its own manifest, or (a map's child) its blob in a pack."""
+    if "://" not in root:  # plain os: a resume asks this of each of a map's children
+        if os.path.isfile(f"{outputs_dir(root, submission_id, node_id)}/{MANIFEST}"):
+            return True
+    else:
+        from pyarrow import fs as pafs
 
-    fs, base = _fs(outputs_dir(root, submission_id, node_id))
-    return fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File
+        fs, base = _fs(outputs_dir(root, submission_id, node_id))
+        if fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File:
+            return True
+    return packed(root, submission_id, node_id) is not None
 
 
 def load_outputs(root: str, submission_id: str, node_id: str, names: Sequence[str]) -> tuple[Any, ...] | Any:
@@ -145,6 +166,10 @@ def read_output_files(root: str, submission_id: str, node_id: str, names: Sequen
     from pyarrow import fs as pafs
 
     fs, base = _fs(outputs_dir(root, submission_id, node_id))
+    if fs.get_file_info(f"{base}/{MANIFEST}").type != pafs.FileType.File:
+        location = packed(root, submission_id, node_id)
+        if location is not None:  # a map child that ran in a pack: no tables (those are written alone)
+            return read_packed(root, location), {}
     with fs.open_input_stream(f"{base}/{MANIFEST}") as source:
         manifest = source.read()
     tables: dict[str, bytes] = {}
@@ -204,6 +229,7 @@ def remove_tree(root: str, submission_id: str) -> int:
         return 0
     files = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File]
     fs.delete_dir(base)
+    forget(root, submission_id)
     return len(files)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from fabric.capability import attempt_proof, impostor, new_nonce
 from fabric.execute.headsink import MAX_CHUNK_BYTES, HeadSink, chunks, log_file
-from fabric.execute.outputs import MANIFEST, encode_outputs, persist_outputs, publish_files
+from fabric.execute.outputs import MANIFEST, encode_outputs, persist_outputs, publish_files, write_output_file
 from fabric.execute.sealed import sealed
 from fabric.plan.call import NodeCall
 
@@ -144,6 +144,14 @@ class HeadLink:
         encoded = [(f"outputs/{name}", data) for name, data in encode_outputs(values)]
         self._send([item for item in encoded if not item[0].endswith(MANIFEST)])
         self._send([item for item in encoded if item[0].endswith(MANIFEST)])  # last: its presence means whole
+
+    def persist_pack(self, name: str, data: bytes) -> None:
+        """One pack of map children's outputs (fabric/execute/packs.py), under this attempt's node."""
+        c = self.call
+        if self.sink is None or "://" in c.artifacts:
+            write_output_file(c.artifacts, c.submission_id, c.node_id, name, data)
+            return
+        self._send([(f"outputs/{name}", data)])
 
     def checkpoint_fs(self, root: str) -> Any:
         """A pyarrow filesystem onto the node's checkpoint space on the head (its paths under `root`), where this

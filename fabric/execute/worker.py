@@ -30,6 +30,7 @@ from fabric.spec.expr import ConditionError
 from fabric.types import AttemptReport, ErrorInfo
 
 LOG_TAIL_CHARS = TAIL_BYTES
+Persister = Callable[[NodeCall, dict[str, Any]], None]  # (the attempt's call, the outputs it keeps)
 TRACEBACK_LINES = 30
 
 _capture: ContextVar[CaptureStream | None] = ContextVar("fabric_log_capture", default=None)
@@ -105,9 +106,11 @@ def run_node(call: NodeCall, *inputs: Any) -> tuple[Any, ...]:
     return (encode_report(report), *values)
 
 
-def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]]:
+def attempt_node(call: NodeCall, *inputs: Any, persist_with: Persister | None = None
+                 ) -> tuple[AttemptReport, list[Any]]:
     """One attempt of one node, in this process: its report and one value per result slot; NodeFailure if it
-    failed."""
+    failed. `persist_with` takes the outputs to persist instead of this attempt (a pack of map children writes
+    them together, before it reports their successes: fabric/execute/packs.py)."""
     started = time.time()
     for value in inputs:
         if isinstance(value, NotRun):  # an upstream member of a fused task failed: this one is withdrawn
@@ -160,7 +163,11 @@ def attempt_node(call: NodeCall, *inputs: Any) -> tuple[AttemptReport, list[Any]
             if call.persist:
                 # Durable before the node reports success: a resumed run reloads instead of recomputing.
                 by_slot = dict(zip(call.result_slots, values, strict=True))
-                link.persist_outputs({name: by_slot[name] for name in call.persist})
+                kept = {name: by_slot[name] for name in call.persist}
+                if persist_with is not None:
+                    persist_with(call, kept)
+                else:
+                    link.persist_outputs(kept)
     except KeyboardInterrupt:  # an interrupt from Ray's cancel: let the node checkpoint first
         ctx.run_preempt_handlers()
         raise

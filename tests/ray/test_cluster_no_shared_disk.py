@@ -76,6 +76,20 @@ def restart_spec(markers: str, release: str) -> dict[str, Any]:
     ], "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}]}
 
 
+MAP_ITEMS = 96  # packs of 3 (a map is spread over at least 32 packs)
+
+
+def map_spec(markers: str) -> dict[str, Any]:
+    """A map of MAP_ITEMS children on w2, each printing and returning its item times 10."""
+    return {"version": 1, "pipeline_id": "packed_map", "nodes": [
+        {"id": "xs", "kind": "python_task", "entrypoint": "tests.nodes:int_list", "params": {"n": MAP_ITEMS},
+         "outs": ["xs"], "resources": {"cpu": "250m", "custom": {"w2": 1}}},
+        {"id": "each", "kind": "python_task", "entrypoint": "tests.nodes:item_said", "ins": ["item=xs"],
+         "outs": ["each"], "params": {"marker_dir": markers}, "map": {"over": "item"},
+         "resources": {"cpu": "250m", "custom": {"w2": 1}}},
+    ], "edges": [{"from": "xs", "to": "each"}]}
+
+
 def _wait_nodes(count: int) -> None:
     import ray
 
@@ -171,6 +185,18 @@ def _before_restart(client: Any, home: Path, tmp: Path, mlflow_uri: str, port: i
     assert any((home / "artifacts" / "mlflow").rglob("MLmodel")), "the model's files are not on the head"
     with urllib_get(f"{mlflow_uri}/api/2.0/mlflow/registered-models/get?name={name}") as response:
         assert json.loads(response.read())["registered_model"]["name"] == name
+
+    # A map on a worker: its children run in packs, and each pack's outputs reach the head as one file.
+    mapped = client.submit(map_spec(str(tmp / "map-markers")), {"submission_id": "map-001"})
+    done = mapped.wait(120)
+    assert done.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in done.nodes if n.state != "SUCCEEDED"]
+    assert mapped.result("each") == [i * 10 for i in range(MAP_ITEMS)]
+    from fabric.execute.outputs import has_outputs, load_outputs
+
+    assert list((home / "artifacts" / "map-001").rglob("pack-*.pack")), "no child ran in a pack"
+    for i in range(MAP_ITEMS):  # as a resume or a re-run on the head finds them
+        assert has_outputs(str(home / "artifacts"), "map-001", f"each[{i}]"), i
+    assert load_outputs(str(home / "artifacts"), "map-001", "each[9]", ["each"]) == 90
 
     status = running.status()
     assert status.node("a").state == "SUCCEEDED" and status.node("b").state == "RUNNING", status

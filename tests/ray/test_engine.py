@@ -426,9 +426,34 @@ def test_with_admission_a_large_maps_children_share_ray_tasks_and_each_keeps_its
     assert len(children) == 256 and all(n.state == "SUCCEEDED" for n in children.values())
     assert {c for c, n in children.items() if n.attempts != 1} == {"m[7]"}
     assert "fails once" in (children["m[7]"].history[0].error.message or "")
-    tasks = submission.result("m", "t")
+    tasks = submission.result("m")  # its one out: the items it handed its children are not outs
     assert len(tasks) == 256 and all(tasks)
     assert len(set(tasks)) <= 256 // 4, f"{len(set(tasks))} Ray tasks for 256 children"  # packs of 8 (256 // 32)
+
+
+def test_a_rerun_of_a_packed_map_reuses_the_childrens_outputs_from_their_packs(client, fabric_home, tmp_path):
+    """128 children run in packs, each pack writing one outputs file; 3 fail for good. The re-run finds the other
+    125 in those packs (CACHED, not run again) and runs only the 3."""
+    (tmp_path / "broken").touch()
+    spec = dag("packed_rerun", [
+        py("xs", "int_list", params={"n": 128}, outs=["xs"]),
+        py("m", "item_unless_broken", params={"marker_dir": str(tmp_path), "broken": [5, 70, 100]},
+           ins=["item=xs"], outs=["v"], map={"over": "item"}),
+    ], edges=[("xs", "m")])
+    first = client.submit(spec)
+    assert first.wait(120).state == "FAILED"
+    store = fabric_home / "artifacts" / first.id
+    alone = list(store.glob("m[[]*]/outputs/outputs.pkl"))
+    assert list(store.rglob("pack-*.pack")) and len(alone) < 128 // 4, f"{len(alone)} children persisted alone"
+    (tmp_path / "broken").unlink()
+    again = client.rerun(first.id)
+    status = again.wait(120)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.reason) for n in status.nodes if not n.state.ok]
+    reused = {n.node_id for n in status.nodes if n.node_id.startswith("m[") and n.state == "CACHED"}
+    assert len(reused) == 125 and {"m[5]", "m[70]", "m[100]"}.isdisjoint(reused)
+    runs = {i: len(list(tmp_path.glob(f"item{i}.*"))) for i in range(128)}
+    assert {i for i, n in runs.items() if n != 1} == {5, 70, 100} and runs[5] == 2
+    assert again.result("m") == [i * 10 for i in range(128)]
 
 
 def test_param_sweep_map_retries_its_children_and_a_rerun_runs_only_the_failed_ones(client, tmp_path):
