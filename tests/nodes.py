@@ -265,3 +265,17 @@ def item_unless_broken(marker_dir: str, item: int, broken: list[int]) -> int:
     if item in broken and (Path(marker_dir) / "broken").exists():
         raise ValueError(f"item {item} is broken")
     return item * 10
+
+
+def prompt_files(directory: str, n: int, distinct: int) -> str:
+    """jobs.genai.data's prompts written as two Parquet files; returns the directory (what llm_generate streams)."""
+    import pyarrow.parquet as pq
+
+    from jobs.genai.data import prompts
+
+    table = prompts(n, distinct)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), f"{directory}/part-0.parquet")
+    pq.write_table(table.slice(half), f"{directory}/part-1.parquet")
+    return directory

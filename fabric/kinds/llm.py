@@ -71,24 +71,42 @@ class LlmGenerateKind:
 
     def run(self, call: NodeCall, inputs: Mapping[str, Any]) -> Any:
         from fabric.context import context
-        from fabric.ml.genai import generate, models
+        from fabric.ml.genai import models
+        from fabric.ml.genai.collect import Completions
         from fabric.ml.genai.params import GenerateParams
-        from fabric.ml.genai.pipeline import generate_table
+        from fabric.ml.genai.pipeline import generate_stream, prompt_source
         from fabric.ml.ray_runs import worker_unit
 
         ctx = context()
         params = GenerateParams.model_validate(dict(call.params))
         models.resolve(params.model, home=call.home)  # a missing model fails here, naming it, before any replica starts
-        table = input_table(next(iter(inputs.values())), call.input_names[0], (params.prompt_column,))
         unit = worker_unit(call)
-        ctx.logger.info("llm_generate: %d prompts, %d replica(s) of %s CPU / %s GPU, batch %d", table.num_rows,
+        value = prompts_input(next(iter(inputs.values())), call.input_names[0], params.prompt_column)
+        source = prompt_source(value, max(1, unit.workers), params.batch_size)
+        schema = source.schema().base_schema
+        if params.prompt_column not in schema.names:
+            raise ValueError(f"input {call.input_names[0]!r} has no column(s) {[params.prompt_column]}; it has "
+                             f"{schema.names}")
+        ctx.logger.info("llm_generate: %s, %d replica(s) of %s CPU / %s GPU, batch %d",
+                        "Parquet read as a stream" if isinstance(value, str | list) else f"{value.num_rows} prompts",
                         max(1, unit.workers), unit.num_cpus, unit.num_gpus, params.batch_size)
-        out = generate_table(table, params, unit, call.home)
-        generate.write_responses(out, params.prompt_column, ctx.artifact_dir / "responses.json")
-        metrics = {**generate.summary(out), "replicas": max(1, unit.workers), "batch_size": params.batch_size,
+        completions = Completions(params.prompt_column, ctx.artifact_dir / "responses.json")
+        generate_stream(source, params, unit, call.home, completions.add)
+        out = completions.table(schema.empty_table())
+        metrics = {**completions.metrics, "replicas": max(1, unit.workers), "batch_size": params.batch_size,
                    "device": "gpu" if unit.num_gpus else "cpu", "model": params.model}
         (ctx.artifact_dir / "metrics.json").write_text(json.dumps(metrics))
         ctx.logger.info("llm_generate: %s", json.dumps(metrics))
         ctx.progress(1.0, f"{metrics['generations']} generations for {metrics['prompts']} prompts "
                           f"({metrics['merged']} merged)")
         return out
+
+
+def prompts_input(value: Any, name: str, column: str) -> Any:
+    """The prompts as they may stream: Parquet path(s) as given, an Arrow table as is (no copy), anything else
+    tabular through `input_table`."""
+    import pyarrow as pa
+
+    if isinstance(value, str | list | pa.Table):
+        return value
+    return input_table(value, name, (column,))

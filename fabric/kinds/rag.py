@@ -111,6 +111,7 @@ class RagQueryKind:
 
         from fabric.context import context
         from fabric.ml.genai import generate, models, rag
+        from fabric.ml.genai.collect import Completions
         from fabric.ml.genai.params import RagQueryParams
 
         ctx = context()
@@ -142,9 +143,10 @@ class RagQueryKind:
             out = out.append_column("prompt", pa.array(prompts, pa.string()))
             generator = generate.Generator(g.model, g.sampling.model_dump(), "prompt", g.dedup,
                                            call.unit.num_gpus if call.unit else 0, home=call.home)
-            parts = [generator(out.slice(i, g.batch_size)) for i in range(0, out.num_rows, g.batch_size)]
-            out = pa.concat_tables(parts) if parts else out
-            generate.write_responses(out, "prompt", ctx.artifact_dir / "responses.json")
-            metrics.update(generate.summary(out))
+            completions = Completions("prompt", ctx.artifact_dir / "responses.json")
+            for i in range(0, out.num_rows, g.batch_size):
+                completions.add(generator(out.slice(i, g.batch_size)))
+            out = completions.table(out)
+            metrics.update(completions.metrics)
         _write(ctx, "metrics.json", metrics)
         return out

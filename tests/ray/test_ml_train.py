@@ -230,6 +230,11 @@ def test_llm_generate_and_rag_on_ray_data_with_tiny_models(client, fabric_home, 
         {"id": "gen", "kind": "llm_generate", "ins": ["prompts"], "outs": ["completions"],
          "resources": {"cpu": "500m", "workers": 2},
          "params": {"model": str(tiny_lm), "batch_size": 4, "sampling": sampling}},
+        {"id": "files", "kind": "python_task", "entrypoint": "tests.nodes:prompt_files", "outs": ["files"],
+         "params": {"directory": str(fabric_home / "prompt-files"), "n": 30, "distinct": 30}},
+        {"id": "gen_files", "kind": "llm_generate", "ins": ["files"], "outs": ["completions"],
+         "resources": {"cpu": "500m", "workers": 2},
+         "params": {"model": str(tiny_lm), "batch_size": 4, "sampling": {"max_new_tokens": 3}}},
         {"id": "docs", "kind": "python_task", "entrypoint": "jobs.genai.data:documents", "outs": ["documents"]},
         {"id": "embed", "kind": "embed", "ins": ["documents"], "outs": ["chunks"],
          "params": {"model": str(tiny_encoder), "chunk_size": 400, "chunk_overlap": 0}},
@@ -239,7 +244,8 @@ def test_llm_generate_and_rag_on_ray_data_with_tiny_models(client, fabric_home, 
         {"id": "ask", "kind": "rag_query", "ins": ["index", "questions"], "outs": ["answers"],
          "params": {"model": str(tiny_encoder), "top_k": 3,
                     "generate": {"model": str(tiny_lm), "sampling": {"max_new_tokens": 4}}}}]
-    edges = [{"from": "prompts", "to": "gen"}, {"from": "docs", "to": "embed"}, {"from": "embed", "to": "index"},
+    edges = [{"from": "prompts", "to": "gen"}, {"from": "files", "to": "gen_files"},
+             {"from": "docs", "to": "embed"}, {"from": "embed", "to": "index"},
              {"from": "docs", "to": "questions"}, {"from": "index", "to": "ask"}, {"from": "questions", "to": "ask"}]
     started = time.monotonic()
     submission = client.submit({"version": 1, "pipeline_id": "genai_e2e", "nodes": nodes, "edges": edges})
@@ -259,6 +265,12 @@ def test_llm_generate_and_rag_on_ray_data_with_tiny_models(client, fabric_home, 
     metrics = json.loads(client.artifact(submission.id, "gen", "metrics.json"))
     assert metrics["merged"] == sum(expected.column("merged").to_pylist()) > 0
     assert metrics["generations"] + metrics["merged"] == 24 and metrics["replicas"] == 2
+    streamed = submission.result("gen_files", "completions")  # Parquet files in, read by Ray Data as a stream
+    assert streamed.column("id").to_pylist() == list(range(30))  # in input order, across both files
+    assert streamed.column("prompt").to_pylist() == data.prompts(30, 30).column("prompt").to_pylist()
+    responses = json.loads(client.artifact(submission.id, "gen_files", "responses.json"))
+    assert [r["completion"] for r in responses] == streamed.column("completion").to_pylist()
+    assert json.loads(client.artifact(submission.id, "gen_files", "metrics.json"))["prompts"] == 30
     answers = submission.result("ask", "answers")
     assert answers.num_rows == 4 and all(len(hit) == 3 for hit in answers.column("doc_ids").to_pylist())
     assert data.recall(answers)["recall_at_k"] == 1.0

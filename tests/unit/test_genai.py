@@ -12,7 +12,8 @@ import pytest
 from fabric.errors import SpecError
 from fabric.kinds import kind_checks
 from fabric.kinds.rag import EmbedKind, RagIndexKind, RagQueryKind
-from fabric.ml.genai.generate import Generator, batch_seed, summary, unique_order, write_responses
+from fabric.ml.genai.collect import Completions
+from fabric.ml.genai.generate import Generator, batch_seed, unique_order
 from fabric.ml.genai.models import ModelNotFound, resolve
 from fabric.ml.genai.rag import build_index, chunk_table, split_text
 from fabric.plan import compile_plan
@@ -79,8 +80,14 @@ def test_duplicate_prompts_are_generated_once_and_fanned_out(tiny_lm, tmp_path):
     assert out.column("merged").to_pylist() == [False, False, True, False, True, True]
     completions = out.column("completion").to_pylist()
     assert completions[0] == completions[2] == completions[4] and completions[1] == completions[5]
-    stats = summary(out)
+    collected = Completions("prompt", tmp_path / "responses.json")
+    for start in (0, 2, 5):  # as Ray Data hands them back: blocks in order, of any sizes
+        collected.add(out.slice(start, {0: 2, 2: 3, 5: 1}[start]))
+    stats = collected.metrics
     assert (stats["prompts"], stats["generations"], stats["merged"]) == (6, 3, 3)
+    assert stats["completion_tokens"] == sum(out.column("completion_tokens").to_pylist())
+    assert sum(stats["finish_reasons"].values()) == 6
+    assert collected.table(out).equals(out)  # every row, in order, from its memory-mapped file
     assert all(0 < n <= 6 for n in out.column("completion_tokens").to_pylist())
     assert set(out.column("finish_reason").to_pylist()) <= {"stop", "length"}
     assert out.column("id").to_pylist() == list(range(6))  # the other columns pass through, in order
@@ -88,9 +95,13 @@ def test_duplicate_prompts_are_generated_once_and_fanned_out(tiny_lm, tmp_path):
     assert plain.column("completion").to_pylist() == completions and not any(plain.column("merged").to_pylist())
     long = generator(pa.table({"prompt": ["alpha " * 400]}))  # past the model's 256 positions: its end is kept
     assert long.column("prompt_tokens").to_pylist()[0] == 256 - 6
-    write_responses(out, "prompt", tmp_path / "responses.json")
     responses = json.loads((tmp_path / "responses.json").read_text())
     assert [r["index"] for r in responses] == list(range(6)) and responses[2]["merged"] is True
+    assert [r["completion"] for r in responses] == completions
+    nothing = Completions("prompt", tmp_path / "none.json")
+    empty = nothing.table(pa.table({"prompt": pa.array([], pa.string())}))
+    assert empty.num_rows == 0 and "completion" in empty.column_names
+    assert json.loads((tmp_path / "none.json").read_text()) == []
 
 
 def test_sampling_is_deterministic_under_a_fixed_seed(tiny_lm):

@@ -57,8 +57,8 @@ def test_a_pack_writes_one_file_and_each_child_loads_its_own_values(tmp_path: Pa
 
 def test_a_child_with_a_table_persists_alone_and_one_whose_outputs_cannot_be_kept_fails_alone(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    outcomes, values = run_chain(_pack(str(tmp_path), str(artifacts), ["plus_one", "as_table", "a_generator", "plus_one"]),
-                                 [1, 2, 3, 4])
+    entries = ["plus_one", "as_table", "a_generator", "plus_one"]
+    outcomes, values = run_chain(_pack(str(tmp_path), str(artifacts), entries), [1, 2, 3, 4])
     assert outcomes[0][1] is None and outcomes[1][1] is None and outcomes[3][1] is None
     error = outcomes[2][1]
     assert error is not None and "could not be persisted" in error.message

@@ -4,7 +4,6 @@ the columns it adds. Each distinct prompt of a batch is generated once and fanne
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -100,30 +99,3 @@ class Generator:
                 batch = batch.drop_columns([name])
             batch = batch.append_column(name, pa.array(columns[name], type=types[name]))
         return batch
-
-
-def summary(table: Any) -> dict[str, Any]:
-    """The node's metrics from its output table: rows, generations, merges, tokens, finish reasons."""
-    merged = sum(table.column("merged").to_pylist())
-    reasons: dict[str, int] = {}
-    for reason in table.column("finish_reason").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return {"prompts": table.num_rows, "generations": table.num_rows - merged, "merged": merged,
-            "prompt_tokens": sum(table.column("prompt_tokens").to_pylist()),
-            "completion_tokens": sum(table.column("completion_tokens").to_pylist()), "finish_reasons": reasons}
-
-
-def write_responses(table: Any, prompt_column: str, path: Any) -> None:
-    """`responses.json`: one object per prompt (index, prompt, completion, finish_reason, token counts, merged),
-    written row by row."""
-    with open(path, "w") as out:
-        out.write("[")
-        rows = 0
-        for batch in table.to_batches(max_chunksize=1024):
-            for row in batch.to_pylist():
-                out.write(("," if rows else "") + "\n" + json.dumps({
-                    "index": rows, "prompt": row[prompt_column], "completion": row["completion"],
-                    "finish_reason": row["finish_reason"], "prompt_tokens": row["prompt_tokens"],
-                    "completion_tokens": row["completion_tokens"], "merged": row["merged"]}))
-                rows += 1
-        out.write("\n]\n")
