@@ -6,7 +6,8 @@ Ray Data script, in one run on one local Ray.
 The prompts are all distinct (no merging helps the fabric). The anchor is what a user would write: a callable
 class that loads the model with transformers and generates a batch, `map_batches` over an actor pool of the same
 size, the rows collected. The fabric side is a two-node DAG (prompts -> llm_generate) submitted and waited for.
-After one warm-up each, runs alternate; the medians and their ratio (fabric / anchor) are printed.
+After one warm-up each, runs alternate, each from an idle cluster (every CPU free, then IDLE_S seconds);
+the medians and their ratio (fabric / anchor) are printed.
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def run_fabric(args: argparse.Namespace, client: Any, path: str) -> float:
     return elapsed
 
 
+IDLE_S = 3.0  # then this long idle: Ray refills its pool of idle worker processes, which new replicas start in
+
+
+def settle(timeout: float = 60.0) -> None:
+    """Until every CPU of the cluster is free again, then IDLE_S more: the replicas of the run before have gone and
+    Ray has started the idle workers the next pool takes, so neither side starts while the other's pool is still
+    torn down or replaced (the side that returns first would otherwise hand that cost to the side after it)."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(IDLE_S)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=2000)
@@ -104,7 +119,9 @@ def main() -> None:
     run_fabric(args, client, path)
     anchor, fabric = [], []
     for _ in range(args.repeats):
+        settle()
         anchor.append(run_anchor(args, path))
+        settle()
         fabric.append(run_fabric(args, client, path))
     a, f = statistics.median(anchor), statistics.median(fabric)
     print(f"llm_generate over {args.prompts} prompts, {args.workers} replicas, batch {args.batch_size}, "
