@@ -147,7 +147,8 @@ class NodeCache:
             self._keys[(sid, node_id)] = key
             entry = self._index.get(key)
             if entry is not None and (entry.submission_id, entry.node_id) != (sid, node_id):
-                if has_outputs(self._artifacts, entry.submission_id, entry.node_id):
+                # Fresh: the entry's node succeeded, so its outputs were written (a pack's maybe just now).
+                if has_outputs(self._artifacts, entry.submission_id, entry.node_id, fresh=True):
                     return self._hit(engine, run, node_id, entry, actions)
                 self._index.drop(key)  # its outputs were swept: the entry is stale
             leader = self._inflight.get(key)

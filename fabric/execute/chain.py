@@ -16,6 +16,7 @@ from fabric.execute.sink import HeadLink
 from fabric.execute.untrusted import encode_chain_items, encode_outcomes
 from fabric.execute.worker import NodeFailure, NotRun, attempt_node, registry_handle
 from fabric.kinds import NodeCall
+from fabric.spec.mapping import parent_of
 from fabric.types import AttemptReport, ErrorInfo
 
 EXTERNAL = -1  # a source (EXTERNAL, i): the task's i-th input; (j, s): slot s of member j's values
@@ -60,7 +61,9 @@ def run_chain(chain: ChainCall, inputs: Sequence[Any], report: Reporter | None =
     """Run the members in order; `report` gets each success while the task runs (the status shows members
     finish one by one, and a registry that restarts meanwhile finds them SUCCEEDED in its record)."""
     produced: list[list[Any]] = []
-    packer = _Packer(chain.members[0]) if chain.independent and any(m.persist for m in chain.members) else None
+    # A pack file is found again only for a map's children (packs.py looks among the map's own).
+    packer = _Packer(chain.members[0]) if chain.independent and any(m.persist for m in chain.members) and all(
+        parent_of(m.node_id) is not None for m in chain.members) else None
     batch = _Batch(_written_first(report, packer)) if report is not None else None
     outcomes: list[MemberOutcome] = []
     failed: str | None = None

@@ -139,8 +139,9 @@ def copy_node_files(root: str, source: tuple[str, str], target: tuple[str, str])
     return copied
 
 
-def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
-    """Whether a node's outputs are on record: its own manifest, or (a map's child) its blob in a pack."""
+def has_outputs(root: str, submission_id: str, node_id: str, *, fresh: bool = False) -> bool:
+    """Whether a node's outputs are on record: its own manifest, or (a map's child) its blob in a pack (`fresh`:
+    packs written this very second count too, see packs.packed)."""
     if "://" not in root:  # plain os: a resume asks this of each of a map's children
         if os.path.isfile(f"{outputs_dir(root, submission_id, node_id)}/{MANIFEST}"):
             return True
@@ -150,7 +151,7 @@ def has_outputs(root: str, submission_id: str, node_id: str) -> bool:
         fs, base = _fs(outputs_dir(root, submission_id, node_id))
         if fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File:
             return True
-    return packed(root, submission_id, node_id) is not None
+    return packed(root, submission_id, node_id, fresh=fresh) is not None
 
 
 def load_outputs(root: str, submission_id: str, node_id: str, names: Sequence[str]) -> tuple[Any, ...] | Any:

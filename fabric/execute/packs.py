@@ -95,16 +95,17 @@ def _scan(root: str, submission_id: str, map_id: str) -> dict[str, Location]:
     return index
 
 
-def packed(root: str, submission_id: str, child: str) -> Location | None:
+def packed(root: str, submission_id: str, child: str, *, fresh: bool = False) -> Location | None:
     """Where a map child's outputs are in a pack, or None. Packs only ever appear, so a child found once stays
     found; one not found sends the map's packs to be read again, at most once per RESCAN_AFTER_S (a run's
-    resume asks for each of its 10,000 children)."""
+    resume asks for each of its 10,000 children), or at once when `fresh` (the child is known to have
+    succeeded, so a miss would be taken for outputs swept away)."""
     found = parent_of(child)
     if found is None:
         return None
     key = (root, submission_id, found[0])
     scanned_at, index = _found.get(key, (-RESCAN_AFTER_S, {}))
-    if child not in index and time.monotonic() - scanned_at >= RESCAN_AFTER_S:
+    if child not in index and (fresh or time.monotonic() - scanned_at >= RESCAN_AFTER_S):
         scanned_at, index = time.monotonic(), _scan(root, submission_id, found[0])
         if len(_found) > 256:
             _found.clear()

@@ -97,11 +97,16 @@ def test_a_pack_written_after_a_miss_is_found_once_the_rescan_interval_passed(tm
     import pickle
 
     root = str(tmp_path)
+    monkeypatch.setattr(packs, "RESCAN_AFTER_S", 3600.0)
     assert not has_outputs(root, "s2", "m[7]")
     write_output_file(root, "s2", "m[7]", pack_name(), pack_bytes([("m[7]", pickle.dumps({"v": ("value", 7)}))]))
+    assert not has_outputs(root, "s2", "m[7]")  # looked for a moment ago: not again yet
+    assert has_outputs(root, "s2", "m[8]") is False
+    write_output_file(root, "s2", "m[8]", pack_name(), pack_bytes([("m[8]", pickle.dumps({"v": ("value", 8)}))]))
+    assert has_outputs(root, "s2", "m[8]", fresh=True)  # a cache entry's node: known to have succeeded
     monkeypatch.setattr(packs, "RESCAN_AFTER_S", 0.0)
     assert has_outputs(root, "s2", "m[7]")
-    assert remove_tree(root, "s2") == 1
+    assert remove_tree(root, "s2") == 2
     assert not has_outputs(root, "s2", "m[7]")  # gone with its submission's tree
 
 
