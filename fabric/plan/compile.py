@@ -182,7 +182,7 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             on_exit=str(node.on_exit) if node.on_exit else None,
         )
         if node.map is not None:  # the map node only expands; its timeout and retries are each child's
-            plans[node_id] = map_node(plans[node_id], node.map)
+            plans[node_id] = map_node(plans[node_id], node.map, pack=node.fuse)
     # A cache key covers the data a node reads: its producers digest their outputs (fabric.execute.cache).
     for node_id in order:
         if plans[node_id].cache:

@@ -23,12 +23,13 @@ def child_id(parent: str, index: int) -> str:
     return f"{parent}[{index}]"
 
 
-def map_node(node: NodePlan, spec: MapSpec) -> NodePlan:
+def map_node(node: NodePlan, spec: MapSpec, pack: bool = True) -> NodePlan:
     """The map node itself runs no code: it splits its input into items, then gathers its children's outputs.
-    Its timeout and retries move to the children; it is never a cache node (its children may be)."""
+    Its timeout and retries move to the children; it is never a cache node (its children may be). Not `pack`
+    (the spec's `fuse: false`): each child is a Ray task of its own."""
     fan = MapPlan(over=spec.over, max_parallel=spec.max_parallel, min_success_ratio=spec.min_success_ratio,
                   batch_size=spec.batch_size, max_runtime=node.max_runtime, retry=node.retry, cache=node.cache,
-                  cache_shared=node.cache_shared)
+                  cache_shared=node.cache_shared, pack=pack)
     return replace(node, map=fan, max_runtime=None, retry=RetryPolicy(), cache=False, cache_shared=False,
                    digest_outputs=False)
 
@@ -60,5 +61,6 @@ def child_plans(node: NodePlan, item_hashes: list[str]) -> list[NodePlan]:
             node, node_id=child_id(node.node_id, index), inputs=inputs, upstream=(), downstream=(),
             max_runtime=fan.max_runtime, retry=fan.retry, content_hash=digest.hexdigest(), map=None,
             map_parent=node.node_id, batch_over=fan.over if fan.batch_size else None, fused_after=None,
-            cache=fan.cache, cache_shared=fan.cache_shared, item_digest=item, when=None, when_params={}))
+            cache=fan.cache, cache_shared=fan.cache_shared, item_digest=item, when=None, when_params={},
+            packed=fan.pack))
     return children

@@ -28,10 +28,12 @@ MAX_PACK = 64  # children per Ray task at most
 
 
 def packable(node: NodePlan) -> bool:
-    """May this map child share a Ray task with its siblings (each still its own attempt, log and outputs)? On
-    the same terms as fusion: no GPU, gang, deadline, preemption or self-placing kind. A cached map's child may:
-    it is dispatched only after its cache check missed (run.py never dispatches a held cache node)."""
-    return node.map_parent is not None and _shareable(node, cache_checked=True)
+    """May this map child share a Ray task with its siblings (each still its own attempt, log and outputs)? Not
+    when its map node says `fuse: false` (long children on a large cluster: a pack runs its children one after
+    another), and on the same terms as fusion: no GPU, gang, deadline, preemption or self-placing kind. A cached
+    map's child may: it is dispatched only after its cache check missed (run.py never dispatches a held cache
+    node)."""
+    return node.map_parent is not None and node.packed and _shareable(node, cache_checked=True)
 
 
 def _shareable(node: NodePlan, cache_checked: bool = False) -> bool:

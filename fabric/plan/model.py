@@ -73,6 +73,7 @@ class MapPlan:
     retry: RetryPolicy
     cache: bool = False  # `cache: true` on the map node: each child is a cache node (the map node never is)
     cache_shared: bool = False  # `cache: shared`: the children's entries are shared between teams (a grant)
+    pack: bool = True  # its children may share Ray tasks (plan/fuse.py packable); the spec's `fuse: false` says no
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class NodePlan:
     map_parent: str | None = None  # a map's child: its map node; it joins plan.nodes (never plan.order) when expanded
     batch_over: str | None = None  # a batched child: its input of this name is a list, the function runs per item
     item_digest: str | None = None  # a map child: its item's (or batch's) content hash, its cache key's input `over`
+    packed: bool = True  # a map child: may share a Ray task with its siblings (its map node did not say `fuse: false`)
     after_map: bool = False  # it reads a map node's outputs: they exist only once every child ended (no early dispatch)
 
     @property

@@ -20,18 +20,18 @@ N, S = NodeState, SubmissionState
 OK, BOOM = AttemptReport(), ErrorInfo("ValueError", "boom")
 
 
-def _spec(fan: dict[str, Any], slo: dict[str, Any] | None = None) -> dict[str, Any]:
+def _spec(fan: dict[str, Any], slo: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     mapped = {"id": "m", "kind": "python_task", "entrypoint": "m:f", "ins": ["x=xs", "k"], "outs": ["y"],
-              "map": {"over": "x", **fan}, **({"slo": slo} if slo else {})}
+              "map": {"over": "x", **fan}, **({"slo": slo} if slo else {}), **fields}
     return {"version": 1, "pipeline_id": "p", "nodes": [
         {"id": "a", "kind": "python_task", "entrypoint": "m:a", "outs": ["xs", "k"]}, mapped,
         {"id": "r", "kind": "python_task", "entrypoint": "m:r", "ins": ["ys=y"]}]}
 
 
 class Run:
-    def __init__(self, fan: dict[str, Any], slo: dict[str, Any] | None = None) -> None:
+    def __init__(self, fan: dict[str, Any], slo: dict[str, Any] | None = None, **fields: Any) -> None:
         self.now = 0.0
-        self.plan = compile_plan(load_spec(_spec(fan, slo)))
+        self.plan = compile_plan(load_spec(_spec(fan, slo, **fields)))
         self.m = RunMachine(self.plan, lambda: self.now, submission_id="s")
         self.tokens: dict[str, int] = {}
         self.gathers: list[Gather] = []

@@ -36,6 +36,8 @@ def test_small_maps_and_children_that_need_a_task_of_their_own_are_not_packed() 
     assert map_packs(timed.plan, timed.expand(500)) == {}
     big = Run({})
     assert max(len(p) for p in map_packs(big.plan, big.expand(PACK_SPREAD * MAX_PACK * 2)).values()) == MAX_PACK
+    long = Run({}, fuse=False)  # long children on a large cluster: one Ray task each, all in parallel
+    assert map_packs(long.plan, long.expand(500)) == {}
 
 
 def test_in_a_pack_a_failed_child_stops_no_sibling_and_keeps_its_own_error_and_log(tmp_path: Any) -> None:
