@@ -26,9 +26,14 @@ def prompt_source(value: Any, workers: int, batch_size: int) -> Any:
     string or a list, any pyarrow.fs URI) read by Ray Data as a stream, never whole in this task."""
     import ray.data
 
+    _quiet_and_ordered(ray.data.DataContext.get_current())  # a Dataset keeps a copy of the context it was made in
     if isinstance(value, str | list):
         return ray.data.read_parquet(value)
-    return ray.data.from_arrow(blocks(value, batch_size, workers))
+    parts = blocks(value, batch_size, workers)
+    # from_blocks reads each block's metadata here; from_arrow runs a Ray task per block for it, whose worker
+    # starts hold back the replicas' own starts on a small machine (seen here: the second replica a second late).
+    from_blocks = getattr(ray.data, "from_blocks", None)  # a DeveloperAPI of Ray 2.60: the pinned version has it
+    return from_blocks(parts) if from_blocks is not None else ray.data.from_arrow(parts)
 
 
 def generate_stream(source: Any, params: GenerateParams, unit: ResourceUnit, home: str | None,
@@ -37,10 +42,8 @@ def generate_stream(source: Any, params: GenerateParams, unit: ResourceUnit, hom
     order, as it is ready (this task holds one block at a time)."""
     import ray.data
 
-    data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False
-    data_context.print_on_execution_start = False
-    data_context.execution_options.preserve_order = True  # blocks come back in input order: no sort, no row ids
+    _quiet_and_ordered(ray.data.DataContext.get_current())
+    _quiet_and_ordered(source.context)  # made elsewhere, it has its own copy
     workers = max(1, unit.workers)
     dataset = source.map_batches(
         Generator, batch_size=params.batch_size, batch_format="pyarrow", zero_copy_batch=True,
@@ -51,3 +54,9 @@ def generate_stream(source: Any, params: GenerateParams, unit: ResourceUnit, hom
         resources=dict(unit.custom) or None)
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         each(block)
+
+
+def _quiet_and_ordered(data_context: Any) -> None:
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
+    data_context.execution_options.preserve_order = True  # blocks come back in input order: no sort, no row ids
