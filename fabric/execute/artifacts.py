@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from fabric.errors import ErrorCode, FabricError, NotFoundError
-from fabric.execute.outputs import _fs, files_dir
+from fabric.execute.outputs import _fs, files_dir, report_written
 from fabric.spec.mapping import CHILD_ID_RE  # a map's child `node[i]`
 from fabric.spec.names import NODE_ID_PATTERN, SUBMISSION_ID_PATTERN
 
@@ -44,6 +44,7 @@ def read_artifact(root: str, submission_id: str, node_id: str | None, name: str)
     from pyarrow import fs as pafs
 
     parts = check_names(submission_id, node_id, name)
+    report_written(root, submission_id)
     if node_id is None and parts != [RUN_REPORT]:
         raise NotFoundError(f"a submission has only {RUN_REPORT} of its own", code=ErrorCode.NOT_FOUND, where="name",
                             fix="ask for a node's files under /api/orch/artifacts/{id}/{node}/{name}")
@@ -66,6 +67,7 @@ def list_artifacts(root: str, submission_id: str) -> dict[str, Any]:
     from pyarrow import fs as pafs
 
     check_names(submission_id, None, None)
+    report_written(root, submission_id)
     fs, base = _fs(f"{root.rstrip('/')}/{submission_id}")
     nodes: dict[str, list[str]] = {}
     if fs.get_file_info(base).type == pafs.FileType.Directory:

@@ -235,6 +235,8 @@ def remove_tree(root: str, submission_id: str) -> int:
 
 
 _reports: Any = None
+_writing: dict[tuple[str, str], Any] = {}  # (root, submission) -> the future of its report still being written
+REPORT_WAIT_S = 10.0
 
 
 def start_report(root: str, submission_id: str, status_json: bytes) -> None:
@@ -244,7 +246,23 @@ def start_report(root: str, submission_id: str, status_json: bytes) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         _reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabric-report")
-    _reports.submit(_write_report_quietly, root, submission_id, status_json)
+    future = _reports.submit(_write_report_quietly, root, submission_id, status_json)
+    _writing[(root, submission_id)] = future
+    future.add_done_callback(lambda done: _writing.pop((root, submission_id), None) if _writing.get(
+        (root, submission_id)) is done else None)
+
+
+def report_written(root: str, submission_id: str, timeout: float = REPORT_WAIT_S) -> None:
+    """Return once the submission's report, if one is being written, is on record (at most `timeout`): a run
+    read right after it ended (`wait()`, then its artifacts) finds its metrics.json."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    future = _writing.get((root, submission_id))
+    if future is not None:
+        try:
+            future.result(timeout=timeout)
+        except FutureTimeout:
+            pass
 
 
 def _write_report_quietly(root: str, submission_id: str, status_json: bytes) -> None:

@@ -27,3 +27,27 @@ def test_a_uri_root_works_through_pyarrow_fs(tmp_path):
     persist_outputs(root, "s2", "n", {"v": 42, "fn": lambda x: x + 1})  # a lambda needs cloudpickle
     value, fn = load_outputs(root, "s2", "n", ["v", "fn"])
     assert value == 42 and fn(1) == 2
+
+
+def test_a_run_read_right_after_it_ended_finds_its_report(tmp_path, monkeypatch):
+    """The report is written in the background; a listing or a read of it waits for that write (bounded)."""
+    import json
+    import time
+
+    from fabric.execute import outputs
+    from fabric.execute.artifacts import list_artifacts, read_artifact
+
+    real = outputs.write_report
+
+    def slow(root, submission_id, status_json):
+        time.sleep(0.5)
+        return real(root, submission_id, status_json)
+
+    monkeypatch.setattr(outputs, "write_report", slow)
+    status = {"pipeline_id": "p", "state": "SUCCEEDED", "created_at": 1.0, "ended_at": 2.0, "counts": {},
+              "nodes": []}
+    root = str(tmp_path)
+    outputs.start_report(root, "sub-1", json.dumps(status).encode())
+    assert list_artifacts(root, "sub-1")["report"] is True
+    outputs.start_report(root, "sub-2", json.dumps(status).encode())
+    assert json.loads(read_artifact(root, "sub-2", None, "metrics.json"))["state"] == "SUCCEEDED"
