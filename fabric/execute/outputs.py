@@ -56,50 +56,32 @@ def encode_outputs(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def persist_outputs(root: str, submission_id: str, node_id: str, values: Mapping[str, Any]) -> None:
     """Write `values`; the manifest goes last (atomically where the filesystem can rename)."""
-    if "://" not in root:
-        _persist_local(outputs_dir(root, submission_id, node_id), encode_outputs(values))
-        return
-    fs, base = _fs(outputs_dir(root, submission_id, node_id))
-    fs.create_dir(base, recursive=True)
-    for name, data in encode_outputs(values):
-        if name != MANIFEST:
-            with fs.open_output_stream(f"{base}/{name}") as out:
-                out.write(data)
-            continue
-        temp = f"{base}/.{MANIFEST}.{uuid.uuid4().hex}"
-        with fs.open_output_stream(temp) as out:
-            out.write(data)
-        fs.move(temp, f"{base}/{MANIFEST}")
+    files = encode_outputs(values)
+    for name, data in files[:-1]:  # each table's Arrow file, written in place
+        write_output_file(root, submission_id, node_id, name, data, atomic=False)
+    write_output_file(root, submission_id, node_id, *files[-1])  # the manifest
 
 
-def write_output_file(root: str, submission_id: str, node_id: str, name: str, data: Any) -> None:
-    """One whole file under the node's outputs/, moved into place at once (a pack: fabric/execute/packs.py)."""
+def write_output_file(root: str, submission_id: str, node_id: str, name: str, data: Any, *,
+                      atomic: bool = True) -> None:
+    """One whole file under the node's outputs/; `atomic`: written aside, then moved into place (a manifest, a
+    pack: fabric/execute/packs.py). Plain os calls on a local root: pyarrow's local filesystem costs more than a
+    no-op node."""
+    written = f".{name}.{uuid.uuid4().hex}" if atomic else name
     if "://" not in root:
         base = outputs_dir(root, submission_id, node_id)
         os.makedirs(base, exist_ok=True)
-        temp = f"{base}/.{name}.{uuid.uuid4().hex}"
-        with open(temp, "wb") as out:
+        with open(f"{base}/{written}", "wb") as out:
             out.write(data)
-        os.replace(temp, f"{base}/{name}")
+        if atomic:
+            os.replace(f"{base}/{written}", f"{base}/{name}")
         return
     fs, base = _fs(outputs_dir(root, submission_id, node_id))
     fs.create_dir(base, recursive=True)
-    temp = f"{base}/.{name}.{uuid.uuid4().hex}"
-    with fs.open_output_stream(temp) as out:
+    with fs.open_output_stream(f"{base}/{written}") as out:
         out.write(data)
-    fs.move(temp, f"{base}/{name}")
-
-
-def _persist_local(base: str, files: list[tuple[str, Any]]) -> None:
-    # Plain os calls: pyarrow's local filesystem costs more than a no-op node (a map's child persists too).
-    os.makedirs(base, exist_ok=True)
-    for name, data in files:
-        final = f"{base}/{name}"
-        temp = final if name != MANIFEST else f"{base}/.{MANIFEST}.{uuid.uuid4().hex}"
-        with open(temp, "wb") as out:
-            out.write(data)
-        if temp != final:
-            os.replace(temp, final)
+    if atomic:
+        fs.move(f"{base}/{written}", f"{base}/{name}")
 
 
 def files_dir(root: str, submission_id: str, node_id: str) -> str:
@@ -167,12 +149,14 @@ def read_output_files(root: str, submission_id: str, node_id: str, names: Sequen
     from pyarrow import fs as pafs
 
     fs, base = _fs(outputs_dir(root, submission_id, node_id))
-    if fs.get_file_info(f"{base}/{MANIFEST}").type != pafs.FileType.File:
+    try:
+        with fs.open_input_stream(f"{base}/{MANIFEST}") as source:
+            manifest = source.read()
+    except OSError:  # not found (S3 says so as a plain OSError): a map child's may be in a pack
         location = packed(root, submission_id, node_id)
-        if location is not None:  # a map child that ran in a pack: no tables (those are written alone)
-            return read_packed(root, location), {}
-    with fs.open_input_stream(f"{base}/{MANIFEST}") as source:
-        manifest = source.read()
+        if location is None:
+            raise
+        return read_packed(root, location), {}  # a map child that ran in a pack: no tables (those are alone)
     tables: dict[str, bytes] = {}
     for name in names:
         path = f"{base}/{name}.arrow"

@@ -90,9 +90,9 @@ class LlmGenerateKind:
         ctx.logger.info("llm_generate: %s, %d replica(s) of %s CPU / %s GPU, batch %d",
                         "Parquet read as a stream" if isinstance(value, str | list) else f"{value.num_rows} prompts",
                         max(1, unit.workers), unit.num_cpus, unit.num_gpus, params.batch_size)
-        completions = Completions(params.prompt_column, ctx.artifact_dir / "responses.json")
-        generate_stream(source, params, unit, call.home, completions.add)
-        out = completions.table(schema.empty_table())
+        with Completions(params.prompt_column, ctx.artifact_dir / "responses.json") as completions:
+            generate_stream(source, params, unit, call.home, completions.add)
+            out = completions.table(schema.empty_table())
         metrics = {**completions.metrics, "replicas": max(1, unit.workers), "batch_size": params.batch_size,
                    "device": "gpu" if unit.num_gpus else "cpu", "model": params.model}
         (ctx.artifact_dir / "metrics.json").write_text(json.dumps(metrics))

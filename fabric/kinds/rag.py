@@ -143,10 +143,10 @@ class RagQueryKind:
             out = out.append_column("prompt", pa.array(prompts, pa.string()))
             generator = generate.Generator(g.model, g.sampling.model_dump(), "prompt", g.dedup,
                                            call.unit.num_gpus if call.unit else 0, home=call.home)
-            completions = Completions("prompt", ctx.artifact_dir / "responses.json")
-            for i in range(0, out.num_rows, g.batch_size):
-                completions.add(generator(out.slice(i, g.batch_size)))
-            out = completions.table(out)
+            with Completions("prompt", ctx.artifact_dir / "responses.json") as completions:
+                for i in range(0, out.num_rows, g.batch_size):
+                    completions.add(generator(out.slice(i, g.batch_size)))
+                out = completions.table(out)
             metrics.update(completions.metrics)
         _write(ctx, "metrics.json", metrics)
         return out

@@ -4,6 +4,7 @@ seed, embeddings with reuse by content hash, and index recall, on tiny models bu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -98,6 +99,13 @@ def test_duplicate_prompts_are_generated_once_and_fanned_out(tiny_lm, tmp_path):
     responses = json.loads((tmp_path / "responses.json").read_text())
     assert [r["index"] for r in responses] == list(range(6)) and responses[2]["merged"] is True
     assert [r["completion"] for r in responses] == completions
+    import tempfile
+
+    spills = set(Path(tempfile.gettempdir()).glob("fabric-completions-*"))
+    with pytest.raises(RuntimeError), Completions("prompt", tmp_path / "failed.json") as failing:
+        failing.add(out.slice(0, 2))
+        raise RuntimeError("the generation failed")  # no spill file is left behind
+    assert set(Path(tempfile.gettempdir()).glob("fabric-completions-*")) == spills
     nothing = Completions("prompt", tmp_path / "none.json")
     empty = nothing.table(pa.table({"prompt": pa.array([], pa.string())}))
     assert empty.num_rows == 0 and "completion" in empty.column_names

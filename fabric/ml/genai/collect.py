@@ -17,18 +17,30 @@ OUT_TYPES = {"completion": "string", "prompt_tokens": "int32", "completion_token
 
 
 class Completions:
-    """Fed each generated batch in order (`add`); then `table()` is every row, read from a memory-mapped file."""
+    """Fed each generated batch in order (`add`); then `table()` is every row, read from a memory-mapped file. Used
+    as a context manager, so a generation that fails leaves no spill file and no open responses.json."""
 
     def __init__(self, prompt_column: str, responses: Path, spill_dir: str | None = None) -> None:
         self.prompt_column = prompt_column
         self.metrics: dict[str, Any] = {"prompts": 0, "generations": 0, "merged": 0, "prompt_tokens": 0,
                                         "completion_tokens": 0, "finish_reasons": {}}
-        self._responses = open(responses, "w")  # noqa: SIM115 - closed in table()
+        self._responses = open(responses, "w")  # noqa: SIM115 - closed in table(), or on leaving the context
         self._responses.write("[")
         fd, self._spill = tempfile.mkstemp(prefix="fabric-completions-", suffix=".arrow", dir=spill_dir)
         os.close(fd)
         self._sink: Any = None
         self._writer: Any = None
+
+    def __enter__(self) -> Completions:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._responses.close()
+        if self._writer is not None and not self._sink.closed:
+            self._writer.close()
+            self._sink.close()
+        if os.path.exists(self._spill):  # table() was not reached: the run failed
+            os.unlink(self._spill)
 
     def add(self, batch: Any) -> None:
         import pyarrow as pa

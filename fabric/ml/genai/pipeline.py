@@ -29,11 +29,9 @@ def prompt_source(value: Any, workers: int, batch_size: int) -> Any:
     _quiet_and_ordered(ray.data.DataContext.get_current())  # a Dataset keeps a copy of the context it was made in
     if isinstance(value, str | list):
         return ray.data.read_parquet(value)
-    parts = blocks(value, batch_size, workers)
-    # from_blocks reads each block's metadata here; from_arrow runs a Ray task per block for it, whose worker
-    # starts hold back the replicas' own starts on a small machine (seen here: the second replica a second late).
-    from_blocks = getattr(ray.data, "from_blocks", None)  # a DeveloperAPI of Ray 2.60: the pinned version has it
-    return from_blocks(parts) if from_blocks is not None else ray.data.from_arrow(parts)
+    # from_blocks (a DeveloperAPI of the pinned Ray 2.60) reads each block's metadata here; from_arrow runs a Ray
+    # task per block for it, whose worker starts held back the replicas' own starts (the second one a second late).
+    return ray.data.from_blocks(blocks(value, batch_size, workers))
 
 
 def generate_stream(source: Any, params: GenerateParams, unit: ResourceUnit, home: str | None,
