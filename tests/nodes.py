@@ -185,6 +185,15 @@ def task_of(marker_dir: str, name: str, **inputs: object) -> str:
     return ray.get_runtime_context().get_task_id() or ""
 
 
+def sibling(marker_dir: str, name: str, fail_once: str = "", **inputs: object) -> str:
+    """`task_of` that fails its first execution when it is `fail_once`: siblings packed in a Ray task share one."""
+    import ray
+
+    if _mark(marker_dir, name) == 1 and name == fail_once:
+        raise ValueError(f"{name} fails once")
+    return ray.get_runtime_context().get_task_id() or ""
+
+
 def flaky_step(marker_dir: str, failures: int, **inputs: object) -> str:
     """`flaky` with inputs: a step in a chain that fails its first `failures` executions."""
     return flaky(marker_dir, failures)

@@ -10,11 +10,10 @@ from typing import Any
 from fabric.execute.backend import node_runtime_env
 from fabric.execute.chain import ChainCall
 from fabric.execute.conditions import Skipped
-from fabric.execute.fusion import fused_groups, map_packs, wire_chain
+from fabric.execute.fusion import admitted_packs, fused_groups, map_packs, wire_chain
 from fabric.execute.live import LiveRun
 from fabric.execute.ports import AttemptHandle, Backend, Done, Message, Outcome
 from fabric.kinds import NodeCall
-from fabric.plan.fuse import PACK_SPREAD
 from fabric.schedule import Action, Dispatch
 from fabric.schedule.admission import Placement
 from fabric.schedule.exits import run_outcome
@@ -35,9 +34,9 @@ class Dispatcher:
 
     def dispatch(self, run: LiveRun, actions: Sequence[Action], placement: Placement | None) -> None:
         chains = fused_groups(run.plan, actions) if self._submit_chain is not None else {}
-        # Gated (admission): the children of one admission are one pack (schedule/mapping.py `_pack_riders`).
-        packs = map_packs(run.plan, actions, spread=1 if run.machine.gated else PACK_SPREAD) \
-            if self._submit_chain is not None else {}
+        # Gated (admission): an admitted node and its riders are one pack (schedule/riders.py).
+        packs = {} if self._submit_chain is None else admitted_packs(actions, run.machine.pack_next) \
+            if run.machine.gated else map_packs(run.plan, actions)
         riders = {d.node_id for group in (*chains.values(), *packs.values()) for d in group[1:]}
         for action in actions:
             if not isinstance(action, Dispatch) or action.node_id in riders:

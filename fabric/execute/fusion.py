@@ -1,5 +1,5 @@
-"""The engine's side of fused chains and packed map children (plan/fuse.py): which dispatches of one batch share
-a Ray task, and how each member's inputs are wired inside it."""
+"""The engine's side of fused chains and packs (plan/fuse.py): which dispatches of one batch share a Ray task, and
+how each member's inputs are wired inside it."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ def map_packs(plan: ExecutionPlan, actions: Sequence[Action], spread: int = PACK
                 pack = children[start:start + size]
                 if len(pack) > 1:
                     packs[pack[0].node_id] = pack
+    return packs
+
+
+def admitted_packs(actions: Sequence[Action], pack_next: Mapping[str, str]) -> dict[str, list[Dispatch]]:
+    """Gated: head -> the dispatches of one admission that go as one Ray task, as the run machine chained them
+    (schedule/riders.py `pack_next`). O(actions)."""
+    dispatches = {a.node_id: a for a in actions if isinstance(a, Dispatch)}
+    riders = {pack_next[n] for n in dispatches if n in pack_next}
+    packs: dict[str, list[Dispatch]] = {}
+    for node_id, action in dispatches.items():
+        if node_id in riders or node_id not in pack_next:
+            continue
+        pack = [action]
+        while (following := pack_next.get(pack[-1].node_id)) is not None and following in dispatches:
+            pack.append(dispatches[following])
+        if len(pack) > 1:
+            packs[node_id] = pack
     return packs
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.expand import map_node
-from fabric.plan.fuse import fused_predecessors
+from fabric.plan.fuse import fused_predecessors, sibling_packable
 from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
 from fabric.spec import (
@@ -199,8 +199,13 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
     if fuse:
         # A condition, or a node run without a skipped input, decides in its own task (not inside a chain).
         flags = {n.id: n.fuse and n.when is None and n.on_skipped == "skip" for n in spec.nodes}
-        for node_id, previous in fused_predecessors(tuple(order), plans, flags).items():
+        previous_of = fused_predecessors(tuple(order), plans, flags)
+        for node_id, previous in previous_of.items():
             plans[node_id] = replace(plans[node_id], fused_after=previous)
+        heads = set(previous_of.values())
+        for node_id in order:  # outside chains, ready siblings may share a Ray task (schedule/riders.py)
+            if node_id not in heads and sibling_packable(plans[node_id], flags[node_id]):
+                plans[node_id] = replace(plans[node_id], packed=True)
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
         plan_hash=hashlib.sha256("".join(hashes[n] for n in order).encode()).hexdigest(),

@@ -107,7 +107,7 @@ class NodePlan:
     map_parent: str | None = None  # a map's child: its map node; it joins plan.nodes (never plan.order) when expanded
     batch_over: str | None = None  # a batched child: its input of this name is a list, the function runs per item
     item_digest: str | None = None  # a map child: its item's (or batch's) content hash, its cache key's input `over`
-    packed: bool = True  # a map child: may share a Ray task with its siblings (its map node did not say `fuse: false`)
+    packed: bool = False  # may share a Ray task with ready siblings (plan/fuse.py packable; `fuse: false` says no)
     after_map: bool = False  # it reads a map node's outputs: they exist only once every child ended (no early dispatch)
 
     @property

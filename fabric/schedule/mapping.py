@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fabric.plan.expand import batches, child_plans
-from fabric.plan.fuse import MAX_PACK, PACK_SPREAD, packable, same_task
 from fabric.schedule.actions import Action, Attempt, Gather, NodeRun, Outcome
 from fabric.spec.mapping import parent_of
 from fabric.states import NodeState
@@ -48,7 +47,6 @@ class MapSteps:
         _clock: Callable[[], float]
 
     _fans: dict[str, Fan]
-    _pack_next: dict[str, str]  # a pack's child -> the next one in its Ray task (gated: admission's booking goes on)
     _waiting: dict[str, None]
     held: set[str]
     _stashed: dict[str, tuple[NodeState, Sequence[tuple[float, float | None, str | None]]]]
@@ -107,31 +105,6 @@ class MapSteps:
         fan = self._fans.get(node_id)
         return {c: t for c in (fan.children if fan else ()) for t in (self.nodes[c].token,)
                 if self.nodes[c].state.ok and t is not None}
-
-    def _pack_riders(self, head: NodeRun) -> list[NodeRun]:
-        """Gated: the waiting siblings that run after admitted map child `head` in its Ray task, on its booking, so
-        a map of thousands of tiny items pays Ray's price per task once per pack with admission on too. As many as
-        eager dispatch packs a map's children (plan/fuse.py: up to MAX_PACK, the map in at least PACK_SPREAD
-        packs), the newest waiting first, since admission takes the oldest. O(pack), not O(waiting)."""
-        parent = self.nodes.get(head.plan.map_parent or "")
-        fan = self._fans.get(head.plan.map_parent or "")
-        if fan is None or parent is None or parent.plan.map is None:
-            return []
-        live = min(len(fan.children), parent.plan.map.max_parallel or len(fan.children))  # at once, at most
-        size = min(MAX_PACK, live // PACK_SPREAD) - 1
-        if size < 1 or not packable(head.plan):
-            return []
-        riders: list[NodeRun] = []
-        for scanned, node_id in enumerate(reversed(self._waiting)):
-            node = self.nodes[node_id]
-            if node.plan.map_parent == head.plan.map_parent and node_id not in self.held and same_task(
-                    node.plan, head.plan) and packable(node.plan):
-                riders.append(node)
-            if len(riders) == size or scanned == 4 * MAX_PACK:
-                break
-        for before, after in zip([head, *riders], riders, strict=False):
-            self._pack_next[before.plan.node_id] = after.plan.node_id
-        return riders
 
     def _map_step(self, node: NodeRun, work: deque[str]) -> list[Action]:
         """A map node or one of its children was touched: account for the child, release more, or end the map."""

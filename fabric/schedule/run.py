@@ -18,11 +18,12 @@ from fabric.plan import ExecutionPlan
 from fabric.schedule.actions import Action, Attempt, Clock, Dispatch, Kill, NodeRun, Outcome, Transition
 from fabric.schedule.exits import ExitHooks
 from fabric.schedule.mapping import MapSteps
+from fabric.schedule.riders import PackSteps
 from fabric.states import KillCause, NodeState, SubmissionState, check_node_transition, check_submission_transition
 from fabric.types import AttemptReport, ErrorInfo
 
 
-class RunMachine(MapSteps):
+class RunMachine(MapSteps, PackSteps):
     """All decisions about one submission's nodes. Feed it results and ticks; it returns actions.
 
     Each event costs O(degree of the nodes it touches): readiness is kept in per-node counters and deadlines
@@ -48,7 +49,7 @@ class RunMachine(MapSteps):
         self._terminal = 0
         self.exits = ExitHooks(plan)  # exit hooks: held until every other node has ended (schedule/exits.py)
         self._fans = {}  # map nodes expanded, by id (schedule/mapping.py)
-        self._pack_next = {}
+        self._pack_next, self._longest = {}, {}  # gated packs (schedule/riders.py)
 
     @classmethod
     def restore(cls, plan: ExecutionPlan, clock: Clock, *, submission_id: str, created_at: float,
@@ -175,7 +176,7 @@ class RunMachine(MapSteps):
         self._unsynced.add(node_id)
         actions = [self._dispatch(node)]
         self._run(node)
-        for rider in self._pack_riders(node):  # a pack of map children runs in its Ray task (schedule/mapping.py)
+        for rider in self._pack_riders(node):  # a pack runs in its Ray task (schedule/riders.py)
             del self._waiting[rider.plan.node_id]
             self._waiting_cached.pop(rider.plan.node_id, None)  # a cached map's child whose check missed
             self._unsynced.add(rider.plan.node_id)
@@ -306,6 +307,7 @@ class RunMachine(MapSteps):
         if outcome.ok:
             attempt.outcome = NodeState.SUCCEEDED
             node.progress = 1.0
+            self.note_run(node.plan, outcome.report)
             self._move(node, NodeState.SUCCEEDED)
             return
         self._set_token(node, None)

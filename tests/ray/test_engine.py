@@ -431,6 +431,30 @@ def test_with_admission_a_large_maps_children_share_ray_tasks_and_each_keeps_its
     assert len(set(tasks)) <= 256 // 4, f"{len(set(tasks))} Ray tasks for 256 children"  # packs of 8 (256 // 32)
 
 
+def test_with_admission_ready_siblings_share_ray_tasks_once_one_has_run_and_each_keeps_its_own_attempts(
+        client, tmp_path):
+    """1 -> 160 -> 1 plain nodes of the same code: once the first siblings ran (fast), each admission takes waiting
+    siblings into its Ray task (schedule/riders.py). A sibling that fails once is retried alone; none runs twice."""
+    marks = str(tmp_path)
+    middle = [py(f"s{i}", "sibling", params={"marker_dir": marks, "name": f"s{i}", "fail_once": "s7"},
+                 ins=["src"], outs=[f"s{i}"]) for i in range(160)]
+    spec = dag("siblings", [
+        py("src", "task_of", params={"marker_dir": marks, "name": "src"}, outs=["src"]), *middle,
+        py("sink", "task_of", params={"marker_dir": marks, "name": "sink"}, ins=[f"s{i}" for i in range(160)]),
+    ], edges=[("src", f"s{i}") for i in range(160)] + [(f"s{i}", "sink") for i in range(160)],
+        slo={"retry": {"max_attempts": 2, "backoff_sec": 0.1}})
+    submission = client.submit(spec)
+    status = submission.wait(120)
+    assert status.state == "SUCCEEDED", [(n.node_id, n.state, n.error) for n in status.nodes if n.state != "SUCCEEDED"]
+    siblings = {n.node_id: n for n in status.nodes if n.node_id.startswith("s") and n.node_id[1:].isdigit()}
+    assert len(siblings) == 160 and {s for s, n in siblings.items() if n.attempts != 1} == {"s7"}
+    assert "fails once" in (siblings["s7"].history[0].error.message or "")
+    runs = {i: len(list(tmp_path.glob(f"s{i}.*"))) for i in range(160)}
+    assert {i for i, n in runs.items() if n != 1} == {7} and runs[7] == 2  # no member ran twice but the failed one
+    tasks = [submission.result(f"s{i}") for i in range(160)]
+    assert all(tasks) and len(set(tasks)) <= 160 // 4, f"{len(set(tasks))} Ray tasks for 160 siblings"
+
+
 def test_a_rerun_of_a_packed_map_reuses_the_childrens_outputs_from_their_packs(client, fabric_home, tmp_path):
     """128 children run in packs, each pack writing one outputs file; 3 fail for good. The re-run finds the other
     125 in those packs (CACHED, not run again) and runs only the 3."""
