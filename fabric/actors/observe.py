@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fabric.actors.lineage_proc import LineageProcess
 from fabric.actors.observe_config import LineageConfig, lineage_config, lineage_namespace, trace_config
 from fabric.execute.outputs import MANIFEST, files_dir, outputs_dir
 from fabric.kinds import kind_checks
@@ -119,6 +120,19 @@ def graph_view(record: SubmissionRecord, events: list[Event]) -> dict[str, Any]:
             "critical_path": critical_path(upstream, spans)}
 
 
+def lineage_on(settings: Settings) -> bool:
+    """Is lineage configured, with its package installed (else said once, and off)?"""
+    if lineage_config(settings).mode == "off":
+        return False
+    try:
+        import openlineage.client  # noqa: F401 - the child imports it; a missing package is said here, once
+    except ImportError:
+        log.warning("fabric lineage is off: openlineage-python is not installed (pip install -e .[observe]); "
+                    "GET /api/orch/lineage/{id} still answers, built from the record")
+        return False
+    return True
+
+
 def lineage_client(settings: Settings) -> Any | None:
     """An OpenLineageClient for the configured transport, or None when lineage is off."""
     config = lineage_config(settings)
@@ -174,6 +188,20 @@ def to_openlineage(event: dict[str, Any]) -> Any:
                              for d in event["outputs"]])
 
 
+def send_lineage(client: Any | None, events: list[dict[str, Any]]) -> None:
+    """Built lineage events through `client`'s transport, in order."""
+    if not events or client is None:
+        return
+    # Straight to the client's transport: the client's environment and source-code facets would describe
+    # the registry's process, not the node, and cost a third of the time per event.
+    transport = client.transport
+    if hasattr(transport, "emit_many"):
+        transport.emit_many(events)
+    else:
+        for event in events:
+            transport.emit(to_openlineage(event))
+
+
 class SpanExporter:
     """Exports a finished submission's spans over OTLP/HTTP, with their recorded start and end times."""
 
@@ -210,8 +238,11 @@ class Observer:
     """Consumes recorded events off the engine's thread; a failing sink is logged, never felt by the run."""
 
     def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None,
-                 namespace: str = "fabric", max_queued: int = MAX_QUEUED):
+                 namespace: str = "fabric", max_queued: int = MAX_QUEUED, process: LineageProcess | None = None):
+        """`lineage`: a client to build and send lineage with in this process; `process`: the lineage child that
+        builds and sends it instead (the registry's way: fabric/actors/lineage_proc.py)."""
         self._store, self._lineage, self._spans, self._namespace = store, lineage, spans, namespace
+        self._process = process
         self._files = Files(home, artifacts)
         self._builders: OrderedDict[str, tuple[LineageBuilder, dict[str, str | None]]] = OrderedDict()
         # A bounded queue: when it is full, a run's events are not queued but counted, and read back from the
@@ -249,7 +280,10 @@ class Observer:
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every event handed over so far has been sent (tests, shutdown)."""
-        return self._idle.wait(timeout)
+        started = time.monotonic()
+        if not self._idle.wait(timeout):
+            return False
+        return self._process is None or self._process.drain(max(timeout - (time.monotonic() - started), 0.0))
 
     def _loop(self) -> None:
         while True:
@@ -274,20 +308,36 @@ class Observer:
                     self._idle.set()
 
     def _observe_all(self, events: list[tuple[int, Event]]) -> None:
-        built: list[dict[str, Any]] = []
+        fresh = []
         for seq, event in events:
             if seq < self._fed.get(event.submission_id, 0):
                 continue  # read back from the store already
             self._fed[event.submission_id] = seq + 1
+            fresh.append(event)
+        if self._process is not None:
+            self._ship(self._process, fresh)
+            if self._spans is None:
+                return
+        built: list[dict[str, Any]] = []  # in this process: spans, and lineage when no child builds it
+        for event in fresh:
             try:
                 built += self._observe(event)
             except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
                 log.exception("fabric could not build lineage/trace for %s", event.submission_id,
                               extra={"submission_id": event.submission_id, "node_id": event.node_id})
         try:
-            self._send(built)
+            send_lineage(self._lineage, built)
         except Exception:  # noqa: BLE001
             log.exception("fabric could not send %d lineage events", len(built))
+
+    def _ship(self, process: LineageProcess, events: list[Event]) -> None:
+        """To the lineage process: the runs' events (the kill-switch, quota use, promotions are not runs)."""
+        shipped = [e for e in events if not is_admin_subject(e.submission_id)]
+        if shipped:
+            process.send(shipped, self._store.get_submission)
+        for event in shipped:  # the child forgets an ended run's builder: a resumed run is sent again
+            if event.node_id is None and event.source == "RUNNING" and event.target != "RUNNING":
+                process.forget(event.submission_id)
 
     def _catch_up(self) -> None:
         """The queue has drained: the runs whose events found it full are read back from the store, from the
@@ -312,18 +362,6 @@ class Observer:
             while len(self._builders) > 1000:  # a submission that never ends must not hold memory forever
                 self._builders.popitem(last=False)
         return self._builders[submission_id]
-
-    def _send(self, events: list[dict[str, Any]]) -> None:
-        if not events or self._lineage is None:
-            return
-        # Straight to the client's transport: the client's environment and source-code facets would describe
-        # the registry's process, not the node, and cost a third of the time per event.
-        transport = self._lineage.transport
-        if hasattr(transport, "emit_many"):
-            transport.emit_many(events)
-        else:
-            for event in events:
-                transport.emit(to_openlineage(event))
 
     def _observe(self, event: Event) -> list[dict[str, Any]]:
         """The lineage events this recorded event means (sent by the caller); a trace when a submission ends."""
@@ -361,7 +399,7 @@ class ObservedStore:
 
 def observed(store: Store, config: Settings) -> Store:
     """`store`, wrapped to send lineage and traces as configured (unwrapped when both are off)."""
-    lineage = lineage_client(config)
+    process = LineageProcess(config) if lineage_on(config) else None  # lineage is built off this process
     traces = trace_config(config)
     spans = None
     if traces.endpoint:
@@ -370,7 +408,7 @@ def observed(store: Store, config: Settings) -> Store:
         except ImportError:  # as for lineage: a missing sink is logged, never fatal
             log.warning("fabric traces are off: an OTLP endpoint is set but opentelemetry is not installed "
                         "(pip install -e .[observe])")
-    if lineage is None and spans is None:
+    if process is None and spans is None:
         return store
-    return ObservedStore(store, Observer(store, config.home, config.artifacts, lineage, spans,
-                                         lineage_namespace(config)))
+    return ObservedStore(store, Observer(store, config.home, config.artifacts, None, spans,
+                                         lineage_namespace(config), process=process))
