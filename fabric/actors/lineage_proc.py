@@ -1,5 +1,6 @@
-"""The lineage process: OpenLineage events built and sent in a child process of the registry, so that building
-them (plans, output files, JSON) never takes the registry's interpreter lock from its engine.
+"""The lineage process, the registry's side: OpenLineage events are built and sent in a child process
+(lineage_child.py), so building them (plans, output files, JSON) never takes the registry's interpreter lock
+from its engine.
 
 The registry's observer thread writes framed pickles to the child's stdin: the settings first, then each
 submission's record before its first events, then batches of recorded events. The child answers each batch
@@ -16,7 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -26,7 +27,6 @@ from fabric.settings import Settings
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
-MAX_BUILDERS = 1000  # submissions whose lineage is being built at once (a run that never ends must not leak)
 
 
 def write_frame(stream: IO[bytes], message: Any) -> None:
@@ -61,7 +61,7 @@ class LineageProcess:
         self._start()
 
     def _start(self) -> None:
-        child = subprocess.Popen([sys.executable, "-m", "fabric.actors.lineage_proc"], stdin=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-m", "fabric.actors.lineage_child"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, env=os.environ.copy(), close_fds=True)
         assert child.stdin is not None and child.stdout is not None
         write_frame(child.stdin, self._settings)
@@ -140,52 +140,3 @@ class LineageProcess:
         if child is not None and child.stdin is not None:
             child.stdin.close()
             child.wait(10)
-
-
-def main() -> None:
-    """The child: builds each batch's lineage, sends it through the configured transport, acknowledges it."""
-    from fabric.actors.observe import Files, lineage_client, node_io, plan_of, send_lineage
-    from fabric.actors.observe_config import lineage_namespace
-    from fabric.record.lineage import LineageBuilder
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    source, answers = sys.stdin.buffer, sys.stdout.buffer
-    settings = read_frame(source)
-    if not isinstance(settings, Settings):
-        return
-    client = lineage_client(settings)
-    namespace = lineage_namespace(settings)
-    files = Files(settings.home, settings.artifacts)
-    builders: OrderedDict[str, LineageBuilder] = OrderedDict()
-    while (message := read_frame(source)) is not None:
-        if message[0] == "record":
-            record: SubmissionRecord = message[1]
-            try:
-                builders[record.submission_id] = LineageBuilder(record, node_io(plan_of(record)), namespace,
-                                                                files.output, files.artifacts)
-            except Exception:  # noqa: BLE001 - a record that does not compile has no lineage; the rest goes on
-                log.exception("fabric could not build lineage for %s", record.submission_id)
-            while len(builders) > MAX_BUILDERS:
-                builders.popitem(last=False)
-            continue
-        _, number, events = message
-        built: list[dict[str, Any]] = []
-        for event in events:
-            builder = builders.get(event.submission_id)
-            if builder is None:
-                continue
-            try:
-                built += builder.feed(event)
-            except Exception:  # noqa: BLE001 - lineage must never stop: this event is logged and skipped
-                log.exception("fabric could not build lineage for %s", event.submission_id)
-            if event.node_id is None and event.source == "RUNNING" and event.target != "RUNNING":
-                builders.pop(event.submission_id, None)
-        try:
-            send_lineage(client, built)
-        except Exception:  # noqa: BLE001
-            log.exception("fabric could not send %d lineage events", len(built))
-        write_frame(answers, number)
-
-
-if __name__ == "__main__":
-    main()

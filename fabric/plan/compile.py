@@ -9,7 +9,7 @@ from typing import Any
 
 from fabric.errors import ErrorCode, Problem, SpecError
 from fabric.plan.expand import map_node
-from fabric.plan.fuse import fused_predecessors, sibling_packable
+from fabric.plan.fuse import fused_predecessors
 from fabric.plan.hashing import node_content_hash
 from fabric.plan.model import ExecutionPlan, InputWire, NodePlan, ResourceUnit, RetryPolicy
 from fabric.spec import (
@@ -180,6 +180,9 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
             content_hash=content,
             when=node.when, when_params=when_params, on_skipped=node.on_skipped,
             on_exit=str(node.on_exit) if node.on_exit else None,
+            # Ready siblings may share its Ray task (schedule/riders.py), as chains fuse: unless it decides a
+            # condition, runs without a skipped input, is an exit hook or says `fuse: false`.
+            packed=fuse and node.fuse and node.when is None and node.on_skipped == "skip" and not node.on_exit,
         )
         if node.map is not None:  # the map node only expands; its timeout and retries are each child's
             plans[node_id] = map_node(plans[node_id], node.map, pack=node.fuse)
@@ -200,12 +203,10 @@ def compile_plan(spec: DagSpec, runtime: RuntimeParams | None = None,
         # A condition, or a node run without a skipped input, decides in its own task (not inside a chain).
         flags = {n.id: n.fuse and n.when is None and n.on_skipped == "skip" for n in spec.nodes}
         previous_of = fused_predecessors(tuple(order), plans, flags)
-        for node_id, previous in previous_of.items():
-            plans[node_id] = replace(plans[node_id], fused_after=previous)
-        heads = set(previous_of.values())
-        for node_id in order:  # outside chains, ready siblings may share a Ray task (schedule/riders.py)
-            if node_id not in heads and sibling_packable(plans[node_id], flags[node_id]):
-                plans[node_id] = replace(plans[node_id], packed=True)
+        for node_id, previous in previous_of.items():  # a chain's members already share one task: no riders
+            plans[node_id] = replace(plans[node_id], fused_after=previous, packed=False)
+        for head in set(previous_of.values()) - set(previous_of):
+            plans[head] = replace(plans[head], packed=False)
     return ExecutionPlan(
         pipeline_id=spec.pipeline_id,
         plan_hash=hashlib.sha256("".join(hashes[n] for n in order).encode()).hexdigest(),

@@ -30,18 +30,11 @@ MAX_PACK = 64  # children per Ray task at most
 def packable(node: NodePlan) -> bool:
     """May this node share a Ray task with its ready siblings (each still its own attempt, log and outputs)? A map
     child unless its map node says `fuse: false` (long children on a large cluster: a pack runs its children one
-    after another); a plain node that `sibling_packable` marked. On the same terms as fusion: no GPU, gang,
+    after another); a plain node outside fused chains that decides no condition, is no exit hook and does not
+    say `fuse: false` (plan/compile.py). On the same terms as fusion: no GPU, gang,
     deadline, preemption or self-placing kind. A cache node may: it is dispatched only after its cache check
     missed (run.py never dispatches a held cache node)."""
     return node.packed and node.map is None and _shareable(node, cache_checked=True)
-
-
-def sibling_packable(node: NodePlan, fuse: bool = True) -> bool:
-    """May a plain node ride in a ready sibling's Ray task (schedule/riders.py)? Only outside a fused chain (its
-    members already share one), with no condition or skipped input to decide, and not an exit hook: `fuse`
-    holds those as in `fused_predecessors`."""
-    return fuse and node.map is None and node.map_parent is None and node.on_exit is None \
-        and node.fused_after is None and _shareable(node, cache_checked=True)
 
 
 def _shareable(node: NodePlan, cache_checked: bool = False) -> bool:

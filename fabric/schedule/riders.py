@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from fabric.plan.model import NodePlan
     from fabric.schedule.mapping import Fan
 
-PACK_BUDGET_S = 0.25  # a pack of plain siblings runs about this long at most (by their longest run seen)
+PACK_BUDGET_S = 1.0  # a pack of plain siblings runs about this long at most (by their longest run seen)
 SCAN = 4 * MAX_PACK  # waiting nodes looked at per admission, at most: O(pack), not O(waiting)
 
 

@@ -1,0 +1,65 @@
+"""The lineage process's own side (`python -m fabric.actors.lineage_child`, started by lineage_proc.py): builds
+each batch's OpenLineage events, sends them through the configured transport, and confirms the batch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import OrderedDict
+from typing import Any
+
+from fabric.actors.lineage_proc import read_frame, write_frame
+from fabric.actors.observe import Files, lineage_client, node_io, plan_of, send_lineage
+from fabric.actors.observe_config import lineage_namespace
+from fabric.record import SubmissionRecord
+from fabric.record.lineage import LineageBuilder
+from fabric.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BUILDERS = 1000  # submissions whose lineage is being built at once (a run that never ends must not leak)
+
+
+def main() -> None:
+    """The child: builds each batch's lineage, sends it through the configured transport, acknowledges it."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    source, answers = sys.stdin.buffer, sys.stdout.buffer
+    settings = read_frame(source)
+    if not isinstance(settings, Settings):
+        return
+    client = lineage_client(settings)
+    namespace = lineage_namespace(settings)
+    files = Files(settings.home, settings.artifacts)
+    builders: OrderedDict[str, LineageBuilder] = OrderedDict()
+    while (message := read_frame(source)) is not None:
+        if message[0] == "record":
+            record: SubmissionRecord = message[1]
+            try:
+                builders[record.submission_id] = LineageBuilder(record, node_io(plan_of(record)), namespace,
+                                                                files.output, files.artifacts)
+            except Exception:  # noqa: BLE001 - a record that does not compile has no lineage; the rest goes on
+                log.exception("fabric could not build lineage for %s", record.submission_id)
+            while len(builders) > MAX_BUILDERS:
+                builders.popitem(last=False)
+            continue
+        _, number, events = message
+        built: list[dict[str, Any]] = []
+        for event in events:
+            builder = builders.get(event.submission_id)
+            if builder is None:
+                continue
+            try:
+                built += builder.feed(event)
+            except Exception:  # noqa: BLE001 - lineage must never stop: this event is logged and skipped
+                log.exception("fabric could not build lineage for %s", event.submission_id)
+            if event.node_id is None and event.source == "RUNNING" and event.target != "RUNNING":
+                builders.pop(event.submission_id, None)
+        try:
+            send_lineage(client, built)
+        except Exception:  # noqa: BLE001
+            log.exception("fabric could not send %d lineage events", len(built))
+        write_frame(answers, number)
+
+
+if __name__ == "__main__":
+    main()
