@@ -83,6 +83,8 @@ class LineageBuilder:
     _running: set[str] = field(default_factory=set)
     _started: bool = False
     _children: dict[str, NodeIO] = field(default_factory=dict)  # a map's children, made as their events come
+    # A node's input datasets: its producers ended before it started, so what they stored is known for good.
+    _inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def start(self) -> list[dict[str, Any]]:
         """The submission's START (at its creation); `feed` sends it first if nobody asked."""
@@ -143,8 +145,10 @@ class LineageBuilder:
         }
         if kind == "FAIL":
             facets["errorMessage"] = _facet(message=event.reason or event.target, programmingLanguage="python")
-        inputs = [self._dataset(self.nodes[producer], out, name) for name, producer, out in node.inputs
-                  if producer in self.nodes]
+        inputs = self._inputs.get(node.node_id)
+        if inputs is None:
+            inputs = self._inputs[node.node_id] = [self._dataset(self.nodes[producer], out, name)
+                                                   for name, producer, out in node.inputs if producer in self.nodes]
         # A node's own outs exist only once it succeeded: no need to look for their files before.
         outputs = [self._dataset(node, out, look=kind == "COMPLETE") for out in node.outs]
         if kind == "COMPLETE" and self.artifacts is not None:
