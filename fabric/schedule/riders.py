@@ -46,7 +46,8 @@ class PackSteps:
         return self._pack_next
 
     def note_run(self, plan: NodePlan, report: AttemptReport) -> None:
-        """A plain packable node succeeded: its run time (as its worker measured it) sizes its siblings' packs."""
+        """A plain packable node's attempt ended: its run time (as its worker measured it, failed or not) sizes its
+        siblings' packs."""
         if plan.map_parent is None and report.started_at is not None and report.ended_at is not None \
                 and packable(plan):
             took = max(report.ended_at - report.started_at, 0.0)

@@ -304,10 +304,10 @@ class RunMachine(MapSteps, PackSteps):
             attempt.outcome = NodeState.SKIPPED
             self._move(node, NodeState.SKIPPED, outcome.report.skipped[:300])
             return
+        self.note_run(node.plan, outcome.report)  # a failure's run time counts too: it sizes its siblings' packs
         if outcome.ok:
             attempt.outcome = NodeState.SUCCEEDED
             node.progress = 1.0
-            self.note_run(node.plan, outcome.report)
             self._move(node, NodeState.SUCCEEDED)
             return
         self._set_token(node, None)

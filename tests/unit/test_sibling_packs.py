@@ -156,3 +156,19 @@ def test_only_siblings_with_the_same_code_and_resources_ride_together_and_a_fail
     assert rider in run.machine.waiting()
     assert all(run.machine.nodes[d.node_id].state is NodeState.SUCCEEDED for d in packs[0] if d.node_id != rider)
     assert all(len(run.machine.nodes[d.node_id].attempts) == 1 for d in packs[0] if d.node_id != rider)
+
+
+def test_a_failed_siblings_run_time_counts_too() -> None:
+    """A sibling that failed after 2 s says as much about its code's run time as a success would: no packs."""
+    run = Gated(fan(100, slo={"retry": {"max_attempts": 2}}))
+    [[src]] = run.admit_round()
+    run.ok(src.node_id)
+    first = run.admit_round()
+    run.ok(first[0][0].node_id, took=0.001)
+    node = first[1][0].node_id
+    from fabric.types import ErrorInfo
+
+    run.machine.on_result(node, run.tokens[node], AttemptReport(started_at=run.now, ended_at=run.now + 2.0),
+                          ErrorInfo("ValueError", "slow, then wrong"))
+    run.queue.on_transitions("s", run.machine.drain_transitions(), run.machine)
+    assert [len(task) for task in run.admit_round()] == [1, 1]
