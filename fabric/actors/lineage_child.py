@@ -7,43 +7,46 @@ import logging
 import os
 import sys
 from collections import OrderedDict
-from typing import Any
+from typing import IO, Any
 
-from fabric.actors.lineage_proc import read_frame, write_frame
+from fabric.actors.lineage_proc import ACK, read_frame
 from fabric.actors.observe import Files, lineage_client, node_io, plan_of, send_lineage
 from fabric.actors.observe_config import lineage_namespace
-from fabric.record import SubmissionRecord
 from fabric.record.lineage import LineageBuilder
 from fabric.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NICENESS = 19
+NICENESS = 19  # where SCHED_IDLE is refused
 MAX_BUILDERS = 1000  # submissions whose lineage is being built at once (a run that never ends must not leak)
 
 
 def main() -> None:
-    """The child: builds each batch's lineage, sends it through the configured transport, acknowledges it."""
+    """The child: builds each batch's lineage, sends it through the configured transport, confirms it."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # Lineage may come a moment late: on a busy machine the registry's engine and the nodes go first.
+    # Lineage may come late: on a busy machine the registry's engine and the nodes go first.
     try:  # Linux: run only on CPU time nothing else wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         os.nice(NICENESS)
-    source, answers = sys.stdin.buffer, sys.stdout.buffer
-    settings = read_frame(source)
-    if not isinstance(settings, Settings):
-        return
+    source = sys.stdin.buffer
+    with os.fdopen(int(sys.argv[1]), "wb", buffering=0) as answers:
+        settings = read_frame(source)
+        if isinstance(settings, Settings):
+            serve(settings, source, answers)
+
+
+def serve(settings: Settings, source: IO[bytes], answers: IO[bytes]) -> None:
     client = lineage_client(settings)
     namespace = lineage_namespace(settings)
     files = Files(settings.home, settings.artifacts)
     builders: OrderedDict[str, LineageBuilder] = OrderedDict()
     while (message := read_frame(source)) is not None:
         if message[0] == "record":
-            record: SubmissionRecord = message[1]
-            try:
+            _, record, resumed = message
+            try:  # `resumed`: an earlier child sent this run's start; its nodes may be running
                 builders[record.submission_id] = LineageBuilder(record, node_io(plan_of(record)), namespace,
-                                                                files.output, files.artifacts)
+                                                                files.output, files.artifacts, resumed=resumed)
             except Exception:  # noqa: BLE001 - a record that does not compile has no lineage; the rest goes on
                 log.exception("fabric could not build lineage for %s", record.submission_id)
             while len(builders) > MAX_BUILDERS:
@@ -65,7 +68,7 @@ def main() -> None:
             send_lineage(client, built)
         except Exception:  # noqa: BLE001
             log.exception("fabric could not send %d lineage events", len(built))
-        write_frame(answers, number)
+        answers.write(ACK.pack(number))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from its engine.
 
 The registry's observer thread writes framed pickles to the child's stdin: the settings first, then each
-submission's record before its first events, then batches of recorded events. The child answers each batch
-with its number once that batch's lineage is sent. Both ends are this package, run by the same user: the pipe
-carries nothing from tenants that was not already in the registry's store. The child exits at end of input,
-so a registry that dies takes it along."""
+submission's record before its first events, then batches of recorded events. The child confirms each batch,
+once its lineage is sent, by writing the batch's number (8 bytes) to a pipe of its own, so nothing a library
+prints can be taken for an answer. Both ends are this package, run by the same user: the pipe carries nothing
+from tenants that was not already in the registry's store. The child exits at end of input, so a registry that
+dies takes it along."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
@@ -27,6 +29,10 @@ from fabric.settings import Settings
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
+ACK = struct.Struct("!Q")
+MAX_TRIES = 3  # a batch its child died on this many times is dropped (said in the log): it would kill every child
+RESTART_BACKOFF_S = (0.0, 1.0, 5.0, 30.0)  # waits before each restart in a row (the last repeats)
+HEALTHY_AFTER_S = 60.0  # a child that lived this long resets the backoff
 
 
 def write_frame(stream: IO[bytes], message: Any) -> None:
@@ -45,34 +51,53 @@ def read_frame(stream: IO[bytes]) -> Any | None:
 
 
 class LineageProcess:
-    """The registry's handle on its lineage child: sends records and event batches, counts acknowledgements.
+    """The registry's handle on its lineage child: sends records and event batches, counts confirmations.
 
-    A batch stays in memory until the child acknowledges it. If the child dies, it is started again and every
-    unacknowledged batch is sent again (with its submissions' records): lineage may come twice, never lost."""
+    A batch stays in memory until the child confirms it. If the child dies, another is started (after a backoff
+    when they keep dying) and gets every unconfirmed batch again, with its submissions' records, marked
+    `resumed` for a run the old child had started: lineage may then come twice, never go missing. A batch that
+    MAX_TRIES children died on is dropped and said in the log (`dropped`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         # `_io` orders writes to the child and its restarts; `_state` guards the counters. The thread reading
-        # acknowledgements takes only `_state`, so a write blocked on a busy child never stops them.
+        # confirmations takes only `_state`, so a write blocked on a busy child never stops them.
         self._io = threading.RLock()
         self._state = threading.Condition()
         self._unacked: deque[tuple[int, dict[str, SubmissionRecord], list[Event]]] = deque()
+        self._tries: dict[int, int] = {}  # an unconfirmed batch -> children it was handed to
         self._sent = self._acked = 0
         self._records: dict[str, SubmissionRecord] = {}  # sent to the current child, by submission
+        self._started: set[str] = set()  # submissions a child confirmed events of: a new child resumes them
         self._child: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
+        self._born = 0.0
+        self.restarts = self.dropped = 0
         self._start()
 
     def _start(self) -> None:
-        child = subprocess.Popen([sys.executable, "-m", "fabric.actors.lineage_child"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, env=os.environ.copy(), close_fds=True)
-        assert child.stdin is not None and child.stdout is not None
-        self._child = child
+        """A new child (with `_io` held, or from __init__); on failure `_child` stays None and the next send
+        tries again."""
+        reader, writer = os.pipe()
         try:
+            # -P: the registry's working directory is not put on the child's import path; a library that prints
+            # goes to the registry's log (fd 2), never into the confirmations.
+            child = subprocess.Popen([sys.executable, "-P", "-m", "fabric.actors.lineage_child", str(writer)],
+                                     stdin=subprocess.PIPE, stdout=2, pass_fds=(writer,),
+                                     env=os.environ.copy())
+        except OSError:
+            log.exception("fabric could not start its lineage process")
+            os.close(reader)
+            return
+        finally:
+            os.close(writer)
+        self._child, self._born = child, time.monotonic()
+        threading.Thread(target=self._read_acks, args=(child, os.fdopen(reader, "rb")),
+                         name="fabric-lineage-acks", daemon=True).start()
+        try:
+            assert child.stdin is not None
             write_frame(child.stdin, self._settings)
-        except OSError:  # it died at once: the reader below sees it end and starts another
+        except OSError:  # it died at once: the reader sees it end and starts another
             pass
-        threading.Thread(target=self._read_acks, args=(child,), name="fabric-lineage-acks", daemon=True).start()
 
     def send(self, events: list[Event], record_of: Callable[[str], SubmissionRecord | None]) -> None:
         """`events` in recorded order; `record_of(sid)` finds a submission's record the child has not had yet
@@ -97,8 +122,10 @@ class LineageProcess:
                 self._restart()
 
     def forget(self, submission_id: str) -> None:
+        """Its run ended: a later run of it is new to the child."""
         with self._io:
             self._records.pop(submission_id, None)
+            self._started.discard(submission_id)
 
     def drain(self, timeout: float) -> bool:
         """Wait until the child has sent every batch handed over so far."""
@@ -106,19 +133,31 @@ class LineageProcess:
             return self._state.wait_for(lambda: self._acked >= self._sent, timeout)
 
     def _write(self, records: dict[str, SubmissionRecord], number: int, events: list[Event]) -> None:
-        assert self._child is not None and self._child.stdin is not None
-        for record in records.values():
-            write_frame(self._child.stdin, ("record", record))
-        write_frame(self._child.stdin, ("events", number, events))
+        child = self._child
+        if child is None or child.stdin is None:
+            raise BrokenPipeError("no lineage process")
+        self._tries[number] = self._tries.get(number, 0) + 1
+        for sid, record in records.items():
+            write_frame(child.stdin, ("record", record, sid in self._started))
+        write_frame(child.stdin, ("events", number, events))
 
-    def _read_acks(self, child: subprocess.Popen[bytes]) -> None:
-        assert child.stdout is not None
-        while (message := read_frame(child.stdout)) is not None:
-            with self._state:
-                self._acked = max(self._acked, message)
-                while self._unacked and self._unacked[0][0] <= self._acked:
-                    self._unacked.popleft()
-                self._state.notify_all()
+    def _read_acks(self, child: subprocess.Popen[bytes], acks: IO[bytes]) -> None:
+        try:
+            while len(data := acks.read(ACK.size)) == ACK.size:
+                number = ACK.unpack(data)[0]
+                with self._state:
+                    self._acked = max(self._acked, number)
+                    while self._unacked and self._unacked[0][0] <= self._acked:
+                        done, _, events = self._unacked.popleft()
+                        self._tries.pop(done, None)
+                        self._started.update(e.submission_id for e in events)
+                    self._state.notify_all()
+        except (OSError, ValueError):
+            log.exception("fabric's lineage process gave an unreadable answer")
+        finally:
+            acks.close()
+        if child.poll() is None:
+            child.kill()
         child.wait()
         with self._io:
             if child is self._child:  # not stopped by us: start again and send what it did not confirm
@@ -131,7 +170,11 @@ class LineageProcess:
         old, self._child = self._child, None
         if old is not None and old.poll() is None:
             old.kill()
+        lived = time.monotonic() - self._born
         self.restarts += 1
+        in_a_row = 0 if lived >= HEALTHY_AFTER_S else min(self.restarts, len(RESTART_BACKOFF_S)) - 1
+        time.sleep(RESTART_BACKOFF_S[in_a_row])  # the observer's queue fills meanwhile, then defers to the store
+        self._drop_poison()
         self._start()
         self._records = {}  # the new child knows none: each submission's record goes again before its events
         with self._state:
@@ -144,9 +187,23 @@ class LineageProcess:
         except OSError:
             log.exception("fabric could not hand lineage to its restarted process")
 
+    def _drop_poison(self) -> None:
+        with self._state:
+            while self._unacked and self._tries.get(self._unacked[0][0], 0) >= MAX_TRIES:
+                number, _, events = self._unacked.popleft()
+                self._tries.pop(number, None)
+                self._acked = max(self._acked, number)
+                self.dropped += len(events)
+                log.error("fabric dropped %d lineage events: %d lineage processes died on them", len(events),
+                          MAX_TRIES)
+            self._state.notify_all()
+
     def close(self) -> None:
         with self._io:
             child, self._child = self._child, None
         if child is not None and child.stdin is not None:
             child.stdin.close()
-            child.wait(10)
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()

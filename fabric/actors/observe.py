@@ -31,7 +31,7 @@ from fabric.record.rotating import RotatingLines
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
-from fabric.states import is_admin_subject
+from fabric.states import EventKind, is_admin_subject
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +314,16 @@ class Observer:
                 continue  # read back from the store already
             self._fed[event.submission_id] = seq + 1
             fresh.append(event)
+        if self._process is None or self._spans is not None:
+            self._observe_here(fresh)  # spans, and lineage when no child builds it: never behind a full pipe
         if self._process is not None:
-            self._ship(self._process, fresh)
-            if self._spans is None:
-                return
-        built: list[dict[str, Any]] = []  # in this process: spans, and lineage when no child builds it
+            try:
+                self._ship(self._process, fresh)
+            except Exception:  # noqa: BLE001 - as below: lineage must never stop the thread that feeds it
+                log.exception("fabric could not hand %d events to its lineage process", len(fresh))
+
+    def _observe_here(self, fresh: list[Event]) -> None:
+        built: list[dict[str, Any]] = []
         for event in fresh:
             try:
                 built += self._observe(event)
@@ -332,7 +337,8 @@ class Observer:
 
     def _ship(self, process: LineageProcess, events: list[Event]) -> None:
         """To the lineage process: the runs' events (the kill-switch, quota use, promotions are not runs)."""
-        shipped = [e for e in events if not is_admin_subject(e.submission_id)]
+        # An attempt's cost comes after its run's end and means nothing to lineage: it would bring the run back.
+        shipped = [e for e in events if not is_admin_subject(e.submission_id) and e.source != EventKind.COST]
         if shipped:
             process.send(shipped, self._store.get_submission)
         for event in shipped:  # the child forgets an ended run's builder: a resumed run is sent again

@@ -83,12 +83,15 @@ class LineageBuilder:
     _running: set[str] = field(default_factory=set)
     _started: bool = False
     _children: dict[str, NodeIO] = field(default_factory=dict)  # a map's children, made as their events come
+    # Fed from the middle of a run (a restarted lineage process): the run's START went already, and a node seen
+    # ending RUNNING started before, as its event's attempt number says.
+    resumed: bool = False
     # A node's input datasets: its producers ended before it started, so what they stored is known for good.
     _inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def start(self) -> list[dict[str, Any]]:
         """The submission's START (at its creation); `feed` sends it first if nobody asked."""
-        if self._started:
+        if self._started or self.resumed:
             return []
         self._started = True
         return [self._submission_event("START", self.record.created_at, "")]
@@ -113,7 +116,9 @@ class LineageBuilder:
         elif event.target == "CACHED":
             self._attempts[node.node_id] = self._attempts.get(node.node_id, 0) + 1
             out += [self._node_event("START", node, event), self._node_event("COMPLETE", node, event)]
-        elif node.node_id in self._running and event.target in ENDS:
+        elif event.target in ENDS and (node.node_id in self._running or self.resumed and event.source == "RUNNING"):
+            if node.node_id not in self._running:  # it started under an earlier lineage process
+                self._attempts[node.node_id] = max(event.attempt, 1)
             self._running.discard(node.node_id)
             out.append(self._node_event(ENDS[event.target], node, event))
         return out
@@ -147,8 +152,13 @@ class LineageBuilder:
             facets["errorMessage"] = _facet(message=event.reason or event.target, programmingLanguage="python")
         inputs = self._inputs.get(node.node_id)
         if inputs is None:
-            inputs = self._inputs[node.node_id] = [self._dataset(self.nodes[producer], out, name)
-                                                   for name, producer, out in node.inputs if producer in self.nodes]
+            wired = [(self.nodes[producer], out, name) for name, producer, out in node.inputs
+                     if producer in self.nodes]
+            inputs = [self._dataset(producer, out, name) for producer, out, name in wired]
+            unseen = [d for d, (producer, out, _) in zip(inputs, wired, strict=True)
+                      if out in producer.persisted and not d["facets"]["fabric_output"]["uri"]]
+            if self.outputs is None or not unseen:
+                self._inputs[node.node_id] = inputs  # every file it reads was found: known for good
         # A node's own outs exist only once it succeeded: no need to look for their files before.
         outputs = [self._dataset(node, out, look=kind == "COMPLETE") for out in node.outs]
         if kind == "COMPLETE" and self.artifacts is not None:

@@ -23,9 +23,10 @@ PACK_BUDGET_S = 1.0  # a pack of plain siblings runs about this long at most (by
 SCAN = 4 * MAX_PACK  # waiting nodes looked at per admission, at most: O(pack), not O(waiting)
 
 
-def code_of(plan: NodePlan) -> tuple[str, str | None]:
-    """What a plain node's run time is learnt by: its kind and entrypoint."""
-    return plan.kind, plan.entrypoint
+def code_of(plan: NodePlan) -> tuple[str, str]:
+    """What a plain node's run time is learnt by: its kind and entrypoint. A kind with no entrypoint (`sql`,
+    `embed`, ...) runs what its params say, so only a node with the very same content counts as the same code."""
+    return plan.kind, plan.entrypoint or f"#{plan.content_hash}"
 
 
 class PackSteps:
@@ -38,7 +39,7 @@ class PackSteps:
         held: set[str]
 
     _pack_next: dict[str, str]  # a pack's member -> the next one in its Ray task (admission's booking goes on)
-    _longest: dict[tuple[str, str | None], float]  # a plain node's code -> its longest run so far, in seconds
+    _longest: dict[tuple[str, str], float]  # a plain node's code -> its longest run so far, in seconds
 
     @property
     def pack_next(self) -> Mapping[str, str]:

@@ -153,10 +153,15 @@ class RunMachine(MapSteps, PackSteps):
     def carried_next(self, node_id: str, succeeded: bool) -> str | None:
         """The member after `node_id` in its Ray task that has not ended, the task's admission booking passes to
         it: its pack's next child (a failure stops no other), or its fused chain's next member after a success."""
-        following = self._pack_next.pop(node_id, None) or next(
-            (d for d in self.nodes[node_id].plan.downstream if succeeded
-             and self.nodes[d].plan.fused_after == node_id and self.nodes[d].token is not None), None)
-        while following is not None and self.nodes[following].state.terminal:
+        following = self._pack_next.pop(node_id, None)
+        if following is None:
+            following = next((d for d in self.nodes[node_id].plan.downstream if succeeded
+                              and self.nodes[d].plan.fused_after == node_id and self.nodes[d].token is not None), None)
+            while following is not None and self.nodes[following].state.terminal:
+                following = self._pack_next.pop(following, None)
+            return following
+        # A pack's member that ended, or failed and waits for its retry (admitted on a booking of its own): passed.
+        while following is not None and self.nodes[following].state is not NodeState.RUNNING:
             following = self._pack_next.pop(following, None)
         return following
 

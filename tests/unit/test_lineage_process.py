@@ -68,3 +68,41 @@ def test_a_child_process_builds_and_writes_the_lineage_and_a_killed_child_loses_
         assert second == [(job, kind) for _, job, kind in first]  # s2's lineage whole, built by the new child
     finally:
         process.close()
+
+
+def test_a_child_that_dies_mid_run_hands_the_run_on_without_a_second_start_or_a_lost_end(tmp_path: Path) -> None:
+    """The old child saw the run start and node a start; the new one gets the rest, marked resumed: a's
+    COMPLETE is not lost (it carries a's attempt), and the run does not START twice."""
+    from fabric.record.lineage import run_id
+
+    lineage_file = tmp_path / "lineage.jsonl"
+    settings = Settings.from_env({"FABRIC_LINEAGE": "file", "FABRIC_LINEAGE_FILE": str(lineage_file)},
+                                 home=str(tmp_path))
+    inner = MemoryStore()
+    inner.add_submission(SubmissionRecord("s3", "pipe", SPEC, {}, "plan", "req", 0.0, team="t"))
+    process = LineageProcess(settings)
+    observer = Observer(inner, str(tmp_path), str(tmp_path), None, None, process=process)
+    store = ObservedStore(inner, observer)
+    events = run_events("s3")
+    events[0] = Event("s3", "a", "QUEUED", "RUNNING", 1.0, 1)
+    events[1] = Event("s3", "a", "RUNNING", "SUCCEEDED", 2.0, 1)
+    try:
+        store.append_events(events[:1])
+        assert observer.drain(30)
+        child = process._child
+        assert child is not None
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 20
+        while process._child is child and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store.append_events(events[1:])
+        assert observer.drain(30)
+        rows = [json.loads(line) for line in lineage_file.read_text().splitlines()]
+        kinds = [(r["job"]["name"], r["eventType"]) for r in rows]
+        assert kinds == [("pipe", "START"), ("pipe.a", "START"), ("pipe.a", "COMPLETE"), ("pipe.b", "START"),
+                         ("pipe.b", "COMPLETE"), ("pipe", "COMPLETE")]
+        a_runs = {r["run"]["runId"] for r in rows if r["job"]["name"] == "pipe.a"}
+        assert a_runs == {run_id("s3", "a", 1)}  # START and COMPLETE of one attempt, across two children
+    finally:
+        process.close()

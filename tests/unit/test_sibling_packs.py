@@ -1,4 +1,4 @@
-"""Ready siblings packed into one Ray task with admission on (schedule/riders.py, plan/fuse.py `sibling_packable`):
+"""Ready siblings packed into one Ray task with admission on (schedule/riders.py, plan/fuse.py `packable`):
 which plain nodes may ride, how a pack is sized by the run times seen so far, and that a pack holds one booking
 until its last member ends while each member keeps its own attempt."""
 
@@ -41,8 +41,10 @@ def test_plain_siblings_may_ride_but_not_chain_members_conditions_gpus_or_fuse_f
         _node("a"), _node("b", ["a"]), _node("c", ["b"]),  # a -> b -> c: one fused chain
         _node("free"), _node("gpu", resources={"gpu": 1}), _node("cond", when="true"),
         _node("alone", fuse=False), _node("deadline", slo={"max_runtime": "30s"}),
-        _node("spot", slo={"qos": "spot_ok"}), _node("hook", on_exit="always")]}))
-    assert {n for n, node in plan.nodes.items() if packable(node)} == {"free"}
+        _node("spot", slo={"qos": "spot_ok"}), _node("hook", on_exit="always"), _node("cached", cache=True),
+        _node("runs_anyway", ["free"], on_skipped="run")]}))
+    # A cache node rides once its check missed: it waits held (never a rider) until then.
+    assert {n for n, node in plan.nodes.items() if packable(node)} == {"free", "cached"}
     assert not any(packable(node) for node in compile_plan(load_spec(fan(4)), fuse=False).nodes.values())
 
 
@@ -64,6 +66,8 @@ class Gated:
         for _ in range(4):  # a round may admit one new waiting node at a time
             for _, node_id, _ in self.queue.admit([("s", self.machine, "research")]):
                 actions = self.machine.admit(node_id)
+                if not actions:  # it rode in an earlier admission of this round: its booking goes back
+                    self.queue.release(f"s/{node_id}")
                 dispatched = [a for a in actions if isinstance(a, Dispatch)]
                 self.tokens.update({d.node_id: d.token for d in dispatched})
                 packs = admitted_packs(actions, self.machine.pack_next)
@@ -147,8 +151,11 @@ def test_only_siblings_with_the_same_code_and_resources_ride_together_and_a_fail
         nodes = [run.plan.nodes[d.node_id] for d in task]
         assert len({n.entrypoint for n in nodes}) == 1 and all(n.unit == nodes[0].unit for n in nodes)
     rider = packs[0][1].node_id
+    in_use = run.queue.quotas()[0]["cpu_in_use"]
+    run.ok(packs[0][0].node_id)  # in run order: the head, then the rider fails, then the others
     run.fail(rider)
-    run.ok(*(d.node_id for d in packs[0] if d.node_id != rider))
+    run.ok(*(d.node_id for d in packs[0][2:]))
+    assert run.queue.quotas()[0]["cpu_in_use"] == in_use - run.plan.nodes[rider].unit.num_cpus  # given back
     assert run.machine.nodes[rider].state is NodeState.RETRYING
     run.now += 60
     run.machine.tick()
@@ -172,3 +179,20 @@ def test_a_failed_siblings_run_time_counts_too() -> None:
                           ErrorInfo("ValueError", "slow, then wrong"))
     run.queue.on_transitions("s", run.machine.drain_transitions(), run.machine)
     assert [len(task) for task in run.admit_round()] == [1, 1]
+
+
+def test_a_packs_booking_never_passes_to_a_member_that_failed_and_waits_for_its_retry() -> None:
+    """Out of run order (a rider's failure recorded before its head's end): the booking skips the rider that waits
+    for its retry, and goes back when the last running member ends; the retry is admitted on its own."""
+    run = Gated(fan(100, slo={"retry": {"max_attempts": 2, "backoff_sec": 30}}))
+    [[src]] = run.admit_round()
+    run.ok(src.node_id)
+    for task in run.admit_round():
+        run.ok(*(d.node_id for d in task))
+    pack, *_ = run.admit_round()
+    assert len(pack) > 2 and run.queue.quotas()[0]["cpu_in_use"] == 2.0
+    run.fail(pack[1].node_id)
+    run.ok(pack[0].node_id)
+    for member in pack[2:]:
+        run.ok(member.node_id)
+    assert run.queue.quotas()[0]["cpu_in_use"] == 1.0  # the other pack's booking only
