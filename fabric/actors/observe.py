@@ -26,7 +26,7 @@ from fabric.execute.outputs import MANIFEST, files_dir, outputs_dir
 from fabric.kinds import kind_checks
 from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
-from fabric.record.lineage import LineageBuilder, NodeIO, StoredFile, lineage_events
+from fabric.record.lineage import NodeIO, StoredFile, lineage_events
 from fabric.record.rotating import RotatingLines
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
@@ -237,14 +237,13 @@ class SpanExporter:
 class Observer:
     """Consumes recorded events off the engine's thread; a failing sink is logged, never felt by the run."""
 
-    def __init__(self, store: Store, home: str, artifacts: str, lineage: Any | None, spans: SpanExporter | None,
-                 namespace: str = "fabric", max_queued: int = MAX_QUEUED, process: LineageProcess | None = None):
-        """`lineage`: a client to build and send lineage with in this process; `process`: the lineage child that
-        builds and sends it instead (the registry's way: fabric/actors/lineage_proc.py)."""
-        self._store, self._lineage, self._spans, self._namespace = store, lineage, spans, namespace
-        self._process = process
-        self._files = Files(home, artifacts)
-        self._builders: OrderedDict[str, tuple[LineageBuilder, dict[str, str | None]]] = OrderedDict()
+    def __init__(self, store: Store, spans: SpanExporter | None, *, max_queued: int = MAX_QUEUED,
+                 process: LineageProcess | None = None):
+        """`spans`: traces, built here when a run ends; `process`: the lineage child that builds and sends
+        lineage (fabric/actors/lineage_proc.py)."""
+        self._store, self._spans, self._process = store, spans, process
+        # A run's record and its nodes' pools, for its trace (compiled once, at its first event).
+        self._runs: OrderedDict[str, tuple[SubmissionRecord, dict[str, str | None]]] = OrderedDict()
         # A bounded queue: when it is full, a run's events are not queued but counted, and read back from the
         # store once the queue has drained (its lineage comes late, never lost). `seq` numbers each run's
         # events as they are recorded, `fed` says how many of them were observed.
@@ -315,25 +314,20 @@ class Observer:
             self._fed[event.submission_id] = seq + 1
             fresh.append(event)
         if self._process is None or self._spans is not None:
-            self._observe_here(fresh)  # spans, and lineage when no child builds it: never behind a full pipe
+            self._trace(fresh)  # before the lineage: never behind a full pipe
         if self._process is not None:
             try:
                 self._ship(self._process, fresh)
             except Exception:  # noqa: BLE001 - as below: lineage must never stop the thread that feeds it
                 log.exception("fabric could not hand %d events to its lineage process", len(fresh))
 
-    def _observe_here(self, fresh: list[Event]) -> None:
-        built: list[dict[str, Any]] = []
+    def _trace(self, fresh: list[Event]) -> None:
         for event in fresh:
             try:
-                built += self._observe(event)
-            except Exception:  # noqa: BLE001 - lineage and traces must never break the run they describe
-                log.exception("fabric could not build lineage/trace for %s", event.submission_id,
+                self._observe(event)
+            except Exception:  # noqa: BLE001 - traces must never break the run they describe
+                log.exception("fabric could not build the trace of %s", event.submission_id,
                               extra={"submission_id": event.submission_id, "node_id": event.node_id})
-        try:
-            send_lineage(self._lineage, built)
-        except Exception:  # noqa: BLE001
-            log.exception("fabric could not send %d lineage events", len(built))
 
     def _ship(self, process: LineageProcess, events: list[Event]) -> None:
         """To the lineage process: the runs' events (the kill-switch, quota use, promotions are not runs)."""
@@ -356,34 +350,29 @@ class Observer:
             start = self._fed.get(sid, 0)
             self._observe_all([(start + i, e) for i, e in enumerate(events)])
 
-    def _builder(self, submission_id: str) -> tuple[LineageBuilder, dict[str, str | None]] | None:
-        if submission_id not in self._builders:
+    def _run(self, submission_id: str) -> tuple[SubmissionRecord, dict[str, str | None]] | None:
+        if submission_id not in self._runs:
             record = self._store.get_submission(submission_id)
             if record is None:
                 return None
-            nodes = node_io(plan_of(record))
-            self._builders[submission_id] = (
-                LineageBuilder(record, nodes, self._namespace, self._files.output, self._files.artifacts),
-                {n: io.pool for n, io in nodes.items()})
-            while len(self._builders) > 1000:  # a submission that never ends must not hold memory forever
-                self._builders.popitem(last=False)
-        return self._builders[submission_id]
+            self._runs[submission_id] = (record, {n: io.pool for n, io in node_io(plan_of(record)).items()})
+            while len(self._runs) > 1000:  # a submission that never ends must not hold memory forever
+                self._runs.popitem(last=False)
+        return self._runs[submission_id]
 
-    def _observe(self, event: Event) -> list[dict[str, Any]]:
-        """The lineage events this recorded event means (sent by the caller); a trace when a submission ends."""
-        if is_admin_subject(event.submission_id):  # the kill-switch, quota use, promotions: not a run
-            return []
-        found = self._builder(event.submission_id)
+    def _observe(self, event: Event) -> None:
+        """A run's trace, exported when it ends (the kill-switch, quota use, promotions are not runs)."""
+        if is_admin_subject(event.submission_id):
+            return
+        found = self._run(event.submission_id)
         if found is None:
-            return []
-        builder, pools = found
-        built = builder.feed(event) if self._lineage is not None else []
+            return
+        record, pools = found
         if event.node_id is None and event.source == "RUNNING" and event.target != "RUNNING":
-            self._builders.pop(event.submission_id, None)
+            self._runs.pop(event.submission_id, None)
             if self._spans is not None:
                 self._store.flush()
-                self._spans.export(builder.record, self._store.events(event.submission_id), pools)
-        return built
+                self._spans.export(record, self._store.events(event.submission_id), pools)
 
 
 class ObservedStore:
@@ -416,5 +405,4 @@ def observed(store: Store, config: Settings) -> Store:
                         "(pip install -e .[observe])")
     if process is None and spans is None:
         return store
-    return ObservedStore(store, Observer(store, config.home, config.artifacts, None, spans,
-                                         lineage_namespace(config), process=process))
+    return ObservedStore(store, Observer(store, spans, process=process))

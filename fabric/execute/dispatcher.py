@@ -34,9 +34,11 @@ class Dispatcher:
 
     def dispatch(self, run: LiveRun, actions: Sequence[Action], placement: Placement | None) -> None:
         chains = fused_groups(run.plan, actions) if self._submit_chain is not None else {}
-        # Gated (admission): an admitted node and its riders are one pack (schedule/riders.py).
-        packs = {} if self._submit_chain is None else admitted_packs(actions, run.machine.pack_next) \
-            if run.machine.gated else map_packs(run.plan, actions)
+        packs: dict[str, list[Dispatch]] = {}
+        if self._submit_chain is not None and run.machine.gated:  # an admitted node and its riders (riders.py)
+            packs = admitted_packs(actions, run.machine.pack_next)
+        elif self._submit_chain is not None:
+            packs = map_packs(run.plan, actions)
         riders = {d.node_id for group in (*chains.values(), *packs.values()) for d in group[1:]}
         for action in actions:
             if not isinstance(action, Dispatch) or action.node_id in riders:

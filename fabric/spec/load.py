@@ -170,10 +170,9 @@ def _too_deep(value: Any, limit: int = MAX_DEPTH) -> str | None:
             return []
         pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
         for key, child in pairs:
-            kind = type(child)
-            if kind in _LEAVES:  # most values of a large spec: no abstract-class check for them
+            if type(child) in _LEAVES:  # most values of a large spec: no abstract-class check for them
                 continue
-            if kind is dict or kind is list or isinstance(child, list | tuple | Mapping):
+            if isinstance(child, dict | list | tuple | Mapping):
                 found = walk(child, depth + 1)
                 if found is not None:
                     found.append(key if isinstance(key, int) and isinstance(item, list | tuple) else str(key)[:64])

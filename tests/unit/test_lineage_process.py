@@ -43,7 +43,7 @@ def test_a_child_process_builds_and_writes_the_lineage_and_a_killed_child_loses_
     for sid in ("s1", "s2"):
         inner.add_submission(SubmissionRecord(sid, "pipe", SPEC, {}, "plan", "req", 0.0, team="t"))
     process = LineageProcess(settings)
-    observer = Observer(inner, str(tmp_path), str(tmp_path), None, None, process=process)
+    observer = Observer(inner, None, process=process)
     store = ObservedStore(inner, observer)
     try:
         store.append_events(run_events("s1"))
@@ -81,7 +81,7 @@ def test_a_child_that_dies_mid_run_hands_the_run_on_without_a_second_start_or_a_
     inner = MemoryStore()
     inner.add_submission(SubmissionRecord("s3", "pipe", SPEC, {}, "plan", "req", 0.0, team="t"))
     process = LineageProcess(settings)
-    observer = Observer(inner, str(tmp_path), str(tmp_path), None, None, process=process)
+    observer = Observer(inner, None, process=process)
     store = ObservedStore(inner, observer)
     events = run_events("s3")
     events[0] = Event("s3", "a", "QUEUED", "RUNNING", 1.0, 1)

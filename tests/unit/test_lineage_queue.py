@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_a_full_queue_defers_events_and_they_are_observed_later_in_order():
     inner = MemoryStore()
-    observer = Observer(inner, "/tmp", "/tmp", None, None, max_queued=5)
+    observer = Observer(inner, None, max_queued=5)
     seen: list[tuple[str, str]] = []
     gate = threading.Event()
 

@@ -57,7 +57,7 @@ def test_text_is_the_default_and_leaves_logging_alone(restore_loggers):
 
 
 def test_a_failing_lineage_build_is_logged_with_its_submission_and_node(restore_loggers, tmp_path):
-    """A real path of the registry: the observer cannot build lineage for a record whose spec does not compile;
+    """A real path of the registry: the observer cannot build the trace of a record whose spec does not compile;
     its log record, as JSON, names the submission and the node."""
     from fabric.actors.observe import Observer
     from fabric.record import Event, MemoryStore, SubmissionRecord
@@ -66,7 +66,7 @@ def test_a_failing_lineage_build_is_logged_with_its_submission_and_node(restore_
     configure_logging("json", stream)
     store = MemoryStore()
     store.add_submission(SubmissionRecord("sub-9", "pipe", {"not": "a dag"}, {}, "p", "r", 1.0))
-    observer = Observer(store, str(tmp_path), str(tmp_path), None, None)
+    observer = Observer(store, None)
     observer.put([Event("sub-9", "train", "PENDING", "QUEUED", 2.0, 0, "")])
     assert observer.drain(10)
     [line] = [json.loads(line) for line in stream.getvalue().splitlines()]
