@@ -3,9 +3,11 @@
     python -m bench.gateway [--clients 16] [--submissions 400] [--seconds 120]
 
 Reports submit and status latency percentiles, accepted submissions per second and the registry's
-memory per finished submission kept in memory. The anchor, measured in the same run with the same
-clients: `GET /healthz`, a route that is Ray Serve plus one registry call and nothing of fabric's, so
-the ratios say what fabric adds to what Serve itself costs on this machine.
+memory per finished submission kept in memory. The anchor is `GET /healthz`, a route that is Ray Serve
+plus one registry call and nothing of fabric's, so the ratios say what fabric adds to what Serve itself
+costs on this machine. It is measured twice with the same 16 clients: inside the measured wave (each
+client reads it after each status, so it meets the same load, submitted runs included: the ratios use
+this one), and alone before the wave (printed for comparison).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ def registry_rss(client: fb.Client) -> int:
 
 
 async def wave(base: str, headers: dict[str, str], clients: int, per_client: int, deadline: float
-               ) -> tuple[list[float], list[float], list[str], float]:
-    """Each client submits, then reads the status of what it submitted, per_client times."""
+               ) -> tuple[list[float], list[float], list[float], list[str], float]:
+    """Each client submits, reads the status of what it submitted, then reads /healthz, per_client times."""
     submit_s: list[float] = []
     status_s: list[float] = []
+    anchor_s: list[float] = []
     ids: list[str] = []
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30, limits=limits) as http:
@@ -63,10 +66,13 @@ async def wave(base: str, headers: dict[str, str], clients: int, per_client: int
                 start = time.perf_counter()
                 await http.get(f"/api/orch/status/{ids[-1]}")
                 status_s.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await http.get("/healthz")
+                anchor_s.append(time.perf_counter() - start)
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
-        return submit_s, status_s, ids, time.perf_counter() - started
+        return submit_s, status_s, anchor_s, ids, time.perf_counter() - started
 
 
 async def anchor(base: str, headers: dict[str, str], clients: int, requests: int) -> tuple[list[float], float]:
@@ -114,9 +120,9 @@ def main() -> None:
     # Warm-up wave: worker processes, connections, the registry's heap at its working size.
     asyncio.run(wave(base, headers, args.clients, max(per_client // 4, 1), deadline))
     time.sleep(2)
-    anchor_s, anchor_window = asyncio.run(anchor(base, headers, args.clients, args.submissions))
+    alone_s, alone_window = asyncio.run(anchor(base, headers, args.clients, args.submissions))
     rss_before = registry_rss(client)
-    submit_s, status_s, ids, window = asyncio.run(wave(base, headers, args.clients, per_client, deadline))
+    submit_s, status_s, anchor_s, ids, window = asyncio.run(wave(base, headers, args.clients, per_client, deadline))
     for submission_id in ids:  # let them all finish, then measure what finished ones keep
         client.get(submission_id, check=False).wait(max(deadline - time.monotonic(), 1.0))
     rss_after = registry_rss(client)
@@ -124,14 +130,16 @@ def main() -> None:
 
     a50, a99 = pct(anchor_s, 50), pct(anchor_s, 99)
     print(f"{len(ids)} submissions from {args.clients} concurrent clients over HTTP on loopback (2-node DAGs)")
-    print(f"anchor  GET /healthz (Serve + one registry call): p50 {a50:6.1f} ms   p99 {a99:6.1f} ms   "
-          f"{len(anchor_s) / anchor_window:6.1f} requests/s")
+    print(f"anchor alone, before the wave: GET /healthz (Serve + one registry call): p50 {pct(alone_s, 50):6.1f} ms   "
+          f"p99 {pct(alone_s, 99):6.1f} ms   {len(alone_s) / alone_window:6.1f} requests/s")
+    print(f"anchor in the wave (the ratios' base): GET /healthz after each status read: p50 {a50:6.1f} ms   "
+          f"p99 {a99:6.1f} ms")
     print(f"submit  p50 {pct(submit_s, 50):6.1f} ms   p99 {pct(submit_s, 99):6.1f} ms   "
-          f"= {pct(submit_s, 99) / a99:4.2f} x anchor p99   (target p99 <= 50 ms)")
+          f"= {pct(submit_s, 99) / a99:4.2f} x anchor p99   (target <= 1.3 x)")
     print(f"status  p50 {pct(status_s, 50):6.1f} ms   p99 {pct(status_s, 99):6.1f} ms   "
-          f"= {pct(status_s, 99) / a99:4.2f} x anchor p99   (target p99 <= 20 ms)")
-    print(f"accepted {len(ids) / window:6.1f} submissions/s, each followed by a status read, while all of them "
-          f"also ran (target >= 200/s)")
+          f"= {pct(status_s, 99) / a99:4.2f} x anchor p99   (target <= 1.1 x)")
+    print(f"accepted {len(ids) / window:6.1f} submissions/s, each followed by a status and a /healthz read, while "
+          f"all of them also ran; the anchor alone answered {len(alone_s) / alone_window:6.1f} requests/s")
     per_kept = kept["finished_bytes"] / max(kept["finished"], 1)
     print(f"registry memory: {per_kept:.0f} bytes per finished submission kept in memory ({kept['finished']} kept, "
           f"{kept['finished_with_results']} with their outputs' refs) (target <= 2 KB; older ones are paged "

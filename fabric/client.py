@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,12 +17,12 @@ from fabric.actors.calls import call_registry as _call
 from fabric.actors.control import get_or_create_registry
 from fabric.actors.guard import verified
 from fabric.actors.owners import ServedClient
-from fabric.actors.registry import NAMESPACE, REGISTRY_NAME
+from fabric.actors.registry import REGISTRY_NAME
 from fabric.actors.revive import remember_home
 from fabric.capability import control_cap, impostor, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
 from fabric.execute.foreign import foreign_value
-from fabric.local_ray import init_address
+from fabric.local_ray import init_address, use_ray_token_auth
 from fabric.protocol import (
     Client,
     Page,
@@ -41,7 +40,7 @@ from fabric.retry import REGISTRY_RESTART_WAIT_S
 from fabric.schedule.backfill import TRIGGER_LABEL, trigger_submission_id
 from fabric.schedule.grants import TeamGrants
 from fabric.settings import Settings, settings
-from fabric.spec import RuntimeParams, read_spec
+from fabric.spec import RuntimeParams, load_spec, parse_runtime_params, read_document, read_spec
 from fabric.spec.backfills import parse_backfill
 from fabric.spec.policy import Principal
 from fabric.spec.teams import Role, TeamConfig
@@ -161,19 +160,28 @@ class RayClient(ServedClient):
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
                              cap=self._cap, own=True)
 
-    async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None) -> RaySubmission:
-        """`submit()` for code that runs in an event loop."""
-        # YAML text (up to 1 MiB at the gateway) is parsed, and the policy checked, off the event loop.
-        args, claims = (await asyncio.to_thread(self._submit_args, spec, runtime_params)
-                        if isinstance(spec, str | bytes) or self._guard else self._submit_args(spec, runtime_params))
+    async def submit_async(self, spec: SpecInput, runtime_params: ParamsInput = None, *,
+                           from_wire: bool = False) -> RaySubmission:
+        """`submit()` for code that runs in an event loop. `from_wire`: the spec came over the network, so text is
+        only ever a document (never a path), and it is validated here first: bad input costs this process a thread
+        for a moment, never the registry."""
+        # YAML text (up to 1 MiB at the gateway) is parsed, and the policy checked, off the event loop, in one hop.
+        args, claims = (await asyncio.to_thread(self._submit_args, spec, runtime_params, from_wire)
+                        if isinstance(spec, str | bytes) or self._guard or from_wire
+                        else self._submit_args(spec, runtime_params))
         reply = await owned.guarded_async(self._guard, claims, lambda: _acall(
             self._registry.submit, self._cap, *args, retry_for=self._retry_for))
         return RaySubmission(self._registry, reply["submission_id"], reply["created"], self.team, self._retry_for,
                              cap=self._cap, own=True)
 
-    def _submit_args(self, spec: Any, runtime_params: ParamsInput) -> tuple[tuple[Any, ...], list[Any]]:
+    def _submit_args(self, spec: Any, runtime_params: ParamsInput, from_wire: bool = False
+                     ) -> tuple[tuple[Any, ...], list[Any]]:
         code: dict[str, bytes] = {}
-        if hasattr(spec, "to_spec"):  # an fb.DAG built in Python
+        if from_wire:
+            spec = read_document(spec)
+            load_spec(spec)
+            parse_runtime_params(runtime_params)
+        elif hasattr(spec, "to_spec"):  # an fb.DAG built in Python
             code = spec.inline_code()
             spec = spec.to_spec()
         # Files and text are read here, where their paths mean something; the registry validates once.
@@ -374,7 +382,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         # Seconds, not minutes: a stale recorded local Ray is replaced by a fresh one, a dead named one stops here.
         address = init_address(address)
         if address not in (None, "local"):
-            _use_ray_token_auth()
+            use_ray_token_auth()
         ray_init_kwargs.setdefault("include_dashboard", False)
         ray_init_kwargs.setdefault("log_to_driver", False)
         # Sizes only make sense when a local cluster is started; Ray says so clearly otherwise.
@@ -406,15 +414,3 @@ _connected: dict[str, str] = {}
 def connected_key_file() -> str | None:
     """The control key file this process connected with (the gateway it starts reads the same one)."""
     return _connected.get("key_file")
-
-
-def _use_ray_token_auth() -> None:
-    """Ray 2.60 clusters require a token, but a client joining by address sends it only when told to:
-    turn it on when a token file exists and the user has not chosen a mode."""
-    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    if "RAY_AUTH_MODE" not in os.environ and (Path(token_path).exists() or os.environ.get("RAY_AUTH_TOKEN")):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def registry_handle() -> Any:
-    return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)

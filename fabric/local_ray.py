@@ -124,3 +124,11 @@ def _fix(target: RayTarget) -> str:
     if target.source == "RAY_ADDRESS":
         return "start that cluster, or unset RAY_ADDRESS to start a local Ray"
     return "check the host and port (the head's GCS port, 6379 by default), or start it with `ray start --head`"
+
+
+def use_ray_token_auth() -> None:
+    """Ray 2.60 clusters require a token, but a client joining by address sends it only when told to:
+    turn it on when a token file exists and the user has not chosen a mode."""
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (Path(token_path).exists() or os.environ.get("RAY_AUTH_TOKEN")):
+        os.environ["RAY_AUTH_MODE"] = "token"

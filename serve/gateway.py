@@ -7,7 +7,6 @@ the rest are plain functions that Serve runs in its thread pool.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on Serve's wrapped methods.
-import asyncio
 import logging
 import urllib.parse
 from typing import Annotated, Any, cast
@@ -28,7 +27,7 @@ from fabric.errors import ErrorCode, FabricError
 from fabric.execute.sealed import require_sealed, sealing_runtime_env
 from fabric.logs import configure_logging
 from fabric.settings import settings
-from fabric.spec import load_spec, parse_runtime_params, read_document
+from fabric.spec import read_document
 from serve.auth import Principal, TokenTable
 from serve.gateway_metrics import GatewayMetrics
 from serve.guard import Guard, GuardState, Limits, Tokens
@@ -106,15 +105,6 @@ class DrainBody(BaseModel):
 def _actor(team: str, actor: str) -> str:
     """Who is recorded for an admin action: the token's team, and the name the caller gave, if any."""
     return f"{team}/{actor}" if actor else team
-
-
-def _checked(dag_spec: dict[str, Any] | str, runtime_params: dict[str, Any]) -> dict[str, Any]:
-    """The spec document, validated here, off the event loop and before the registry sees it: bad input
-    costs this replica a thread for a moment, never the registry. (A string is text, never a path.)"""
-    raw = read_document(dag_spec)
-    load_spec(raw)
-    parse_runtime_params(runtime_params)
-    return raw
 
 
 def _status_url(request: Request, submission_id: str) -> str:
@@ -294,8 +284,8 @@ class Gateway(MlRoutes, LlmRoutes, PipelineRoutes):
         if body.refs:
             raise FabricError("refs are not supported in this build", code=ErrorCode.SPEC_FIELD, where="refs",
                               fix="pass data locations as node params")
-        spec = await asyncio.to_thread(_checked, body.dag_spec, body.runtime_params)
-        submission = await client.submit_async(spec, body.runtime_params)
+        # validated here, off the event loop and before the registry sees it; a string is text, never a path
+        submission = await client.submit_async(body.dag_spec, body.runtime_params, from_wire=True)
         response.headers["Location"] = _status_url(request, submission.id)
         return {"submission_id": submission.id, "created": submission.created}
 

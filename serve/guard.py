@@ -110,7 +110,10 @@ class Tokens:
 
     def table(self) -> TokenTable:
         """A file that no longer parses refuses every request (503 SETTINGS_INVALID) until it is fixed."""
-        mtime = self.path.stat().st_mtime if self.path.exists() else 0.0
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = 0.0
         if self._cached is None or self._cached[0] != mtime:
             try:
                 table = TokenTable.load(self.path)

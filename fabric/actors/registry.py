@@ -23,6 +23,7 @@ from fabric.actors.quota import get_or_create_quota_actor
 from fabric.actors.rerun import RerunMethods
 from fabric.actors.schedules import PipelineMethods, Scheduler, tokens_file_grants
 from fabric.actors.served import ServedMethods
+from fabric.actors.submit_gate import SubmitGate
 from fabric.capability import attempt_grant, load_or_create_key
 from fabric.errors import ConflictError, ErrorCode, FabricError, NotFoundError, SpecError
 from fabric.execute.artifacts import check_names, list_artifacts, read_artifact
@@ -99,7 +100,7 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
         self._stop_schedules = threading.Event()  # set when the lease is lost: another registry fires them
         if self._lease is not None:
             self._lease.on_lost = self._lease_lost
-        self._submit_lock = threading.Lock()
+        self._gate = SubmitGate()  # submits overlap across keys, so their records share a commit
         switch = self._store.events(KILL_SWITCH)
         on = bool(switch) and switch[-1].target == EventKind.KILL_SWITCH_ON
         self._kill_switch: str | None = switch[-1].reason if on else None
@@ -148,7 +149,7 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
             runtime = runtime.model_copy(update={"params": dict(plan.params)})
         runtime_dump = runtime.model_dump(mode="json", exclude_none=True)
         request_hash, *older = request_hashes(dag.to_dict(), runtime_dump)  # "the same submission" (record/ids.py)
-        with self._submit_lock:  # lookup and start are one step: two racing submits start one run
+        with self._gate.starting(runtime.team, runtime.submission_id):  # one run for racing same-key submits
             if self._kill_switch is not None:
                 raise FabricError(f"admission is closed: {self._kill_switch}", code=ErrorCode.ADMISSION_CLOSED,
                                   where="kill-switch", fix="retry later; an admin turns the kill-switch off")
@@ -187,7 +188,7 @@ class Registry(PipelineMethods, RerunMethods, BackfillMethods, ServedMethods):
     def kill_switch(self, on: bool | None = None, reason: str = "", actor: str = "") -> dict[str, Any]:
         """Read, or turn on/off, the kill-switch: while on, nothing new is admitted; running work goes on."""
         if on is not None:
-            with self._submit_lock:
+            with self._gate.switching():
                 reason = reason or ("kill-switch on" if on else "")
                 old, new = ((EventKind.KILL_SWITCH_OFF, EventKind.KILL_SWITCH_ON) if on
                             else (EventKind.KILL_SWITCH_ON, EventKind.KILL_SWITCH_OFF))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from fabric.states import NodeState
 from fabric.types import new_submission_id
 
 if TYPE_CHECKING:
+    from fabric.actors.submit_gate import SubmitGate
     from fabric.execute.engine import Engine
 
 RERUN_LABEL = "fabric.rerun_of"
@@ -36,7 +36,7 @@ class RerunMethods:
         _store: Store
         _engine: Engine
         _artifacts: str
-        _submit_lock: threading.Lock
+        _gate: SubmitGate
         _kill_switch: str | None
 
         def _recorded(self, submission_id: str, team: str | None = None) -> SubmissionRecord: ...
@@ -81,7 +81,7 @@ class RerunMethods:
                                "from": from_node})
         reply = {"submission_id": new_id, "rerun_of": submission_id, "reused": sorted(reuse),
                  "rerun": [n for n in plan.order if n not in reuse]}
-        with self._submit_lock:
+        with self._gate.starting(old.team, new_id):
             if self._kill_switch is not None:
                 raise FabricError(f"admission is closed: {self._kill_switch}", code=ErrorCode.ADMISSION_CLOSED,
                                   where="kill-switch", fix="retry later; an admin turns the kill-switch off")

@@ -44,15 +44,18 @@ def head_to_avoid(nodes: Sequence[Mapping[str, Any]]) -> str | None:
     return heads[0] if heads and len(alive) > len(heads) else None
 
 
-_cluster_seen: tuple[float, str | None, bool] = (-HEAD_LOOKUP_EVERY_S, None, False)  # when, head to avoid, plain
+_cluster_seen: tuple[float, str | None, bool, tuple[Mapping[str, float], ...]] = (
+    -HEAD_LOOKUP_EVERY_S, None, False, ())  # when, head to avoid, plain, what each node tenant work may use holds
 
 
-def _cluster_now() -> tuple[float, str | None, bool]:
-    """One `ray.nodes()` at most every HEAD_LOOKUP_EVERY_S, for both things read from it."""
+def _cluster_now(fresh: bool = False) -> tuple[float, str | None, bool, tuple[Mapping[str, float], ...]]:
+    """One `ray.nodes()` at most every HEAD_LOOKUP_EVERY_S (or now, when `fresh`), for everything read from it."""
     global _cluster_seen
-    if time.monotonic() - _cluster_seen[0] > HEAD_LOOKUP_EVERY_S:
+    if fresh or time.monotonic() - _cluster_seen[0] > HEAD_LOOKUP_EVERY_S:
         nodes = ray.nodes()
-        _cluster_seen = (time.monotonic(), head_to_avoid(nodes), is_plain(nodes))
+        head = head_to_avoid(nodes)
+        capacities = tuple(n["Resources"] for n in nodes if n.get("Alive") and n["NodeID"] != head)
+        _cluster_seen = (time.monotonic(), head, is_plain(nodes), capacities)
     return _cluster_seen
 
 
@@ -288,24 +291,28 @@ class RayBackend:
 
     @staticmethod
     def feasibility_problems(plan: ExecutionPlan) -> list[Problem]:
-        """Nodes that no alive Ray node could ever hold: Ray would leave them pending forever."""
-        head = head_to_avoid(ray.nodes())
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != head]
-        problems = []
-        for node_id in plan.order:
-            unit = plan.nodes[node_id].unit
-            need = {"CPU": unit.num_cpus, "GPU": unit.num_gpus, **unit.custom}
-            if unit.memory:
-                need["memory"] = float(unit.memory)
-            if any(all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0) for have in nodes):
-                continue
-            largest = {k: max((h.get(k, 0.0) for h in nodes), default=0.0) for k, v in need.items() if v > 0}
-            problems.append(Problem(
-                ErrorCode.RESOURCES_INFEASIBLE, f"nodes[{node_id}].resources",
-                f"node {node_id!r} needs {_fmt(need)} but the largest Ray node offers {_fmt(largest)}",
-                "lower the node's resources or connect to a cluster with such nodes; where an autoscaler will add "
-                "them, start the registry with FABRIC_SKIP_FEASIBILITY=1"))
-        return problems
+        """Nodes that no alive Ray node could ever hold: Ray would leave them pending forever. Checked against the
+        cluster as last looked up (a submit costs no GCS call), and against a fresh look before refusing, so a node
+        that just joined counts."""
+        return _infeasible(plan, _cluster_now()[3]) and _infeasible(plan, _cluster_now(fresh=True)[3])
+
+
+def _infeasible(plan: ExecutionPlan, nodes: Sequence[Mapping[str, float]]) -> list[Problem]:
+    problems = []
+    for node_id in plan.order:
+        unit = plan.nodes[node_id].unit
+        need = {"CPU": unit.num_cpus, "GPU": unit.num_gpus, **unit.custom}
+        if unit.memory:
+            need["memory"] = float(unit.memory)
+        if any(all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0) for have in nodes):
+            continue
+        largest = {k: max((h.get(k, 0.0) for h in nodes), default=0.0) for k, v in need.items() if v > 0}
+        problems.append(Problem(
+            ErrorCode.RESOURCES_INFEASIBLE, f"nodes[{node_id}].resources",
+            f"node {node_id!r} needs {_fmt(need)} but the largest Ray node offers {_fmt(largest)}",
+            "lower the node's resources or connect to a cluster with such nodes; where an autoscaler will add "
+            "them, start the registry with FABRIC_SKIP_FEASIBILITY=1"))
+    return problems
 
 
 def node_runtime_env(base: dict[str, Any] | None, env: Mapping[str, str], image: str | None = None

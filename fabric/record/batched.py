@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import FabricError
-from fabric.record.store import Event
+from fabric.record.store import Event, SubmissionRecord
 
 _WAKE_AT = 20_000  # queued items that wake the flusher before its interval is up
 
@@ -40,6 +40,7 @@ class BatchedStore(ABC):
         self._queue_lock = threading.Lock()  # guards the queues; never held while waiting on the database
         self._events: list[Event] = []
         self._logs: list[LogItem] = []
+        self._new_submissions: list[_NewSubmission] = []  # waiting for their group commit (add_submission)
         self._bg_error: FabricError | None = None
         self._accepting = True  # False once close() starts: later appends are refused, not lost
         self._stop = threading.Event()
@@ -51,6 +52,10 @@ class BatchedStore(ABC):
     @abstractmethod
     def _write_batch(self, events: list[Event], logs: list[LogItem]) -> None:
         """Write both lists in one transaction (under `_db_lock`), or raise STORE_UNAVAILABLE."""
+
+    @abstractmethod
+    def _insert_submissions(self, records: list[SubmissionRecord]) -> None:
+        """Write (or replace) these submissions in one transaction, or raise STORE_UNAVAILABLE."""
 
     @abstractmethod
     def _select_events(self, submission_id: str) -> list[Event]: ...
@@ -75,6 +80,32 @@ class BatchedStore(ABC):
             error, self._bg_error = self._bg_error, None
         if error is not None:
             raise error
+
+    def add_submission(self, record: SubmissionRecord) -> None:
+        """Committed before it returns (a 202 promises it). Records that arrive while another commit holds the
+        connection are written together by whichever of their callers gets it next: one transaction, one fsync,
+        for all of them (group commit). A caller whose transaction fails takes its own record back and raises;
+        the others' stay queued for their own callers to try."""
+        self._raise_background_error()
+        mine = _NewSubmission(record)
+        with self._queue_lock:
+            self._check_open()
+            self._new_submissions.append(mine)
+        with self._db_lock:
+            if mine.committed:  # another caller's transaction took it
+                return
+            with self._queue_lock:
+                batch = list(self._new_submissions)
+            try:
+                self._insert_submissions([item.record for item in batch])
+            except BaseException:
+                with self._queue_lock:
+                    self._new_submissions.remove(mine)
+                raise
+            for item in batch:
+                item.committed = True
+            with self._queue_lock:
+                self._new_submissions = [item for item in self._new_submissions if not item.committed]
 
     def append_events(self, events: list[Event]) -> None:
         with self._queue_lock:
@@ -198,3 +229,13 @@ class BatchedStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _NewSubmission:
+    """A record on its way to the store; `committed` is set, under the connection's lock, once it is on disk."""
+
+    __slots__ = ("record", "committed")
+
+    def __init__(self, record: SubmissionRecord) -> None:
+        self.record = record
+        self.committed = False

@@ -46,9 +46,15 @@ def claim_id(store: Store, key: str | None, team: str | None, now: float) -> tup
         raise FabricError(f"submission_id {submission_id!r} is over {MAX_ID_LENGTH} characters with the team's "
                           "prefix", code=ErrorCode.SPEC_FIELD, where="runtime_params.submission_id",
                           fix="use a shorter submission_id")
-    existing = team_record(store, key, team) if key else None
-    if existing is None and store.get_submission(submission_id) is not None:
+    taken = store.get_submission(submission_id)  # read once: a submit pays two lookups at most
+    if key:  # as team_record(store, key, team), reusing that read
+        if taken is not None and taken.team == team:
+            return submission_id, taken
+        legacy = store.get_submission(key) if key != submission_id else None
+        if legacy is not None and legacy.team == team:
+            return submission_id, legacy
+    if taken is not None:
         # Another team's plain id from before ids were per team: never reused, never described.
         raise ConflictError("this submission_id cannot be used", code=ErrorCode.IDEMPOTENCY_CONFLICT,
                             where="runtime_params.submission_id", fix="use another submission_id")
-    return submission_id, existing
+    return submission_id, None

@@ -169,14 +169,13 @@ class SqliteStore(SqlCatalogue, SqlBackfills, SqlServed, BatchedStore):
 
     # -- submissions (synchronous: committed before returning) -------------------------------------
 
-    def add_submission(self, record: SubmissionRecord) -> None:
-        self._raise_background_error()
+    def _insert_submissions(self, records: list[SubmissionRecord]) -> None:
         with self._txn() as conn:
-            conn.execute(
+            conn.executemany(
                 f"INSERT OR REPLACE INTO submissions ({_SUBMISSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.submission_id, record.pipeline_id, json.dumps(record.spec), json.dumps(record.runtime_params),
-                 record.plan_hash, record.request_hash, record.created_at, record.team, json.dumps(record.labels),
-                 record.state, json.dumps(record.runtime_env)))
+                [(r.submission_id, r.pipeline_id, json.dumps(r.spec), json.dumps(r.runtime_params), r.plan_hash,
+                  r.request_hash, r.created_at, r.team, json.dumps(r.labels), r.state, json.dumps(r.runtime_env))
+                 for r in records])
 
     def set_state(self, submission_id: str, state: str) -> None:
         self._raise_background_error()

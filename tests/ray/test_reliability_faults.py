@@ -185,9 +185,9 @@ def test_the_registry_killed_for_good_is_started_anew_from_the_store(cluster, tm
         status = submission.wait(60)
     assert during.node("n0").state == "SUCCEEDED"
     assert status.state == "SUCCEEDED", [(n.node_id, n.state) for n in status.nodes]
-    from fabric.client import registry_handle
+    from fabric.actors.registry import NAMESPACE, REGISTRY_NAME
 
-    assert ray.get(registry_handle().pid.remote()) != old_pid
+    assert ray.get(ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE).pid.remote()) != old_pid
     assert len(list((tmp_path / "markers").glob(f"{submission.id}~n0~*"))) == 1, "n0 SUCCEEDED: not run again"
     # An attempt interrupted by the control plane is not charged to max_attempts: one more run allowed.
     extra = _finish("registry killed for good", client, home, tmp_path, load, [submission.id], max_attempts=3,
