@@ -305,3 +305,20 @@ def test_multi_gpu_and_multi_worker_nodes_run_in_placement_groups(cluster):
         while placement_group_table()[result["id"]]["state"] != "REMOVED":
             assert time.monotonic() < deadline, "a finished node's placement group was left behind"
             time.sleep(0.2)
+
+
+def test_a_node_that_just_joined_counts_for_feasibility_though_submits_read_a_cached_cluster_view(cluster):
+    from fabric.errors import ErrorCode, SpecError
+    from fabric.execute.backend import HEAD_LOOKUP_EVERY_S
+
+    client, ray_cluster = cluster
+    needs = {"id": "n", "kind": "python_task", "entrypoint": "tests.nodes:value",
+             "resources": {"cpu": "50m", "custom": {"fresh_kind": 1}}}
+    with pytest.raises(SpecError) as caught:  # the refusal looked at the cluster just now
+        client.submit(dag("fresh", [needs]))
+    assert caught.value.problems[0].code == ErrorCode.RESOURCES_INFEASIBLE
+    refused_at = time.monotonic()
+    ray_cluster.add_node(num_cpus=1, resources={"fresh_kind": 1})
+    run = client.submit(dag("fresh", [needs]))  # the cached view has no such node: only a fresh look finds it
+    assert time.monotonic() - refused_at < HEAD_LOOKUP_EVERY_S, "the cached view expired: this proves nothing"
+    assert run.wait(60).state == "SUCCEEDED"
