@@ -15,6 +15,7 @@ import ray
 
 from fabric.actors import HEAD_RESOURCE, NAMESPACE
 from fabric.actors.guard import verified
+from fabric.actors.heap import collect_rarely
 from fabric.actors.registry import REGISTRY_NAME, Registry
 from fabric.capability import attempt_grant, check, control_cap, load_or_create_key, proof
 from fabric.execute.sealed import sealed
@@ -42,6 +43,7 @@ def _privileged(name: str) -> Callable[..., Any]:
 class RegistryFace:
     def __init__(self, home: str, check_feasibility: bool = True) -> None:
         self._registry = Registry(home, check_feasibility)
+        collect_rarely()  # after the registry's own state is built (fabric/actors/heap.py)
         self._key = self._registry.key
         self._cap = control_cap(self._key)
 

@@ -9,6 +9,7 @@ import sys
 from collections import OrderedDict
 from typing import IO, Any
 
+from fabric.actors.heap import collect_rarely
 from fabric.actors.lineage_proc import ACK, read_frame
 from fabric.actors.observe import Files, lineage_client, node_io, plan_of, send_lineage
 from fabric.actors.observe_config import lineage_namespace
@@ -40,6 +41,7 @@ def serve(settings: Settings, source: IO[bytes], answers: IO[bytes]) -> None:
     client = lineage_client(settings)
     namespace = lineage_namespace(settings)
     files = Files(settings.home, settings.artifacts)
+    collect_rarely()  # its imports and client are built (fabric/actors/heap.py)
     builders: OrderedDict[str, LineageBuilder] = OrderedDict()
     while (message := read_frame(source)) is not None:
         if message[0] == "record":
