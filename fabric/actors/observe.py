@@ -10,24 +10,29 @@ docs/observability.md). openlineage and opentelemetry are imported only when use
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from fabric.actors.lineage_proc import LineageProcess
-from fabric.actors.observe_config import LineageConfig, lineage_config, lineage_namespace, trace_config
+from fabric.actors.observe_config import (
+    lineage_config,
+    lineage_namespace,
+    rotating_file_transport,
+    trace_config,
+)
 from fabric.execute.outputs import MANIFEST, files_dir, outputs_dir
 from fabric.kinds import kind_checks
 from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
 from fabric.record.lineage import NodeIO, StoredFile, lineage_events
-from fabric.record.rotating import RotatingLines
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
 from fabric.spec import load_spec, parse_runtime_params
@@ -51,8 +56,8 @@ def node_io(plan: ExecutionPlan) -> dict[str, NodeIO]:
                       node.content_hash, node.pool, consumed[n]) for n, node in plan.nodes.items()}
 
 
-def _sha256(path: Path) -> str | None:
-    stat = path.stat()
+def _sha256(path: Path, stat: os.stat_result | None = None) -> str | None:
+    stat = stat or path.stat()
     if stat.st_size > HASH_LIMIT_BYTES:
         return None
     return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
@@ -84,8 +89,12 @@ class Files:
         if "://" in base:
             return None
         for path, uri in ((Path(base) / f"{out}.arrow", None), (Path(base) / MANIFEST, f"{base}/{MANIFEST}#{out}")):
-            if path.is_file():
-                self._found[key] = StoredFile(uri or str(path), _sha256(path), path.stat().st_size)
+            try:
+                stat = path.stat()  # one stat for "is it there", its hash's cache key and its size
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                self._found[key] = StoredFile(uri or str(path), _sha256(path, stat), stat.st_size)
                 if len(self._found) > 100_000:
                     self._found.popitem(last=False)
                 return self._found[key]
@@ -150,29 +159,7 @@ def lineage_client(settings: Settings) -> Any | None:
         if config.api_key:
             transport["auth"] = {"type": "api_key", "apiKey": config.api_key}
         return OpenLineageClient(config={"transport": transport})
-    return OpenLineageClient(transport=_rotating_file_transport(config))
-
-
-def _rotating_file_transport(config: LineageConfig) -> Any:
-    """openlineage-python's file transport, writing through `RotatingLines` (rotated by size, nothing lost
-    across a rotation), also taking events already built as JSON-ready dicts, many per write: one open and
-    one write per batch instead of per event keeps a 1,000-node run's lineage from competing with its engine
-    for the registry's CPU."""
-    from openlineage.client.serde import Serde
-    from openlineage.client.transport.file import FileConfig, FileTransport
-
-    class RotatingFileTransport(FileTransport):
-        def __init__(self) -> None:
-            super().__init__(FileConfig(log_file_path=config.file, append=True))
-            self.lines = RotatingLines(config.file, config.max_bytes, config.backups)
-
-        def emit(self, event: Any) -> None:
-            self.lines.write([Serde.to_json(event)])
-
-        def emit_many(self, events: list[dict[str, Any]]) -> None:
-            self.lines.write([json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events])
-
-    return RotatingFileTransport()
+    return OpenLineageClient(transport=rotating_file_transport(config))
 
 
 def to_openlineage(event: dict[str, Any]) -> Any:
@@ -247,7 +234,7 @@ class Observer:
         # A bounded queue: when it is full, a run's events are not queued but counted, and read back from the
         # store once the queue has drained (its lineage comes late, never lost). `seq` numbers each run's
         # events as they are recorded, `fed` says how many of them were observed.
-        self._queue: queue.SimpleQueue[tuple[int, list[Event]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[tuple[int, Event]]] = queue.SimpleQueue()  # one item per put
         self._max_queued, self._queued = max_queued, 0
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
@@ -273,9 +260,11 @@ class Observer:
                     self._seq[e.submission_id] = self._seq.get(e.submission_id, 0) + 1
                 return
             self._queued += len(events)
+            numbered = []
             for e in events:
-                self._seq[e.submission_id] = self._seq.get(e.submission_id, 0) + 1
-                self._queue.put((self._seq[e.submission_id] - 1, [e]))
+                self._seq[e.submission_id] = seq = self._seq.get(e.submission_id, 0) + 1
+                numbered.append((seq - 1, e))
+            self._queue.put(numbered)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every event handed over so far has been sent (tests, shutdown)."""
@@ -296,8 +285,8 @@ class Observer:
                 except queue.Empty:
                     break
             with self._lock:
-                self._queued -= sum(len(batch) for _, batch in batches)
-            self._observe_all([(seq, e) for seq, batch in batches for e in batch])
+                self._queued -= sum(len(batch) for batch in batches)
+            self._observe_all([numbered for batch in batches for numbered in batch])
             with self._lock:
                 behind = self._queue.empty() and bool(self._behind)
             if behind:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from fabric.record.store import Event, SubmissionRecord
@@ -56,6 +57,7 @@ OutputLookup = Callable[[str, str, str], StoredFile | None]
 ArtifactLookup = Callable[[str, str], list[StoredFile]]
 
 
+@lru_cache(maxsize=1 << 16)  # every event of a node names its run and its parent's: computed once each
 def run_id(submission_id: str, node_id: str | None = None, attempt: int = 0) -> str:
     """The OpenLineage runId (a UUID) of a submission, or of one node attempt: stable, so re-reads agree."""
     key = submission_id if node_id is None else f"{submission_id}/{node_id}/{attempt}"
