@@ -22,7 +22,7 @@ from fabric.actors.revive import remember_home
 from fabric.capability import control_cap, impostor, load_or_create_key
 from fabric.errors import ErrorCode, FabricError
 from fabric.execute.foreign import foreign_value
-from fabric.local_ray import init_address, use_ray_token_auth
+from fabric.local_ray import init_address, prepare_env
 from fabric.protocol import (
     Client,
     Page,
@@ -381,8 +381,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if not ray.is_initialized():
         # Seconds, not minutes: a stale recorded local Ray is replaced by a fresh one, a dead named one stops here.
         address = init_address(address)
-        if address not in (None, "local"):
-            use_ray_token_auth()
+        prepare_env(address)  # token auth to join by address; a Ray started here guards in its Serve proxies
         ray_init_kwargs.setdefault("include_dashboard", False)
         ray_init_kwargs.setdefault("log_to_driver", False)
         # Sizes only make sense when a local cluster is started; Ray says so clearly otherwise.

@@ -126,6 +126,20 @@ def _fix(target: RayTarget) -> str:
     return "check the host and port (the head's GCS port, 6379 by default), or start it with `ray start --head`"
 
 
+# Ray Serve calls this in each HTTP proxy it starts: the gateway's guard refuses floods there (serve/proxy_guard.py).
+SERVE_PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_GUARD = "serve.proxy_guard:middlewares"
+
+
+def prepare_env(address: str | None) -> None:
+    """Before `ray.init(address)`: join a cluster by address with token auth where a token is set up; a Ray
+    started here (None may start one) gets the gateway's guard in its Serve proxies, unless another is named."""
+    if address not in (None, "local"):
+        use_ray_token_auth()
+    else:
+        os.environ.setdefault(SERVE_PROXY_CALLBACK, PROXY_GUARD)
+
+
 def use_ray_token_auth() -> None:
     """Ray 2.60 clusters require a token, but a client joining by address sends it only when told to:
     turn it on when a token file exists and the user has not chosen a mode."""

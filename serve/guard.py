@@ -156,6 +156,8 @@ class Guard:
     """The middleware (`api.add_middleware(Guard, state=...)`). Routes outside /api (health, metrics, the
     UI's files, the OpenAPI document) need no token but get the same query and body bounds."""
 
+    refused_by = "gateway"  # the X-Fabric-Refused-By header of its refusals (serve/proxy_guard.py: "proxy")
+
     def __init__(self, app: App, state: GuardState) -> None:
         self.app, self.state = app, state
 
@@ -171,12 +173,17 @@ class Guard:
             if rejected is None:
                 body, rejected = await self._read_body(scope, receive)
             if rejected is not None:
+                rejected.headers["X-Fabric-Refused-By"] = self.refused_by
+                self._refused(rejected.status_code)
                 await rejected(scope, receive, send)
                 return
             await self.app(scope, _replay(body, receive), send)
         finally:
             if writer is not None:
                 self.state.in_flight.leave(writer)
+
+    def _refused(self, status: int) -> None:
+        """In a replica, its metrics middleware counts the refusals with every other answer."""
 
     def _check_request(self, scope: Scope) -> tuple[str | None, Any]:
         """Who, how often, how many query parameters: all from the request line and headers. With no answer

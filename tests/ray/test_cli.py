@@ -144,6 +144,9 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "FABRIC_HOME": str(tmp_path / "fabric")}
     env.pop("RAY_ADDRESS", None)
     env.pop("FABRIC_ADMISSION", None)  # the default: admission on, over the shipped scheduling config
+    env.update({"FABRIC_GATEWAY_WRITE_RATE": "1", "FABRIC_GATEWAY_BURST_S": "2"})  # two writes at once, then 1/s
+    for variable in ("FABRIC_GATEWAY_RATE", "FABRIC_GATEWAY_TEAM_WRITES", "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"):
+        env.pop(variable, None)
     up = subprocess.Popen([*FABRIC, "up", "--port", str(port), "--num-cpus", "2", "--mlflow-port", str(mlflow_port)],
                           cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -170,6 +173,15 @@ def test_fabric_up_serves_the_gateway_until_stopped(tmp_path):
                 state = http.get(f"/api/orch/status/{submission_id}", headers=headers).json()["state"]
                 time.sleep(0.5)
             assert state == "SUCCEEDED"
+            # A team's flood is refused by Serve's proxy itself (serve/proxy_guard.py): the replica never sees it.
+            time.sleep(2)  # the write bucket full again: two writes
+            flood = [http.post("/api/orch/cancel/sub-nope", headers=headers) for _ in range(12)]
+            assert [r.status_code for r in flood[:2]] == [404, 404], [r.text for r in flood[:2]]
+            assert {r.status_code for r in flood[2:]} == {429}
+            assert {r.headers["X-Fabric-Refused-By"] for r in flood[2:]} == {"proxy"}
+            counted = [line for line in http.get("/metrics").text.splitlines()
+                       if line.startswith("fabric_gateway_requests_total") and "cancel" in line]
+            assert counted and all('status="429"' not in line for line in counted), counted
         # The MLflow tracking server `fabric up` started (ML nodes log to it), its store beside the registry's.
         assert httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=10).status_code == 200
         assert (tmp_path / "fabric" / "mlflow.db").exists()

@@ -1,0 +1,72 @@
+"""The gateway's guard in Ray Serve's HTTP proxy: a team over its rate or its writes in flight, too many query
+parameters or too large a body on /api or /v1 is refused by the proxy itself, before the request is routed to a
+gateway replica, so a flood of refusals costs the proxy's event loop only.
+
+Ray Serve calls `middlewares()` in each proxy process it starts when RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+names it: `fb.connect()` sets that for a local Ray it starts (`fabric up`), cluster.yaml and k8s/ on the head.
+The proxy refuses only what the replica would: a token it does not know passes on, and the replica answers its
+401 (so a proxy reading another tokens file than the gateway's can refuse nothing the gateway would accept).
+A proxy where the tokens file is not (a worker node's) guards nothing: the replicas, on the head, still do.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.middleware import Middleware
+
+from fabric.errors import FabricError
+from fabric.execute.metrics import RayMetricsSink
+from fabric.record.metrics import GATEWAY
+from fabric.settings import settings
+from serve.guard import App, Guard, GuardState, Limits, Receive, Scope, Send, Tokens
+
+REFUSED_IN_PROXY = "(refused in Serve's proxy)"  # the route label of what the proxy's guard refused
+GATEWAY_PATHS = ("/api/", "/v1/")  # the gateway's routes that take a token; the proxy leaves every other path alone
+log = logging.getLogger("fabric.gateway")
+
+
+class ProxyGuard(Guard):
+    refused_by = "proxy"
+
+    def __init__(self, app: App, state: GuardState) -> None:
+        super().__init__(app, state)
+        self._metrics = RayMetricsSink(GATEWAY)  # the replica never sees these: Ray's agent exports them
+
+    def _refused(self, status: int) -> None:
+        try:
+            self._metrics("fabric_gateway_requests_total", 1.0, {"route": REFUSED_IN_PROXY, "status": str(status)})
+        except Exception:  # noqa: BLE001 - outside a Ray worker, or Ray's metrics failing: the refusal stands
+            log.debug("fabric's proxy refusal not counted", exc_info=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(GATEWAY_PATHS) or not self._known(scope):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _known(self, scope: Scope) -> bool:
+        try:
+            self._authenticate(scope)
+        except FabricError:
+            return False
+        return True
+
+
+def middlewares() -> list[Middleware]:
+    """What Serve's proxy runs before routing: the guard, configured as the gateway's replicas are. Never raises:
+    a proxy that failed here would take the gateway down with it."""
+    try:
+        config = settings()
+        tokens = Path(config.tokens)
+        if not tokens.is_file():
+            log.info("no tokens file at %s: this proxy leaves the guarding to the gateway's replicas", tokens)
+            return []
+        state = GuardState()
+        state.configure(Tokens(tokens), Limits(rate=config.gateway_rate, write_rate=config.gateway_write_rate,
+                                               burst_s=config.gateway_burst_s, team_writes=config.gateway_team_writes))
+    except Exception:  # noqa: BLE001 - the replicas still guard everything
+        log.exception("fabric's guard is not in this proxy: the gateway's replicas guard alone")
+        return []
+    return [Middleware(ProxyGuard, state=state)]
