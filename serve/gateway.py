@@ -115,7 +115,9 @@ def _status_url(request: Request, submission_id: str) -> str:
 
 api = FastAPI(title="fabric gateway", version="1",
               description="Submit DAGs, follow them, cancel them. Every /api route needs a bearer token.")
-gateway_metrics = GatewayMetrics()  # this replica's own series (serve/gateway_metrics.py)
+# This replica's own series (serve/gateway_metrics.py), reached through the app: Serve ships the Gateway class by
+# value, so a module global read by the class and by the middleware function would be two objects in a replica.
+api.state.gateway_metrics = GatewayMetrics()
 api.include_router(ml_router)  # /api/predict/{name}, /api/orch/artifacts/... (serve/ml_routes.py)
 api.include_router(llm_router)  # /v1/completions, /v1/chat/completions (serve/llm_routes.py)
 api.include_router(pipeline_router)  # triggers and backfills (serve/pipeline_routes.py)
@@ -186,11 +188,15 @@ async def _invalid_request(_: Request, error: RequestValidationError) -> JSONRes
                                     code=ErrorCode.SPEC_INVALID, problems=problems))
 
 
+def _series(request: Request) -> GatewayMetrics:
+    return cast(GatewayMetrics, request.app.state.gateway_metrics)
+
+
 @api.middleware("http")
 async def _metrics(request: Request, call_next: Any) -> Any:
     response = await call_next(request)
     route = request.scope.get("route")
-    gateway_metrics.request(getattr(route, "path", "unmatched"), response.status_code)
+    _series(request).request(getattr(route, "path", "unmatched"), response.status_code)
     return response
 
 
@@ -260,23 +266,23 @@ class Gateway(MlRoutes, LlmRoutes, PipelineRoutes):
         return self._client.drain(body.timeout_s, _actor(principal.team, body.actor))
 
     @api.get("/healthz")
-    def healthz(self) -> JSONResponse:
+    def healthz(self, request: Request) -> JSONResponse:
         try:
             ok = self._client.ping()
         except Exception:  # noqa: BLE001 - any failure to reach the registry is "unhealthy"
             ok = False
-        gateway_metrics.registry_up(ok)  # probes call this often: Ray's agent sees the registry go
+        _series(request).registry_up(ok)  # probes call this often: Ray's agent sees the registry go
         return JSONResponse({"registry": "ok" if ok else "unreachable"}, status_code=200 if ok else 503)
 
     @api.get("/metrics", response_class=PlainTextResponse)
-    def metrics(self) -> PlainTextResponse:
+    def metrics(self, request: Request) -> PlainTextResponse:
         try:
             fabric_metrics, up = self._client.metrics_text(), True
         except Exception:  # noqa: BLE001 - the gateway's own series still answer while the registry is away
             fabric_metrics, up = "", False
-        gateway_metrics.registry_up(up)
+        _series(request).registry_up(up)
         # Two expositions with distinct names, one after the other, are one valid exposition.
-        return PlainTextResponse(gateway_metrics.render() + fabric_metrics, media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(_series(request).render() + fabric_metrics, media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/api/orch/submit", status_code=202)
     async def submit(self, request: Request, response: Response, body: SubmitBody) -> dict[str, Any]:
