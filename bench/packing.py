@@ -198,10 +198,13 @@ def main() -> None:
     took, admitted = time_policy(10_000, 1_000, args.seed)
     print(f"policy alone: one full round over 10,000 queued nodes on 1,000 nodes took {took * 1000:.0f} ms "
           f"({took / 10_000 * 1000:.3f} ms per queued node; {admitted} admitted)")
-    took, cpu, admitted = time_decisions(10_000, 1_000, args.seed)
-    print(f"one admission decision per event (a node ends), 10,000 queued on 1,000 nodes, {len(took)} events "
-          f"({admitted} admitted), per decision:")
-    for name, values in (("wall", took), ("CPU", cpu)):
+    # The first decision after the full round builds the capacity indexes every later one reuses, as the engine's
+    # first does once: it is shown alone, and the percentiles are over the 100 decisions after it.
+    took, cpu, admitted = time_decisions(10_000, 1_000, args.seed, events=101)
+    print(f"one admission decision per event (a node ends), 10,000 queued on 1,000 nodes, {len(took) - 1} events "
+          f"after a first one ({admitted} admitted in all), per decision:")
+    print(f"  the first, which builds the indexes: wall {took[0] * 1000:.3f} ms")
+    for name, values in (("wall", took[1:]), ("CPU", cpu[1:])):
         p99 = statistics.quantiles(values, n=100)[-1]
         print(f"  {name:4s} median {statistics.median(values) * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms, "
               f"worst {max(values) * 1000:.3f} ms")
