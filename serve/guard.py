@@ -36,6 +36,7 @@ MAX_BODY_BYTES = 1 << 20
 # Query parameters per request: every route takes a handful; 1,000 label filters must not reach the store.
 MAX_QUERY_PARAMS = 32
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
+PASS_ON = object()  # `_unauthenticated`'s answer where another layer answers (serve/proxy_guard.py): no check here
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         writer, rejected = self._check_request(scope)
+        if rejected is PASS_ON:
+            await self.app(scope, receive, send)
+            return
         if rejected is None and writer is not None and not self.state.in_flight.enter(writer):
             rejected, writer = _busy(writer, self.state.limits.team_writes), None
         body: list[Message] = []
@@ -185,6 +189,10 @@ class Guard:
     def _refused(self, status: int) -> None:
         """In a replica, its metrics middleware counts the refusals with every other answer."""
 
+    def _unauthenticated(self, error: FabricError) -> Any:
+        """The answer to a token that is missing or not in the file (or to a file that does not parse)."""
+        return problem(503 if error.code == ErrorCode.SETTINGS_INVALID else 401, error)
+
     def _check_request(self, scope: Scope) -> tuple[str | None, Any]:
         """Who, how often, how many query parameters: all from the request line and headers. With no answer
         yet, the team of a write (its in-flight count is the caller's to take)."""
@@ -193,7 +201,7 @@ class Guard:
             try:
                 principal = self._authenticate(scope)
             except FabricError as error:
-                return None, problem(503 if error.code == ErrorCode.SETTINGS_INVALID else 401, error)
+                return None, self._unauthenticated(error)
             write = scope["method"] in _WRITES and scope["path"].startswith("/api/orch/")
             waited = self._spend(principal, write)
             if waited is not None:

@@ -20,7 +20,7 @@ from fabric.errors import FabricError
 from fabric.execute.metrics import RayMetricsSink
 from fabric.record.metrics import GATEWAY
 from fabric.settings import settings
-from serve.guard import App, Guard, GuardState, Limits, Receive, Scope, Send, Tokens
+from serve.guard import PASS_ON, App, Guard, GuardState, Limits, Receive, Scope, Send, Tokens
 
 REFUSED_IN_PROXY = "(refused in Serve's proxy)"  # the route label of what the proxy's guard refused
 GATEWAY_PATHS = ("/api/", "/v1/")  # the gateway's routes that take a token; the proxy leaves every other path alone
@@ -41,17 +41,13 @@ class ProxyGuard(Guard):
             log.debug("fabric's proxy refusal not counted", exc_info=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(GATEWAY_PATHS) or not self._known(scope):
+        if scope["type"] != "http" or not scope["path"].startswith(GATEWAY_PATHS):
             await self.app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
-    def _known(self, scope: Scope) -> bool:
-        try:
-            self._authenticate(scope)
-        except FabricError:
-            return False
-        return True
+    def _unauthenticated(self, error: FabricError) -> object:
+        return PASS_ON  # the replica answers an unknown token: the proxy refuses only what it would too
 
 
 def middlewares() -> list[Middleware]:
