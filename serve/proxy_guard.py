@@ -7,12 +7,20 @@ names it: `fb.connect()` sets that for a local Ray it starts (`fabric up`), clus
 The proxy refuses only what the replica would: a token it does not know passes on, and the replica answers its
 401 (so a proxy reading another tokens file than the gateway's can refuse nothing the gateway would accept).
 A proxy where the tokens file is not (a worker node's) guards nothing: the replicas, on the head, still do.
+
+A connection that asks again before the Retry-After of its last 429 has passed gets its next 429 only when that
+time is up (a tarpit): a loop that ignores Retry-After then costs the proxy one refusal per Retry-After per
+connection, not one per round trip, and the teams sharing the proxy's event loop keep their latency. Clients that
+wait out Retry-After (`fb.connect()`, curl's --retry) never meet it; holding a refusal costs a timer, not CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 from starlette.middleware import Middleware
 
@@ -27,12 +35,50 @@ GATEWAY_PATHS = ("/api/", "/v1/")  # the gateway's routes that take a token; the
 log = logging.getLogger("fabric.gateway")
 
 
+MAX_HELD_CONNECTIONS = 4096  # connections whose Retry-After is remembered (the oldest are forgotten first)
+
+
+class RetryAfters:
+    """Until when each connection (its peer address and port) was told to wait: its last 429's Retry-After."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._until: dict[tuple[str, int], float] = {}
+        self._clock = clock
+
+    def pause(self, key: tuple[str, int], retry_after_s: float) -> float:
+        """How long to hold this 429 (0.0: the connection had waited what it was told, or was never told), and
+        remember the Retry-After that it carries, counted from when it is sent."""
+        now = self._clock()
+        held = max(0.0, self._until.pop(key, now) - now)
+        self._until[key] = now + held + retry_after_s
+        if len(self._until) > MAX_HELD_CONNECTIONS:
+            for old in [k for k, until in self._until.items() if until <= now] or [next(iter(self._until))]:
+                del self._until[old]
+        return held
+
+
+async def hold(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 class ProxyGuard(Guard):
     refused_by = "proxy"
 
     def __init__(self, app: App, state: GuardState) -> None:
         super().__init__(app, state)
         self._metrics = RayMetricsSink(GATEWAY)  # the replica never sees these: Ray's agent exports them
+        self._retry_afters = RetryAfters()
+
+    async def _before_refusal(self, scope: Scope, rejected: Any) -> None:
+        retry_after = rejected.headers.get("Retry-After")
+        if rejected.status_code != 429 or not retry_after or not retry_after.isdigit():
+            return
+        # Only refusals are ever held, never an answer that would have been given: a peer address shared by
+        # several clients (a load balancer's connection) at worst hears a 429 later.
+        host, port = scope.get("client") or ("", 0)
+        held = self._retry_afters.pause((host, port), float(retry_after))
+        if held > 0:
+            await hold(held)
 
     def _refused(self, status: int) -> None:
         try:

@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from fabric.settings import settings
 from serve.auth import mint_token
 from serve.guard import GuardState, Limits, Tokens
-from serve.proxy_guard import ProxyGuard, middlewares
+from serve.proxy_guard import ProxyGuard, RetryAfters, middlewares
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,3 +83,34 @@ def test_the_proxy_guards_only_where_the_tokens_file_is(tmp_path: Path, monkeypa
     monkeypatch.setenv("FABRIC_GATEWAY_RATE", "not a number")
     settings.cache_clear()
     assert middlewares() == []  # settings that do not parse: said in the log, and the proxy still starts
+
+
+def test_a_connection_that_ignores_retry_after_hears_its_next_429_only_when_that_time_is_up():
+    clock = [100.0]
+    retry_afters = RetryAfters(clock=lambda: clock[0])
+    mine, other = ("10.0.0.1", 5000), ("10.0.0.1", 5001)
+    assert retry_afters.pause(mine, 1.0) == 0.0  # the first 429: at once, saying Retry-After 1
+    clock[0] += 0.1
+    assert retry_afters.pause(mine, 1.0) == pytest.approx(0.9)  # asked again at once: held until its time
+    assert retry_afters.pause(other, 1.0) == 0.0  # another connection was told nothing yet
+    clock[0] += 0.9  # the held answer goes out now, and carries its own Retry-After from now
+    assert retry_afters.pause(mine, 1.0) == pytest.approx(1.0)
+    clock[0] += 5.0  # a client that waits it out is never held
+    assert retry_afters.pause(mine, 1.0) == 0.0 and retry_afters.pause(other, 1.0) == 0.0
+
+
+def test_the_proxy_holds_a_repeated_429_and_nothing_else(proxied, monkeypatch: pytest.MonkeyPatch):
+    import serve.proxy_guard as proxy_guard
+
+    held: list[float] = []
+
+    async def hold(seconds: float) -> None:
+        held.append(seconds)
+
+    monkeypatch.setattr(proxy_guard, "hold", hold)
+    client, token, reached = proxied
+    auth = {"Authorization": f"Bearer {token}"}
+    answers = [client.post("/api/orch/submit", content=b"{}", headers=auth).status_code for _ in range(4)]
+    assert answers == [200, 200, 429, 429] and len(reached) == 2
+    assert len(held) == 1 and 0.5 < held[0] <= 1.0  # the second 429 only, until its Retry-After
+    assert client.post("/api/orch/submit", content=b"x" * 2000, headers=auth).status_code in (413, 429)
