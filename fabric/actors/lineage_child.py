@@ -10,8 +10,9 @@ from collections import OrderedDict
 from typing import IO, Any
 
 from fabric.actors.heap import collect_rarely
+from fabric.actors.lineage_inputs import Files, node_io, plan_of
 from fabric.actors.lineage_proc import ACK, read_frame
-from fabric.actors.observe import Files, lineage_client, node_io, plan_of, send_lineage
+from fabric.actors.observe import lineage_client, send_lineage
 from fabric.actors.observe_config import lineage_namespace
 from fabric.record.lineage import LineageBuilder
 from fabric.settings import Settings

@@ -9,18 +9,14 @@ docs/observability.md). openlineage and opentelemetry are imported only when use
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import queue
 import threading
 import time
 from collections import OrderedDict
-from functools import lru_cache
-from pathlib import Path
-from stat import S_ISREG
 from typing import Any
 
+from fabric.actors.lineage_inputs import Files, node_io, plan_of
 from fabric.actors.lineage_proc import LineageProcess
 from fabric.actors.observe_config import (
     lineage_config,
@@ -28,86 +24,16 @@ from fabric.actors.observe_config import (
     rotating_file_transport,
     trace_config,
 )
-from fabric.execute.outputs import MANIFEST, files_dir, outputs_dir
-from fabric.kinds import kind_checks
-from fabric.plan import ExecutionPlan, compile_plan
 from fabric.record import Event, Store, SubmissionRecord
-from fabric.record.lineage import NodeIO, StoredFile, lineage_events
+from fabric.record.lineage import lineage_events
 from fabric.record.timeline import attempt_timeline, critical_path, trace_spans
 from fabric.settings import Settings
-from fabric.spec import load_spec, parse_runtime_params
 from fabric.states import EventKind, is_admin_subject
 
 log = logging.getLogger(__name__)
 
 QUIET_S, MAX_DELAY_S = 0.1, 2.0  # events are sent after 0.1 s without new ones, or 2 s at the latest
 MAX_QUEUED = 20_000  # events waiting for the observer's thread; past this, a run's events are read back later
-HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-256: hashing them costs too much
-
-
-def plan_of(record: SubmissionRecord) -> ExecutionPlan:
-    return compile_plan(load_spec(record.spec), parse_runtime_params(record.runtime_params),
-                        kind_checks())
-
-
-def node_io(plan: ExecutionPlan) -> dict[str, NodeIO]:
-    consumed = plan.consumed_outs()
-    return {n: NodeIO(n, node.kind, tuple((w.name, w.producer, w.out) for w in node.inputs), node.result_slots,
-                      node.content_hash, node.pool, consumed[n]) for n, node in plan.nodes.items()}
-
-
-def _sha256(path: Path, stat: os.stat_result | None = None) -> str | None:
-    stat = stat or path.stat()
-    if stat.st_size > HASH_LIMIT_BYTES:
-        return None
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=4096)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    """Cached by (path, size, mtime): an out read by ten nodes is hashed once, not on every event."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class Files:
-    """Where a node's persisted outs and artifact files are, with their SHA-256 (local paths only)."""
-
-    def __init__(self, home: str, artifacts: str) -> None:
-        self._home, self._artifacts = home, artifacts
-        # Persisted outputs never change once written (the manifest goes last): found once, known for good.
-        self._found: OrderedDict[tuple[str, str, str], StoredFile] = OrderedDict()
-
-    def output(self, submission_id: str, node_id: str, out: str) -> StoredFile | None:
-        key = (submission_id, node_id, out)
-        if key in self._found:
-            return self._found[key]
-        base = outputs_dir(self._artifacts, submission_id, node_id)
-        if "://" in base:
-            return None
-        for path, uri in ((Path(base) / f"{out}.arrow", None), (Path(base) / MANIFEST, f"{base}/{MANIFEST}#{out}")):
-            try:
-                stat = path.stat()  # one stat for "is it there", its hash's cache key and its size
-            except OSError:
-                continue
-            if S_ISREG(stat.st_mode):
-                self._found[key] = StoredFile(uri or str(path), _sha256(path, stat), stat.st_size)
-                if len(self._found) > 100_000:
-                    self._found.popitem(last=False)
-                return self._found[key]
-        return None
-
-    def artifacts(self, submission_id: str, node_id: str) -> list[StoredFile]:
-        """The node's files as the artifact root keeps them (`<root>/<sub>/<node>/files/`): its scratch dir
-        (`runs/`) is on the disk of whichever node ran it, and gone once the files are sent from off the head."""
-        base = files_dir(self._artifacts, submission_id, node_id)
-        root = Path(base)
-        if "://" in base or not root.is_dir():
-            return []
-        return [StoredFile(str(p), _sha256(p), p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def lineage_view(record: SubmissionRecord, events: list[Event], config: Settings) -> list[dict[str, Any]]:

@@ -207,7 +207,7 @@ def test_lineage_names_a_nodes_files_where_the_artifact_root_keeps_them_not_its_
     `<root>/<sub>/<node>/files/`, with each file's SHA-256, and a URI root lists nothing it cannot hash."""
     import hashlib
 
-    from fabric.actors.observe import Files
+    from fabric.actors.lineage_inputs import Files
 
     home, root = tmp_path / "home", tmp_path / "art"
     (home / "runs" / "s1" / "n").mkdir(parents=True)
@@ -219,3 +219,30 @@ def test_lineage_names_a_nodes_files_where_the_artifact_root_keeps_them_not_its_
     assert [(f.uri, f.sha256, f.size) for f in found] == [(str(kept), hashlib.sha256(b"png!").hexdigest(), 4)]
     assert Files(str(home), str(root)).artifacts("s1", "other") == []
     assert Files(str(home), "s3://bucket/x").artifacts("s1", "n") == []
+
+
+def test_a_persisted_out_is_found_with_its_hash_and_a_plan_is_compiled_once_per_spec_and_parameters(tmp_path):
+    import hashlib
+
+    from fabric.actors.lineage_inputs import Files, plan_of
+    from fabric.record import SubmissionRecord
+
+    out = tmp_path / "art" / "s1" / "n" / "outputs" / "table.arrow"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"arrow")
+    files = Files(str(tmp_path / "home"), str(tmp_path / "art"))
+    found = files.output("s1", "n", "table")
+    assert found is not None and (found.uri, found.sha256, found.size) == (
+        str(out), hashlib.sha256(b"arrow").hexdigest(), 5)
+    assert files.output("s1", "n", "other") is None and files.output("s1", "m", "table") is None
+
+    def record(sid: str, k: int, labels: dict[str, str]) -> SubmissionRecord:
+        spec = {"version": 1, "pipeline_id": "p", "nodes": [
+            {"id": "a", "kind": "python_task", "entrypoint": "jobs.x:y", "params": {"k": k}}]}
+        return SubmissionRecord(sid, "p", spec, {"labels": labels}, "h", "r", 0.0)
+
+    first, again = record("s1", 1, {}), record("s2", 1, {})
+    assert plan_of(again) is plan_of(first)  # another run of the same pipeline: compiled once
+    other, labelled = record("s3", 2, {}), record("s4", 1, {"desk": "x"})
+    assert plan_of(other) is not plan_of(first) and plan_of(labelled) is not plan_of(first)
+    assert plan_of(other).nodes["a"].content_hash != plan_of(first).nodes["a"].content_hash
