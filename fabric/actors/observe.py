@@ -203,13 +203,15 @@ class Observer:
         while True:
             batches = [self._queue.get()]
             # Wait for a lull (or at most MAX_DELAY_S): in a burst of events the engine has the CPU to itself,
-            # and the lineage follows a moment later.
+            # and the lineage follows a moment later. The wait is a sleep, not a get per batch: a thread woken by
+            # every put would take the interpreter from the engine for each of them.
             deadline = time.monotonic() + MAX_DELAY_S
             while (left := deadline - time.monotonic()) > 0:
-                try:
-                    batches.append(self._queue.get(timeout=min(QUIET_S, left)))
-                except queue.Empty:
+                time.sleep(min(QUIET_S, left))
+                arrived = self._take_all()
+                if not arrived:
                     break
+                batches += arrived
             with self._lock:
                 self._queued -= sum(len(batch) for batch in batches)
             self._observe_all([numbered for batch in batches for numbered in batch])
@@ -220,6 +222,14 @@ class Observer:
             with self._lock:
                 if self._queue.empty() and not self._behind:
                     self._idle.set()
+
+    def _take_all(self) -> list[list[tuple[int, Event]]]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                return taken
 
     def _observe_all(self, events: list[tuple[int, Event]]) -> None:
         fresh = []
