@@ -84,7 +84,7 @@ def ray_head_process(tmp_path: Path, *, dashboard: bool = False, num_cpus: int =
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(20)
+            head.wait(8)  # a test's cluster: what has not stopped by then is killed (it held teardowns 20 s)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         _kill_leftovers(f"127.0.0.1:{port}")

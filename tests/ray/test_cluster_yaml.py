@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +108,15 @@ print(json.dumps({"before": before, "appeared_s": appeared, "state": state, "fin
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("admission", ["eager", "admission"])
+@pytest.mark.parametrize("admission", [
+    pytest.param("eager", marks=pytest.mark.skipif(
+        os.environ.get("FABRIC_TEST_EAGER_TWIN") != "1",
+        reason="about 45 s: eager dispatch (not the default) leaves the demand to Ray's own pending tasks; opt in "
+               "with FABRIC_TEST_EAGER_TWIN=1")),
+    "admission"])
 def test_the_local_twin_grows_for_queued_gpu_work_and_shrinks_when_idle(tmp_path, admission):
-    """Eager: the node is in Ray at once, Ray's pending task is the demand. Admission: the fabric holds
-    it (no node of its pool yet) and asks the autoscaler with request_resources."""
+    """Admission (the default): the fabric holds the node (no node of its pool yet) and asks the autoscaler with
+    request_resources. Eager: the node is in Ray at once, Ray's pending task is the demand."""
     from tests.conftest import free_port
 
     gcs_port = free_port()
