@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = json.loads(args.spec) if args.spec.lstrip().startswith("{") else args.spec
         params = json.loads(args.params) if args.params else None
+        fb.load_spec(spec)  # a spec that cannot run is refused here, before a Ray driver is started for it
         client = fb.connect(args.address)
         submission = client.submit(spec, params)
     except (fb.FabricError, json.JSONDecodeError) as exc:
