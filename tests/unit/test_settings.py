@@ -22,6 +22,7 @@ NOT_SETTINGS = {
     "FABRIC_GATEWAY_URL": "read by notebooks/gateway.ipynb only, not by fabric",
     "FABRIC_TEST_NO_POSTGRES": "test-only: 1 skips the PostgreSQL tests (tests/pg.py) on purpose",
     "FABRIC_TEST_LLM_PROMOTE": "test-only: 1 runs the opt-in LLM promotion test (tests/ray/test_serving.py)",
+    "FABRIC_TEST_EAGER_TWIN": "test-only: 1 runs the opt-in eager autoscaler twin (tests/ray/test_cluster_yaml.py)",
 }
 SCANNED = ["fabric", "serve", "jobs", "scripts", "bench", "k8s", "docs", "notebooks", "cluster.yaml", "README.md"]
 # Modules that still read os.environ themselves until the CLI package moves onto settings().
