@@ -179,7 +179,7 @@ class Guard:
             if rejected is not None:
                 rejected.headers["X-Fabric-Refused-By"] = self.refused_by
                 self._refused(rejected.status_code)
-                await self._before_refusal(scope, rejected)
+                self._refusing(scope, rejected)
                 await rejected(scope, receive, send)
                 return
             await self.app(scope, _replay(body, receive), send)
@@ -190,8 +190,9 @@ class Guard:
     def _refused(self, status: int) -> None:
         """In a replica, its metrics middleware counts the refusals with every other answer."""
 
-    async def _before_refusal(self, scope: Scope, rejected: Any) -> None:
-        """A replica answers at once: a request held here would hold one of the replica's few request slots."""
+    def _refusing(self, scope: Scope, rejected: Any) -> None:
+        """What is about to be refused (the proxy's guard remembers a 429's Retry-After per connection; a replica
+        holds nothing back: a held request would take one of its few request slots)."""
 
     def _unauthenticated(self, error: FabricError) -> Any:
         """The answer to a token that is missing or not in the file (or to a file that does not parse)."""

@@ -8,10 +8,10 @@ The proxy refuses only what the replica would: a token it does not know passes o
 401 (so a proxy reading another tokens file than the gateway's can refuse nothing the gateway would accept).
 A proxy where the tokens file is not (a worker node's) guards nothing: the replicas, on the head, still do.
 
-A connection that asks again before the Retry-After of its last 429 has passed gets its next 429 only when that
-time is up (a tarpit): a loop that ignores Retry-After then costs the proxy one refusal per Retry-After per
+A connection that asks again before the Retry-After of its last 429 has passed is held until that time is up,
+then judged afresh (a tarpit): a loop that ignores Retry-After then costs the proxy one request per Retry-After per
 connection, not one per round trip, and the teams sharing the proxy's event loop keep their latency. Clients that
-wait out Retry-After (`fb.connect()`, curl's --retry) never meet it; holding a refusal costs a timer, not CPU.
+wait out Retry-After (`fb.connect()`, curl's --retry) never meet it; holding a request costs a timer, not CPU.
 """
 
 from __future__ import annotations
@@ -45,16 +45,23 @@ class RetryAfters:
         self._until: dict[tuple[str, int], float] = {}
         self._clock = clock
 
-    def pause(self, key: tuple[str, int], retry_after_s: float) -> float:
-        """How long to hold this 429 (0.0: the connection had waited what it was told, or was never told), and
-        remember the Retry-After that it carries, counted from when it is sent."""
+    def left(self, key: tuple[str, int]) -> float:
+        """How much of its Retry-After the connection has not waited yet (0.0: all of it, or it was told none)."""
+        until = self._until.get(key)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._until[key]
+            return 0.0
+        return left
+
+    def told(self, key: tuple[str, int], retry_after_s: float) -> None:
         now = self._clock()
-        held = max(0.0, self._until.pop(key, now) - now)
-        self._until[key] = now + held + retry_after_s
+        self._until[key] = now + retry_after_s
         if len(self._until) > MAX_HELD_CONNECTIONS:
             for old in [k for k, until in self._until.items() if until <= now] or [next(iter(self._until))]:
                 del self._until[old]
-        return held
 
 
 async def hold(seconds: float) -> None:
@@ -69,16 +76,10 @@ class ProxyGuard(Guard):
         self._metrics = RayMetricsSink(GATEWAY)  # the replica never sees these: Ray's agent exports them
         self._retry_afters = RetryAfters()
 
-    async def _before_refusal(self, scope: Scope, rejected: Any) -> None:
+    def _refusing(self, scope: Scope, rejected: Any) -> None:
         retry_after = rejected.headers.get("Retry-After")
-        if rejected.status_code != 429 or not retry_after or not retry_after.isdigit():
-            return
-        # Only refusals are ever held, never an answer that would have been given: a peer address shared by
-        # several clients (a load balancer's connection) at worst hears a 429 later.
-        host, port = scope.get("client") or ("", 0)
-        held = self._retry_afters.pause((host, port), float(retry_after))
-        if held > 0:
-            await hold(held)
+        if rejected.status_code == 429 and retry_after and retry_after.isdigit():
+            self._retry_afters.told(_peer(scope), float(retry_after))
 
     def _refused(self, status: int) -> None:
         try:
@@ -90,10 +91,21 @@ class ProxyGuard(Guard):
         if scope["type"] != "http" or not scope["path"].startswith(GATEWAY_PATHS):
             await self.app(scope, receive, send)
             return
+        # Asked again before the Retry-After it was told: the request waits out the rest, then is judged afresh
+        # (a client a little too eager is slowed to its rate, never shut out). Only a connection that was told a
+        # Retry-After is held; one shared by several clients (a load balancer's) at worst waits that long.
+        early = self._retry_afters.left(_peer(scope))
+        if early > 0:
+            await hold(early)
         await super().__call__(scope, receive, send)
 
     def _unauthenticated(self, error: FabricError) -> object:
         return PASS_ON  # the replica answers an unknown token: the proxy refuses only what it would too
+
+
+def _peer(scope: Scope) -> tuple[str, int]:
+    host, port = scope.get("client") or ("", 0)
+    return host, port
 
 
 def middlewares() -> list[Middleware]:
