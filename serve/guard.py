@@ -178,8 +178,7 @@ class Guard:
                 body, rejected = await self._read_body(scope, receive)
             if rejected is not None:
                 rejected.headers["X-Fabric-Refused-By"] = self.refused_by
-                self._refused(rejected.status_code)
-                self._refusing(scope, rejected)
+                self._refused(scope, rejected)
                 await rejected(scope, receive, send)
                 return
             await self.app(scope, _replay(body, receive), send)
@@ -187,12 +186,10 @@ class Guard:
             if writer is not None:
                 self.state.in_flight.leave(writer)
 
-    def _refused(self, status: int) -> None:
-        """In a replica, its metrics middleware counts the refusals with every other answer."""
-
-    def _refusing(self, scope: Scope, rejected: Any) -> None:
-        """What is about to be refused (the proxy's guard remembers a 429's Retry-After per connection; a replica
-        holds nothing back: a held request would take one of its few request slots)."""
+    def _refused(self, scope: Scope, rejected: Any) -> None:
+        """What is about to be refused. In a replica, nothing more: its metrics middleware counts the refusals with
+        every other answer, and it holds nothing back (a held request would take one of its few request slots).
+        The proxy's guard counts them and remembers a 429's Retry-After per connection."""
 
     def _unauthenticated(self, error: FabricError) -> Any:
         """The answer to a token that is missing or not in the file (or to a file that does not parse)."""

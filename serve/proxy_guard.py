@@ -58,10 +58,13 @@ class RetryAfters:
 
     def told(self, key: tuple[str, int], retry_after_s: float) -> None:
         now = self._clock()
+        self._until.pop(key, None)  # re-inserted last: the dict stays in the order connections were last told
         self._until[key] = now + retry_after_s
-        if len(self._until) > MAX_HELD_CONNECTIONS:
-            for old in [k for k, until in self._until.items() if until <= now] or [next(iter(self._until))]:
-                del self._until[old]
+        while self._until:  # forget, oldest first, what has run out, and what is past the limit
+            oldest, until = next(iter(self._until.items()))
+            if until > now and len(self._until) <= MAX_HELD_CONNECTIONS:
+                break
+            del self._until[oldest]
 
 
 async def hold(seconds: float) -> None:
@@ -76,14 +79,13 @@ class ProxyGuard(Guard):
         self._metrics = RayMetricsSink(GATEWAY)  # the replica never sees these: Ray's agent exports them
         self._retry_afters = RetryAfters()
 
-    def _refusing(self, scope: Scope, rejected: Any) -> None:
+    def _refused(self, scope: Scope, rejected: Any) -> None:
         retry_after = rejected.headers.get("Retry-After")
         if rejected.status_code == 429 and retry_after and retry_after.isdigit():
             self._retry_afters.told(_peer(scope), float(retry_after))
-
-    def _refused(self, status: int) -> None:
         try:
-            self._metrics("fabric_gateway_requests_total", 1.0, {"route": REFUSED_IN_PROXY, "status": str(status)})
+            self._metrics("fabric_gateway_requests_total", 1.0,
+                          {"route": REFUSED_IN_PROXY, "status": str(rejected.status_code)})
         except Exception:  # noqa: BLE001 - outside a Ray worker, or Ray's metrics failing: the refusal stands
             log.debug("fabric's proxy refusal not counted", exc_info=True)
 

@@ -21,6 +21,9 @@ from fabric.record.lineage import NodeIO, StoredFile
 from fabric.spec import load_spec, parse_runtime_params
 
 HASH_LIMIT_BYTES = 1 << 30  # files larger than this are listed without a SHA-256: hashing them costs too much
+PLANS_KEPT = 32  # compiled plans kept, the most recently asked for
+_PLANS: OrderedDict[bytes, ExecutionPlan] = OrderedDict()
+_PLANS_LOCK = threading.Lock()
 
 
 def plan_of(record: SubmissionRecord) -> ExecutionPlan:
@@ -38,11 +41,6 @@ def plan_of(record: SubmissionRecord) -> ExecutionPlan:
         while len(_PLANS) > PLANS_KEPT:
             _PLANS.popitem(last=False)
     return plan
-
-
-PLANS_KEPT = 32
-_PLANS: OrderedDict[bytes, ExecutionPlan] = OrderedDict()
-_PLANS_LOCK = threading.Lock()
 
 
 def _canonical(value: Any) -> bytes:

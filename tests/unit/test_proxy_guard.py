@@ -113,3 +113,17 @@ def test_the_proxy_holds_an_early_request_then_judges_it_afresh(proxied, monkeyp
     assert answers == [200, 200, 429, 429] and len(reached) == 2
     assert len(held) == 1 and 0.5 < held[0] <= 1.0  # only the request after the first 429, for the rest of it
     assert client.get("/api/orch/status/x", headers=auth).status_code in (404, 405, 429) and len(held) == 2
+
+
+def test_the_connections_remembered_are_bounded_and_run_out(monkeypatch: pytest.MonkeyPatch):
+    import serve.proxy_guard as proxy_guard
+
+    monkeypatch.setattr(proxy_guard, "MAX_HELD_CONNECTIONS", 3)
+    clock = [0.0]
+    retry_afters = RetryAfters(clock=lambda: clock[0])
+    for port in range(5):  # five connections told at once: the two told first are forgotten
+        retry_afters.told(("h", port), 10.0)
+    assert [retry_afters.left(("h", port)) for port in range(5)] == [0.0, 0.0, 10.0, 10.0, 10.0]
+    clock[0] = 11.0  # theirs has run out: the next one told finds them gone
+    retry_afters.told(("h", 9), 1.0)
+    assert retry_afters._until == {("h", 9): 12.0}
